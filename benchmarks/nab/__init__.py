@@ -1,0 +1,3 @@
+"""Numenta Anomaly Benchmark (NAB) scoring, see ``benchmarks.nab.scorer``."""
+
+from __future__ import annotations

@@ -1,0 +1,370 @@
+"""Command line: ``detector run | score | alerts | check | demo | models``.
+
+Every option can also come from a ``DETECTOR_*`` environment variable and from a TOML config
+file (``--config``, keys named like the options); the command line wins over the environment,
+which wins over the file. Exit codes: 0 ok, 1 runtime or health failure, 2 usage or config.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+import redis
+
+from detector import __version__
+from detector.errors import ConfigError, DetectorError
+from detector.logs import configure_logging
+from detector.settings import (
+    DEFAULT_ALERTS_STREAM,
+    DEFAULT_DEAD_LETTER_STREAM,
+    DEFAULT_GROUP,
+    DEFAULT_MODEL,
+    DEFAULT_STREAM,
+    HEALTH_KEY,
+    EventFormat,
+    Settings,
+    default_consumer,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Eager: read the TOML file into the command's defaults before other options resolve."""
+    if not value:
+        return
+    try:
+        data = tomllib.loads(Path(value).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    known = {p.name for p in ctx.command.params if p.name and p.name != "config"}
+    defaults = {}
+    for key, val in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            msg = f"unknown key {key!r} in {value} (known: {', '.join(sorted(known))})"
+            raise click.BadParameter(msg, ctx, param)
+        defaults[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+def _option(*decls: str, env: str, **kwargs: Any) -> Callable[[F], F]:
+    return click.option(*decls, envvar=f"DETECTOR_{env}", show_envvar=True, **kwargs)
+
+
+config_option = click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="DETECTOR_CONFIG",
+    show_envvar=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config,
+    help="TOML file with option values (keys named like the options).",
+)
+redis_url_option = _option(
+    "--redis-url",
+    env="REDIS_URL",
+    help="redis:// or rediss:// URL. Without it, an embedded redis-server is started.",
+)
+alerts_stream_option = _option(
+    "--alerts-stream", env="ALERTS_STREAM", default=DEFAULT_ALERTS_STREAM, show_default=True
+)
+group_option = _option("--group", env="GROUP", default=DEFAULT_GROUP, show_default=True)
+model_option = _option(
+    "--model",
+    env="MODEL",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="Model spec: a name from `detector models` or a path to a .toml spec.",
+)
+threshold_option = _option(
+    "--threshold",
+    env="THRESHOLD",
+    type=click.FloatRange(0.0, 1.0),
+    help="Alert threshold on the calibrated score (default: the model spec's).",
+)
+
+
+def _format_options(f: F) -> F:
+    """Where an entry keeps its producer, time, type and payload; input caps."""
+    d = EventFormat()
+    for name, default in reversed(
+        [
+            ("producer-field", d.producer_field),
+            ("time-field", d.time_field),
+            ("type-field", d.type_field),
+            ("payload-field", d.payload_field),
+            ("max-entry-bytes", d.max_entry_bytes),
+            ("max-fields", d.max_fields),
+            ("max-json-depth", d.max_json_depth),
+            ("max-string-len", d.max_string_len),
+        ]
+    ):
+        env = name.upper().replace("-", "_")
+        f = _option(f"--{name}", env=env, default=default, show_default=True)(f)
+    return f
+
+
+def _event_format(kw: dict[str, Any]) -> EventFormat:
+    return EventFormat(
+        producer_field=kw.pop("producer_field"),
+        time_field=kw.pop("time_field"),
+        type_field=kw.pop("type_field"),
+        payload_field=kw.pop("payload_field"),
+        max_entry_bytes=kw.pop("max_entry_bytes"),
+        max_fields=kw.pop("max_fields"),
+        max_json_depth=kw.pop("max_json_depth"),
+        max_string_len=kw.pop("max_string_len"),
+    )
+
+
+@contextmanager
+def redis_url_or_embedded(url: str | None) -> Iterator[str]:
+    """The given URL, or an embedded redis-server's for the duration of the block."""
+    if url:
+        yield url
+        return
+    from detector.embedded import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        click.echo(f"embedded redis-server on {server.url}", err=True)
+        yield server.url
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="detector")
+@_option("--log-level", env="LOG_LEVEL", default="INFO", show_default=True)
+@_option("--log-format", env="LOG_FORMAT", type=click.Choice(["text", "json"]), default="text")
+def cli(log_level: str, log_format: str) -> None:
+    """Real-time anomaly detection for Redis Streams."""
+    configure_logging(log_level, json=log_format == "json")
+
+
+@cli.command()
+@config_option
+@redis_url_option
+@_option("--stream", "streams", env="STREAM", multiple=True, default=(DEFAULT_STREAM,),
+         show_default=True, help="Input stream (repeat for several).")  # fmt: skip
+@group_option
+@_option("--consumer", env="CONSUMER", default=default_consumer, show_default="hostname",
+         help="Consumer name; keep it stable across restarts.")  # fmt: skip
+@alerts_stream_option
+@_option("--dead-letter-stream", env="DEAD_LETTER_STREAM", default=DEFAULT_DEAD_LETTER_STREAM,
+         show_default=True)  # fmt: skip
+@model_option
+@threshold_option
+@_option("--metrics-port", env="METRICS_PORT", type=int, help="Serve Prometheus metrics here.")
+@_option("--until-idle", env="UNTIL_IDLE", is_flag=True,
+         help="Drain the streams, exit 0 once nothing arrives for --idle-timeout-ms.")  # fmt: skip
+@_option("--idle-timeout-ms", env="IDLE_TIMEOUT_MS", default=2000, show_default=True)
+@_option("--batch-size", env="BATCH_SIZE", default=500, show_default=True)
+@_option("--block-ms", env="BLOCK_MS", default=1000, show_default=True)
+@_option("--claim-idle-ms", env="CLAIM_IDLE_MS", default=60_000, show_default=True)
+@_option("--max-producers", env="MAX_PRODUCERS", default=100_000, show_default=True)
+@_option("--producer-idle-ttl-s", env="PRODUCER_IDLE_TTL_S", default=86_400.0, show_default=True)
+@_option("--alerts-maxlen", env="ALERTS_MAXLEN", default=1_000_000, show_default=True)
+@_format_options
+def run(**kw: Any) -> None:
+    """Consume streams through a consumer group, score every event, emit alerts."""
+    from detector.worker import Worker
+
+    fmt = _event_format(kw)
+    url = kw.pop("redis_url")
+    settings = Settings(event_format=fmt, **kw)
+    with redis_url_or_embedded(url) as real_url:
+        settings = _replace(settings, redis_url=real_url)
+        worker = Worker(settings)
+        if settings.metrics_port is not None:
+            worker.metrics.serve(settings.metrics_port)
+        stats = worker.run()
+    click.echo(
+        f"processed {stats.events} events ({stats.invalid} dead-lettered) in "
+        f"{stats.elapsed_s:.2f}s: {stats.events_per_s:,.0f} events/s, {stats.alerts} alerts",
+        err=True,
+    )
+
+
+def _replace(settings: Settings, **changes: Any) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)
+
+
+@cli.command()
+@config_option
+@_option("--input", "input_path", env="INPUT", required=True,
+         type=click.Path(exists=True, dir_okay=False, path_type=Path),
+         help="JSONL (one entry's fields per line) or CSV (header = field names).")  # fmt: skip
+@_option("--output", "output_path", env="OUTPUT", required=True,
+         type=click.Path(dir_okay=False, writable=True, path_type=Path),
+         help="CSV: producer,event_time,score,alert (one row per input event).")  # fmt: skip
+@model_option
+@threshold_option
+@_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True,
+         help="Stream the events count as coming from (producer fallback, alert ids).")  # fmt: skip
+@_option("--max-producers", env="MAX_PRODUCERS", default=100_000, show_default=True)
+@_option("--producer-idle-ttl-s", env="PRODUCER_IDLE_TTL_S", default=86_400.0, show_default=True)
+@_format_options
+def score(**kw: Any) -> None:
+    """Score a file offline with exactly the code `run` uses."""
+    from detector.offline import score_file
+
+    fmt = _event_format(kw)
+    counts = score_file(
+        kw["input_path"],
+        kw["output_path"],
+        model=kw["model"],
+        threshold=kw["threshold"],
+        stream=kw["stream"],
+        event_format=fmt,
+        max_producers=kw["max_producers"],
+        idle_ttl_ms=int(kw["producer_idle_ttl_s"] * 1000),
+    )
+    click.echo(
+        f"scored {counts.events} events: {counts.alerts} alerts, {counts.warmup} in warm-up, "
+        f"{counts.invalid} invalid",
+        err=True,
+    )
+
+
+@cli.command()
+@redis_url_option
+@alerts_stream_option
+@_option("--follow", "-f", env="FOLLOW", is_flag=True, help="Keep printing new alerts.")
+@_option("--json", "as_json", env="JSON", is_flag=True, help="One JSON object per line.")
+@_option("--count", env="COUNT", default=100, show_default=True, help="Latest alerts to show.")
+def alerts(
+    redis_url: str | None, alerts_stream: str, follow: bool, as_json: bool, count: int
+) -> None:
+    """Print alerts from the alert stream."""
+    if not redis_url:
+        msg = "alerts needs --redis-url (or DETECTOR_REDIS_URL)"
+        raise click.UsageError(msg)
+    from detector.console import alert_line
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=30)
+    last = "0-0"
+    latest: list[tuple[str, dict[str, str]]] = r.xrevrange(alerts_stream, count=count)  # type: ignore[assignment]
+    for entry_id, fields in reversed(latest):
+        click.echo(_show(fields, as_json, alert_line))
+        last = entry_id
+    while follow:
+        reply: list[tuple[str, list[tuple[str, dict[str, str]]]]] = r.xread(  # type: ignore[assignment]
+            {alerts_stream: last}, block=5000, count=100
+        )
+        for _, items in reply or ():
+            for entry_id, fields in items:
+                click.echo(_show(fields, as_json, alert_line))
+                last = entry_id
+
+
+def _show(fields: dict[str, str], as_json: bool, line: Callable[[dict[str, str]], str]) -> str:
+    if not as_json:
+        return line(fields)
+    out: dict[str, Any] = dict(fields)
+    with suppress(orjson.JSONDecodeError):
+        out["reasons"] = orjson.loads(fields.get("reasons", "[]"))
+    return orjson.dumps(out).decode()
+
+
+@cli.command()
+@config_option
+@redis_url_option
+@group_option
+@_option("--consumer", env="CONSUMER", default=None,
+         help="Check this consumer (default: any live consumer of the group).")  # fmt: skip
+def check(redis_url: str | None, group: str, consumer: str | None) -> None:
+    """Exit 0 if a worker is alive (fresh health key), else 1. For healthchecks."""
+    if not redis_url:
+        msg = "check needs --redis-url (or DETECTOR_REDIS_URL)"
+        raise click.UsageError(msg)
+    try:
+        r = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        if consumer:
+            keys = [HEALTH_KEY.format(group=group, consumer=consumer)]
+        else:
+            pattern = HEALTH_KEY.format(group=group, consumer="*")
+            keys = list(r.scan_iter(match=pattern, count=1000))
+        values = [v for v in (r.get(k) for k in keys) if v]
+    except redis.RedisError as exc:
+        click.echo(f"unhealthy: {exc}", err=True)
+        sys.exit(1)
+    if not values:
+        click.echo("unhealthy: no live worker", err=True)
+        sys.exit(1)
+    for v in values:
+        click.echo(v.decode() if isinstance(v, bytes) else v)
+
+
+@cli.command()
+def models() -> None:
+    """List the shipped model specs."""
+    from detector.scoring import available_models
+
+    for name, description in available_models().items():
+        mark = " (default)" if name == DEFAULT_MODEL else ""
+        click.echo(f"{name}{mark}: {description}")
+
+
+@cli.command()
+@redis_url_option
+@model_option
+@threshold_option
+@_option("--seed", env="SEED", default=7, show_default=True)
+@_option("--hours", env="HOURS", default=6.0, show_default=True,
+         help="Event-time span of the simulated shop.")  # fmt: skip
+@_option("--speed", env="SPEED", default=900.0, show_default=True,
+         help="Event-time seconds replayed per wall second (0: as fast as possible).")  # fmt: skip
+@_option("--metrics-port", env="METRICS_PORT", type=int)
+def demo(redis_url: str | None, model: str, threshold: float | None, seed: int, hours: float,
+         speed: float, metrics_port: int | None) -> None:  # fmt: skip
+    """Simulate a shop with injected incidents and watch the detector catch them."""
+    from detector.demo import run_demo
+
+    with redis_url_or_embedded(redis_url) as url:
+        ok = run_demo(
+            url,
+            model=model,
+            threshold=threshold,
+            seed=seed,
+            hours=hours,
+            speed=speed,
+            metrics_port=metrics_port,
+        )
+    if not ok:
+        sys.exit(1)
+
+
+def main() -> None:
+    """Entry point: map errors to exit codes once."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except DetectorError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except redis.RedisError as exc:
+        click.echo(f"redis error: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Exception hierarchy: one root, exit codes mapped once in the CLI."""
+
+from __future__ import annotations
+
+
+class DetectorError(Exception):
+    """Root of every error the detector raises on purpose."""
+
+
+class ConfigError(DetectorError):
+    """Invalid settings or model spec. The CLI exits with code 2."""
+
+
+class InvalidEventError(DetectorError):
+    """A stream entry that fails validation; it goes to the dead-letter stream.
+
+    Attributes:
+        reason: short machine-readable reason (e.g. ``"non_finite_number"``).
+        detail: human-readable detail (field name, limit).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class StreamError(DetectorError):
+    """Redis I/O failure that the worker could not recover from."""

@@ -1,0 +1,235 @@
+"""Events: decode and validate raw stream entries.
+
+An entry arrives as ``{bytes: bytes}``. Decoding applies the contract in the README: producer
+from a field (falling back to the stream name), event time from a field (epoch ms or ISO-8601,
+falling back to the entry id), an optional type, and a payload made of the flat fields plus one
+JSON object field flattened with dotted names. Anything that breaks a cap or is not finite
+raises :class:`InvalidEventError`; the worker dead-letters it.
+
+Examples:
+    >>> d = Decoder()
+    >>> e = d.decode("orders", "1700000000000-0", {b"producer": b"cart-1", b"qty": b"3",
+    ...     b"data": b'{"sku": "12e4", "price": {"eur": 9.5}}'})
+    >>> e.producer, e.event_time_ms, e.numbers, e.strings
+    ('cart-1', 1700000000000, {'qty': 3.0, 'price.eur': 9.5}, {'sku': '12e4'})
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from detector.errors import InvalidEventError
+from detector.settings import EventFormat
+
+# Strict decimal number syntax for flat fields: Python's float() also takes "1_000", " 5",
+# "nan" and "infinity", none of which a producer should get away with as a number.
+_NUMBER = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_NON_FINITE = re.compile(rb"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+_MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated event.
+
+    Attributes:
+        stream: source stream name.
+        entry_id: source entry id (``<ms>-<seq>``).
+        producer: producer id.
+        event_time_ms: event time in epoch milliseconds.
+        type: event type, if the entry has one.
+        numbers: numeric payload leaves by dotted name.
+        strings: other payload leaves (strings, booleans, nulls) by dotted name.
+        size_bytes: bytes of field names and values in the raw entry.
+    """
+
+    stream: str
+    entry_id: str
+    producer: str
+    event_time_ms: int
+    type: str | None
+    numbers: dict[str, float]
+    strings: dict[str, str]
+    size_bytes: int
+
+
+def entry_id_ms(entry_id: str) -> int:
+    """Milliseconds part of a stream entry id.
+
+    >>> entry_id_ms("1700000000123-7")
+    1700000000123
+    """
+    ms, _, _ = entry_id.partition("-")
+    return int(ms)
+
+
+class Decoder:
+    """Turns raw entries into :class:`Event` under one :class:`EventFormat`."""
+
+    __slots__ = ("_fmt", "_payload", "_producer", "_time", "_type")
+
+    def __init__(self, fmt: EventFormat | None = None) -> None:
+        self._fmt = fmt or EventFormat()
+        self._producer = self._fmt.producer_field.encode()
+        self._time = self._fmt.time_field.encode()
+        self._type = self._fmt.type_field.encode()
+        self._payload = self._fmt.payload_field.encode()
+
+    def decode(self, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> Event:
+        """Validate one entry.
+
+        Raises:
+            InvalidEventError: the entry breaks the contract or a cap; ``reason`` says how.
+        """
+        fmt = self._fmt
+        size = self._check_shape(fields)
+
+        numbers: dict[str, float] = {}
+        strings: dict[str, str] = {}
+        producer = stream
+        event_time_ms = -1
+        etype: str | None = None
+        for raw_key, raw_value in fields.items():
+            key = self._text(raw_key, "field name", fmt.max_name_len)
+            if raw_key == self._producer:
+                producer = self._text(raw_value, "producer", fmt.max_name_len)
+                if not producer:
+                    raise InvalidEventError("empty_producer", key)
+            elif raw_key == self._time:
+                event_time_ms = parse_time_ms(raw_value)
+            elif raw_key == self._type:
+                etype = self._text(raw_value, key, fmt.max_string_len)
+            elif raw_key == self._payload:
+                self._flatten_json(raw_value, numbers, strings)
+            else:
+                self._flat(key, raw_value, numbers, strings)
+        if len(numbers) + len(strings) > fmt.max_fields:
+            raise InvalidEventError("too_many_fields", f"payload leaves > {fmt.max_fields}")
+        if event_time_ms < 0:
+            event_time_ms = entry_id_ms(entry_id)
+        return Event(stream, entry_id, producer, event_time_ms, etype, numbers, strings, size)
+
+    def _check_shape(self, fields: dict[bytes, bytes]) -> int:
+        """Reject empty, too wide or too large entries before parsing; returns the size."""
+        fmt = self._fmt
+        if not fields:
+            raise InvalidEventError("empty_entry", "no fields (deleted or trimmed entry)")
+        if len(fields) > fmt.max_fields:
+            raise InvalidEventError("too_many_fields", f"{len(fields)} > {fmt.max_fields}")
+        size = 0
+        for k, v in fields.items():
+            size += len(k) + len(v)
+        if size > fmt.max_entry_bytes:
+            raise InvalidEventError("entry_too_large", f"{size} bytes > {fmt.max_entry_bytes}")
+        return size
+
+    def _flat(
+        self, key: str, raw: bytes, numbers: dict[str, float], strings: dict[str, str]
+    ) -> None:
+        """A flat field: a number if it reads as a finite decimal number, else a string."""
+        if _NUMBER.fullmatch(raw):
+            number = float(raw)
+            if not math.isfinite(number):
+                raise InvalidEventError("non_finite_number", key)
+            numbers[key] = number
+        elif _NON_FINITE.fullmatch(raw):
+            raise InvalidEventError("non_finite_number", key)
+        else:
+            strings[key] = self._text(raw, key, self._fmt.max_string_len)
+
+    @staticmethod
+    def _text(raw: bytes, what: str, limit: int) -> str:
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            raise InvalidEventError("invalid_utf8", what) from None
+        if len(text) > limit:
+            raise InvalidEventError("string_too_long", f"{what}: {len(text)} > {limit}")
+        return text
+
+    def _flatten_json(self, raw: bytes, numbers: dict[str, float], strings: dict[str, str]) -> None:
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEventError("invalid_json", str(exc)[:200]) from None
+        if not isinstance(payload, dict):
+            raise InvalidEventError("payload_not_object", type(payload).__name__)
+        self._walk(payload, "", 1, numbers, strings)
+
+    def _walk(
+        self,
+        node: dict[str, Any],
+        prefix: str,
+        depth: int,
+        numbers: dict[str, float],
+        strings: dict[str, str],
+    ) -> None:
+        fmt = self._fmt
+        if depth > fmt.max_json_depth:
+            raise InvalidEventError("json_too_deep", f"depth > {fmt.max_json_depth}")
+        for key, value in node.items():
+            if len(key) > fmt.max_name_len:
+                raise InvalidEventError("string_too_long", f"field name: {len(key)}")
+            name = prefix + key
+            # bool before int: bool is an int subclass, but true/false are categories here.
+            if isinstance(value, bool):
+                strings[name] = "true" if value else "false"
+            elif isinstance(value, int | float):
+                if not math.isfinite(value):
+                    raise InvalidEventError("non_finite_number", name)
+                numbers[name] = float(value)
+            elif isinstance(value, str):
+                if len(value) > fmt.max_string_len:
+                    raise InvalidEventError("string_too_long", f"{name}: {len(value)}")
+                strings[name] = value
+            elif isinstance(value, dict):
+                self._walk(value, name + ".", depth + 1, numbers, strings)
+            elif isinstance(value, list):
+                # Arrays are kept as their length; their content is still checked for caps.
+                self._check_array(value, name, depth + 1)
+                numbers[name + "[]"] = float(len(value))
+            else:
+                strings[name] = "null"
+            if len(numbers) + len(strings) > fmt.max_fields:
+                raise InvalidEventError("too_many_fields", f"payload leaves > {fmt.max_fields}")
+
+    def _check_array(self, items: list[Any], name: str, depth: int) -> None:
+        fmt = self._fmt
+        if depth > fmt.max_json_depth:
+            raise InvalidEventError("json_too_deep", f"depth > {fmt.max_json_depth}")
+        for item in items:
+            if isinstance(item, dict):
+                self._walk(item, name + "[].", depth + 1, {}, {})
+            elif isinstance(item, list):
+                self._check_array(item, name, depth + 1)
+            elif isinstance(item, str) and len(item) > fmt.max_string_len:
+                raise InvalidEventError("string_too_long", f"{name}[]: {len(item)}")
+
+
+def parse_time_ms(raw: bytes) -> int:
+    """Event time from epoch milliseconds or ISO-8601 (naive means UTC).
+
+    >>> parse_time_ms(b"1700000000123"), parse_time_ms(b"2023-11-14T22:13:20.123Z")
+    (1700000000123, 1700000000123)
+    """
+    if _NUMBER.fullmatch(raw):
+        value = float(raw)
+        if not 0 <= value <= _MAX_EPOCH_MS:
+            raise InvalidEventError("invalid_time", raw[:64].decode(errors="replace"))
+        return int(value)
+    try:
+        parsed = datetime.fromisoformat(raw.decode())
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidEventError("invalid_time", raw[:64].decode(errors="replace")) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    ms = round(parsed.timestamp() * 1000)
+    if not 0 <= ms <= _MAX_EPOCH_MS:
+        raise InvalidEventError("invalid_time", raw[:64].decode(errors="replace"))
+    return ms

@@ -1,0 +1,104 @@
+"""Metrics: every Prometheus series the worker exports, on an injected registry.
+
+Labels come from closed sets (outcomes, reject reasons, configured stream names), never from
+producer ids: an attacker who controls producer ids must not control our cardinality.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from detector import __version__
+
+OUTCOMES = ("scored", "warmup", "invalid", "replayed")
+REJECT_REASONS = (
+    "empty_entry",
+    "too_many_fields",
+    "entry_too_large",
+    "invalid_utf8",
+    "string_too_long",
+    "empty_producer",
+    "invalid_time",
+    "invalid_json",
+    "payload_not_object",
+    "json_too_deep",
+    "non_finite_number",
+    "error",
+)
+# Scoring is sub-millisecond: web-latency default buckets would put everything in the first.
+EVENT_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1)
+BATCH_BUCKETS = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+
+class Metrics:
+    """The worker's metrics. Tests pass a fresh ``CollectorRegistry``."""
+
+    def __init__(self, registry: CollectorRegistry, streams: tuple[str, ...], model: str) -> None:
+        self.registry = registry
+        self.events = Counter(
+            "detector_events", "Events by outcome", ["outcome"], registry=registry
+        )
+        for outcome in OUTCOMES:
+            self.events.labels(outcome)
+        self.alerts = Counter("detector_alerts", "Alerts emitted", registry=registry)
+        self.suppressed = Counter(
+            "detector_alerts_suppressed",
+            "Anomalous events held back by the per-producer cooldown",
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            "detector_dead_lettered",
+            "Entries written to the dead-letter stream, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in REJECT_REASONS:
+            self.dead_lettered.labels(reason)
+        self.event_seconds = Histogram(
+            "detector_event_processing_seconds",
+            "Processing time per event (decode, features, score, learn), amortised over its batch",
+            buckets=EVENT_BUCKETS,
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "detector_batch_seconds",
+            "Time from a batch read to its commit",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "detector_consumer_lag",
+            "Entries in the stream not yet delivered to the group",
+            ["stream"],
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "detector_pending_entries",
+            "Entries delivered to the group but not acknowledged",
+            ["stream"],
+            registry=registry,
+        )
+        for stream in streams:
+            self.lag.labels(stream)
+            self.pending.labels(stream)
+        self.producers = Gauge(
+            "detector_producers_tracked", "Producers with state in memory", registry=registry
+        )
+        self.evicted = Gauge(
+            "detector_producers_evicted",
+            "Producers evicted so far (cap or idle TTL)",
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "detector_redis_errors", "Redis errors recovered from", registry=registry
+        )
+        self.claimed = Counter(
+            "detector_claimed_entries",
+            "Entries claimed from other consumers' pending lists",
+            registry=registry,
+        )
+        info = Info("detector", "Detector build and model", registry=registry)
+        info.info({"version": __version__, "model": model})
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside
+        start_http_server(port, addr=addr, registry=self.registry)

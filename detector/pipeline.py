@@ -1,0 +1,151 @@
+"""Pipeline: features, model, calibration and decision for a batch of events.
+
+The one place where an event becomes a score and maybe an alert. ``detector run`` (on Redis)
+and ``detector score`` (on a file) both call :meth:`Pipeline.process`, so the same events in
+the same order give the same scores either way.
+
+Order per event: evidence from the producer's past, raw score, calibrated score, decision,
+then learning, unless the event was flagged (protected learning; see ``Decision``).
+
+Examples:
+    >>> from detector.events import Event
+    >>> from detector.scoring import load_spec
+    >>> p = Pipeline(load_spec("stats"))
+    >>> evs = [Event("s", f"{i}-0", "p1", i * 1000, "t", {"v": 1.0 + i % 2}, {}, 40)
+    ...        for i in range(300)]
+    >>> evs.append(Event("s", "300-0", "p1", 300_000, "t", {"v": 5000.0}, {}, 40))
+    >>> out = p.process(evs)
+    >>> out[0].score is None, out[-1].alert is not None, out[-1].alert.reasons[0].feature
+    (True, True, 'value')
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from detector.alerts import Alert, alert_id
+from detector.calibration import Calibrator
+from detector.events import Event
+from detector.features import FeatureStore, ProducerState, Reason
+from detector.scoring import ModelSpec
+
+MAX_REASONS = 3
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome for one event.
+
+    Attributes:
+        event: the event.
+        score: calibrated score in [0, 1]; None while the producer is warming up.
+        flagged: the score crossed the threshold.
+        alert: the alert to emit (None when not flagged, or held back by the cooldown).
+        error: set when scoring raised; the worker dead-letters the event with it.
+    """
+
+    event: Event
+    score: float | None
+    flagged: bool
+    alert: Alert | None
+    error: str | None = None
+
+
+class Pipeline:
+    """Stateful scorer for one model spec.
+
+    Args:
+        spec: the model spec.
+        threshold: overrides the spec's threshold.
+        max_producers: cap on tracked producers (LRU beyond it).
+        idle_ttl_ms: producers silent this long (event time) are forgotten.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        threshold: float | None = None,
+        max_producers: int = 100_000,
+        idle_ttl_ms: int = 24 * 3600 * 1000,
+    ) -> None:
+        self.spec = spec
+        self.decision = spec.decision
+        self.threshold = spec.decision.threshold if threshold is None else threshold
+        self.model = spec.build()
+        self.store = FeatureStore(spec.features, max_producers, idle_ttl_ms)
+        c = spec.calibration
+        self.calibrator = Calibrator(self.model.max_raw, c.bins, c.tail_points, c.min_excess)
+        self.events_seen = 0
+
+    def process(self, events: Sequence[Event]) -> list[Verdict]:
+        """Score, decide and learn, in order. One failing event never stops the others."""
+        out = []
+        for event in events:
+            try:
+                out.append(self._one(event))
+            except Exception as exc:  # a bug must cost one event, not the worker
+                log.exception("scoring failed for %s %s", event.stream, event.entry_id)
+                out.append(Verdict(event, None, False, None, f"{type(exc).__name__}: {exc}"))
+        return out
+
+    def _one(self, event: Event) -> Verdict:
+        store = self.store
+        st = store.state(event.producer)
+        evidence = store.evidence(st, event)
+        raw = self.model.raw_score(evidence)
+        if st.calibration is None:
+            st.calibration = self.calibrator.new()
+        score: float | None = None
+        flagged = False
+        alert = None
+        if st.n >= self.decision.warmup_events:
+            score = self.calibrator.score(st.calibration, raw)
+            flagged = score >= self.threshold
+        if flagged:
+            if st.flagged_streak == 0:
+                st.flagged_since_ms = event.event_time_ms
+            st.flagged_streak += 1
+            alert = self._decide(st, event, score or 0.0, evidence.reasons)
+        else:
+            st.flagged_streak = 0
+        store.advance_clock(st, event)
+        d = self.decision
+        accept = not flagged or (
+            st.flagged_streak > d.adapt_after_events
+            and event.event_time_ms - st.flagged_since_ms >= d.adapt_after_ms
+        )
+        # The calibration must see rare scores too, or its tail looks thinner than it is; but
+        # only the first of a run of flagged events, so one incident cannot teach it that
+        # incidents are normal. Baselines and the model learn only accepted events.
+        if accept or st.flagged_streak == 1:
+            self.calibrator.learn(st.calibration, raw)
+        if accept:
+            store.learn(st, event)
+            self.model.learn(evidence)
+        store.expire(event.event_time_ms)
+        self.events_seen += 1
+        return Verdict(event, score, flagged, alert)
+
+    def _decide(
+        self, st: ProducerState, event: Event, score: float, reasons: list[Reason]
+    ) -> Alert | None:
+        if event.event_time_ms < st.cooldown_until_ms:
+            st.suppressed += 1
+            return None
+        suppressed, st.suppressed = st.suppressed, 0
+        st.cooldown_until_ms = event.event_time_ms + self.decision.cooldown_ms
+        return Alert(
+            alert_id=alert_id(event.stream, event.entry_id, self.spec.name),
+            producer=event.producer,
+            source_stream=event.stream,
+            source_id=event.entry_id,
+            event_time=event.event_time_ms,
+            score=score,
+            threshold=self.threshold,
+            model=self.spec.name,
+            reasons=tuple(reasons[:MAX_REASONS]),
+            suppressed=suppressed,
+        )

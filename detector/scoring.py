@@ -1,0 +1,235 @@
+"""Scoring: declarative model specs, the registry that builds them, and the models.
+
+A spec is a TOML file in ``models/`` (shipped as ``detector.models``) or any path. It names a
+model ``kind`` from :data:`MODELS`, its parameters, the feature settings, the calibration and
+the decision rules. Users add detectors by writing a spec, not code.
+
+Every model turns an event's :class:`~detector.features.Evidence` into a raw score (higher is
+more anomalous); :mod:`detector.calibration` puts raw scores on one [0, 1] scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tomllib
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, fields
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Protocol
+
+from river import anomaly
+
+from detector.errors import ConfigError
+from detector.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig
+
+
+class Model(Protocol):
+    """What the pipeline needs from a model. ``learn`` returns None, as in River."""
+
+    max_raw: float
+
+    def raw_score(self, evidence: Evidence) -> float: ...
+
+    def learn(self, evidence: Evidence) -> None: ...
+
+
+class SurpriseModel:
+    """Robust per-producer statistics: the raw score is the largest feature surprise.
+
+    Each feature already compares the event with its own producer's running statistics, so
+    the combination needs no training of its own.
+
+    Examples:
+        >>> m = SurpriseModel()
+        >>> m.raw_score(Evidence({"rate": 0.2, "value": 7.5}, [], 100))
+        7.5
+    """
+
+    max_raw = MAX_SURPRISE / 2  # histogram range; higher raw scores are extrapolated
+
+    def raw_score(self, evidence: Evidence) -> float:
+        return max(evidence.surprise.values(), default=0.0)
+
+    def learn(self, evidence: Evidence) -> None:
+        return None
+
+
+class TreesModel:
+    """One River HalfSpaceTrees shared by all producers, over producer-relative features.
+
+    Inputs are the feature surprises squashed into [0, 1] (HalfSpaceTrees needs bounded
+    inputs); one shared model costs the same for 10 or 100k producers. Seeded, so replays
+    give identical scores.
+
+    Examples:
+        >>> m = TreesModel(n_trees=5, height=6, window_size=50, seed=1)
+        >>> for _ in range(200):
+        ...     m.learn(Evidence({"value": 0.1, "rate": 0.2}, [], 10))
+        >>> m.raw_score(Evidence({"value": 9.0, "rate": 0.2}, [], 10)) > m.raw_score(
+        ...     Evidence({"value": 0.1, "rate": 0.2}, [], 10))
+        True
+    """
+
+    max_raw = 1.0
+
+    def __init__(
+        self,
+        n_trees: int = 25,
+        height: int = 10,
+        window_size: int = 250,
+        seed: int = 42,
+        scale: float = 8.0,
+    ) -> None:
+        self.scale = scale
+        limits: dict[Hashable, tuple[float, float]] = dict.fromkeys(FEATURES, (0.0, 1.0))
+        self.trees = anomaly.HalfSpaceTrees(
+            n_trees=n_trees, height=height, window_size=window_size, limits=limits, seed=seed
+        )
+
+    def _x(self, evidence: Evidence) -> dict[str, float]:
+        # 1 - exp(-s/scale): monotone, 0 for usual, approaches 1 for extreme surprise.
+        return {f: 1.0 - math.exp(-evidence.surprise.get(f, 0.0) / self.scale) for f in FEATURES}
+
+    def raw_score(self, evidence: Evidence) -> float:
+        return float(self.trees.score_one(self._x(evidence)))  # type: ignore[no-untyped-call]
+
+    def learn(self, evidence: Evidence) -> None:
+        self.trees.learn_one(self._x(evidence))  # type: ignore[no-untyped-call]
+
+
+MODELS: dict[str, Callable[..., Model]] = {
+    "surprise": SurpriseModel,
+    "trees": TreesModel,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """When a calibrated score becomes an alert.
+
+    Attributes:
+        threshold: calibrated score at or above which an event is anomalous.
+        warmup_events: events a producer needs before it can alert.
+        cooldown_ms: after an alert, further anomalies of the producer are counted, not sent.
+        adapt_after_events: with ``adapt_after_ms``: how long a run of anomalous events must
+            last before the producer's baselines learn again, accepting a new normal
+            (protection from learning anomalies, without freezing after a real change).
+        adapt_after_ms: event time the run must also span.
+    """
+
+    threshold: float = 0.999
+    warmup_events: int = 50
+    cooldown_ms: int = 300_000
+    adapt_after_events: int = 20
+    adapt_after_ms: int = 900_000
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationSpec:
+    """Histogram resolution and tail fit of :class:`~detector.calibration.Calibrator`."""
+
+    bins: int = 64
+    tail_points: int = 10
+    min_excess: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A named detector configuration, loaded from TOML.
+
+    Attributes:
+        name: the name users pass to ``--model``.
+        kind: key in :data:`MODELS`.
+        params: keyword arguments of the model's factory.
+        features: feature settings.
+        calibration: calibration settings.
+        decision: threshold, warm-up, cooldown, protection.
+        description: one line for ``detector models``.
+        digest: sha256 of the spec's content (goes into alerts and checkpoints).
+    """
+
+    name: str
+    kind: str
+    params: Mapping[str, Any]
+    features: FeatureConfig
+    calibration: CalibrationSpec
+    decision: Decision
+    description: str
+    digest: str
+
+    def build(self) -> Model:
+        """A fresh, seeded model."""
+        try:
+            return MODELS[self.kind](**self.params)
+        except TypeError as exc:
+            msg = f"model {self.name!r}: bad params for kind {self.kind!r}: {exc}"
+            raise ConfigError(msg) from None
+
+
+def _section(cls: Any, data: Mapping[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        msg = f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})"
+        raise ConfigError(msg)
+    return cls(**data)
+
+
+def parse_spec(text: str, origin: str) -> ModelSpec:
+    """Validate a spec's TOML text."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"{origin}: {exc}"
+        raise ConfigError(msg) from None
+    allowed = {"name", "kind", "description", "params", "features", "calibration", "decision"}
+    unknown = set(data) - allowed
+    if unknown:
+        msg = f"{origin}: unknown sections {sorted(unknown)}"
+        raise ConfigError(msg)
+    kind = data.get("kind")
+    if kind not in MODELS:
+        msg = f"{origin}: kind must be one of {sorted(MODELS)}, not {kind!r}"
+        raise ConfigError(msg)
+    spec = ModelSpec(
+        name=str(data.get("name", Path(origin).stem)),
+        kind=kind,
+        params=dict(data.get("params", {})),
+        features=_section(FeatureConfig, data.get("features", {}), f"{origin} [features]"),
+        calibration=_section(
+            CalibrationSpec, data.get("calibration", {}), f"{origin} [calibration]"
+        ),
+        decision=_section(Decision, data.get("decision", {}), f"{origin} [decision]"),
+        description=str(data.get("description", "")),
+        digest=hashlib.sha256(text.encode()).hexdigest(),
+    )
+    spec.build()  # fail at startup, not on the first event
+    return spec
+
+
+def available_models() -> dict[str, str]:
+    """Names of the shipped specs and their descriptions."""
+    out = {}
+    for entry in sorted(files("detector.models").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".toml"):
+            spec = parse_spec(entry.read_text(), entry.name)
+            out[spec.name] = spec.description
+    return out
+
+
+def load_spec(name_or_path: str) -> ModelSpec:
+    """A shipped spec by name, or a spec file by path.
+
+    Raises:
+        ConfigError: no such spec, or it is invalid.
+    """
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.is_file():
+        return parse_spec(path.read_text(), str(path))
+    entry = files("detector.models").joinpath(f"{name_or_path}.toml")
+    if not entry.is_file():
+        msg = f"unknown model {name_or_path!r}; shipped: {sorted(available_models())}"
+        raise ConfigError(msg)
+    return parse_spec(entry.read_text(), f"{name_or_path}.toml")

@@ -1,0 +1,97 @@
+"""Settings: one frozen object built by the CLI and passed down.
+
+Nothing below the CLI reads the environment; defaults and key names live here.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+DEFAULT_STREAM = "events"
+DEFAULT_GROUP = "detector"
+DEFAULT_ALERTS_STREAM = "detector:alerts"
+DEFAULT_DEAD_LETTER_STREAM = "detector:dead-letter"
+DEFAULT_MODEL = "stats"
+# Alert ids already written, so a replayed entry never writes a second alert (SET NX + XADD).
+ALERT_GUARD_KEY = "detector:alert-guard:{alert_id}"
+ALERT_GUARD_TTL_S = 7 * 24 * 3600
+# Refreshed by a live worker; `detector check` reads it.
+HEALTH_KEY = "detector:health:{group}:{consumer}"
+
+
+def default_consumer() -> str:
+    """Stable per host, so a restarted worker finds its own pending entries."""
+    return socket.gethostname() or "worker"
+
+
+@dataclass(frozen=True, slots=True)
+class EventFormat:
+    """Where an entry keeps producer, time, type and payload, and the input caps.
+
+    Attributes:
+        producer_field: field naming the producer; missing means the stream name.
+        time_field: event time, epoch ms or ISO-8601; missing means the entry id's ms.
+        type_field: optional event type.
+        payload_field: optional JSON object with the payload (other fields are flat payload).
+        max_entry_bytes: total bytes of names and values in one entry.
+        max_fields: fields in the entry plus leaves of the JSON payload.
+        max_json_depth: nesting depth of the JSON payload.
+        max_string_len: characters in one value.
+        max_name_len: characters in one field name or producer id.
+    """
+
+    producer_field: str = "producer"
+    time_field: str = "ts"
+    type_field: str = "type"
+    payload_field: str = "data"
+    max_entry_bytes: int = 64 * 1024
+    max_fields: int = 256
+    max_json_depth: int = 8
+    max_string_len: int = 16 * 1024
+    max_name_len: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a worker needs. Units are in the names.
+
+    Attributes:
+        redis_url: ``redis://`` or ``rediss://`` URL; None starts an embedded redis-server.
+        streams: input streams, read through one consumer group.
+        group: consumer group name.
+        consumer: consumer name, stable across restarts of the same worker.
+        alerts_stream: where alerts are appended.
+        dead_letter_stream: where rejected entries are appended, with a reason.
+        model: name of a spec in ``models/`` or a path to a spec file.
+        threshold: overrides the spec's alert threshold (calibrated score in [0, 1]).
+        metrics_port: serve Prometheus metrics on this port (None: off).
+        until_idle: drain the streams, then stop once nothing arrives for ``idle_timeout_ms``.
+        idle_timeout_ms: quiet period that ends an ``until_idle`` run.
+        batch_size: entries per read (COUNT, per stream).
+        block_ms: how long one read waits for new entries.
+        claim_idle_ms: claim other consumers' entries pending longer than this.
+        max_producers: producers tracked at once; least recently seen are evicted beyond it.
+        producer_idle_ttl_s: evict a producer silent this long (event time).
+        alerts_maxlen: approximate cap on the alert and dead-letter streams.
+        event_format: field names and input caps.
+    """
+
+    redis_url: str | None = None
+    streams: tuple[str, ...] = (DEFAULT_STREAM,)
+    group: str = DEFAULT_GROUP
+    consumer: str = field(default_factory=default_consumer)
+    alerts_stream: str = DEFAULT_ALERTS_STREAM
+    dead_letter_stream: str = DEFAULT_DEAD_LETTER_STREAM
+    model: str = DEFAULT_MODEL
+    threshold: float | None = None
+    metrics_port: int | None = None
+    until_idle: bool = False
+    idle_timeout_ms: int = 2000
+    batch_size: int = 500
+    block_ms: int = 1000
+    claim_idle_ms: int = 60_000
+    max_producers: int = 100_000
+    producer_idle_ttl_s: float = 24 * 3600.0
+    alerts_maxlen: int = 1_000_000
+    event_format: EventFormat = field(default_factory=EventFormat)
