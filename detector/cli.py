@@ -46,11 +46,16 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
         data = tomllib.loads(Path(value).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise click.BadParameter(str(exc), ctx, param) from None
-    known = {p.name for p in ctx.command.params if p.name and p.name != "config"}
+    # Keys are option names (`stream`, `idle-timeout-ms` or `idle_timeout_ms`).
+    known: dict[str, str] = {}
+    for p in ctx.command.params:
+        if isinstance(p, click.Option) and p.name and p.name != "config":
+            for opt in p.opts:
+                known[opt.lstrip("-").replace("-", "_")] = p.name
     defaults = {}
     for key, val in data.items():
-        name = key.replace("-", "_")
-        if name not in known:
+        name = known.get(key.replace("-", "_"))
+        if name is None:
             msg = f"unknown key {key!r} in {value} (known: {', '.join(sorted(known))})"
             raise click.BadParameter(msg, ctx, param)
         defaults[name] = val

@@ -154,7 +154,10 @@ class Worker:
             elif until_idle and (time.monotonic() - last_activity) * 1000 >= (
                 self.settings.idle_timeout_ms
             ):
-                break
+                # Quiet: but entries other consumers left pending are work too.
+                if self._claim_safely() == 0:
+                    break
+                last_activity = time.monotonic()
         self.stats.elapsed_s = time.monotonic() - started
         self._report_health(final=True)
         log.info("worker stopped", extra={"stats": asdict(self.stats)})
@@ -177,20 +180,31 @@ class Worker:
                 else:
                     del cursors[stream]
 
-    def _claim(self) -> None:
-        """Take over entries that dead consumers left pending for longer than claim_idle_ms."""
+    def _claim(self) -> int:
+        """Take over entries that dead consumers left pending for longer than claim_idle_ms.
+
+        Walks each stream's pending list with the XAUTOCLAIM cursor until it wraps; returns
+        how many entries were claimed (and processed).
+        """
+        total = 0
         for stream in self.settings.streams:
-            cursor, entries, deleted = self.streams.claim(
-                stream, self.settings.claim_idle_ms, self._claim_cursor[stream], 100
-            )
-            self._claim_cursor[stream] = cursor
-            if deleted:
-                log.warning("pending entries were deleted before processing: %d", deleted)
-            if entries:
-                self.stats.claimed += len(entries)
-                self.metrics.claimed.inc(len(entries))
-                log.info("claimed %d pending entries on %s", len(entries), stream)
-                self._handle(entries, claimed=True)
+            while not self._stop.is_set():
+                cursor, entries, deleted = self.streams.claim(
+                    stream, self.settings.claim_idle_ms, self._claim_cursor[stream],
+                    self.settings.batch_size,
+                )  # fmt: skip
+                self._claim_cursor[stream] = cursor
+                if deleted:
+                    log.warning("%d pending entries were deleted before processing", deleted)
+                if entries:
+                    total += len(entries)
+                    self.stats.claimed += len(entries)
+                    self.metrics.claimed.inc(len(entries))
+                    log.info("claimed %d pending entries on %s", len(entries), stream)
+                    self._handle(entries, claimed=True)
+                if cursor == "0-0":
+                    break
+        return total
 
     # -- processing --------------------------------------------------------------------
 
@@ -269,7 +283,14 @@ class Worker:
             self._guarded(self._report_group)
         if now >= self._next["claim"]:
             self._next["claim"] = now + CLAIM_INTERVAL_S
-            self._guarded(self._claim)
+            self._claim_safely()
+
+    def _claim_safely(self) -> int:
+        try:
+            return self._claim()
+        except CONNECTION_ERRORS as exc:
+            self._note_error(exc)
+            return 0
 
     def _report_group(self) -> None:
         for stream, (lag, pending) in self.streams.group_info().items():

@@ -1,0 +1,236 @@
+"""Integration: the worker against a real redis-server."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from detector.alerts import alert_id
+from detector.embedded import free_port
+from detector.metrics import Metrics
+from detector.offline import score_file
+from detector.pipeline import Verdict
+from detector.settings import Settings
+from detector.worker import Worker
+from tests.helpers import append, order_events, outlier
+
+CONTRACT_FIELDS = {
+    "alert_id", "producer", "source_stream", "source_id", "event_time", "score", "threshold",
+    "model", "reasons", "emitted_at",
+}  # fmt: skip
+
+
+def _stream_with_outlier(
+    r: redis.Redis, stream: str, per_producer: int = 400
+) -> tuple[list[str], str]:
+    events = order_events(producers=3, per_producer=per_producer)
+    last_ts = int(events[-1]["ts"])
+    events.append(outlier("svc-1", last_ts + 1000))
+    ids = append(r, stream, events)
+    return ids, ids[-1]
+
+
+def test_run_emits_alert_with_contract_fields(
+    r: redis.Redis, stream_name: str, worker_factory: Callable[..., Worker]
+) -> None:
+    ids, outlier_id = _stream_with_outlier(r, stream_name)
+    worker = worker_factory()
+    stats = worker.run()
+
+    assert stats.events == len(ids)
+    alerts = r.xrange(worker.settings.alerts_stream)
+    by_source = {fields["source_id"]: fields for _, fields in alerts}
+    assert outlier_id in by_source, f"no alert for the outlier; alerts: {by_source.keys()}"
+    fields = by_source[outlier_id]
+    assert set(fields) >= CONTRACT_FIELDS
+    assert fields["producer"] == "svc-1"
+    assert fields["source_stream"] == stream_name
+    assert fields["alert_id"] == alert_id(stream_name, outlier_id, "stats")
+    assert fields["model"] == "stats"
+    assert float(fields["score"]) >= float(fields["threshold"])
+    assert 0.0 <= float(fields["score"]) <= 1.0
+    reasons = orjson.loads(fields["reasons"])
+    assert reasons[0]["feature"] == "value"
+    assert reasons[0]["field"] == "amount"
+    assert {"feature", "observed", "expected", "contribution"} <= set(reasons[0])
+    assert int(fields["event_time"]) == int(
+        r.xrange(stream_name, outlier_id, outlier_id)[0][1]["ts"]
+    )
+    # Everything acknowledged, nothing left for the group.
+    assert r.xpending(stream_name, worker.settings.group)["pending"] == 0
+    (group,) = r.xinfo_groups(stream_name)
+    assert group["lag"] == 0
+
+
+def test_bad_input_goes_to_dead_letter_with_reason(
+    r: redis.Redis, redis_url: str, stream_name: str, worker_factory: Callable[..., Worker]
+) -> None:
+    raw = redis.Redis.from_url(redis_url)  # bytes replies: the dead letters keep raw bytes
+    good = order_events(producers=1, per_producer=5)
+    bad: list[tuple[dict[str | bytes, str | bytes], str]] = [
+        ({"producer": "p", "data": "{not json"}, "invalid_json"),
+        ({"producer": "p", "amount": "NaN"}, "non_finite_number"),
+        ({"producer": "p", "amount": "1e400"}, "non_finite_number"),
+        ({"producer": "p", "data": "[1, 2]"}, "payload_not_object"),
+        ({"producer": "p", "data": '{"a":' * 20 + "1" + "}" * 20}, "json_too_deep"),
+        ({"producer": "p", "blob": "x" * 70_000}, "entry_too_large"),
+        ({b"producer": b"p", b"name": b"\xff\xfe"}, "invalid_utf8"),
+        ({"producer": "p", "ts": "yesterday"}, "invalid_time"),
+        ({"producer": "", "a": "1"}, "empty_producer"),
+    ]
+    append(raw, stream_name, good[:2])
+    bad_ids = [raw.xadd(stream_name, fields).decode() for fields, _ in bad]  # type: ignore[arg-type]
+    append(raw, stream_name, good[2:])
+    worker = worker_factory()
+    stats = worker.run()
+
+    assert stats.events == len(good) + len(bad)
+    assert stats.invalid == len(bad)
+    letters = raw.xrange(worker.settings.dead_letter_stream)
+    assert len(letters) == len(bad)
+    for (_, fields), bad_id, (original, reason) in zip(letters, bad_ids, bad, strict=True):
+        assert fields[b"source_id"].decode() == bad_id
+        assert fields[b"source_stream"].decode() == stream_name
+        assert fields[b"reason"].decode() == reason
+        for k, v in original.items():
+            kb = k if isinstance(k, bytes) else k.encode()
+            vb = v if isinstance(v, bytes) else v.encode()
+            assert fields[b"field." + kb] == vb  # the original entry, byte for byte
+    assert r.xpending(stream_name, worker.settings.group)["pending"] == 0
+    sample = worker.metrics.registry.get_sample_value
+    assert sample("detector_dead_lettered_total", {"reason": "invalid_json"}) == 1
+    raw.close()
+
+
+def test_restart_rereads_own_pending_entries(
+    r: redis.Redis, stream_name: str, worker_factory: Callable[..., Worker]
+) -> None:
+    ids, _ = _stream_with_outlier(r, stream_name)
+    settings = worker_factory().settings
+    r.xgroup_create(stream_name, settings.group, id="0")
+    # A previous incarnation of consumer c1 read 300 entries and died before acking.
+    r.xreadgroup(settings.group, settings.consumer, {stream_name: ">"}, count=300)
+    assert r.xpending(stream_name, settings.group)["pending"] == 300
+
+    stats = worker_factory().run()
+    assert stats.events == len(ids)  # the 300 pending ones and the rest, each once
+    assert r.xpending(stream_name, settings.group)["pending"] == 0
+
+
+def test_claims_entries_a_dead_consumer_left_pending(
+    r: redis.Redis, stream_name: str, worker_factory: Callable[..., Worker],
+    settings_factory: Callable[..., Settings],
+) -> None:  # fmt: skip
+    ids, _ = _stream_with_outlier(r, stream_name)
+    settings = settings_factory(claim_idle_ms=50)
+    r.xgroup_create(stream_name, settings.group, id="0")
+    r.xreadgroup(settings.group, "dead-consumer", {stream_name: ">"}, count=200)
+    time.sleep(0.1)
+
+    worker = worker_factory(settings)
+    stats = worker.run()
+    assert stats.claimed == 200
+    assert stats.events == len(ids)
+    assert r.xpending(stream_name, settings.group)["pending"] == 0
+
+
+def test_reprocessing_never_writes_a_second_alert(
+    r: redis.Redis, stream_name: str, worker_factory: Callable[..., Worker],
+    settings_factory: Callable[..., Settings],
+) -> None:  # fmt: skip
+    _stream_with_outlier(r, stream_name)
+    first = worker_factory().run()
+    alerts_after_first = r.xlen("detector:alerts")
+    assert first.alerts >= 1 and alerts_after_first == first.alerts
+    # A second group replays the same entries from scratch: same state, same alert ids.
+    second = worker_factory(settings_factory(group="replay")).run()
+    assert second.alerts == first.alerts
+    assert r.xlen("detector:alerts") == alerts_after_first
+
+
+def test_offline_score_equals_run_scores(
+    r: redis.Redis, stream_name: str, worker_factory: Callable[..., Worker], tmp_path: Path
+) -> None:
+    events = order_events(producers=4, per_producer=300, seed=5)
+    events.insert(900, outlier("svc-2", int(events[900]["ts"]) + 1))
+    events.append({"producer": "svc-0", "data": "{broken"})  # invalid in both paths
+    events.sort(key=lambda e: int(e.get("ts", "9" * 15)))
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    out = tmp_path / "scores.csv"
+    score_file(jsonl, out, model="stats", stream=stream_name)
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+
+    append(r, stream_name, events)
+    seen: list[Verdict] = []
+    worker_factory(on_verdicts=seen.extend).run()
+
+    assert len(rows) == len(events)
+    online = {v.event.entry_id: v for v in seen}
+    ids = [i for i, _ in r.xrange(stream_name)]
+    offline_scores = [row[2] for row in rows]
+    online_scores = [
+        ("" if online[i].score is None else repr(online[i].score)) if i in online else ""
+        for i in ids
+    ]
+    assert offline_scores == online_scores
+    assert sum(1 for s in offline_scores if s) > 400  # scores were really compared (after warm-up)
+    assert [row[3] for row in rows] == [
+        str(int(i in online and online[i].alert is not None)) for i in ids
+    ]
+    assert "1" in [row[3] for row in rows]
+
+
+def test_metrics_endpoint_serves_named_metrics(
+    r: redis.Redis, stream_name: str, worker_factory: Callable[..., Worker]
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    _stream_with_outlier(r, stream_name)
+    port = free_port()
+    metrics = Metrics(CollectorRegistry(), (stream_name,), "stats")
+    metrics.serve(port, addr="127.0.0.1")
+    worker = worker_factory(metrics=metrics)
+    worker.run()
+    worker._report_group()
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for name in (
+        'detector_events_total{outcome="scored"}',
+        "detector_alerts_total",
+        'detector_dead_lettered_total{reason="invalid_json"}',
+        "detector_event_processing_seconds_bucket",
+        f'detector_consumer_lag{{stream="{stream_name}"}} 0.0',
+        f'detector_pending_entries{{stream="{stream_name}"}} 0.0',
+        "detector_producers_tracked 3.0",
+        "detector_info",
+    ):
+        assert name in body, name
+    scored = metrics.registry.get_sample_value("detector_events_total", {"outcome": "scored"})
+    warmup = metrics.registry.get_sample_value("detector_events_total", {"outcome": "warmup"})
+    assert scored is not None and warmup is not None and scored + warmup == 1201
+    assert "svc-1" not in body  # producer ids are never label values
+
+
+def test_until_idle_returns_when_quiet(worker_factory: Callable[..., Worker]) -> None:
+    started = time.monotonic()
+    stats = worker_factory().run()
+    assert stats.events == 0
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("model", ["stats", "hst"])
+def test_every_shipped_model_runs_end_to_end(
+    r: redis.Redis, stream_name: str, worker_factory: Callable[..., Worker],
+    settings_factory: Callable[..., Settings], model: str,
+) -> None:  # fmt: skip
+    ids, outlier_id = _stream_with_outlier(r, stream_name, per_producer=1000)
+    stats = worker_factory(settings_factory(model=model)).run()
+    assert stats.events == len(ids)
+    sources = [f["source_id"] for _, f in r.xrange("detector:alerts")]
+    assert outlier_id in sources
