@@ -194,7 +194,7 @@ def run(**kw: Any) -> None:
         stats = worker.run()
     click.echo(
         f"processed {stats.events} events ({stats.invalid} dead-lettered) in "
-        f"{stats.elapsed_s:.2f}s: {stats.events_per_s:,.0f} events/s, {stats.alerts} alerts",
+        f"{stats.busy_s:.2f}s: {stats.events_per_s:,.0f} events/s, {stats.alerts} alerts",
         err=True,
     )
 

@@ -5,7 +5,7 @@ and ``detector score`` (on a file) both call :meth:`Pipeline.process`, so the sa
 the same order give the same scores either way.
 
 Order per event: evidence from the producer's past, raw score, calibrated score, decision,
-then learning, unless the event was flagged (protected learning; see ``Decision``).
+then learning, unless the event is suspect (protected learning; see ``Decision``).
 
 Examples:
     >>> from detector.events import Event
@@ -98,27 +98,29 @@ class Pipeline:
         raw = self.model.raw_score(evidence)
         if st.calibration is None:
             st.calibration = self.calibrator.new()
+        d = self.decision
         score: float | None = None
-        flagged = False
+        flagged = suspect = False
         alert = None
-        if st.n >= self.decision.warmup_events:
+        if st.n >= d.warmup_events:
             score = self.calibrator.score(st.calibration, raw)
             flagged = score >= self.threshold
-        if flagged:
+            suspect = score >= min(d.protect_threshold, self.threshold)
+        if suspect:
             if st.flagged_streak == 0:
                 st.flagged_since_ms = event.event_time_ms
             st.flagged_streak += 1
-            alert = self._decide(st, event, score or 0.0, evidence.reasons)
         else:
             st.flagged_streak = 0
+        if flagged:
+            alert = self._decide(st, event, score or 0.0, evidence.reasons)
         store.advance_clock(st, event)
-        d = self.decision
-        accept = not flagged or (
+        accept = not suspect or (
             st.flagged_streak > d.adapt_after_events
             and event.event_time_ms - st.flagged_since_ms >= d.adapt_after_ms
         )
         # The calibration must see rare scores too, or its tail looks thinner than it is; but
-        # only the first of a run of flagged events, so one incident cannot teach it that
+        # only the first of a run of suspect events, so one incident cannot teach it that
         # incidents are normal. Baselines and the model learn only accepted events.
         if accept or st.flagged_streak == 1:
             self.calibrator.learn(st.calibration, raw)

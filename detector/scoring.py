@@ -110,17 +110,20 @@ class Decision:
     """When a calibrated score becomes an alert.
 
     Attributes:
-        threshold: calibrated score at or above which an event is anomalous.
+        threshold: calibrated score at or above which an event is anomalous (alerts).
+        protect_threshold: calibrated score at or above which an event is suspect and does
+            not teach the baselines (at most ``threshold``: protect more than you alert).
         warmup_events: events a producer needs before it can alert.
         cooldown_ms: after an alert, further anomalies of the producer are counted, not sent.
-        adapt_after_events: with ``adapt_after_ms``: how long a run of anomalous events must
+        adapt_after_events: with ``adapt_after_ms``: how long a run of suspect events must
             last before the producer's baselines learn again, accepting a new normal
             (protection from learning anomalies, without freezing after a real change).
         adapt_after_ms: event time the run must also span.
     """
 
-    threshold: float = 0.999
-    warmup_events: int = 50
+    threshold: float = 0.9999
+    protect_threshold: float = 0.999
+    warmup_events: int = 200
     cooldown_ms: int = 300_000
     adapt_after_events: int = 20
     adapt_after_ms: int = 900_000

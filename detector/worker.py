@@ -52,10 +52,11 @@ class RunStats:
     batches: int = 0
     redis_errors: int = 0
     elapsed_s: float = 0.0
+    busy_s: float = 0.0  # from the start to the last commit: excludes the final idle wait
 
     @property
     def events_per_s(self) -> float:
-        return self.events / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return self.events / self.busy_s if self.busy_s > 0 else 0.0
 
 
 class Worker:
@@ -111,6 +112,7 @@ class Worker:
         self._health_key = HEALTH_KEY.format(group=settings.group, consumer=settings.consumer)
         self._next = {"health": 0.0, "info": 0.0, "claim": 0.0}
         self._claim_cursor = dict.fromkeys(settings.streams, "0-0")
+        self._started = time.monotonic()
 
     def __repr__(self) -> str:
         s = self.stats
@@ -130,7 +132,7 @@ class Worker:
             the counters of this run.
         """
         until_idle = self.settings.until_idle if until_idle is None else until_idle
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         self._install_signals()
         self._with_retries(self.streams.ensure_groups)
         self._with_retries(self._drain_own_pending)
@@ -236,6 +238,7 @@ class Worker:
                 self.processed_upto[stream] = ids[-1]
         self._commit(batch)
         self._count(entries, verdicts, batch, time.perf_counter() - started)
+        self.stats.busy_s = time.monotonic() - self._started
         if self.on_verdicts is not None:
             self.on_verdicts(verdicts)
 
