@@ -336,6 +336,7 @@ def demo(redis_url: str | None, model: str, threshold: float | None, seed: int, 
     """Simulate a shop with injected incidents and watch the detector catch them."""
     from detector.demo import run_demo
 
+    logging.getLogger("detector").setLevel(logging.WARNING)  # the demo prints its own story
     with redis_url_or_embedded(redis_url) as url:
         ok = run_demo(
             url,

@@ -7,6 +7,7 @@ alert is printed as it is committed, marked with the incident it belongs to (or 
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ def run_demo(
     console: Console | None = None,
 ) -> bool:
     """Run the demo against the Redis at ``url``; prints alerts live, then a summary."""
-    out = console or Console(highlight=False)
+    out = console or Console(highlight=False, width=None if sys.stdout.isatty() else 140)
     shop = generate(seed=seed, duration_s=hours * 3600, kinds=DEMO_KINDS)
     producers = sorted({e["producer"] for e in shop.events})
     out.print(

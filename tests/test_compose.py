@@ -1,0 +1,506 @@
+"""The deployment files agree with the code: Dockerfile, docker-compose.yml, deploy/.
+
+No Docker here: the files are parsed and checked against the click CLI (options and their
+``DETECTOR_*`` envvars), pyproject's console script, and the demo producer's own code.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shlex
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from detector.cli import cli
+from detector.shop import DEMO_KINDS, iter_events
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
+PRODUCER = ROOT / "deploy" / "producer.py"
+
+
+# -- parsing helpers -------------------------------------------------------------------------
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        keyword, _, rest = (buf + line).partition(" ")
+        out.append((keyword.upper(), " ".join(rest.split())))
+        buf = ""
+    assert not buf, "Dockerfile ends inside a continuation line"
+    return out
+
+
+def exec_form(args: str) -> list[str]:
+    """A JSON-array (exec form) instruction argument; shell form is refused."""
+    value = json.loads(args)
+    assert isinstance(value, list), f"not exec form: {args}"
+    assert all(isinstance(v, str) for v in value)
+    return value
+
+
+def duration_s(text: str) -> float:
+    """A compose duration such as ``30s``, ``1m30s`` or ``500ms``."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", text)
+    assert parts, f"not a duration: {text!r}"
+    assert "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def healthcheck_argv(service: dict[str, Any]) -> list[str]:
+    test = service["healthcheck"]["test"]
+    if isinstance(test, str):
+        return shlex.split(test)
+    kind, *rest = test
+    if kind == "CMD-SHELL":
+        return shlex.split(rest[0])
+    assert kind == "CMD", f"unexpected healthcheck form: {test}"
+    return [str(arg) for arg in rest]
+
+
+def envvars(command: click.Command) -> set[str]:
+    out: set[str] = set()
+    for param in command.params:
+        if isinstance(param.envvar, str):
+            out.add(param.envvar)
+        elif param.envvar:
+            out.update(param.envvar)
+    return out
+
+
+def command_envvars(name: str) -> set[str]:
+    """Envvars that reach ``detector NAME``: the group's options and the command's own."""
+    return envvars(cli) | envvars(cli.commands[name])
+
+
+def dockerignore_includes(patterns: list[str], path: str) -> bool:
+    """Whether a top-level context path survives .dockerignore (last matching rule wins)."""
+    included = True
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pat = pattern.lstrip("!").strip("/")
+        if fnmatch.fnmatchcase(path, pat):
+            included = negate
+    return included
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def detector_env(services: dict[str, dict[str, Any]]) -> dict[str, str]:
+    env = services["detector"]["environment"]
+    assert isinstance(env, dict), "use the mapping form for environment"
+    return {k: str(v) for k, v in env.items()}
+
+
+@pytest.fixture(scope="module")
+def instructions() -> list[tuple[str, str]]:
+    return dockerfile_instructions(DOCKERFILE.read_text())
+
+
+@pytest.fixture()
+def compose_environ(monkeypatch: pytest.MonkeyPatch, detector_env: dict[str, str]) -> None:
+    """The process environment as the detector container sees it (DETECTOR_* only)."""
+    for key in list(os.environ):
+        if key.startswith("DETECTOR_"):
+            monkeypatch.delenv(key)
+    for key, value in detector_env.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="module")
+def producer() -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location("deploy_producer", PRODUCER)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    with pytest.MonkeyPatch.context() as mp:
+        # Should importing run main(), it fails fast on a refused connection instead of hanging.
+        mp.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+        mp.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    yield module
+
+
+def parse_with_env(*argv: str) -> tuple[click.Context, click.Context]:
+    """Resolve (group, command) options from argv and the environment, without running."""
+    group_ctx = cli.make_context("detector", list(argv))
+    name, *rest = argv
+    command = cli.commands[name]
+    return group_ctx, command.make_context(name, rest, parent=group_ctx)
+
+
+# -- docker-compose.yml ----------------------------------------------------------------------
+
+
+def test_compose_is_compose_spec_with_the_four_services(compose: dict[str, Any]) -> None:
+    assert "version" not in compose, "the Compose spec has no version key"
+    assert set(compose["services"]) == {"redis", "detector", "producer", "prometheus"}
+    declared = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith((".", "/")):
+                assert source in declared, f"{name}: named volume {source!r} not declared"
+
+
+def test_redis_service_persists_and_never_evicts(services: dict[str, dict[str, Any]]) -> None:
+    redis = services["redis"]
+    assert redis["image"].split(":") == ["redis", "7"]
+    command = redis["command"]
+    args = " ".join(command) if isinstance(command, list) else command
+    for setting in ("--appendonly yes", "--appendfsync everysec", "--maxmemory-policy noeviction"):
+        assert setting in args
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in redis["volumes"]}
+    assert "/data" in mounts
+    assert not mounts["/data"].startswith((".", "/")), "/data should be a named volume"
+    assert healthcheck_argv(redis)[:2] == ["redis-cli", "ping"]
+
+
+def test_detector_service_shape(services: dict[str, dict[str, Any]]) -> None:
+    detector = services["detector"]
+    build = detector["build"]
+    context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
+    dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+    assert (context / dockerfile).resolve() == DOCKERFILE
+    assert detector["command"] == ["run"], "configure through DETECTOR_* variables, not flags"
+    assert detector["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert detector["restart"] == "unless-stopped"
+    assert healthcheck_argv(detector) == ["detector", "check"]
+
+
+def test_detector_is_configured_only_through_its_envvars(
+    detector_env: dict[str, str], services: dict[str, dict[str, Any]]
+) -> None:
+    assert "env_file" not in services["detector"]
+    assert all(key.startswith("DETECTOR_") for key in detector_env)
+    required = {
+        "DETECTOR_REDIS_URL",
+        "DETECTOR_STREAM",
+        "DETECTOR_GROUP",
+        "DETECTOR_ALERTS_STREAM",
+        "DETECTOR_METRICS_PORT",
+        "DETECTOR_LOG_FORMAT",
+    }
+    assert required <= set(detector_env)
+    unknown = set(detector_env) - command_envvars("run")
+    assert not unknown, f"not an envvar of `detector run`: {sorted(unknown)}"
+    url = urlsplit(detector_env["DETECTOR_REDIS_URL"])
+    assert url.scheme in {"redis", "rediss"}
+    assert url.hostname in services, "DETECTOR_REDIS_URL should name the compose redis service"
+
+
+@pytest.mark.usefixtures("compose_environ")
+def test_detector_env_values_parse_as_run_options(detector_env: dict[str, str]) -> None:
+    group_ctx, run_ctx = parse_with_env("run")
+    assert group_ctx.params["log_format"] == "json"
+    assert run_ctx.params["redis_url"] == detector_env["DETECTOR_REDIS_URL"]
+    assert run_ctx.params["streams"] == (detector_env["DETECTOR_STREAM"],)
+    assert run_ctx.params["group"] == detector_env["DETECTOR_GROUP"]
+    assert run_ctx.params["alerts_stream"] == detector_env["DETECTOR_ALERTS_STREAM"]
+    assert run_ctx.params["metrics_port"] == int(detector_env["DETECTOR_METRICS_PORT"])
+
+
+def test_stop_grace_period_covers_a_batch(
+    services: dict[str, dict[str, Any]], detector_env: dict[str, str]
+) -> None:
+    grace_s = duration_s(services["detector"]["stop_grace_period"])
+    block_param = next(p for p in cli.commands["run"].params if p.name == "block_ms")
+    block_ms = int(detector_env.get("DETECTOR_BLOCK_MS", block_param.default))  # type: ignore[arg-type]
+    # One blocked read plus one batch's work and commit, with room to spare; more than
+    # Docker's 10 s default, which the setting exists to raise.
+    assert grace_s > 10
+    assert grace_s >= 5 * block_ms / 1000
+
+
+def test_healthcheck_command_exists_and_resolves() -> None:
+    assert {"run", "check"} <= set(cli.commands)
+    result = CliRunner().invoke(cli, ["check", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "DETECTOR_REDIS_URL" in result.output
+
+
+@pytest.mark.usefixtures("compose_environ")
+def test_healthcheck_checks_this_worker(detector_env: dict[str, str]) -> None:
+    """`detector check` gets URL and group (and consumer) from the container's environment."""
+    assert {"DETECTOR_REDIS_URL", "DETECTOR_GROUP"} <= command_envvars("check")
+    assert {"DETECTOR_REDIS_URL", "DETECTOR_GROUP"} <= set(detector_env)
+    _, run_ctx = parse_with_env("run")
+    _, check_ctx = parse_with_env("check")
+    assert check_ctx.params["redis_url"] == run_ctx.params["redis_url"]
+    assert check_ctx.params["group"] == run_ctx.params["group"]
+    if check_ctx.params["consumer"] is not None:
+        assert check_ctx.params["consumer"] == run_ctx.params["consumer"]
+
+
+# -- Dockerfile ------------------------------------------------------------------------------
+
+
+def _only(instructions: list[tuple[str, str]], keyword: str) -> str:
+    found = [args for kw, args in instructions if kw == keyword]
+    assert len(found) == 1, f"expected one {keyword}, found {found}"
+    return found[0]
+
+
+def test_dockerfile_base_user_and_install(instructions: list[tuple[str, str]]) -> None:
+    assert _only(instructions, "FROM") == "python:3.11-slim"
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert requires == ">=3.11"
+    user = _only(instructions, "USER").split(":")[0]
+    assert user not in {"root", "0"}
+    runs = [args for kw, args in instructions if kw == "RUN"]
+    assert any("pip install --no-cache-dir ." in r for r in runs)
+    assert not any(re.search(r"apt-get install|build-essential|\bgcc\b", r) for r in runs)
+
+
+def test_dockerfile_entrypoint_is_the_console_script(instructions: list[tuple[str, str]]) -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    entrypoint = exec_form(_only(instructions, "ENTRYPOINT"))
+    assert len(entrypoint) == 1
+    assert entrypoint[0] in scripts
+    module, _, attr = scripts[entrypoint[0]].partition(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+    cmd = exec_form(_only(instructions, "CMD"))
+    assert cmd == ["run"]
+    assert cmd[0] in cli.commands
+
+
+def test_dockerfile_healthcheck_and_port(
+    instructions: list[tuple[str, str]], detector_env: dict[str, str]
+) -> None:
+    options, sep, command = _only(instructions, "HEALTHCHECK").partition("CMD ")
+    assert sep, "HEALTHCHECK needs a CMD"
+    assert exec_form(command) == [*exec_form(_only(instructions, "ENTRYPOINT")), "check"]
+    assert "--interval=" in options
+    exposed = {int(p.split("/")[0]) for p in _only(instructions, "EXPOSE").split()}
+    assert int(detector_env["DETECTOR_METRICS_PORT"]) in exposed
+
+
+def test_dockerfile_env_vars_are_run_options(instructions: list[tuple[str, str]]) -> None:
+    names = set()
+    for kw, args in instructions:
+        if kw == "ENV":
+            names |= set(re.findall(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)=", args))
+    detector_vars = {n for n in names if n.startswith("DETECTOR_")}
+    assert detector_vars <= command_envvars(exec_form(_only(instructions, "CMD"))[0])
+
+
+def test_dockerfile_copies_exist_and_survive_dockerignore(
+    instructions: list[tuple[str, str]], services: dict[str, dict[str, Any]]
+) -> None:
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    workdir = PurePosixPath("/")
+    destinations: dict[str, PurePosixPath] = {}
+    for kw, args in instructions:
+        if kw == "WORKDIR":
+            workdir = workdir / args
+        elif kw == "COPY":
+            *sources, dest = [a for a in args.split() if not a.startswith("--")]
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+                top = PurePosixPath(source).parts[0]
+                assert dockerignore_includes(patterns, top), f"COPY {source}: .dockerignored"
+                destinations[source.rstrip("/")] = workdir / dest
+    for private in (".git", "tests", ".venv", ".env"):
+        assert not dockerignore_includes(patterns, private), f"{private} is in the build context"
+    # The producer service runs the script from where the Dockerfile puts deploy/.
+    script = PurePosixPath(services["producer"]["entrypoint"][-1])
+    assert script == destinations["deploy"] / "producer.py"
+
+
+# -- Prometheus ------------------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_the_detector_metrics_port(
+    services: dict[str, dict[str, Any]], detector_env: dict[str, str]
+) -> None:
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    targets = [
+        target
+        for job in config["scrape_configs"]
+        if job.get("metrics_path", "/metrics") == "/metrics"
+        for static in job["static_configs"]
+        for target in static["targets"]
+    ]
+    assert f"detector:{detector_env['DETECTOR_METRICS_PORT']}" in targets
+    prometheus = services["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus")
+    mounts = [v.split(":") for v in prometheus["volumes"]]
+    assert ["./deploy/prometheus.yml", "/etc/prometheus/prometheus.yml", "ro"] in mounts
+    assert any(str(p).split(":")[-1] == "9090" for p in prometheus["ports"])
+
+
+# -- the demo producer -----------------------------------------------------------------------
+
+
+def test_producer_service_runs_the_script_from_the_detector_image(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    producer, detector = services["producer"], services["detector"]
+    assert producer["profiles"] == ["demo"]
+    assert producer["entrypoint"][:2] == ["python", "/app/deploy/producer.py"]
+    assert producer["image"] == detector["image"]
+    assert producer["build"] == detector["build"]
+    assert producer["depends_on"]["redis"]["condition"] == "service_healthy"
+    # The image's HEALTHCHECK (`detector check`) would mark the producer unhealthy.
+    assert producer.get("healthcheck", {}).get("disable") is True
+
+
+def test_producer_env_matches_compose(
+    producer: ModuleType, services: dict[str, dict[str, Any]], detector_env: dict[str, str]
+) -> None:
+    env = {k: str(v) for k, v in services["producer"]["environment"].items()}
+
+    recorder = Recorder(env)
+    config = producer.Config.from_env(recorder)
+    assert recorder.seen == set(env), "compose sets exactly the variables the producer reads"
+    assert config.stream == detector_env["DETECTOR_STREAM"]
+    assert config.redis_url == detector_env["DETECTOR_REDIS_URL"]
+    assert config.rate > 0
+
+
+@pytest.mark.usefixtures("compose_environ")
+def test_producer_events_fit_the_detector_format(
+    producer: ModuleType, services: dict[str, dict[str, Any]]
+) -> None:
+    env = {k: str(v) for k, v in services["producer"]["environment"].items()}
+    config = producer.Config.from_env(env)
+    _, events = iter_events(
+        seed=config.seed, start_ms=1_767_225_600_000, duration_s=config.hours * 3600,
+        kinds=DEMO_KINDS,
+    )  # fmt: skip
+    first = list(itertools.islice(events, 20))
+    assert len(first) == 20
+    _, run_ctx = parse_with_env("run")
+    for fields in first:
+        assert run_ctx.params["producer_field"] in fields
+        assert fields[run_ctx.params["time_field"]] == fields[producer.TIME_FIELD]
+
+
+class Recorder(dict[str, str]):
+    """An environment that remembers which variables were looked up."""
+
+    def __init__(self, items: dict[str, str]) -> None:
+        super().__init__(items)
+        self.seen: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.seen.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.seen.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.seen.add(str(key))
+        return super().__contains__(key)
+
+
+class FakePipeline:
+    def __init__(self, log: list[tuple[str, dict[str, str], int | None]]) -> None:
+        self.log = log
+        self.queued: list[tuple[str, dict[str, str], int | None]] = []
+
+    def xadd(self, name: str, fields: dict[str, str], *, maxlen: int | None = None,
+             approximate: bool = True) -> None:  # fmt: skip
+        assert approximate
+        self.queued.append((name, fields, maxlen))
+
+    def execute(self) -> None:
+        self.log.extend(self.queued)
+        self.queued.clear()
+
+
+class FakeRedis:
+    def __init__(self, last: list[tuple[str, dict[str, str]]] | None = None) -> None:
+        self.log: list[tuple[str, dict[str, str], int | None]] = []
+        self.last = last or []
+
+    def pipeline(self, transaction: bool = True) -> FakePipeline:
+        assert not transaction
+        return FakePipeline(self.log)
+
+    def xrevrange(self, name: str, count: int | None = None) -> list[Any]:
+        return self.last[:count]
+
+
+def test_producer_replay_appends_everything_in_order(producer: ModuleType) -> None:
+    events = [{"producer": f"p{i % 3}", "ts": str(1000 + i)} for i in range(1234)]
+    client = FakeRedis()
+    sent = producer.replay(
+        client, "events", iter(events), rate=0, maxlen=50, stop=threading.Event()
+    )
+    assert sent == len(events)
+    assert [f for _, f, _ in client.log] == events
+    assert {(s, m) for s, _, m in client.log} == {("events", 50)}
+    stopped = threading.Event()
+    stopped.set()
+    assert producer.replay(client, "events", iter(events), rate=0, maxlen=0, stop=stopped) == 0
+
+
+def test_producer_replay_is_paced(producer: ModuleType) -> None:
+    events = [{"producer": "p", "ts": str(i)} for i in range(10)]
+    client = FakeRedis()
+    started = time.monotonic()
+    sent = producer.replay(client, "s", events, rate=100, maxlen=0, stop=threading.Event())
+    assert sent == 10
+    assert time.monotonic() - started >= 0.09  # 10 entries at 100/s
+    assert {m for _, _, m in client.log} == {None}  # MAXLEN 0: no cap
+
+
+def test_producer_resumes_after_the_last_event(producer: ModuleType) -> None:
+    assert producer.resume_ms(FakeRedis(), "events", 5_000) == 5_000
+    later = FakeRedis([("1-0", {"ts": "9000"})])
+    assert producer.resume_ms(later, "events", 5_000) == 9_001
+    earlier = FakeRedis([("1-0", {"ts": "10"})])
+    assert producer.resume_ms(earlier, "events", 5_000) == 5_000
+    foreign = FakeRedis([("1-0", {"value": "3.2"})])
+    assert producer.resume_ms(foreign, "events", 5_000) == 5_000
