@@ -73,8 +73,13 @@ class Calibrator:
         # Peaks over threshold: u is the lowest bin edge with tail_points scores above it.
         j = int(np.flatnonzero(above >= self.tail_points)[-1])
         u = j * self.width
-        top = tc.counts[j:]
-        excess = float(np.dot(top, self._mid[j:] - u)) / float(above[j])
+        # The last bin also holds everything beyond max_raw, whose true values are unknown:
+        # one extreme past score there would inflate the fitted scale for good, so the scale
+        # comes from the bins below it (when there are any).
+        end = self.bins - 1 if j < self.bins - 1 else self.bins
+        top = tc.counts[j:end]
+        total = float(top.sum())
+        excess = float(np.dot(top, self._mid[j:end] - u)) / total if total else 0.0
         scale = max(excess, self.min_excess)
         return float(above[j]) / (tc.n + 1) * math.exp(-(raw - u) / scale)
 

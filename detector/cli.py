@@ -1,13 +1,17 @@
-"""Command line: ``detector run | score | alerts | check | demo | models``.
+"""Command line: ``detector run | train | score | alerts | check | demo | models``.
 
 Every option can also come from a ``DETECTOR_*`` environment variable and from a TOML config
 file (``--config``, keys named like the options); the command line wins over the environment,
-which wins over the file. Exit codes: 0 ok, 1 runtime or health failure, 2 usage or config.
+which wins over the file. Secrets never come from the command line: the checkpoint key is read
+from ``DETECTOR_CHECKPOINT_KEY`` or the file named by ``DETECTOR_CHECKPOINT_KEY_FILE``.
+Exit codes: 0 ok, 1 runtime or health failure, 2 usage or config, 3 checkpoint refused.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import sys
 import tomllib
 from collections.abc import Callable, Iterator
@@ -20,7 +24,7 @@ import orjson
 import redis
 
 from detector import __version__
-from detector.errors import ConfigError, DetectorError
+from detector.errors import CheckpointError, ConfigError, DetectorError
 from detector.logs import configure_logging
 from detector.settings import (
     DEFAULT_ALERTS_STREAM,
@@ -36,6 +40,50 @@ from detector.settings import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
+EXIT_CHECKPOINT = 3
+
+
+def _user_dir(env: str, fallback: str) -> Path:
+    base = os.environ.get(env)
+    return Path(base) if base else Path.home() / fallback
+
+
+def checkpoint_key() -> bytes:
+    """The key that signs checkpoints and baselines, from the environment, never from Redis.
+
+    ``DETECTOR_CHECKPOINT_KEY`` (the key itself), else ``DETECTOR_CHECKPOINT_KEY_FILE`` (a file
+    holding it), else a key generated once into a private file of this user
+    (``~/.config/detector/checkpoint.key``, mode 0600): fine for one machine; workers on
+    several hosts must share a key through the environment.
+    """
+    if key := os.environ.get("DETECTOR_CHECKPOINT_KEY"):
+        return key.encode()
+    if key_file := os.environ.get("DETECTOR_CHECKPOINT_KEY_FILE"):
+        try:
+            return Path(key_file).read_bytes().strip()
+        except OSError as exc:
+            msg = f"DETECTOR_CHECKPOINT_KEY_FILE: {exc}"
+            raise ConfigError(msg) from None
+    path = _user_dir("XDG_CONFIG_HOME", ".config") / "detector" / "checkpoint.key"
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            msg = f"no DETECTOR_CHECKPOINT_KEY and cannot create {path}: {exc}"
+            raise ConfigError(msg) from None
+        log.warning(
+            "generated a checkpoint key in %s (set DETECTOR_CHECKPOINT_KEY to share one)", path
+        )
+    return path.read_bytes().strip()
+
+
+def default_baselines_dir() -> Path:
+    return _user_dir("XDG_DATA_HOME", ".local/share") / "detector" / "baselines"
 
 
 def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -92,6 +140,14 @@ model_option = _option(
     show_default=True,
     help="Model spec: a name from `detector models` or a path to a .toml spec.",
 )
+baseline_option = _option(
+    "--baseline", env="BASELINE", help="Baseline name (from `detector train`) or file path."
+)
+baselines_dir_option = _option(
+    "--baselines-dir", env="BASELINES_DIR", default=default_baselines_dir,
+    type=click.Path(file_okay=False, path_type=Path),
+    show_default="~/.local/share/detector/baselines",
+)  # fmt: skip
 threshold_option = _option(
     "--threshold",
     env="THRESHOLD",
@@ -178,14 +234,27 @@ def cli(log_level: str, log_format: str) -> None:
 @_option("--max-producers", env="MAX_PRODUCERS", default=100_000, show_default=True)
 @_option("--producer-idle-ttl-s", env="PRODUCER_IDLE_TTL_S", default=86_400.0, show_default=True)
 @_option("--alerts-maxlen", env="ALERTS_MAXLEN", default=1_000_000, show_default=True)
+@_option("--checkpoint-every", env="CHECKPOINT_EVERY", default=5000, show_default=True,
+         help="Commit state and acks after this many entries ...")  # fmt: skip
+@_option("--checkpoint-interval-ms", env="CHECKPOINT_INTERVAL_MS", default=5000,
+         show_default=True, help="... or after this long.")  # fmt: skip
+@_option("--max-deliveries", env="MAX_DELIVERIES", default=10, show_default=True,
+         help="Dead-letter a pending entry delivered more often (poison).")  # fmt: skip
+@baseline_option
+@baselines_dir_option
+@_option("--reset-state", env="RESET_STATE", is_flag=True,
+         help="Delete this consumer's checkpoint first; the state is relearned.")  # fmt: skip
 @_format_options
 def run(**kw: Any) -> None:
     """Consume streams through a consumer group, score every event, emit alerts."""
+    from detector.baselines import baseline_path
     from detector.worker import Worker
 
     fmt = _event_format(kw)
     url = kw.pop("redis_url")
-    settings = Settings(event_format=fmt, **kw)
+    baseline, directory = kw.pop("baseline"), kw.pop("baselines_dir")
+    path = baseline_path(baseline, directory) if baseline else None
+    settings = Settings(event_format=fmt, checkpoint_key=checkpoint_key(), baseline=path, **kw)
     with redis_url_or_embedded(url) as real_url:
         settings = _replace(settings, redis_url=real_url)
         worker = Worker(settings)
@@ -219,12 +288,17 @@ def _replace(settings: Settings, **changes: Any) -> Settings:
          help="Stream the events count as coming from (producer fallback, alert ids).")  # fmt: skip
 @_option("--max-producers", env="MAX_PRODUCERS", default=100_000, show_default=True)
 @_option("--producer-idle-ttl-s", env="PRODUCER_IDLE_TTL_S", default=86_400.0, show_default=True)
+@baseline_option
+@baselines_dir_option
 @_format_options
 def score(**kw: Any) -> None:
-    """Score a file offline with exactly the code `run` uses."""
+    """Score a file offline with exactly the code `run` uses (a backtest with --baseline)."""
+    from detector.baselines import baseline_path
+    from detector.checkpoint import Signer
     from detector.offline import score_file
 
     fmt = _event_format(kw)
+    baseline, directory = kw.pop("baseline"), kw.pop("baselines_dir")
     counts = score_file(
         kw["input_path"],
         kw["output_path"],
@@ -234,15 +308,88 @@ def score(**kw: Any) -> None:
         event_format=fmt,
         max_producers=kw["max_producers"],
         idle_ttl_ms=int(kw["producer_idle_ttl_s"] * 1000),
+        baseline=baseline_path(baseline, directory) if baseline else None,
+        signer=Signer(checkpoint_key()) if baseline else None,
     )
     click.echo(
         f"scored {counts.events} events: {counts.alerts} alerts, {counts.warmup} in warm-up, "
         f"{counts.invalid} invalid",
         err=True,
     )
+    click.echo("alerts each threshold would have produced (cooldown included):", err=True)
+    for t, n in counts.by_threshold.items():
+        click.echo(f"  {t:<9} {n}", err=True)
 
 
 @cli.command()
+@config_option
+@_option("--baseline", env="BASELINE", required=True, help="Name (or path) to save it as.")
+@baselines_dir_option
+@_option("--input", "input_path", env="INPUT",
+         type=click.Path(exists=True, dir_okay=False, path_type=Path),
+         help="Learn from a JSONL or CSV file ...")  # fmt: skip
+@_option("--redis-url", env="REDIS_URL", help="... or from a stream on this Redis.")
+@_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True)
+@_option("--from", "start", env="FROM", help="First entry id or time (epoch ms, ISO-8601).")
+@_option("--to", "end", env="TO", help="Last entry id or time.")
+@model_option
+@_format_options
+def train(**kw: Any) -> None:
+    """Learn a baseline from history, as fast as the machine allows."""
+    from detector import baselines
+    from detector.checkpoint import Signer
+    from detector.events import Decoder
+    from detector.offline import read_records
+    from detector.pipeline import Pipeline
+    from detector.scoring import load_spec
+
+    fmt = _event_format(kw)
+    if bool(kw["input_path"]) == bool(kw["redis_url"]):
+        msg = "give exactly one of --input and --redis-url"
+        raise click.UsageError(msg)
+    path = baselines.baseline_path(kw["baseline"], kw["baselines_dir"])
+    signer = Signer(checkpoint_key())
+    pipeline = Pipeline(load_spec(kw["model"]))
+    decoder = Decoder(fmt)
+    stream = kw["stream"]
+    entries: Iterator[tuple[str, dict[bytes, bytes]]]
+    if kw["input_path"]:
+        records = read_records(kw["input_path"])
+        entries = (
+            (eid or f"0-{n}", f) for n, (eid, f) in enumerate(records) if not isinstance(f, str)
+        )
+        total = None
+    else:
+        client = redis.Redis.from_url(kw["redis_url"], socket_timeout=30)
+        start = baselines.stream_bound(kw["start"], "-")
+        end = baselines.stream_bound(kw["end"], "+")
+        entries = baselines.read_stream(client, stream, start, end)
+        total = int(client.xlen(stream))
+    with _progress(total) as advance:
+        learned, rejected = baselines.learn(pipeline, decoder, stream, entries, advance)
+    baselines.save(pipeline, path, signer)
+    click.echo(
+        f"baseline {path}: learned {learned} events from {len(pipeline.store)} producers "
+        f"({rejected} rejected)",
+        err=True,
+    )
+
+
+@contextmanager
+def _progress(total: int | None) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal, nothing elsewhere."""
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("learning", total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+@cli.command()
+@config_option
 @redis_url_option
 @alerts_stream_option
 @_option("--follow", "-f", env="FOLLOW", is_flag=True, help="Keep printing new alerts.")
@@ -322,6 +469,7 @@ def models() -> None:
 
 
 @cli.command()
+@config_option
 @redis_url_option
 @model_option
 @threshold_option
@@ -363,6 +511,9 @@ def main() -> None:
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except CheckpointError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CHECKPOINT)
     except DetectorError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

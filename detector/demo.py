@@ -7,6 +7,7 @@ alert is printed as it is committed, marked with the incident it belongs to (or 
 
 from __future__ import annotations
 
+import secrets
 import sys
 import threading
 import time
@@ -97,6 +98,8 @@ def run_demo(
     settings = Settings(
         redis_url=url, streams=(DEMO_STREAM,), consumer="demo", model=model,
         threshold=threshold, metrics_port=metrics_port, until_idle=True, idle_timeout_ms=3000,
+        checkpoint_key=secrets.token_bytes(32),  # the demo's Redis lives as long as the demo
+        reset_state=True,
     )  # fmt: skip
     board = Scoreboard(shop.incidents)
 

@@ -83,6 +83,7 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 10.0) -> str:
         """Start the server and wait until it answers PING; returns its URL."""
+        self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             find_redis_server(),
             "--port", str(self.port),

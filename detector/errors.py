@@ -27,3 +27,15 @@ class InvalidEventError(DetectorError):
 
 class StreamError(DetectorError):
     """Redis I/O failure that the worker could not recover from."""
+
+
+class CheckpointError(DetectorError):
+    """A checkpoint or baseline that must not be loaded: unsigned, tampered, or malformed.
+
+    The CLI exits with code 3. Operator action: find out who wrote it; start over with
+    ``--reset-state`` only if the state can be relearned.
+    """
+
+
+class IncompatibleCheckpointError(CheckpointError):
+    """A checkpoint written by another format, River version or model spec."""

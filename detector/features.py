@@ -181,6 +181,7 @@ class ProducerState:
         "rate",
         "schema_fields",
         "schemas",
+        "seq",
         "size",
         "suppressed",
         "types",
@@ -203,6 +204,7 @@ class ProducerState:
         self.flagged_streak = 0
         self.flagged_since_ms = -1
         self.calibration: TailCounts | None = None
+        self.seq = 0  # last use, so a restored store keeps its LRU order
 
 
 def _signed_log(x: float) -> float:
@@ -245,14 +247,21 @@ class FeatureStore:
         cfg: FeatureConfig,
         max_producers: int = 100_000,
         idle_ttl_ms: int = 24 * 3600 * 1000,
+        track_changes: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.track_changes = track_changes
         self.max_producers = max_producers
         self.idle_ttl_ms = idle_ttl_ms
         self.producers: OrderedDict[str, ProducerState] = OrderedDict()
         self.evicted = 0
-        self._watermark_ms = 0
-        self._next_sweep_ms = 0
+        self.tick = 0
+        self.watermark_ms = 0
+        self.next_sweep_ms = 0
+        # Changed and evicted since the last checkpoint commit (if tracking): only those are
+        # written. Untracked stores (offline scoring, training) keep no such sets.
+        self.dirty: set[str] = set()
+        self.removed: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.producers)
@@ -264,11 +273,50 @@ class FeatureStore:
             st = ProducerState(self.cfg)
             self.producers[producer] = st
             if len(self.producers) > self.max_producers:
-                self.producers.popitem(last=False)
-                self.evicted += 1
+                self._evict(next(iter(self.producers)))
         else:
             self.producers.move_to_end(producer)
+        self.tick += 1
+        st.seq = self.tick
+        if self.track_changes:
+            self.dirty.add(producer)
+            self.removed.discard(producer)  # evicted, then back before the commit
         return st
+
+    def _evict(self, producer: str) -> None:
+        del self.producers[producer]
+        self.evicted += 1
+        if self.track_changes:
+            self.dirty.discard(producer)
+            self.removed.add(producer)
+
+    def restore(
+        self, producers: dict[str, ProducerState], counters: dict[str, int], baseline: bool = False
+    ) -> None:
+        """Replace the state with a checkpoint's, in its LRU order.
+
+        A baseline comes from another time: its producers keep what they learned but forget
+        when they were last seen, so live event time does not expire them at once.
+        """
+        self.producers = OrderedDict(sorted(producers.items(), key=lambda kv: kv[1].seq))
+        if baseline:
+            for st in self.producers.values():
+                st.last_ms = -1
+            counters = {**counters, "watermark_ms": 0, "next_sweep_ms": 0}
+        self.evicted = counters["evicted"]
+        self.tick = counters["tick"]
+        self.watermark_ms = counters["watermark_ms"]
+        self.next_sweep_ms = counters["next_sweep_ms"]
+        self.dirty.clear()
+        self.removed.clear()
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "evicted": self.evicted,
+            "tick": self.tick,
+            "watermark_ms": self.watermark_ms,
+            "next_sweep_ms": self.next_sweep_ms,
+        }
 
     def observe(self, event: Event, learn: bool) -> Evidence:
         """Evidence for ``event``; then, if ``learn``, fold it into the producer's baseline.
@@ -335,7 +383,7 @@ class FeatureStore:
     def _size(self, st: ProducerState, event: Event) -> Reason | None:
         if st.size.count < self.cfg.min_count:
             return None
-        s = _two_sided(st.size.z(math.log(event.size_bytes), self.cfg.min_sd))
+        s = _two_sided(st.size.z(math.log(max(event.size_bytes, 1)), self.cfg.min_sd))
         if s <= 0:
             return None
         return Reason("size", "", f"{event.size_bytes}B", st.size.expected(self.cfg.min_sd), s)
@@ -383,7 +431,7 @@ class FeatureStore:
         cfg = self.cfg
         if st.n > 1:
             st.rate.update(st.gap.get())
-        st.size.update(math.log(event.size_bytes))
+        st.size.update(math.log(max(event.size_bytes, 1)))
         prefix = _type_prefix(event)
         for name, x in event.numbers.items():
             m = st.numeric.get(prefix + name)
@@ -408,19 +456,22 @@ class FeatureStore:
 
     def expire(self, now_ms: int) -> None:
         """Evict producers idle for longer than the TTL, at most once a minute of event time."""
-        if now_ms > self._watermark_ms:
-            self._watermark_ms = now_ms
-        if self._watermark_ms < self._next_sweep_ms:
+        if now_ms > self.watermark_ms:
+            self.watermark_ms = now_ms
+        if self.watermark_ms < self.next_sweep_ms:
             return
-        self._next_sweep_ms = self._watermark_ms + 60_000
-        horizon = self._watermark_ms - self.idle_ttl_ms
-        # LRU order is order of last event: stop at the first producer still fresh.
-        while self.producers:
-            producer, st = next(iter(self.producers.items()))
+        self.next_sweep_ms = self.watermark_ms + 60_000
+        horizon = self.watermark_ms - self.idle_ttl_ms
+        # LRU order is order of last event: stop at the first producer still fresh. Producers
+        # from a baseline not seen live yet (last_ms < 0) only leave under the LRU cap.
+        stale = []
+        for producer, st in self.producers.items():
             if st.last_ms >= horizon:
                 break
-            del self.producers[producer]
-            self.evicted += 1
+            if st.last_ms >= 0:
+                stale.append(producer)
+        for producer in stale:
+            self._evict(producer)
 
 
 def _rate_per_s(smoothed_log_gap: float) -> float:

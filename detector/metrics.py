@@ -23,6 +23,7 @@ REJECT_REASONS = (
     "payload_not_object",
     "json_too_deep",
     "non_finite_number",
+    "poison",
     "error",
 )
 # Scoring is sub-millisecond: web-latency default buckets would put everything in the first.
@@ -64,6 +65,17 @@ class Metrics:
             "detector_batch_seconds",
             "Time from a batch read to its commit",
             buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.checkpoint_seconds = Histogram(
+            "detector_checkpoint_seconds",
+            "Time to serialise, sign and commit a checkpoint (with its acks)",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.checkpoint_bytes = Gauge(
+            "detector_checkpoint_bytes",
+            "Bytes written by the last checkpoint commit (changed producers only)",
             registry=registry,
         )
         self.lag = Gauge(

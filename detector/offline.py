@@ -12,12 +12,14 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from detector.baselines import load_into
+from detector.checkpoint import Signer
 from detector.errors import InvalidEventError
 from detector.events import Decoder, Event
 from detector.pipeline import Pipeline, Verdict
@@ -29,14 +31,42 @@ CHUNK = 500
 ID_KEY = "_id"
 
 
+BACKTEST_THRESHOLDS = (0.99, 0.999, 0.9995, 0.9999, 0.99995, 0.99999, 0.999999)
+
+
 @dataclass(slots=True)
 class ScoreCounts:
-    """Totals of one offline scoring run."""
+    """Totals of one offline scoring run.
+
+    Attributes:
+        by_threshold: alerts each threshold would have produced (with the spec's cooldown),
+            from this run's scores; learning is protected at the run's own threshold, so
+            other thresholds are an estimate.
+    """
 
     events: int = 0
     alerts: int = 0
     warmup: int = 0
     invalid: int = 0
+    by_threshold: dict[float, int] = field(default_factory=dict)
+
+
+class _Backtest:
+    """Counts would-be alerts per threshold, per-producer cooldown included."""
+
+    def __init__(self, cooldown_ms: int) -> None:
+        self.cooldown_ms = cooldown_ms
+        self.next_ok: dict[tuple[float, str], int] = {}
+        self.counts = dict.fromkeys(BACKTEST_THRESHOLDS, 0)
+
+    def add(self, producer: str, event_time_ms: int, score: float) -> None:
+        for t in BACKTEST_THRESHOLDS:
+            if score < t:
+                break  # thresholds ascend
+            key = (t, producer)
+            if event_time_ms >= self.next_ok.get(key, -(2**62)):
+                self.next_ok[key] = event_time_ms + self.cooldown_ms
+                self.counts[t] += 1
 
 
 def to_entry(record: dict[str, Any]) -> dict[bytes, bytes]:
@@ -86,14 +116,22 @@ def score_file(
     event_format: EventFormat | None = None,
     max_producers: int = 100_000,
     idle_ttl_ms: int = 24 * 3600 * 1000,
+    baseline: Path | None = None,
+    signer: Signer | None = None,
 ) -> ScoreCounts:
-    """Score every record of ``input_path`` into ``output_path`` (CSV, input order)."""
+    """Score every record of ``input_path`` into ``output_path`` (CSV, input order).
+
+    With ``baseline`` (and its ``signer``), start from that state: a backtest.
+    """
+    spec = load_spec(model)
     pipeline = Pipeline(
-        load_spec(model), threshold=threshold, max_producers=max_producers,
-        idle_ttl_ms=idle_ttl_ms,
-    )  # fmt: skip
+        spec, threshold=threshold, max_producers=max_producers, idle_ttl_ms=idle_ttl_ms
+    )
+    if baseline is not None and signer is not None:
+        load_into(pipeline, baseline, signer)
     decoder = Decoder(event_format)
     counts = ScoreCounts()
+    backtest = _Backtest(spec.decision.cooldown_ms)
     with output_path.open("w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(HEADER)
@@ -107,13 +145,20 @@ def score_file(
                     event = decoder.decode(stream, entry_id or f"0-{n}", fields)
             slots.append(event)
             if len(slots) >= CHUNK:
-                _flush(pipeline, slots, writer, counts)
+                _flush(pipeline, slots, writer, counts, backtest)
                 slots = []
-        _flush(pipeline, slots, writer, counts)
+        _flush(pipeline, slots, writer, counts, backtest)
+    counts.by_threshold = backtest.counts
     return counts
 
 
-def _flush(pipeline: Pipeline, slots: list[Event | None], writer: Any, counts: ScoreCounts) -> None:
+def _flush(
+    pipeline: Pipeline,
+    slots: list[Event | None],
+    writer: Any,
+    counts: ScoreCounts,
+    backtest: _Backtest,
+) -> None:
     verdicts = iter(pipeline.process([e for e in slots if e is not None]))
     for event in slots:
         if event is None:
@@ -128,6 +173,7 @@ def _flush(pipeline: Pipeline, slots: list[Event | None], writer: Any, counts: S
             writer.writerow((event.producer, event.event_time_ms, "", 0))
             continue
         counts.alerts += v.alert is not None
+        backtest.add(event.producer, event.event_time_ms, v.score)
         writer.writerow(
             (event.producer, event.event_time_ms, repr(v.score), int(v.alert is not None))
         )

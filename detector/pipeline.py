@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from detector.alerts import Alert, alert_id
 from detector.calibration import Calibrator
+from detector.checkpoint import Snapshot, check_compatible, new_meta
 from detector.events import Event
 from detector.features import FeatureStore, ProducerState, Reason
 from detector.scoring import ModelSpec
@@ -62,6 +63,7 @@ class Pipeline:
         threshold: overrides the spec's threshold.
         max_producers: cap on tracked producers (LRU beyond it).
         idle_ttl_ms: producers silent this long (event time) are forgotten.
+        track_changes: remember changed producers, for incremental checkpoints (the worker).
     """
 
     def __init__(
@@ -70,12 +72,13 @@ class Pipeline:
         threshold: float | None = None,
         max_producers: int = 100_000,
         idle_ttl_ms: int = 24 * 3600 * 1000,
+        track_changes: bool = False,
     ) -> None:
         self.spec = spec
         self.decision = spec.decision
         self.threshold = spec.decision.threshold if threshold is None else threshold
         self.model = spec.build()
-        self.store = FeatureStore(spec.features, max_producers, idle_ttl_ms)
+        self.store = FeatureStore(spec.features, max_producers, idle_ttl_ms, track_changes)
         c = spec.calibration
         self.calibrator = Calibrator(self.model.max_raw, c.bins, c.tail_points, c.min_excess)
         self.events_seen = 0
@@ -131,6 +134,35 @@ class Pipeline:
         self.events_seen += 1
         return Verdict(event, score, flagged, alert)
 
+    def snapshot(self, offsets: dict[str, str], full: bool = False) -> Snapshot:
+        """The state to checkpoint: every producer if ``full``, else only changed ones."""
+        store = self.store
+        names = list(store.producers) if full else [n for n in store.dirty if n in store.producers]
+        meta = new_meta(
+            self.spec.name, self.spec.digest, dict(offsets),
+            events_seen=self.events_seen, producers=len(store), **store.counters(),
+        )  # fmt: skip
+        return Snapshot(
+            meta, self.model, {n: store.producers[n] for n in names}, sorted(store.removed)
+        )
+
+    def committed(self) -> None:
+        """The last snapshot is durable: start tracking changes afresh."""
+        self.store.dirty.clear()
+        self.store.removed.clear()
+
+    def restore(self, snap: Snapshot, baseline: bool = False) -> dict[str, str]:
+        """Resume from a checkpoint (or start from a baseline); returns its offsets.
+
+        Raises:
+            IncompatibleCheckpointError: another format, River version or model spec.
+        """
+        check_compatible(snap.meta, self.spec.name, self.spec.digest)
+        self.model = snap.model  # type: ignore[assignment]
+        self.store.restore(snap.producers, snap.meta, baseline)  # type: ignore[arg-type]
+        self.events_seen = int(snap.meta["events_seen"])
+        return dict(snap.meta.get("offsets", {}))
+
     def _decide(
         self, st: ProducerState, event: Event, score: float, reasons: list[Reason]
     ) -> Alert | None:
@@ -148,6 +180,7 @@ class Pipeline:
             score=score,
             threshold=self.threshold,
             model=self.spec.name,
-            reasons=tuple(reasons[:MAX_REASONS]),
+            # Reasons that explain something (p < 0.1), at least the top one.
+            reasons=tuple([r for r in reasons[:MAX_REASONS] if r.surprise >= 1.0] or reasons[:1]),
             suppressed=suppressed,
         )

@@ -14,10 +14,10 @@ import hashlib
 import math
 import tomllib
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, get_type_hints
 
 from river import anomaly
 
@@ -171,12 +171,24 @@ class ModelSpec:
             raise ConfigError(msg) from None
 
 
-def _section(cls: Any, data: Mapping[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
-    if unknown:
-        msg = f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})"
+def _section(cls: Any, data: object, where: str) -> Any:
+    """A settings dataclass from a TOML table: unknown keys and wrong types are errors."""
+    if not isinstance(data, dict):
+        msg = f"{where}: must be a table, not {type(data).__name__}"
         raise ConfigError(msg)
+    hints = get_type_hints(cls)
+    unknown = set(data) - set(hints)
+    if unknown:
+        msg = f"{where}: unknown keys {sorted(unknown)} (known: {sorted(hints)})"
+        raise ConfigError(msg)
+    for key, value in data.items():
+        want = hints[key]
+        ok = isinstance(value, want) and not isinstance(value, bool)
+        if want is float:  # TOML writes 1 for 1.0
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok:
+            msg = f"{where}: {key} must be {want.__name__}, not {value!r}"
+            raise ConfigError(msg)
     return cls(**data)
 
 
@@ -193,13 +205,17 @@ def parse_spec(text: str, origin: str) -> ModelSpec:
         msg = f"{origin}: unknown sections {sorted(unknown)}"
         raise ConfigError(msg)
     kind = data.get("kind")
-    if kind not in MODELS:
+    if not isinstance(kind, str) or kind not in MODELS:
         msg = f"{origin}: kind must be one of {sorted(MODELS)}, not {kind!r}"
+        raise ConfigError(msg)
+    params = data.get("params", {})
+    if not isinstance(params, dict):
+        msg = f"{origin} [params]: must be a table"
         raise ConfigError(msg)
     spec = ModelSpec(
         name=str(data.get("name", Path(origin).stem)),
         kind=kind,
-        params=dict(data.get("params", {})),
+        params=dict(params),
         features=_section(FeatureConfig, data.get("features", {}), f"{origin} [features]"),
         calibration=_section(
             CalibrationSpec, data.get("calibration", {}), f"{origin} [calibration]"

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DEFAULT_STREAM = "events"
 DEFAULT_GROUP = "detector"
 DEFAULT_ALERTS_STREAM = "detector:alerts"
 DEFAULT_DEAD_LETTER_STREAM = "detector:dead-letter"
 DEFAULT_MODEL = "stats"
-# Alert ids already written, so a replayed entry never writes a second alert (SET NX + XADD).
+# Alert ids and rejected entries already written, so a replayed entry never writes a second
+# alert or dead letter (SET NX + XADD in one script).
 ALERT_GUARD_KEY = "detector:alert-guard:{alert_id}"
-ALERT_GUARD_TTL_S = 7 * 24 * 3600
+DEAD_LETTER_GUARD_KEY = "detector:dead-letter-guard:{stream}:{entry_id}"
+GUARD_TTL_S = 7 * 24 * 3600
+# The worker's state and offsets (signed blobs, see detector.checkpoint).
+CHECKPOINT_KEY = "detector:checkpoint:{group}:{consumer}"
 # Refreshed by a live worker; `detector check` reads it.
 HEALTH_KEY = "detector:health:{group}:{consumer}"
 
@@ -74,6 +79,12 @@ class Settings:
         max_producers: producers tracked at once; least recently seen are evicted beyond it.
         producer_idle_ttl_s: evict a producer silent this long (event time).
         alerts_maxlen: approximate cap on the alert and dead-letter streams.
+        checkpoint_every: commit a checkpoint (state + acks) after this many entries ...
+        checkpoint_interval_ms: ... or after this long, whichever comes first.
+        checkpoint_key: HMAC key signing checkpoints (never stored in Redis, never logged).
+        baseline: a baseline file to start from when there is no checkpoint yet.
+        reset_state: delete this consumer's checkpoint first (the state is relearned).
+        max_deliveries: a pending entry delivered more often is dead-lettered as poison.
         event_format: field names and input caps.
     """
 
@@ -94,4 +105,10 @@ class Settings:
     max_producers: int = 100_000
     producer_idle_ttl_s: float = 24 * 3600.0
     alerts_maxlen: int = 1_000_000
+    checkpoint_every: int = 5000
+    checkpoint_interval_ms: int = 5000
+    checkpoint_key: bytes | None = field(default=None, repr=False)
+    baseline: Path | None = None
+    reset_state: bool = False
+    max_deliveries: int = 10
     event_format: EventFormat = field(default_factory=EventFormat)

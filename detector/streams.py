@@ -1,12 +1,13 @@
 """Streams: every Redis command the worker sends.
 
-Delivery is at-least-once through one consumer group. A batch is committed by one MULTI/EXEC
-that appends its alerts (each alert id at most once, guarded by SET NX in a script) and its
-dead-letter entries, then XACKs the batch: an entry is never acked before its alert exists.
-The crash-safe checkpoint (state + offset in the same transaction) plugs into :meth:`commit`.
+Delivery (docs/design.md): entries are processed and their alerts and dead letters appended
+at once, each at most once (a guard key set with NX in the same script as the XADD); entries
+are acknowledged only by a checkpoint commit, one MULTI/EXEC that writes the changed state and
+its offsets and XACKs every entry since the previous commit. The pending entries list is
+therefore the replay log: after a crash, the entries after the checkpoint are still pending.
 
 redis-py retries are off: a silently retried ``XREADGROUP >`` can skip entries whose reply
-was lost (docs/design.md). The worker resynchronises from its own pending entries instead.
+was lost. The worker resynchronises from its own pending entries instead.
 """
 
 from __future__ import annotations
@@ -20,19 +21,19 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from detector.alerts import Alert
-from detector.settings import ALERT_GUARD_KEY, ALERT_GUARD_TTL_S
+from detector.settings import ALERT_GUARD_KEY, DEAD_LETTER_GUARD_KEY, GUARD_TTL_S
 
 # Raw entry as read: (stream, entry id, fields).
 Entry = tuple[str, str, dict[bytes, bytes]]
 
-# Appends each alert whose guard key is new. KEYS[1]: alert stream, KEYS[2..]: guard keys.
-# ARGV: ttl, maxlen, then per alert: number of field/value items, the items.
-_ALERT_SCRIPT = """
+# Appends each entry whose guard key is new. KEYS: (stream, guard key) pairs. ARGV: guard ttl,
+# maxlen, then per entry: the number of field/value items, the items. Returns entries written.
+_APPEND_ONCE = """
 local ttl, maxlen, i, written = ARGV[1], ARGV[2], 3, 0
-for k = 2, #KEYS do
+for k = 1, #KEYS, 2 do
   local n = tonumber(ARGV[i])
-  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ttl) then
-    local args = {'XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*'}
+  if redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ttl) then
+    local args = {'XADD', KEYS[k], 'MAXLEN', '~', maxlen, '*'}
     for j = i + 1, i + n do args[#args + 1] = ARGV[j] end
     redis.call(unpack(args))
     written = written + 1
@@ -90,18 +91,14 @@ class DeadLetter:
 
 
 @dataclass(slots=True)
-class Batch:
-    """What one commit writes and acknowledges."""
+class Output:
+    """What one batch appends downstream (alerts and dead letters)."""
 
     alerts: list[Alert] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    acks: dict[str, list[str]] = field(default_factory=dict)
 
-    def ack(self, stream: str, entry_id: str) -> None:
-        self.acks.setdefault(stream, []).append(entry_id)
-
-    def __len__(self) -> int:
-        return sum(len(ids) for ids in self.acks.values())
+    def __bool__(self) -> bool:
+        return bool(self.alerts or self.dead_letters)
 
 
 class Streams:
@@ -125,7 +122,7 @@ class Streams:
         self.alerts_stream = alerts_stream
         self.dead_letter_stream = dead_letter_stream
         self.maxlen = maxlen
-        self._alert_script = client.register_script(_ALERT_SCRIPT)
+        self._append_once = client.register_script(_APPEND_ONCE)
 
     def ensure_groups(self, start_id: str = "0") -> None:
         """Create the group on every input stream (from the start by default) if missing."""
@@ -159,31 +156,63 @@ class Streams:
         deleted = len(reply[2]) if len(reply) > 2 else 0
         return cursor, entries, deleted
 
-    def commit(self, batch: Batch) -> None:
-        """Write the batch's alerts and dead letters, then ack its entries, atomically."""
-        if not len(batch) and not batch.alerts and not batch.dead_letters:
-            return
+    def emit(self, out: Output) -> int:
+        """Append alerts and dead letters, each at most once ever; returns how many were new."""
+        if not out:
+            return 0
         now_ms = int(time.time() * 1000)
+        keys: list[str] = []
+        args: list[str | bytes | int] = [GUARD_TTL_S, self.maxlen]
+        items: list[str | bytes]
+        for alert in out.alerts:
+            keys += [self.alerts_stream, ALERT_GUARD_KEY.format(alert_id=alert.alert_id)]
+            items = [x for kv in alert.to_fields(now_ms).items() for x in kv]
+            args += [len(items), *items]
+        for letter in out.dead_letters:
+            guard = DEAD_LETTER_GUARD_KEY.format(stream=letter.stream, entry_id=letter.entry_id)
+            keys += [self.dead_letter_stream, guard]
+            items = [x for kv in letter.to_fields(now_ms).items() for x in kv]
+            args += [len(items), *items]
+        return int(self._append_once(keys=keys, args=args))
+
+    def commit(
+        self,
+        key: str,
+        fields: Mapping[str, bytes],
+        removed: Sequence[str],
+        acks: Mapping[str, Sequence[str]],
+    ) -> None:
+        """One transaction: write the checkpoint's changed fields, drop evicted ones, XACK."""
         pipe = self.r.pipeline(transaction=True)
-        if batch.alerts:
-            keys: list[str] = [self.alerts_stream]
-            args: list[str | bytes | int] = [ALERT_GUARD_TTL_S, self.maxlen]
-            for alert in batch.alerts:
-                keys.append(ALERT_GUARD_KEY.format(alert_id=alert.alert_id))
-                items = [x for kv in alert.to_fields(now_ms).items() for x in kv]
-                args.append(len(items))
-                args.extend(items)
-            self._alert_script(keys=keys, args=args, client=pipe)
-        for letter in batch.dead_letters:
-            pipe.xadd(
-                self.dead_letter_stream,
-                letter.to_fields(now_ms),  # type: ignore[arg-type]
-                maxlen=self.maxlen,
-                approximate=True,
-            )
-        for stream, ids in batch.acks.items():
-            pipe.xack(stream, self.group, *ids)
+        if fields:
+            pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
+        if removed:
+            pipe.hdel(key, *removed)
+        for stream, ids in acks.items():
+            if ids:
+                pipe.xack(stream, self.group, *ids)
         pipe.execute()
+
+    def load_checkpoint(self, key: str) -> dict[bytes, bytes]:
+        """Every field of a checkpoint hash (HSCAN: no single huge reply)."""
+        return dict(self.r.hscan_iter(key, count=1000))
+
+    def delivery_counts(self, stream: str, first: str, last: str, count: int) -> dict[str, int]:
+        """Times each of this consumer's pending entries in [first, last] was delivered."""
+        rows = self.r.xpending_range(
+            stream, self.group, min=first, max=last, count=count, consumername=self.consumer
+        )
+        return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}  # type: ignore[arg-type]
+
+    def pending_count(self) -> int:
+        """Entries pending for this consumer, over all input streams."""
+        total = 0
+        for stream in self.streams:
+            summary = self.r.xpending(stream, self.group)
+            for c in summary.get("consumers") or []:
+                if _text(c["name"]) == self.consumer:
+                    total += int(c["pending"])
+        return total
 
     def group_info(self) -> dict[str, tuple[int | None, int]]:
         """Per input stream: (lag, pending) of the group; lag is None when Redis cannot tell."""

@@ -1,9 +1,12 @@
-"""Worker: the loop that reads, scores, alerts and acknowledges.
+"""Worker: the loop that reads, scores, alerts, checkpoints and acknowledges.
 
-Each iteration: read a batch (own pending entries first, then new ones), decode, score with
-the :class:`~detector.pipeline.Pipeline`, then commit alerts, dead letters and acks in one
-transaction (:meth:`Streams.commit`). A failed commit is retried until it succeeds, since
-acks must never overtake alerts. See docs/design.md for the delivery semantics.
+Start: load the signed checkpoint (or a baseline), re-read this consumer's pending entries
+(those at or below the checkpoint's offsets are only acked; the rest are replayed into the
+restored state), then read new entries. Each batch: decode, score with the
+:class:`~detector.pipeline.Pipeline`, append its alerts and dead letters (each at most once).
+Every ``checkpoint_every`` entries or ``checkpoint_interval_ms``, one transaction writes the
+changed state with its offsets and XACKs everything since the previous one. See
+docs/design.md for the delivery semantics and the commit order.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ import orjson
 import redis
 from prometheus_client import CollectorRegistry
 
-from detector.errors import InvalidEventError
+from detector.checkpoint import PRODUCER_PREFIX, Signer, decode_fields, encode_fields, load_file
+from detector.errors import ConfigError, InvalidEventError
 from detector.events import Decoder, Event
 from detector.metrics import Metrics
 from detector.pipeline import Pipeline, Verdict
 from detector.scoring import ModelSpec, load_spec
-from detector.settings import HEALTH_KEY, Settings
-from detector.streams import CONNECTION_ERRORS, Batch, DeadLetter, Entry, Streams, connect
+from detector.settings import CHECKPOINT_KEY, HEALTH_KEY, Settings
+from detector.streams import CONNECTION_ERRORS, DeadLetter, Entry, Output, Streams, connect
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,9 @@ class RunStats:
     alerts: int = 0
     suppressed: int = 0
     claimed: int = 0
+    poison: int = 0
     batches: int = 0
+    checkpoints: int = 0
     redis_errors: int = 0
     elapsed_s: float = 0.0
     busy_s: float = 0.0  # from the start to the last commit: excludes the final idle wait
@@ -82,6 +88,10 @@ class Worker:
         if settings.redis_url is None and client is None:
             msg = "a worker needs a redis_url or a client"
             raise ValueError(msg)
+        if settings.checkpoint_key is None:
+            msg = "a worker needs a checkpoint key (DETECTOR_CHECKPOINT_KEY)"
+            raise ConfigError(msg)
+        self.signer = Signer(settings.checkpoint_key)
         self.settings = settings
         self.spec = spec or load_spec(settings.model)
         self.pipeline = Pipeline(
@@ -89,6 +99,7 @@ class Worker:
             threshold=settings.threshold,
             max_producers=settings.max_producers,
             idle_ttl_ms=int(settings.producer_idle_ttl_s * 1000),
+            track_changes=True,
         )
         self.decoder = Decoder(settings.event_format)
         self.client = client or connect(settings.redis_url or "", block_ms=settings.block_ms)
@@ -104,9 +115,17 @@ class Worker:
         self.metrics = metrics or Metrics(CollectorRegistry(), settings.streams, self.spec.name)
         self.on_verdicts = on_verdicts
         self.stats = RunStats()
-        # Last entry id this process folded into its state, per stream: after a connection
-        # error, own pending entries up to it are acked without being learned twice.
+        # Last entry id folded into the state, per stream (restored from the checkpoint):
+        # own pending entries up to it are acked without being learned twice.
         self.processed_upto: dict[str, str] = {}
+        self._checkpoint_key = CHECKPOINT_KEY.format(
+            group=settings.group, consumer=settings.consumer
+        )
+        self._to_ack: dict[str, list[str]] = {}
+        self._since_commit = 0
+        self._last_commit = time.monotonic()
+        self._restored = False
+        self._full_next_commit = False
         self._stop = threading.Event()
         self._signals = 0
         self._health_key = HEALTH_KEY.format(group=settings.group, consumer=settings.consumer)
@@ -135,7 +154,10 @@ class Worker:
         started = self._started = time.monotonic()
         self._install_signals()
         self._with_retries(self.streams.ensure_groups)
-        self._with_retries(self._drain_own_pending)
+        self._restore()
+        self._with_retries(
+            lambda: self._drain_own_pending(dict.fromkeys(self.settings.streams, "0"))
+        )
         block_ms = self.settings.block_ms
         if until_idle:
             block_ms = min(block_ms, self.settings.idle_timeout_ms)
@@ -150,6 +172,13 @@ class Worker:
             except CONNECTION_ERRORS as exc:
                 self._recover_connection(exc)
                 continue
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The group (or stream) was deleted under us: recreate it and carry on.
+                log.warning("consumer group missing, recreating: %s", exc)
+                self._with_retries(self.streams.ensure_groups)
+                continue
             if entries:
                 self._handle(entries)
                 last_activity = time.monotonic()
@@ -160,6 +189,7 @@ class Worker:
                 if self._claim_safely() == 0:
                     break
                 last_activity = time.monotonic()
+        self._checkpoint()
         self.stats.elapsed_s = time.monotonic() - started
         self._report_health(final=True)
         log.info("worker stopped", extra={"stats": asdict(self.stats)})
@@ -167,20 +197,61 @@ class Worker:
 
     # -- reading -----------------------------------------------------------------------
 
-    def _drain_own_pending(self) -> None:
-        """Re-read this consumer's pending entries (from a previous run or a lost reply)."""
-        cursors = dict.fromkeys(self.settings.streams, "0")
+    def _restore(self) -> None:
+        """Resume from this consumer's checkpoint, else from the baseline, else empty."""
+        if self._restored:
+            return
+        key = self._checkpoint_key
+        if self.settings.reset_state:
+            log.warning("deleting checkpoint %s (--reset-state)", key)
+            self._with_retries(lambda: self.client.delete(key))
+        fields: dict[bytes, bytes] = {}
+        self._with_retries(lambda: fields.update(self.streams.load_checkpoint(key)))
+        if fields:
+            self.processed_upto = self.pipeline.restore(decode_fields(self.signer, fields))
+            log.info(
+                "resumed from checkpoint %s: %d producers, offsets %s",
+                key, len(self.pipeline.store), self.processed_upto,
+            )  # fmt: skip
+        elif self.settings.baseline is not None:
+            self.pipeline.restore(load_file(self.settings.baseline, self.signer), baseline=True)
+            self._full_next_commit = True  # the checkpoint must hold every baseline producer
+            log.info(
+                "started from baseline %s: %d producers",
+                self.settings.baseline, len(self.pipeline.store),
+            )  # fmt: skip
+        self._restored = True
+
+    def _drain_own_pending(self, cursors: dict[str, str]) -> None:
+        """Re-read this consumer's pending entries after ``cursors`` (restart or lost reply).
+
+        Entries delivered more than ``max_deliveries`` times are dead-lettered as poison: each
+        restart re-delivers them, so a crash loop on one entry ends there.
+        """
         while cursors and not self._stop.is_set():
             entries = self.streams.read(cursors, self.settings.batch_size, None)
             if not entries:
                 break
-            self._handle(entries)
+            poison = self._poison(entries)
+            self._handle(entries, poison=poison)
             for stream in list(cursors):
                 ids = [eid for s, eid, _ in entries if s == stream]
                 if ids:
                     cursors[stream] = ids[-1]
                 else:
                     del cursors[stream]
+
+    def _poison(self, entries: list[Entry]) -> dict[str, int]:
+        by_stream: dict[str, list[str]] = {}
+        for stream, entry_id, _ in entries:
+            by_stream.setdefault(stream, []).append(entry_id)
+        poison = {}
+        for stream, ids in by_stream.items():
+            counts = self.streams.delivery_counts(stream, ids[0], ids[-1], len(ids))
+            for entry_id, n in counts.items():
+                if n > self.settings.max_deliveries:
+                    poison[entry_id] = n
+        return poison
 
     def _claim(self) -> int:
         """Take over entries that dead consumers left pending for longer than claim_idle_ms.
@@ -198,6 +269,10 @@ class Worker:
                 self._claim_cursor[stream] = cursor
                 if deleted:
                     log.warning("%d pending entries were deleted before processing", deleted)
+                # Our own entries wait for the next checkpoint's ack and may look idle: they
+                # are already in the state, so only other consumers' entries are work.
+                mine = set(self._to_ack.get(stream, ()))
+                entries = [e for e in entries if e[1] not in mine]
                 if entries:
                     total += len(entries)
                     self.stats.claimed += len(entries)
@@ -210,44 +285,94 @@ class Worker:
 
     # -- processing --------------------------------------------------------------------
 
-    def _handle(self, entries: list[Entry], claimed: bool = False) -> None:
+    def _handle(
+        self,
+        entries: list[Entry],
+        claimed: bool = False,
+        poison: dict[str, int] | None = None,
+    ) -> None:
         started = time.perf_counter()
-        batch = Batch()
-        events: list[Event] = []
-        for stream, entry_id, fields in entries:
-            batch.ack(stream, entry_id)
-            if not claimed and _id_leq(entry_id, self.processed_upto.get(stream)):
-                self.stats.replayed += 1
-                self.metrics.events.labels("replayed").inc()
-                continue
-            try:
-                events.append(self.decoder.decode(stream, entry_id, fields))
-            except InvalidEventError as exc:
-                batch.dead_letters.append(
-                    DeadLetter(stream, entry_id, fields, exc.reason, exc.detail)
-                )
+        events, out = self._decode_all(entries, claimed, poison or {})
         verdicts = self.pipeline.process(events)
         for v in verdicts:
             if v.error is not None:
                 e = v.event
-                batch.dead_letters.append(DeadLetter(e.stream, e.entry_id, {}, "error", v.error))
+                out.dead_letters.append(DeadLetter(e.stream, e.entry_id, {}, "error", v.error))
             elif v.alert is not None:
-                batch.alerts.append(v.alert)
-        for stream, ids in batch.acks.items():
-            if not claimed:
-                self.processed_upto[stream] = ids[-1]
-        self._commit(batch)
-        self._count(entries, verdicts, batch, time.perf_counter() - started)
+                out.alerts.append(v.alert)
+        if not claimed:
+            for stream, entry_id, _ in entries:
+                if not _id_leq(entry_id, self.processed_upto.get(stream)):
+                    self.processed_upto[stream] = entry_id
+        self._with_retries(lambda: self.streams.emit(out), even_when_stopping=True)
+        self._since_commit += len(entries)
+        self._count(entries, verdicts, out, time.perf_counter() - started)
+        # Claimed entries may lie below our offsets: commit them with the state at once.
+        if claimed or self._checkpoint_due():
+            self._checkpoint()
         self.stats.busy_s = time.monotonic() - self._started
         if self.on_verdicts is not None:
             self.on_verdicts(verdicts)
 
-    def _commit(self, batch: Batch) -> None:
-        """Commit, retrying through connection errors: the state already holds the batch."""
-        self._with_retries(lambda: self.streams.commit(batch), even_when_stopping=True)
+    def _decode_all(
+        self, entries: list[Entry], claimed: bool, poison: dict[str, int]
+    ) -> tuple[list[Event], Output]:
+        """Events to score, and dead letters for what cannot be; every entry is to be acked."""
+        out = Output()
+        events: list[Event] = []
+        for stream, entry_id, fields in entries:
+            self._to_ack.setdefault(stream, []).append(entry_id)
+            if not claimed and _id_leq(entry_id, self.processed_upto.get(stream)):
+                self.stats.replayed += 1  # already in the state: ack only
+                self.metrics.events.labels("replayed").inc()
+                continue
+            if entry_id in poison:
+                detail = f"delivered {poison[entry_id]} times"
+                out.dead_letters.append(DeadLetter(stream, entry_id, fields, "poison", detail))
+                self.stats.poison += 1
+                continue
+            try:
+                events.append(self.decoder.decode(stream, entry_id, fields))
+            except InvalidEventError as exc:
+                letter = DeadLetter(stream, entry_id, fields, exc.reason, exc.detail)
+                out.dead_letters.append(letter)
+        return events, out
+
+    def _checkpoint_due(self) -> bool:
+        if self._since_commit >= self.settings.checkpoint_every:
+            return True
+        elapsed_ms = (time.monotonic() - self._last_commit) * 1000
+        return bool(self._to_ack) and elapsed_ms >= self.settings.checkpoint_interval_ms
+
+    def _checkpoint(self) -> None:
+        """Write the changed state with its offsets and ack everything since the last one.
+
+        One MULTI/EXEC, retried through connection errors (it is idempotent): the entries it
+        acks are exactly those the state it writes has learned.
+        """
+        pipeline = self.pipeline
+        if not self._to_ack and not pipeline.store.dirty and not self._full_next_commit:
+            return
+        started = time.perf_counter()
+        snap = pipeline.snapshot(self.processed_upto, full=self._full_next_commit)
+        fields = encode_fields(self.signer, snap)
+        removed = [PRODUCER_PREFIX + p for p in snap.removed]
+        acks = self._to_ack
+        self._with_retries(
+            lambda: self.streams.commit(self._checkpoint_key, fields, removed, acks),
+            even_when_stopping=True,
+        )
+        pipeline.committed()
+        self._to_ack = {}
+        self._since_commit = 0
+        self._full_next_commit = False
+        self._last_commit = time.monotonic()
+        self.stats.checkpoints += 1
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+        self.metrics.checkpoint_bytes.set(sum(len(v) for v in fields.values()))
 
     def _count(
-        self, entries: list[Entry], verdicts: list[Verdict], batch: Batch, seconds: float
+        self, entries: list[Entry], verdicts: list[Verdict], out: Output, seconds: float
     ) -> None:
         m, s = self.metrics, self.stats
         s.batches += 1
@@ -256,16 +381,16 @@ class Worker:
         warmup = len(verdicts) - scored
         s.scored += scored
         s.warmup += warmup
-        s.invalid += len(batch.dead_letters)
-        s.alerts += len(batch.alerts)
+        s.invalid += len(out.dead_letters)
+        s.alerts += len(out.alerts)
         suppressed = sum(1 for v in verdicts if v.flagged and v.alert is None)
         s.suppressed += suppressed
         m.events.labels("scored").inc(scored)
         m.events.labels("warmup").inc(warmup)
-        m.events.labels("invalid").inc(len(batch.dead_letters))
-        for letter in batch.dead_letters:
+        m.events.labels("invalid").inc(len(out.dead_letters))
+        for letter in out.dead_letters:
             m.dead_lettered.labels(letter.reason).inc()
-        m.alerts.inc(len(batch.alerts))
+        m.alerts.inc(len(out.alerts))
         m.suppressed.inc(suppressed)
         m.batch_seconds.observe(seconds)
         per_event = seconds / max(len(entries), 1)
@@ -287,6 +412,8 @@ class Worker:
         if now >= self._next["claim"]:
             self._next["claim"] = now + CLAIM_INTERVAL_S
             self._claim_safely()
+        if self._checkpoint_due():
+            self._checkpoint()
 
     def _claim_safely(self) -> int:
         try:
@@ -342,7 +469,9 @@ class Worker:
         """After a failed read: back off, then pick up entries whose reply may have been lost."""
         self._note_error(exc)
         time.sleep(0.1)
-        self._with_retries(self._drain_own_pending)
+        # Entries a lost reply delivered are pending after the last one we processed.
+        cursors = {s: self.processed_upto.get(s, "0") for s in self.settings.streams}
+        self._with_retries(lambda: self._drain_own_pending(dict(cursors)))
 
     def _note_error(self, exc: Exception) -> None:
         self.stats.redis_errors += 1

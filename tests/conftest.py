@@ -20,6 +20,7 @@ from detector.streams import connect
 from detector.worker import Worker
 
 _names = itertools.count()
+TEST_KEY = b"test-checkpoint-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +61,7 @@ def settings_factory(redis_url: str, stream_name: str) -> Callable[..., Settings
             until_idle=True,
             idle_timeout_ms=300,
             block_ms=100,
+            checkpoint_key=TEST_KEY,
         )
         return replace(base, **changes)
 

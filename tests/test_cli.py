@@ -13,13 +13,20 @@ import orjson
 import redis
 
 from detector.settings import HEALTH_KEY
+from tests.conftest import TEST_KEY
 from tests.helpers import append, order_events, outlier
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
+    env["DETECTOR_CHECKPOINT_KEY"] = TEST_KEY.decode()
+    return env
 
 
 def cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
+    full_env = clean_env()
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "detector.cli", *args],
@@ -120,7 +127,7 @@ def test_score_command_writes_one_row_per_event(tmp_path: Path) -> None:
 def test_sigterm_finishes_the_batch_and_exits_0(redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     append(r, "events", order_events(producers=2, per_producer=200))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
+    env = clean_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "detector.cli", "run", "--redis-url", redis_url,
          "--consumer", "w1", "--block-ms", "200"],

@@ -234,3 +234,17 @@ def test_every_shipped_model_runs_end_to_end(
     assert stats.events == len(ids)
     sources = [f["source_id"] for _, f in r.xrange("detector:alerts")]
     assert outlier_id in sources
+
+
+def test_deleted_group_is_recreated(
+    r: redis.Redis, stream_name: str, worker_factory: Callable[..., Worker]
+) -> None:
+    worker = worker_factory()
+    append(r, stream_name, order_events(producers=1, per_producer=10))
+    assert worker.run().events == 10
+    r.xgroup_destroy(stream_name, worker.settings.group)
+    append(r, stream_name, order_events(producers=1, per_producer=5, seed=2))
+    stats = worker.run()
+    # Recreated from the start of the stream: nothing is lost, old entries come again.
+    assert stats.events == 10 + 15
+    assert r.xpending(stream_name, worker.settings.group)["pending"] == 0

@@ -1,0 +1,226 @@
+"""Checkpoints: signed, versioned snapshots of a pipeline's state.
+
+Unpickling is code execution, so every blob carries an HMAC-SHA256 over its name and content,
+with a key that never enters Redis, and is verified before it is unpickled; the unpickler then
+only resolves classes from an allow-list (defence in depth). A checkpoint from another format,
+River version or model spec is refused, never loaded.
+
+Layout (one Redis hash per group and consumer, see :mod:`detector.streams`):
+
+- ``meta``: JSON (format, versions, spec digest, per-stream offsets, pipeline counters);
+- ``model``: the pickled model (shared by all producers);
+- ``p:<producer>``: one pickled producer state; only producers changed since the previous
+  commit are written, evicted ones are deleted.
+
+A baseline (``detector train``) is the same content in one signed file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import pickle
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from detector import __version__
+from detector.errors import CheckpointError, IncompatibleCheckpointError
+
+FORMAT_VERSION = 1
+_MAGIC = b"DETECTOR-BASELINE-1\n"
+_MAC_BYTES = 32
+PRODUCER_PREFIX = "p:"
+
+# Classes a checkpoint may contain: the detector's state, River models and what they are made
+# of. Anything else (os.system, builtins.eval, ...) is refused before it is resolved.
+_ALLOWED_MODULE_PREFIXES = ("detector.", "river.", "numpy")
+_ALLOWED_GLOBALS = {
+    ("builtins", name)
+    for name in ("tuple", "list", "dict", "set", "frozenset", "bytearray", "complex", "slice")
+} | {
+    ("collections", "defaultdict"),
+    ("collections", "OrderedDict"),
+    ("collections", "Counter"),
+    ("collections", "deque"),
+    ("functools", "partial"),
+    ("random", "Random"),
+    ("copyreg", "_reconstructor"),
+}
+
+
+def river_version() -> str:
+    return version("river")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS or module.startswith(_ALLOWED_MODULE_PREFIXES):
+            return super().find_class(module, name)
+        msg = f"checkpoint refers to {module}.{name}, which is not allowed"
+        raise CheckpointError(msg)
+
+
+class Signer:
+    """HMAC-SHA256 over (name, blob): a blob cannot be altered or moved to another name."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            msg = "the checkpoint key must have at least 16 bytes"
+            raise CheckpointError(msg)
+        self._key = key
+
+    def _mac(self, name: str, blob: bytes) -> bytes:
+        return hmac.new(self._key, name.encode() + b"\0" + blob, hashlib.sha256).digest()
+
+    def sign(self, name: str, blob: bytes) -> bytes:
+        return self._mac(name, blob) + blob
+
+    def verify(self, name: str, signed: bytes) -> bytes:
+        """The blob, if its signature holds.
+
+        Raises:
+            CheckpointError: unsigned, tampered, or signed with another key.
+        """
+        mac, blob = signed[:_MAC_BYTES], signed[_MAC_BYTES:]
+        if len(mac) < _MAC_BYTES or not hmac.compare_digest(mac, self._mac(name, blob)):
+            msg = (
+                f"checkpoint entry {name!r} has a bad signature (tampered, unsigned, or written "
+                "with another DETECTOR_CHECKPOINT_KEY); refusing to load it"
+            )
+            raise CheckpointError(msg)
+        return blob
+
+    def dumps(self, name: str, obj: object) -> bytes:
+        return self.sign(name, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def loads(self, name: str, signed: bytes) -> Any:
+        blob = self.verify(name, signed)
+        try:
+            return _RestrictedUnpickler(io.BytesIO(blob)).load()
+        except CheckpointError:
+            raise
+        except Exception as exc:  # a signed blob that does not load: incompatible code
+            msg = f"checkpoint entry {name!r} does not load with this version: {exc}"
+            raise IncompatibleCheckpointError(msg) from None
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What a checkpoint holds, unsigned: enough to resume bit-identically.
+
+    Attributes:
+        meta: format, versions, spec digest, offsets and pipeline counters (JSON-able).
+        model: the model object.
+        producers: producer id -> producer state (all of them, or only the changed ones).
+        removed: producers evicted since the previous commit (to delete).
+    """
+
+    meta: dict[str, Any]
+    model: object
+    producers: dict[str, object] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+
+
+def new_meta(
+    spec_name: str, spec_digest: str, offsets: dict[str, str], **counters: Any
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "detector": __version__,
+        "river": river_version(),
+        "spec": spec_name,
+        "spec_digest": spec_digest,
+        "offsets": offsets,
+        "created_at_ms": int(time.time() * 1000),
+        **counters,
+    }
+
+
+def check_compatible(meta: dict[str, Any], spec_name: str, spec_digest: str) -> None:
+    """Refuse a checkpoint this code cannot resume exactly.
+
+    Raises:
+        IncompatibleCheckpointError: with the operator action in the message.
+    """
+    problems = []
+    if meta.get("format") != FORMAT_VERSION:
+        problems.append(f"format {meta.get('format')} (this detector reads {FORMAT_VERSION})")
+    if meta.get("river") != river_version():
+        problems.append(f"River {meta.get('river')} (installed: {river_version()})")
+    if meta.get("spec_digest") != spec_digest:
+        problems.append(f"model spec {meta.get('spec')!r} with other settings than {spec_name!r}")
+    if problems:
+        msg = (
+            "incompatible checkpoint: " + "; ".join(problems) + ". Run with the matching "
+            "version and model, or start over with --reset-state (the state is relearned)."
+        )
+        raise IncompatibleCheckpointError(msg)
+
+
+def encode_fields(signer: Signer, snap: Snapshot) -> dict[str, bytes]:
+    """Hash fields to write for a snapshot (meta, model, changed producers)."""
+    fields = {
+        "meta": signer.sign("meta", orjson.dumps(snap.meta)),
+        "model": signer.dumps("model", snap.model),
+    }
+    for producer, state in snap.producers.items():
+        name = PRODUCER_PREFIX + producer
+        fields[name] = signer.dumps(name, state)
+    return fields
+
+
+def decode_fields(signer: Signer, fields: dict[bytes, bytes]) -> Snapshot:
+    """Verify and load every field of a checkpoint hash.
+
+    Raises:
+        CheckpointError: a missing or bad signature, or a class outside the allow-list.
+    """
+    if b"meta" not in fields or b"model" not in fields:
+        msg = "checkpoint is incomplete (no meta or model entry)"
+        raise CheckpointError(msg)
+    meta = orjson.loads(signer.verify("meta", fields[b"meta"]))
+    model = signer.loads("model", fields[b"model"])
+    producers = {}
+    for raw_name, value in fields.items():
+        name = raw_name.decode()
+        if name.startswith(PRODUCER_PREFIX):
+            producers[name[len(PRODUCER_PREFIX) :]] = signer.loads(name, value)
+    return Snapshot(meta, model, producers)
+
+
+def save_file(path: Path, signer: Signer, snap: Snapshot) -> None:
+    """Write a baseline file atomically (temporary file, then rename)."""
+    payload = orjson.dumps(
+        {
+            k.decode() if isinstance(k, bytes) else k: v.hex()
+            for k, v in encode_fields(signer, snap).items()
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(_MAGIC + signer.sign("baseline", payload))
+    tmp.replace(path)
+
+
+def load_file(path: Path, signer: Signer) -> Snapshot:
+    """Read a baseline file written by :func:`save_file`.
+
+    Raises:
+        CheckpointError: not a baseline, tampered, or signed with another key.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        msg = f"cannot read baseline {path}: {exc}"
+        raise CheckpointError(msg) from None
+    if not data.startswith(_MAGIC):
+        msg = f"{path} is not a detector baseline"
+        raise CheckpointError(msg)
+    payload = orjson.loads(signer.verify("baseline", data[len(_MAGIC) :]))
+    return decode_fields(signer, {k.encode(): bytes.fromhex(v) for k, v in payload.items()})

@@ -1,0 +1,150 @@
+"""Raw scores to calibrated [0, 1] scores (detector/calibration.py)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import pickle
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detector.calibration import Calibrator, TailCounts
+
+
+def learned(cal: Calibrator, raws: list[float]) -> TailCounts:
+    tc = cal.new()
+    for r in raws:
+        cal.learn(tc, r)
+    return tc
+
+
+def test_no_history_scores_zero() -> None:
+    cal = Calibrator(max_raw=32.0)
+    tc = cal.new()
+    assert tc.n == 0
+    assert cal.tail(tc, 0.0) == 1.0
+    assert cal.score(tc, 30.0) == 0.0
+
+
+def test_histogram_counts_and_clamps() -> None:
+    cal = Calibrator(max_raw=10.0, bins=10)
+    tc = learned(cal, [-5.0, 0.0, 0.99, 1.0, 9.99, 10.0, 1e9])
+    assert tc.n == 7
+    assert tc.counts.tolist() == [3, 1, 0, 0, 0, 0, 0, 0, 0, 3]
+
+
+def test_empirical_tail_on_known_distribution() -> None:
+    # 100 scores in each unit bin of [0, 10): the tail at bin k is (100 (10 - k) + 1) / 1001.
+    cal = Calibrator(max_raw=10.0, bins=10, tail_points=10)
+    tc = learned(cal, [i + 0.5 for i in range(10) for _ in range(100)])
+    for k in range(10):
+        expected = (100 * (10 - k) + 1) / 1001
+        assert cal.tail(tc, k + 0.2) == pytest.approx(expected, rel=1e-12)
+        assert cal.score(tc, k + 0.7) == pytest.approx(1 - expected, rel=1e-12)
+
+
+def test_empirical_tail_with_few_points_uses_counts() -> None:
+    # Fewer than tail_points scores: always the (smoothed) empirical tail, never a fit.
+    cal = Calibrator(max_raw=10.0, bins=10, tail_points=10)
+    tc = learned(cal, [1.5, 2.5, 2.5, 7.5])
+    assert cal.tail(tc, 0.0) == pytest.approx(5 / 5)
+    assert cal.tail(tc, 2.0) == pytest.approx(4 / 5)
+    assert cal.tail(tc, 5.0) == pytest.approx(2 / 5)
+    assert cal.tail(tc, 9.0) == pytest.approx(1 / 5)
+
+
+def test_empirical_and_fitted_tail_match_exponential_distribution() -> None:
+    # Exponential(1): P(X >= x) = exp(-x). n = 20000 puts the 10th-highest score near x = 7.6,
+    # so below that the estimate is empirical and above it the exponential fit takes over.
+    rng = random.Random(7)
+    cal = Calibrator(max_raw=32.0, bins=128, tail_points=10)
+    tc = learned(cal, [rng.expovariate(1.0) for _ in range(20_000)])
+    for x in (0.5, 1.0, 2.0, 4.0):
+        assert cal.tail(tc, x) == pytest.approx(math.exp(-x), rel=0.05)
+    for x in (8.0, 9.0, 10.0):
+        ratio = cal.tail(tc, x) / math.exp(-x)
+        assert 0.5 < ratio < 2.0
+
+
+def test_tail_extrapolates_below_one_in_n_beyond_the_data() -> None:
+    cal = Calibrator(max_raw=32.0, bins=128)
+    raws = [(i % 10) / 10 for i in range(1000)]
+    tc = learned(cal, raws)
+    floor = 1 / (tc.n + 1)
+    # Inside the data the estimate never drops below one in n + 1 ...
+    assert cal.tail(tc, 0.0) == 1.0
+    assert cal.tail(tc, 0.85) >= floor
+    # ... beyond it, the fitted tail goes below and keeps falling.
+    tails = [cal.tail(tc, x) for x in (2.0, 3.0, 5.0, 10.0, 20.0, 40.0)]
+    assert all(0.0 <= t < floor for t in tails)
+    assert tails == sorted(tails, reverse=True)
+    assert tails[0] > tails[-1]
+    assert cal.score(tc, 3.0) > 1 - 1e-6
+
+
+def test_min_excess_limits_extrapolation_from_a_narrow_past() -> None:
+    # All 500 past scores in bin [1.0, 1.25): the fitted tail starts at u = 1.0 and decays
+    # exponentially. A floor of 1.0 on its scale is above any excess seen, so it binds exactly.
+    cal = Calibrator(max_raw=32.0, bins=128, min_excess=1.0)
+    tc = learned(cal, [1.0] * 500)
+    floored = cal.tail(tc, 1.5)
+    assert floored == pytest.approx(500 / 501 * math.exp(-0.5 / 1.0), rel=1e-9)
+    sharp = Calibrator(max_raw=32.0, bins=128, min_excess=0.01)
+    assert 0.0 < sharp.tail(learned(sharp, [1.0] * 500), 1.5) < floored / 5
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_one_extreme_past_score_barely_moves_the_tail(seed: int) -> None:
+    # 1000 ordinary raw scores; then the same plus one extreme score. One more observation
+    # can add at most about one count in n + 1 to the tail anywhere below it.
+    rng = random.Random(seed)
+    raws = [rng.expovariate(1 / 0.4) for _ in range(1000)]
+    cal = Calibrator(max_raw=32.0, bins=128)
+    quiet = learned(cal, raws)
+    after_incident = learned(cal, [*raws, 64.0])
+    for x in (3.0, 4.0, 5.0):
+        assert cal.tail(after_incident, x) <= cal.tail(quiet, x) + 2 / 1002
+
+
+def test_counts_pickle_round_trip() -> None:
+    cal = Calibrator(max_raw=32.0, bins=64)
+    tc = learned(cal, [i / 7 for i in range(300)])
+    restored = pickle.loads(pickle.dumps(tc))  # noqa: S301 (our own bytes)
+    assert restored.n == tc.n
+    for x in (0.0, 3.3, 30.0, 50.0):
+        assert cal.score(restored, x) == cal.score(tc, x)
+
+
+RAWS = st.lists(
+    st.one_of(st.floats(0.0, 40.0), st.sampled_from([0.0, 0.5, 1.0, 31.99, 32.0])),
+    max_size=300,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    raws=RAWS,
+    queries=st.lists(st.floats(-1.0, 100.0), min_size=2, max_size=30),
+    bins=st.sampled_from([8, 50, 64, 128]),
+    max_raw=st.sampled_from([1.0, 32.0]),
+    tail_points=st.integers(1, 20),
+    min_excess=st.sampled_from([0.0, 0.01, 0.1, 1.0]),
+)
+def test_scores_in_unit_interval_and_monotone(
+    raws: list[float],
+    queries: list[float],
+    bins: int,
+    max_raw: float,
+    tail_points: int,
+    min_excess: float,
+) -> None:
+    cal = Calibrator(max_raw=max_raw, bins=bins, tail_points=tail_points, min_excess=min_excess)
+    tc = learned(cal, [r * max_raw / 32 for r in raws])
+    scores = [cal.score(tc, q) for q in sorted(queries)]
+    for s in scores:
+        assert 0.0 <= s <= 1.0
+    for lo, hi in itertools.pairwise(scores):
+        assert lo <= hi

@@ -1,0 +1,162 @@
+"""Checkpoints and baselines: signing, refusal, compatibility, exact resumption."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import orjson
+import pytest
+
+from detector.checkpoint import (
+    FORMAT_VERSION,
+    Signer,
+    Snapshot,
+    decode_fields,
+    encode_fields,
+    load_file,
+    save_file,
+)
+from detector.errors import CheckpointError, IncompatibleCheckpointError
+from detector.events import Decoder
+from detector.pipeline import Pipeline
+from detector.scoring import load_spec
+from tests.helpers import order_events, outlier
+
+KEY = b"k" * 32
+
+
+def _events(n_per_producer: int = 300, seed: int = 1) -> list:  # type: ignore[type-arg]
+    d = Decoder()
+    raw = order_events(producers=3, per_producer=n_per_producer, seed=seed)
+    raw.append(outlier("svc-1", int(raw[-1]["ts"]) + 1000))
+    return [
+        d.decode("s", f"{i + 1}-0", {k.encode(): v.encode() for k, v in f.items()})
+        for i, f in enumerate(raw)
+    ]
+
+
+def _fields(pipeline: Pipeline, signer: Signer) -> dict[bytes, bytes]:
+    snap = pipeline.snapshot({"s": "5-0"}, full=True)
+    return {k.encode(): v for k, v in encode_fields(signer, snap).items()}
+
+
+@pytest.mark.parametrize("model", ["stats", "hst"])
+def test_restored_pipeline_scores_exactly_like_the_original(model: str) -> None:
+    events = _events()
+    half = len(events) // 2
+    original = Pipeline(load_spec(model))
+    original.process(events[:half])
+    signer = Signer(KEY)
+    fields = _fields(original, signer)
+
+    restored = Pipeline(load_spec(model))
+    offsets = restored.restore(decode_fields(signer, fields))
+    assert offsets == {"s": "5-0"}
+    rest_a = [v.score for v in original.process(events[half:])]
+    rest_b = [v.score for v in restored.process(events[half:])]
+    assert rest_a == rest_b
+    assert any(s is not None and s > 0.9 for s in rest_a)  # there was something to compare
+
+
+def test_incremental_snapshots_hold_only_changed_producers() -> None:
+    p = Pipeline(load_spec("stats"), track_changes=True)
+    events = _events()
+    p.process(events)
+    assert len(p.snapshot({}).producers) == 3
+    p.committed()
+    p.process([e for e in events if e.producer == "svc-0"][-5:])
+    assert set(p.snapshot({}).producers) == {"svc-0"}
+
+
+def test_tampered_unsigned_or_foreign_blobs_are_refused() -> None:
+    p = Pipeline(load_spec("stats"))
+    p.process(_events(50))
+    signer = Signer(KEY)
+    fields = _fields(p, signer)
+
+    tampered = dict(fields)
+    blob = bytearray(tampered[b"p:svc-1"])
+    blob[-5] ^= 1
+    tampered[b"p:svc-1"] = bytes(blob)
+    with pytest.raises(CheckpointError, match="bad signature"):
+        decode_fields(signer, tampered)
+
+    unsigned = dict(fields)
+    unsigned[b"model"] = pickle.dumps(p.model)
+    with pytest.raises(CheckpointError, match="bad signature"):
+        decode_fields(signer, unsigned)
+
+    with pytest.raises(CheckpointError, match="bad signature"):
+        decode_fields(Signer(b"another-key-of-32-bytes-........"), fields)
+
+    swapped = dict(fields)  # a valid blob moved to another producer's name
+    swapped[b"p:svc-0"] = fields[b"p:svc-1"]
+    with pytest.raises(CheckpointError, match="bad signature"):
+        decode_fields(signer, swapped)
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("echo pwned",))
+
+
+def test_signed_but_malicious_pickle_is_refused_by_the_allow_list() -> None:
+    signer = Signer(KEY)
+    fields = _fields(Pipeline(load_spec("stats")), signer)
+    fields[b"model"] = signer.dumps("model", _Exploit())
+    with pytest.raises(CheckpointError, match="not allowed"):
+        decode_fields(signer, fields)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": FORMAT_VERSION + 1}, "format"),
+        ({"river": "0.1.0"}, "River 0.1.0"),
+        ({"spec_digest": "0" * 64}, "model spec"),
+    ],
+)
+def test_incompatible_checkpoints_are_refused_with_the_reason(
+    change: dict[str, object], message: str
+) -> None:
+    signer = Signer(KEY)
+    fields = _fields(Pipeline(load_spec("stats")), signer)
+    meta = orjson.loads(signer.verify("meta", fields[b"meta"]))
+    fields[b"meta"] = signer.sign("meta", orjson.dumps({**meta, **change}))
+    with pytest.raises(IncompatibleCheckpointError, match=message) as info:
+        Pipeline(load_spec("stats")).restore(decode_fields(signer, fields))
+    assert "--reset-state" in str(info.value)
+
+
+def test_checkpoint_of_one_spec_is_refused_by_another() -> None:
+    signer = Signer(KEY)
+    fields = _fields(Pipeline(load_spec("stats")), signer)
+    with pytest.raises(IncompatibleCheckpointError):
+        Pipeline(load_spec("hst")).restore(decode_fields(signer, fields))
+
+
+def test_baseline_file_round_trip_and_tampering(tmp_path: Path) -> None:
+    signer = Signer(KEY)
+    p = Pipeline(load_spec("stats"))
+    p.process(_events(100))
+    path = tmp_path / "b" / "shop.baseline"
+    save_file(path, signer, p.snapshot({}, full=True))
+    snap = load_file(path, signer)
+    assert isinstance(snap, Snapshot) and set(snap.producers) == {"svc-0", "svc-1", "svc-2"}
+
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError):
+        load_file(path, signer)
+    other = tmp_path / "x.baseline"
+    other.write_bytes(b"not a baseline")
+    with pytest.raises(CheckpointError, match="not a detector baseline"):
+        load_file(other, signer)
+
+
+def test_short_keys_are_refused() -> None:
+    with pytest.raises(CheckpointError, match="16 bytes"):
+        Signer(b"short")

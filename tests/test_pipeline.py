@@ -1,0 +1,447 @@
+"""Score, decide, learn (detector/pipeline.py) over the shipped specs."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pickle
+from typing import Any
+
+import orjson
+import pytest
+
+from detector.alerts import alert_id
+from detector.events import Decoder, Event
+from detector.features import ProducerState
+from detector.pipeline import Pipeline, Verdict
+from detector.scoring import ModelSpec, load_spec
+
+SPECS = ["stats", "hst"]
+SECOND = 1000
+N = 400  # normal history before an anomaly (warm-up of the shipped specs is 200)
+
+
+def ev(
+    i: int,
+    producer: str = "p1",
+    *,
+    t0: int = 0,
+    v: float | None = None,
+    etype: str = "order",
+    numbers: dict[str, float] | None = None,
+    strings: dict[str, str] | None = None,
+    size: int | None = None,
+    t: int | None = None,
+) -> Event:
+    """The producer's usual event number ``i`` (one a second), or a variation of it."""
+    ts = t0 + i * SECOND if t is None else t
+    if numbers is None:
+        numbers = {"v": 10.0 + i % 5 if v is None else v, "q": 1.0 + i % 2}
+    return Event(
+        "orders",
+        f"{ts}-{i}",
+        producer,
+        ts,
+        etype,
+        numbers,
+        {"cur": ("EUR", "USD")[i % 2]} if strings is None else strings,
+        80 + i % 3 if size is None else size,
+    )
+
+
+def history(n: int = N, producer: str = "p1", t0: int = 0) -> list[Event]:
+    return [ev(i, producer, t0=t0) for i in range(n)]
+
+
+def spec_with(name: str, **decision: Any) -> ModelSpec:
+    spec = load_spec(name)
+    return dataclasses.replace(spec, decision=dataclasses.replace(spec.decision, **decision))
+
+
+def warm(name: str = "stats", **decision: Any) -> Pipeline:
+    p = Pipeline(spec_with(name, **decision))
+    out = p.process(history())
+    assert not any(v.flagged for v in out)
+    return p
+
+
+def baselines(st: ProducerState) -> dict[str, Any]:
+    """What the producer has learned (not the clock, not the decision state)."""
+    return {
+        "numeric": {k: (m.count, m.mean.get(), m.var.get()) for k, m in st.numeric.items()},
+        "categorical": {k: (c.n, dict(c.counts)) for k, c in st.categorical.items()},
+        "types": (st.types.n, dict(st.types.counts)),
+        "schemas": (st.schemas.n, dict(st.schemas.counts)),
+        "size": (st.size.count, st.size.mean.get(), st.size.var.get()),
+        "rate": (st.rate.count, st.rate.mean.get(), st.rate.var.get()),
+    }
+
+
+def summary(verdicts: list[Verdict]) -> list[tuple[Any, ...]]:
+    return [(v.event.entry_id, v.score, v.flagged, v.alert, v.error) for v in verdicts]
+
+
+def mixed_stream(n_per_producer: int = 500) -> list[Event]:
+    """Three interleaved producers, with value, category and size anomalies after warm-up."""
+    out = []
+    for i in range(n_per_producer):
+        for k, p in enumerate(("a", "b", "c")):
+            e = ev(i, p, t0=k * 7)
+            if i > 250 and i % 53 == k:
+                e = ev(i, p, t0=k * 7, v=1e5)
+            elif i > 250 and i % 71 == k:
+                e = ev(i, p, t0=k * 7, strings={"cur": "XMR"})
+            elif i > 250 and i % 97 == k:
+                e = ev(i, p, t0=k * 7, size=9000)
+            out.append(e)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Warm-up
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_warm_up_gives_no_score_then_scores(name: str) -> None:
+    p = Pipeline(load_spec(name))
+    warmup = p.decision.warmup_events
+    out = p.process(history(warmup + 50))
+    for v in out[:warmup]:
+        assert (v.score, v.flagged, v.alert, v.error) == (None, False, None, None)
+    for v in out[warmup:]:
+        assert v.score is not None
+        assert 0.0 <= v.score <= 1.0
+        assert v.error is None
+
+
+@pytest.mark.parametrize("warmup", [0, 1, 10])
+def test_warm_up_follows_the_spec(warmup: int) -> None:
+    p = Pipeline(spec_with("stats", warmup_events=warmup))
+    out = p.process(history(20))
+    assert [v.score is None for v in out] == [i < warmup for i in range(20)]
+
+
+def test_warm_up_is_per_producer() -> None:
+    p = Pipeline(load_spec("stats"))
+    p.process(history(300, "old"))
+    out = p.process(history(10, "new", t0=300 * SECOND))
+    assert all(v.score is None for v in out)
+    assert p.process([ev(300, "old")])[0].score is not None
+
+
+def test_no_alert_during_warm_up_even_for_an_outlier() -> None:
+    p = Pipeline(load_spec("stats"))
+    out = p.process([*history(100), ev(100, v=1e7)])
+    assert (out[-1].score, out[-1].flagged, out[-1].alert) == (None, False, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Anomalies after warm-up
+
+
+def rate_flood() -> list[Event]:
+    start = (N - 1) * SECOND
+    return [ev(k, t=start + 5 * (k + 1)) for k in range(30)]  # 200/s instead of 1/s
+
+
+ANOMALIES = {
+    "value": lambda: [ev(N, v=5000.0)],
+    "size": lambda: [ev(N, size=4000)],
+    "type": lambda: [ev(N, etype="refund")],
+    "category": lambda: [ev(N, strings={"cur": "XMR"})],
+    "schema": lambda: [ev(N, numbers={"v": 11.0, "q": 1.0, "coupon": 3.0})],
+    "rate": rate_flood,
+}
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("feature", sorted(ANOMALIES))
+def test_injected_anomaly_alerts_with_the_right_reason(name: str, feature: str) -> None:
+    p = warm(name)
+    out = p.process(ANOMALIES[feature]())
+    first = next(v for v in out if v.alert is not None)
+    alert = first.alert
+    assert alert is not None
+    assert first.flagged
+    assert first.score is not None
+    assert alert.score == first.score >= alert.threshold == 0.9999
+    assert alert.reasons[0].feature == feature
+    assert 1 <= len(alert.reasons) <= 3
+    surprises = [r.surprise for r in alert.reasons]
+    assert surprises == sorted(surprises, reverse=True)
+    # Every verdict up to the alert was scored without error.
+    assert all(v.error is None and v.score is not None for v in out)
+
+
+def test_alert_fields() -> None:
+    p = warm("stats")
+    event = ev(N, v=5000.0)
+    (verdict,) = p.process([event])
+    alert = verdict.alert
+    assert alert is not None
+    assert alert.alert_id == alert_id("orders", event.entry_id, "stats")
+    assert (alert.producer, alert.source_stream, alert.source_id) == ("p1", "orders", "400000-400")
+    assert alert.event_time == event.event_time_ms
+    assert alert.model == "stats"
+    assert alert.suppressed == 0
+    top = alert.reasons[0]
+    assert (top.feature, top.field, top.observed) == ("value", "v", "5000")
+    assert "value(v) 5000 vs" in alert.why
+    fields = alert.to_fields(emitted_at_ms=123)
+    assert fields["alert_id"] == alert.alert_id
+    assert orjson.loads(fields["reasons"])[0]["feature"] == "value"
+
+
+def test_normal_events_after_warm_up_do_not_alert() -> None:
+    p = warm("stats")
+    out = p.process([ev(i) for i in range(N, N + 300)])
+    assert not any(v.flagged for v in out)
+
+
+def test_threshold_override() -> None:
+    default = Pipeline(load_spec("stats"))
+    low = Pipeline(load_spec("stats"), threshold=0.5)
+    assert (default.threshold, low.threshold) == (0.9999, 0.5)
+    events = history(N + 100)
+    assert not any(v.flagged for v in default.process(events))
+    out = low.process(events)
+    alerts = [v.alert for v in out if v.alert is not None]
+    assert alerts
+    assert all(a.threshold == 0.5 and 0.5 <= a.score < 0.9999 for a in alerts)
+    assert all(v.flagged == (v.score is not None and v.score >= 0.5) for v in out)
+
+
+def test_threshold_above_one_never_flags() -> None:
+    p = Pipeline(load_spec("stats"), threshold=1.01)
+    out = p.process([*history(), ev(N, v=5000.0)])
+    assert out[-1].score == pytest.approx(1.0)
+    assert not out[-1].flagged
+    assert out[-1].alert is None
+
+
+# --------------------------------------------------------------------------------------------
+# Cooldown
+
+
+def test_cooldown_suppresses_and_counts() -> None:
+    p = warm("stats")
+    cooldown = p.decision.cooldown_ms
+    assert cooldown == 300_000
+    events = [ev(i, v=5000.0) if i in (400, 410, 420, 720) else ev(i) for i in range(400, 721)]
+    out = {v.event.event_time_ms // SECOND: v for v in p.process(events)}
+    flagged = sorted(i for i, v in out.items() if v.flagged)
+    assert flagged == [400, 410, 420, 720]
+    assert out[400].alert is not None
+    assert out[400].alert.suppressed == 0
+    # Within 300 s of event time: flagged, counted, not sent.
+    assert out[410].alert is None
+    assert out[420].alert is None
+    last = out[720].alert
+    assert last is not None
+    assert last.suppressed == 2
+    assert p.store.producers["p1"].suppressed == 0
+
+
+def test_cooldown_is_per_producer() -> None:
+    p = Pipeline(load_spec("stats"))
+    p.process(
+        sorted([*history(producer="a"), *history(producer="b")], key=lambda e: e.event_time_ms)
+    )
+    out = p.process([ev(N, "a", v=5000.0), ev(N, "b", v=5000.0)])
+    assert all(v.alert is not None for v in out)
+
+
+# --------------------------------------------------------------------------------------------
+# Protected learning
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("protect_threshold", [0.999, 1.5])
+def test_flagged_event_does_not_shift_the_baseline(name: str, protect_threshold: float) -> None:
+    # A protect threshold above the alert threshold still protects from the alert threshold.
+    p = warm(name, protect_threshold=protect_threshold)
+    st = p.store.producers["p1"]
+    before = baselines(st)
+    model_before = pickle.dumps(p.model)
+    n = st.n
+    (v,) = p.process([ev(N, v=5000.0, strings={"cur": "XMR"})])
+    assert v.flagged
+    assert baselines(st) == before
+    assert pickle.dumps(p.model) == model_before
+    assert st.n == n + 1  # the clock still advances
+    # The same outlier again is just as surprising: nothing of it was learned.
+    again = p.store.evidence(st, ev(N + 1, v=5000.0))
+    first = p.store.evidence(st, ev(N, v=5000.0))
+    assert again.surprise["value"] == first.surprise["value"] > 10
+
+
+def test_suspect_event_is_protected_without_alerting() -> None:
+    # Never alert (threshold > 1), but protect from 0.999.
+    p = Pipeline(spec_with("stats", protect_threshold=0.999), threshold=1.5)
+    p.process(history())
+    st = p.store.producers["p1"]
+    before = baselines(st)
+    (v,) = p.process([ev(N, v=5000.0)])
+    assert (v.flagged, v.alert) == (False, None)
+    assert v.score is not None
+    assert v.score >= 0.999
+    assert baselines(st) == before
+
+
+def test_normal_event_after_warm_up_is_learned() -> None:
+    p = warm("stats")
+    st = p.store.producers["p1"]
+    count = st.numeric["order\x1fv"].count
+    (v,) = p.process([ev(N)])
+    assert not v.flagged
+    assert st.numeric["order\x1fv"].count == count + 1
+
+
+def shifted(start: int, n: int) -> list[Event]:
+    """A sustained level shift of ``v`` from ~12 to ~1000."""
+    return [ev(i, v=1000.0 + 10 * (i % 5)) for i in range(start, start + n)]
+
+
+def test_sustained_change_is_accepted_after_events_and_time() -> None:
+    p = warm("stats", adapt_after_events=5, adapt_after_ms=20_000)
+    st = p.store.producers["p1"]
+    m = st.numeric["order\x1fv"]
+    count, mean = m.count, m.mean.get()
+    counts, flags = [], []
+    for e in shifted(N, 200):
+        (v,) = p.process([e])
+        counts.append(m.count)
+        flags.append(v.flagged)
+    # The run must last more than 5 events AND span 20 s of event time: the 21st event (20 s
+    # after the first) is the first one learned.
+    assert all(flags[:21])
+    assert counts[:20] == [count] * 20
+    assert counts[20] == count + 1
+    # Then the new level becomes normal: it stops alerting and the baseline has moved to it.
+    assert not any(flags[-100:])
+    assert counts[-1] > count + 150
+    assert m.mean.get() > mean + 2.0
+
+
+@pytest.mark.parametrize(
+    ("events", "ms"),
+    [(5, 10**9), (10**6, 5_000)],
+    ids=["time-not-reached", "count-not-reached"],
+)
+def test_sustained_change_needs_both_conditions(events: int, ms: int) -> None:
+    p = warm("stats", adapt_after_events=events, adapt_after_ms=ms)
+    st = p.store.producers["p1"]
+    before = baselines(st)
+    out = p.process(shifted(N, 60))
+    assert all(v.flagged for v in out)
+    assert baselines(st) == before
+
+
+def test_calibration_learns_only_the_first_of_a_flagged_run() -> None:
+    p = warm("stats")
+    st = p.store.producers["p1"]
+    assert st.calibration is not None
+    n = st.calibration.n
+    out = p.process(shifted(N, 10))
+    assert all(v.flagged for v in out)
+    assert st.calibration.n == n + 1
+
+
+def test_one_alert_does_not_blind_the_producer() -> None:
+    fresh = warm("stats")
+    probe = ev(N + 400, strings={"cur": "XMR"})  # an unseen currency, after the cooldown
+    fresh.process([ev(i) for i in range(N, N + 400)])
+    (control,) = fresh.process([probe])
+    assert control.alert is not None  # without a prior incident it alerts
+
+    p = warm("stats")
+    (incident,) = p.process([ev(N, v=5000.0)])
+    assert incident.alert is not None
+    p.process([ev(i) for i in range(N + 1, N + 400)])
+    (v,) = p.process([probe])
+    assert v.alert is not None
+    assert v.alert.reasons[0].feature == "category"
+
+
+# --------------------------------------------------------------------------------------------
+# Determinism and persistence
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_two_pipelines_give_identical_scores(name: str) -> None:
+    events = mixed_stream()
+    a = Pipeline(load_spec(name)).process(events)
+    b = Pipeline(load_spec(name)).process(events)
+    assert summary(a) == summary(b)
+    assert any(v.alert is not None for v in a)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_pickled_mid_stream_continues_identically(name: str) -> None:
+    events = mixed_stream()
+    cut = len(events) // 2  # warm producers, anomalies still to come
+    p = Pipeline(load_spec(name))
+    p.process(events[:cut])
+    restored = pickle.loads(pickle.dumps(p))  # noqa: S301 (our own bytes)
+    assert restored.events_seen == p.events_seen == cut
+    rest_a = p.process(events[cut:])
+    rest_b = restored.process(events[cut:])
+    assert summary(rest_a) == summary(rest_b)
+    assert any(v.alert is not None for v in rest_a)
+
+
+def test_batching_does_not_change_scores() -> None:
+    events = mixed_stream(300)
+    whole = Pipeline(load_spec("stats")).process(events)
+    p = Pipeline(load_spec("stats"))
+    pieces = [v for k in range(0, len(events), 37) for v in p.process(events[k : k + 37])]
+    assert summary(whole) == summary(pieces)
+
+
+# --------------------------------------------------------------------------------------------
+# Bounds and failures
+
+
+def test_producer_cap_and_ttl_reach_the_store() -> None:
+    p = Pipeline(load_spec("stats"), max_producers=2, idle_ttl_ms=60 * SECOND)
+    p.process([ev(0, "a"), ev(0, "b"), ev(1, "c")])
+    assert list(p.store.producers) == ["b", "c"]
+    p.process([ev(200, "c")])
+    assert list(p.store.producers) == ["c"]
+    assert p.store.evicted == 2
+
+
+def test_one_failing_event_does_not_stop_the_batch(caplog: pytest.LogCaptureFixture) -> None:
+    # The decoder never yields a string among numbers; a hand-built Event with one makes
+    # scoring raise.
+    p = warm("stats")
+    bad = ev(N, numbers={"v": "oops", "q": 1.0})  # type: ignore[dict-item]
+    with caplog.at_level(logging.ERROR, logger="detector.pipeline"):
+        out = p.process([bad, ev(N + 1), ev(N + 2, v=5000.0)])
+    assert out[0].error is not None
+    assert (out[0].score, out[0].flagged, out[0].alert) == (None, False, None)
+    assert out[1].error is None
+    assert out[1].score is not None
+    assert out[2].alert is not None
+    assert any(bad.entry_id in r.getMessage() for r in caplog.records)
+
+
+def test_decoded_entries_end_to_end() -> None:
+    decoder = Decoder()
+    p = Pipeline(load_spec("stats"))
+    entries = []
+    for i in range(N + 1):
+        amount = 5000.0 if i == N else 10.0 + i % 5
+        data = orjson.dumps({"amount": amount, "cur": ("EUR", "USD")[i % 2]})
+        fields = {b"producer": b"svc-1", b"ts": str(i * SECOND).encode(), b"type": b"order"}
+        entries.append((f"{i * SECOND}-0", {**fields, b"data": data}))
+    out = p.process([decoder.decode("orders", eid, f) for eid, f in entries])
+    assert out[0].score is None
+    assert not any(v.flagged for v in out[:-1])
+    alert = out[-1].alert
+    assert alert is not None
+    assert (alert.producer, alert.reasons[0].feature, alert.reasons[0].field) == (
+        "svc-1",
+        "value",
+        "amount",
+    )

@@ -1,0 +1,306 @@
+"""Model specs, the registry and the model contract (detector/scoring.py, models/*.toml)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import pickle
+import random
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from detector.errors import ConfigError
+from detector.features import FEATURES, Evidence, FeatureConfig, Reason
+from detector.scoring import (
+    MODELS,
+    CalibrationSpec,
+    Decision,
+    ModelSpec,
+    SurpriseModel,
+    TreesModel,
+    available_models,
+    load_spec,
+    parse_spec,
+)
+
+SHIPPED = sorted(
+    p.name.removesuffix(".toml")
+    for p in files("detector.models").iterdir()
+    if p.name.endswith(".toml")
+)
+
+MINIMAL = 'kind = "surprise"\n'
+
+
+def evidence_stream(n: int, seed: int = 3) -> list[Evidence]:
+    """Mostly quiet evidence with occasional large surprises."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        surprise = {f: rng.expovariate(3.0) for f in FEATURES}
+        reasons = []
+        if rng.random() < 0.05:
+            f = rng.choice(FEATURES)
+            surprise[f] = rng.uniform(5.0, 64.0)
+            reasons.append(Reason(f, "x", "1", "0..1", surprise[f]))
+        out.append(Evidence(surprise, reasons, i))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Shipped specs
+
+
+def test_shipped_specs_are_listed() -> None:
+    models = available_models()
+    assert set(SHIPPED) >= {"stats", "hst"}
+    assert sorted(models) == SHIPPED
+    assert all(isinstance(d, str) and d for d in models.values())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_spec_loads(name: str) -> None:
+    spec = load_spec(name)
+    text = files("detector.models").joinpath(f"{name}.toml").read_text()
+    assert spec.name == name
+    assert spec.kind in MODELS
+    assert spec.digest == hashlib.sha256(text.encode()).hexdigest()
+    assert spec.description == available_models()[name]
+    assert isinstance(spec.features, FeatureConfig)
+    assert isinstance(spec.calibration, CalibrationSpec)
+    assert isinstance(spec.decision, Decision)
+    assert 0.0 < spec.decision.threshold < 1.0
+    assert spec.decision.warmup_events >= 0
+
+
+def test_stats_spec_values() -> None:
+    spec = load_spec("stats")
+    assert isinstance(spec.build(), SurpriseModel)
+    assert spec.features.min_count == 50
+    assert spec.calibration.bins == 128
+    assert spec.decision.threshold == 0.9999
+
+
+def test_hst_spec_builds_seeded_trees() -> None:
+    spec = load_spec("hst")
+    model = spec.build()
+    assert isinstance(model, TreesModel)
+    assert spec.params["seed"] == 42
+
+
+# --------------------------------------------------------------------------------------------
+# Specs from text and from a path
+
+
+def test_minimal_spec_takes_defaults() -> None:
+    spec = parse_spec(MINIMAL, "models/mine.toml")
+    assert spec.name == "mine"
+    assert spec.params == {}
+    assert spec.features == FeatureConfig()
+    assert spec.calibration == CalibrationSpec()
+    assert spec.decision == Decision()
+    assert spec.digest == hashlib.sha256(MINIMAL.encode()).hexdigest()
+
+
+def test_spec_file_by_path(tmp_path: Path) -> None:
+    text = (
+        'kind = "trees"\ndescription = "mine"\n'
+        "[params]\nn_trees = 3\nheight = 4\nwindow_size = 20\nseed = 5\n"
+        "[features]\nmin_count = 7\n"
+        "[decision]\nthreshold = 0.99\nwarmup_events = 10\n"
+    )
+    path = tmp_path / "custom.toml"
+    path.write_text(text)
+    spec = load_spec(str(path))
+    assert spec.name == "custom"
+    assert spec.kind == "trees"
+    assert spec.description == "mine"
+    assert spec.features.min_count == 7
+    assert spec.decision.threshold == 0.99
+    assert spec.decision.warmup_events == 10
+    assert spec.decision.cooldown_ms == Decision().cooldown_ms
+    assert spec.digest == hashlib.sha256(text.encode()).hexdigest()
+    assert isinstance(spec.build(), TreesModel)
+
+
+def test_spec_file_name_in_file_wins(tmp_path: Path) -> None:
+    path = tmp_path / "file.toml"
+    path.write_text('name = "given"\n' + MINIMAL)
+    assert load_spec(str(path)).name == "given"
+
+
+def test_shipped_spec_by_path_equals_by_name() -> None:
+    path = Path(str(files("detector.models").joinpath("stats.toml")))
+    assert load_spec(str(path)) == load_spec("stats")
+
+
+@pytest.mark.parametrize("name", ["no-such-model", "missing/dir/spec.toml"])
+def test_unknown_spec_raises_config_error(name: str) -> None:
+    with pytest.raises(ConfigError, match="unknown model"):
+        load_spec(name)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (MINIMAL + "[features]\nfading = 0.1\n", r"\[features\]: unknown keys \['fading'\]"),
+        (MINIMAL + "[decision]\nthreshhold = 0.9\n", r"\[decision\]: unknown keys"),
+        (MINIMAL + "[calibration]\nbuckets = 3\n", r"\[calibration\]: unknown keys"),
+        (MINIMAL + "[detector]\nx = 1\n", r"unknown sections \['detector'\]"),
+        (MINIMAL + "extra = 1\n", r"unknown sections \['extra'\]"),
+        ('kind = "forest"\n', "kind must be one of"),
+        ('name = "x"\n', "kind must be one of"),
+        (MINIMAL + "[params]\nn_trees = 3\n", "bad params"),
+        ('kind = "trees"\n[params]\ntrees = 3\n', "bad params"),
+        ("kind = ", "spec.toml"),
+    ],
+)
+def test_invalid_specs_raise_config_error(text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_spec(text, "spec.toml")
+
+
+def test_invalid_spec_file_raises_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(MINIMAL + "[features]\nnope = 1\n")
+    with pytest.raises(ConfigError, match="nope"):
+        load_spec(str(path))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        MINIMAL + "features = 1\n",
+        MINIMAL + "params = 3\n",
+        MINIMAL + "decision = true\n",
+        'kind = ["surprise"]\n',
+    ],
+)
+def test_malformed_spec_types_raise_config_error(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_spec(text, "spec.toml")
+
+
+def test_wrongly_typed_setting_raises_config_error() -> None:
+    with pytest.raises(ConfigError):
+        parse_spec(MINIMAL + '[decision]\nthreshold = "high"\n', "spec.toml")
+
+
+# --------------------------------------------------------------------------------------------
+# The model contract, over every shipped spec
+
+
+def scores(model: object, stream: list[Evidence], learn: bool = True) -> list[float]:
+    out = []
+    for e in stream:
+        out.append(model.raw_score(e))  # type: ignore[attr-defined]
+        if learn:
+            model.learn(e)  # type: ignore[attr-defined]
+    return out
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_finite_score_before_learning(name: str) -> None:
+    model = load_spec(name).build()
+    quiet = Evidence(dict.fromkeys(FEATURES, 0.0), [], 0)
+    loud = Evidence(dict.fromkeys(FEATURES, 64.0), [], 0)
+    for e in (quiet, loud, Evidence({}, [], 0)):
+        raw = model.raw_score(e)
+        assert isinstance(raw, float)
+        assert math.isfinite(raw)
+        assert raw >= 0.0
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_scores_finite_and_non_negative_while_learning(name: str) -> None:
+    model = load_spec(name).build()
+    for raw in scores(model, evidence_stream(600)):
+        assert math.isfinite(raw)
+        assert raw >= 0.0
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_input_evidence_not_mutated(name: str) -> None:
+    model = load_spec(name).build()
+    stream = evidence_stream(400)
+    before = copy.deepcopy(stream)
+    scores(model, stream)
+    assert stream == before
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_pickle_round_trip_before_and_after_training(name: str) -> None:
+    stream = evidence_stream(700)
+    model = load_spec(name).build()
+    fresh = pickle.loads(pickle.dumps(model))  # noqa: S301 (our own bytes)
+    first = scores(model, stream[:500])
+    assert scores(fresh, stream[:500]) == first
+    trained = pickle.loads(pickle.dumps(model))  # noqa: S301 (our own bytes)
+    assert scores(trained, stream[500:]) == scores(model, stream[500:])
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_deterministic_for_the_seed(name: str) -> None:
+    stream = evidence_stream(700)
+    a = scores(load_spec(name).build(), stream)
+    b = scores(load_spec(name).build(), stream)
+    assert a == b
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_anomalous_evidence_scores_higher(name: str) -> None:
+    model = load_spec(name).build()
+    scores(model, evidence_stream(800))
+    quiet = Evidence(dict.fromkeys(FEATURES, 0.1), [], 800)
+    loud = Evidence({**dict.fromkeys(FEATURES, 0.1), "value": 40.0}, [], 800)
+    assert model.raw_score(loud) > model.raw_score(quiet)
+    assert model.raw_score(loud) <= max(model.max_raw, 64.0)
+
+
+def test_trees_seed_matters() -> None:
+    stream = evidence_stream(700)
+    a = scores(TreesModel(n_trees=5, height=6, window_size=50, seed=1), stream)
+    b = scores(TreesModel(n_trees=5, height=6, window_size=50, seed=2), stream)
+    assert a != b
+
+
+def test_surprise_model_is_the_largest_surprise() -> None:
+    m = SurpriseModel()
+    assert m.raw_score(Evidence({"rate": 0.2, "value": 7.5, "size": 3.0}, [], 1)) == 7.5
+    assert m.raw_score(Evidence({}, [], 0)) == 0.0
+
+
+def test_build_gives_independent_models() -> None:
+    spec = load_spec("hst")
+    a, b = spec.build(), spec.build()
+    stream = evidence_stream(300)
+    scores(a, stream)
+    # b never learned: it scores like a fresh model, not like a.
+    fresh = spec.build()
+    probe = stream[:50]
+    assert scores(b, probe, learn=False) == scores(fresh, probe, learn=False)
+    assert scores(a, probe, learn=False) != scores(b, probe, learn=False)
+
+
+def test_spec_is_frozen() -> None:
+    spec = load_spec("stats")
+    assert isinstance(spec, ModelSpec)
+    with pytest.raises(AttributeError):
+        spec.name = "other"  # type: ignore[misc]
+
+
+def test_shipped_specs_cover_every_model_kind() -> None:
+    assert {load_spec(name).kind for name in SHIPPED} == set(MODELS)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_bounded_memory_growth(name: str) -> None:
+    model = load_spec(name).build()
+    stream = evidence_stream(2000)
+    scores(model, stream[:1000])
+    warm = len(pickle.dumps(model))
+    scores(model, stream[1000:])
+    assert len(pickle.dumps(model)) <= warm * 1.05
