@@ -41,6 +41,8 @@ from detector.settings import (
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
 EXIT_CHECKPOINT = 3
+# Read from the environment only: never options, so never on a command line or in `ps`.
+SECRET_ENVVARS = ("DETECTOR_CHECKPOINT_KEY", "DETECTOR_CHECKPOINT_KEY_FILE")
 
 
 def _user_dir(env: str, fallback: str) -> Path:

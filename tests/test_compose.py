@@ -28,7 +28,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from detector.cli import cli
+from detector.cli import SECRET_ENVVARS, cli
 from detector.shop import DEMO_KINDS, iter_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,8 +226,11 @@ def test_detector_is_configured_only_through_its_envvars(
         "DETECTOR_LOG_FORMAT",
     }
     assert required <= set(detector_env)
-    unknown = set(detector_env) - command_envvars("run")
+    unknown = set(detector_env) - command_envvars("run") - set(SECRET_ENVVARS)
     assert not unknown, f"not an envvar of `detector run`: {sorted(unknown)}"
+    # The checkpoint key is required from the operator's environment, never a default.
+    key = detector_env["DETECTOR_CHECKPOINT_KEY"]
+    assert key.startswith("${DETECTOR_CHECKPOINT_KEY:?"), key
     url = urlsplit(detector_env["DETECTOR_REDIS_URL"])
     assert url.scheme in {"redis", "rediss"}
     assert url.hostname in services, "DETECTOR_REDIS_URL should name the compose redis service"

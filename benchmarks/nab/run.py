@@ -1,7 +1,8 @@
 """Replay the NAB corpus through the detector and score it with the NAB scorer.
 
     python -m benchmarks.nab.run --model stats [--mode offline|redis|both] [--write]
-                                 [--plot FILE_NAME ...] [--details]
+                                 [--plot FILE_NAME ...] [--details] [--files FILE ...]
+                                 [--debounce LEVEL:HOURS]
 
 Each of the 58 series is one producer (producer id = the corpus-relative file name, e.g.
 ``realKnownCause/nyc_taxi.csv``) and each row one event with the fields ``producer``, ``ts``
@@ -34,7 +35,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -215,10 +216,6 @@ def _empty_scores(series: Sequence[Series]) -> Scores:
 
 def default_settings(spec: ModelSpec) -> Settings:
     """The worker's settings for a replay (defaults of ``detector run`` otherwise)."""
-    extra: dict[str, Any] = {}
-    if "checkpoint_key" in {f.name for f in fields(Settings)}:
-        # Workers that checkpoint their state sign it; the replay's server is thrown away.
-        extra["checkpoint_key"] = CHECKPOINT_KEY
     return Settings(
         streams=(STREAM,),
         consumer="nab",
@@ -226,7 +223,7 @@ def default_settings(spec: ModelSpec) -> Settings:
         until_idle=True,
         idle_timeout_ms=300,
         block_ms=100,
-        **extra,
+        checkpoint_key=CHECKPOINT_KEY,  # signs the worker's checkpoints; the server is discarded
     )
 
 
