@@ -37,9 +37,12 @@ _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
 PRODUCER_PREFIX = "p:"
 
-# Classes a checkpoint may contain: the detector's state, River models and what they are made
-# of. Anything else (os.system, builtins.eval, ...) is refused before it is resolved.
-_ALLOWED_MODULE_PREFIXES = ("detector.", "river.", "numpy")
+# What a checkpoint may contain: classes defined in the detector's state modules and in River's
+# model packages, plus a few exact (module, name) pairs. Dotted names are refused: pickle would
+# resolve them attribute by attribute (``detector.embedded.subprocess.check_output``).
+_STATE_MODULES = ("detector.features", "detector.calibration", "detector.scoring")
+_RIVER_PREFIXES = ("river.stats.", "river.anomaly.", "river.tree.", "river.preprocessing.",
+                   "river.utils.", "river._river_rust.")  # fmt: skip
 _ALLOWED_GLOBALS = {
     ("builtins", name)
     for name in ("tuple", "list", "dict", "set", "frozenset", "bytearray", "complex", "slice")
@@ -51,6 +54,14 @@ _ALLOWED_GLOBALS = {
     ("functools", "partial"),
     ("random", "Random"),
     ("copyreg", "_reconstructor"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "scalar"),
 }
 
 
@@ -60,8 +71,14 @@ def river_version() -> str:
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS or module.startswith(_ALLOWED_MODULE_PREFIXES):
-            return super().find_class(module, name)
+        if "." not in name:
+            if (module, name) in _ALLOWED_GLOBALS:
+                return super().find_class(module, name)
+            if module in _STATE_MODULES or module.startswith(_RIVER_PREFIXES):
+                obj = super().find_class(module, name)
+                # Only classes defined right there: no functions, no re-exported names.
+                if isinstance(obj, type) and obj.__module__ == module:
+                    return obj
         msg = f"checkpoint refers to {module}.{name}, which is not allowed"
         raise CheckpointError(msg)
 

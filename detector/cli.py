@@ -3,7 +3,10 @@
 Every option can also come from a ``DETECTOR_*`` environment variable and from a TOML config
 file (``--config``, keys named like the options); the command line wins over the environment,
 which wins over the file. Secrets never come from the command line: the checkpoint key is read
-from ``DETECTOR_CHECKPOINT_KEY`` or the file named by ``DETECTOR_CHECKPOINT_KEY_FILE``.
+from ``DETECTOR_CHECKPOINT_KEY`` or the file named by ``DETECTOR_CHECKPOINT_KEY_FILE``, the
+Redis password from ``DETECTOR_REDIS_PASSWORD`` or ``DETECTOR_REDIS_PASSWORD_FILE`` (a
+``--redis-url`` with a password in it is refused); URLs are logged with the password masked.
+``detector acl`` prints least-privilege ACL users for a configuration.
 Exit codes: 0 ok, 1 runtime or health failure, 2 usage or config, 3 checkpoint refused.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import ssl
 import sys
 import tomllib
 from collections.abc import Callable, Iterator
@@ -22,6 +26,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 import redis
+from click.core import ParameterSource
 
 from detector import __version__
 from detector.errors import CheckpointError, ConfigError, DetectorError
@@ -36,13 +41,26 @@ from detector.settings import (
     EventFormat,
     Settings,
     default_consumer,
+    mask_url,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
 EXIT_CHECKPOINT = 3
 # Read from the environment only: never options, so never on a command line or in `ps`.
-SECRET_ENVVARS = ("DETECTOR_CHECKPOINT_KEY", "DETECTOR_CHECKPOINT_KEY_FILE")
+SECRET_ENVVARS = (
+    "DETECTOR_CHECKPOINT_KEY",
+    "DETECTOR_CHECKPOINT_KEY_FILE",
+    "DETECTOR_REDIS_PASSWORD",
+    "DETECTOR_REDIS_PASSWORD_FILE",
+    # `detector acl`: passwords whose SHA-256 goes into the printed ACL lines.
+    "DETECTOR_ACL_WORKER_PASSWORD",
+    "DETECTOR_ACL_WORKER_PASSWORD_FILE",
+    "DETECTOR_ACL_PRODUCER_PASSWORD",
+    "DETECTOR_ACL_PRODUCER_PASSWORD_FILE",
+    "DETECTOR_ACL_READER_PASSWORD",
+    "DETECTOR_ACL_READER_PASSWORD_FILE",
+)
 
 
 def _user_dir(env: str, fallback: str) -> Path:
@@ -82,6 +100,88 @@ def checkpoint_key() -> bytes:
             "generated a checkpoint key in %s (set DETECTOR_CHECKPOINT_KEY to share one)", path
         )
     return path.read_bytes().strip()
+
+
+def _env_secret(name: str) -> str | None:
+    """A secret from ``$name``, else from the file named by ``$name_FILE`` (its last line
+    break dropped), else None."""
+    if value := os.environ.get(name):
+        return value
+    if path := os.environ.get(f"{name}_FILE"):
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            msg = f"{name}_FILE: {exc}"
+            raise ConfigError(msg) from None
+        return text.removesuffix("\n").removesuffix("\r") or None
+    return None
+
+
+def redis_password() -> str | None:
+    """The Redis password: ``DETECTOR_REDIS_PASSWORD``, else the file named by
+    ``DETECTOR_REDIS_PASSWORD_FILE``, else None (the URL's user, if any, or no AUTH)."""
+    return _env_secret("DETECTOR_REDIS_PASSWORD")
+
+
+def redis_options(
+    redis_url: str,
+    tls_ca_cert: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> dict[str, Any]:
+    """redis-py keyword arguments: the password from the environment, and TLS files."""
+    from detector.streams import connection_options
+
+    return connection_options(
+        redis_url,
+        password=redis_password(),
+        tls_ca_cert=tls_ca_cert,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+
+
+def _refuse_password_on_command_line(ctx: click.Context, url: str | None) -> None:
+    """A --redis-url carrying a password shows in `ps` and shell history: refuse it."""
+    if not url or ctx.get_parameter_source("redis_url") is not ParameterSource.COMMANDLINE:
+        return
+    if mask_url(url) != url:
+        msg = (
+            "--redis-url carries a password, which the command line exposes (ps, shell "
+            "history): put it in DETECTOR_REDIS_PASSWORD or DETECTOR_REDIS_PASSWORD_FILE"
+        )
+        raise click.UsageError(msg, ctx)
+
+
+def check_access(client: redis.Redis, url: str) -> None:
+    """Fail fast on credentials or certificates the server will never accept (exit 2).
+
+    The worker retries connection errors forever (Redis restarts), and redis-py reports a
+    refused password or TLS handshake as connection errors: check once, before it starts. A
+    server that is merely down is left to the worker's retries.
+    """
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        msg = f"redis {mask_url(url)} refused the credentials: {exc}"
+        raise ConfigError(msg) from None
+    except redis.ConnectionError as exc:
+        if not _caused_by_tls(exc):
+            log.warning("redis %s unavailable, retrying: %s", mask_url(url), exc)
+            return
+        msg = f"TLS with redis {mask_url(url)} failed: {exc}"
+        raise ConfigError(msg) from None
+    except redis.ResponseError as exc:  # e.g. a user without +ping: the worker may still run
+        log.debug("PING refused: %s", exc)
+
+
+def _caused_by_tls(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def default_baselines_dir() -> Path:
@@ -150,6 +250,22 @@ baselines_dir_option = _option(
     type=click.Path(file_okay=False, path_type=Path),
     show_default="~/.local/share/detector/baselines",
 )  # fmt: skip
+
+
+def _tls_options(f: F) -> F:
+    """CA, client certificate and key for rediss:// URLs (verification is always on)."""
+    path = click.Path(exists=True, dir_okay=False, path_type=Path)
+    for name, env, text in reversed(
+        [
+            ("--tls-ca-cert", "TLS_CA_CERT", "CA bundle (PEM) that verifies the server."),
+            ("--tls-cert", "TLS_CERT", "Client certificate (PEM), if the server asks for one."),
+            ("--tls-key", "TLS_KEY", "Private key (PEM) of the client certificate."),
+        ]
+    ):
+        f = _option(name, env=env, type=path, help=text)(f)
+    return f
+
+
 threshold_option = _option(
     "--threshold",
     env="THRESHOLD",
@@ -247,19 +363,39 @@ def cli(log_level: str, log_format: str) -> None:
 @_option("--reset-state", env="RESET_STATE", is_flag=True,
          help="Delete this consumer's checkpoint first; the state is relearned.")  # fmt: skip
 @_format_options
+@_tls_options
 def run(**kw: Any) -> None:
     """Consume streams through a consumer group, score every event, emit alerts."""
     from detector.baselines import baseline_path
+    from detector.streams import connect
     from detector.worker import Worker
 
     fmt = _event_format(kw)
     url = kw.pop("redis_url")
+    _refuse_password_on_command_line(click.get_current_context(), url)
     baseline, directory = kw.pop("baseline"), kw.pop("baselines_dir")
     path = baseline_path(baseline, directory) if baseline else None
-    settings = Settings(event_format=fmt, checkpoint_key=checkpoint_key(), baseline=path, **kw)
+    settings = Settings(
+        event_format=fmt,
+        checkpoint_key=checkpoint_key(),
+        baseline=path,
+        # The embedded server has no password: the environment's is for --redis-url.
+        redis_password=redis_password() if url else None,
+        **kw,
+    )
     with redis_url_or_embedded(url) as real_url:
         settings = _replace(settings, redis_url=real_url)
-        worker = Worker(settings)
+        log.info("redis %s, streams %s", mask_url(real_url), ", ".join(settings.streams))
+        client = connect(
+            real_url,
+            block_ms=settings.block_ms,
+            password=settings.redis_password,
+            tls_ca_cert=settings.tls_ca_cert,
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+        )
+        check_access(client, real_url)
+        worker = Worker(settings, client)
         if settings.metrics_port is not None:
             worker.metrics.serve(settings.metrics_port)
         stats = worker.run()
@@ -336,6 +472,7 @@ def score(**kw: Any) -> None:
 @_option("--to", "end", env="TO", help="Last entry id or time.")
 @model_option
 @_format_options
+@_tls_options
 def train(**kw: Any) -> None:
     """Learn a baseline from history, as fast as the machine allows."""
     from detector import baselines
@@ -346,6 +483,7 @@ def train(**kw: Any) -> None:
     from detector.scoring import load_spec
 
     fmt = _event_format(kw)
+    _refuse_password_on_command_line(click.get_current_context(), kw["redis_url"])
     if bool(kw["input_path"]) == bool(kw["redis_url"]):
         msg = "give exactly one of --input and --redis-url"
         raise click.UsageError(msg)
@@ -362,7 +500,10 @@ def train(**kw: Any) -> None:
         )
         total = None
     else:
-        client = redis.Redis.from_url(kw["redis_url"], socket_timeout=30)
+        tls = (kw["tls_ca_cert"], kw["tls_cert"], kw["tls_key"])
+        client = redis.Redis.from_url(
+            kw["redis_url"], socket_timeout=30, **redis_options(kw["redis_url"], *tls)
+        )
         start = baselines.stream_bound(kw["start"], "-")
         end = baselines.stream_bound(kw["end"], "+")
         entries = baselines.read_stream(client, stream, start, end)
@@ -397,16 +538,25 @@ def _progress(total: int | None) -> Iterator[Callable[[int], None]]:
 @_option("--follow", "-f", env="FOLLOW", is_flag=True, help="Keep printing new alerts.")
 @_option("--json", "as_json", env="JSON", is_flag=True, help="One JSON object per line.")
 @_option("--count", env="COUNT", default=100, show_default=True, help="Latest alerts to show.")
+@_tls_options
 def alerts(
-    redis_url: str | None, alerts_stream: str, follow: bool, as_json: bool, count: int
+    redis_url: str | None,
+    alerts_stream: str,
+    follow: bool,
+    as_json: bool,
+    count: int,
+    **tls: Path | None,
 ) -> None:
     """Print alerts from the alert stream."""
     if not redis_url:
         msg = "alerts needs --redis-url (or DETECTOR_REDIS_URL)"
         raise click.UsageError(msg)
+    _refuse_password_on_command_line(click.get_current_context(), redis_url)
     from detector.console import alert_line
 
-    r = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=30)
+    r = redis.Redis.from_url(
+        redis_url, decode_responses=True, socket_timeout=30, **redis_options(redis_url, **tls)
+    )
     last = "0-0"
     latest: list[tuple[str, dict[str, str]]] = r.xrevrange(alerts_stream, count=count)  # type: ignore[assignment]
     for entry_id, fields in reversed(latest):
@@ -437,13 +587,16 @@ def _show(fields: dict[str, str], as_json: bool, line: Callable[[dict[str, str]]
 @group_option
 @_option("--consumer", env="CONSUMER", default=None,
          help="Check this consumer (default: any live consumer of the group).")  # fmt: skip
-def check(redis_url: str | None, group: str, consumer: str | None) -> None:
+@_tls_options
+def check(redis_url: str | None, group: str, consumer: str | None, **tls: Path | None) -> None:
     """Exit 0 if a worker is alive (fresh health key), else 1. For healthchecks."""
     if not redis_url:
         msg = "check needs --redis-url (or DETECTOR_REDIS_URL)"
         raise click.UsageError(msg)
+    _refuse_password_on_command_line(click.get_current_context(), redis_url)
+    options = redis_options(redis_url, **tls)
     try:
-        r = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        r = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5, **options)
         if consumer:
             keys = [HEALTH_KEY.format(group=group, consumer=consumer)]
         else:
@@ -458,6 +611,58 @@ def check(redis_url: str | None, group: str, consumer: str | None) -> None:
         sys.exit(1)
     for v in values:
         click.echo(v.decode() if isinstance(v, bytes) else v)
+
+
+@cli.command()
+@_option("--stream", "streams", env="STREAM", multiple=True, default=(DEFAULT_STREAM,),
+         show_default=True, help="Input stream (repeat for several).")  # fmt: skip
+@group_option
+@_option("--consumer", env="CONSUMER", default=None,
+         help="Pin the checkpoint and health keys to this consumer (default: any consumer "
+         "of the group).")  # fmt: skip
+@alerts_stream_option
+@_option("--dead-letter-stream", env="DEAD_LETTER_STREAM", default=DEFAULT_DEAD_LETTER_STREAM,
+         show_default=True)  # fmt: skip
+@_option("--worker-user", env="ACL_WORKER_USER", default="detector-worker", show_default=True)
+@_option("--producer-user", env="ACL_PRODUCER_USER", default="detector-producer",
+         show_default=True)  # fmt: skip
+@_option("--reader-user", env="ACL_READER_USER", default="detector-reader", show_default=True)
+@_option("--redis-version", env="ACL_REDIS_VERSION", type=click.Choice(["7.0", "7.2+"]),
+         default="7.0", show_default=True,
+         help="7.2+ also grants CLIENT SETINFO (refused on 7.0).")  # fmt: skip
+def acl(
+    streams: tuple[str, ...],
+    group: str,
+    consumer: str | None,
+    alerts_stream: str,
+    dead_letter_stream: str,
+    worker_user: str,
+    producer_user: str,
+    reader_user: str,
+    redis_version: str,
+) -> None:
+    """Print least-privilege ACL SETUSER lines: worker, producers, alert readers.
+
+    Passwords are read from DETECTOR_ACL_WORKER_PASSWORD, DETECTOR_ACL_PRODUCER_PASSWORD and
+    DETECTOR_ACL_READER_PASSWORD (or the files named by the same names + _FILE) and printed
+    only as SHA-256 hashes; without them, placeholders that Redis refuses until replaced.
+    """
+    from detector.acl import ROLES, AclConfig, acl_lines
+
+    cfg = AclConfig(
+        streams=streams,
+        group=group,
+        consumer=consumer,
+        alerts_stream=alerts_stream,
+        dead_letter_stream=dead_letter_stream,
+        worker_user=worker_user,
+        producer_user=producer_user,
+        reader_user=reader_user,
+        redis_version=redis_version,
+    )
+    passwords = {role: _env_secret(f"DETECTOR_ACL_{role.upper()}_PASSWORD") for role in ROLES}
+    for line in acl_lines(cfg, passwords):
+        click.echo(line)
 
 
 @cli.command()

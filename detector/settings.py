@@ -6,8 +6,9 @@ Nothing below the CLI reads the environment; defaults and key names live here.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 DEFAULT_STREAM = "events"
 DEFAULT_GROUP = "detector"
@@ -23,6 +24,34 @@ GUARD_TTL_S = 7 * 24 * 3600
 CHECKPOINT_KEY = "detector:checkpoint:{group}:{consumer}"
 # Refreshed by a live worker; `detector check` reads it.
 HEALTH_KEY = "detector:health:{group}:{consumer}"
+
+
+def mask_url(url: str | None) -> str | None:
+    """The URL with any password replaced by ``***``, fit for logs and reprs.
+
+    >>> mask_url("redis://worker:s3cret@redis:6379/0")
+    'redis://worker:***@redis:6379/0'
+    >>> mask_url("rediss://redis:6380/0?password=s3cret&db=1")
+    'rediss://redis:6380/0?password=***&db=1'
+    """
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError:
+        return "***"  # unparsable: show nothing rather than risk a secret
+    out = url
+    if has_password:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        out = out.replace(parts.netloc, f"{userinfo.partition(':')[0]}:***@{host}", 1)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k.lower() == "password" for k, _ in pairs):
+        masked = urlencode(
+            [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
+        )
+        out = out.replace("?" + parts.query, "?" + masked, 1)
+    return out
 
 
 def default_consumer() -> str:
@@ -63,6 +92,13 @@ class Settings:
 
     Attributes:
         redis_url: ``redis://`` or ``rediss://`` URL; None starts an embedded redis-server.
+            Shown masked (``redis://user:***@host``) by ``repr``.
+        redis_password: Redis password, given to the connection apart from the URL so the URL
+            can be logged (never logged, never in ``repr``).
+        tls_ca_cert: CA bundle that verifies the server's certificate (``rediss://``; None:
+            the system's CAs). Verification is always on.
+        tls_cert: client certificate (PEM) for servers that authenticate clients.
+        tls_key: the client certificate's private key (PEM), if not in ``tls_cert``.
         streams: input streams, read through one consumer group.
         group: consumer group name.
         consumer: consumer name, stable across restarts of the same worker.
@@ -112,3 +148,18 @@ class Settings:
     reset_state: bool = False
     max_deliveries: int = 10
     event_format: EventFormat = field(default_factory=EventFormat)
+    redis_password: str | None = field(default=None, repr=False)
+    tls_ca_cert: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def __repr__(self) -> str:
+        """Every field but the secrets, and the URL without its password."""
+        shown = []
+        for f in fields(self):
+            if f.repr:
+                value = getattr(self, f.name)
+                if f.name == "redis_url":
+                    value = mask_url(value)
+                shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"

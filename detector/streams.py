@@ -15,12 +15,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from detector.alerts import Alert
+from detector.errors import ConfigError
 from detector.settings import ALERT_GUARD_KEY, DEAD_LETTER_GUARD_KEY, GUARD_TTL_S
 
 # Raw entry as read: (stream, entry id, fields).
@@ -32,24 +36,40 @@ _APPEND_ONCE = """
 local ttl, maxlen, i, written = ARGV[1], ARGV[2], 3, 0
 for k = 1, #KEYS, 2 do
   local n = tonumber(ARGV[i])
-  if redis.call('SET', KEYS[k + 1], '1', 'NX', 'EX', ttl) then
+  if redis.call('EXISTS', KEYS[k + 1]) == 0 then
     local args = {'XADD', KEYS[k], 'MAXLEN', '~', maxlen, '*'}
     for j = i + 1, i + n do args[#args + 1] = ARGV[j] end
     redis.call(unpack(args))
+    -- The guard only after the XADD: scripts do not roll back, so a failed XADD must not
+    -- leave a guard that would hide the entry from the retry.
+    redis.call('SET', KEYS[k + 1], '1', 'EX', ttl)
     written = written + 1
   end
   i = i + n + 1
 end
 return written
 """
-DEAD_LETTER_COPY_BYTES = 256 * 1024  # cap on the original fields copied into a dead letter
+# Caps on the original fields copied into a dead letter: bytes, and fields (a Lua call takes
+# at most ~8000 arguments, and a producer controls how many fields it sends).
+DEAD_LETTER_COPY_BYTES = 256 * 1024
+DEAD_LETTER_COPY_FIELDS = 1000
+_FALSE = ("", "0", "F", "FALSE", "N", "NO")
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
-def connect(url: str, *, block_ms: int) -> redis.Redis:
+def connect(
+    url: str,
+    *,
+    block_ms: int,
+    password: str | None = None,
+    tls_ca_cert: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> redis.Redis:
     """A client for the worker: bytes replies, RESP2, no hidden retries.
 
     ``socket_timeout`` exceeds the blocking read time, else redis-py aborts a healthy BLOCK.
+    The password and TLS files are checked and passed by :func:`connection_options`.
     """
     return redis.Redis.from_url(
         url,
@@ -59,7 +79,60 @@ def connect(url: str, *, block_ms: int) -> redis.Redis:
         socket_connect_timeout=5.0,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
+        **connection_options(
+            url, password=password, tls_ca_cert=tls_ca_cert, tls_cert=tls_cert, tls_key=tls_key
+        ),
     )
+
+
+def connection_options(
+    url: str,
+    *,
+    password: str | None = None,
+    tls_ca_cert: Path | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> dict[str, Any]:
+    """redis-py keyword arguments for a password kept out of the URL and for TLS.
+
+    The password goes to the connection (``AUTH``), never into the URL, which may be logged.
+    TLS (``rediss://``) always verifies the server's certificate and host name; a URL cannot
+    turn that off (redis-py lets URL query arguments override keyword arguments).
+
+    Raises:
+        ConfigError: TLS files without ``rediss://``, a key without a certificate, a password
+            both in the URL and given apart, or a URL that turns verification off.
+    """
+    try:
+        parts = urlsplit(url)
+        url_password = parts.password
+    except ValueError:
+        msg = "the Redis URL cannot be parsed"  # no URL in the message: it may hold a secret
+        raise ConfigError(msg) from None
+    query = {k.lower(): v for k, v in parse_qsl(parts.query, keep_blank_values=True)}
+    options: dict[str, Any] = {}
+    if password is not None:
+        if url_password is not None or "password" in query:
+            msg = "a password is both in the Redis URL and in DETECTOR_REDIS_PASSWORD(_FILE)"
+            raise ConfigError(msg)
+        options["password"] = password
+    tls_files = {"ssl_ca_certs": tls_ca_cert, "ssl_certfile": tls_cert, "ssl_keyfile": tls_key}
+    if parts.scheme != "rediss":
+        if any(tls_files.values()):
+            msg = "TLS options (--tls-ca-cert, --tls-cert, --tls-key) need a rediss:// URL"
+            raise ConfigError(msg)
+        return options
+    if tls_key is not None and tls_cert is None:
+        msg = "--tls-key needs --tls-cert"
+        raise ConfigError(msg)
+    # redis-py reads "", 0, f, false, n, no (any case) as false.
+    check_hostname = query.get("ssl_check_hostname", "true").upper()
+    if query.get("ssl_cert_reqs", "required") != "required" or check_hostname in _FALSE:
+        msg = "the Redis URL turns TLS certificate verification off; the detector keeps it on"
+        raise ConfigError(msg)
+    options.update({k: str(v) for k, v in tls_files.items() if v is not None})
+    options.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+    return options
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +154,9 @@ class DeadLetter:
             "rejected_at": str(rejected_at_ms),
         }
         budget = DEAD_LETTER_COPY_BYTES
-        for k, v in self.fields.items():
+        for n, (k, v) in enumerate(self.fields.items()):
             budget -= len(k) + len(v)
-            if budget < 0:
+            if budget < 0 or n >= DEAD_LETTER_COPY_FIELDS:
                 out["truncated"] = "1"
                 break
             out[b"field." + k] = v

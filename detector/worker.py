@@ -102,7 +102,14 @@ class Worker:
             track_changes=True,
         )
         self.decoder = Decoder(settings.event_format)
-        self.client = client or connect(settings.redis_url or "", block_ms=settings.block_ms)
+        self.client = client or connect(
+            settings.redis_url or "",
+            block_ms=settings.block_ms,
+            password=settings.redis_password,
+            tls_ca_cert=settings.tls_ca_cert,
+            tls_cert=settings.tls_cert,
+            tls_key=settings.tls_key,
+        )
         self.streams = Streams(
             self.client,
             streams=settings.streams,

@@ -1,0 +1,265 @@
+"""ACL: the least-privilege Redis users for one detector configuration (``detector acl``).
+
+Three users, each limited to the commands it sends and the keys it touches:
+
+- the **worker** reads and acks its input streams through its group (never writes entries to
+  them), appends to the alert and dead-letter streams (never reads them), sets the guard keys
+  that make those appends happen at most once, and owns its checkpoint hash and health key;
+- a **producer** may only ``XADD`` to the input streams;
+- a **reader** (``detector alerts``, ``detector check --consumer``, alert consumers) reads the
+  alert and dead-letter streams, through groups too, and the workers' health keys.
+
+Rules use Redis 7 selectors (``( … )``): a command is allowed when the root rules or one
+selector allow both the command and every key it names, so each command is granted only on
+the keys it needs, with read (``%R~``) or write (``%W~``) access as its key specs require.
+Commands a Lua script runs are checked one by one against the same rules, so the append
+script confers nothing beyond them. Passwords never appear: rules carry the SHA-256 of the
+password (``#<hex>``), or a placeholder that Redis refuses until it is replaced.
+
+Examples:
+    >>> cfg = AclConfig(streams=("orders",), group="detector", consumer="w1")
+    >>> print(" ".join(producer_rules(cfg, "#" + "0" * 64)))  # doctest: +ELLIPSIS
+    reset on #000... resetchannels -@all +ping +xadd %W~orders
+    >>> glob_escape("a*b?[c]")
+    'a\\\\*b\\\\?\\\\[c\\\\]'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from detector.errors import ConfigError
+from detector.settings import (
+    ALERT_GUARD_KEY,
+    CHECKPOINT_KEY,
+    DEAD_LETTER_GUARD_KEY,
+    DEFAULT_ALERTS_STREAM,
+    DEFAULT_DEAD_LETTER_STREAM,
+    DEFAULT_GROUP,
+    DEFAULT_STREAM,
+    HEALTH_KEY,
+)
+
+REDIS_VERSIONS = ("7.0", "7.2+")
+ROLES = ("worker", "producer", "reader")
+# Characters that cannot appear in a name: ACL SETUSER splits selectors on spaces and ends a
+# selector at the first argument ending in ")"; quotes would change how redis-cli reads a line.
+_FORBIDDEN = set(string.whitespace) | set("()\"'")
+_GLOB = set("*?[]\\")
+
+
+@dataclass(frozen=True, slots=True)
+class AclConfig:
+    """The configuration the users are for (the same names as ``detector run``).
+
+    Attributes:
+        streams: input streams.
+        group: consumer group.
+        consumer: the worker's consumer name; None allows any consumer of the group (its
+            checkpoint and health keys), e.g. one user for several workers.
+        alerts_stream: where alerts go.
+        dead_letter_stream: where rejected entries go.
+        worker_user, producer_user, reader_user: ACL user names.
+        redis_version: ``"7.0"`` or ``"7.2+"`` (which has ``CLIENT SETINFO``; redis-py sends
+            it on connect and ignores a refusal, but each refusal lands in ``ACL LOG``).
+    """
+
+    streams: tuple[str, ...] = (DEFAULT_STREAM,)
+    group: str = DEFAULT_GROUP
+    consumer: str | None = None
+    alerts_stream: str = DEFAULT_ALERTS_STREAM
+    dead_letter_stream: str = DEFAULT_DEAD_LETTER_STREAM
+    worker_user: str = "detector-worker"
+    producer_user: str = "detector-producer"
+    reader_user: str = "detector-reader"
+    redis_version: str = "7.0"
+
+    def __post_init__(self) -> None:
+        if not self.streams:
+            msg = "at least one input stream is needed"
+            raise ConfigError(msg)
+        if self.redis_version not in REDIS_VERSIONS:
+            msg = f"redis version must be one of {', '.join(REDIS_VERSIONS)}"
+            raise ConfigError(msg)
+        names = {
+            "stream": self.streams,
+            "group": (self.group,),
+            "consumer": (self.consumer,) if self.consumer is not None else (),
+            "alerts stream": (self.alerts_stream,),
+            "dead-letter stream": (self.dead_letter_stream,),
+            "user": (self.worker_user, self.producer_user, self.reader_user),
+        }
+        for what, values in names.items():
+            for value in values:
+                if not value or _FORBIDDEN & set(value) or not value.isprintable():
+                    msg = (
+                        f"{what} name {value!r} cannot be expressed in ACL rules "
+                        "(empty, or contains whitespace, quotes, parentheses or control characters)"
+                    )
+                    raise ConfigError(msg)
+        inputs = set(self.streams)
+        for what, name in (
+            ("alerts", self.alerts_stream),
+            ("dead-letter", self.dead_letter_stream),
+        ):
+            if name in inputs:
+                msg = f"the {what} stream {name!r} is also an input stream"
+                raise ConfigError(msg)
+        if len({self.worker_user, self.producer_user, self.reader_user}) != 3:
+            msg = "the worker, producer and reader users must have different names"
+            raise ConfigError(msg)
+
+
+def glob_escape(name: str) -> str:
+    """A key pattern matching exactly ``name`` (glob characters escaped)."""
+    return "".join("\\" + c if c in _GLOB else c for c in name)
+
+
+def key_pattern(template: str, **values: str | None) -> str:
+    """A key pattern for a key template of :mod:`detector.settings`; None fields match any.
+
+    >>> key_pattern(CHECKPOINT_KEY, group="detector", consumer=None)
+    'detector:checkpoint:detector:*'
+    """
+    out = []
+    for literal, field_name, _, _ in string.Formatter().parse(template):
+        out.append(glob_escape(literal))
+        if field_name is not None:
+            value = values[field_name]
+            out.append("*" if value is None else glob_escape(value))
+    return "".join(out)
+
+
+def password_rule(password: str | None, role: str) -> str:
+    """``#<sha256>`` of the password, or a placeholder Redis refuses (not 64 hex digits)."""
+    if password is None:
+        return f"#{role.upper()}_PASSWORD_SHA256"
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
+def _common(cfg: AclConfig, password: str) -> list[str]:
+    rules = ["reset", "on", password, "resetchannels", "-@all", "+ping"]
+    if cfg.redis_version == "7.2+":
+        rules.append("+client|setinfo")
+    return rules
+
+
+def _selector(commands: list[str], keys: list[str]) -> str:
+    return "(" + " ".join([*commands, *keys]) + ")"
+
+
+def worker_rules(cfg: AclConfig, password: str) -> list[str]:
+    """The worker: exactly the commands and keys of :mod:`detector.streams` and the worker.
+
+    - input streams: ``XREADGROUP``, ``XPENDING``, ``XINFO GROUPS`` (read), ``XACK``,
+      ``XAUTOCLAIM``, ``XGROUP CREATE … MKSTREAM`` (write); no ``XADD``, ``XDEL``, ``XTRIM``;
+    - alert and dead-letter streams: ``XADD`` only (write-only: no reads);
+    - the append script: ``EVALSHA`` (read and write on every declared key: the two streams
+      and the guard keys) and ``SCRIPT LOAD`` (after a Redis restart empties the script
+      cache); inside it, ``EXISTS`` on a guard, ``XADD``, then ``SET … EX`` on the guard,
+      each checked again;
+    - guard keys: ``EXISTS``, ``SET``; dead-letter guards only for the input streams;
+    - checkpoint hash: ``HSCAN``, ``HSET``, ``HDEL`` in ``MULTI``/``EXEC`` with the ``XACK``,
+      and ``DEL`` (``--reset-state``);
+    - health key: ``SET … PX``, ``DEL``.
+    """
+    inputs = [glob_escape(s) for s in cfg.streams]
+    outputs = [glob_escape(cfg.alerts_stream), glob_escape(cfg.dead_letter_stream)]
+    guards = [key_pattern(ALERT_GUARD_KEY, alert_id=None)] + [
+        key_pattern(DEAD_LETTER_GUARD_KEY, stream=s, entry_id=None) for s in cfg.streams
+    ]
+    checkpoint = key_pattern(CHECKPOINT_KEY, group=cfg.group, consumer=cfg.consumer)
+    health = key_pattern(HEALTH_KEY, group=cfg.group, consumer=cfg.consumer)
+    return [
+        *_common(cfg, password),
+        "+multi",
+        "+exec",
+        "+script|load",
+        _selector(
+            ["+xreadgroup", "+xpending", "+xinfo|groups", "+xack", "+xautoclaim", "+xgroup|create"],
+            [f"%RW~{k}" for k in inputs],
+        ),
+        _selector(["+xadd"], [f"%W~{k}" for k in outputs]),
+        _selector(["+evalsha"], [f"%RW~{k}" for k in outputs + guards]),
+        _selector(["+set"], [f"%W~{k}" for k in [*guards, health]]),
+        _selector(["+exists"], [f"%R~{k}" for k in guards]),
+        _selector(["+hscan", "+hset", "+hdel"], [f"%RW~{checkpoint}"]),
+        _selector(["+del"], [f"%W~{checkpoint}", f"%W~{health}"]),
+    ]
+
+
+def producer_rules(cfg: AclConfig, password: str) -> list[str]:
+    """A producer: ``XADD`` to the input streams, nothing else (it cannot even read them)."""
+    return [*_common(cfg, password), "+xadd", *(f"%W~{glob_escape(s)}" for s in cfg.streams)]
+
+
+def reader_rules(cfg: AclConfig, password: str) -> list[str]:
+    """A reader: the alert and dead-letter streams (directly or through its own groups), and
+    the workers' health keys (``detector check --consumer``)."""
+    outputs = [glob_escape(cfg.alerts_stream), glob_escape(cfg.dead_letter_stream)]
+    health = key_pattern(HEALTH_KEY, group=cfg.group, consumer=None)
+    return [
+        *_common(cfg, password),
+        _selector(
+            ["+xrange", "+xrevrange", "+xread", "+xlen", "+xinfo|stream"],
+            [f"%R~{k}" for k in outputs],
+        ),
+        _selector(
+            ["+xreadgroup", "+xack", "+xpending", "+xautoclaim", "+xinfo|groups", "+xgroup|create"],
+            [f"%RW~{k}" for k in outputs],
+        ),
+        _selector(["+get"], [f"%R~{health}"]),
+    ]
+
+
+def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
+    """The ``ACL SETUSER`` commands for ``cfg``, with comments (lines starting with ``#``).
+
+    Args:
+        cfg: the configuration.
+        passwords: per role (``worker``, ``producer``, ``reader``) the password, or None for
+            a placeholder that makes Redis refuse the line until it is replaced.
+    """
+    rules = {
+        "worker": worker_rules(cfg, password_rule(passwords.get("worker"), "worker")),
+        "producer": producer_rules(cfg, password_rule(passwords.get("producer"), "producer")),
+        "reader": reader_rules(cfg, password_rule(passwords.get("reader"), "reader")),
+    }
+    users = {"worker": cfg.worker_user, "producer": cfg.producer_user, "reader": cfg.reader_user}
+    consumer = cfg.consumer if cfg.consumer is not None else "any consumer (*)"
+    out = [
+        f"# detector ACL users (Redis {cfg.redis_version}) for input {', '.join(cfg.streams)}; "
+        f"group {cfg.group}; consumer {consumer};",
+        f"# alerts {cfg.alerts_stream}; dead letters {cfg.dead_letter_stream}.",
+        "# Each line starts with `reset`, so re-running it replaces the user (ACL SETUSER is",
+        "# additive otherwise). Passwords appear only as SHA-256 hashes (#<hex>).",
+    ]
+    missing = [role for role in ROLES if passwords.get(role) is None]
+    if missing:
+        out.append(
+            "# Placeholders (#..._PASSWORD_SHA256) make Redis refuse the line until replaced"
+            ' with `#` + the output of: printf %s "$PASSWORD" | sha256sum'
+        )
+    comments = {
+        "worker": "# Worker: read and ack the input, append alerts and dead letters, own its"
+        " checkpoint and health keys.",
+        "producer": "# Producers: XADD to the input streams only.",
+        "reader": "# Readers: alerts, dead letters, health keys (detector alerts,"
+        " detector check --consumer).",
+    }
+    for role in ROLES:
+        out.append(comments[role])
+        out.append(f"ACL SETUSER {users[role]} " + " ".join(rules[role]))
+    out += [
+        "# A URL naming a database other than 0 also needs +select (key patterns then apply"
+        " in every database).",
+        "# `detector check` without --consumer also needs +scan (it lists every key name).",
+        "# Then, with an admin user of your own in place, turn off the passwordless default:",
+        "# ACL SETUSER default off",
+        "# Refused commands are recorded in ACL LOG; persist the users with ACL SAVE"
+        " (aclfile) or CONFIG REWRITE.",
+    ]
+    return out
