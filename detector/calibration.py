@@ -85,3 +85,77 @@ class Calibrator:
 
     def score(self, tc: TailCounts, raw: float) -> float:
         return 1.0 - self.tail(tc, raw)
+
+
+class RarityTrend:
+    """One producer's recent rarities and the long-run moments of their moving average."""
+
+    __slots__ = ("count", "filled", "mean", "pos", "recent", "var")
+
+    def __init__(self, window: int) -> None:
+        self.recent: npt.NDArray[np.float64] = np.zeros(window, dtype=np.float64)
+        self.pos = 0
+        self.filled = 0
+        self.count = 0
+        self.mean = 0.0
+        self.var = 0.0
+
+
+class Likelihood:
+    """Anomaly likelihood over calibrated scores, after HTM's (Ahmad et al. 2017).
+
+    A calibrated score ``c`` has the rarity ``r = -log10(1 - c)`` (3 for 1 in 1,000). The mean
+    rarity of the producer's last ``window`` events is compared with the long-run mean and
+    spread of that moving average (exponentially weighted, ``fading`` per event): a run of
+    moderately rare events, none rare enough alone, makes the mean climb far above its usual
+    level. The likelihood score is ``1 - 4 Q(z)`` of that climb (``Q``: the one-sided normal
+    tail of its z-score; conservative), and the event's score is the larger of the two. An
+    isolated spike moves the mean by ``r/window`` only; it still counts through its own
+    calibrated score.
+
+    Examples:
+        >>> lk = Likelihood(window=20, fading=0.005)
+        >>> t = lk.new()
+        >>> quiet = [lk.update(t, 0.5 + 0.4 * (i % 3 == 0))[0] for i in range(600)]
+        >>> max(quiet[200:]) < 0.99
+        True
+        >>> burst = [lk.update(t, 0.995)[0] for _ in range(15)]
+        >>> burst[-1] > 0.9999
+        True
+    """
+
+    def __init__(
+        self, window: int, fading: float, min_count: int = 100, min_sd: float = 0.05
+    ) -> None:
+        self.window = window
+        self.fading = fading
+        self.min_count = min_count
+        self.min_sd = min_sd
+
+    def new(self) -> RarityTrend:
+        return RarityTrend(self.window)
+
+    def update(self, rt: RarityTrend, calibrated: float) -> tuple[float, float, float]:
+        """Fold in one calibrated score; returns (likelihood score in [0, 1], the moving mean
+        rarity, its usual level). The likelihood judges the moments *before* this event."""
+        rarity = -math.log10(max(1.0 - calibrated, 1e-12))
+        rt.recent[rt.pos] = rarity
+        rt.pos = (rt.pos + 1) % len(rt.recent)
+        rt.filled = min(rt.filled + 1, len(rt.recent))
+        m = float(rt.recent[: rt.filled].mean())
+        score = 0.0
+        usual = rt.mean
+        if rt.count >= self.min_count:
+            sd = max(math.sqrt(max(rt.var, 0.0)), self.min_sd)
+            z = (m - rt.mean) / sd
+            if z > 0:  # conservative: 1 - 4 x the one-sided normal tail
+                score = max(1.0 - 2.0 * math.erfc(z / math.sqrt(2.0)), 0.0)
+        rt.count += 1
+        if rt.count == 1:
+            rt.mean = m
+        else:
+            d = m - rt.mean
+            inc = self.fading * d
+            rt.mean += inc
+            rt.var = (1.0 - self.fading) * (rt.var + d * inc)
+        return score, m, usual

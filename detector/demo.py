@@ -104,15 +104,13 @@ def run_demo(
     board = Scoreboard(shop.incidents)
 
     def show(verdicts: list[Verdict]) -> None:
-        for v in verdicts:
-            if v.alert is None:
-                continue
-            incident = board.record(v.alert)
+        for alert in (a for v in verdicts for a in (v.alert, *v.silence) if a is not None):
+            incident = board.record(alert)
             mark = f"[green]{incident.kind}[/]" if incident else "[red]false alert[/]"
             out.print(
-                f"[bold]ALERT[/] {event_time_text(v.alert.event_time)} "
-                f"[cyan]{v.alert.producer:<12}[/] score={v.alert.score:.5f} "
-                f"{v.alert.why}  -> {mark}"
+                f"[bold]ALERT[/] {event_time_text(alert.event_time)} "
+                f"[cyan]{alert.producer:<12}[/] score={alert.score:.5f} "
+                f"{alert.why}  -> {mark}"
             )
 
     worker = Worker(settings, on_verdicts=show)

@@ -24,10 +24,13 @@ import math
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from river import stats
 
-from detector.calibration import TailCounts
+from detector.calibration import RarityTrend, TailCounts
 from detector.events import Event
 
 FEATURES = ("rate", "value", "size", "type", "category", "schema")
@@ -51,6 +54,24 @@ class FeatureConfig:
         max_categories: distinct values per field before it counts as an id (not judged).
         max_schemas: distinct payload shapes tracked per producer.
         novelty_prior: pseudo-count of "new value" observations (Good-Turing smoothing).
+        disabled: features never computed (their surprise stays 0), e.g. ``("rate", "size")``
+            for univariate metric streams, where irregular sampling and the number of digits
+            of a value say nothing about the metric.
+        seasonal_buckets: a per-field time-of-period profile of numeric values with this many
+            buckets of ``seasonal_period_s / seasonal_buckets`` (UTC, event time); 0 = off.
+            A value is also judged against its bucket, so a daily cycle is not "spread".
+        seasonal_period_s: the period the buckets divide (86400: time of day).
+        seasonal_fading: memory of each bucket, in its own observations.
+        seasonal_min_count: observations of a bucket before it is judged.
+        seasonal_explains: once a bucket is judged, it replaces the running moments (a value
+            usual for its time of day is usual, however far from the overall mean); else the
+            larger of the two surprises counts.
+        window_values: last values kept per numeric field for an empirical (rank) judgement:
+            robust where a normal fit is not (counts, spikes, few distinct values); 0 = off.
+        window_tail: values beyond which the window's tail is extrapolated (exponential).
+        window_weight: multiplier of the window surprise (its p-values are rank based and
+            coarser than the fitted ones; the calibration puts everything on one scale).
+        max_profiled_fields: numeric fields per producer with a seasonal profile or window.
     """
 
     fading_factor: float = 0.01
@@ -62,6 +83,31 @@ class FeatureConfig:
     max_categories: int = 64
     max_schemas: int = 32
     novelty_prior: float = 0.1
+    disabled: tuple[str, ...] = ()
+    seasonal_buckets: int = 0
+    seasonal_period_s: int = 86_400
+    seasonal_fading: float = 0.1
+    seasonal_min_count: int = 12
+    seasonal_explains: bool = False
+    window_values: int = 0
+    window_tail: int = 20
+    window_weight: float = 2.0
+    max_profiled_fields: int = 8
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.disabled) - set(FEATURES))
+        if unknown:
+            msg = f"disabled: unknown features {unknown} (known: {list(FEATURES)})"
+            raise ValueError(msg)
+        if self.seasonal_buckets < 0 or self.window_values < 0:
+            msg = "seasonal_buckets and window_values must be >= 0"
+            raise ValueError(msg)
+        if self.seasonal_buckets and self.seasonal_period_s * 1000 < self.seasonal_buckets:
+            msg = "seasonal_period_s is shorter than one millisecond per bucket"
+            raise ValueError(msg)
+        if self.window_values and self.window_values < 2 * self.window_tail:
+            msg = "window_values must be at least 2 * window_tail"
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +211,102 @@ class Categories:
         return ",".join(v for v, _ in top)
 
 
+class Seasonal:
+    """Exponentially weighted mean and variance of a numeric field per time bucket.
+
+    Three float64 arrays of ``buckets`` entries (24 buckets: 576 bytes of data). A bucket's
+    first observation sets its mean; each bucket forgets at its own pace (``fading`` per
+    observation in that bucket), so a daily profile follows slow changes day by day.
+
+    Examples:
+        >>> s = Seasonal(24)
+        >>> for day in range(20):
+        ...     for hour in range(24):
+        ...         s.update(hour, 10.0 * hour + day % 2, 0.1)
+        >>> abs(s.z(3, 30.5, 0.05)) < 2 < abs(s.z(3, 130.0, 0.05))
+        True
+    """
+
+    __slots__ = ("count", "mean", "var")
+
+    def __init__(self, buckets: int) -> None:
+        self.count: npt.NDArray[np.int64] = np.zeros(buckets, dtype=np.int64)
+        self.mean: npt.NDArray[np.float64] = np.zeros(buckets, dtype=np.float64)
+        self.var: npt.NDArray[np.float64] = np.zeros(buckets, dtype=np.float64)
+
+    def update(self, b: int, x: float, fading: float) -> None:
+        self.count[b] += 1
+        if self.count[b] == 1:
+            self.mean[b] = x
+            return
+        d = x - float(self.mean[b])
+        inc = fading * d
+        self.mean[b] += inc
+        self.var[b] = (1.0 - fading) * (float(self.var[b]) + d * inc)
+
+    def sd(self, b: int, min_sd: float) -> float:
+        return max(math.sqrt(max(float(self.var[b]), 0.0)), min_sd)
+
+    def z(self, b: int, x: float, min_sd: float) -> float:
+        return (x - float(self.mean[b])) / self.sd(b, min_sd)
+
+    def expected(self, b: int, min_sd: float) -> str:
+        m, sd = float(self.mean[b]), self.sd(b, min_sd)
+        return f"{_unlog(m - 3 * sd):.4g}..{_unlog(m + 3 * sd):.4g}"
+
+
+class ValueWindow:
+    """The last ``size`` values of a numeric field (a float64 ring: 8 bytes per value), and how
+    rare a value is among them: its rank, and beyond the ``tail`` most extreme values an
+    exponential tail whose scale is their mean spacing (peaks over threshold).
+
+    Examples:
+        >>> w = ValueWindow(200)
+        >>> for i in range(400):
+        ...     w.update(float(i % 5))
+        >>> w.surprise(2.0, 20, 0.05) < 1 < 5 < w.surprise(9.0, 20, 0.05)
+        True
+    """
+
+    __slots__ = ("n", "pos", "values")
+
+    def __init__(self, size: int) -> None:
+        self.values: npt.NDArray[np.float64] = np.zeros(size, dtype=np.float64)
+        self.n = 0
+        self.pos = 0
+
+    def update(self, x: float) -> None:
+        self.values[self.pos] = x
+        self.pos = (self.pos + 1) % len(self.values)
+        self.n = min(self.n + 1, len(self.values))
+
+    def surprise(self, x: float, tail: int, min_sd: float) -> float:
+        """``-log10`` of the two-sided chance of a value at least this extreme."""
+        n = self.n
+        if n < 2 * tail:
+            return 0.0
+        past = self.values[:n]
+        above, below = int((past >= x).sum()), int((past <= x).sum())
+        p_up, p_down = (above + 1) / (n + 1), (below + 1) / (n + 1)
+        if above < tail:
+            top = np.partition(past, n - tail)[n - tail :]  # the tail largest, unordered
+            u = float(top.min())
+            scale = max((float(top.max()) - u) / tail, min_sd)
+            p_up = tail / (n + 1) * math.exp(-(x - u) / scale)
+        if below < tail:
+            low = np.partition(past, tail - 1)[:tail]
+            u = float(low.max())
+            scale = max((u - float(low.min())) / tail, min_sd)
+            p_down = tail / (n + 1) * math.exp(-(u - x) / scale)
+        p = min(2.0 * min(p_up, p_down), 1.0)
+        return min(-math.log10(max(p, 1e-300)), MAX_SURPRISE)
+
+    def expected(self) -> str:
+        past = self.values[: self.n]
+        lo, hi = np.quantile(past, [0.001, 0.999])
+        return f"{_unlog(float(lo)):.4g}..{_unlog(float(hi)):.4g} (last {self.n} values)"
+
+
 class ProducerState:
     """Everything the detector keeps about one producer (bounded by FeatureConfig caps)."""
 
@@ -176,15 +318,19 @@ class ProducerState:
         "flagged_streak",
         "gap",
         "last_ms",
+        "likelihood",
         "n",
         "numeric",
         "rate",
         "schema_fields",
         "schemas",
+        "seasonal",
         "seq",
+        "silenced",
         "size",
         "suppressed",
         "types",
+        "windows",
     )
 
     def __init__(self, cfg: FeatureConfig) -> None:
@@ -198,13 +344,25 @@ class ProducerState:
         self.types = Categories()
         self.schemas = Categories()
         self.schema_fields: dict[str, tuple[str, ...]] = {}
+        # Per numeric field, when the spec asks for them (at most max_profiled_fields each).
+        self.seasonal: dict[str, Seasonal] = {}
+        self.windows: dict[str, ValueWindow] = {}
         # Decision state, kept here so it is bounded and evicted with the producer.
         self.cooldown_until_ms = -1
         self.suppressed = 0
         self.flagged_streak = 0
         self.flagged_since_ms = -1
+        self.silenced = False  # a silence alert was raised since the producer's last event
         self.calibration: TailCounts | None = None
+        self.likelihood: RarityTrend | None = None  # only with a likelihood in the spec
         self.seq = 0  # last use, so a restored store keeps its LRU order
+
+    def __setstate__(self, state: Any) -> None:
+        """Unpickle, giving slots added since the checkpoint was written their empty value."""
+        self.seasonal, self.windows, self.silenced, self.likelihood = {}, {}, False, None
+        _, slots = state if isinstance(state, tuple) else (None, state)
+        for name, value in (slots or {}).items():
+            setattr(self, name, value)
 
 
 def _signed_log(x: float) -> float:
@@ -258,6 +416,7 @@ class FeatureStore:
         self.tick = 0
         self.watermark_ms = 0
         self.next_sweep_ms = 0
+        self.next_silence_ms = 0  # next silence check, in event time (see Pipeline)
         # Changed and evicted since the last checkpoint commit (if tracking): only those are
         # written. Untracked stores (offline scoring, training) keep no such sets.
         self.dirty: set[str] = set()
@@ -302,11 +461,12 @@ class FeatureStore:
         if baseline:
             for st in self.producers.values():
                 st.last_ms = -1
-            counters = {**counters, "watermark_ms": 0, "next_sweep_ms": 0}
+            counters = {**counters, "watermark_ms": 0, "next_sweep_ms": 0, "next_silence_ms": 0}
         self.evicted = counters["evicted"]
         self.tick = counters["tick"]
         self.watermark_ms = counters["watermark_ms"]
         self.next_sweep_ms = counters["next_sweep_ms"]
+        self.next_silence_ms = counters.get("next_silence_ms", 0)  # absent before silence
         self.dirty.clear()
         self.removed.clear()
 
@@ -316,6 +476,7 @@ class FeatureStore:
             "tick": self.tick,
             "watermark_ms": self.watermark_ms,
             "next_sweep_ms": self.next_sweep_ms,
+            "next_silence_ms": self.next_silence_ms,
         }
 
     def observe(self, event: Event, learn: bool) -> Evidence:
@@ -337,17 +498,18 @@ class FeatureStore:
         surprise = dict.fromkeys(FEATURES, 0.0)
         if st.n == 0:
             return Evidence(surprise, [], 0)
+        off = self.cfg.disabled
         reasons = [
             r
-            for r in (
-                self._rate(st, event),
-                self._value(st, event),
-                self._size(st, event),
-                self._type(st, event),
-                self._category(st, event),
-                self._schema(st, event),
+            for name, judge in (
+                ("rate", self._rate),
+                ("value", self._value),
+                ("size", self._size),
+                ("type", self._type),
+                ("category", self._category),
+                ("schema", self._schema),
             )
-            if r is not None
+            if name not in off and (r := judge(st, event)) is not None
         ]
         for r in reasons:
             surprise[r.feature] = r.surprise
@@ -366,19 +528,39 @@ class FeatureStore:
         return Reason("rate", "", observed, f"{_rate_per_s(st.rate.mean.get()):.3g}/s", s)
 
     def _value(self, st: ProducerState, event: Event) -> Reason | None:
+        """Per numeric field, the largest of: the surprise against the field's running moments,
+        against its time-of-period bucket, and (weighted) its rank among the last values."""
         cfg = self.cfg
-        best, best_field, best_x = 0.0, "", 0.0
-        best_m: Moments | None = None
+        best: Reason | None = None
         prefix = _type_prefix(event)
         for name, x in event.numbers.items():
-            m = st.numeric.get(prefix + name)
+            key = prefix + name
+            y = _signed_log(x)
+            s, expected = 0.0, ""
+            m = st.numeric.get(key)
             if m is not None and m.count >= cfg.min_count:
-                s = _two_sided(m.z(_signed_log(x), cfg.min_sd))
-                if s > best:
-                    best, best_field, best_x, best_m = s, name, x, m
-        if best_m is None:
-            return None
-        return Reason("value", best_field, f"{best_x:.6g}", best_m.expected(cfg.min_sd), best)
+                s, expected = _two_sided(m.z(y, cfg.min_sd)), m.expected(cfg.min_sd)
+            prof = st.seasonal.get(key)
+            if prof is not None:
+                b = self._bucket(event.event_time_ms)
+                if prof.count[b] >= cfg.seasonal_min_count:
+                    ss = _two_sided(prof.z(b, y, cfg.min_sd))
+                    if ss > s or cfg.seasonal_explains:
+                        s, expected = ss, f"{prof.expected(b, cfg.min_sd)} at this time of day"
+            win = st.windows.get(key)
+            if win is not None:
+                ws = cfg.window_weight * win.surprise(y, cfg.window_tail, cfg.min_sd)
+                if ws > s:
+                    s, expected = min(ws, MAX_SURPRISE), win.expected()
+            if s > 0 and (best is None or s > best.surprise):
+                best = Reason("value", name, f"{x:.6g}", expected, s)
+        return best
+
+    def _bucket(self, t_ms: int) -> int:
+        """Time-of-period bucket of an event time (UTC; event time, so replays agree)."""
+        cfg = self.cfg
+        width = cfg.seasonal_period_s * 1000 // cfg.seasonal_buckets
+        return (t_ms // width) % cfg.seasonal_buckets
 
     def _size(self, st: ProducerState, event: Event) -> Reason | None:
         if st.size.count < self.cfg.min_count:
@@ -425,6 +607,7 @@ class FeatureStore:
             st.gap.update(math.log1p(max(event.event_time_ms - st.last_ms, 0)))
         st.last_ms = max(st.last_ms, event.event_time_ms)
         st.n += 1
+        st.silenced = False
 
     def learn(self, st: ProducerState, event: Event) -> None:
         """Fold the event into the producer's baselines."""
@@ -434,12 +617,16 @@ class FeatureStore:
         st.size.update(math.log(max(event.size_bytes, 1)))
         prefix = _type_prefix(event)
         for name, x in event.numbers.items():
-            m = st.numeric.get(prefix + name)
+            key = prefix + name
+            m = st.numeric.get(key)
             if m is None:
                 if len(st.numeric) >= cfg.max_numeric_fields:
                     continue
-                m = st.numeric[prefix + name] = Moments(cfg.fading_factor)
-            m.update(_signed_log(x))
+                m = st.numeric[key] = Moments(cfg.fading_factor)
+            y = _signed_log(x)
+            m.update(y)
+            if cfg.seasonal_buckets or cfg.window_values:
+                self._learn_profiles(st, key, y, event.event_time_ms)
         for name, value in event.strings.items():
             c = st.categorical.get(prefix + name)
             if c is None:
@@ -453,6 +640,23 @@ class FeatureStore:
         st.schemas.update(key, cfg.max_schemas)
         if key not in st.schema_fields and len(st.schema_fields) < cfg.max_schemas:
             st.schema_fields[key] = names
+
+    def _learn_profiles(self, st: ProducerState, key: str, y: float, t_ms: int) -> None:
+        """Seasonal bucket and value window of one numeric field (if the spec has them)."""
+        cfg = self.cfg
+        cap = cfg.max_profiled_fields
+        if cfg.seasonal_buckets:
+            prof = st.seasonal.get(key)
+            if prof is None and len(st.seasonal) < cap:
+                prof = st.seasonal[key] = Seasonal(cfg.seasonal_buckets)
+            if prof is not None:
+                prof.update(self._bucket(t_ms), y, cfg.seasonal_fading)
+        if cfg.window_values:
+            win = st.windows.get(key)
+            if win is None and len(st.windows) < cap:
+                win = st.windows[key] = ValueWindow(cfg.window_values)
+            if win is not None:
+                win.update(y)
 
     def expire(self, now_ms: int) -> None:
         """Evict producers idle for longer than the TTL, at most once a minute of event time."""

@@ -22,11 +22,12 @@ Examples:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from detector.alerts import Alert, alert_id
-from detector.calibration import Calibrator
+from detector.calibration import Calibrator, Likelihood
 from detector.checkpoint import Snapshot, check_compatible, new_meta
 from detector.events import Event
 from detector.features import FeatureStore, ProducerState, Reason
@@ -46,6 +47,14 @@ class Verdict:
         flagged: the score crossed the threshold.
         alert: the alert to emit (None when not flagged, or held back by the cooldown).
         error: set when scoring raised; the worker dead-letters the event with it.
+        held: the event came inside its producer's cooldown after an alert: whatever its
+            score, it could not raise an alert of its own (flagged ones are counted in the
+            next alert's ``suppressed``). Benchmarks that score alerts, not raw scores, read
+            held events as "no detection".
+        silence: alerts about *other* producers that this event revealed as silent (its
+            event time moved the watermark past their deadline; see ``Decision``). The
+            worker appends them like ``alert``; their ids derive from this entry and the
+            silent producer, so a replay never writes them twice.
     """
 
     event: Event
@@ -53,6 +62,8 @@ class Verdict:
     flagged: bool
     alert: Alert | None
     error: str | None = None
+    held: bool = False
+    silence: tuple[Alert, ...] = ()
 
 
 class Pipeline:
@@ -81,6 +92,9 @@ class Pipeline:
         self.store = FeatureStore(spec.features, max_producers, idle_ttl_ms, track_changes)
         c = spec.calibration
         self.calibrator = Calibrator(self.model.max_raw, c.bins, c.tail_points, c.min_excess)
+        self.likelihood = (
+            Likelihood(c.likelihood_window, c.likelihood_fading) if c.likelihood_window else None
+        )
         self.events_seen = 0
 
     def process(self, events: Sequence[Event]) -> list[Verdict]:
@@ -105,18 +119,23 @@ class Pipeline:
         score: float | None = None
         flagged = suspect = False
         alert = None
+        reasons = evidence.reasons
         if st.n >= d.warmup_events:
             score = self.calibrator.score(st.calibration, raw)
-            flagged = score >= self.threshold
+            # Protection judges the event itself; the likelihood may flag it as part of a run.
             suspect = score >= min(d.protect_threshold, self.threshold)
+            if self.likelihood is not None:
+                score, reasons = self._likelihood(st, score, reasons)
+            flagged = score >= self.threshold
         if suspect:
             if st.flagged_streak == 0:
                 st.flagged_since_ms = event.event_time_ms
             st.flagged_streak += 1
         else:
             st.flagged_streak = 0
+        held = event.event_time_ms < st.cooldown_until_ms
         if flagged:
-            alert = self._decide(st, event, score or 0.0, evidence.reasons)
+            alert = self._decide(st, event, score or 0.0, reasons)
         store.advance_clock(st, event)
         accept = not suspect or (
             st.flagged_streak > d.adapt_after_events
@@ -132,7 +151,73 @@ class Pipeline:
             self.model.learn(evidence)
         store.expire(event.event_time_ms)
         self.events_seen += 1
-        return Verdict(event, score, flagged, alert)
+        silence = self._silence(event) if d.silence_after > 0 else ()
+        return Verdict(event, score, flagged, alert, held=held, silence=silence)
+
+    def _likelihood(
+        self, st: ProducerState, score: float, reasons: list[Reason]
+    ) -> tuple[float, list[Reason]]:
+        """The larger of the calibrated score and the anomaly likelihood of the producer's
+        recent scores; when the likelihood wins, it leads the reasons."""
+        assert self.likelihood is not None  # noqa: S101 (checked by the caller)
+        if st.likelihood is None:
+            st.likelihood = self.likelihood.new()
+        lk, mean, usual = self.likelihood.update(st.likelihood, score)
+        if lk <= score:
+            return score, reasons
+        window = self.likelihood.window
+        surprise = -math.log10(max(1.0 - lk, 1e-300))
+        why = Reason(
+            "likelihood", "", f"mean rarity {mean:.3g} over the last {window} events",
+            f"usually {usual:.3g}", surprise,
+        )  # fmt: skip
+        return lk, [why, *reasons]
+
+    def _silence(self, event: Event) -> tuple[Alert, ...]:
+        """Alerts for producers the watermark has left behind: silent for longer than
+        ``silence_after`` times their usual inter-arrival (and ``silence_min_ms``).
+
+        Checked at most every ``silence_min_ms / 2`` of event time, over every tracked
+        producer (O(producers) per check, like the idle sweep). Deterministic: event time
+        only, and the ids derive from this entry and the silent producer.
+        """
+        store, d = self.store, self.decision
+        now = store.watermark_ms
+        if now < store.next_silence_ms:
+            return ()
+        store.next_silence_ms = now + max(d.silence_min_ms // 2, 1000)
+        out = []
+        for producer, st in store.producers.items():
+            if st.silenced or st.last_ms < 0 or st.n < d.warmup_events:
+                continue
+            usual_ms = max(math.expm1(st.gap.get()), 1.0)  # smoothed inter-arrival
+            quiet_ms = now - st.last_ms
+            if quiet_ms < max(d.silence_after * usual_ms, d.silence_min_ms):
+                continue
+            st.silenced = True
+            if store.track_changes:
+                store.dirty.add(producer)
+            surprise = min(quiet_ms / usual_ms / math.log(10.0), 64.0)  # exponential gaps
+            reason = Reason(
+                "silence", "", f"no event for {quiet_ms / 1000:.4g}s",
+                f"one every ~{usual_ms / 1000:.3g}s", surprise,
+            )  # fmt: skip
+            out.append(
+                Alert(
+                    alert_id=alert_id(
+                        event.stream, event.entry_id, f"{self.spec.name}\0silence\0{producer}"
+                    ),
+                    producer=producer,
+                    source_stream=event.stream,
+                    source_id=event.entry_id,
+                    event_time=now,
+                    score=1.0,
+                    threshold=self.threshold,
+                    model=self.spec.name,
+                    reasons=(reason,),
+                )
+            )
+        return tuple(out)
 
     def snapshot(self, offsets: dict[str, str], full: bool = False) -> Snapshot:
         """The state to checkpoint: every producer if ``full``, else only changed ones."""

@@ -119,6 +119,10 @@ class Decision:
             last before the producer's baselines learn again, accepting a new normal
             (protection from learning anomalies, without freezing after a real change).
         adapt_after_ms: event time the run must also span.
+        silence_after: a producer is *silent* once the event-time watermark (the latest event
+            time of any producer) passes its last event by this many times its usual
+            inter-arrival; 0 turns silence detection off. One alert per silence.
+        silence_min_ms: never silent sooner than this after its last event.
     """
 
     threshold: float = 0.9999
@@ -127,15 +131,25 @@ class Decision:
     cooldown_ms: int = 300_000
     adapt_after_events: int = 20
     adapt_after_ms: int = 900_000
+    silence_after: float = 0.0
+    silence_min_ms: int = 60_000
 
 
 @dataclass(frozen=True, slots=True)
 class CalibrationSpec:
-    """Histogram resolution and tail fit of :class:`~detector.calibration.Calibrator`."""
+    """Histogram resolution and tail fit of :class:`~detector.calibration.Calibrator`, and the
+    optional anomaly likelihood over calibrated scores (:class:`~detector.calibration.Likelihood`).
+
+    Attributes:
+        likelihood_window: events in the moving average of rarities; 0 = no likelihood.
+        likelihood_fading: memory of the moving average's long-run moments, per event.
+    """
 
     bins: int = 64
     tail_points: int = 10
     min_excess: float = 0.1
+    likelihood_window: int = 0
+    likelihood_fading: float = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,15 +195,28 @@ def _section(cls: Any, data: object, where: str) -> Any:
     if unknown:
         msg = f"{where}: unknown keys {sorted(unknown)} (known: {sorted(hints)})"
         raise ConfigError(msg)
+    values = dict(data)
     for key, value in data.items():
         want = hints[key]
+        if want == tuple[str, ...]:  # a TOML array of strings
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                msg = f"{where}: {key} must be an array of strings, not {value!r}"
+                raise ConfigError(msg)
+            values[key] = tuple(value)
+            continue
         ok = isinstance(value, want) and not isinstance(value, bool)
         if want is float:  # TOML writes 1 for 1.0
             ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif want is bool:
+            ok = isinstance(value, bool)
         if not ok:
             msg = f"{where}: {key} must be {want.__name__}, not {value!r}"
             raise ConfigError(msg)
-    return cls(**data)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        msg = f"{where}: {exc}"
+        raise ConfigError(msg) from None
 
 
 def parse_spec(text: str, origin: str) -> ModelSpec:

@@ -307,6 +307,7 @@ class Worker:
                 out.dead_letters.append(DeadLetter(e.stream, e.entry_id, {}, "error", v.error))
             elif v.alert is not None:
                 out.alerts.append(v.alert)
+            out.alerts.extend(v.silence)  # producers this event's time revealed as silent
         if not claimed:
             for stream, entry_id, _ in entries:
                 if not _id_leq(entry_id, self.processed_upto.get(stream)):

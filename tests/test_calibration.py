@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.calibration import Calibrator, TailCounts
+from detector.calibration import Calibrator, Likelihood, TailCounts
 
 
 def learned(cal: Calibrator, raws: list[float]) -> TailCounts:
@@ -148,3 +148,57 @@ def test_scores_in_unit_interval_and_monotone(
         assert 0.0 <= s <= 1.0
     for lo, hi in itertools.pairwise(scores):
         assert lo <= hi
+
+
+# --------------------------------------------------------------------------------------------
+# Anomaly likelihood over calibrated scores
+
+
+def uniform_scores(n: int, seed: int = 5) -> list[float]:
+    """What a well calibrated producer's normal events score: uniform on [0, 1)."""
+    rng = random.Random(seed)
+    return [rng.random() for _ in range(n)]
+
+
+def test_likelihood_stays_quiet_on_calibrated_noise() -> None:
+    lk = Likelihood(window=20, fading=0.005)
+    t = lk.new()
+    out = [lk.update(t, c)[0] for c in uniform_scores(5000)]
+    assert all(0.0 <= x <= 1.0 for x in out)
+    # Its own tail is NOT calibrated: moving averages of rarities are skewed and
+    # autocorrelated, not normal. On 5000 uniform scores it flags 14 at 0.999 (5 nominal) and
+    # 4 at 0.99999 (0.05 nominal). Thresholds over likelihood scores are not "1 in N".
+    assert sum(x >= 0.999 for x in out) <= 20
+    assert sum(x >= 0.99999 for x in out) <= 8
+    assert max(out[:100]) == 0.0  # not judged before min_count events
+
+
+def test_likelihood_flags_a_run_no_single_event_would() -> None:
+    lk = Likelihood(window=20, fading=0.005)
+    t = lk.new()
+    for c in uniform_scores(1000):
+        lk.update(t, c)
+    run = [lk.update(t, 0.99)[0] for _ in range(20)]  # each only 1 in 100
+    assert max(run) >= 0.9999 > 0.99
+    _, mean, usual = lk.update(t, 0.99)
+    assert mean == pytest.approx(2.0)  # rarity of 0.99 is 2
+    assert usual < 1.0
+
+
+def test_an_isolated_spike_moves_the_likelihood_little() -> None:
+    lk = Likelihood(window=20, fading=0.005)
+    t = lk.new()
+    for c in uniform_scores(1000):
+        lk.update(t, c)
+    spike, _, _ = lk.update(t, 1 - 1e-6)
+    assert spike < 1 - 1e-6  # the event's own calibrated score stays the larger
+
+
+def test_likelihood_state_is_small_and_pickles() -> None:
+    lk = Likelihood(window=20, fading=0.005)
+    t = lk.new()
+    for c in uniform_scores(300):
+        lk.update(t, c)
+    copy = pickle.loads(pickle.dumps(t))  # noqa: S301 (our own bytes)
+    assert lk.update(copy, 0.5) == lk.update(t, 0.5)
+    assert len(pickle.dumps(t)) < 20 * 8 + 400

@@ -190,6 +190,10 @@ def _pending(r: redis.Redis) -> int:
     for attempt in range(50):
         try:
             return int(r.xpending(STREAM, "detector")["pending"])
+        except redis.ResponseError as exc:  # killed before it created the group
+            if "NOGROUP" in str(exc):
+                return 0
+            raise
         except (redis.ConnectionError, redis.BusyLoadingError):
             time.sleep(0.1 * (attempt + 1))
     return -1

@@ -393,3 +393,151 @@ def test_evicted_producer_that_returns_is_not_marked_removed() -> None:
     assert "b" in store.removed
     assert "a" in store.dirty
     assert "a" not in store.removed
+
+
+# --------------------------------------------------------------------------------------------
+# Feature toggles, time-of-day profiles, value windows (the metrics spec's features)
+
+HOUR = 3600 * SECOND
+
+
+def metric(t: int, x: float, producer: str = "cpu-1") -> Event:
+    """One sample of a univariate metric stream (no type, one field)."""
+    return Event("s", f"{t}-0", producer, t, None, {"value": x}, {}, 30 + len(f"{x:g}"))
+
+
+def daily(days: int, step_ms: int = 5 * 60 * SECOND) -> list[Event]:
+    """A daily cycle: 10 at night, 100 in the afternoon, a little noise; one sample per 5 min."""
+    out = []
+    for k in range(days * 24 * HOUR // step_ms):
+        t = k * step_ms
+        hour = (t // HOUR) % 24
+        out.append(metric(t, (100.0 if 12 <= hour < 18 else 10.0) + k % 3))
+    return out
+
+
+def test_disabled_features_are_never_computed() -> None:
+    cfg = FeatureConfig(disabled=("rate", "size"), min_count=20)
+    store = FeatureStore(cfg)
+    for i in range(100):
+        store.observe(ev(i * SECOND, numbers={"amount": 10.0 + i % 3}), learn=True)
+    # A flood of huge entries: neither rate nor size may speak.
+    odd = store.observe(ev(100 * SECOND + 1, size=50_000), learn=False)
+    assert odd.surprise["rate"] == odd.surprise["size"] == 0.0
+    assert {r.feature for r in odd.reasons} <= {"value", "type", "category", "schema"}
+    full = trained().observe(ev(200 * SECOND + 1, size=50_000), learn=False)
+    assert full.surprise["size"] > 5  # the same event is surprising when size is on
+
+
+def test_unknown_disabled_feature_is_refused() -> None:
+    try:
+        FeatureConfig(disabled=("colour",))
+    except ValueError as exc:
+        assert "colour" in str(exc)
+    else:
+        raise AssertionError("accepted an unknown feature")
+
+
+def test_time_of_day_profile_judges_a_value_against_its_hour() -> None:
+    on = FeatureStore(FeatureConfig(seasonal_buckets=24, min_count=50))
+    off = FeatureStore(FeatureConfig(min_count=50))
+    for e in daily(14):
+        on.observe(e, learn=True)
+        off.observe(e, learn=True)
+    t = 14 * 24 * HOUR + 3 * HOUR  # 03:00, when the metric is usually 10
+    at_night = metric(t, 100.0)  # an afternoon value at night
+    usual = metric(t + 5 * 60 * SECOND, 11.0)
+    seasonal = on.observe(at_night, learn=False)
+    flat = off.observe(at_night, learn=False)
+    assert seasonal.surprise["value"] > 20 > 4 > flat.surprise["value"]
+    assert "at this time of day" in seasonal.reasons[0].expected
+    assert on.observe(usual, learn=False).surprise["value"] < 2
+    prof = on.producers["cpu-1"].seasonal["value"]
+    assert len(prof.count) == 24 and int(prof.count.sum()) == len(daily(14))
+
+
+def test_time_of_day_buckets_are_utc_event_time() -> None:
+    store = FeatureStore(FeatureConfig(seasonal_buckets=24))
+    assert store._bucket(0) == 0
+    assert store._bucket(HOUR - 1) == 0
+    assert store._bucket(25 * HOUR) == 1
+    assert FeatureStore(FeatureConfig(seasonal_buckets=4))._bucket(7 * HOUR) == 1
+
+
+def test_value_window_ranks_counts_where_a_normal_fit_saturates() -> None:
+    # Sparse counts: mostly 0, sometimes 5 to 7. The window ranks a value among the last
+    # ones: 7 has been seen often, 50 never (and lies far beyond the top of the window).
+    cfg = FeatureConfig(window_values=500, window_tail=20, min_count=50)
+    store = FeatureStore(cfg)
+    for i in range(600):
+        x = 0.0 if i % 4 else float(5 + (i // 4) % 3)
+        store.observe(metric(i * 60 * SECOND, x), learn=True)
+    st = store.producers["cpu-1"]
+    win = st.windows["value"]
+    assert win.n == 500
+    seen = win.surprise(math.log1p(7.0), cfg.window_tail, cfg.min_sd)
+    never = win.surprise(math.log1p(50.0), cfg.window_tail, cfg.min_sd)
+    assert seen < 1.5 < 10 < never
+    assert store.observe(metric(600 * 60 * SECOND, 50.0), learn=False).surprise["value"] > 20
+
+
+def test_value_window_is_a_bounded_ring() -> None:
+    store = FeatureStore(FeatureConfig(window_values=40, window_tail=10))
+    for i in range(1000):
+        store.observe(metric(i * SECOND, float(i)), learn=True)
+    win = store.producers["cpu-1"].windows["value"]
+    assert (win.n, len(win.values)) == (40, 40)
+    assert sorted(win.values.tolist()) == [float(math.log1p(i)) for i in range(960, 1000)]
+
+
+def test_profiles_are_capped_per_producer() -> None:
+    cfg = FeatureConfig(
+        seasonal_buckets=24, window_values=40, window_tail=10, max_profiled_fields=2
+    )
+    store = FeatureStore(cfg)
+    store.observe(ev(0, numbers={f"f{k}": 1.0 for k in range(6)}), learn=True)
+    st = store.producers["pay-1"]
+    assert len(st.seasonal) == len(st.windows) == 2
+    assert len(st.numeric) == 6  # the running moments keep their own (larger) cap
+
+
+def test_profiles_are_off_by_default() -> None:
+    st = trained().producers["pay-1"]
+    assert st.seasonal == {} and st.windows == {}
+
+
+def test_state_with_profiles_pickles_and_scores_the_same() -> None:
+    store = FeatureStore(FeatureConfig(seasonal_buckets=24, window_values=100, window_tail=10))
+    for e in daily(3):
+        store.observe(e, learn=True)
+    copy = pickle.loads(pickle.dumps(store.producers["cpu-1"]))  # noqa: S301 (our own bytes)
+    probe = metric(3 * 24 * HOUR + 7 * HOUR, 60.0)
+    a = store.evidence(store.producers["cpu-1"], probe)
+    b = store.evidence(copy, probe)
+    assert a.surprise == b.surprise
+    assert len(pickle.dumps(copy)) < 2 * 1024 + 24 * 3 * 8 + 100 * 8
+
+
+def test_state_pickled_before_profiles_existed_still_loads() -> None:
+    st = trained().producers["pay-1"]
+    _, slots = st.__getstate__()  # type: ignore[misc]
+    old = {k: v for k, v in slots.items() if k not in ("seasonal", "windows", "silenced")}
+    restored = object.__new__(type(st))
+    restored.__setstate__((None, old))
+    assert (restored.seasonal, restored.windows, restored.silenced) == ({}, {}, False)
+    assert restored.n == st.n
+
+
+def test_a_judged_time_of_day_bucket_can_explain_a_daily_step() -> None:
+    # At 12:00 the metric steps from 10 to 100, every day. The overall moments find the step
+    # somewhat surprising each day (a run of such values is what the likelihood adds up);
+    # the hour's profile does not.
+    explains = FeatureStore(FeatureConfig(seasonal_buckets=24, seasonal_explains=True))
+    larger = FeatureStore(FeatureConfig(seasonal_buckets=24))
+    for e in daily(14):
+        explains.observe(e, learn=True)
+        larger.observe(e, learn=True)
+    noon = [metric(14 * 24 * HOUR + 12 * HOUR + k * 300 * SECOND, 101.0) for k in range(3)]
+    a = [explains.observe(e, learn=True).surprise["value"] for e in noon]
+    b = [larger.observe(e, learn=True).surprise["value"] for e in noon]
+    assert max(a) < 0.5 < 0.9 < min(b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
+import random
 from typing import Any
 
 import orjson
@@ -14,9 +15,10 @@ from detector.alerts import alert_id
 from detector.events import Decoder, Event
 from detector.features import ProducerState
 from detector.pipeline import Pipeline, Verdict
-from detector.scoring import ModelSpec, load_spec
+from detector.scoring import Decision, ModelSpec, load_spec
 
 SPECS = ["stats", "hst"]
+ALL_SPECS = [*SPECS, "metrics"]  # metrics: no rate or size feature, alerts from 0.999
 SECOND = 1000
 N = 400  # normal history before an anomaly (warm-up of the shipped specs is 200)
 
@@ -74,11 +76,18 @@ def baselines(st: ProducerState) -> dict[str, Any]:
         "schemas": (st.schemas.n, dict(st.schemas.counts)),
         "size": (st.size.count, st.size.mean.get(), st.size.var.get()),
         "rate": (st.rate.count, st.rate.mean.get(), st.rate.var.get()),
+        "seasonal": {
+            k: (s.count.tolist(), s.mean.tolist(), s.var.tolist()) for k, s in st.seasonal.items()
+        },
+        "windows": {k: (w.n, w.values.tolist()) for k, w in st.windows.items()},
     }
 
 
 def summary(verdicts: list[Verdict]) -> list[tuple[Any, ...]]:
-    return [(v.event.entry_id, v.score, v.flagged, v.alert, v.error) for v in verdicts]
+    return [
+        (v.event.entry_id, v.score, v.flagged, v.alert, v.error, v.held, v.silence)
+        for v in verdicts
+    ]
 
 
 def mixed_stream(n_per_producer: int = 500) -> list[Event]:
@@ -101,7 +110,7 @@ def mixed_stream(n_per_producer: int = 500) -> list[Event]:
 # Warm-up
 
 
-@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("name", ALL_SPECS)
 def test_warm_up_gives_no_score_then_scores(name: str) -> None:
     p = Pipeline(load_spec(name))
     warmup = p.decision.warmup_events
@@ -255,7 +264,7 @@ def test_cooldown_is_per_producer() -> None:
 # Protected learning
 
 
-@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("name", ALL_SPECS)
 @pytest.mark.parametrize("protect_threshold", [0.999, 1.5])
 def test_flagged_event_does_not_shift_the_baseline(name: str, protect_threshold: float) -> None:
     # A protect threshold above the alert threshold still protects from the alert threshold.
@@ -367,7 +376,7 @@ def test_one_alert_does_not_blind_the_producer() -> None:
 # Determinism and persistence
 
 
-@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("name", ALL_SPECS)
 def test_two_pipelines_give_identical_scores(name: str) -> None:
     events = mixed_stream()
     a = Pipeline(load_spec(name)).process(events)
@@ -376,7 +385,7 @@ def test_two_pipelines_give_identical_scores(name: str) -> None:
     assert any(v.alert is not None for v in a)
 
 
-@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("name", ALL_SPECS)
 def test_pickled_mid_stream_continues_identically(name: str) -> None:
     events = mixed_stream()
     cut = len(events) // 2  # warm producers, anomalies still to come
@@ -445,3 +454,177 @@ def test_decoded_entries_end_to_end() -> None:
         "value",
         "amount",
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Cooldown as seen by benchmarks (Verdict.held)
+
+
+def test_events_inside_the_cooldown_are_held() -> None:
+    p = warm("stats", cooldown_ms=10 * SECOND)
+    out = p.process([ev(N, v=5000.0), ev(N + 1), ev(N + 2, v=6000.0), ev(N + 10), ev(N + 11)])
+    assert out[0].alert is not None and not out[0].held  # the alert itself is not held
+    assert [v.held for v in out[1:]] == [True, True, False, False]
+    assert out[2].flagged and out[2].alert is None  # flagged, held back, counted
+    assert not any(v.held for v in warm("stats").process([ev(N + k) for k in range(5)]))
+
+
+# --------------------------------------------------------------------------------------------
+# Time-of-day context (metrics spec)
+
+
+def metric(t: int, x: float, producer: str = "cpu-1") -> Event:
+    return Event("m", f"{t}-0", producer, t, None, {"value": x}, {}, 30)
+
+
+def test_metrics_spec_alerts_on_a_value_wrong_for_its_hour() -> None:
+    hour, step = 3600 * SECOND, 300 * SECOND
+    events = []
+    for k in range(14 * 24 * 12):  # two weeks of 5-minute samples: 100 by day, 10 at night
+        t = k * step
+        events.append(metric(t, (100.0 if 12 <= (t // hour) % 24 < 18 else 10.0) + k % 3))
+    p = Pipeline(load_spec("metrics"))
+    assert not any(v.alert for v in p.process(events)[2000:])
+    t = len(events) * step + 3 * hour - (len(events) * step) % (24 * hour)  # 03:00 next day
+    (v,) = p.process([metric(t, 100.0)])
+    assert v.alert is not None
+    assert "at this time of day" in v.alert.reasons[0].expected
+
+
+# --------------------------------------------------------------------------------------------
+# Silence
+
+
+def two_producers(n: int, stop_b: int) -> list[Event]:
+    """Producers a and b, one event a second each; b stops after ``stop_b`` events."""
+    out = []
+    for i in range(n):
+        out.append(ev(i, "a"))
+        if i < stop_b:
+            out.append(ev(i, "b", t0=500))
+    return out
+
+
+def test_silence_is_off_when_a_spec_leaves_it_out() -> None:
+    p = Pipeline(spec_with("stats", silence_after=0.0))
+    assert not any(v.silence for v in p.process(two_producers(600, 300)))
+    assert Decision().silence_after == 0.0  # the dataclass default: off
+
+
+def test_a_producer_that_stops_raises_one_silence_alert() -> None:
+    p = Pipeline(spec_with("stats", silence_after=10.0, silence_min_ms=20 * SECOND))
+    out = p.process(two_producers(600, 300))
+    found = [(v, a) for v in out for a in v.silence]
+    assert len(found) == 1  # once per silence, not at every check
+    v, alert = found[0]
+    assert v.event.producer == "a"  # revealed by another producer's event
+    assert alert.producer == "b"
+    assert 20 * SECOND <= alert.event_time - 299 * SECOND - 500 < 60 * SECOND
+    assert (alert.source_stream, alert.source_id) == ("orders", v.event.entry_id)
+    assert alert.alert_id == alert_id("orders", v.event.entry_id, "stats\0silence\0b")
+    reason = alert.reasons[0]
+    assert reason.feature == "silence"
+    assert reason.expected == "one every ~1s"
+    assert reason.surprise > 8
+    assert not v.held and v.alert is None  # the revealing event itself is unaffected
+
+
+def test_silence_is_raised_again_after_the_producer_resumes_and_stops_again() -> None:
+    p = Pipeline(spec_with("stats", silence_after=10.0, silence_min_ms=20 * SECOND))
+    first = p.process(two_producers(400, 300))
+    back = [ev(i, "b", t0=500) for i in range(400, 420)]
+    again = p.process([e for i in range(400, 600) for e in (ev(i, "a"), *back[i - 400 : i - 399])])
+    assert sum(len(v.silence) for v in first) == 1
+    assert sum(len(v.silence) for v in again) == 1
+
+
+def test_no_silence_before_warm_up_or_within_the_minimum() -> None:
+    p = Pipeline(spec_with("stats", silence_after=10.0, silence_min_ms=20 * SECOND))
+    assert not any(v.silence for v in p.process(two_producers(600, 100)))  # b never warm
+    q = Pipeline(spec_with("stats", silence_after=10.0, silence_min_ms=10 * 60 * SECOND))
+    assert not any(v.silence for v in q.process(two_producers(600, 300)))  # 5 min < 10 min
+
+
+def test_silence_survives_a_checkpoint_mid_stream() -> None:
+    spec = spec_with("stats", silence_after=10.0, silence_min_ms=20 * SECOND)
+    events = two_producers(600, 300)
+    whole = Pipeline(spec).process(events)
+    p = Pipeline(spec)
+    head = p.process(events[:610])
+    restored = pickle.loads(pickle.dumps(p))  # noqa: S301 (our own bytes)
+    tail = restored.process(events[610:])
+    assert summary(head + tail) == summary(whole)
+    snap = p.snapshot({}, full=True)
+    assert snap.meta["next_silence_ms"] == p.store.next_silence_ms
+
+
+# --------------------------------------------------------------------------------------------
+# Anomaly likelihood (calibration.likelihood_window)
+
+
+def with_likelihood(name: str, window: int = 20) -> ModelSpec:
+    spec = load_spec(name)
+    cal = dataclasses.replace(spec.calibration, likelihood_window=window)
+    return dataclasses.replace(spec, calibration=cal)
+
+
+def test_likelihood_is_off_in_stats_and_leaves_its_scores_alone() -> None:
+    assert load_spec("stats").calibration.likelihood_window == 0
+    assert Pipeline(load_spec("stats")).likelihood is None
+
+
+def test_likelihood_flags_a_sustained_shift_and_explains_it() -> None:
+    # A metric around 100 (sd 5), then stuck near 113.5 (2.7 sd): each value alone is about
+    # 1 in 100, far from the 0.9999 threshold; twenty in a row are not.
+    rng = random.Random(1)
+    base = [metric(i * SECOND, rng.gauss(100.0, 5.0)) for i in range(1500)]
+    stuck = [metric(i * SECOND, 113.5 + rng.gauss(0.0, 0.3)) for i in range(1500, 1540)]
+    plain = Pipeline(spec_with("stats", cooldown_ms=0)).process(base + stuck)
+    spec = with_likelihood("stats")
+    out = Pipeline(dataclasses.replace(spec, decision=no_cooldown(spec))).process(base + stuck)
+    assert not any(v.alert for v in plain[1500:])
+    first = next(v for v in out[1500:] if v.alert is not None)
+    assert first.alert is not None
+    assert first.alert.reasons[0].feature == "likelihood"
+    assert "over the last 20 events" in first.alert.reasons[0].observed
+    assert first.event.event_time_ms - 1500 * SECOND <= 20 * SECOND
+    assert all(0.0 <= v.score <= 1.0 for v in out if v.score is not None)
+
+
+def no_cooldown(spec: ModelSpec) -> Any:
+    return dataclasses.replace(spec.decision, cooldown_ms=0)
+
+
+def test_likelihood_state_survives_a_pickle_mid_stream() -> None:
+    spec = with_likelihood("stats")
+    events = mixed_stream()
+    cut = len(events) // 2
+    p = Pipeline(spec)
+    p.process(events[:cut])
+    restored = pickle.loads(pickle.dumps(p))  # noqa: S301 (our own bytes)
+    assert summary(p.process(events[cut:])) == summary(restored.process(events[cut:]))
+    assert p.store.producers["a"].likelihood is not None
+
+
+def test_metrics_state_goes_through_a_signed_checkpoint() -> None:
+    # The new per-producer state (time-of-day profiles, value windows, likelihood, silence)
+    # passes the checkpoint's restricted unpickler and resumes bit for bit.
+    from detector.checkpoint import Signer, decode_fields, encode_fields
+
+    spec = load_spec("metrics")
+    spec = dataclasses.replace(
+        spec, decision=dataclasses.replace(spec.decision, silence_after=10.0)
+    )
+    events = two_producers(1500, 1200)
+    cut = 2300  # b is warm, its silence is still to come
+    original = Pipeline(spec)
+    original.process(events[:cut])
+    st = original.store.producers["a"]
+    assert st.seasonal and st.windows and st.likelihood is not None
+    signer = Signer(b"k" * 32)
+    fields = encode_fields(signer, original.snapshot({"orders": "1-0"}, full=True))
+    restored = Pipeline(spec)
+    restored.restore(decode_fields(signer, {k.encode(): v for k, v in fields.items()}))
+    rest_a, rest_b = original.process(events[cut:]), restored.process(events[cut:])
+    assert summary(rest_a) == summary(rest_b)
+    assert sum(len(v.silence) for v in rest_a) == 1

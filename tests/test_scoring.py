@@ -84,6 +84,49 @@ def test_stats_spec_values() -> None:
     assert spec.decision.threshold == 0.9999
 
 
+def test_metrics_spec_values() -> None:
+    spec = load_spec("metrics")
+    assert isinstance(spec.build(), SurpriseModel)
+    assert spec.features.disabled == ("rate", "size")
+    assert (spec.features.seasonal_buckets, spec.features.seasonal_period_s) == (24, 86400)
+    assert spec.features.window_values == 1000
+    assert spec.features.seasonal_explains is True
+    assert spec.calibration.likelihood_window == 20
+    assert spec.decision.cooldown_ms == 12 * 3600 * 1000
+    assert spec.decision.protect_threshold <= spec.decision.threshold == 0.999
+
+
+def test_stats_spec_keeps_the_new_features_off() -> None:
+    f = load_spec("stats").features
+    assert (f.disabled, f.seasonal_buckets, f.window_values) == ((), 0, 0)
+    assert load_spec("stats").decision.silence_after == 20.0  # silence detection is on
+
+
+def test_disabled_features_are_an_array_of_known_names() -> None:
+    spec = parse_spec(MINIMAL + '[features]\ndisabled = ["rate", "size"]\n', "spec.toml")
+    assert spec.features.disabled == ("rate", "size")
+    with pytest.raises(ConfigError, match="array of strings"):
+        parse_spec(MINIMAL + '[features]\ndisabled = "rate"\n', "spec.toml")
+    with pytest.raises(ConfigError, match="array of strings"):
+        parse_spec(MINIMAL + "[features]\ndisabled = [1]\n", "spec.toml")
+    with pytest.raises(ConfigError, match=r"\[features\]: disabled: unknown features \['colour'\]"):
+        parse_spec(MINIMAL + '[features]\ndisabled = ["colour"]\n', "spec.toml")
+
+
+def test_boolean_settings_take_toml_booleans_only() -> None:
+    spec = parse_spec(MINIMAL + "[features]\nseasonal_explains = true\n", "s.toml")
+    assert spec.features.seasonal_explains is True
+    with pytest.raises(ConfigError, match="seasonal_explains must be bool"):
+        parse_spec(MINIMAL + "[features]\nseasonal_explains = 1\n", "s.toml")
+
+
+def test_invalid_profile_settings_raise_config_error() -> None:
+    with pytest.raises(ConfigError, match="window_values must be at least"):
+        parse_spec(MINIMAL + "[features]\nwindow_values = 10\nwindow_tail = 20\n", "s.toml")
+    with pytest.raises(ConfigError, match=">= 0"):
+        parse_spec(MINIMAL + "[features]\nseasonal_buckets = -1\n", "s.toml")
+
+
 def test_hst_spec_builds_seeded_trees() -> None:
     spec = load_spec("hst")
     model = spec.build()

@@ -16,8 +16,10 @@ series are interleaved by event time into one stream, in the same order in both 
 
 ``both`` runs the two and checks that every row got the same score. A row's NAB anomaly
 score is the calibrated score, and 0.0 while its producer warms up (score None) or if the
-entry was rejected. No look-ahead: nothing about a file (min, max, length) is given to the
-detector in advance.
+entry was rejected. With ``--cooldown``, rows that came inside their producer's alert
+cooldown (``Verdict.held``: the detector could not alert on them) also score 0.0, so NAB
+counts what the detector would have alerted, as CAD OSE's and KNN-CAD's rest periods do. No
+look-ahead: nothing about a file (min, max, length) is given to the detector in advance.
 
 Scoring follows NAB v1.1: one corpus-wide threshold per profile from the exhaustive sweep
 (:func:`benchmarks.nab.scorer.optimize_threshold`). The official scoreboard was made with the
@@ -54,6 +56,7 @@ from benchmarks.nab.scorer import (
     load_profiles,
     optimize_threshold,
     resolve_windows,
+    score_detector,
 )
 from detector.embedded import EmbeddedRedis
 from detector.errors import InvalidEventError
@@ -74,6 +77,7 @@ PROFILE_LABELS: Final = {
     "reward_low_FN_rate": "low_FN",
 }
 Scores = dict[str, list[float | None]]
+Held = dict[str, list[bool]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +198,8 @@ class Run:
     """Per-row scores of one replay, and what it cost.
 
     ``scores[name][row]`` is the calibrated score, None while warming up or when the entry
-    was rejected or failed to score (``invalid``).
+    was rejected or failed to score (``invalid``); ``held[name][row]`` is True when the row
+    came inside its producer's alert cooldown (it could not alert).
     """
 
     mode: str
@@ -204,6 +209,7 @@ class Run:
     invalid: int = 0
     evicted: int = 0
     notes: dict[str, float] = field(default_factory=dict)
+    held: Held = field(default_factory=dict)
 
     @property
     def events_per_s(self) -> float:
@@ -212,6 +218,10 @@ class Run:
 
 def _empty_scores(series: Sequence[Series]) -> Scores:
     return {s.name: [None] * len(s) for s in series}
+
+
+def _empty_held(series: Sequence[Series]) -> Held:
+    return {s.name: [False] * len(s) for s in series}
 
 
 def default_settings(spec: ModelSpec) -> Settings:
@@ -231,6 +241,7 @@ def run_offline(series: Sequence[Series], spec: ModelSpec, settings: Settings | 
     """Decoder + one Pipeline over the interleaved entries (what ``detector score`` does)."""
     cfg = settings or default_settings(spec)
     scores = _empty_scores(series)
+    held = _empty_held(series)
     started = time.perf_counter()
     decoder = Decoder(cfg.event_format)
     pipeline = Pipeline(
@@ -252,8 +263,12 @@ def run_offline(series: Sequence[Series], spec: ModelSpec, settings: Settings | 
     for (k, row), v in zip(slots, pipeline.process(events), strict=True):
         invalid += v.error is not None
         scores[series[k].name][row] = v.score
+        held[series[k].name][row] = v.held
     seconds = time.perf_counter() - started
-    return Run("offline", scores, len(slots) + invalid, seconds, invalid, pipeline.store.evicted)
+    return Run(
+        "offline", scores, len(slots) + invalid, seconds, invalid, pipeline.store.evicted,
+        held=held,
+    )  # fmt: skip
 
 
 def run_redis(
@@ -288,6 +303,7 @@ def _run_redis(series: Sequence[Series], spec: ModelSpec, settings: Settings, ur
         client.close()
 
     scores = _empty_scores(series)
+    held = _empty_held(series)
     seen: set[str] = set()
     duplicates = 0
 
@@ -300,6 +316,7 @@ def _run_redis(series: Sequence[Series], spec: ModelSpec, settings: Settings, ur
             seen.add(entry_id)
             k, row = where[entry_id]
             scores[series[k].name][row] = v.score
+            held[series[k].name][row] = v.held
 
     worker = Worker(cfg, spec=spec, on_verdicts=collect)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -324,6 +341,7 @@ def _run_redis(series: Sequence[Series], spec: ModelSpec, settings: Settings, ur
         stats.invalid,
         worker.pipeline.store.evicted,
         notes={"xadd_s": xadd_s, "alerts": float(stats.alerts), "batches": float(stats.batches)},
+        held=held,
     )
 
 
@@ -357,12 +375,32 @@ def first_difference(a: Scores, b: Scores) -> str | None:
     return None
 
 
-def nab_scores(scores: Scores) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
-    """NAB anomaly scores in [0, 1]: the calibrated score, 0.0 where there is none."""
-    return {
-        name: np.array([0.0 if x is None else x for x in xs], dtype=np.float64)
-        for name, xs in scores.items()
-    }
+def _held_difference(a: Held, b: Held) -> str | None:
+    for name, xs in a.items():
+        if xs != b.get(name):
+            ys = b.get(name, [])
+            row = next((i for i, (x, y) in enumerate(zip(xs, ys, strict=False)) if x != y), -1)
+            return f"{name}: held differs (row {row})"
+    return None
+
+
+def nab_scores(
+    scores: Scores, held: Held | None = None
+) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+    """NAB anomaly scores in [0, 1]: the calibrated score, 0.0 where there is none, and 0.0
+    where ``held`` says the row came inside its producer's alert cooldown.
+
+    >>> nab_scores({"a": [None, 0.5, 0.9]}, {"a": [False, False, True]})["a"].tolist()
+    [0.0, 0.5, 0.0]
+    """
+    out = {}
+    for name, xs in scores.items():
+        hs = held.get(name) if held is not None else None
+        out[name] = np.array(
+            [0.0 if x is None or (hs is not None and hs[i]) else x for i, x in enumerate(xs)],
+            dtype=np.float64,
+        )
+    return out
 
 
 def debounce(scores: Scores, series: Sequence[Series], level: float, hold_ms: int) -> Scores:
@@ -588,6 +626,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--details", action="store_true", help="print a per-file table")
     parser.add_argument("--batch-size", type=int, default=500, help="worker XREADGROUP COUNT")
     parser.add_argument(
+        "--cooldown", action="store_true",
+        help="rows inside a producer's alert cooldown (the spec's cooldown_ms after an alert) "
+        "score 0: the detector cannot alert on them (off: every row's calibrated score)",
+    )  # fmt: skip
+    parser.add_argument(
         "--debounce", type=_debounce_arg, default=None, metavar="LEVEL:HOURS",
         help="before scoring, zero a producer's rows for HOURS of event time after a row "
         "scoring >= LEVEL (causal; off by default, e.g. 0.999:6)",
@@ -630,7 +673,9 @@ def _replay(
         )
     same: bool | None = None
     if len(runs) == 2:
-        diff = first_difference(runs[0].scores, runs[1].scores)
+        diff = first_difference(runs[0].scores, runs[1].scores) or _held_difference(
+            runs[0].held, runs[1].held
+        )
         same = diff is None
         say(
             "offline == redis: identical per-row scores for all "
@@ -639,6 +684,42 @@ def _replay(
             else f"offline != redis: first difference at {diff}"
         )
     return runs[0], same
+
+
+def _row_results(
+    args: argparse.Namespace,
+    run: Run,
+    series: Sequence[Series],
+    spec: ModelSpec,
+    say: Callable[[str], None],
+) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+    """The NAB anomaly score of every row, after ``--debounce`` and ``--cooldown``."""
+    row_scores = run.scores
+    if args.debounce is not None:
+        level, hold_ms = args.debounce
+        row_scores = debounce(row_scores, series, level, hold_ms)
+        say(f"debounced: rows within {hold_ms / 3.6e6:g} h after a score >= {level} score 0")
+    if args.cooldown:
+        say(
+            f"cooldown: rows inside a producer's alert cooldown "
+            f"({spec.decision.cooldown_ms / 3.6e6:g} h after an alert at "
+            f">= {spec.decision.threshold:g}) score 0"
+        )
+    return nab_scores(row_scores, run.held if args.cooldown else None)
+
+
+def _at_alert_threshold(
+    results: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]],
+    corpus: Corpus,
+    theta: float,
+    say: Callable[[str], None],
+) -> None:
+    """The scores at the spec's own threshold: with ``--cooldown`` its detections are exactly
+    the alerts the detector emits (no threshold chosen on the corpus)."""
+    fixed = {p: score_detector(results, corpus, p, theta) for p in PROFILE_NAMES}
+    say(f"at the spec's own alert threshold {theta:g} (detections = the alerts it emits):")
+    for line in detail_table(fixed, corpus.n_windows)[1:]:
+        say(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -661,12 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run, same = _replay(args, series, spec, say)
     corpus = load_corpus(root) if names is None else subset_corpus(series, root)
-    row_scores = run.scores
-    if args.debounce is not None:
-        level, hold_ms = args.debounce
-        row_scores = debounce(row_scores, series, level, hold_ms)
-        say(f"debounced: rows within {hold_ms / 3.6e6:g} h after a score >= {level} score 0")
-    results = nab_scores(row_scores)
+    results = _row_results(args, run, series, spec, say)
     if args.write:
         out_dir = args.results_dir / spec.name
         n = write_results(results, series, corpus, out_dir, spec.name)
@@ -682,6 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             say("(subset of the corpus: not comparable to the scoreboard)")
         for line in detail_table(scores, corpus.n_windows):
             say(line)
+        if args.cooldown:
+            _at_alert_threshold(results, corpus, spec.decision.threshold, say)
         official = {} if names is not None else load_official_scores(root)
         say("")
         for line in scoreboard_table({spec.name: scores}, official):

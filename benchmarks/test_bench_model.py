@@ -1,0 +1,146 @@
+"""Model-only micro benchmarks (pytest-benchmark), run on request only.
+
+pip install pytest-benchmark
+pytest benchmarks/test_bench_model.py                  # per event and per 500-event batch
+pytest benchmarks/test_bench_model.py --benchmark-disable   # just check they run
+
+Not collected by the default ``pytest`` run (its testpaths are tests/ and detector/). The
+events are the shop's (24 producers, ~500 events of history each, then the next events);
+every benchmark starts from the same warm pipeline state (a pickle copy per round where the
+benchmarked code mutates it). Times are per call; per-event figures divide by the batch.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from itertools import cycle
+from typing import Any
+
+import pytest
+
+from benchmarks.workloads import as_entry, shop_workload
+from detector.events import Decoder, Event
+from detector.pipeline import Pipeline
+from detector.scoring import load_spec
+
+pytest.importorskip("pytest_benchmark")
+
+BATCH = 500
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, Any]:
+    w = shop_workload(
+        live_events=2 * BATCH, producers=20, history_per_producer=500, incidents_per_kind=0
+    )
+    decoder = Decoder()
+    history = [decoder.decode("s", f"{i}-0", as_entry(f)) for i, f in enumerate(w.history, 1)]
+    raw = [as_entry(f) for f in w.live]
+    live = [decoder.decode("s", f"{i}-1", e) for i, e in enumerate(raw, 1)]
+    warm = {}
+    for model in ("stats", "hst"):
+        p = Pipeline(load_spec(model))
+        p.process(history)
+        warm[model] = pickle.dumps(p)
+    return {"raw": raw, "live": live, "warm": warm}
+
+
+def _fresh(data: dict[str, Any], model: str) -> Pipeline:
+    p: Pipeline = pickle.loads(data["warm"][model])  # noqa: S301 - our own state
+    return p
+
+
+def _events(data: dict[str, Any]) -> Iterator[Event]:
+    return cycle(data["live"])
+
+
+def test_decode_one(benchmark: Any, data: dict[str, Any]) -> None:
+    decoder = Decoder()
+    entries = cycle(data["raw"])
+    benchmark(lambda: decoder.decode("s", "1-0", next(entries)))
+
+
+def test_decode_batch(benchmark: Any, data: dict[str, Any]) -> None:
+    decoder = Decoder()
+    raw = data["raw"][:BATCH]
+    benchmark(lambda: [decoder.decode("s", "1-0", e) for e in raw])
+
+
+@pytest.mark.parametrize("model", ["stats", "hst"])
+def test_evidence_one(benchmark: Any, data: dict[str, Any], model: str) -> None:
+    """Features: the surprises of one event against its producer's state (no learning)."""
+    p = _fresh(data, model)
+    events = _events(data)
+
+    def one() -> object:
+        e = next(events)
+        return p.store.evidence(p.store.state(e.producer), e)
+
+    benchmark(one)
+
+
+@pytest.mark.parametrize("model", ["stats", "hst"])
+def test_raw_score_one(benchmark: Any, data: dict[str, Any], model: str) -> None:
+    """Model: evidence -> raw score."""
+    p = _fresh(data, model)
+    evidence = [p.store.evidence(p.store.state(e.producer), e) for e in data["live"][:BATCH]]
+    it = cycle(evidence)
+    benchmark(lambda: p.model.raw_score(next(it)))
+
+
+def test_hst_learn_one(benchmark: Any, data: dict[str, Any]) -> None:
+    """Model learning (the shared HalfSpaceTrees; the stats model learns nothing)."""
+    p = _fresh(data, "hst")
+    evidence = [p.store.evidence(p.store.state(e.producer), e) for e in data["live"][:BATCH]]
+    it = cycle(evidence)
+    benchmark(lambda: p.model.learn(next(it)))
+
+
+@pytest.mark.parametrize("model", ["stats", "hst"])
+def test_calibrate_one(benchmark: Any, data: dict[str, Any], model: str) -> None:
+    """Calibration: raw score -> calibrated score (histogram tail + exponential fit)."""
+    p = _fresh(data, model)
+    states = [p.store.producers[e.producer] for e in data["live"][:BATCH]]
+    raws = [
+        p.model.raw_score(p.store.evidence(st, e))
+        for st, e in zip(states, data["live"][:BATCH], strict=True)
+    ]
+    pairs = cycle(list(zip(states, raws, strict=True)))
+
+    def one() -> float:
+        st, raw = next(pairs)
+        return p.calibrator.score(st.calibration, raw)  # type: ignore[arg-type]
+
+    benchmark(one)
+
+
+def test_feature_learn_one(benchmark: Any, data: dict[str, Any]) -> None:
+    """Features: fold one event into its producer's baselines."""
+    p = _fresh(data, "stats")
+    events = _events(data)
+
+    def one() -> None:
+        e = next(events)
+        p.store.learn(p.store.state(e.producer), e)
+
+    benchmark(one)
+
+
+@pytest.mark.parametrize("model", ["stats", "hst"])
+def test_pipeline_one(benchmark: Any, data: dict[str, Any], model: str) -> None:
+    """The whole pipeline (evidence, score, calibration, decision, learning), per event."""
+    p = _fresh(data, model)
+    events = _events(data)
+    benchmark(lambda: p.process([next(events)]))
+
+
+@pytest.mark.parametrize("model", ["stats", "hst"])
+def test_pipeline_batch(benchmark: Any, data: dict[str, Any], model: str) -> None:
+    """One 500-event batch through the pipeline, from the same warm state every round."""
+    batch = data["live"][:BATCH]
+    benchmark.pedantic(
+        lambda p: p.process(batch),
+        setup=lambda: ((_fresh(data, model),), {}),
+        rounds=10,
+    )

@@ -1,0 +1,136 @@
+"""Smoke tests: every benchmark script runs end to end in a tiny configuration.
+
+They prove the scripts work against the current code (each starts its own redis-server and
+the real CLI); the numbers they print at this size mean nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--producers", "20", "--history-per-producer", "220"]
+
+
+def _run(tmp_path: Path, module: str, *args: str, timeout: float = 110) -> str:
+    # Baselines are cached under XDG_CACHE_HOME: keep the test's out of the user's cache.
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_throughput_runs(tmp_path: Path) -> None:
+    out = _run(
+        tmp_path,
+        "benchmarks.throughput",
+        "--events",
+        "2000",
+        "--rounds",
+        "1",
+        *TINY,
+        "--json-out",
+        str(tmp_path / "t.json"),
+    )
+    for name in ("raw", "river", "detector-stats", "detector-hst"):
+        assert f"round 0 {name}" in out
+    assert "detector-stats / raw" in out
+    assert "detector-stats / river" in out
+    assert (tmp_path / "t.json").exists()
+
+
+def test_latency_runs(tmp_path: Path) -> None:
+    out = _run(
+        tmp_path,
+        "benchmarks.latency",
+        "--events-total",
+        "3000",
+        "--capacity-events",
+        "2000",
+        "--levels",
+        "0.5",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+        "--tail",
+        "0.5",
+        "--idle-timeout-ms",
+        "500",
+        "--probe-every",
+        "50",
+        *TINY,
+    )
+    assert "capacity (stats" in out
+    assert "50%" in out
+
+
+def test_memory_runs(tmp_path: Path) -> None:
+    out = _run(
+        tmp_path,
+        "benchmarks.memory",
+        "--counts",
+        "100,300",
+        "--template-producers",
+        "10",
+        "--producers",
+        "20",
+        "--soak-s",
+        "3",
+        "--soak-rate",
+        "300",
+        "--worker-events",
+        "2000",
+        "--history-per-producer",
+        "220",
+    )
+    assert "B pickled" in out
+    assert "300" in out
+    assert "peak RSS" in out
+    assert "soak" in out
+
+
+def test_profile_runs(tmp_path: Path) -> None:
+    out = _run(
+        tmp_path, "benchmarks.profile_worker", "--events", "2000", "--sampler", "thread", *TINY
+    )
+    assert "features" in out
+    assert "total (consume loop)" in out
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("pytest_benchmark") is None, reason="pytest-benchmark not installed"
+)
+def test_micro_benchmarks_run(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--benchmark-disable",
+            str(ROOT / "benchmarks" / "test_bench_model.py"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
