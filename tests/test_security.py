@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ from detector.streams import connect, connection_options
 from detector.worker import Worker
 from tests.conftest import TEST_KEY
 from tests.helpers import append, order_events, outlier
-from tests.test_cli import clean_env
+from tests.test_cli import cli
 
 STREAM = "orders"
 GROUP = "detector"
@@ -45,17 +44,6 @@ USERS = {"worker": "detector-worker", "producer": "detector-producer", "reader":
 ADMIN = ("admin", "admin-Pa55-0c1d2e")
 # Generated for the test run; no secret ever printed by the detector may contain it.
 SECRETS = (*PASSWORDS.values(), TEST_KEY.decode())
-
-
-def cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    full_env = clean_env()
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "detector.cli", *args],
-        capture_output=True, text=True, env=full_env, timeout=timeout, check=False,
-    )  # fmt: skip
 
 
 def apply_acl(admin: redis.Redis, lines: list[str]) -> None:
