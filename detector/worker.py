@@ -43,7 +43,7 @@ MAX_BACKOFF_S = 5.0
 
 @dataclass(slots=True)
 class RunStats:
-    """Counters of one :meth:`Worker.run`."""
+    """Counters of a :class:`Worker`, cumulative over its :meth:`Worker.run` calls."""
 
     events: int = 0
     scored: int = 0
@@ -155,7 +155,7 @@ class Worker:
         """Consume until stopped, ``max_events`` are processed, or (``until_idle``) quiet.
 
         Returns:
-            the counters of this run.
+            the worker's counters, cumulative over its runs (``max_events`` counts them too).
         """
         until_idle = self.settings.until_idle if until_idle is None else until_idle
         started = self._started = time.monotonic()
