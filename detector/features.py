@@ -421,6 +421,9 @@ class FeatureStore:
         # written. Untracked stores (offline scoring, training) keep no such sets.
         self.dirty: set[str] = set()
         self.removed: set[str] = set()
+        # One-event memo: the shape key is needed by the evidence and again by the learning.
+        self._schema_event: Event | None = None
+        self._schema_memo: tuple[str, tuple[str, ...]] = ("", ())
 
     def __len__(self) -> int:
         return len(self.producers)
@@ -591,8 +594,14 @@ class FeatureStore:
         observed = event.strings[best_field]
         return Reason("category", best_field, observed, best_c.expected(), best)
 
+    def _schema_of(self, event: Event) -> tuple[str, tuple[str, ...]]:
+        """The event's shape key, computed once for its evidence and its learning."""
+        if self._schema_event is not event:
+            self._schema_event, self._schema_memo = event, _schema_key(event)
+        return self._schema_memo
+
     def _schema(self, st: ProducerState, event: Event) -> Reason | None:
-        key, names = _schema_key(event)
+        key, names = self._schema_of(event)
         s = st.schemas.surprise(key, self.cfg.novelty_prior)
         return Reason("schema", "", _schema_diff(st, names), "usual shape", s) if s > 0 else None
 
@@ -636,7 +645,7 @@ class FeatureStore:
             c.update(value, cfg.max_categories)
         if event.type is not None:
             st.types.update(event.type, cfg.max_categories)
-        key, names = _schema_key(event)
+        key, names = self._schema_of(event)
         st.schemas.update(key, cfg.max_schemas)
         if key not in st.schema_fields and len(st.schema_fields) < cfg.max_schemas:
             st.schema_fields[key] = names
