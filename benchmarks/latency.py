@@ -47,7 +47,14 @@ import orjson
 import redis
 
 from benchmarks.throughput import exit_on_sigterm, versions
-from benchmarks.workloads import BENCH_KEY, Fields, append, baseline_for, probe, shop_workload
+from benchmarks.workloads import (
+    Fields,
+    append,
+    baseline_for,
+    probe,
+    shop_workload,
+    worker_settings,
+)
 from detector.embedded import EmbeddedRedis
 
 STREAM = "lat"
@@ -61,22 +68,9 @@ def worker_role(
     url: str, stream: str, group: str, model: str, baseline: Path, out: Path, idle_timeout_ms: int
 ) -> None:
     """Run a Worker (CLI defaults) until idle; write batch and commit times to ``out``."""
-    from detector.settings import Settings
     from detector.worker import Worker
 
-    settings = Settings(
-        redis_url=url,
-        streams=(stream,),
-        group=group,
-        consumer="lat",
-        alerts_stream=f"{group}:alerts",
-        dead_letter_stream=f"{group}:dead",
-        model=model,
-        until_idle=True,
-        idle_timeout_ms=idle_timeout_ms,
-        checkpoint_key=BENCH_KEY.encode(),
-        baseline=baseline,
-    )
+    settings = worker_settings(url, stream, group, "lat", model, baseline, idle_timeout_ms)
     batches: list[tuple[float, list[str]]] = []
     commits: list[tuple[float, list[str]]] = []
 

@@ -42,9 +42,10 @@ from benchmarks.throughput import (
     detector_command,
     detector_consumer,
     exit_on_sigterm,
+    run_args,
     versions,
 )
-from benchmarks.workloads import BENCH_KEY, append, baseline_for, shop_workload
+from benchmarks.workloads import BENCH_KEY, append, baseline_for, shop_workload, worker_settings
 from detector.embedded import EmbeddedRedis
 
 # (file name, function) -> stage. The innermost match on a stack wins.
@@ -181,26 +182,7 @@ def profile_pyspy(
         str(out),
         "--",
         *detector_command(),
-        "run",
-        "--redis-url",
-        url,
-        "--stream",
-        STREAM,
-        "--group",
-        group,
-        "--consumer",
-        "bench",
-        "--alerts-stream",
-        f"{group}:alerts",
-        "--dead-letter-stream",
-        f"{group}:dead",
-        "--model",
-        model,
-        "--until-idle",
-        "--idle-timeout-ms",
-        "200",
-        "--baseline",
-        str(baseline),
+        *run_args(url, group, model, baseline),
     ]
     watcher = GroupWatcher(url, group, total)
     watcher.start()
@@ -216,22 +198,9 @@ def profile_thread(
     url: str, group: str, model: str, baseline: Path, total: int
 ) -> tuple[dict[Stack, float], float]:
     """Run a Worker (CLI defaults) in this process under the sampling thread."""
-    from detector.settings import Settings
     from detector.worker import Worker
 
-    settings = Settings(
-        redis_url=url,
-        streams=(STREAM,),
-        group=group,
-        consumer="bench",
-        alerts_stream=f"{group}:alerts",
-        dead_letter_stream=f"{group}:dead",
-        model=model,
-        until_idle=True,
-        idle_timeout_ms=int(IDLE_S * 1000),
-        checkpoint_key=BENCH_KEY.encode(),
-        baseline=baseline,
-    )
+    settings = worker_settings(url, STREAM, group, "bench", model, baseline, int(IDLE_S * 1000))
     watcher = GroupWatcher(url, group, total)
     watcher.start()
     sampler = Sampler(threading.get_ident())

@@ -223,32 +223,8 @@ def detector_consumer(
 ) -> Result:
     """``detector run --until-idle`` in a subprocess, timed from the group's state."""
     env = {**os.environ, "DETECTOR_CHECKPOINT_KEY": BENCH_KEY}
-    args = [
-        *detector_command(),
-        "--log-format",
-        "json",
-        "run",
-        "--redis-url",
-        url,
-        "--stream",
-        STREAM,
-        "--group",
-        group,
-        "--consumer",
-        "bench",
-        "--alerts-stream",
-        f"{group}:alerts",
-        "--dead-letter-stream",
-        f"{group}:dead",
-        "--model",
-        model,
-        "--until-idle",
-        "--idle-timeout-ms",
-        "200",
-        *extra_args,
-    ]
-    if baseline is not None:
-        args += ["--baseline", str(baseline)]
+    args = [*detector_command(), "--log-format", "json", *run_args(url, group, model, baseline)]
+    args += extra_args
     watcher = GroupWatcher(url, group, total)
     watcher.start()
     started = time.perf_counter()
@@ -287,6 +263,16 @@ def detector_consumer(
         int(stats.get("alerts", 0)),
         extra,
     )
+
+
+def run_args(url: str, group: str, model: str, baseline: Path | None) -> list[str]:
+    """``detector run`` arguments the benchmarks share: one group, its own output streams."""
+    args = [
+        "run", "--redis-url", url, "--stream", STREAM, "--group", group, "--consumer", "bench",
+        "--alerts-stream", f"{group}:alerts", "--dead-letter-stream", f"{group}:dead",
+        "--model", model, "--until-idle", "--idle-timeout-ms", "200",
+    ]  # fmt: skip
+    return args + (["--baseline", str(baseline)] if baseline is not None else [])
 
 
 def detector_command() -> list[str]:

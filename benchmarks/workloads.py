@@ -30,6 +30,7 @@ from detector.checkpoint import Signer
 from detector.events import Decoder
 from detector.pipeline import Pipeline
 from detector.scoring import load_spec
+from detector.settings import Settings
 from detector.shop import DEFAULT_INSTANCES, DEMO_KINDS, Incident, iter_events
 
 Fields = dict[str, str]
@@ -238,6 +239,19 @@ def baseline_for(
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_bytes(path.read_bytes())
     return path, elapsed
+
+
+def worker_settings(
+    url: str, stream: str, group: str, consumer: str, model: str, baseline: Path,
+    idle_timeout_ms: int,
+) -> Settings:  # fmt: skip
+    """Settings of an in-process benchmark worker: CLI defaults, its own output streams."""
+    return Settings(
+        redis_url=url, streams=(stream,), group=group, consumer=consumer,
+        alerts_stream=f"{group}:alerts", dead_letter_stream=f"{group}:dead", model=model,
+        until_idle=True, idle_timeout_ms=idle_timeout_ms, checkpoint_key=BENCH_KEY.encode(),
+        baseline=baseline,
+    )  # fmt: skip
 
 
 def probe(fields: Fields, factor: float = 1e4) -> Fields:
