@@ -55,6 +55,7 @@ from benchmarks.nab.scorer import (
     load_official_scores,
     load_profiles,
     optimize_threshold,
+    read_data_rows,
     resolve_windows,
     score_detector,
 )
@@ -115,14 +116,7 @@ def epoch_ms(stamp: str) -> int:
 
 def read_series(root: Path, name: str) -> Series:
     """Read ``<root>/data/<name>``."""
-    path = root / "data" / name
-    with path.open(newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader)
-        if header[:2] != ["timestamp", "value"]:
-            msg = f"{path}: unexpected header {header}"
-            raise ValueError(msg)
-        rows = [(row[0], row[1]) for row in reader]
+    rows = read_data_rows(root / "data" / name)
     return Series(
         name=name,
         timestamps=tuple(t for t, _ in rows),

@@ -247,18 +247,21 @@ def resolve_windows(
     return out
 
 
-def _read_data_file(path: Path) -> tuple[DatetimeArray, FloatArray]:
+def read_data_rows(path: Path) -> list[tuple[str, str]]:
+    """A NAB data file's (timestamp, value) rows as text, in file order."""
     with path.open(newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader)
         if header[:2] != ["timestamp", "value"]:
             msg = f"{path}: unexpected header {header}"
             raise ValueError(msg)
-        stamps: list[str] = []
-        values: list[float] = []
-        for row in reader:
-            stamps.append(row[0])
-            values.append(float(row[1]))
+        return [(row[0], row[1]) for row in reader]
+
+
+def _read_data_file(path: Path) -> tuple[DatetimeArray, FloatArray]:
+    rows = read_data_rows(path)
+    stamps = [t for t, _ in rows]
+    values = [float(v) for _, v in rows]
     return np.array(stamps, dtype=TIMESTAMP_UNIT), np.array(values, dtype=np.float64)
 
 
