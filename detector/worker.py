@@ -309,7 +309,9 @@ class Worker:
                 out.alerts.append(v.alert)
             out.alerts.extend(v.silence)  # producers this event's time revealed as silent
         if not claimed:
-            for stream, entry_id, _ in entries:
+            # A read returns each stream's entries in id order: its last one is its highest.
+            last = {stream: entry_id for stream, entry_id, _ in entries}
+            for stream, entry_id in last.items():
                 if not _id_leq(entry_id, self.processed_upto.get(stream)):
                     self.processed_upto[stream] = entry_id
         self._with_retries(lambda: self.streams.emit(out), even_when_stopping=True)
