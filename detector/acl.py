@@ -31,6 +31,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from detector import partitions as parts
 from detector.errors import ConfigError
 from detector.settings import (
     ALERT_GUARD_KEY,
@@ -65,6 +66,8 @@ class AclConfig:
         worker_user, producer_user, reader_user: ACL user names.
         redis_version: ``"7.0"`` or ``"7.2+"`` (which has ``CLIENT SETINFO``; redis-py sends
             it on connect and ignores a refusal, but each refusal lands in ``ACL LOG``).
+        partitioned: rules for ``detector run --partitions`` (any P): the partition streams
+            ``<stream>:{p}``, their checkpoints, leases and epochs, the members set.
     """
 
     streams: tuple[str, ...] = (DEFAULT_STREAM,)
@@ -76,6 +79,7 @@ class AclConfig:
     producer_user: str = "detector-producer"
     reader_user: str = "detector-reader"
     redis_version: str = "7.0"
+    partitioned: bool = False
 
     def __post_init__(self) -> None:
         if not self.streams:
@@ -108,6 +112,9 @@ class AclConfig:
             if name in inputs:
                 msg = f"the {what} stream {name!r} is also an input stream"
                 raise ConfigError(msg)
+        if self.partitioned:  # braces would move the hash tags of the partition keys
+            for name in (*self.streams, self.group, self.alerts_stream, self.dead_letter_stream):
+                parts.check_name("name", name)
         if len({self.worker_user, self.producer_user, self.reader_user}) != 3:
             msg = "the worker, producer and reader users must have different names"
             raise ConfigError(msg)
@@ -165,12 +172,14 @@ def worker_rules(cfg: AclConfig, password: str) -> list[str]:
     - checkpoint hash: ``HSCAN``, ``HSET``, ``HDEL`` in ``MULTI``/``EXEC`` with the ``XACK``,
       and ``DEL`` (``--reset-state``);
     - health key: ``SET … PX``, ``DEL``.
+
+    Partitioned, see :func:`partitioned_worker_rules`.
     """
+    if cfg.partitioned:
+        return partitioned_worker_rules(cfg, password)
     inputs = [glob_escape(s) for s in cfg.streams]
     outputs = [glob_escape(cfg.alerts_stream), glob_escape(cfg.dead_letter_stream)]
-    guards = [key_pattern(ALERT_GUARD_KEY, alert_id=None)] + [
-        key_pattern(DEAD_LETTER_GUARD_KEY, stream=s, entry_id=None) for s in cfg.streams
-    ]
+    guards = _guards(cfg, cfg.streams)
     checkpoint = key_pattern(CHECKPOINT_KEY, group=cfg.group, consumer=cfg.consumer)
     health = key_pattern(HEALTH_KEY, group=cfg.group, consumer=cfg.consumer)
     return [
@@ -191,9 +200,72 @@ def worker_rules(cfg: AclConfig, password: str) -> list[str]:
     ]
 
 
+def _guards(cfg: AclConfig, inputs: tuple[str, ...]) -> list[str]:
+    """Alert guards, and dead-letter guards of entries of the (glob-escaped) input keys."""
+    alerts = key_pattern(ALERT_GUARD_KEY, alerts_stream=cfg.alerts_stream, alert_id=None)
+    dead = key_pattern(
+        DEAD_LETTER_GUARD_KEY, dead_letter_stream=cfg.dead_letter_stream, stream="", entry_id=None
+    )
+    return [alerts] + [dead.replace("::", f":{s}:", 1) for s in inputs]
+
+
+def partitioned_worker_rules(cfg: AclConfig, password: str) -> list[str]:
+    """A partition-owning worker (``--partitions``, any P, static or dynamic, on a single
+    Redis or a cluster): what :func:`worker_rules` grants, on the partition keys, plus
+
+    - partition streams ``<stream>:{*}``: ``XREAD`` (the idle wait, which consumes nothing);
+      no ``XAUTOCLAIM`` (a partition's pending list belongs to its consumer ``p<k>``);
+    - the fenced read and commit scripts and the lease scripts: ``EVALSHA`` on the lease,
+      epoch, checkpoint and partition stream keys; inside them ``GET``, ``EXISTS``, ``SET``,
+      ``PEXPIRE``, ``DEL`` on the lease, ``INCR`` on the epoch, ``XREADGROUP``,
+      ``XREVRANGE``, ``XACK`` on the streams, ``HSET``, ``HDEL`` on the checkpoint;
+    - the members set: ``ZADD``, ``ZRANGEBYSCORE``, ``ZREMRANGEBYSCORE``, ``ZREM``;
+    - no ``MULTI``/``EXEC``: every commit is a fenced script.
+    """
+    group = glob_escape(cfg.group)
+    inputs = [parts.STREAM.format(base=glob_escape(s), p="*") for s in cfg.streams]
+    outputs = [glob_escape(cfg.alerts_stream), glob_escape(cfg.dead_letter_stream)]
+    guards = _guards(cfg, tuple(inputs))
+    checkpoint = parts.CHECKPOINT.format(group=group, p="*")
+    lease = parts.LEASE.format(group=group, p="*")
+    epoch = parts.EPOCH.format(group=group, p="*")
+    members = parts.MEMBERS.format(group=group)
+    health = key_pattern(HEALTH_KEY, group=cfg.group, consumer=cfg.consumer)
+    scripted = [*inputs, checkpoint, lease, epoch]
+    return [
+        *_common(cfg, password),
+        "+script|load",
+        _selector(
+            [
+                "+xreadgroup",
+                "+xread",
+                "+xrevrange",
+                "+xpending",
+                "+xinfo|groups",
+                "+xack",
+                "+xgroup|create",
+            ],
+            [f"%RW~{k}" for k in inputs],
+        ),
+        _selector(["+xadd"], [f"%W~{k}" for k in outputs]),
+        _selector(["+evalsha"], [f"%RW~{k}" for k in outputs + guards + scripted]),
+        _selector(["+set"], [f"%W~{k}" for k in [*guards, health, lease]]),
+        _selector(["+exists"], [f"%R~{k}" for k in [*guards, lease]]),
+        _selector(["+get", "+pexpire"], [f"%RW~{lease}"]),
+        _selector(["+incr"], [f"%RW~{epoch}"]),
+        _selector(["+hscan", "+hset", "+hdel"], [f"%RW~{checkpoint}"]),
+        _selector(["+del"], [f"%W~{checkpoint}", f"%W~{health}", f"%W~{lease}"]),
+        _selector(["+zadd", "+zrangebyscore", "+zremrangebyscore", "+zrem"], [f"%RW~{members}"]),
+    ]
+
+
 def producer_rules(cfg: AclConfig, password: str) -> list[str]:
-    """A producer: ``XADD`` to the input streams, nothing else (it cannot even read them)."""
-    return [*_common(cfg, password), "+xadd", *(f"%W~{glob_escape(s)}" for s in cfg.streams)]
+    """A producer: ``XADD`` to the input streams (partitioned: their partition streams),
+    nothing else (it cannot even read them)."""
+    inputs = [glob_escape(s) for s in cfg.streams]
+    if cfg.partitioned:
+        inputs = [parts.STREAM.format(base=s, p="*") for s in inputs]
+    return [*_common(cfg, password), "+xadd", *(f"%W~{k}" for k in inputs)]
 
 
 def reader_rules(cfg: AclConfig, password: str) -> list[str]:

@@ -153,7 +153,7 @@ def _refuse_password_on_command_line(ctx: click.Context, url: str | None) -> Non
         raise click.UsageError(msg, ctx)
 
 
-def check_access(client: redis.Redis, url: str) -> None:
+def check_access(client: redis.Redis | redis.RedisCluster, url: str) -> None:
     """Fail fast on credentials or certificates the server will never accept (exit 2).
 
     The worker retries connection errors forever (Redis restarts), and redis-py reports a
@@ -362,6 +362,20 @@ def cli(log_level: str, log_format: str) -> None:
 @baselines_dir_option
 @_option("--reset-state", env="RESET_STATE", is_flag=True,
          help="Delete this consumer's checkpoint first; the state is relearned.")  # fmt: skip
+@_option("--partitions", env="PARTITIONS", type=click.IntRange(1, 1024),
+         help="Read the partition streams <stream>:{0..P-1}, one owner per partition "
+         "(default: the unpartitioned streams).")  # fmt: skip
+@_option("--assign", env="ASSIGN", type=click.Choice(["static", "dynamic"]),
+         help="Partition ownership: static (--worker-index/--worker-count) or dynamic (leases "
+         "over the live workers; the default without --worker-count).")  # fmt: skip
+@_option("--worker-index", env="WORKER_INDEX", type=click.IntRange(0),
+         help="Static assignment: this worker owns p with p % count == index.")  # fmt: skip
+@_option("--worker-count", env="WORKER_COUNT", type=click.IntRange(1),
+         help="Static assignment: the number of workers.")  # fmt: skip
+@_option("--lease-ttl-ms", env="LEASE_TTL_MS", default=15_000, show_default=True,
+         help="An owner silent this long loses its partitions (late commits refused).")  # fmt: skip
+@_option("--cluster", env="CLUSTER", is_flag=True,
+         help="--redis-url names a Redis Cluster node: use a cluster client.")  # fmt: skip
 @_format_options
 @_tls_options
 def run(**kw: Any) -> None:
@@ -375,6 +389,9 @@ def run(**kw: Any) -> None:
     _refuse_password_on_command_line(click.get_current_context(), url)
     baseline, directory = kw.pop("baseline"), kw.pop("baselines_dir")
     path = baseline_path(baseline, directory) if baseline else None
+    if kw["cluster"] and not url:
+        msg = "--cluster needs --redis-url (a node of the cluster)"
+        raise click.UsageError(msg)
     settings = Settings(
         event_format=fmt,
         checkpoint_key=checkpoint_key(),
@@ -393,6 +410,7 @@ def run(**kw: Any) -> None:
             tls_ca_cert=settings.tls_ca_cert,
             tls_cert=settings.tls_cert,
             tls_key=settings.tls_key,
+            cluster=settings.cluster,
         )
         check_access(client, real_url)
         worker = Worker(settings, client)
@@ -630,6 +648,8 @@ def check(redis_url: str | None, group: str, consumer: str | None, **tls: Path |
 @_option("--redis-version", env="ACL_REDIS_VERSION", type=click.Choice(["7.0", "7.2+"]),
          default="7.0", show_default=True,
          help="7.2+ also grants CLIENT SETINFO (refused on 7.0).")  # fmt: skip
+@_option("--partitioned", env="ACL_PARTITIONED", is_flag=True,
+         help="For workers run with --partitions (any P; leases, partition streams).")  # fmt: skip
 def acl(
     streams: tuple[str, ...],
     group: str,
@@ -640,6 +660,7 @@ def acl(
     producer_user: str,
     reader_user: str,
     redis_version: str,
+    partitioned: bool,
 ) -> None:
     """Print least-privilege ACL SETUSER lines: worker, producers, alert readers.
 
@@ -659,6 +680,7 @@ def acl(
         producer_user=producer_user,
         reader_user=reader_user,
         redis_version=redis_version,
+        partitioned=partitioned,
     )
     passwords = {role: _env_secret(f"DETECTOR_ACL_{role.upper()}_PASSWORD") for role in ROLES}
     for line in acl_lines(cfg, passwords):
@@ -704,6 +726,97 @@ def demo(redis_url: str | None, model: str, threshold: float | None, seed: int, 
         )
     if not ok:
         sys.exit(1)
+
+
+@cli.command()
+@config_option
+@redis_url_option
+@_option("--source", env="ROUTE_SOURCE", default=DEFAULT_STREAM, show_default=True,
+         help="The unpartitioned stream producers write to.")  # fmt: skip
+@_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True,
+         help="Base of the partition streams (<stream>:{p}): the workers' --stream.")  # fmt: skip
+@_option("--partitions", env="PARTITIONS", type=int, required=True,
+         help="Partition count P, the same as the workers'.")  # fmt: skip
+@_option("--group", env="ROUTER_GROUP", default="detector-router", show_default=True,
+         help="The router's consumer group on --source.")  # fmt: skip
+@_option("--consumer", env="ROUTER_CONSUMER", default="router", show_default=True)
+@_option("--dead-letter-stream", env="DEAD_LETTER_STREAM", default=DEFAULT_DEAD_LETTER_STREAM,
+         show_default=True)  # fmt: skip
+@_option("--producer-field", env="PRODUCER_FIELD", default=EventFormat().producer_field,
+         show_default=True)  # fmt: skip
+@_option("--max-entry-bytes", env="MAX_ENTRY_BYTES", default=EventFormat().max_entry_bytes,
+         show_default=True)  # fmt: skip
+@_option("--max-fields", env="MAX_FIELDS", default=EventFormat().max_fields, show_default=True)
+@_option("--batch-size", env="BATCH_SIZE", default=500, show_default=True)
+@_option("--block-ms", env="BLOCK_MS", default=1000, show_default=True)
+@_option("--maxlen", env="ROUTE_MAXLEN", default=0, show_default=True,
+         help="Cap each partition stream at about this many entries (0: no cap).")  # fmt: skip
+@_option("--lease-ttl-ms", env="ROUTER_LEASE_TTL_MS", default=10_000, show_default=True,
+         help="Only the holder of this lease routes --source; others wait.")  # fmt: skip
+@_option("--until-idle", env="UNTIL_IDLE", is_flag=True,
+         help="Exit 0 once nothing arrives for --idle-timeout-ms.")  # fmt: skip
+@_option("--idle-timeout-ms", env="IDLE_TIMEOUT_MS", default=2000, show_default=True)
+@_option("--cluster", env="CLUSTER", is_flag=True,
+         help="--redis-url names one node of a Redis Cluster.")  # fmt: skip
+@_tls_options
+def route(**kw: Any) -> None:
+    """Re-key an unpartitioned stream into the partition streams, by producer."""
+    import signal
+    import threading
+
+    from detector.router import Router, RouterConfig
+    from detector.streams import connect
+
+    url = kw.pop("redis_url")
+    if not url:
+        msg = "route needs --redis-url (or DETECTOR_REDIS_URL)"
+        raise click.UsageError(msg)
+    _refuse_password_on_command_line(click.get_current_context(), url)
+    fmt = EventFormat(
+        producer_field=kw["producer_field"],
+        max_entry_bytes=kw["max_entry_bytes"],
+        max_fields=kw["max_fields"],
+    )
+    config = RouterConfig(
+        source=kw["source"],
+        base=kw["stream"],
+        partitions=kw["partitions"],
+        group=kw["group"],
+        consumer=kw["consumer"],
+        dead_letter_stream=kw["dead_letter_stream"],
+        event_format=fmt,
+        batch_size=kw["batch_size"],
+        block_ms=kw["block_ms"],
+        maxlen=kw["maxlen"],
+        lease_ttl_ms=kw["lease_ttl_ms"],
+    )
+    client = connect(
+        url,
+        block_ms=config.block_ms,
+        password=redis_password(),
+        tls_ca_cert=kw["tls_ca_cert"],
+        tls_cert=kw["tls_cert"],
+        tls_key=kw["tls_key"],
+        cluster=kw["cluster"],
+    )
+    check_access(client, url)
+    router = Router(config, client)
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("stopping after the current batch (signal %d)", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    log.info("routing %s into %s:{0..%d}", config.source, config.base, config.partitions - 1)
+    stats = router.run(until_idle=kw["until_idle"], idle_timeout_ms=kw["idle_timeout_ms"],
+                       stop=stop)  # fmt: skip
+    click.echo(
+        f"routed {stats.routed} entries ({stats.duplicates} already routed, "
+        f"{stats.dead_lettered} dead-lettered, {stats.trimmed} trimmed before routing)",
+        err=True,
+    )
 
 
 def main() -> None:

@@ -109,8 +109,46 @@ class Metrics:
             "Entries claimed from other consumers' pending lists",
             registry=registry,
         )
+        # Resource exhaustion (docs/security.md): totals kept in the checkpoint, hence gauges.
+        self.refused = Gauge(
+            "detector_producers_refused",
+            "Events of producers refused admission (store full), scored in the overflow state",
+            registry=registry,
+        )
+        self.admitted_when_full = Gauge(
+            "detector_producers_admitted_when_full",
+            "Producers admitted while the store was full, each replacing one in warm-up",
+            registry=registry,
+        )
+        self.alerts_capped = Gauge(
+            "detector_alerts_capped",
+            "Alerts held back by the global cap per minute (summarised in alert_storm alerts)",
+            registry=registry,
+        )
+        # Partitioned workers (--partitions): ownership and its changes.
+        self.partitions_owned = Gauge(
+            "detector_partitions_owned",
+            "Partitions this worker holds the lease of",
+            registry=registry,
+        )
+        self.lease_losses = Counter(
+            "detector_lease_losses",
+            "Partitions lost without releasing them (lease expired or taken; commit refused)",
+            registry=registry,
+        )
+        self.rebalances = Counter(
+            "detector_rebalances",
+            "Changes of this worker's target partitions (members joined or left)",
+            registry=registry,
+        )
         info = Info("detector", "Detector build and model", registry=registry)
         info.info({"version": __version__, "model": model})
+
+    def set_exhaustion(self, refused: int, admitted_when_full: int, alerts_capped: int) -> None:
+        """Totals over the worker's pipelines (``Admission`` and ``AlertBudget`` counters)."""
+        self.refused.set(refused)
+        self.admitted_when_full.set(admitted_when_full)
+        self.alerts_capped.set(alerts_capped)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside
         start_http_server(port, addr=addr, registry=self.registry)

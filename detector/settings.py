@@ -16,9 +16,10 @@ DEFAULT_ALERTS_STREAM = "detector:alerts"
 DEFAULT_DEAD_LETTER_STREAM = "detector:dead-letter"
 DEFAULT_MODEL = "stats"
 # Alert ids and rejected entries already written, so a replayed entry never writes a second
-# alert or dead letter (SET NX + XADD in one script).
-ALERT_GUARD_KEY = "detector:alert-guard:{alert_id}"
-DEAD_LETTER_GUARD_KEY = "detector:dead-letter-guard:{stream}:{entry_id}"
+# alert or dead letter (EXISTS + XADD + SET in one script). The hash tag is the output
+# stream's name, so guard and stream share a Redis Cluster slot (the script's keys must).
+ALERT_GUARD_KEY = "{{{alerts_stream}}}:guard:{alert_id}"
+DEAD_LETTER_GUARD_KEY = "{{{dead_letter_stream}}}:guard:{stream}:{entry_id}"
 GUARD_TTL_S = 7 * 24 * 3600
 # The worker's state and offsets (signed blobs, see detector.checkpoint).
 CHECKPOINT_KEY = "detector:checkpoint:{group}:{consumer}"
@@ -122,6 +123,15 @@ class Settings:
         reset_state: delete this consumer's checkpoint first (the state is relearned).
         max_deliveries: a pending entry delivered more often is dead-lettered as poison.
         event_format: field names and input caps.
+        partitions: read the P partition streams ``<stream>:{p}`` of every input stream, one
+            group consumer and checkpoint per partition (None: the unpartitioned mode).
+        assign: ``"static"`` (this worker owns ``p % worker_count == worker_index``) or
+            ``"dynamic"`` (leases over the live members of the group); None picks static
+            when ``worker_count`` is given, else dynamic.
+        worker_index, worker_count: the static assignment.
+        lease_ttl_ms: a partition's lease lives this long unless renewed (every third of it);
+            an owner silent longer loses the partition and its late commit is refused.
+        cluster: connect with a Redis Cluster client (``redis_url`` is one startup node).
     """
 
     redis_url: str | None = None
@@ -152,6 +162,21 @@ class Settings:
     tls_ca_cert: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    partitions: int | None = None
+    assign: str | None = None
+    worker_index: int | None = None
+    worker_count: int | None = None
+    lease_ttl_ms: int = 15_000
+    cluster: bool = False
+
+    @property
+    def assignment(self) -> str | None:
+        """``"static"``, ``"dynamic"``, or None when unpartitioned."""
+        if self.partitions is None:
+            return None
+        if self.assign is not None:
+            return self.assign
+        return "static" if self.worker_count is not None else "dynamic"
 
     def __repr__(self) -> str:
         """Every field but the secrets, and the URL without its password."""

@@ -8,6 +8,10 @@ therefore the replay log: after a crash, the entries after the checkpoint are st
 
 redis-py retries are off: a silently retried ``XREADGROUP >`` can skip entries whose reply
 was lost. The worker resynchronises from its own pending entries instead.
+
+A partition's owner reads and commits through scripts that first check its lease (a
+:class:`~detector.ownership.Fence`); every script and transaction touches one partition's keys
+or one output stream's keys, so the same code runs on Redis Cluster (one slot each).
 """
 
 from __future__ import annotations
@@ -16,16 +20,20 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from detector.alerts import Alert
 from detector.errors import ConfigError
+from detector.ownership import Fence, FencedError
 from detector.settings import ALERT_GUARD_KEY, DEAD_LETTER_GUARD_KEY, GUARD_TTL_S
+
+Client: TypeAlias = "redis.Redis | RedisCluster"
 
 # Raw entry as read: (stream, entry id, fields).
 Entry = tuple[str, str, dict[bytes, bytes]]
@@ -49,12 +57,68 @@ for k = 1, #KEYS, 2 do
 end
 return written
 """
+# A partition owner's read. KEYS: lease, then the partition's streams. ARGV: token, group,
+# consumer, count, one cursor per stream. {-1}: fenced; {1, reply}: XREADGROUP's reply;
+# {0, last id per stream}: nothing new (the ids a non-consuming blocking XREAD waits after).
+_FENCED_READ = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1} end
+local args = {'XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS'}
+for k = 2, #KEYS do args[#args + 1] = KEYS[k] end
+for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
+local reply = redis.call(unpack(args))
+if reply then return {1, reply} end
+local tails = {0}
+for k = 2, #KEYS do
+  local last = redis.call('XREVRANGE', KEYS[k], '+', '-', 'COUNT', 1)[1]
+  tails[#tails + 1] = last and last[1] or '0-0'
+end
+return tails
+"""
+# A partition owner's commit: what Streams.commit's MULTI does, after checking the lease.
+# KEYS: lease, checkpoint, then the streams to ack. ARGV: token, group, then counted lists:
+# HSET items, HDEL names, and per stream its ids. 0: fenced, nothing written; 1: done.
+_FENCED_COMMIT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local function chunked(cmd, key, extra, first, last)
+  while first <= last do
+    local args = {cmd, key}
+    for _, x in ipairs(extra) do args[#args + 1] = x end
+    local upto = math.min(last, first + 999)  -- unpack() takes at most ~8000 values
+    for i = first, upto do args[#args + 1] = ARGV[i] end
+    redis.call(unpack(args))
+    first = upto + 1
+  end
+end
+local i = 3
+for k = 2, #KEYS do
+  local n = tonumber(ARGV[i])
+  if k == 2 then
+    chunked('HSET', KEYS[2], {}, i + 1, i + n)
+    i = i + n + 1
+    n = tonumber(ARGV[i])
+    chunked('HDEL', KEYS[2], {}, i + 1, i + n)
+  else
+    chunked('XACK', KEYS[k], {ARGV[2]}, i + 1, i + n)
+  end
+  i = i + n + 1
+end
+return 1
+"""
 # Caps on the original fields copied into a dead letter: bytes, and fields (a Lua call takes
 # at most ~8000 arguments, and a producer controls how many fields it sends).
 DEAD_LETTER_COPY_BYTES = 256 * 1024
 DEAD_LETTER_COPY_FIELDS = 1000
 _FALSE = ("", "0", "F", "FALSE", "N", "NO")
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+# Transient: the worker backs off and retries. A cluster node that is down or failing over
+# shows up as one of the cluster errors until the topology is whole again.
+CONNECTION_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
 
 
 def connect(
@@ -65,14 +129,15 @@ def connect(
     tls_ca_cert: Path | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
-) -> redis.Redis:
+    cluster: bool = False,
+) -> Client:
     """A client for the worker: bytes replies, RESP2, no hidden retries.
 
     ``socket_timeout`` exceeds the blocking read time, else redis-py aborts a healthy BLOCK.
-    The password and TLS files are checked and passed by :func:`connection_options`.
+    The password and TLS files are checked and passed by :func:`connection_options`. With
+    ``cluster``, ``url`` names one node and the client discovers the others.
     """
-    return redis.Redis.from_url(
-        url,
+    options = dict(
         decode_responses=False,
         protocol=2,
         socket_timeout=max(10.0, 2 * block_ms / 1000),
@@ -83,6 +148,9 @@ def connect(
             url, password=password, tls_ca_cert=tls_ca_cert, tls_cert=tls_cert, tls_key=tls_key
         ),
     )
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)
 
 
 def connection_options(
@@ -175,11 +243,20 @@ class Output:
 
 
 class Streams:
-    """The worker's view of Redis: its group, its input, its alert and dead-letter streams."""
+    """A group consumer's view of Redis: its input, its alert and dead-letter streams.
+
+    Args:
+        client: Redis client (:func:`connect`).
+        streams: the input streams this consumer reads (one partition's, when partitioned).
+        group, consumer: the consumer group and this consumer's name in it.
+        alerts_stream, dead_letter_stream: where alerts and rejected entries go.
+        maxlen: approximate cap on those two streams.
+        fence: the partition lease reads and commits must hold (None: unpartitioned).
+    """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
         streams: Sequence[str],
         group: str,
@@ -187,6 +264,7 @@ class Streams:
         alerts_stream: str,
         dead_letter_stream: str,
         maxlen: int,
+        fence: Fence | None = None,
     ) -> None:
         self.r = client
         self.streams = tuple(streams)
@@ -195,7 +273,10 @@ class Streams:
         self.alerts_stream = alerts_stream
         self.dead_letter_stream = dead_letter_stream
         self.maxlen = maxlen
+        self.fence = fence
         self._append_once = client.register_script(_APPEND_ONCE)
+        self._fenced_read = client.register_script(_FENCED_READ)
+        self._fenced_commit = client.register_script(_FENCED_COMMIT)
 
     def ensure_groups(self, start_id: str = "0") -> None:
         """Create the group on every input stream (from the start by default) if missing."""
@@ -207,7 +288,17 @@ class Streams:
                     raise
 
     def read(self, cursors: Mapping[str, str], count: int, block_ms: int | None) -> list[Entry]:
-        """XREADGROUP: ``>`` for new entries, an id for this consumer's own pending ones."""
+        """XREADGROUP: ``>`` for new entries, an id for this consumer's own pending ones.
+
+        A fenced consumer reads through the lease check and never blocks (a script cannot).
+
+        Raises:
+            FencedError: the lease is no longer this consumer's; nothing was read.
+        """
+        if self.fence is not None:
+            kw = self._fenced_read_args(self.fence, cursors, count)
+            entries, _ = self.parse_fenced(self._fenced_read(keys=kw["keys"], args=kw["args"]))
+            return entries
         reply = self.r.xreadgroup(
             self.group,
             self.consumer,
@@ -216,6 +307,44 @@ class Streams:
             block=block_ms,
         )
         return _flatten(reply)  # type: ignore[arg-type]
+
+    def _fenced_read_args(
+        self, fence: Fence, cursors: Mapping[str, str], count: int
+    ) -> dict[str, list[Any]]:
+        streams = list(cursors)
+        return {
+            "keys": [fence.lease_key, *streams],
+            "args": [fence.token, self.group, self.consumer, count, *(cursors[s] for s in streams)],
+        }
+
+    def sweep_command(self, count: int) -> tuple[str, list[Any]]:
+        """The fenced read of new entries as (sha, EVALSHA arguments), for :func:`sweep`."""
+        if self.fence is None:
+            msg = "only a partition owner (fenced consumer) sweeps"
+            raise ValueError(msg)
+        kw = self._fenced_read_args(self.fence, dict.fromkeys(self.streams, ">"), count)
+        return self._fenced_read.sha, [len(kw["keys"]), *kw["keys"], *kw["args"]]
+
+    def parse_fenced(self, reply: list[Any]) -> tuple[list[Entry], dict[str, str]]:
+        """A fenced read's reply: (entries, and when there were none each stream's last id)."""
+        status = int(reply[0])
+        if status < 0:
+            msg = f"partition {self.fence.partition if self.fence else '?'}: lease lost"
+            raise FencedError(msg)
+        if status == 0:
+            return [], {s: _text(t) for s, t in zip(self.streams, reply[1:], strict=False)}
+        entries: list[Entry] = []
+        for stream, items in reply[1]:
+            name = _text(stream)
+            for eid, flat in items:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
+                entries.append((name, _text(eid), fields))
+        return entries, {}
+
+    def wait(self, tails: Mapping[str, str], block_ms: int) -> None:
+        """Block until an entry after ``tails`` arrives (or the time is up), reading nothing
+        for the group: a woken owner then reads through its fence."""
+        self.r.xread(dict(tails), count=1, block=block_ms)  # type: ignore[arg-type]
 
     def claim(
         self, stream: str, min_idle_ms: int, start: str, count: int
@@ -230,23 +359,37 @@ class Streams:
         return cursor, entries, deleted
 
     def emit(self, out: Output) -> int:
-        """Append alerts and dead letters, each at most once ever; returns how many were new."""
-        if not out:
-            return 0
+        """Append alerts and dead letters, each at most once ever; returns how many were new.
+
+        One script call per output stream: its guard keys carry its name as hash tag, so each
+        call stays in one cluster slot.
+        """
         now_ms = int(time.time() * 1000)
-        keys: list[str] = []
-        args: list[str | bytes | int] = [GUARD_TTL_S, self.maxlen]
-        items: list[str | bytes]
-        for alert in out.alerts:
-            keys += [self.alerts_stream, ALERT_GUARD_KEY.format(alert_id=alert.alert_id)]
-            items = [x for kv in alert.to_fields(now_ms).items() for x in kv]
-            args += [len(items), *items]
-        for letter in out.dead_letters:
-            guard = DEAD_LETTER_GUARD_KEY.format(stream=letter.stream, entry_id=letter.entry_id)
-            keys += [self.dead_letter_stream, guard]
-            items = [x for kv in letter.to_fields(now_ms).items() for x in kv]
-            args += [len(items), *items]
-        return int(self._append_once(keys=keys, args=args))
+        written = 0
+        if out.alerts:
+            keys: list[str] = []
+            args: list[str | bytes | int] = [GUARD_TTL_S, self.maxlen]
+            for alert in out.alerts:
+                guard = ALERT_GUARD_KEY.format(
+                    alerts_stream=self.alerts_stream, alert_id=alert.alert_id
+                )
+                keys += [self.alerts_stream, guard]
+                items = [x for kv in alert.to_fields(now_ms).items() for x in kv]
+                args += [len(items), *items]
+            written += int(self._append_once(keys=keys, args=args))
+        if out.dead_letters:
+            keys, args = [], [GUARD_TTL_S, self.maxlen]
+            for letter in out.dead_letters:
+                guard = DEAD_LETTER_GUARD_KEY.format(
+                    dead_letter_stream=self.dead_letter_stream,
+                    stream=letter.stream,
+                    entry_id=letter.entry_id,
+                )
+                keys += [self.dead_letter_stream, guard]
+                items = [x for kv in letter.to_fields(now_ms).items() for x in kv]
+                args += [len(items), *items]
+            written += int(self._append_once(keys=keys, args=args))
+        return written
 
     def commit(
         self,
@@ -255,7 +398,14 @@ class Streams:
         removed: Sequence[str],
         acks: Mapping[str, Sequence[str]],
     ) -> None:
-        """One transaction: write the checkpoint's changed fields, drop evicted ones, XACK."""
+        """One transaction: write the checkpoint's changed fields, drop evicted ones, XACK.
+
+        Raises:
+            FencedError: (fenced consumers) the lease is no longer ours; nothing was written.
+        """
+        if self.fence is not None:
+            self._commit_fenced(key, fields, removed, acks)
+            return
         pipe = self.r.pipeline(transaction=True)
         if fields:
             pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
@@ -265,6 +415,26 @@ class Streams:
             if ids:
                 pipe.xack(stream, self.group, *ids)
         pipe.execute()
+
+    def _commit_fenced(  # an owner's commit: the MULTI's commands in a script that checks the lease
+        self,
+        key: str,
+        fields: Mapping[str, bytes],
+        removed: Sequence[str],
+        acks: Mapping[str, Sequence[str]],
+    ) -> None:
+        if self.fence is None:
+            return
+        items = [x for kv in fields.items() for x in kv]
+        args: list[str | bytes | int] = [self.fence.token, self.group, len(items), *items]
+        args += [len(removed), *removed]
+        streams = [s for s, ids in acks.items() if ids]
+        for stream in streams:
+            args += [len(acks[stream]), *acks[stream]]
+        keys = [self.fence.lease_key, key, *streams]
+        if not int(self._fenced_commit(keys=keys, args=args)):
+            msg = f"partition {self.fence.partition}: commit refused, the lease is lost"
+            raise FencedError(msg)
 
     def load_checkpoint(self, key: str) -> dict[bytes, bytes]:
         """Every field of a checkpoint hash (HSCAN: no single huge reply)."""
@@ -299,6 +469,36 @@ class Streams:
 
     def set_health(self, key: str, summary: bytes, ttl_ms: int) -> None:
         self.r.set(key, summary, px=ttl_ms)
+
+
+def sweep(
+    client: Client, owners: Sequence[Streams], count: int
+) -> list[tuple[list[Entry], dict[str, str]] | Exception]:
+    """New entries of many fenced consumers in one round trip (non-blocking).
+
+    One fenced read per consumer, pipelined; a cluster client splits the pipeline by node,
+    each script staying in its partition's slot. Per consumer: (entries, last ids when
+    empty), or the exception its read raised (``FencedError``, ``NoScriptError`` ...).
+    """
+    if not owners:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for owner in owners:
+        sha, args = owner.sweep_command(count)
+        pipe.execute_command("EVALSHA", sha, *args)  # a cluster pipeline blocks .evalsha()
+    replies = pipe.execute(raise_on_error=False)
+    out: list[tuple[list[Entry], dict[str, str]] | Exception] = []
+    for owner, reply in zip(owners, replies, strict=True):
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            client.script_load(_FENCED_READ)  # after a Redis restart: the next sweep works
+        if isinstance(reply, Exception):
+            out.append(reply)
+            continue
+        try:
+            out.append(owner.parse_fenced(reply))
+        except FencedError as exc:
+            out.append(exc)
+    return out
 
 
 def _text(value: bytes | str) -> str:

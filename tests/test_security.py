@@ -288,7 +288,7 @@ def test_worker_user_is_refused_everything_else(
     # A script of its own confers nothing: each command inside is checked against the user.
     forge = w.script_load("return redis.call('XADD', KEYS[1], '*', 'producer', 'forged')")
     refused(lambda: w.evalsha(forge, 1, STREAM))  # the input is no declared script key
-    refused(lambda: w.evalsha(forge, 1, "detector:alert-guard:x"))  # XADD on a guard key
+    refused(lambda: w.evalsha(forge, 1, "{detector:alerts}:guard:x"))  # XADD on a guard key
     peek = w.script_load("return redis.call('GET', 'other')")
     refused(lambda: w.evalsha(peek, 1, ALERTS))
     assert admin.xlen(STREAM) == 3 and admin.get("other") == "secret"
@@ -307,7 +307,7 @@ def test_producer_may_only_append_to_the_input(
     refused(lambda: p.xadd(DEAD, {"a": "1"}))
     refused(lambda: p.xadd("some-other-stream", {"a": "1"}))
     refused(lambda: p.hset(CHECKPOINT_KEY.format(group=GROUP, consumer=CONSUMER), "p:x", "v"))
-    refused(lambda: p.set("detector:alert-guard:x", "1"))
+    refused(lambda: p.set("{detector:alerts}:guard:x", "1"))
     refused(lambda: p.get("anything"))
     refused(lambda: p.delete(STREAM))
     refused(lambda: p.config_get("*"))

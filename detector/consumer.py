@@ -1,0 +1,376 @@
+"""Consumer: one consumer of the group and the state it owns.
+
+Unpartitioned, the worker is one consumer (named after the worker) with one checkpoint.
+Partitioned, each owned partition ``p`` is a consumer named ``p<k>`` with its own
+:class:`~detector.pipeline.Pipeline`, checkpoint and pending list, so ownership moves between
+workers with the partition's lease (no claiming needed).
+
+Start: load the signed checkpoint (or a baseline), re-read the consumer's pending entries
+(those at or below the checkpoint's offsets are only acked; the rest are replayed into the
+restored state), then read new ones. Each batch: decode, score, append its alerts and dead
+letters (each at most once). Every ``checkpoint_every`` entries or ``checkpoint_interval_ms``,
+one transaction writes the changed state with its offsets and XACKs everything since the
+previous one. See docs/design.md for the delivery semantics and the commit order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from detector.checkpoint import PRODUCER_PREFIX, Signer, Snapshot, decode_fields, encode_fields
+from detector.checkpoint import load_file as load_baseline
+from detector.errors import InvalidEventError
+from detector.events import Decoder, Event
+from detector.metrics import Metrics
+from detector.partitions import partition_of
+from detector.pipeline import Pipeline, Verdict
+from detector.scoring import ModelSpec
+from detector.settings import Settings
+from detector.streams import CONNECTION_ERRORS, DeadLetter, Entry, Output, Streams
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF_S = 5.0
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Counters of a worker, cumulative over its runs and over all its consumers."""
+
+    events: int = 0
+    scored: int = 0
+    warmup: int = 0
+    invalid: int = 0
+    replayed: int = 0
+    alerts: int = 0
+    suppressed: int = 0
+    claimed: int = 0
+    poison: int = 0
+    batches: int = 0
+    checkpoints: int = 0
+    redis_errors: int = 0
+    fenced: int = 0  # commits or reads refused because the partition's lease was lost
+    elapsed_s: float = 0.0
+    busy_s: float = 0.0  # from the start to the last commit: excludes the final idle wait
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.busy_s if self.busy_s > 0 else 0.0
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What a worker's consumers share: settings, model spec, signer, metrics, counters."""
+
+    settings: Settings
+    spec: ModelSpec
+    signer: Signer
+    decoder: Decoder
+    metrics: Metrics
+    stats: RunStats = field(default_factory=RunStats)
+    stop: threading.Event = field(default_factory=threading.Event)
+    on_verdicts: Callable[[list[Verdict]], None] | None = None
+    started: float = field(default_factory=time.monotonic)
+    # How a consumer commits when due: the worker routes it (tests intercept its commits).
+    commit: Callable[[Consumer], None] = field(default=lambda c: c.checkpoint())
+
+    def with_retries(self, step: Callable[[], object], even_when_stopping: bool = False) -> None:
+        """Run ``step`` until it gets through connection errors (not once stopping, unless
+        ``even_when_stopping``: commits and appends must land)."""
+        delay = 0.1
+        while True:
+            try:
+                step()
+                return
+            except CONNECTION_ERRORS as exc:
+                self.note_error(exc)
+                if self.stop.is_set() and not even_when_stopping:
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+    def note_error(self, exc: Exception) -> None:
+        self.stats.redis_errors += 1
+        self.metrics.redis_errors.inc()
+        log.warning("redis error: %s: %s", type(exc).__name__, exc)
+
+
+class Consumer:
+    """A group consumer: its streams, its pipeline, its offsets, its checkpoint.
+
+    Args:
+        rt: the worker's shared runtime.
+        streams: the consumer's Redis view (fenced for a partition owner).
+        checkpoint_key: its checkpoint hash.
+        partition: its partition (None: unpartitioned).
+    """
+
+    def __init__(
+        self, rt: Runtime, streams: Streams, checkpoint_key: str, partition: int | None = None
+    ) -> None:
+        self.rt = rt
+        self.streams = streams
+        self.checkpoint_key = checkpoint_key
+        self.partition = partition
+        s = rt.settings
+        self.pipeline = Pipeline(
+            rt.spec,
+            threshold=s.threshold,
+            max_producers=s.max_producers,
+            idle_ttl_ms=int(s.producer_idle_ttl_s * 1000),
+            track_changes=True,
+        )
+        # Last entry id folded into the state, per stream (restored from the checkpoint):
+        # own pending entries up to it are acked without being learned twice.
+        self.processed_upto: dict[str, str] = {}
+        self.to_ack: dict[str, list[str]] = {}
+        self.since_commit = 0
+        self.last_commit = time.monotonic()
+        self.full_next_commit = False
+        self.claim_cursor = dict.fromkeys(streams.streams, "0-0")
+
+    # -- start -------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Resume from the checkpoint, else from the baseline, else empty."""
+        rt, key = self.rt, self.checkpoint_key
+        if rt.settings.reset_state:
+            log.warning("deleting checkpoint %s (--reset-state)", key)
+            rt.with_retries(lambda: self.streams.r.delete(key))
+        fields: dict[bytes, bytes] = {}
+        rt.with_retries(lambda: fields.update(self.streams.load_checkpoint(key)))
+        if fields:
+            self.processed_upto = self.pipeline.restore(decode_fields(rt.signer, fields))
+            log.info(
+                "resumed from checkpoint %s: %d producers, offsets %s",
+                key, len(self.pipeline.store), self.processed_upto,
+            )  # fmt: skip
+        elif rt.settings.baseline is not None:
+            snap = load_baseline(rt.settings.baseline, rt.signer)
+            self.pipeline.restore(self._own_producers(snap), baseline=True)
+            self.full_next_commit = True  # the checkpoint must hold every baseline producer
+            log.info(
+                "started %s from baseline %s: %d producers",
+                key, rt.settings.baseline, len(self.pipeline.store),
+            )  # fmt: skip
+
+    def _own_producers(self, snap: Snapshot) -> Snapshot:
+        """A baseline cut down to this partition's producers (all of them, unpartitioned)."""
+        count = self.rt.settings.partitions
+        if self.partition is None or count is None:
+            return snap
+        mine = {k: v for k, v in snap.producers.items() if partition_of(k, count) == self.partition}
+        return Snapshot(snap.meta, snap.model, mine)
+
+    def drain_own_pending(self, cursors: dict[str, str], *, check_poison: bool = True) -> None:
+        """Re-read this consumer's pending entries after ``cursors`` (start or lost reply).
+
+        With ``check_poison``, entries delivered more than ``max_deliveries`` times are
+        dead-lettered as poison: each restart re-delivers them, so a crash loop on one entry
+        ends there.
+        """
+        while cursors and not self.rt.stop.is_set():
+            entries = self.streams.read(cursors, self.rt.settings.batch_size, None)
+            if not entries:
+                break
+            self.handle(entries, poison=self._poison(entries) if check_poison else None)
+            for stream in list(cursors):
+                ids = [eid for s, eid, _ in entries if s == stream]
+                if ids:
+                    cursors[stream] = ids[-1]
+                else:
+                    del cursors[stream]
+
+    def resync(self) -> None:
+        """After a failed read: entries a lost reply delivered are pending after the last one
+        processed; read them before any new one."""
+        cursors = {s: self.processed_upto.get(s, "0") for s in self.streams.streams}
+        # No poison check: this process is alive, so these deliveries did not crash it; each
+        # lost reply re-delivers, and a flapping network would otherwise poison valid entries.
+        self.rt.with_retries(lambda: self.drain_own_pending(dict(cursors), check_poison=False))
+
+    def _poison(self, entries: list[Entry]) -> dict[str, int]:
+        by_stream: dict[str, list[str]] = {}
+        for stream, entry_id, _ in entries:
+            by_stream.setdefault(stream, []).append(entry_id)
+        poison = {}
+        for stream, ids in by_stream.items():
+            counts = self.streams.delivery_counts(stream, ids[0], ids[-1], len(ids))
+            for entry_id, n in counts.items():
+                if n > self.rt.settings.max_deliveries:
+                    poison[entry_id] = n
+        return poison
+
+    def claim(self) -> int:
+        """Take over entries that dead consumers left pending for longer than claim_idle_ms.
+
+        Walks each stream's pending list with the XAUTOCLAIM cursor until it wraps; returns
+        how many entries were claimed (and processed).
+        """
+        rt, total = self.rt, 0
+        for stream in self.streams.streams:
+            while not rt.stop.is_set():
+                cursor, entries, deleted = self.streams.claim(
+                    stream, rt.settings.claim_idle_ms, self.claim_cursor[stream],
+                    rt.settings.batch_size,
+                )  # fmt: skip
+                self.claim_cursor[stream] = cursor
+                if deleted:
+                    log.warning("%d pending entries were deleted before processing", deleted)
+                # Our own entries wait for the next checkpoint's ack and may look idle: they
+                # are already in the state, so only other consumers' entries are work.
+                mine = set(self.to_ack.get(stream, ()))
+                entries = [e for e in entries if e[1] not in mine]
+                if entries:
+                    total += len(entries)
+                    rt.stats.claimed += len(entries)
+                    rt.metrics.claimed.inc(len(entries))
+                    log.info("claimed %d pending entries on %s", len(entries), stream)
+                    self.handle(entries, claimed=True)
+                if cursor == "0-0":
+                    break
+        return total
+
+    # -- processing --------------------------------------------------------------------
+
+    def handle(
+        self,
+        entries: list[Entry],
+        claimed: bool = False,
+        poison: dict[str, int] | None = None,
+    ) -> None:
+        """Score a batch, append its alerts and dead letters, commit when due.
+
+        Raises:
+            FencedError: (partition owners) the commit was refused: drop this consumer.
+        """
+        rt = self.rt
+        started = time.perf_counter()
+        events, out = self._decode_all(entries, claimed, poison or {})
+        verdicts = self.pipeline.process(events)
+        for v in verdicts:
+            if v.error is not None:
+                e = v.event
+                out.dead_letters.append(DeadLetter(e.stream, e.entry_id, {}, "error", v.error))
+            elif v.alert is not None:
+                out.alerts.append(v.alert)
+            out.alerts.extend(v.silence)  # producers this event's time revealed as silent
+        if not claimed:
+            # A read returns each stream's entries in id order: its last one is its highest.
+            last = {stream: entry_id for stream, entry_id, _ in entries}
+            for stream, entry_id in last.items():
+                if not id_leq(entry_id, self.processed_upto.get(stream)):
+                    self.processed_upto[stream] = entry_id
+        rt.with_retries(lambda: self.streams.emit(out), even_when_stopping=True)
+        self.since_commit += len(entries)
+        self._count(entries, verdicts, out, time.perf_counter() - started)
+        # Claimed entries may lie below our offsets: commit them with the state at once.
+        if claimed or self.checkpoint_due():
+            rt.commit(self)
+        rt.stats.busy_s = time.monotonic() - rt.started
+        if rt.on_verdicts is not None:
+            rt.on_verdicts(verdicts)
+
+    def _decode_all(
+        self, entries: list[Entry], claimed: bool, poison: dict[str, int]
+    ) -> tuple[list[Event], Output]:
+        """Events to score, and dead letters for what cannot be; every entry is to be acked."""
+        out = Output()
+        events: list[Event] = []
+        stats = self.rt.stats
+        for stream, entry_id, fields in entries:
+            self.to_ack.setdefault(stream, []).append(entry_id)
+            if not claimed and id_leq(entry_id, self.processed_upto.get(stream)):
+                stats.replayed += 1  # already in the state: ack only
+                self.rt.metrics.events.labels("replayed").inc()
+                continue
+            if entry_id in poison:
+                detail = f"delivered {poison[entry_id]} times"
+                out.dead_letters.append(DeadLetter(stream, entry_id, fields, "poison", detail))
+                stats.poison += 1
+                continue
+            try:
+                events.append(self.rt.decoder.decode(stream, entry_id, fields))
+            except InvalidEventError as exc:
+                letter = DeadLetter(stream, entry_id, fields, exc.reason, exc.detail)
+                out.dead_letters.append(letter)
+        return events, out
+
+    def checkpoint_due(self) -> bool:
+        s = self.rt.settings
+        if self.since_commit >= s.checkpoint_every:
+            return True
+        elapsed_ms = (time.monotonic() - self.last_commit) * 1000
+        return bool(self.to_ack) and elapsed_ms >= s.checkpoint_interval_ms
+
+    def checkpoint(self) -> None:
+        """Write the changed state with its offsets and ack everything since the last one.
+
+        One transaction (for a partition owner, one script that first checks the lease),
+        retried through connection errors (it is idempotent): the entries it acks are
+        exactly those the state it writes has learned.
+
+        Raises:
+            FencedError: the partition's lease is lost; nothing was written.
+        """
+        rt, pipeline = self.rt, self.pipeline
+        if not self.to_ack and not pipeline.store.dirty and not self.full_next_commit:
+            return
+        started = time.perf_counter()
+        snap = pipeline.snapshot(self.processed_upto, full=self.full_next_commit)
+        fence = self.streams.fence
+        if fence is not None:  # which owner wrote it: epochs only grow
+            snap.meta.update(partition=fence.partition, epoch=fence.epoch)
+        fields = encode_fields(rt.signer, snap)
+        removed = [PRODUCER_PREFIX + p for p in snap.removed]
+        acks = self.to_ack
+        rt.with_retries(
+            lambda: self.streams.commit(self.checkpoint_key, fields, removed, acks),
+            even_when_stopping=True,
+        )
+        pipeline.committed()
+        self.to_ack = {}
+        self.since_commit = 0
+        self.full_next_commit = False
+        self.last_commit = time.monotonic()
+        rt.stats.checkpoints += 1
+        rt.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+        rt.metrics.checkpoint_bytes.set(sum(len(v) for v in fields.values()))
+
+    def _count(
+        self, entries: list[Entry], verdicts: list[Verdict], out: Output, seconds: float
+    ) -> None:
+        m, s = self.rt.metrics, self.rt.stats
+        s.batches += 1
+        s.events += len(entries)
+        scored = sum(1 for v in verdicts if v.score is not None)
+        warmup = len(verdicts) - scored
+        s.scored += scored
+        s.warmup += warmup
+        s.invalid += len(out.dead_letters)
+        s.alerts += len(out.alerts)
+        suppressed = sum(1 for v in verdicts if v.flagged and v.alert is None)
+        s.suppressed += suppressed
+        m.events.labels("scored").inc(scored)
+        m.events.labels("warmup").inc(warmup)
+        m.events.labels("invalid").inc(len(out.dead_letters))
+        for letter in out.dead_letters:
+            m.dead_lettered.labels(letter.reason).inc()
+        m.alerts.inc(len(out.alerts))
+        m.suppressed.inc(suppressed)
+        m.batch_seconds.observe(seconds)
+        per_event = seconds / max(len(entries), 1)
+        for _ in entries:
+            m.event_seconds.observe(per_event)
+
+
+def id_leq(entry_id: str, upto: str | None) -> bool:
+    """``entry_id <= upto`` as stream ids (None: nothing is below it)."""
+    if upto is None:
+        return False
+    a_ms, _, a_seq = entry_id.partition("-")
+    b_ms, _, b_seq = upto.partition("-")
+    return (int(a_ms), int(a_seq or 0)) <= (int(b_ms), int(b_seq or 0))
