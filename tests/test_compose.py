@@ -37,6 +37,8 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 PRODUCER = ROOT / "deploy" / "producer.py"
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "detector.json"
 
 
 # -- parsing helpers -------------------------------------------------------------------------
@@ -176,9 +178,11 @@ def parse_with_env(*argv: str) -> tuple[click.Context, click.Context]:
 # -- docker-compose.yml ----------------------------------------------------------------------
 
 
-def test_compose_is_compose_spec_with_the_four_services(compose: dict[str, Any]) -> None:
+def test_compose_is_compose_spec_with_its_services(compose: dict[str, Any]) -> None:
     assert "version" not in compose, "the Compose spec has no version key"
-    assert set(compose["services"]) == {"redis", "detector", "producer", "prometheus"}
+    assert set(compose["services"]) == {
+        "redis", "router", "detector", "producer", "prometheus", "grafana"
+    }  # fmt: skip
     declared = set(compose.get("volumes") or {})
     for name, service in compose["services"].items():
         for volume in service.get("volumes", []):
@@ -361,18 +365,18 @@ def test_dockerfile_copies_exist_and_survive_dockerignore(
 # -- Prometheus ------------------------------------------------------------------------------
 
 
-def test_prometheus_scrapes_the_detector_metrics_port(
+def test_prometheus_scrapes_every_worker_replica(
     services: dict[str, dict[str, Any]], detector_env: dict[str, str]
 ) -> None:
     config = yaml.safe_load(PROMETHEUS.read_text())
-    targets = [
-        target
-        for job in config["scrape_configs"]
-        if job.get("metrics_path", "/metrics") == "/metrics"
-        for static in job["static_configs"]
-        for target in static["targets"]
-    ]
-    assert f"detector:{detector_env['DETECTOR_METRICS_PORT']}" in targets
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "detector"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    # A static `detector:9100` would reach one replica; DNS discovery finds each of them.
+    assert "static_configs" not in job
+    [sd] = job["dns_sd_configs"]
+    assert sd["names"] == ["detector"]
+    assert sd["type"] == "A"
+    assert sd["port"] == int(detector_env["DETECTOR_METRICS_PORT"])
     prometheus = services["prometheus"]
     assert prometheus["image"].startswith("prom/prometheus")
     mounts = [v.split(":") for v in prometheus["volumes"]]
@@ -507,3 +511,169 @@ def test_producer_resumes_after_the_last_event(producer: ModuleType) -> None:
     assert producer.resume_ms(earlier, "events", 5_000) == 5_000
     foreign = FakeRedis([("1-0", {"value": "3.2"})])
     assert producer.resume_ms(foreign, "events", 5_000) == 5_000
+
+
+# -- partitioned deployment: router and worker replicas --------------------------------------
+
+
+def test_workers_are_replicas_with_dynamic_partitions(
+    services: dict[str, dict[str, Any]], detector_env: dict[str, str]
+) -> None:
+    detector = services["detector"]
+    assert detector["deploy"]["replicas"] >= 2
+    assert "ports" not in detector, "replicas cannot share a published port"
+    assert "container_name" not in detector, "a fixed name forbids replicas"
+    assert int(detector_env["DETECTOR_PARTITIONS"]) == 16
+    assert detector_env["DETECTOR_ASSIGN"] == "dynamic"
+    # Each replica must be a distinct member: no shared consumer or worker name.
+    assert "DETECTOR_CONSUMER" not in detector_env
+    assert not {"DETECTOR_WORKER_INDEX", "DETECTOR_WORKER_COUNT"} & set(detector_env)
+
+
+@pytest.fixture(scope="module")
+def router_env(services: dict[str, dict[str, Any]]) -> dict[str, str]:
+    env = services["router"]["environment"]
+    assert isinstance(env, dict), "use the mapping form for environment"
+    return {k: str(v) for k, v in env.items()}
+
+
+def test_router_service_feeds_the_workers_partitions(
+    services: dict[str, dict[str, Any]], router_env: dict[str, str], detector_env: dict[str, str]
+) -> None:
+    router, detector = services["router"], services["detector"]
+    assert router["command"] == ["route"]
+    assert router["image"] == detector["image"]
+    assert router["build"] == detector["build"]
+    assert router["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert router.get("deploy", {}).get("replicas", 1) == 1, "one router per source stream"
+    assert router["healthcheck"] == {"disable": True}
+    assert all(key.startswith("DETECTOR_") for key in router_env)
+    unknown = set(router_env) - command_envvars("route") - set(SECRET_ENVVARS)
+    assert not unknown, f"not an envvar of `detector route`: {sorted(unknown)}"
+    for shared in ("DETECTOR_REDIS_URL", "DETECTOR_STREAM", "DETECTOR_PARTITIONS"):
+        assert router_env[shared] == detector_env[shared], shared
+    assert router_env["DETECTOR_DEAD_LETTER_STREAM"] == detector_env["DETECTOR_DEAD_LETTER_STREAM"]
+    producer_env = services["producer"]["environment"]
+    assert router_env["DETECTOR_ROUTE_SOURCE"] == producer_env["STREAM"]
+    assert router_env["DETECTOR_ROUTE_SOURCE"] != router_env["DETECTOR_STREAM"] + ":{0}"
+
+
+def test_router_env_values_parse_as_route_options(
+    monkeypatch: pytest.MonkeyPatch, router_env: dict[str, str]
+) -> None:
+    for key in list(os.environ):
+        if key.startswith("DETECTOR_"):
+            monkeypatch.delenv(key)
+    for key, value in router_env.items():
+        monkeypatch.setenv(key, value)
+    _, ctx = parse_with_env("route")
+    assert ctx.params["partitions"] == int(router_env["DETECTOR_PARTITIONS"])
+    assert ctx.params["source"] == router_env["DETECTOR_ROUTE_SOURCE"]
+    assert ctx.params["stream"] == router_env["DETECTOR_STREAM"]
+    assert ctx.params["redis_url"] == router_env["DETECTOR_REDIS_URL"]
+
+
+# -- Grafana ---------------------------------------------------------------------------------
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> host path of the bind mounts (``./x:/y[:ro]``)."""
+    out = {}
+    for volume in service["volumes"]:
+        source, target, *_ = volume.split(":")
+        out[target] = source
+    return out
+
+
+def test_grafana_is_provisioned_from_the_repository(services: dict[str, dict[str, Any]]) -> None:
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    assert grafana["profiles"] == services["prometheus"]["profiles"]
+    assert all(str(p).startswith("127.0.0.1:") for p in grafana["ports"])
+    mounts = _mounts(grafana)
+    assert (ROOT / mounts["/etc/grafana/provisioning"]).resolve() == GRAFANA / "provisioning"
+    [datasource] = yaml.safe_load(
+        (GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )["datasources"]
+    url = urlsplit(datasource["url"])
+    assert url.hostname == "prometheus"
+    assert any(str(p).endswith(f":{url.port}") for p in services["prometheus"]["ports"])
+    [provider] = yaml.safe_load(
+        (GRAFANA / "provisioning" / "dashboards" / "detector.yml").read_text()
+    )["providers"]
+    path = provider["options"]["path"]
+    assert (ROOT / mounts[path]).resolve() == DASHBOARD.parent
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert PurePosixPath(home) == PurePosixPath(path) / DASHBOARD.name
+    # Every panel queries the provisioned data source by its uid.
+    dashboard = json.loads(DASHBOARD.read_text())
+    for panel in dashboard["panels"]:
+        for source in [panel["datasource"], *(t["datasource"] for t in panel["targets"])]:
+            assert source == {"type": "prometheus", "uid": datasource["uid"]}, panel["title"]
+
+
+def exported_series() -> dict[str, set[str]]:
+    """Series name -> label names, as the worker's registry exports them."""
+    from prometheus_client import CollectorRegistry
+
+    from detector.metrics import Metrics
+
+    registry = CollectorRegistry()
+    Metrics(registry, ("events:{0}",), "stats")
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "gauge": ("",),
+        "info": ("_info",),
+    }
+    out: dict[str, set[str]] = {}
+    for family in registry.collect():
+        labels = {name for s in family.samples for name in s.labels}
+        for suffix in suffixes.get(family.type, ("",)):
+            out[family.name + suffix] = labels - {"le"}
+    return out
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p["targets"]]
+
+
+def test_every_metric_the_dashboard_queries_exists() -> None:
+    series = exported_series()
+    queried = set()
+    for title, expr in dashboard_queries():
+        names = set(re.findall(r"\b(detector_[a-z0-9_]+)", expr))
+        assert names or re.search(r"\bup\b", expr), f"{title}: queries no known series"
+        missing = names - set(series)
+        assert not missing, f"{title}: {sorted(missing)} not exported by detector.metrics"
+        # Grouping labels must exist on a queried series (le, instance, job come from
+        # histograms and Prometheus).
+        for group in re.findall(r"\bby \(([^)]*)\)", expr):
+            for label in (x.strip() for x in group.split(",")):
+                known = set().union(*(series[n] for n in names)) | {"le", "instance", "job"}
+                assert label in known, f"{title}: no label {label!r} on {sorted(names)}"
+        queried |= names
+    # The panels the deployment promises: throughput, lag, latency, alerts, producers tracked.
+    for needed in (
+        "detector_events_total",
+        "detector_consumer_lag",
+        "detector_batch_seconds_bucket",
+        "detector_alerts_total",
+        "detector_producers_tracked",
+    ):
+        assert needed in queried, needed
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    cells: set[tuple[int, int]] = set()
+    for panel in dashboard["panels"]:
+        g = panel["gridPos"]
+        assert g["x"] + g["w"] <= 24, panel["title"]
+        area = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
+        assert not area & cells, f"{panel['title']} overlaps another panel"
+        cells |= area
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])

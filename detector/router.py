@@ -1,0 +1,372 @@
+"""Router: re-key an unpartitioned input stream into the partition streams.
+
+Producers that write to one stream (``events``) get their entries copied, fields unchanged, to
+``events:{p}`` with ``p = partition_of(producer, P)`` (:mod:`detector.partitions`), where
+partitioned workers read them. The router is stateless apart from Redis:
+
+* It reads the source through its own consumer group (``detector-router``) and XACKs an entry
+  only after its append succeeded, so a crash replays the unacknowledged entries
+  (at-least-once), starting with every entry pending in the group.
+* Appends are idempotent: one script per partition appends an entry only if its source id is
+  above the partition's high-water mark for that source stream (a hash field in
+  ``detector:routed:{base}:{p}``, same slot as the partition stream) and moves the mark in
+  the same script. Replayed entries are at or below the mark and are skipped. Partition
+  entries get fresh ids, so several source streams, and producers writing to the partitions
+  directly (:mod:`detector.producer`), can feed the same partitions.
+* Order per producer is the source order: one router per source stream reads it in order and
+  appends each partition's entries in order. A second router on the same source would split
+  the entries between them and could make the mark skip entries, so a lease
+  (``detector:router:lease:{group}:{source}``) lets only one route at a time; the others wait.
+* Entries without a valid producer go to the dead-letter stream (the worker's format, reason
+  ``missing_producer`` / ``empty_producer`` / ``invalid_producer``), at most once each.
+
+Every script touches one slot, so the router runs unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from detector.errors import DetectorError, InvalidEventError
+from detector.partitions import check_name, check_partitions, partition_of, partition_stream
+from detector.settings import (
+    DEAD_LETTER_GUARD_KEY,
+    DEFAULT_DEAD_LETTER_STREAM,
+    DEFAULT_STREAM,
+    GUARD_TTL_S,
+    EventFormat,
+)
+from detector.streams import CONNECTION_ERRORS, Client, DeadLetter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROUTER_GROUP = "detector-router"
+# High-water marks of one partition: field = source stream, value = last routed source id.
+ROUTED = "detector:routed:{base}:{{{p}}}"
+LEASE = "detector:router:lease:{group}:{source}"
+# Dead-letter reasons (the worker's codes where they mean the same thing).
+MISSING_PRODUCER = "missing_producer"
+EMPTY_PRODUCER = "empty_producer"
+INVALID_PRODUCER = "invalid_producer"
+TOO_MANY_FIELDS = "too_many_fields"
+ENTRY_TOO_LARGE = "entry_too_large"
+
+# KEYS: partition stream, its marks hash. ARGV: source stream, maxlen (0: none), then per
+# entry: source id, number of field/value items, the items. Returns entries appended.
+_ROUTE = """
+local function newer(a, b)  -- a > b for ids "ms-seq" (integers too long for Lua numbers)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  if #ams ~= #bms then return #ams > #bms end
+  if ams ~= bms then return ams > bms end
+  if #aseq ~= #bseq then return #aseq > #bseq end
+  return aseq > bseq
+end
+local mark = redis.call('HGET', KEYS[2], ARGV[1]) or '0-0'
+local maxlen, i, written = tonumber(ARGV[2]), 3, 0
+while i <= #ARGV do
+  local id, n = ARGV[i], tonumber(ARGV[i + 1])
+  if newer(id, mark) then
+    local args = {'XADD', KEYS[1]}
+    if maxlen > 0 then
+      args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = maxlen
+    end
+    args[#args + 1] = '*'
+    for j = i + 2, i + 1 + n do args[#args + 1] = ARGV[j] end
+    redis.call(unpack(args))
+    mark = id
+    -- Per entry, not once at the end: scripts do not roll back, so a failed XADD later in
+    -- the batch must leave the mark on the last entry really appended.
+    redis.call('HSET', KEYS[2], ARGV[1], mark)
+    written = written + 1
+  end
+  i = i + n + 2
+end
+return written
+"""
+# Same as the worker's dead-letter append: XADD unless the entry's guard key exists.
+_DEAD_LETTER = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+return 1
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+
+
+class LeaseLostError(DetectorError):
+    """Another router holds the source's lease: this one must stop routing."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """What to route where. Units are in the names.
+
+    Attributes:
+        source: the unpartitioned input stream.
+        base: base name of the partition streams (``base:{p}``).
+        partitions: P, the same as the workers'.
+        group, consumer: the router's consumer group on ``source`` and its name in it.
+        dead_letter_stream: where entries without a valid producer go.
+        event_format: ``producer_field`` and ``max_name_len`` decide what a valid producer is.
+        batch_size, block_ms: entries per read, and how long a read waits for new ones.
+        maxlen: approximate cap of each partition stream (0: none).
+        lease_ttl_ms: the single-router lease; renewed every read, so above ``block_ms``.
+    """
+
+    source: str = DEFAULT_STREAM
+    base: str = DEFAULT_STREAM
+    partitions: int = 1
+    group: str = DEFAULT_ROUTER_GROUP
+    consumer: str = "router"
+    dead_letter_stream: str = DEFAULT_DEAD_LETTER_STREAM
+    event_format: EventFormat = field(default_factory=EventFormat)
+    batch_size: int = 500
+    block_ms: int = 1000
+    maxlen: int = 0
+    lease_ttl_ms: int = 10_000
+
+    def check(self) -> None:
+        check_partitions(self.partitions)
+        check_name("stream", self.base)
+        if self.source in {partition_stream(self.base, p) for p in range(self.partitions)}:
+            msg = f"source {self.source!r} is one of the partition streams it would feed"
+            raise DetectorError(msg)
+        if self.lease_ttl_ms < 3 * self.block_ms:
+            msg = f"lease TTL {self.lease_ttl_ms} ms must be at least 3 x block {self.block_ms}"
+            raise DetectorError(msg)
+
+
+@dataclass(slots=True)
+class RouterStats:
+    read: int = 0
+    routed: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    trimmed: int = 0
+
+
+class Router:
+    """Routes ``config.source`` into ``config.base:{p}``; see the module docstring."""
+
+    def __init__(self, config: RouterConfig, client: Client) -> None:
+        config.check()
+        self.config = config
+        self.r = client
+        self.stats = RouterStats()
+        self.token = uuid.uuid4().hex
+        self.lease_key = LEASE.format(group=config.group, source=config.source)
+        self._producer = config.event_format.producer_field.encode()
+        self._route = client.register_script(_ROUTE)
+        self._dead_letter = client.register_script(_DEAD_LETTER)
+        self._renew = client.register_script(_RENEW)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        until_idle: bool = False,
+        idle_timeout_ms: int = 2000,
+        stop: threading.Event | None = None,
+    ) -> RouterStats:
+        """Route until ``stop`` is set (or, with ``until_idle``, nothing new arrives for
+        ``idle_timeout_ms``). Connection errors are retried; the pending entries are replayed
+        after each, as a lost XREADGROUP reply leaves entries pending that were never seen.
+
+        Raises:
+            LeaseLostError: another router took the lease (this one stalled past its TTL).
+        """
+        stop = stop or threading.Event()
+        backoff_s = 0.1
+        while not stop.is_set():
+            try:
+                self.acquire(stop)
+                if stop.is_set():
+                    break
+                self._ensure_group()
+                self._replay_pending(stop)
+                self._follow(stop, until_idle=until_idle, idle_timeout_ms=idle_timeout_ms)
+                break
+            except CONNECTION_ERRORS as exc:
+                log.warning("redis unavailable, retrying in %.1fs: %s", backoff_s, exc)
+                stop.wait(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+        self._release()
+        return self.stats
+
+    def _follow(self, stop: threading.Event, *, until_idle: bool, idle_timeout_ms: int) -> None:
+        cfg = self.config
+        idle_since = time.monotonic()
+        while not stop.is_set():
+            self.renew_lease()
+            block = min(cfg.block_ms, idle_timeout_ms) if until_idle else cfg.block_ms
+            entries = self._read(">", block_ms=block)
+            if entries:
+                self.route(entries)
+                idle_since = time.monotonic()
+            elif until_idle and (time.monotonic() - idle_since) * 1000 >= idle_timeout_ms:
+                return
+
+    def _replay_pending(self, stop: threading.Event) -> None:
+        """Take over every entry pending in the group (a previous router's, or ours before a
+        lost reply) and route them first, in id order, so nothing newer moves a mark past
+        them. XAUTOCLAIM walks the pending list in id order."""
+        cfg = self.config
+        cursor = "0-0"
+        while not stop.is_set():
+            self.renew_lease()
+            reply: Any = self.r.xautoclaim(
+                cfg.source, cfg.group, cfg.consumer, 0, cursor, count=cfg.batch_size
+            )
+            cursor = _text(reply[0])
+            entries = [(_text(eid), fields) for eid, fields in reply[1] if eid is not None]
+            if entries:
+                self.route(entries)
+            if len(reply) > 2 and reply[2]:  # deleted while pending: nothing left to route
+                self._ack([_text(i) for i in reply[2]], trimmed=True)
+            if cursor == "0-0":
+                return
+
+    def _read(self, after: str, *, block_ms: int | None) -> list[tuple[str, dict[bytes, bytes]]]:
+        cfg = self.config
+        reply: Any = self.r.xreadgroup(
+            cfg.group, cfg.consumer, {cfg.source: after}, count=cfg.batch_size, block=block_ms
+        )
+        if not reply:
+            return []
+        items = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
+        return [(_text(eid), fields) for eid, fields in items]
+
+    # -- one batch -------------------------------------------------------------------------
+
+    def route(self, entries: Sequence[tuple[str, dict[bytes, bytes] | None]]) -> None:
+        """Append each entry to its partition (or dead-letter it), then XACK them all."""
+        cfg = self.config
+        by_partition: dict[int, list[tuple[str, dict[bytes, bytes]]]] = defaultdict(list)
+        letters: list[DeadLetter] = []
+        trimmed: list[str] = []
+        for entry_id, fields in entries:
+            if fields is None:  # deleted from the stream while pending
+                trimmed.append(entry_id)
+                continue
+            try:
+                producer = self.producer_of(fields)
+            except InvalidEventError as exc:
+                letters.append(DeadLetter(cfg.source, entry_id, fields, exc.reason, exc.detail))
+                continue
+            by_partition[partition_of(producer, cfg.partitions)].append((entry_id, fields))
+        for p, batch in by_partition.items():
+            args: list[Any] = [cfg.source, cfg.maxlen]
+            for entry_id, fields in batch:
+                args += [entry_id, 2 * len(fields), *(x for kv in fields.items() for x in kv)]
+            keys = [partition_stream(cfg.base, p), ROUTED.format(base=cfg.base, p=p)]
+            written = int(self._route(keys=keys, args=args))
+            self.stats.routed += written
+            self.stats.duplicates += len(batch) - written
+        now_ms = int(time.time() * 1000)
+        for letter in letters:
+            guard = DEAD_LETTER_GUARD_KEY.format(
+                dead_letter_stream=cfg.dead_letter_stream,
+                stream=letter.stream,
+                entry_id=letter.entry_id,
+            )
+            items = [x for kv in letter.to_fields(now_ms).items() for x in kv]
+            self.stats.dead_lettered += int(
+                self._dead_letter(keys=[cfg.dead_letter_stream, guard], args=[GUARD_TTL_S, *items])
+            )
+            log.info("dead-lettered %s %s: %s", letter.stream, letter.entry_id, letter.reason)
+        self.stats.read += len(entries)
+        self._ack([e for e, f in entries if f is not None])
+        self._ack(trimmed, trimmed=True)
+
+    def producer_of(self, fields: dict[bytes, bytes]) -> str:
+        """The entry's producer id, as the worker's decoder reads it.
+
+        Raises:
+            InvalidEventError: no producer field, an empty one, not a valid name, or an entry
+                over the format's caps.
+        """
+        fmt = self.config.event_format
+        raw = fields.get(self._producer)
+        if raw is None:
+            raise InvalidEventError(MISSING_PRODUCER, f"no {fmt.producer_field!r} field")
+        if not raw:
+            raise InvalidEventError(EMPTY_PRODUCER, fmt.producer_field)
+        try:
+            producer = raw.decode()
+        except UnicodeDecodeError:
+            raise InvalidEventError(INVALID_PRODUCER, "not UTF-8") from None
+        if len(producer) > fmt.max_name_len:
+            detail = f"longer than {fmt.max_name_len} characters"
+            raise InvalidEventError(INVALID_PRODUCER, detail)
+        # The worker's caps: it would reject these anyway, and a script's XADD can take at
+        # most ~8000 arguments.
+        if len(fields) > fmt.max_fields:
+            raise InvalidEventError(TOO_MANY_FIELDS, f"{len(fields)} > {fmt.max_fields}")
+        size = sum(len(k) + len(v) for k, v in fields.items())
+        if size > fmt.max_entry_bytes:
+            raise InvalidEventError(ENTRY_TOO_LARGE, f"{size} bytes > {fmt.max_entry_bytes}")
+        return producer
+
+    def _ack(self, ids: Iterable[str], *, trimmed: bool = False) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        if trimmed:
+            self.stats.trimmed += len(ids)
+            log.warning(
+                "%d entries of %s were trimmed before routing", len(ids), self.config.source
+            )
+        self.r.xack(self.config.source, self.config.group, *ids)
+
+    # -- group and lease -------------------------------------------------------------------
+
+    def _ensure_group(self) -> None:
+        try:
+            # From the start of the source: a new router routes what is already there.
+            self.r.xgroup_create(self.config.source, self.config.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def acquire(self, stop: threading.Event) -> None:
+        """Wait until this router holds the source's lease (or ``stop`` is set)."""
+        ttl = self.config.lease_ttl_ms
+        while not stop.is_set():
+            if self.r.set(self.lease_key, self.token, nx=True, px=ttl):
+                log.info("router lease %s acquired", self.lease_key)
+                return
+            if self.r.get(self.lease_key) in (self.token, self.token.encode()):
+                self.renew_lease()
+                return
+            log.info("another router holds %s; waiting", self.lease_key)
+            stop.wait(ttl / 3000)
+
+    def renew_lease(self) -> None:
+        if not int(self._renew(keys=[self.lease_key], args=[self.token, self.config.lease_ttl_ms])):
+            msg = f"router lease {self.lease_key} lost: another router routes {self.config.source}"
+            raise LeaseLostError(msg)
+
+    def _release(self) -> None:
+        try:
+            if self.r.get(self.lease_key) in (self.token, self.token.encode()):
+                self.r.delete(self.lease_key)
+        except CONNECTION_ERRORS:
+            pass  # it expires on its own
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
