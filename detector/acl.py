@@ -1,13 +1,17 @@
 """ACL: the least-privilege Redis users for one detector configuration (``detector acl``).
 
-Three users, each limited to the commands it sends and the keys it touches:
+Three users (four for partitioned workers), each limited to the commands it sends and the
+keys it touches:
 
 - the **worker** reads and acks its input streams through its group (never writes entries to
   them), appends to the alert and dead-letter streams (never reads them), sets the guard keys
   that make those appends happen at most once, and owns its checkpoint hash and health key;
 - a **producer** may only ``XADD`` to the input streams;
 - a **reader** (``detector alerts``, ``detector check --consumer``, alert consumers) reads the
-  alert and dead-letter streams, through groups too, and the workers' health keys.
+  alert and dead-letter streams, through groups too, and the workers' health keys;
+- partitioned, a **router** (``detector route``) reads and acks the unpartitioned source
+  streams through its group, appends to the partition streams and moves its marks, holds its
+  lease, and dead-letters entries without a valid producer.
 
 Rules use Redis 7 selectors (``( … )``): a command is allowed when the root rules or one
 selector allow both the command and every key it names, so each command is granted only on
@@ -32,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from detector import partitions as parts
+from detector import router
 from detector.errors import ConfigError
 from detector.settings import (
     ALERT_GUARD_KEY,
@@ -45,7 +50,7 @@ from detector.settings import (
 )
 
 REDIS_VERSIONS = ("7.0", "7.2+")
-ROLES = ("worker", "producer", "reader")
+ROLES = ("worker", "producer", "reader", "router")
 # Characters that cannot appear in a name: ACL SETUSER splits selectors on spaces and ends a
 # selector at the first argument ending in ")"; quotes would change how redis-cli reads a line.
 _FORBIDDEN = set(string.whitespace) | set("()\"'")
@@ -63,11 +68,15 @@ class AclConfig:
             checkpoint and health keys), e.g. one user for several workers.
         alerts_stream: where alerts go.
         dead_letter_stream: where rejected entries go.
-        worker_user, producer_user, reader_user: ACL user names.
+        worker_user, producer_user, reader_user, router_user: ACL user names.
         redis_version: ``"7.0"`` or ``"7.2+"`` (which has ``CLIENT SETINFO``; redis-py sends
             it on connect and ignores a refusal, but each refusal lands in ``ACL LOG``).
         partitioned: rules for ``detector run --partitions`` (any P): the partition streams
-            ``<stream>:{p}``, their checkpoints, leases and epochs, the members set.
+            ``<stream>:{p}``, their checkpoints, leases and epochs, the members set; and the
+            router user.
+        sources: the unpartitioned streams ``detector route --source`` reads (None: the
+            input stream names, as in docker-compose.yml: ``events`` into ``events:{p}``).
+        router_group: the router's consumer group (``detector route --group``).
     """
 
     streams: tuple[str, ...] = (DEFAULT_STREAM,)
@@ -78,8 +87,23 @@ class AclConfig:
     worker_user: str = "detector-worker"
     producer_user: str = "detector-producer"
     reader_user: str = "detector-reader"
+    router_user: str = "detector-router"
     redis_version: str = "7.0"
     partitioned: bool = False
+    sources: tuple[str, ...] | None = None
+    router_group: str = router.DEFAULT_ROUTER_GROUP
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The users to create: the router only feeds partitioned workers."""
+        return ROLES if self.partitioned else ROLES[:3]
+
+    @property
+    def source_streams(self) -> tuple[str, ...]:
+        return self.streams if self.sources is None else self.sources
+
+    def user(self, role: str) -> str:
+        return str(getattr(self, f"{role}_user"))
 
     def __post_init__(self) -> None:
         if not self.streams:
@@ -94,7 +118,9 @@ class AclConfig:
             "consumer": (self.consumer,) if self.consumer is not None else (),
             "alerts stream": (self.alerts_stream,),
             "dead-letter stream": (self.dead_letter_stream,),
-            "user": (self.worker_user, self.producer_user, self.reader_user),
+            "router source": self.source_streams,
+            "router group": (self.router_group,),
+            "user": tuple(self.user(role) for role in ROLES),
         }
         for what, values in names.items():
             for value in values:
@@ -104,7 +130,10 @@ class AclConfig:
                         "(empty, or contains whitespace, quotes, parentheses or control characters)"
                     )
                     raise ConfigError(msg)
-        inputs = set(self.streams)
+        if not self.source_streams:
+            msg = "at least one router source stream is needed"
+            raise ConfigError(msg)
+        inputs = set(self.streams) | set(self.source_streams)
         for what, name in (
             ("alerts", self.alerts_stream),
             ("dead-letter", self.dead_letter_stream),
@@ -115,8 +144,8 @@ class AclConfig:
         if self.partitioned:  # braces would move the hash tags of the partition keys
             for name in (*self.streams, self.group, self.alerts_stream, self.dead_letter_stream):
                 parts.check_name("name", name)
-        if len({self.worker_user, self.producer_user, self.reader_user}) != 3:
-            msg = "the worker, producer and reader users must have different names"
+        if len({self.user(role) for role in ROLES}) != len(ROLES):
+            msg = "the worker, producer, reader and router users must have different names"
             raise ConfigError(msg)
 
 
@@ -260,12 +289,57 @@ def partitioned_worker_rules(cfg: AclConfig, password: str) -> list[str]:
 
 
 def producer_rules(cfg: AclConfig, password: str) -> list[str]:
-    """A producer: ``XADD`` to the input streams (partitioned: their partition streams),
-    nothing else (it cannot even read them)."""
+    """A producer: ``XADD`` to the input streams, nothing else (it cannot even read them).
+
+    Partitioned: to the partition streams (:class:`detector.producer.Producer`) and to the
+    router's source streams (producers that leave the partitioning to the router).
+    """
     inputs = [glob_escape(s) for s in cfg.streams]
     if cfg.partitioned:
         inputs = [parts.STREAM.format(base=s, p="*") for s in inputs]
-    return [*_common(cfg, password), "+xadd", *(f"%W~{k}" for k in inputs)]
+        inputs += [glob_escape(s) for s in cfg.source_streams]
+    return [*_common(cfg, password), "+xadd", *(f"%W~{k}" for k in dict.fromkeys(inputs))]
+
+
+def router_rules(cfg: AclConfig, password: str) -> list[str]:
+    """The router (:mod:`detector.router`), for every source and partition base of ``cfg``:
+
+    - source streams: ``XREADGROUP``, ``XAUTOCLAIM`` (its pending entries first), ``XACK``,
+      ``XGROUP CREATE … MKSTREAM``; no ``XADD``, ``XDEL``, ``XTRIM``;
+    - the route script: ``EVALSHA`` on the partition streams and their marks hashes; inside
+      it ``HGET``/``HSET`` on the marks, ``XADD`` (with ``MAXLEN``) on the partitions;
+    - dead letters: the dead-letter append script (``EXISTS``, ``XADD``, ``SET … EX`` on its
+      guard keys of the source entries), ``XADD`` only on the stream itself;
+    - its lease (``detector:router:lease:<group>:<source>``): ``SET NX PX``, ``GET``, the
+      renew script (``GET``, ``PEXPIRE``), ``DEL``;
+    - ``SCRIPT LOAD`` (after a Redis restart empties the script cache).
+    """
+    sources = [glob_escape(s) for s in cfg.source_streams]
+    group = glob_escape(cfg.router_group)
+    dead = glob_escape(cfg.dead_letter_stream)
+    bases = [glob_escape(s) for s in cfg.streams]
+    out_streams = [parts.STREAM.format(base=b, p="*") for b in bases]
+    marks = [router.ROUTED.format(base=b, p="*") for b in bases]
+    # Dead-letter guards of the source entries: _guards without the alert guard.
+    guards = _guards(cfg, tuple(sources))[1:]
+    leases = [router.LEASE.format(group=group, source=s) for s in sources]
+    return [
+        *_common(cfg, password),
+        "+script|load",
+        _selector(
+            ["+xreadgroup", "+xautoclaim", "+xack", "+xgroup|create"],
+            [f"%RW~{k}" for k in sources],
+        ),
+        _selector(
+            ["+evalsha"], [f"%RW~{k}" for k in [*out_streams, *marks, dead, *guards, *leases]]
+        ),
+        _selector(["+xadd"], [f"%W~{k}" for k in [*out_streams, dead]]),
+        _selector(["+hget"], [f"%R~{k}" for k in marks]),
+        _selector(["+hset"], [f"%W~{k}" for k in marks]),
+        _selector(["+exists"], [f"%R~{k}" for k in guards]),
+        _selector(["+set"], [f"%W~{k}" for k in [*guards, *leases]]),
+        _selector(["+get", "+pexpire", "+del"], [f"%RW~{k}" for k in leases]),
+    ]
 
 
 def reader_rules(cfg: AclConfig, password: str) -> list[str]:
@@ -292,15 +366,18 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
 
     Args:
         cfg: the configuration.
-        passwords: per role (``worker``, ``producer``, ``reader``) the password, or None for
-            a placeholder that makes Redis refuse the line until it is replaced.
+        passwords: per role (``worker``, ``producer``, ``reader``, ``router``) the password,
+            or None for a placeholder that makes Redis refuse the line until it is replaced.
     """
-    rules = {
-        "worker": worker_rules(cfg, password_rule(passwords.get("worker"), "worker")),
-        "producer": producer_rules(cfg, password_rule(passwords.get("producer"), "producer")),
-        "reader": reader_rules(cfg, password_rule(passwords.get("reader"), "reader")),
+    makers = {
+        "worker": worker_rules,
+        "producer": producer_rules,
+        "reader": reader_rules,
+        "router": router_rules,
     }
-    users = {"worker": cfg.worker_user, "producer": cfg.producer_user, "reader": cfg.reader_user}
+    rules = {
+        role: makers[role](cfg, password_rule(passwords.get(role), role)) for role in cfg.roles
+    }
     consumer = cfg.consumer if cfg.consumer is not None else "any consumer (*)"
     out = [
         f"# detector ACL users (Redis {cfg.redis_version}) for input {', '.join(cfg.streams)}; "
@@ -309,7 +386,7 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
         "# Each line starts with `reset`, so re-running it replaces the user (ACL SETUSER is",
         "# additive otherwise). Passwords appear only as SHA-256 hashes (#<hex>).",
     ]
-    missing = [role for role in ROLES if passwords.get(role) is None]
+    missing = [role for role in cfg.roles if passwords.get(role) is None]
     if missing:
         out.append(
             "# Placeholders (#..._PASSWORD_SHA256) make Redis refuse the line until replaced"
@@ -318,13 +395,16 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
     comments = {
         "worker": "# Worker: read and ack the input, append alerts and dead letters, own its"
         " checkpoint and health keys.",
-        "producer": "# Producers: XADD to the input streams only.",
+        "producer": "# Producers: XADD to the input streams only"
+        + (" (partition streams, and the router's sources)." if cfg.partitioned else "."),
         "reader": "# Readers: alerts, dead letters, health keys (detector alerts,"
         " detector check --consumer).",
+        "router": f"# Router (detector route --group {cfg.router_group}): source"
+        f" {', '.join(cfg.source_streams)} into the partitions of {', '.join(cfg.streams)}.",
     }
-    for role in ROLES:
+    for role in cfg.roles:
         out.append(comments[role])
-        out.append(f"ACL SETUSER {users[role]} " + " ".join(rules[role]))
+        out.append(f"ACL SETUSER {cfg.user(role)} " + " ".join(rules[role]))
     out += [
         "# A URL naming a database other than 0 also needs +select (key patterns then apply"
         " in every database).",

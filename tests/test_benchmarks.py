@@ -7,7 +7,9 @@ the real CLI); the numbers they print at this size mean nothing.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +136,21 @@ def test_micro_benchmarks_run(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_scaleout_runs(tmp_path: Path) -> None:
+    out = _run(
+        tmp_path, "benchmarks.scaleout", "--events", "2000", "--rounds", "1", "--partitions",
+        "4", *TINY, "--json-out", str(tmp_path / "s.json"),
+    )  # fmt: skip
+    for name in ("1 worker", "2 workers", "unpartitioned", "router"):
+        assert f"round 0 {name}" in out
+    assert "2,000 in" in out  # every run drained every entry (it fails otherwise)
+    ratio = re.search(r"2 workers / 1 worker \(paired by round\): ([\d.]+)", out)
+    assert ratio is not None and float(ratio.group(1)) > 0, out
+    assert "1 worker / unpartitioned (paired by round)" in out
+    assert re.search(r"CPU per event \(median of the runs\): worker [\d.]+ us, redis", out)
+    assert "N=16 S=2: <=" in out
+    runs = json.loads((tmp_path / "s.json").read_text())["runs"]
+    assert [r["events"] for r in runs] == [2000] * 4
+    assert all(r["redis_cpu_s"] > 0 and r["worker_cpu_s"] > 0 for r in runs)

@@ -9,12 +9,16 @@ import subprocess
 import threading
 import time
 
+import pytest
+import redis
+
 from detector import partitions
 from detector.embedded import EmbeddedRedis
 from detector.settings import HEALTH_KEY
 from tests import partitioned as h
 from tests.cluster import LocalCluster, cluster_url, redis_cluster  # noqa: F401
 from tests.test_cli import clean_env
+from tests.test_partitions import figures
 
 P = 4
 
@@ -69,3 +73,51 @@ def _drained(client: object) -> bool:
         if int(g["pending"]) or int(g.get("lag") or 0):
             return False
     return True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_cluster_kill_minus_9_long(
+    redis_cluster: LocalCluster,  # noqa: F811
+    cluster_url: str,  # noqa: F811
+) -> None:
+    """The kill -9 run above with 4x the events and 8 kills at random points; prints the
+    figures."""
+    started_at = time.monotonic()
+    events = h.workload(producers=300, per_producer=80, seed=19)
+    with EmbeddedRedis() as single:
+        ref_client = redis.Redis.from_url(single.url)
+        h.append(ref_client, events, P)
+        ref = h.reference(ref_client, single.url, events, P)
+        ref_client.close()
+    client = redis_cluster.client()
+    appender = threading.Thread(target=h.append, args=(client, events, P, 500.0))
+    appender.start()
+    cmd = h.run_cmd(cluster_url, "w1", P, "--cluster", "--lease-ttl-ms", "2000",
+                    "--checkpoint-every", "300", "--checkpoint-interval-ms", "300")  # fmt: skip
+    rng = random.Random(23)
+    health = HEALTH_KEY.format(group=h.GROUP, consumer="w1")
+    kills = 0
+    proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for _ in range(8):
+            time.sleep(rng.uniform(1.0, 4.0))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            client.delete(health)
+            proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)  # fmt: skip
+            h.wait_for(lambda: client.exists(health), 60, "the restarted worker")
+        appender.join()
+        h.wait_for(lambda: _drained(client), 180, "the worker to drain the partitions")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        appender.join()
+    got = h.outcome(client, P)
+    print(f"\ncluster kill -9: {figures(ref, got, len(events))}, kills {kills}, "
+          f"epochs {got.epochs}, wall {time.monotonic() - started_at:.0f}s")  # fmt: skip
+    h.check(ref, got, len(events))
+    client.close()

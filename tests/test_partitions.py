@@ -11,6 +11,7 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -144,3 +145,66 @@ def test_partitioned_acl_grants_partition_keys_only() -> None:
     assert "+multi" not in rules  # every commit is a fenced script
     with pytest.raises(ConfigError):
         AclConfig(partitioned=True, streams=("a{b}",))
+
+
+def figures(ref: h.Outcome, got: h.Outcome, total: int) -> str:
+    """The long forms' report: what the oracles of h.check measure, as numbers."""
+    learned = sum(got.learned.values())
+    twice = sum(1 for p, n in got.learned.items() if n > ref.learned.get(p, 0))
+    dups = sum(c - 1 for c in Counter(got.alerts).values() if c > 1)
+    return (
+        f"events {total}, learned {learned} (lost {total - learned}), producers learned "
+        f"twice {twice}, duplicate alerts {dups}, alerts {len(set(got.alerts))} "
+        f"(reference {len(ref.alerts)}, same set {set(got.alerts) == set(ref.alerts)}), "
+        f"pending {got.pending}, undelivered {got.undelivered}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dynamic_two_four_two_long(redis_url: str, ownership_log: OwnershipLog) -> None:
+    """The 2 -> 4 -> 2 rebalance of test_dynamic_two_four_two_during_load at ~50k events
+    from 500 producers, each phase held longer; prints the figures."""
+    started_at = time.monotonic()
+    client = redis.Redis.from_url(redis_url)
+    events = h.workload(producers=500, per_producer=100, seed=21)
+    h.append(client, events, P)
+    ref = h.reference(client, redis_url, events, P)
+    client.flushall()
+    appender = threading.Thread(target=h.append, args=(client, events, P, 1500.0))
+    appender.start()
+    workers = [Worker(h.settings(redis_url, f"w{i}", P)) for i in range(4)]
+    threads = [_start(w, f"w{i}") for i, w in enumerate(workers[:2])]
+    h.wait_for(lambda: sum(len(w.owned) for w in workers[:2]) == P, 30, "2 workers own all")
+    time.sleep(8)
+    threads += [_start(w, f"w{i}") for i, w in enumerate(workers[2:], start=2)]
+    h.wait_for(lambda: all(len(w.owned) == 2 for w in workers), 30, "4 workers own 2 each")
+    time.sleep(8)
+    for w in workers[:2]:
+        w.stop()
+    for t in threads[:2]:
+        t.join(60)
+    h.wait_for(lambda: all(len(w.owned) == 4 for w in workers[2:]), 30, "2 workers own 4 each")
+    appender.join()
+    h.wait_for(lambda: h.outcome(client, P).pending + h.outcome(client, P).undelivered == 0,
+               300, "the rest to be processed")  # fmt: skip
+    for w in workers[2:]:
+        w.stop()
+    for t in threads[2:]:
+        t.join(60)
+    handoffs = ownership_log.check_exclusive()
+    got = h.outcome(client, P)
+    print(
+        f"\nrebalance 2->4->2: {figures(ref, got, len(events))}, partition handoffs {handoffs},"
+        f" rebalances {sum(_rebalances(w) for w in workers):.0f}, "
+        f"fenced {sum(w.stats.fenced for w in workers)}, events per worker "
+        f"{[w.stats.events for w in workers]}, wall {time.monotonic() - started_at:.0f}s"
+    )
+    assert all(w.stats.events > 0 for w in workers)
+    assert sum(w.stats.fenced for w in workers) == 0
+    assert handoffs > P
+    h.check(ref, got, len(events))
+
+
+def _rebalances(worker: Worker) -> float:
+    return worker.metrics.registry.get_sample_value("detector_rebalances_total") or 0.0

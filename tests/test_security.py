@@ -19,6 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from detector import partitions
 from detector.acl import AclConfig, acl_lines, glob_escape, key_pattern
 from detector.embedded import EmbeddedRedis, TlsFiles
 from detector.errors import CheckpointError, ConfigError
@@ -32,7 +33,7 @@ from detector.streams import connect, connection_options
 from detector.worker import Worker
 from tests.conftest import TEST_KEY
 from tests.helpers import append, order_events, outlier
-from tests.test_cli import cli
+from tests.test_cli import clean_env, cli
 
 STREAM = "orders"
 GROUP = "detector"
@@ -624,3 +625,132 @@ def test_signed_pickle_cannot_reach_beyond_the_allow_list() -> None:
     blob = signer.sign("p:x", _signed_pickle_reaching("detector.cli", "os.getpid"))
     with pytest.raises(CheckpointError):
         signer.loads("p:x", blob)
+
+
+# -- partitioned workers and the router under the users of `detector acl --partitioned` ------
+
+P_COUNT = 4
+PART_PASSWORDS = {**PASSWORDS, "router": "rt-Pa55-5a6b7c"}
+PART_ENV = {f"DETECTOR_ACL_{role.upper()}_PASSWORD": pw for role, pw in PART_PASSWORDS.items()}
+
+
+@pytest.fixture(scope="module")
+def partitioned_acl_server() -> Iterator[EmbeddedRedis]:
+    """A server with exactly the users `detector acl --partitioned` prints (defaults)."""
+    out = cli("acl", "--partitioned", env=PART_ENV)
+    assert out.returncode == 0, out.stderr
+    for secret in PART_PASSWORDS.values():
+        assert secret not in out.stdout
+    server = EmbeddedRedis()
+    server.start()
+    secure_server(server, out.stdout.splitlines()).close()
+    yield server
+    server.stop()
+
+
+def _part_client(server: EmbeddedRedis, user: str, password: str) -> redis.Redis:
+    return redis.Redis(port=server.port, username=user, password=password)
+
+
+@pytest.mark.parametrize("assign", ["static", "dynamic"])
+def test_partitioned_workers_and_router_run_fully_under_their_users(
+    partitioned_acl_server: EmbeddedRedis, assign: str
+) -> None:
+    """Two `detector run --partitions 4` processes under the worker user; producers append
+    under theirs: straight into the partitions (static) or into `events` through `detector
+    route` under the router user (dynamic). The outcome equals one admin worker's."""
+    from detector.producer import Producer
+    from detector.router import Router, RouterConfig
+    from tests import partitioned as h
+
+    server = partitioned_acl_server
+    admin = _part_client(server, *ADMIN)
+    admin.flushall()
+    admin.acl_log_reset()
+    events = h.workload(producers=40, per_producer=50, seed=11)
+    bad = {"producer": "svc-bad", "ts": events[-1]["ts"], "data": "{not json"}
+    producer = _part_client(server, USERS["producer"], PASSWORDS["producer"])
+    if assign == "static":
+        Producer(producer, h.BASE, P_COUNT).send_many((e["producer"], e) for e in [*events, bad])
+    else:
+        for e in [*events, bad]:
+            producer.xadd("events", e)  # type: ignore[arg-type]
+        url = f"redis://detector-router@127.0.0.1:{server.port}/0"
+        client = connect(url, block_ms=50, password=PART_PASSWORDS["router"])
+        config = RouterConfig(partitions=P_COUNT, block_ms=50, lease_ttl_ms=1000)
+        stats = Router(config, client).run(until_idle=True, idle_timeout_ms=200)
+        client.close()
+        assert (stats.routed, stats.dead_lettered) == (len(events) + 1, 0)
+    producer.close()
+    admin_url = f"redis://{ADMIN[0]}:{ADMIN[1]}@127.0.0.1:{server.port}/0"
+    # The reference reads the same entries (same ids, so the same alert ids) as an admin.
+    reference = h.reference(admin, admin_url, events, P_COUNT)
+
+    url = user_url(server, "worker", with_password=False)
+    env = {**clean_env(), "DETECTOR_REDIS_PASSWORD": PASSWORDS["worker"]}
+    extra = ["--assign", assign, "--until-idle", "--idle-timeout-ms", "600",
+             "--lease-ttl-ms", "2000", "--checkpoint-every", "300"]  # fmt: skip
+    procs = []
+    for i in range(2):
+        index = ["--worker-index", str(i), "--worker-count", "2"] if assign == "static" else []
+        cmd = h.run_cmd(url, f"w{i}", P_COUNT, *extra, *index)
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))  # fmt: skip
+    outputs = [p.communicate(timeout=90)[1] for p in procs]
+    for p, err in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+        for secret in SECRETS:
+            assert secret not in err
+    assert "processed" in outputs[0] and "processed" in outputs[1]
+    h.check(reference, h.outcome(admin, P_COUNT), len(events))
+    (letter,) = admin.xrange(DEAD)
+    assert letter[1][b"reason"] == b"invalid_json"
+    assert admin.acl_log() == [], "a command of the worker, producer or router was refused"
+
+    w = _part_client(server, USERS["worker"], PASSWORDS["worker"])
+    stream0 = partitions.partition_stream(h.BASE, 0)
+    refused(lambda: w.xadd(stream0, {"producer": "forged"}))  # cannot forge input
+    refused(lambda: w.xadd("events", {"producer": "forged"}))  # nor the router's source
+    refused(lambda: w.xrange(stream0))  # reads its input only through its group
+    refused(lambda: w.hgetall(partitions.checkpoint_key("ref", 0)))  # another group's state
+    refused(lambda: w.hget("detector:routed:events:{0}", "events"))  # the router's marks
+    refused(lambda: w.get("detector:router:lease:detector-router:events"))
+    refused(lambda: w.xrange(ALERTS))  # alerts are write-only for the worker
+    refused(lambda: w.flushall())
+    refused(lambda: w.config_get("*"))
+    refused(lambda: w.config_set("appendonly", "no"))
+    refused(lambda: w.keys("*"))
+    forge = w.script_load("return redis.call('XADD', KEYS[1], '*', 'producer', 'forged')")
+    refused(lambda: w.evalsha(forge, 1, stream0))  # a script confers nothing beyond the rules
+    w.close()
+    router_user = _part_client(server, "detector-router", PART_PASSWORDS["router"])
+    refused(lambda: router_user.xrange(stream0))
+    refused(lambda: router_user.xadd(ALERTS, {"forged": "alert"}))
+    refused(lambda: router_user.hset(partitions.checkpoint_key("detector", 0), "f", "v"))
+    router_user.close()
+    p = _part_client(server, USERS["producer"], PASSWORDS["producer"])
+    refused(lambda: p.xrange(stream0))
+    refused(lambda: p.xadd(ALERTS, {"forged": "alert"}))
+    p.close()
+    total = sum(int(admin.xlen(partitions.partition_stream(h.BASE, q))) for q in range(P_COUNT))
+    assert total == len(events) + 1, "a refused command wrote something"
+    admin.close()
+
+
+def test_router_rules_follow_the_configuration() -> None:
+    cfg = AclConfig(partitioned=True, streams=("ev*",), sources=("in",), router_group="rg")
+    lines = [x for x in acl_lines(cfg, PART_PASSWORDS) if x.startswith("ACL SETUSER")]
+    assert [x.split()[2] for x in lines] == [*USERS.values(), "detector-router"]
+    router_line, producer_line = lines[3], lines[1]
+    assert "(+xreadgroup +xautoclaim +xack +xgroup|create %RW~in)" in router_line
+    assert "(+xadd %W~ev\\*:{*} %W~detector:dead-letter)" in router_line
+    assert "%RW~detector:router:lease:rg:in" in router_line
+    assert "%R~detector:routed:ev\\*:{*}" in router_line and "%RW~ev\\*:{*}" in router_line
+    assert "{detector:dead-letter}:guard:in:*" in router_line
+    assert producer_line.endswith("+xadd %W~ev\\*:{*} %W~in")
+    # Unpartitioned workers have no router.
+    assert not any("detector-router" in x for x in acl_lines(AclConfig(), PART_PASSWORDS))
+    with pytest.raises(ConfigError, match="also an input stream"):
+        AclConfig(partitioned=True, sources=(ALERTS,))
+    with pytest.raises(ConfigError, match="different names"):
+        AclConfig(router_user="detector-worker")
