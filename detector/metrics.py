@@ -57,7 +57,8 @@ class Metrics:
             self.dead_lettered.labels(reason)
         self.event_seconds = Histogram(
             "detector_event_processing_seconds",
-            "Processing time per event (decode, features, score, learn), amortised over its batch",
+            "Processing time per event (decode, features, score, learn), amortised over its "
+            "batch; one observation per batch",
             buckets=EVENT_BUCKETS,
             registry=registry,
         )
