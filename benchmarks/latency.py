@@ -303,7 +303,7 @@ def run_level(
         result["capacity"] = n / (batches[-1][0] - batches[0][0]) if len(batches) > 1 else 0.0
     for key in list(client.scan_iter(match=f"*{group}*")):
         client.delete(key)
-    for key in list(client.scan_iter(match="detector:*-guard:*", count=1000)):
+    for key in list(client.scan_iter(match="{*}:guard:*", count=1000)):
         client.delete(key)
     client.delete(STREAM)
     client.close()

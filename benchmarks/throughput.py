@@ -307,8 +307,8 @@ def _cleanup(client: redis.Redis, group: str) -> None:
     delete_matching(client, f"detector:checkpoint:{group}:*")
     delete_matching(client, f"detector:health:{group}:*")
     # The guards would refuse the next round's alerts (same entries, same alert ids).
-    delete_matching(client, "detector:alert-guard:*")
-    delete_matching(client, "detector:dead-letter-guard:*")
+    delete_matching(client, f"{{{group}:alerts}}:guard:*")
+    delete_matching(client, f"{{{group}:dead}}:guard:*")
 
 
 def versions() -> dict[str, str]:

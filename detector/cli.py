@@ -60,6 +60,8 @@ SECRET_ENVVARS = (
     "DETECTOR_ACL_PRODUCER_PASSWORD_FILE",
     "DETECTOR_ACL_READER_PASSWORD",
     "DETECTOR_ACL_READER_PASSWORD_FILE",
+    "DETECTOR_ACL_ROUTER_PASSWORD",
+    "DETECTOR_ACL_ROUTER_PASSWORD_FILE",
 )
 
 
@@ -649,7 +651,12 @@ def check(redis_url: str | None, group: str, consumer: str | None, **tls: Path |
          default="7.0", show_default=True,
          help="7.2+ also grants CLIENT SETINFO (refused on 7.0).")  # fmt: skip
 @_option("--partitioned", env="ACL_PARTITIONED", is_flag=True,
-         help="For workers run with --partitions (any P; leases, partition streams).")  # fmt: skip
+         help="For workers run with --partitions (any P; leases, partition streams); also "
+         "prints the router user.")  # fmt: skip
+@_option("--router-user", env="ACL_ROUTER_USER", default="detector-router", show_default=True)
+@_option("--router-source", "sources", env="ACL_ROUTER_SOURCE", multiple=True,
+         help="Streams `detector route --source` reads (default: the --stream names).")  # fmt: skip
+@_option("--router-group", env="ACL_ROUTER_GROUP", default="detector-router", show_default=True)
 def acl(
     streams: tuple[str, ...],
     group: str,
@@ -661,12 +668,16 @@ def acl(
     reader_user: str,
     redis_version: str,
     partitioned: bool,
+    router_user: str,
+    sources: tuple[str, ...],
+    router_group: str,
 ) -> None:
-    """Print least-privilege ACL SETUSER lines: worker, producers, alert readers.
+    """Print least-privilege ACL SETUSER lines: worker, producers, alert readers (and, with
+    --partitioned, the router).
 
-    Passwords are read from DETECTOR_ACL_WORKER_PASSWORD, DETECTOR_ACL_PRODUCER_PASSWORD and
-    DETECTOR_ACL_READER_PASSWORD (or the files named by the same names + _FILE) and printed
-    only as SHA-256 hashes; without them, placeholders that Redis refuses until replaced.
+    Passwords are read from DETECTOR_ACL_{WORKER,PRODUCER,READER,ROUTER}_PASSWORD (or the files
+    named by the same names + _FILE) and printed only as SHA-256 hashes; without them,
+    placeholders that Redis refuses until replaced.
     """
     from detector.acl import ROLES, AclConfig, acl_lines
 
@@ -681,6 +692,9 @@ def acl(
         reader_user=reader_user,
         redis_version=redis_version,
         partitioned=partitioned,
+        router_user=router_user,
+        sources=sources or None,
+        router_group=router_group,
     )
     passwords = {role: _env_secret(f"DETECTOR_ACL_{role.upper()}_PASSWORD") for role in ROLES}
     for line in acl_lines(cfg, passwords):
