@@ -7,11 +7,20 @@ an entry reproduces the same id; the sink (:mod:`detector.streams`) writes each 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from detector.features import Reason
+
+# What an alert is about (its ``kind`` field).
+ANOMALY = "anomaly"  # one event of a producer
+SILENCE = "silence"  # a producer stopped sending
+PRODUCER_EXPLOSION = "producer_explosion"  # producers refused: the store is full (producer "")
+ALERT_STORM = "alert_storm"  # alerts held back by the global cap (producer "")
+MINUTE_MS = 60_000
 
 
 def alert_id(stream: str, entry_id: str, model: str) -> str:
@@ -37,8 +46,10 @@ class Alert:
         threshold: the threshold it crossed.
         model: model spec name.
         reasons: top contributing features, largest surprise first.
-        suppressed: anomalous events of this producer held back by the cooldown since its
-            previous alert.
+        suppressed: anomalous events of this producer held back by the cooldown (or the
+            global cap) since its previous alert; for ``alert_storm``, the alerts held back.
+        kind: what the alert is about: ``anomaly``, ``silence``, ``producer_explosion`` or
+            ``alert_storm`` (the last two concern the detector, with producer ``""``).
     """
 
     alert_id: str
@@ -51,6 +62,7 @@ class Alert:
     model: str
     reasons: tuple[Reason, ...]
     suppressed: int = 0
+    kind: str = ANOMALY
 
     @property
     def why(self) -> str:
@@ -88,5 +100,72 @@ class Alert:
             "model": self.model,
             "reasons": self.reasons_json(),
             "suppressed": str(self.suppressed),
+            "kind": self.kind,
             "emitted_at": str(emitted_at_ms),
         }
+
+
+class AlertBudget:
+    """At most ``per_minute`` alerts per minute of event time over all producers (0: no cap).
+
+    The per-producer cooldown bounds one producer; this bounds many misbehaving ones. Alerts
+    over the cap are not sent but counted, with the first producers held back, into one
+    ``alert_storm`` summary when the minute is over. Minutes follow the watermark (the latest
+    event time seen), never the wall clock, so a replay caps the same alerts.
+
+    Examples:
+        >>> b = AlertBudget(2)
+        >>> b.roll(1_000), [b.allow(p) for p in "abc"], b.roll(61_000)
+        (None, [True, True, False], (0, 1, ('c',)))
+    """
+
+    __slots__ = ("capped", "capped_total", "minute", "per_minute", "producers", "sent")
+    SAMPLE = 5  # producers named in a summary
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.minute = -1
+        self.sent = 0
+        self.capped = 0
+        self.capped_total = 0
+        self.producers: list[str] = []
+
+    def roll(self, now_ms: int) -> tuple[int, int, tuple[str, ...]] | None:
+        """Enter the minute of ``now_ms``; returns (start ms, alerts held back, first
+        producers) of the minute left behind, if it held any back."""
+        minute = now_ms // MINUTE_MS
+        if minute <= self.minute:
+            return None
+        done = (self.minute * MINUTE_MS, self.capped, tuple(self.producers))
+        self.minute, self.sent, self.capped, self.producers = minute, 0, 0, []
+        return done if done[1] else None
+
+    def allow(self, producer: str) -> bool:
+        """Whether one more alert may go out in the current minute (:meth:`roll` first); if
+        not, it is counted against ``producer``."""
+        if self.per_minute <= 0:
+            return True
+        if self.sent < self.per_minute:
+            self.sent += 1
+            return True
+        self.capped += 1
+        self.capped_total += 1
+        if len(self.producers) < self.SAMPLE and producer not in self.producers:
+            self.producers.append(producer)
+        return False
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "storm_minute": self.minute,
+            "storm_sent": self.sent,
+            "storm_capped": self.capped,
+            "storm_producers": list(self.producers),
+            "alerts_capped": self.capped_total,
+        }
+
+    def restore(self, meta: Mapping[str, Any]) -> None:
+        self.minute = int(meta.get("storm_minute", -1))
+        self.sent = int(meta.get("storm_sent", 0))
+        self.capped = int(meta.get("storm_capped", 0))
+        self.producers = [str(p) for p in meta.get("storm_producers", [])]
+        self.capped_total = int(meta.get("alerts_capped", 0))

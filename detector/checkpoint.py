@@ -32,7 +32,7 @@ import orjson
 from detector import __version__
 from detector.errors import CheckpointError, IncompatibleCheckpointError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: running moments as floats, not River objects
 _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
 PRODUCER_PREFIX = "p:"

@@ -20,20 +20,23 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
 import math
+import sys
 import zlib
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from river import stats
 
+from detector.admission import OVERFLOW, Admission
 from detector.calibration import RarityTrend, TailCounts
 from detector.events import Event
 
-FEATURES = ("rate", "value", "size", "type", "category", "schema")
+FEATURES = ("rate", "value", "size", "type", "category", "schema", "replayed_id", "drift")
 _LOG10 = math.log(10.0)
 _SQRT2 = math.sqrt(2.0)
 _SQRT_PI = math.sqrt(math.pi)
@@ -47,6 +50,9 @@ class FeatureConfig:
     Attributes:
         fading_factor: weight of the newest event in running moments (memory ~ 1/fading).
         rate_fading_factor: smoothing of the inter-arrival time, in events.
+        rate_horizon_s: memory of the usual (smoothed) inter-arrival in event time, not in
+            events (0: ``fading_factor`` per event). A flood packs hundreds of events into
+            seconds; a count-based baseline would learn it before it looked unusual.
         min_count: observations of a numeric field before it is judged.
         min_sd: floor on a standard deviation in log space (about a 5% change).
         max_numeric_fields: numeric (type, field) pairs tracked per producer.
@@ -72,10 +78,27 @@ class FeatureConfig:
         window_weight: multiplier of the window surprise (its p-values are rank based and
             coarser than the fitted ones; the calibration puts everything on one scale).
         max_profiled_fields: numeric fields per producer with a seasonal profile or window.
+        id_field: payload field holding the producer's event id (unique per event).
+        replay_window: last event ids remembered per producer (64-bit fingerprints, 8 bytes
+            each, allocated as the producer sends them); an id seen again among them is a
+            ``replayed_id``; 0 = off.
+        burst_s: event time over which novelties (never-seen types, values or shapes) and
+            repeated ids count as one burst: each one in the burst multiplies the evidence
+            of the next (independent rare events multiply; a broken producer repeats itself).
+        novelty_burst: whether novelties multiply within a burst (off: each judged alone).
+        drift_horizon_s: memory, in event time, of a slow reference level per numeric field
+            (per event type); a CUSUM of values against it reveals a level creeping away
+            (``drift``), which the ~100-event baselines follow unnoticed; 0 = off.
+        drift_slack: CUSUM allowance per event, in reference standard deviations: shifts
+            smaller than this never accumulate.
+        drift_clip: largest standardised distance one value adds (one outlier is no drift).
+        drift_restart: a CUSUM statistic learned above this (an accepted new normal, or a
+            drift the calibration found usual) restarts the reference from the next events.
     """
 
     fading_factor: float = 0.01
     rate_fading_factor: float = 0.1
+    rate_horizon_s: float = 0.0
     min_count: int = 20
     min_sd: float = 0.05
     max_numeric_fields: int = 64
@@ -93,6 +116,14 @@ class FeatureConfig:
     window_tail: int = 20
     window_weight: float = 2.0
     max_profiled_fields: int = 8
+    id_field: str = "event_id"
+    replay_window: int = 0
+    burst_s: float = 60.0
+    novelty_burst: bool = False
+    drift_horizon_s: float = 0.0
+    drift_slack: float = 0.5
+    drift_clip: float = 3.0
+    drift_restart: float = 30.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.disabled) - set(FEATURES))
@@ -104,6 +135,12 @@ class FeatureConfig:
             raise ValueError(msg)
         if self.seasonal_buckets and self.seasonal_period_s * 1000 < self.seasonal_buckets:
             msg = "seasonal_period_s is shorter than one millisecond per bucket"
+            raise ValueError(msg)
+        if min(self.replay_window, self.drift_horizon_s, self.rate_horizon_s) < 0:
+            msg = "replay_window, drift_horizon_s and rate_horizon_s must be >= 0"
+            raise ValueError(msg)
+        if min(self.drift_slack, self.drift_clip, self.burst_s) <= 0:
+            msg = "drift_slack, drift_clip and burst_s must be > 0"
             raise ValueError(msg)
         if self.window_values and self.window_values < 2 * self.window_tail:
             msg = "window_values must be at least 2 * window_tail"
@@ -145,28 +182,49 @@ class Evidence:
 
 
 class Moments:
-    """Exponentially weighted mean and variance (River), in signed-log space."""
+    """Exponentially weighted mean and variance, in signed-log space.
 
-    __slots__ = ("count", "mean", "var")
+    River's ``stats.EWMean`` / ``stats.EWVar`` update formulas (the first value sets the mean;
+    ``var = E[x²] - E[x]²``), bit for bit (``tests/test_features.py`` holds River as the oracle),
+    kept as three floats: two River objects per field cost ~600 bytes and a pickled class path
+    each in every checkpoint.
+    """
+
+    __slots__ = ("count", "fading", "mean", "sq")
 
     def __init__(self, fading_factor: float) -> None:
         self.count = 0
-        self.mean = stats.EWMean(fading_factor)
-        self.var = stats.EWVar(fading_factor)
+        self.fading = fading_factor
+        self.mean = 0.0
+        self.sq = 0.0  # weighted mean of x²
+
+    def __getstate__(self) -> tuple[int, float, float, float]:
+        return self.count, self.fading, self.mean, self.sq
+
+    def __setstate__(self, state: tuple[int, float, float, float]) -> None:
+        self.count, self.fading, self.mean, self.sq = state
 
     def update(self, x: float) -> None:
+        if self.count:
+            a = self.fading
+            self.mean = a * x + (1.0 - a) * self.mean
+            self.sq = a * (x * x) + (1.0 - a) * self.sq
+        else:
+            self.mean, self.sq = x, x * x
         self.count += 1
-        self.mean.update(x)
-        self.var.update(x)
+
+    @property
+    def var(self) -> float:
+        return self.sq - self.mean * self.mean
 
     def z(self, x: float, min_sd: float) -> float:
-        sd = max(math.sqrt(max(self.var.get(), 0.0)), min_sd)
-        return float((x - self.mean.get()) / sd)
+        sd = max(math.sqrt(max(self.sq - self.mean * self.mean, 0.0)), min_sd)
+        return (x - self.mean) / sd
 
     def expected(self, min_sd: float) -> str:
         """Usual range (mean ± 3 sd) back in the original units."""
-        m = self.mean.get()
-        sd = max(math.sqrt(max(self.var.get(), 0.0)), min_sd)
+        m = self.mean
+        sd = max(math.sqrt(max(self.var, 0.0)), min_sd)
         return f"{_unlog(m - 3 * sd):.4g}..{_unlog(m + 3 * sd):.4g}"
 
 
@@ -180,19 +238,26 @@ class Categories:
         self.n = 0
         self.saturated = False
 
-    def surprise(self, value: str, prior: float) -> float:
-        """``-log10`` of the chance of a value this rare (Good-Turing for unseen ones)."""
-        if self.saturated or self.n == 0:
+    def surprise(self, value: str, prior: float, burst: float = 0.0, min_count: int = 1) -> float:
+        """``-log10`` of the chance of a value this rare (Good-Turing for unseen ones; an
+        unseen one counts ``1 + burst`` times, ``burst`` being the recent novelties). Not
+        judged before ``min_count`` values: a young vocabulary is still growing."""
+        if self.saturated or self.n < max(min_count, 1):
             return 0.0
         count = self.counts.get(value, 0)
         if count == 0:
             singletons = sum(1 for c in self.counts.values() if c == 1)
             p = (singletons + prior) / (self.n + 1)
+            return min(-(1.0 + burst) * math.log10(min(p, 1.0)), MAX_SURPRISE)
         elif count * 20 >= self.n:
             return 0.0  # common value: skip the tail sum
         else:
             p = (sum(c for c in self.counts.values() if c <= count) + 1) / (self.n + 1)
         return min(-math.log10(min(p, 1.0)), MAX_SURPRISE)
+
+    def is_new(self, value: str, min_count: int) -> bool:
+        """A value never seen in a field judged (``min_count`` values, not saturated)."""
+        return self.n >= max(min_count, 1) and not self.saturated and value not in self.counts
 
     def update(self, value: str, cap: int) -> None:
         self.n += 1
@@ -204,7 +269,12 @@ class Categories:
             self.saturated = True
             self.counts.clear()
         else:
-            self.counts[value] = 1
+            self.counts[sys.intern(value)] = 1
+
+    def __setstate__(self, state: Any) -> None:
+        _, slots = state
+        self.n, self.saturated = slots["n"], slots["saturated"]
+        self.counts = {sys.intern(k): v for k, v in slots["counts"].items()}
 
     def expected(self) -> str:
         top = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
@@ -307,19 +377,182 @@ class ValueWindow:
         return f"{_unlog(float(lo)):.4g}..{_unlog(float(hi)):.4g} (last {self.n} values)"
 
 
+class IdMemory:
+    """A producer's last ``size`` event ids as 64-bit fingerprints, its recent repeats, and how
+    often it repeated one in accepted events. The ring grows by doubling up to ``size``, so
+    slow producers hold little. 64 bits: a fresh id collides with one of 8192 remembered ones
+    about once in 2 * 10^15 events.
+
+    Which ids were sent is a fact, remembered for every event (:meth:`remember`); whether
+    repeats are usual for this producer is a belief, learned from accepted events only
+    (:meth:`learn`), so a replay attack does not teach that replays are normal.
+
+    Examples:
+        >>> m = IdMemory(4)
+        >>> for i in range(6):
+        ...     _ = m.remember(f"id-{i}", 1000 * i, 60_000)
+        ...     m.learn()
+        >>> m.seen("id-5"), m.seen("id-1"), m.n, m.remember("id-5", 6000, 60_000), m.recent
+        (True, False, 4, True, 1.0)
+    """
+
+    __slots__ = ("events", "fp", "last_ms", "n", "pos", "recent", "repeated", "repeats", "size")
+
+    def __init__(self, size: int) -> None:
+        self.fp: npt.NDArray[np.uint64] = np.zeros(min(size, 64), dtype=np.uint64)
+        self.size = size
+        self.n = 0
+        self.pos = 0
+        self.events = 0  # accepted events with an id
+        self.repeats = 0  # accepted events whose id was a repeat
+        self.recent = 0.0  # repeats of any event, decayed over the burst horizon
+        self.last_ms = -1
+        self.repeated = False  # the last remembered id was a repeat
+
+    def seen(self, event_id: str) -> bool:
+        return self.n > 0 and bool((self.fp[: self.n] == _fingerprint(event_id)).any())
+
+    def remember(self, event_id: str, t_ms: int, burst_ms: float) -> bool:
+        """Note the id (a fact, whatever the verdict); True if it is a repeat."""
+        if self.last_ms >= 0:
+            self.recent *= math.exp(-max(t_ms - self.last_ms, 0) / burst_ms)
+        self.last_ms = max(self.last_ms, t_ms)
+        self.repeated = self.seen(event_id)
+        if self.repeated:
+            self.recent += 1.0
+            return True
+        if self.pos == len(self.fp):
+            if len(self.fp) < self.size:
+                grown = np.zeros(min(2 * len(self.fp), self.size), dtype=np.uint64)
+                grown[: self.n] = self.fp[: self.n]
+                self.fp = grown
+            else:
+                self.pos = 0
+        self.fp[self.pos] = _fingerprint(event_id)
+        self.pos += 1
+        self.n = max(self.n, self.pos)
+        return False
+
+    def learn(self) -> None:
+        """The last remembered event was accepted: count it (and its repeat) as usual."""
+        self.events += 1
+        self.repeats += self.repeated
+
+    def surprise(self, prior: float, t_ms: int, burst_ms: float) -> float:
+        """``-log10`` of the chance of this repeat given the producer's past: one repeat as
+        rare as its accepted repeats say, times one more for each repeat in the current
+        burst (independent repeats multiply)."""
+        one = -math.log10((self.repeats + prior) / (self.events + 1))
+        burst = self.recent * math.exp(-max(t_ms - self.last_ms, 0) / burst_ms)
+        return min((1.0 + burst) * one, MAX_SURPRISE)
+
+
+def _fingerprint(event_id: str) -> np.uint64:
+    # blake2b, not hash(): the same in every process (checkpoints, replays).
+    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    return np.uint64(int.from_bytes(digest, "little"))
+
+
+class Drift:
+    """A slow reference level of one numeric field and a two-sided CUSUM against it.
+
+    The reference is an exponentially weighted mean and variance whose memory is a span of
+    event time (``horizon_ms``), not a count of events, so a busy producer's reference is as
+    slow as a quiet one's. Each value adds its standardised distance from the reference
+    (clipped to ``clip``, so one outlier cannot look like a drift), less a slack ``k``, to the
+    CUSUM (``hi`` upwards, ``lo`` downwards; floored at 0). Under no change the statistic
+    ``S`` stays small (P(S > s) ~ exp(-2ks)); a level creeping away by a fraction of a
+    standard deviation per hour makes it climb without bound.
+
+    The CUSUM advances with every event (:meth:`step`: how far values are from the reference
+    is a fact), the reference only with accepted ones (:meth:`learn`), so a drift keeps
+    accumulating evidence while its events are held back from the baselines.
+
+    Examples:
+        >>> d = Drift()
+        >>> for i in range(400):
+        ...     d.step(5.0 + 0.1 * (i % 3), 0.5, 0.05, 3.0)
+        ...     d.learn(5.0 + 0.1 * (i % 3), 1000 * i, 3_600_000, 30.0)
+        >>> d.statistic(5.1, 0.5, 0.05, 3.0) < 1 < 2 < d.statistic(7.0, 0.5, 0.05, 3.0) < 3
+        True
+        >>> for _ in range(20):
+        ...     d.step(7.0, 0.5, 0.05, 3.0)
+        >>> d.statistic(7.0, 0.5, 0.05, 3.0) > 50
+        True
+    """
+
+    __slots__ = ("count", "first_ms", "hi", "last_ms", "lo", "mean", "var")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self.var = 0.0
+        self.hi = 0.0
+        self.lo = 0.0
+        self.first_ms = -1
+        self.last_ms = -1
+
+    def z(self, y: float, min_sd: float) -> float:
+        """Standardised distance of ``y`` from the reference."""
+        return (y - self.mean) / max(math.sqrt(max(self.var, 0.0)), min_sd)
+
+    def _z(self, y: float, min_sd: float, clip: float) -> float:
+        return min(max(self.z(y, min_sd), -clip), clip)
+
+    def statistic(self, y: float, k: float, min_sd: float, clip: float) -> float:
+        """The CUSUM statistic this value would give, without taking the step."""
+        z = self._z(y, min_sd, clip)
+        return max(self.hi + z - k, self.lo - z - k, 0.0)
+
+    def step(self, y: float, k: float, min_sd: float, clip: float) -> None:
+        """Advance the CUSUM by one value (every event, whatever its verdict)."""
+        z = self._z(y, min_sd, clip)
+        self.hi = max(self.hi + z - k, 0.0)
+        self.lo = max(self.lo - z - k, 0.0)
+
+    def learn(self, y: float, t_ms: int, horizon_ms: float, restart: float) -> None:
+        """Fold an accepted value into the reference."""
+        if self.count == 0:  # first value, or a restart: the variance is kept
+            self.mean, self.first_ms, self.last_ms, self.count = y, t_ms, t_ms, 1
+            return
+        if max(self.hi, self.lo) > restart:
+            # Accepting a large statistic means a new normal (or a drift the calibration finds
+            # usual): the reference starts afresh from here.
+            self.count, self.hi, self.lo = 0, 0.0, 0.0
+            return
+        # Each value stands for the time since the previous one (a flood's hundred events in
+        # a second weigh one second), relative to the time covered so far: a young reference
+        # is a time-weighted average from its start, an old one forgets over the horizon.
+        dt = max(t_ms - self.last_ms, 0)
+        covered = -math.expm1(-max(t_ms - self.first_ms, 0) / horizon_ms)
+        w = -math.expm1(-dt / horizon_ms) / covered if covered > 0 else 1.0 / (self.count + 1)
+        # At most 1: event time may go backwards (late or hostile timestamps), and a weight
+        # above 1 would overshoot and make the reference diverge.
+        w = min(w, 1.0)
+        d = y - self.mean
+        self.mean += w * d
+        self.var = (1.0 - w) * (self.var + w * d * d)
+        self.count += 1
+        self.last_ms = max(self.last_ms, t_ms)
+
+
 class ProducerState:
     """Everything the detector keeps about one producer (bounded by FeatureConfig caps)."""
 
     __slots__ = (
+        "arrivals",
         "calibration",
         "categorical",
         "cooldown_until_ms",
+        "drifts",
         "flagged_since_ms",
         "flagged_streak",
         "gap",
+        "ids",
         "last_ms",
         "likelihood",
         "n",
+        "novel",
         "numeric",
         "rate",
         "schema_fields",
@@ -336,8 +569,11 @@ class ProducerState:
     def __init__(self, cfg: FeatureConfig) -> None:
         self.n = 0
         self.last_ms = -1
-        self.gap = stats.EWMean(cfg.rate_fading_factor)  # smoothed log inter-arrival
+        self.gap = Moments(cfg.rate_fading_factor)  # its mean: the smoothed log inter-arrival
         self.rate = Moments(cfg.fading_factor)  # moments of the smoothed log inter-arrival
+        # The same moments over a span of event time instead (rate_horizon_s): a flood packs
+        # a hundred events into seconds, and must not teach a count-based baseline that fast.
+        self.arrivals: Drift | None = Drift() if cfg.rate_horizon_s > 0 else None
         self.size = Moments(cfg.fading_factor)
         self.numeric: dict[str, Moments] = {}
         self.categorical: dict[str, Categories] = {}
@@ -347,6 +583,11 @@ class ProducerState:
         # Per numeric field, when the spec asks for them (at most max_profiled_fields each).
         self.seasonal: dict[str, Seasonal] = {}
         self.windows: dict[str, ValueWindow] = {}
+        self.drifts: dict[str, Drift] = {}  # per numeric field, with drift_horizon_s
+        self.ids: IdMemory | None = None  # with replay_window, from the first id
+        # Per type, shape or categorical field name: recent novelties decayed over burst_s, and when
+        # the last came (novelty_burst); at most one entry per tracked field.
+        self.novel: dict[str, tuple[float, int]] = {}
         # Decision state, kept here so it is bounded and evicted with the producer.
         self.cooldown_until_ms = -1
         self.suppressed = 0
@@ -360,9 +601,16 @@ class ProducerState:
     def __setstate__(self, state: Any) -> None:
         """Unpickle, giving slots added since the checkpoint was written their empty value."""
         self.seasonal, self.windows, self.silenced, self.likelihood = {}, {}, False, None
+        self.drifts, self.ids, self.novel, self.arrivals = {}, None, {}, None
         _, slots = state if isinstance(state, tuple) else (None, state)
         for name, value in (slots or {}).items():
             setattr(self, name, value)
+        # Share the field names among producers (pickle copies them per producer).
+        self.numeric = {sys.intern(k): v for k, v in self.numeric.items()}
+        self.categorical = {sys.intern(k): v for k, v in self.categorical.items()}
+        self.schema_fields = {
+            sys.intern(k): tuple(map(sys.intern, v)) for k, v in self.schema_fields.items()
+        }
 
 
 def _signed_log(x: float) -> float:
@@ -385,6 +633,10 @@ def _two_sided(z: float) -> float:
     return min((x * x + math.log(x * _SQRT_PI)) / _LOG10, MAX_SURPRISE)
 
 
+# Keys of the type and shape novelty counters (categorical fields use their own key).
+_TYPE_KEY, _SCHEMA_KEY = "\x00type", "\x00schema"
+
+
 def _type_prefix(event: Event) -> str:
     """Payload statistics are kept per event type: one type's fields say little of another's."""
     return f"{event.type}\x1f" if event.type is not None else ""
@@ -398,7 +650,12 @@ def _schema_key(event: Event) -> tuple[str, tuple[str, ...]]:
 
 
 class FeatureStore:
-    """Per-producer state, bounded by a cap (LRU) and an idle TTL in event time."""
+    """Per-producer state, bounded by a cap and an idle TTL in event time.
+
+    Beyond the cap: without ``admission``, the least recently seen producer is evicted (LRU);
+    with it, established producers stay and refused newcomers share :attr:`overflow` (see
+    :mod:`detector.admission`; the pipeline always passes one).
+    """
 
     def __init__(
         self,
@@ -406,12 +663,16 @@ class FeatureStore:
         max_producers: int = 100_000,
         idle_ttl_ms: int = 24 * 3600 * 1000,
         track_changes: bool = False,
+        admission: Admission | None = None,
     ) -> None:
         self.cfg = cfg
         self.track_changes = track_changes
         self.max_producers = max_producers
         self.idle_ttl_ms = idle_ttl_ms
         self.producers: OrderedDict[str, ProducerState] = OrderedDict()
+        self.admission = admission
+        # Producers refused admission are all scored against this one state (never evicted).
+        self.overflow = ProducerState(cfg)
         self.evicted = 0
         self.tick = 0
         self.watermark_ms = 0
@@ -428,16 +689,33 @@ class FeatureStore:
     def __len__(self) -> int:
         return len(self.producers)
 
-    def state(self, producer: str) -> ProducerState:
-        """The producer's state, created on first sight; marks it most recently used."""
+    def state(self, producer: str, now_ms: int = 0) -> ProducerState:
+        """The producer's state, created on first sight; marks it most recently used.
+
+        When the store is full and the admission policy refuses the producer, the shared
+        :attr:`overflow` state (check with ``st is store.overflow``). ``now_ms``: the event's
+        time, for the admission budget's minute (which follows the watermark).
+        """
         st = self.producers.get(producer)
+        adm = self.admission
         if st is None:
+            if len(self.producers) >= self.max_producers:
+                victim = (
+                    next(iter(self.producers))
+                    if adm is None
+                    else adm.victim(self.producers, max(self.watermark_ms, now_ms))
+                )
+                if victim is None:
+                    return self._refuse(producer)
+                self._evict(victim)
             st = ProducerState(self.cfg)
             self.producers[producer] = st
-            if len(self.producers) > self.max_producers:
-                self._evict(next(iter(self.producers)))
+            if adm is not None:
+                adm.created(producer)
         else:
             self.producers.move_to_end(producer)
+            if adm is not None:
+                adm.seen(producer, st)
         self.tick += 1
         st.seq = self.tick
         if self.track_changes:
@@ -445,30 +723,44 @@ class FeatureStore:
             self.removed.discard(producer)  # evicted, then back before the commit
         return st
 
+    def _refuse(self, producer: str) -> ProducerState:
+        assert self.admission is not None  # noqa: S101 (only called with a policy)
+        self.admission.refuse(producer)
+        if self.track_changes:
+            self.dirty.add(OVERFLOW)
+        return self.overflow
+
     def _evict(self, producer: str) -> None:
         del self.producers[producer]
         self.evicted += 1
+        if self.admission is not None:
+            self.admission.forget(producer)
         if self.track_changes:
             self.dirty.discard(producer)
             self.removed.add(producer)
 
     def restore(
-        self, producers: dict[str, ProducerState], counters: dict[str, int], baseline: bool = False
+        self, producers: dict[str, ProducerState], counters: dict[str, Any], baseline: bool = False
     ) -> None:
         """Replace the state with a checkpoint's, in its LRU order.
 
         A baseline comes from another time: its producers keep what they learned but forget
         when they were last seen, so live event time does not expire them at once.
         """
+        producers = dict(producers)
+        overflow = producers.pop(OVERFLOW, None)
+        self.overflow = ProducerState(self.cfg) if overflow is None else overflow
         self.producers = OrderedDict(sorted(producers.items(), key=lambda kv: kv[1].seq))
         if baseline:
-            for st in self.producers.values():
+            for st in (*self.producers.values(), self.overflow):
                 st.last_ms = -1
-            counters = {**counters, "watermark_ms": 0, "next_sweep_ms": 0, "next_silence_ms": 0}
+            counters = {"evicted": counters["evicted"], "tick": counters["tick"]}  # time: live
+        if self.admission is not None:
+            self.admission.restore(counters, self.producers)
         self.evicted = counters["evicted"]
         self.tick = counters["tick"]
-        self.watermark_ms = counters["watermark_ms"]
-        self.next_sweep_ms = counters["next_sweep_ms"]
+        self.watermark_ms = counters.get("watermark_ms", 0)
+        self.next_sweep_ms = counters.get("next_sweep_ms", 0)
         self.next_silence_ms = counters.get("next_silence_ms", 0)  # absent before silence
         self.dirty.clear()
         self.removed.clear()
@@ -488,7 +780,7 @@ class FeatureStore:
         The arrival clock (last time, inter-arrival) always advances: time is a fact, not a
         belief to protect. Baselines only learn from events the caller accepts.
         """
-        st = self.state(event.producer)
+        st = self.state(event.producer, event.event_time_ms)
         evidence = self.evidence(st, event)
         self.advance_clock(st, event)
         if learn:
@@ -511,6 +803,8 @@ class FeatureStore:
                 ("type", self._type),
                 ("category", self._category),
                 ("schema", self._schema),
+                ("replayed_id", self._replayed),
+                ("drift", self._drift),
             )
             if name not in off and (r := judge(st, event)) is not None
         ]
@@ -520,15 +814,22 @@ class FeatureStore:
         return Evidence(surprise, reasons, st.n)
 
     def _rate(self, st: ProducerState, event: Event) -> Reason | None:
-        if st.rate.count < self.cfg.min_count or st.last_ms < 0:
+        timed = st.arrivals
+        count = st.rate.count if timed is None else timed.count
+        if count < self.cfg.min_count or st.last_ms < 0:
             return None
         smoothed = self._next_gap(st, event)
-        z = -st.rate.z(smoothed, self.cfg.min_sd)  # positive: faster than usual
+        if timed is None:
+            z = -st.rate.z(smoothed, self.cfg.min_sd)  # positive: faster than usual
+            usual = st.rate.mean
+        else:
+            z = -timed.z(smoothed, self.cfg.min_sd)
+            usual = timed.mean
         s = _two_sided(z) - math.log10(2.0) if z > 0 else 0.0  # one-sided: floods only
         if s <= 0:
             return None
         observed = f"{_rate_per_s(smoothed):.3g}/s"
-        return Reason("rate", "", observed, f"{_rate_per_s(st.rate.mean.get()):.3g}/s", s)
+        return Reason("rate", "", observed, f"{_rate_per_s(usual):.3g}/s", s)
 
     def _value(self, st: ProducerState, event: Event) -> Reason | None:
         """Per numeric field, the largest of: the surprise against the field's running moments,
@@ -576,7 +877,8 @@ class FeatureStore:
     def _type(self, st: ProducerState, event: Event) -> Reason | None:
         if event.type is None:
             return None
-        s = st.types.surprise(event.type, self.cfg.novelty_prior)
+        burst = self._burst(st, _TYPE_KEY, event.event_time_ms)
+        s = st.types.surprise(event.type, self.cfg.novelty_prior, burst, self.cfg.min_count)
         return Reason("type", "type", event.type, st.types.expected(), s) if s > 0 else None
 
     def _category(self, st: ProducerState, event: Event) -> Reason | None:
@@ -586,7 +888,8 @@ class FeatureStore:
         for name, value in event.strings.items():
             c = st.categorical.get(prefix + name)
             if c is not None:
-                s = c.surprise(value, self.cfg.novelty_prior)
+                burst = self._burst(st, name, event.event_time_ms) if st.novel else 0.0
+                s = c.surprise(value, self.cfg.novelty_prior, burst, self.cfg.min_count)
                 if s > best:
                     best, best_field, best_c = s, name, c
         if best_c is None:
@@ -602,14 +905,74 @@ class FeatureStore:
 
     def _schema(self, st: ProducerState, event: Event) -> Reason | None:
         key, names = self._schema_of(event)
-        s = st.schemas.surprise(key, self.cfg.novelty_prior)
+        burst = self._burst(st, _SCHEMA_KEY, event.event_time_ms)
+        s = st.schemas.surprise(key, self.cfg.novelty_prior, burst, self.cfg.min_count)
         return Reason("schema", "", _schema_diff(st, names), "usual shape", s) if s > 0 else None
+
+    def _burst(self, st: ProducerState, key: str, t_ms: int) -> float:
+        """Recent novelties of one type, shape or field, decayed to ``t_ms``."""
+        seen = st.novel.get(key)
+        if seen is None:
+            return 0.0
+        count, last_ms = seen
+        return count * math.exp(-max(t_ms - last_ms, 0) / (self.cfg.burst_s * 1000))
+
+    def _note_novelties(self, st: ProducerState, event: Event) -> None:
+        """Count the event's never-seen type, shape and categorical values, per field."""
+        t, least = event.event_time_ms, self.cfg.min_count
+        keys = []
+        if event.type is not None and st.types.is_new(event.type, least):
+            keys.append(_TYPE_KEY)
+        if st.schemas.is_new(self._schema_of(event)[0], least):
+            keys.append(_SCHEMA_KEY)
+        prefix = _type_prefix(event)
+        for name, value in event.strings.items():
+            c = st.categorical.get(prefix + name)
+            if c is not None and c.is_new(value, least):
+                keys.append(name)  # a field's novelties count together over event types
+        for key in keys:
+            st.novel[key] = (self._burst(st, key, t) + 1.0, t)
+
+    def _replayed(self, st: ProducerState, event: Event) -> Reason | None:
+        """An event id the producer already sent (within its last ``replay_window`` ids)."""
+        ids = st.ids
+        event_id = event.strings.get(self.cfg.id_field)
+        if ids is None or event_id is None or not ids.seen(event_id):
+            return None
+        cfg = self.cfg
+        expected = f"unique ids ({ids.repeats} repeats in {ids.events} events)"
+        s = ids.surprise(cfg.novelty_prior, event.event_time_ms, cfg.burst_s * 1000)
+        return Reason("replayed_id", cfg.id_field, event_id, expected, s)
+
+    def _drift(self, st: ProducerState, event: Event) -> Reason | None:
+        """The numeric field whose level has crept furthest from its slow reference."""
+        cfg = self.cfg
+        if not st.drifts:
+            return None
+        best: Reason | None = None
+        prefix = _type_prefix(event)
+        for name, x in event.numbers.items():
+            d = st.drifts.get(prefix + name)
+            if d is None or d.count < cfg.min_count:
+                continue
+            # P(S > s) ~ exp(-2 k s) for a CUSUM under no change: -log10 of that.
+            stat = d.statistic(_signed_log(x), cfg.drift_slack, cfg.min_sd, cfg.drift_clip)
+            s = min(2.0 * cfg.drift_slack * stat / _LOG10, MAX_SURPRISE)
+            if s > 0 and (best is None or s > best.surprise):
+                m = st.numeric.get(prefix + name)
+                level = _unlog(m.mean) if m is not None else x
+                hours = cfg.drift_horizon_s / 3600
+                best = Reason(
+                    "drift", name, f"recent level {level:.4g}",
+                    f"{_unlog(d.mean):.4g} (reference over ~{hours:g} h)", s,
+                )  # fmt: skip
+        return best
 
     def _next_gap(self, st: ProducerState, event: Event) -> float:
         """The smoothed log inter-arrival this event would give, without updating."""
         gap = math.log1p(max(event.event_time_ms - st.last_ms, 0))
         a = self.cfg.rate_fading_factor
-        return float(a * gap + (1 - a) * st.gap.get())
+        return a * gap + (1 - a) * st.gap.mean
 
     def advance_clock(self, st: ProducerState, event: Event) -> None:
         if st.last_ms >= 0:
@@ -617,38 +980,65 @@ class FeatureStore:
         st.last_ms = max(st.last_ms, event.event_time_ms)
         st.n += 1
         st.silenced = False
+        cfg = self.cfg
+        if cfg.novelty_burst and st.n > 1:  # novelties are facts, like time
+            self._note_novelties(st, event)
+        if st.drifts:  # the CUSUMs of judged fields advance with every event
+            prefix = _type_prefix(event)
+            for name, x in event.numbers.items():
+                d = st.drifts.get(prefix + name)
+                if d is not None and d.count >= cfg.min_count:
+                    d.step(_signed_log(x), cfg.drift_slack, cfg.min_sd, cfg.drift_clip)
+        if cfg.replay_window and (event_id := event.strings.get(cfg.id_field)) is not None:
+            if st.ids is None:
+                st.ids = IdMemory(cfg.replay_window)
+            st.ids.remember(event_id, event.event_time_ms, cfg.burst_s * 1000)
 
     def learn(self, st: ProducerState, event: Event) -> None:
         """Fold the event into the producer's baselines."""
         cfg = self.cfg
         if st.n > 1:
-            st.rate.update(st.gap.get())
+            if st.arrivals is not None:
+                horizon_ms = cfg.rate_horizon_s * 1000
+                st.arrivals.learn(st.gap.mean, event.event_time_ms, horizon_ms, math.inf)
+            else:
+                st.rate.update(st.gap.mean)
         st.size.update(math.log(max(event.size_bytes, 1)))
         prefix = _type_prefix(event)
         for name, x in event.numbers.items():
-            key = prefix + name
-            m = st.numeric.get(key)
-            if m is None:
-                if len(st.numeric) >= cfg.max_numeric_fields:
-                    continue
-                m = st.numeric[key] = Moments(cfg.fading_factor)
-            y = _signed_log(x)
-            m.update(y)
-            if cfg.seasonal_buckets or cfg.window_values:
-                self._learn_profiles(st, key, y, event.event_time_ms)
+            self._learn_number(st, prefix + name, _signed_log(x), event.event_time_ms)
+        if st.ids is not None and event.strings.get(cfg.id_field) is not None:
+            st.ids.learn()  # remembered by advance_clock
         for name, value in event.strings.items():
             c = st.categorical.get(prefix + name)
             if c is None:
                 if len(st.categorical) >= cfg.max_categorical_fields:
                     continue
-                c = st.categorical[prefix + name] = Categories()
+                c = st.categorical[sys.intern(prefix + name)] = Categories()
             c.update(value, cfg.max_categories)
         if event.type is not None:
             st.types.update(event.type, cfg.max_categories)
         key, names = self._schema_of(event)
         st.schemas.update(key, cfg.max_schemas)
         if key not in st.schema_fields and len(st.schema_fields) < cfg.max_schemas:
-            st.schema_fields[key] = names
+            st.schema_fields[sys.intern(key)] = tuple(map(sys.intern, names))
+
+    def _learn_number(self, st: ProducerState, key: str, y: float, t_ms: int) -> None:
+        """One numeric field's moments, and its profiles and drift reference if configured."""
+        cfg = self.cfg
+        m = st.numeric.get(key)
+        if m is None:
+            if len(st.numeric) >= cfg.max_numeric_fields:
+                return
+            m = st.numeric[sys.intern(key)] = Moments(cfg.fading_factor)
+        m.update(y)
+        if cfg.seasonal_buckets or cfg.window_values:
+            self._learn_profiles(st, key, y, t_ms)
+        if cfg.drift_horizon_s > 0:
+            d = st.drifts.get(key)
+            if d is None:
+                d = st.drifts[key] = Drift()
+            d.learn(y, t_ms, cfg.drift_horizon_s * 1000, cfg.drift_restart)
 
     def _learn_profiles(self, st: ProducerState, key: str, y: float, t_ms: int) -> None:
         """Seasonal bucket and value window of one numeric field (if the spec has them)."""
@@ -687,8 +1077,31 @@ class FeatureStore:
             self._evict(producer)
 
 
+def new_producer_reason(
+    producers: Mapping[str, ProducerState], producer: str, established_events: int
+) -> Reason | None:
+    """Why a producer's first event is news: others are established (past ``established_events``)
+    and this id was never seen (or forgotten after the idle TTL). None while no producer is
+    established (a fresh start, where every producer is new).
+
+    Examples:
+        >>> fleet = {"pay-1": ProducerState(FeatureConfig())}
+        >>> fleet["pay-1"].n = 500
+        >>> new_producer_reason(fleet, "pay-9", 200).observed
+        'pay-9'
+        >>> fleet["pay-1"].n = 20
+        >>> new_producer_reason(fleet, "pay-9", 200) is None
+        True
+    """
+    # The LRU order puts long-known producers first: the scan usually stops at once.
+    if not any(st.n >= established_events for st in producers.values()):
+        return None
+    expected = f"one of the {len(producers)} known producers"
+    return Reason("new_producer", "", producer, expected, MAX_SURPRISE)
+
+
 def _rate_per_s(smoothed_log_gap: float) -> float:
-    gap_ms = math.expm1(smoothed_log_gap)
+    gap_ms = math.expm1(min(smoothed_log_gap, 700.0))
     return 1000.0 / gap_ms if gap_ms > 0 else float("inf")
 
 

@@ -26,11 +26,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from detector.alerts import Alert, alert_id
+from detector.admission import OVERFLOW, Admission
+from detector.alerts import ALERT_STORM, PRODUCER_EXPLOSION, SILENCE, Alert, AlertBudget, alert_id
 from detector.calibration import Calibrator, Likelihood
 from detector.checkpoint import Snapshot, check_compatible, new_meta
 from detector.events import Event
-from detector.features import FeatureStore, ProducerState, Reason
+from detector.features import FeatureStore, ProducerState, Reason, new_producer_reason
 from detector.scoring import ModelSpec
 
 MAX_REASONS = 3
@@ -51,10 +52,11 @@ class Verdict:
             score, it could not raise an alert of its own (flagged ones are counted in the
             next alert's ``suppressed``). Benchmarks that score alerts, not raw scores, read
             held events as "no detection".
-        silence: alerts about *other* producers that this event revealed as silent (its
-            event time moved the watermark past their deadline; see ``Decision``). The
-            worker appends them like ``alert``; their ids derive from this entry and the
-            silent producer, so a replay never writes them twice.
+        silence: alerts this event revealed that are not about the event itself: other
+            producers gone silent (its event time moved the watermark past their deadline;
+            see ``Decision``), and the detector's own ``producer_explosion`` and
+            ``alert_storm`` alerts. The worker appends them like ``alert``; their ids derive
+            from this entry, the kind and the producer, so a replay never writes them twice.
     """
 
     event: Event
@@ -72,9 +74,15 @@ class Pipeline:
     Args:
         spec: the model spec.
         threshold: overrides the spec's threshold.
-        max_producers: cap on tracked producers (LRU beyond it).
+        max_producers: cap on tracked producers. Beyond it, established producers (past
+            warm-up) stay until the idle TTL; newcomers replace producers in warm-up, at most
+            ``admit_per_min`` per minute of event time, and the rest share one overflow state
+            (:mod:`detector.admission`).
         idle_ttl_ms: producers silent this long (event time) are forgotten.
         track_changes: remember changed producers, for incremental checkpoints (the worker).
+        admit_per_min: newcomers admitted per minute of event time while the store is full.
+        max_alerts_per_min: alerts per minute of event time over all producers; the rest are
+            summarised in one ``alert_storm`` alert per minute (0: no cap).
     """
 
     def __init__(
@@ -84,12 +92,18 @@ class Pipeline:
         max_producers: int = 100_000,
         idle_ttl_ms: int = 24 * 3600 * 1000,
         track_changes: bool = False,
+        admit_per_min: int = 60,
+        max_alerts_per_min: int = 100,
     ) -> None:
         self.spec = spec
         self.decision = spec.decision
         self.threshold = spec.decision.threshold if threshold is None else threshold
         self.model = spec.build()
-        self.store = FeatureStore(spec.features, max_producers, idle_ttl_ms, track_changes)
+        self.admission = Admission(spec.decision.warmup_events, admit_per_min)
+        self.store = FeatureStore(
+            spec.features, max_producers, idle_ttl_ms, track_changes, self.admission
+        )
+        self.budget = AlertBudget(max_alerts_per_min)
         c = spec.calibration
         self.calibrator = Calibrator(self.model.max_raw, c.bins, c.tail_points, c.min_excess)
         self.likelihood = (
@@ -110,7 +124,9 @@ class Pipeline:
 
     def _one(self, event: Event) -> Verdict:
         store = self.store
-        st = store.state(event.producer)
+        st = store.state(event.producer, event.event_time_ms)
+        now = max(store.watermark_ms, event.event_time_ms)
+        capped = self.budget.roll(now)  # first: this event's alerts count in its minute
         evidence = store.evidence(st, event)
         raw = self.model.raw_score(evidence)
         if st.calibration is None:
@@ -127,6 +143,10 @@ class Pipeline:
             if self.likelihood is not None:
                 score, reasons = self._likelihood(st, score, reasons)
             flagged = score >= self.threshold
+        elif st.n == 0 and d.new_producer and st is not store.overflow:
+            why = new_producer_reason(store.producers, event.producer, d.warmup_events)
+            if why is not None:
+                score, flagged, reasons = 1.0, True, [why]
         if suspect:
             if st.flagged_streak == 0:
                 st.flagged_since_ms = event.event_time_ms
@@ -136,6 +156,7 @@ class Pipeline:
         held = event.event_time_ms < st.cooldown_until_ms
         if flagged:
             alert = self._decide(st, event, score or 0.0, reasons)
+            held = held or alert is None  # the cooldown or the global cap held it back
         store.advance_clock(st, event)
         accept = not suspect or (
             st.flagged_streak > d.adapt_after_events
@@ -151,8 +172,25 @@ class Pipeline:
             self.model.learn(evidence)
         store.expire(event.event_time_ms)
         self.events_seen += 1
-        silence = self._silence(event) if d.silence_after > 0 else ()
-        return Verdict(event, score, flagged, alert, held=held, silence=silence)
+        others = self._others(event, st is store.overflow, now, capped)
+        return Verdict(event, score, flagged, alert, held=held, silence=others)
+
+    def _others(
+        self,
+        event: Event,
+        overflowed: bool,
+        now: int,
+        capped: tuple[int, int, tuple[str, ...]] | None,
+    ) -> tuple[Alert, ...]:
+        """Alerts that ride on this event but are not about it (``Verdict.silence``)."""
+        out = [] if capped is None else [self._storm_alert(event, *capped)]
+        if overflowed:
+            report = self.admission.take_report(now, self.decision.cooldown_ms)
+            if report is not None:
+                out.append(self._explosion_alert(event, *report))
+        if self.decision.silence_after > 0:
+            out.extend(self._silence(event))
+        return tuple(out)
 
     def _likelihood(
         self, st: ProducerState, score: float, reasons: list[Reason]
@@ -173,7 +211,7 @@ class Pipeline:
         )  # fmt: skip
         return lk, [why, *reasons]
 
-    def _silence(self, event: Event) -> tuple[Alert, ...]:
+    def _silence(self, event: Event) -> list[Alert]:
         """Alerts for producers the watermark has left behind: silent for longer than
         ``silence_after`` times their usual inter-arrival (and ``silence_min_ms``).
 
@@ -184,19 +222,21 @@ class Pipeline:
         store, d = self.store, self.decision
         now = store.watermark_ms
         if now < store.next_silence_ms:
-            return ()
+            return []
         store.next_silence_ms = now + max(d.silence_min_ms // 2, 1000)
         out = []
         for producer, st in store.producers.items():
             if st.silenced or st.last_ms < 0 or st.n < d.warmup_events:
                 continue
-            usual_ms = max(math.expm1(st.gap.get()), 1.0)  # smoothed inter-arrival
+            usual_ms = max(math.expm1(st.gap.mean), 1.0)  # smoothed inter-arrival
             quiet_ms = now - st.last_ms
             if quiet_ms < max(d.silence_after * usual_ms, d.silence_min_ms):
                 continue
             st.silenced = True
             if store.track_changes:
                 store.dirty.add(producer)
+            if not self.budget.allow(producer):
+                continue
             surprise = min(quiet_ms / usual_ms / math.log(10.0), 64.0)  # exponential gaps
             reason = Reason(
                 "silence", "", f"no event for {quiet_ms / 1000:.4g}s",
@@ -215,21 +255,66 @@ class Pipeline:
                     threshold=self.threshold,
                     model=self.spec.name,
                     reasons=(reason,),
+                    kind=SILENCE,
                 )
             )
-        return tuple(out)
+        return out
+
+    def _explosion_alert(self, event: Event, refused: int, distinct: int, admitted: int) -> Alert:
+        """The store is full and producers were refused (counts since the previous one)."""
+        cap, per_min = self.store.max_producers, self.admission.per_minute
+        return self._detector_alert(
+            event, PRODUCER_EXPLOSION, event.event_time_ms, 0,
+            Reason("producers", "refused_events", str(refused),
+                   f"scored in the shared overflow state: {cap} producers tracked", 0.0),
+            Reason("producers", "refused_producers", f"~{distinct}",
+                   "distinct ids refused (estimate, ~7%)", 0.0),
+            Reason("producers", "admitted", str(admitted),
+                   f"at most {per_min} per minute, replacing producers in warm-up", 0.0),
+        )  # fmt: skip
+
+    def _storm_alert(
+        self, event: Event, minute_ms: int, held: int, producers: tuple[str, ...]
+    ) -> Alert:
+        """Alerts the global cap held back in the minute starting at ``minute_ms``."""
+        return self._detector_alert(
+            event, ALERT_STORM, minute_ms, held,
+            Reason("alerts", "held_back", str(held),
+                   f"at most {self.budget.per_minute} alerts per minute", 0.0),
+            Reason("alerts", "producers", ",".join(producers),
+                   f"the first {len(producers)} producers held back", 0.0),
+        )  # fmt: skip
+
+    def _detector_alert(
+        self, event: Event, kind: str, event_time: int, suppressed: int, *reasons: Reason
+    ) -> Alert:
+        return Alert(
+            alert_id=alert_id(event.stream, event.entry_id, f"{self.spec.name}\0{kind}"),
+            producer=OVERFLOW,
+            source_stream=event.stream,
+            source_id=event.entry_id,
+            event_time=event_time,
+            score=1.0,
+            threshold=self.threshold,
+            model=self.spec.name,
+            reasons=reasons,
+            suppressed=suppressed,
+            kind=kind,
+        )
 
     def snapshot(self, offsets: dict[str, str], full: bool = False) -> Snapshot:
         """The state to checkpoint: every producer if ``full``, else only changed ones."""
         store = self.store
         names = list(store.producers) if full else [n for n in store.dirty if n in store.producers]
+        states: dict[str, object] = {n: store.producers[n] for n in names}
+        if store.overflow.n and (full or OVERFLOW in store.dirty):
+            states[OVERFLOW] = store.overflow  # key "" cannot be a real producer's
         meta = new_meta(
             self.spec.name, self.spec.digest, dict(offsets),
             events_seen=self.events_seen, producers=len(store), **store.counters(),
+            **self.admission.to_meta(), **self.budget.to_meta(),
         )  # fmt: skip
-        return Snapshot(
-            meta, self.model, {n: store.producers[n] for n in names}, sorted(store.removed)
-        )
+        return Snapshot(meta, self.model, states, sorted(store.removed))
 
     def committed(self) -> None:
         """The last snapshot is durable: start tracking changes afresh."""
@@ -245,6 +330,7 @@ class Pipeline:
         check_compatible(snap.meta, self.spec.name, self.spec.digest)
         self.model = snap.model  # type: ignore[assignment]
         self.store.restore(snap.producers, snap.meta, baseline)  # type: ignore[arg-type]
+        self.budget.restore({} if baseline else snap.meta)
         self.events_seen = int(snap.meta["events_seen"])
         return dict(snap.meta.get("offsets", {}))
 
@@ -254,8 +340,13 @@ class Pipeline:
         if event.event_time_ms < st.cooldown_until_ms:
             st.suppressed += 1
             return None
-        suppressed, st.suppressed = st.suppressed, 0
         st.cooldown_until_ms = event.event_time_ms + self.decision.cooldown_ms
+        if not self.budget.allow(event.producer):
+            # Counted as if sent: the producer's next alert (after its cooldown, so the cap's
+            # slots rotate among producers) reports it, and so does the minute's summary.
+            st.suppressed += 1
+            return None
+        suppressed, st.suppressed = st.suppressed, 0
         return Alert(
             alert_id=alert_id(event.stream, event.entry_id, self.spec.name),
             producer=event.producer,

@@ -73,6 +73,9 @@ class TreesModel:
     """
 
     max_raw = 1.0
+    # The trees' inputs: the six per-event features they were measured with (the replay and
+    # drift features are off in the hst spec; new inputs would change every seeded split).
+    inputs = FEATURES[:6]
 
     def __init__(
         self,
@@ -83,14 +86,15 @@ class TreesModel:
         scale: float = 8.0,
     ) -> None:
         self.scale = scale
-        limits: dict[Hashable, tuple[float, float]] = dict.fromkeys(FEATURES, (0.0, 1.0))
+        limits: dict[Hashable, tuple[float, float]] = dict.fromkeys(self.inputs, (0.0, 1.0))
         self.trees = anomaly.HalfSpaceTrees(
             n_trees=n_trees, height=height, window_size=window_size, limits=limits, seed=seed
         )
 
     def _x(self, evidence: Evidence) -> dict[str, float]:
         # 1 - exp(-s/scale): monotone, 0 for usual, approaches 1 for extreme surprise.
-        return {f: 1.0 - math.exp(-evidence.surprise.get(f, 0.0) / self.scale) for f in FEATURES}
+        s = evidence.surprise
+        return {f: 1.0 - math.exp(-s.get(f, 0.0) / self.scale) for f in self.inputs}
 
     def raw_score(self, evidence: Evidence) -> float:
         return float(self.trees.score_one(self._x(evidence)))  # type: ignore[no-untyped-call]
@@ -123,6 +127,9 @@ class Decision:
             time of any producer) passes its last event by this many times its usual
             inter-arrival; 0 turns silence detection off. One alert per silence.
         silence_min_ms: never silent sooner than this after its last event.
+        new_producer: alert on the first event of a producer never seen (or forgotten after
+            the idle TTL) while others are established (past warm-up): a new instance in a
+            known fleet. Off for fleets that scale by adding producers.
     """
 
     threshold: float = 0.9999
@@ -133,6 +140,7 @@ class Decision:
     adapt_after_ms: int = 900_000
     silence_after: float = 0.0
     silence_min_ms: int = 60_000
+    new_producer: bool = False
 
 
 @dataclass(frozen=True, slots=True)

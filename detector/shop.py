@@ -42,6 +42,7 @@ from typing import NamedTuple, TypeAlias, TypeVar
 import orjson
 
 __all__ = [
+    "DEFAULT_GRACE_MS",
     "DEFAULT_INSTANCES",
     "DEMO_KINDS",
     "INCIDENT_KINDS",
@@ -117,6 +118,8 @@ _MINUTE_MS = 60_000
 _HOUR_MS = 3_600_000
 _CHUNK_MS = 5 * _MINUTE_MS  # a multiple of the minute grid, so no segment straddles chunks
 _SAME_PRODUCER_GAP_MS = 10 * _MINUTE_MS
+DEFAULT_GRACE_MS = 60_000
+"""How long after an incident's end an alert on its producer still belongs to it."""
 _MAX_ENTRY_BYTES = 60_000  # below the decoder's 64 KiB cap
 _MAX_STRING_LEN = 15_000  # below the decoder's 16 Ki character cap per string
 _TAU = 2.0 * math.pi
@@ -1244,22 +1247,29 @@ def generate(
 
 
 def incident_for(
-    producer: str, event_time_ms: int, incidents: Sequence[Incident], grace_ms: int = 60_000
+    producer: str,
+    event_time_ms: int,
+    incidents: Sequence[Incident],
+    grace_ms: int | Mapping[str, int] = DEFAULT_GRACE_MS,
 ) -> Incident | None:
     """The incident an alert on ``producer`` at ``event_time_ms`` belongs to, if any.
 
     An alert matches an incident on the same producer when its time is within
-    ``[start_ms, end_ms + grace_ms]``; one inside ``[start_ms, end_ms]`` wins over one that
-    only matches thanks to the grace period.
+    ``[start_ms, end_ms + grace]``; one inside ``[start_ms, end_ms]`` wins over one that
+    only matches thanks to the grace period. ``grace_ms`` is one grace for every kind, or a
+    grace per kind (kinds it lacks get :data:`DEFAULT_GRACE_MS`).
 
     Examples:
         >>> inc = Incident("flood", "cart-1", 1_000, 2_000, "")
         >>> incident_for("cart-1", 62_000, [inc]) is inc, incident_for("cart-1", 62_001, [inc])
         (True, None)
+        >>> incident_for("cart-1", 62_001, [inc], {"flood": 70_000}) is inc
+        True
     """
     late: Incident | None = None
     for inc in incidents:
-        if inc.producer != producer or not inc.start_ms <= event_time_ms <= inc.end_ms + grace_ms:
+        grace = grace_ms if isinstance(grace_ms, int) else grace_ms.get(inc.kind, DEFAULT_GRACE_MS)
+        if inc.producer != producer or not inc.start_ms <= event_time_ms <= inc.end_ms + grace:
             continue
         if event_time_ms <= inc.end_ms:
             return inc

@@ -422,7 +422,13 @@ class Worker:
         m = self.metrics
         m.partitions_owned.set(len(self.owned))
         m.producers.set(self.producers)
-        m.evicted.set(sum(c.pipeline.store.evicted for c in self.consumers.values()))
+        pipelines = [c.pipeline for c in self.consumers.values()]
+        m.evicted.set(sum(p.store.evicted for p in pipelines))
+        m.set_exhaustion(
+            sum(p.admission.refused for p in pipelines),
+            sum(p.admission.admitted for p in pipelines),
+            sum(p.budget.capped_total for p in pipelines),
+        )
 
     def _report_group(self) -> None:
         # Per configured stream: partitioned, summed over the owned partitions' streams.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import pickle
+import random
 from collections.abc import Iterable
 
 from detector.events import Decoder, Event
-from detector.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig, FeatureStore
+from detector.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig, FeatureStore, Moments
 
 CFG = FeatureConfig()
 SECOND = 1000
@@ -140,11 +141,11 @@ def test_evidence_excludes_the_event_itself() -> None:
 def test_learn_false_leaves_baselines_but_advances_clock() -> None:
     store = trained()
     st = store.producers["pay-1"]
-    numeric = {k: (m.count, m.mean.get(), m.var.get()) for k, m in st.numeric.items()}
+    numeric = {k: (m.count, m.mean, m.var) for k, m in st.numeric.items()}
     cats = {k: dict(c.counts) for k, c in st.categorical.items()}
     n, size_count = st.n, st.size.count
     store.observe(ev(300 * SECOND, numbers={"amount": 5e6}, strings={"cur": "XMR"}), learn=False)
-    assert {k: (m.count, m.mean.get(), m.var.get()) for k, m in st.numeric.items()} == numeric
+    assert {k: (m.count, m.mean, m.var) for k, m in st.numeric.items()} == numeric
     assert {k: dict(c.counts) for k, c in st.categorical.items()} == cats
     assert st.size.count == size_count
     assert st.n == n + 1
@@ -541,3 +542,203 @@ def test_a_judged_time_of_day_bucket_can_explain_a_daily_step() -> None:
     a = [explains.observe(e, learn=True).surprise["value"] for e in noon]
     b = [larger.observe(e, learn=True).surprise["value"] for e in noon]
     assert max(a) < 0.5 < 0.9 < min(b)
+
+
+# --------------------------------------------------------------------------------------------
+# Replayed event ids and slow drift
+# --------------------------------------------------------------------------------------------
+
+REPLAY = FeatureConfig(replay_window=256)
+
+
+def with_id(i: int, event_id: str | None = None, t0: int = 0) -> Event:
+    e = normal(i, t0=t0)
+    return ev(e.event_time_ms, numbers=e.numbers, strings={**e.strings,
+              "event_id": event_id or f"id-{i}"}, size=e.size_bytes)  # fmt: skip
+
+
+def test_replayed_id_is_surprising_and_a_burst_more_so() -> None:
+    store = FeatureStore(REPLAY)
+    feed(store, (with_id(i) for i in range(300)))
+    fresh = store.observe(with_id(300), learn=True)
+    assert fresh.surprise["replayed_id"] == 0.0
+    replays = feed(store, (with_id(301 + k, f"id-{250 + k}") for k in range(3)), learn=False)
+    s = [r.surprise["replayed_id"] for r in replays]
+    assert 2.0 < s[0] < s[1] < s[2] <= MAX_SURPRISE
+    top = replays[0].reasons[0]
+    assert (top.feature, top.field, top.observed) == ("replayed_id", "event_id", "id-250")
+
+
+def test_replays_outside_the_remembered_window_are_not_seen() -> None:
+    store = FeatureStore(REPLAY)
+    feed(store, (with_id(i) for i in range(600)))
+    assert store.observe(with_id(600, "id-10"), learn=False).surprise["replayed_id"] == 0.0
+    ids = store.producers["pay-1"].ids
+    assert ids is not None and ids.n == 256 and len(ids.fp) == 256
+
+
+def test_accepted_repeats_become_usual() -> None:
+    store = FeatureStore(FeatureConfig(replay_window=64, burst_s=1.0))
+    # A producer that re-sends every 10th event (at-least-once delivery) a second later.
+    events = []
+    for i in range(400):
+        events.append(with_id(i))
+        if i % 10 == 0:
+            events.append(with_id(i, f"id-{i}"))
+    feed(store, events)
+    s = store.observe(with_id(401, "id-390"), learn=False).surprise["replayed_id"]
+    assert 0.0 < s < 1.5
+
+
+def test_id_memory_pickles_and_grows_only_as_needed() -> None:
+    store = FeatureStore(REPLAY)
+    feed(store, (with_id(i) for i in range(100)))
+    st = store.producers["pay-1"]
+    assert st.ids is not None and len(st.ids.fp) == 128
+    copy = pickle.loads(pickle.dumps(st))  # noqa: S301 (our own bytes)
+    probe = with_id(100, "id-42")
+    assert store.evidence(copy, probe).surprise == store.evidence(st, probe).surprise
+    assert store.evidence(st, probe).surprise["replayed_id"] > 2.0
+
+
+DRIFT = FeatureConfig(drift_horizon_s=4 * 3600.0)
+
+
+def latency(i: int, scale: float = 1.0) -> Event:
+    """One event a second; latency jitters around 100 * scale."""
+    return ev(i * SECOND, numbers={"latency_ms": scale * (100.0 + 10.0 * (i * 7 % 5 - 2))})
+
+
+def test_slow_creep_is_a_drift_the_fast_baseline_misses() -> None:
+    store = FeatureStore(DRIFT)
+    feed(store, (latency(i) for i in range(3600)))
+    # +1% a minute for 90 minutes: the ~100-event moments follow it, the reference does not.
+    creep = [latency(3600 + i, 1.01 ** (i / 60)) for i in range(90 * 60)]
+    out = feed(store, creep)
+    assert max(e.surprise["value"] for e in out) < 3.0
+    assert max(e.surprise["drift"] for e in out) > 10.0
+    top = max(out, key=lambda e: e.surprise["drift"]).reasons[0]
+    assert (top.feature, top.field) == ("drift", "latency_ms")
+
+
+def test_steady_values_give_little_drift() -> None:
+    store = FeatureStore(DRIFT)
+    out = feed(store, (latency(i) for i in range(4000)))
+    assert max(e.surprise["drift"] for e in out) < 4.0
+
+
+def test_drift_state_pickles_and_old_states_load() -> None:
+    store = FeatureStore(DRIFT)
+    feed(store, (latency(i) for i in range(300)))
+    st = store.producers["pay-1"]
+    copy = pickle.loads(pickle.dumps(st))  # noqa: S301 (our own bytes)
+    probe = latency(300, 3.0)
+    assert store.evidence(copy, probe).surprise == store.evidence(st, probe).surprise
+    _, slots = st.__getstate__()  # type: ignore[misc]
+    old = {k: v for k, v in slots.items() if k not in ("drifts", "ids")}
+    restored = object.__new__(type(st))
+    restored.__setstate__((None, old))
+    assert (restored.drifts, restored.ids) == ({}, None)
+
+
+def test_replay_and_drift_are_off_by_default() -> None:
+    store = trained()
+    st = store.producers["pay-1"]
+    assert (st.ids, st.drifts) == (None, {})
+
+
+def quiet(i: int, gap_s: float = 5.0) -> Event:
+    """A slow producer: one event every ``gap_s`` seconds, mildly jittered."""
+    return ev(int(i * gap_s * SECOND + (i * 7919 % 13) * 100))
+
+
+def test_timed_rate_baseline_sees_a_flood_a_count_based_one_learns() -> None:
+    # One event per 5 s, then a minute-long x50 flood, learned (as unflagged events are): a
+    # count-based baseline has followed it by its end, a 30-minute one has not.
+    flood = [ev(int(2000 * 5 * SECOND + k * 100)) for k in range(600)]
+    timed = FeatureConfig(rate_fading_factor=0.03, rate_horizon_s=1800.0)
+    end = {}
+    for name, cfg in {"events": FeatureConfig(rate_fading_factor=0.03), "time": timed}.items():
+        store = FeatureStore(cfg)
+        feed(store, (quiet(i) for i in range(2000)))
+        end[name] = feed(store, flood)[-1].surprise["rate"]
+    assert end["events"] < 3.0 < 6.0 < end["time"]
+
+
+def test_timed_rate_is_off_by_default_and_pickles() -> None:
+    assert trained().producers["pay-1"].arrivals is None
+    store = FeatureStore(FeatureConfig(rate_horizon_s=600.0))
+    feed(store, (quiet(i) for i in range(300)))
+    st = store.producers["pay-1"]
+    copy = pickle.loads(pickle.dumps(st))  # noqa: S301 (our own bytes)
+    probe = quiet(300, 0.1)
+    assert store.evidence(copy, probe).surprise == store.evidence(st, probe).surprise
+
+
+BURSTY = FeatureConfig(novelty_burst=True, burst_s=60.0)
+
+
+def test_repeated_novel_value_in_a_burst_grows_more_surprising() -> None:
+    store = FeatureStore(BURSTY)
+    feed(store, (normal(i) for i in range(300)))
+    odd = [ev(300 * SECOND + k * 5 * SECOND, strings={"cur": "XMR"}) for k in range(4)]
+    s = [e.surprise["category"] for e in feed(store, odd, learn=False)]
+    assert 2.0 < s[0] < s[1] < s[2] < s[3]
+    plain = FeatureStore(CFG)
+    feed(plain, (normal(i) for i in range(300)))
+    p = [e.surprise["category"] for e in feed(plain, odd, learn=False)]
+    assert p[0] == s[0] and p[3] == p[0] < s[3]
+
+
+def test_novelties_in_other_fields_do_not_multiply_each_other() -> None:
+    store = FeatureStore(BURSTY)
+    feed(store, (normal(i) for i in range(300)))
+    first = store.observe(ev(300 * SECOND, strings={"cur": "XMR"}), learn=False)
+    other = store.observe(ev(301 * SECOND, strings={"cur": "EUR", "via": "x"}), learn=False)
+    again = store.observe(ev(302 * SECOND, strings={"cur": "BTC"}), learn=False)
+    assert other.surprise["category"] == 0.0  # "via" is a new field: no vocabulary yet
+    assert again.surprise["category"] > first.surprise["category"]
+
+
+def test_a_young_vocabulary_is_not_judged() -> None:
+    store = FeatureStore(FeatureConfig(min_count=50))
+    feed(store, (normal(i) for i in range(40)))
+    assert (
+        store.observe(ev(41 * SECOND, strings={"cur": "GBP"}), learn=False).surprise["category"]
+        == 0.0
+    )
+    feed(store, (normal(i) for i in range(42, 80)))
+    assert (
+        store.observe(ev(81 * SECOND, strings={"cur": "GBP"}), learn=False).surprise["category"]
+        > 2.0
+    )
+
+
+def test_new_state_passes_the_checkpoint_allow_list() -> None:
+    from detector.checkpoint import Signer
+
+    cfg = FeatureConfig(replay_window=256, drift_horizon_s=3600.0, rate_horizon_s=600.0,
+                        novelty_burst=True)  # fmt: skip
+    store = FeatureStore(cfg)
+    feed(store, (with_id(i) for i in range(300)))
+    store.observe(ev(301 * SECOND, strings={"cur": "XMR"}), learn=False)
+    st = store.producers["pay-1"]
+    assert st.ids is not None and st.drifts and st.arrivals is not None and st.novel
+    signer = Signer(b"k" * 32)
+    back = signer.loads("p:pay-1", signer.dumps("p:pay-1", st))
+    probe = with_id(302, "id-250")
+    assert store.evidence(back, probe).surprise == store.evidence(st, probe).surprise
+
+
+def test_moments_match_river_ewmean_and_ewvar_bit_for_bit() -> None:
+    from river import stats
+
+    rng = random.Random(3)
+    for fading in (0.01, 0.1, 0.5):
+        ours, mean, var = Moments(fading), stats.EWMean(fading), stats.EWVar(fading)
+        for _ in range(5000):
+            x = rng.choice([0.0, rng.gauss(5, 2), rng.gauss(5, 2) * 1e3, -rng.expovariate(1)])
+            ours.update(x)
+            mean.update(x)
+            var.update(x)
+            assert (ours.mean, ours.var) == (mean.get(), var.get())

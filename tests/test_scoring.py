@@ -81,7 +81,7 @@ def test_stats_spec_values() -> None:
     assert isinstance(spec.build(), SurpriseModel)
     assert spec.features.min_count == 50
     assert spec.calibration.bins == 128
-    assert spec.decision.threshold == 0.9999
+    assert spec.decision.threshold == 0.99999
 
 
 def test_metrics_spec_values() -> None:
@@ -100,6 +100,34 @@ def test_stats_spec_keeps_the_new_features_off() -> None:
     f = load_spec("stats").features
     assert (f.disabled, f.seasonal_buckets, f.window_values) == ((), 0, 0)
     assert load_spec("stats").decision.silence_after == 20.0  # silence detection is on
+
+
+def test_stats_spec_turns_on_replay_drift_bursts_and_timed_rate() -> None:
+    f = load_spec("stats").features
+    assert (f.id_field, f.replay_window) == ("event_id", 8192)
+    assert f.drift_horizon_s > 0 and f.rate_horizon_s > 0 and f.novelty_burst is True
+
+
+@pytest.mark.parametrize("name", ["metrics", "hst"])
+def test_other_specs_keep_replay_drift_and_bursts_off(name: str) -> None:
+    f = load_spec(name).features
+    assert (f.replay_window, f.drift_horizon_s, f.rate_horizon_s, f.novelty_burst) == (
+        0, 0.0, 0.0, False,
+    )  # fmt: skip
+
+
+def test_trees_inputs_are_the_six_per_event_features() -> None:
+    m = TreesModel(n_trees=2, height=3, window_size=10, seed=1)
+    assert m.inputs == ("rate", "value", "size", "type", "category", "schema")
+    assert set(m.inputs) < set(FEATURES)
+
+
+@pytest.mark.parametrize(
+    "line", ["replay_window = -1", "drift_horizon_s = -5.0", "drift_slack = 0", "burst_s = 0"]
+)
+def test_invalid_replay_and_drift_settings_raise_config_error(line: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[features\]"):
+        parse_spec(f'kind = "surprise"\n[features]\n{line}\n', "bad.toml")
 
 
 def test_disabled_features_are_an_array_of_known_names() -> None:

@@ -1,0 +1,148 @@
+"""One seeded shop run through the worker's code path, as alerts.
+
+``detector run`` handles each batch by decoding every entry with :class:`Decoder` and
+calling :meth:`Pipeline.process` on the valid events; its alerts are each verdict's
+``alert`` plus its ``silence`` alerts (``Worker._handle``). This does the same, batch by
+batch, without Redis: the pipeline's state depends only on the events and their order, so
+the alerts are the ones the worker would append.
+
+Other thresholds (``sweep``) are simulated in the same pass, as the pipeline decides: an
+event alerts when its calibrated score reaches the threshold and its producer is out of the
+cooldown. Learning does not depend on the threshold as long as it is at or above the spec's
+``protect_threshold`` (suspect events are judged against the lower of the two), so one pass
+serves them all; silence alerts do not depend on it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from benchmarks.scenarios.matching import Hit, Score, score
+from detector.alerts import Alert
+from detector.errors import InvalidEventError
+from detector.events import Decoder, Event
+from detector.features import Evidence, ProducerState
+from detector.pipeline import Pipeline
+from detector.scoring import ModelSpec
+from detector.shop import iter_events
+
+BATCH = 500  # the worker's default batch_size
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class SeedRun:
+    """One seed's events, speed, score at the spec's threshold, and the simulated sweep."""
+
+    seed: int
+    events: int
+    rejected: int
+    events_per_s: float
+    score: Score
+    sweep: dict[float, Score] = field(default_factory=dict)
+
+
+class _Sweep:
+    """Alerts each extra threshold would have raised (cooldown per producer, as ``_decide``)."""
+
+    def __init__(self, thresholds: Sequence[float], cooldown_ms: int) -> None:
+        self.hits: dict[float, list[Hit]] = {t: [] for t in thresholds}
+        self.until: dict[float, dict[str, int]] = {t: {} for t in thresholds}
+        self.cooldown_ms = cooldown_ms
+        self.reasons: tuple[str, ...] = ()
+
+    def evidence_of(self, pipeline: Pipeline) -> None:
+        """Note each event's reasons as the pipeline computes them (for the top reason)."""
+        compute = pipeline.store.evidence
+
+        def noted(st: ProducerState, event: Event) -> Evidence:
+            ev = compute(st, event)
+            self.reasons = tuple(r.feature for r in ev.reasons)
+            return ev
+
+        pipeline.store.evidence = noted  # type: ignore[method-assign]
+
+    def see(self, event: Event, score: float | None, silence: Sequence[Hit]) -> None:
+        for t, hits in self.hits.items():
+            hits.extend(silence)
+            if score is None or score < t:
+                continue
+            until = self.until[t]
+            if event.event_time_ms >= until.get(event.producer, -1):
+                until[event.producer] = event.event_time_ms + self.cooldown_ms
+                hits.append(Hit(event.producer, event.event_time_ms, self.reasons))
+
+
+def run_seed(
+    spec: ModelSpec,
+    seed: int,
+    hours: float,
+    kinds: Sequence[str],
+    threshold: float | None = None,
+    warmup_h: float = 1.0,
+    rate_scale: float = 1.0,
+    sweep: Sequence[float] = (),
+) -> SeedRun:
+    """Generate the shop for ``seed``, score it, and match the alerts to its incidents."""
+    low = [t for t in sweep if t < spec.decision.protect_threshold]
+    if low:
+        msg = f"sweep thresholds {low} are below protect_threshold: learning would differ"
+        raise ValueError(msg)
+    incidents, entries = iter_events(
+        seed=seed,
+        duration_s=hours * 3600,
+        kinds=kinds,
+        warmup_s=warmup_h * 3600,
+        rate_scale=rate_scale,
+    )
+    decoder = Decoder()
+    pipeline = Pipeline(spec, threshold)
+    simulated = _Sweep(sweep, spec.decision.cooldown_ms)
+    if sweep:
+        simulated.evidence_of(pipeline)
+    hits: list[Hit] = []
+    span: dict[str, list[int]] = {}
+    n = rejected = 0
+    busy_s = 0.0
+    it = iter(entries)
+    while batch := list(itertools.islice(it, BATCH)):
+        started = time.perf_counter()
+        events = []
+        for fields in batch:
+            raw = {k.encode(): v.encode() for k, v in fields.items()}
+            try:
+                events.append(decoder.decode("shop", f"{n}-0", raw))
+            except InvalidEventError:
+                rejected += 1  # a dead letter in the worker; never an alert
+            n += 1
+        verdicts = pipeline.process(events) if not sweep else []
+        if sweep:  # one at a time, so each verdict pairs with the reasons just computed
+            for e in events:
+                v = pipeline.process([e])[0]
+                verdicts.append(v)
+                silence = [_hit(a) for a in v.silence]
+                simulated.see(e, v.score, silence)
+        busy_s += time.perf_counter() - started
+        for v in verdicts:
+            e = v.event
+            s = span.setdefault(e.producer, [e.event_time_ms, e.event_time_ms])
+            s[1] = e.event_time_ms
+            if v.alert is not None:
+                hits.append(_hit(v.alert))
+            hits.extend(_hit(a) for a in v.silence)
+    producer_days = sum(b - a for a, b in span.values()) / DAY_MS
+    return SeedRun(
+        seed,
+        n,
+        rejected,
+        n / busy_s if busy_s else 0.0,
+        score(incidents, hits, producer_days),
+        {t: score(incidents, h, producer_days) for t, h in simulated.hits.items()},
+    )
+
+
+def _hit(alert: Alert) -> Hit:
+    return Hit(alert.producer, alert.event_time, tuple(r.feature for r in alert.reasons))
