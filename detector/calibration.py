@@ -66,10 +66,12 @@ class Calibrator:
     def tail(self, tc: TailCounts, raw: float) -> float:
         """Estimated probability of a past score at least ``raw`` (in ``(0, 1]``)."""
         b = self._bin(raw)
-        above = np.cumsum(tc.counts[::-1])[::-1]  # above[i]: past scores in bin i or higher
-        at_or_above = int(above[b])
+        # Most events score in the lowest bins: count what lies below them (no cumulative
+        # sum over every bin per event); the fitted tail below needs the whole picture.
+        at_or_above = tc.n - int(tc.counts[:b].sum()) if b else tc.n
         if at_or_above >= self.tail_points or tc.n < self.tail_points:
             return (at_or_above + 1) / (tc.n + 1)
+        above = np.cumsum(tc.counts[::-1])[::-1]  # above[i]: past scores in bin i or higher
         # Peaks over threshold: u is the lowest bin edge with tail_points scores above it.
         j = int(np.flatnonzero(above >= self.tail_points)[-1])
         u = j * self.width

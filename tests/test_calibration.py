@@ -202,3 +202,18 @@ def test_likelihood_state_is_small_and_pickles() -> None:
     copy = pickle.loads(pickle.dumps(t))  # noqa: S301 (our own bytes)
     assert lk.update(copy, 0.5) == lk.update(t, 0.5)
     assert len(pickle.dumps(t)) < 20 * 8 + 400
+
+
+def test_low_bin_fast_path_equals_the_cumulative_count() -> None:
+    # tail() counts what lies below the score's bin instead of a cumulative sum over all
+    # bins: the empirical tail must be exactly (scores in the bin or above + 1) / (n + 1).
+    rng = random.Random(11)
+    cal = Calibrator(32.0, 128, tail_points=10)
+    tc = cal.new()
+    for _ in range(3000):
+        raw = rng.expovariate(1.5) * rng.choice([1.0, 1.0, 1.0, 6.0])
+        b = min(int(raw / cal.width), cal.bins - 1)
+        at_or_above = int(tc.counts[b:].sum())
+        if at_or_above >= cal.tail_points or tc.n < cal.tail_points:
+            assert cal.tail(tc, raw) == (at_or_above + 1) / (tc.n + 1)
+        cal.learn(tc, raw)

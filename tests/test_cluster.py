@@ -28,27 +28,43 @@ def test_worker_runs_unchanged_on_cluster_through_kill_minus_9(
     cluster_url: str,  # noqa: F811
 ) -> None:
     events = h.workload(producers=100, per_producer=50, seed=9)
-    with EmbeddedRedis() as single:  # the reference: one worker, one standalone Redis
-        import redis
-
-        ref_client = redis.Redis.from_url(single.url)
-        h.append(ref_client, events, P)
-        ref = h.reference(ref_client, single.url, events, P)
-    client = redis_cluster.client()
     # The partitions really spread over the masters (one slot each, hash tag {p}).
     nodes = {redis_cluster.node_of(partitions.partition_stream(h.BASE, p)) for p in range(P)}
     assert len(nodes) > 1
-    appender = threading.Thread(target=h.append, args=(client, events, P, 700.0))
+    _kill_run(redis_cluster, cluster_url, events, rate=700.0, kills=2, seed=5,
+              pause_s=(2.5, 4.0), drain_s=90)  # fmt: skip
+
+
+def _kill_run(
+    cluster: LocalCluster,
+    url: str,
+    events: list[dict[str, str]],
+    *,
+    rate: float,
+    kills: int,
+    seed: int,
+    pause_s: tuple[float, float],
+    drain_s: float,
+) -> tuple[h.Outcome, h.Outcome]:
+    """Events arrive at ``rate`` on the cluster while the worker is SIGKILLed ``kills``
+    times and restarted; checks the oracles against one worker on a standalone Redis."""
+    with EmbeddedRedis() as single:  # the reference: one worker, one standalone Redis
+        ref_client = redis.Redis.from_url(single.url)
+        h.append(ref_client, events, P)
+        ref = h.reference(ref_client, single.url, events, P)
+        ref_client.close()
+    client = cluster.client()
+    appender = threading.Thread(target=h.append, args=(client, events, P, rate))
     appender.start()
-    cmd = h.run_cmd(cluster_url, "w1", P, "--cluster", "--lease-ttl-ms", "2000",
+    cmd = h.run_cmd(url, "w1", P, "--cluster", "--lease-ttl-ms", "2000",
                     "--checkpoint-every", "300", "--checkpoint-interval-ms", "300")  # fmt: skip
-    rng = random.Random(5)
+    rng = random.Random(seed)
     health = HEALTH_KEY.format(group=h.GROUP, consumer="w1")
     proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        for _ in range(2):
-            time.sleep(rng.uniform(2.5, 4.0))
+        for _ in range(kills):
+            time.sleep(rng.uniform(*pause_s))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             client.delete(health)  # the dead worker's key would live on for 10 s
@@ -57,13 +73,15 @@ def test_worker_runs_unchanged_on_cluster_through_kill_minus_9(
             # Up again (checkpoints loaded, leases retaken after the dead one's expired).
             h.wait_for(lambda: client.exists(health), 60, "the restarted worker")
         appender.join()
-        h.wait_for(lambda: _drained(client), 90, "the worker to drain the partitions")
+        h.wait_for(lambda: _drained(client), drain_s, "the worker to drain the partitions")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         appender.join()
-    h.check(ref, h.outcome(client, P), len(events))
+    got = h.outcome(client, P)
+    h.check(ref, got, len(events))
     client.close()
+    return ref, got
 
 
 def _drained(client: object) -> bool:
@@ -85,39 +103,7 @@ def test_cluster_kill_minus_9_long(
     figures."""
     started_at = time.monotonic()
     events = h.workload(producers=300, per_producer=80, seed=19)
-    with EmbeddedRedis() as single:
-        ref_client = redis.Redis.from_url(single.url)
-        h.append(ref_client, events, P)
-        ref = h.reference(ref_client, single.url, events, P)
-        ref_client.close()
-    client = redis_cluster.client()
-    appender = threading.Thread(target=h.append, args=(client, events, P, 500.0))
-    appender.start()
-    cmd = h.run_cmd(cluster_url, "w1", P, "--cluster", "--lease-ttl-ms", "2000",
-                    "--checkpoint-every", "300", "--checkpoint-interval-ms", "300")  # fmt: skip
-    rng = random.Random(23)
-    health = HEALTH_KEY.format(group=h.GROUP, consumer="w1")
-    kills = 0
-    proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        for _ in range(8):
-            time.sleep(rng.uniform(1.0, 4.0))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            client.delete(health)
-            proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)  # fmt: skip
-            h.wait_for(lambda: client.exists(health), 60, "the restarted worker")
-        appender.join()
-        h.wait_for(lambda: _drained(client), 180, "the worker to drain the partitions")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-        appender.join()
-    got = h.outcome(client, P)
-    print(f"\ncluster kill -9: {figures(ref, got, len(events))}, kills {kills}, "
+    ref, got = _kill_run(redis_cluster, cluster_url, events, rate=500.0, kills=8, seed=23,
+                         pause_s=(1.0, 4.0), drain_s=180)  # fmt: skip
+    print(f"\ncluster kill -9: {figures(ref, got, len(events))}, kills 8, "
           f"epochs {got.epochs}, wall {time.monotonic() - started_at:.0f}s")  # fmt: skip
-    h.check(ref, got, len(events))
-    client.close()

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 import redis
@@ -94,39 +95,62 @@ def test_static_two_workers_equal_one(redis_url: str, r: redis.Redis) -> None:
 
 
 def test_dynamic_two_four_two_during_load(redis_url: str, ownership_log: OwnershipLog) -> None:
-    client = redis.Redis.from_url(redis_url)
     events = h.workload(producers=150, per_producer=60)
+    run = _two_four_two(redis_url, ownership_log, events, rate=900.0, hold_s=1.5, timeout_s=20)
+    assert all(e >= 1 for e in run.got.epochs.values())
+
+
+@dataclass
+class Rebalanced:
+    workers: list[Worker]
+    ref: h.Outcome
+    got: h.Outcome
+    handoffs: int
+
+
+def _two_four_two(
+    redis_url: str,
+    ownership_log: OwnershipLog,
+    events: list[dict[str, str]],
+    *,
+    rate: float,
+    hold_s: float,
+    timeout_s: float,
+) -> Rebalanced:
+    """2 workers, then 4, then 2 (two leave gracefully) while ``events`` arrive at ``rate``;
+    checks the oracles against a single-worker reference of the same events."""
+    client = redis.Redis.from_url(redis_url)
     h.append(client, events, P)  # the reference reads them all first ...
     ref = h.reference(client, redis_url, events, P)
     client.flushall()  # ... then the same events arrive while workers come and go
-    appender = threading.Thread(target=h.append, args=(client, events, P, 900.0))
+    appender = threading.Thread(target=h.append, args=(client, events, P, rate))
     appender.start()
-    started = [Worker(h.settings(redis_url, f"w{i}", P)) for i in range(4)]
-    threads = [_start(w, f"w{i}") for i, w in enumerate(started[:2])]
-    h.wait_for(lambda: sum(len(w.owned) for w in started[:2]) == P, 20, "2 workers own all")
-    time.sleep(1.5)
-    threads += [_start(w, f"w{i}") for i, w in enumerate(started[2:], start=2)]
-    h.wait_for(lambda: all(len(w.owned) == 2 for w in started), 20, "4 workers own 2 each")
-    time.sleep(1.5)
-    for w in started[:2]:  # two leave gracefully: commit, release, leave the members
+    workers = [Worker(h.settings(redis_url, f"w{i}", P)) for i in range(4)]
+    threads = [_start(w, f"w{i}") for i, w in enumerate(workers[:2])]
+    h.wait_for(lambda: sum(len(w.owned) for w in workers[:2]) == P, timeout_s, "2 own all")
+    time.sleep(hold_s)
+    threads += [_start(w, f"w{i}") for i, w in enumerate(workers[2:], start=2)]
+    h.wait_for(lambda: all(len(w.owned) == 2 for w in workers), timeout_s, "4 own 2 each")
+    time.sleep(hold_s)
+    for w in workers[:2]:  # two leave gracefully: commit, release, leave the members
         w.stop()
     for t in threads[:2]:
-        t.join(30)
-    h.wait_for(lambda: all(len(w.owned) == 4 for w in started[2:]), 20, "2 workers own 4 each")
+        t.join(3 * timeout_s)
+    h.wait_for(lambda: all(len(w.owned) == 4 for w in workers[2:]), timeout_s, "2 own 4 each")
     appender.join()
     h.wait_for(lambda: h.outcome(client, P).pending + h.outcome(client, P).undelivered == 0,
-               60, "the rest to be processed")  # fmt: skip
-    for w in started[2:]:
+               10 * timeout_s, "the rest to be processed")  # fmt: skip
+    for w in workers[2:]:
         w.stop()
     for t in threads[2:]:
-        t.join(30)
-    assert all(w.stats.events > 0 for w in started)  # each of the 4 took part
-    assert sum(w.stats.fenced for w in started) == 0  # nobody lost a lease: clean handoffs
+        t.join(3 * timeout_s)
     handoffs = ownership_log.check_exclusive()
-    assert handoffs > P  # partitions moved (2 -> 4 -> 2), each handed over exclusively
     got = h.outcome(client, P)
+    assert all(w.stats.events > 0 for w in workers)  # each of the 4 took part
+    assert sum(w.stats.fenced for w in workers) == 0  # nobody lost a lease: clean handoffs
+    assert handoffs > P  # partitions moved (2 -> 4 -> 2), each handed over exclusively
     h.check(ref, got, len(events))
-    assert all(e >= 1 for e in got.epochs.values())
+    return Rebalanced(workers, ref, got, handoffs)
 
 
 def test_partitioned_settings_are_checked(redis_url: str) -> None:
@@ -166,44 +190,15 @@ def test_dynamic_two_four_two_long(redis_url: str, ownership_log: OwnershipLog) 
     """The 2 -> 4 -> 2 rebalance of test_dynamic_two_four_two_during_load at ~50k events
     from 500 producers, each phase held longer; prints the figures."""
     started_at = time.monotonic()
-    client = redis.Redis.from_url(redis_url)
     events = h.workload(producers=500, per_producer=100, seed=21)
-    h.append(client, events, P)
-    ref = h.reference(client, redis_url, events, P)
-    client.flushall()
-    appender = threading.Thread(target=h.append, args=(client, events, P, 1500.0))
-    appender.start()
-    workers = [Worker(h.settings(redis_url, f"w{i}", P)) for i in range(4)]
-    threads = [_start(w, f"w{i}") for i, w in enumerate(workers[:2])]
-    h.wait_for(lambda: sum(len(w.owned) for w in workers[:2]) == P, 30, "2 workers own all")
-    time.sleep(8)
-    threads += [_start(w, f"w{i}") for i, w in enumerate(workers[2:], start=2)]
-    h.wait_for(lambda: all(len(w.owned) == 2 for w in workers), 30, "4 workers own 2 each")
-    time.sleep(8)
-    for w in workers[:2]:
-        w.stop()
-    for t in threads[:2]:
-        t.join(60)
-    h.wait_for(lambda: all(len(w.owned) == 4 for w in workers[2:]), 30, "2 workers own 4 each")
-    appender.join()
-    h.wait_for(lambda: h.outcome(client, P).pending + h.outcome(client, P).undelivered == 0,
-               300, "the rest to be processed")  # fmt: skip
-    for w in workers[2:]:
-        w.stop()
-    for t in threads[2:]:
-        t.join(60)
-    handoffs = ownership_log.check_exclusive()
-    got = h.outcome(client, P)
+    run = _two_four_two(redis_url, ownership_log, events, rate=1500.0, hold_s=8, timeout_s=30)
+    workers = run.workers
     print(
-        f"\nrebalance 2->4->2: {figures(ref, got, len(events))}, partition handoffs {handoffs},"
-        f" rebalances {sum(_rebalances(w) for w in workers):.0f}, "
+        f"\nrebalance 2->4->2: {figures(run.ref, run.got, len(events))}, partition handoffs "
+        f"{run.handoffs}, rebalances {sum(_rebalances(w) for w in workers):.0f}, "
         f"fenced {sum(w.stats.fenced for w in workers)}, events per worker "
         f"{[w.stats.events for w in workers]}, wall {time.monotonic() - started_at:.0f}s"
     )
-    assert all(w.stats.events > 0 for w in workers)
-    assert sum(w.stats.fenced for w in workers) == 0
-    assert handoffs > P
-    h.check(ref, got, len(events))
 
 
 def _rebalances(worker: Worker) -> float:
