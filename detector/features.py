@@ -396,7 +396,9 @@ class IdMemory:
         (True, False, 4, True, 1.0)
     """
 
-    __slots__ = ("events", "fp", "last_ms", "n", "pos", "recent", "repeated", "repeats", "size")
+    __slots__ = (
+        "asked", "events", "fp", "last_ms", "n", "pos", "recent", "repeated", "repeats", "size"
+    )  # fmt: skip
 
     def __init__(self, size: int) -> None:
         self.fp: npt.NDArray[np.uint64] = np.zeros(min(size, 64), dtype=np.uint64)
@@ -408,16 +410,28 @@ class IdMemory:
         self.recent = 0.0  # repeats of any event, decayed over the burst horizon
         self.last_ms = -1
         self.repeated = False  # the last remembered id was a repeat
+        # The last seen() question and answer: remember() follows it for the same event, and
+        # a scan of up to `size` fingerprints is worth doing once.
+        self.asked: tuple[str, np.uint64, bool] | None = None
 
     def seen(self, event_id: str) -> bool:
-        return self.n > 0 and bool((self.fp[: self.n] == _fingerprint(event_id)).any())
+        return self._ask(event_id)[2]
+
+    def _ask(self, event_id: str) -> tuple[str, np.uint64, bool]:
+        fp = _fingerprint(event_id)
+        self.asked = (event_id, fp, self.n > 0 and bool((self.fp[: self.n] == fp).any()))
+        return self.asked
 
     def remember(self, event_id: str, t_ms: int, burst_ms: float) -> bool:
         """Note the id (a fact, whatever the verdict); True if it is a repeat."""
         if self.last_ms >= 0:
             self.recent *= math.exp(-max(t_ms - self.last_ms, 0) / burst_ms)
         self.last_ms = max(self.last_ms, t_ms)
-        self.repeated = self.seen(event_id)
+        asked = self.asked
+        if asked is None or asked[0] != event_id:
+            asked = self._ask(event_id)
+        _, fp, self.repeated = asked
+        self.asked = None
         if self.repeated:
             self.recent += 1.0
             return True
@@ -428,7 +442,7 @@ class IdMemory:
                 self.fp = grown
             else:
                 self.pos = 0
-        self.fp[self.pos] = _fingerprint(event_id)
+        self.fp[self.pos] = fp
         self.pos += 1
         self.n = max(self.n, self.pos)
         return False
