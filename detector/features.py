@@ -25,7 +25,6 @@ import math
 import sys
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -1091,26 +1090,15 @@ class FeatureStore:
             self._evict(producer)
 
 
-def new_producer_reason(
-    producers: Mapping[str, ProducerState], producer: str, established_events: int
-) -> Reason | None:
-    """Why a producer's first event is news: others are established (past ``established_events``)
-    and this id was never seen (or forgotten after the idle TTL). None while no producer is
-    established (a fresh start, where every producer is new).
+def new_producer_reason(producer: str, known: int) -> Reason:
+    """Why a producer's first event is news: its id was never seen (or forgotten after the
+    idle TTL) while others are established (the pipeline decides when that holds).
 
     Examples:
-        >>> fleet = {"pay-1": ProducerState(FeatureConfig())}
-        >>> fleet["pay-1"].n = 500
-        >>> new_producer_reason(fleet, "pay-9", 200).observed
-        'pay-9'
-        >>> fleet["pay-1"].n = 20
-        >>> new_producer_reason(fleet, "pay-9", 200) is None
-        True
+        >>> new_producer_reason("pay-9", 14).expected
+        'one of the 14 known producers'
     """
-    # The LRU order puts long-known producers first: the scan usually stops at once.
-    if not any(st.n >= established_events for st in producers.values()):
-        return None
-    expected = f"one of the {len(producers)} known producers"
+    expected = f"one of the {known} known producers"
     return Reason("new_producer", "", producer, expected, MAX_SURPRISE)
 
 

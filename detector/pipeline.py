@@ -110,6 +110,10 @@ class Pipeline:
             Likelihood(c.likelihood_window, c.likelihood_fading) if c.likelihood_window else None
         )
         self.events_seen = 0
+        # Whether any producer ever got past warm-up: the new_producer rule's "others are
+        # established", kept as a flag (a scan per new producer is quadratic at a cold start).
+        self.established = False
+        self.first_ms: int | None = None  # the first event time seen (new_producer settling)
 
     def process(self, events: Sequence[Event]) -> list[Verdict]:
         """Score, decide and learn, in order. One failing event never stops the others."""
@@ -137,16 +141,16 @@ class Pipeline:
         alert = None
         reasons = evidence.reasons
         if st.n >= d.warmup_events:
+            self.established = True
             score = self.calibrator.score(st.calibration, raw)
             # Protection judges the event itself; the likelihood may flag it as part of a run.
             suspect = score >= min(d.protect_threshold, self.threshold)
             if self.likelihood is not None:
                 score, reasons = self._likelihood(st, score, reasons)
             flagged = score >= self.threshold
-        elif st.n == 0 and d.new_producer and st is not store.overflow:
-            why = new_producer_reason(store.producers, event.producer, d.warmup_events)
-            if why is not None:
-                score, flagged, reasons = 1.0, True, [why]
+        elif st.n == 0 and d.new_producer and self._news(event) and st is not store.overflow:
+            why = new_producer_reason(event.producer, len(store) - 1)
+            score, flagged, reasons = 1.0, True, [why]
         if suspect:
             if st.flagged_streak == 0:
                 st.flagged_since_ms = event.event_time_ms
@@ -174,6 +178,13 @@ class Pipeline:
         self.events_seen += 1
         others = self._others(event, st is store.overflow, now, capped)
         return Verdict(event, score, flagged, alert, held=held, silence=others)
+
+    def _news(self, event: Event) -> bool:
+        """May a never-seen producer be news: others established, and the detector settled."""
+        if self.first_ms is None:
+            self.first_ms = event.event_time_ms
+        settled = event.event_time_ms - self.first_ms >= self.decision.new_producer_after_ms
+        return self.established and settled
 
     def _others(
         self,
@@ -311,7 +322,8 @@ class Pipeline:
             states[OVERFLOW] = store.overflow  # key "" cannot be a real producer's
         meta = new_meta(
             self.spec.name, self.spec.digest, dict(offsets),
-            events_seen=self.events_seen, producers=len(store), **store.counters(),
+            events_seen=self.events_seen, established=self.established, first_ms=self.first_ms,
+            producers=len(store), **store.counters(),
             **self.admission.to_meta(), **self.budget.to_meta(),
         )  # fmt: skip
         return Snapshot(meta, self.model, states, sorted(store.removed))
@@ -332,6 +344,10 @@ class Pipeline:
         self.store.restore(snap.producers, snap.meta, baseline)  # type: ignore[arg-type]
         self.budget.restore({} if baseline else snap.meta)
         self.events_seen = int(snap.meta["events_seen"])
+        self.first_ms = snap.meta.get("first_ms")
+        self.established = bool(snap.meta.get("established")) or any(
+            st.n >= self.decision.warmup_events for st in self.store.producers.values()
+        )
         return dict(snap.meta.get("offsets", {}))
 
     def _decide(

@@ -130,6 +130,8 @@ class Decision:
         new_producer: alert on the first event of a producer never seen (or forgotten after
             the idle TTL) while others are established (past warm-up): a new instance in a
             known fleet. Off for fleets that scale by adding producers.
+        new_producer_after_ms: ... and only this long (event time) after the first event the
+            detector saw, so that a cold start's late-appearing producers are not news.
     """
 
     threshold: float = 0.9999
@@ -141,6 +143,7 @@ class Decision:
     silence_after: float = 0.0
     silence_min_ms: int = 60_000
     new_producer: bool = False
+    new_producer_after_ms: int = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)

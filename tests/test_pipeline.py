@@ -20,6 +20,7 @@ from detector.scoring import Decision, ModelSpec, load_spec
 SPECS = ["stats", "hst"]
 ALL_SPECS = [*SPECS, "metrics"]  # metrics: no rate or size feature, alerts from 0.999
 SECOND = 1000
+HOUR = 3600 * SECOND
 N = 400  # normal history before an anomaly (warm-up of the shipped specs is 200)
 
 
@@ -133,13 +134,36 @@ def test_warm_up_follows_the_spec(warmup: int) -> None:
 def test_warm_up_is_per_producer() -> None:
     p = Pipeline(load_spec("stats"))
     p.process(history(300, "old"))
-    out = p.process(history(10, "new", t0=300 * SECOND))
+    out = p.process(history(10, "new", t0=HOUR))
     # The first event of a producer unknown among established ones is news (new_producer) ...
     first = out[0].alert
     assert first is not None and first.reasons[0].feature == "new_producer"
     # ... and the rest of its warm-up is not scored.
     assert all(v.score is None for v in out[1:])
     assert p.process([ev(300, "old")])[0].score is not None
+
+
+def test_new_producers_alert_only_once_some_producer_is_established() -> None:
+    cold = Pipeline(load_spec("stats"))
+    # A cold start: every producer is new, none is news ...
+    out = cold.process([ev(i, f"p{i % 50}") for i in range(500)])
+    assert not any(v.alert for v in out)
+    # ... nor one appearing in the first hour, even after another got established.
+    cold.process(history(300, "busy", t0=500 * SECOND))
+    (late,) = cold.process([ev(0, "late", t0=HOUR - SECOND)])
+    assert late.alert is None
+    (news,) = cold.process([ev(0, "later", t0=HOUR)])
+    assert news.alert is not None
+    warmed = Pipeline(load_spec("stats"))
+    warmed.process(history(300, "old"))
+    snap = warmed.snapshot({}, full=True)
+    assert snap.meta["established"] is True
+    # The flag survives a checkpoint even when no tracked producer is established any more.
+    snap.producers.clear()
+    restored = Pipeline(load_spec("stats"))
+    restored.restore(snap)
+    (verdict,) = restored.process([ev(0, "newcomer", t0=HOUR)])
+    assert verdict.alert is not None and verdict.alert.reasons[0].feature == "new_producer"
 
 
 def test_no_alert_during_warm_up_even_for_an_outlier() -> None:
