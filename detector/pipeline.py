@@ -253,22 +253,8 @@ class Pipeline:
                 "silence", "", f"no event for {quiet_ms / 1000:.4g}s",
                 f"one every ~{usual_ms / 1000:.3g}s", surprise,
             )  # fmt: skip
-            out.append(
-                Alert(
-                    alert_id=alert_id(
-                        event.stream, event.entry_id, f"{self.spec.name}\0silence\0{producer}"
-                    ),
-                    producer=producer,
-                    source_stream=event.stream,
-                    source_id=event.entry_id,
-                    event_time=now,
-                    score=1.0,
-                    threshold=self.threshold,
-                    model=self.spec.name,
-                    reasons=(reason,),
-                    kind=SILENCE,
-                )
-            )
+            tag = f"silence\0{producer}"
+            out.append(self._rider(event, SILENCE, tag, producer, now, 0, reason))
         return out
 
     def _explosion_alert(self, event: Event, refused: int, distinct: int, admitted: int) -> Alert:
@@ -299,9 +285,23 @@ class Pipeline:
     def _detector_alert(
         self, event: Event, kind: str, event_time: int, suppressed: int, *reasons: Reason
     ) -> Alert:
+        """An alert about the detector itself (producer ``""``)."""
+        return self._rider(event, kind, kind, OVERFLOW, event_time, suppressed, *reasons)
+
+    def _rider(
+        self,
+        event: Event,
+        kind: str,
+        tag: str,
+        producer: str,
+        event_time: int,
+        suppressed: int,
+        *reasons: Reason,
+    ) -> Alert:
+        """An alert riding on ``event`` but not about it; ``tag`` makes its id unique."""
         return Alert(
-            alert_id=alert_id(event.stream, event.entry_id, f"{self.spec.name}\0{kind}"),
-            producer=OVERFLOW,
+            alert_id=alert_id(event.stream, event.entry_id, f"{self.spec.name}\0{tag}"),
+            producer=producer,
             source_stream=event.stream,
             source_id=event.entry_id,
             event_time=event_time,
