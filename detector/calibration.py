@@ -113,7 +113,8 @@ class Likelihood:
     level. The likelihood score is ``1 - 4 Q(z)`` of that climb (``Q``: the one-sided normal
     tail of its z-score; conservative), and the event's score is the larger of the two. An
     isolated spike moves the mean by ``r/window`` only; it still counts through its own
-    calibrated score.
+    calibrated score. With ``max_rarity`` (> 0), each rarity enters the mean capped at it, so
+    one extreme value (rarity 12) does not read as a run of moderately rare ones.
 
     Examples:
         >>> lk = Likelihood(window=20, fading=0.005)
@@ -127,10 +128,16 @@ class Likelihood:
     """
 
     def __init__(
-        self, window: int, fading: float, min_count: int = 100, min_sd: float = 0.05
+        self,
+        window: int,
+        fading: float,
+        min_count: int = 100,
+        min_sd: float = 0.05,
+        max_rarity: float = 0.0,
     ) -> None:
         self.window = window
         self.fading = fading
+        self.max_rarity = max_rarity if max_rarity > 0 else math.inf
         self.min_count = min_count
         self.min_sd = min_sd
 
@@ -140,7 +147,7 @@ class Likelihood:
     def update(self, rt: RarityTrend, calibrated: float) -> tuple[float, float, float]:
         """Fold in one calibrated score; returns (likelihood score in [0, 1], the moving mean
         rarity, its usual level). The likelihood judges the moments *before* this event."""
-        rarity = -math.log10(max(1.0 - calibrated, 1e-12))
+        rarity = min(-math.log10(max(1.0 - calibrated, 1e-12)), self.max_rarity)
         rt.recent[rt.pos] = rarity
         rt.pos = (rt.pos + 1) % len(rt.recent)
         rt.filled = min(rt.filled + 1, len(rt.recent))

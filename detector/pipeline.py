@@ -107,7 +107,9 @@ class Pipeline:
         c = spec.calibration
         self.calibrator = Calibrator(self.model.max_raw, c.bins, c.tail_points, c.min_excess)
         self.likelihood = (
-            Likelihood(c.likelihood_window, c.likelihood_fading) if c.likelihood_window else None
+            Likelihood(c.likelihood_window, c.likelihood_fading, max_rarity=c.likelihood_max_rarity)
+            if c.likelihood_window
+            else None
         )
         self.events_seen = 0
         # Whether any producer ever got past warm-up: the new_producer rule's "others are

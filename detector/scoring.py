@@ -154,6 +154,9 @@ class CalibrationSpec:
     Attributes:
         likelihood_window: events in the moving average of rarities; 0 = no likelihood.
         likelihood_fading: memory of the moving average's long-run moments, per event.
+        likelihood_max_rarity: cap on one event's rarity in the moving average (0 = none):
+            an extreme value is judged by its own score; it must not make the next
+            ``likelihood_window`` events look like a run.
     """
 
     bins: int = 64
@@ -161,6 +164,7 @@ class CalibrationSpec:
     min_excess: float = 0.1
     likelihood_window: int = 0
     likelihood_fading: float = 0.005
+    likelihood_max_rarity: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,3 +158,22 @@ def test_command_line_rejects_an_unknown_file(
 ) -> None:
     assert run.main(["--files", "no_such_series"]) == 2
     assert "matches 0 corpus files" in capsys.readouterr().err
+
+
+def test_two_fold_scores_each_half_at_the_other_halfs_threshold(root: Path) -> None:
+    series = run.load_series(root, FILES)
+    corpus = run.subset_corpus(series, root)
+    # A perfect detector: 1.0 on the first row of every window, 0.0 elsewhere.
+    results = {}
+    for name, f in corpus.files.items():
+        scores = np.zeros(f.n_rows)
+        for k in set(f.window_id[f.window_id >= 0].tolist()):
+            scores[int(np.flatnonzero(f.window_id == k)[0])] = 1.0
+        results[name] = scores
+    lines = run.two_fold(results, corpus)
+    assert len(lines) == 1 + 2 * 3  # header, then (odd, even) per profile
+    for line in lines[1:]:
+        _, fold, own, own_score, other, other_score = line.split()
+        assert fold in ("odd", "even")
+        assert float(own) == float(other) == 1.0
+        assert float(own_score) == float(other_score) == 100.0

@@ -472,6 +472,31 @@ def write_results(
     return len(series)
 
 
+def two_fold(
+    results: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]], corpus: Corpus
+) -> list[str]:
+    """An out-of-sample check of the corpus-wide threshold: the files (in corpus order) split
+    into the odd- and even-numbered; each half is scored at the threshold swept on the other
+    half, next to its own optimum. The spec's settings are not refitted per fold."""
+    names = list(corpus.files)
+    halves = {
+        "odd": Corpus({n: corpus.files[n] for n in names[0::2]}, corpus.profiles, corpus.root),
+        "even": Corpus({n: corpus.files[n] for n in names[1::2]}, corpus.profiles, corpus.root),
+    }
+    lines = [f"{'profile':<20}{'fold':>6}{'own θ':>12}{'score':>8}{'other θ':>12}{'score':>8}"]
+    part = {h: {n: results[n] for n in c.files} for h, c in halves.items()}
+    for p in PROFILE_NAMES:
+        best = {h: optimize_threshold(part[h], c, p, exhaustive=True) for h, c in halves.items()}
+        for h, other in (("odd", "even"), ("even", "odd")):
+            theta = best[other][0]
+            held_out = score_detector(part[h], halves[h], p, theta)
+            lines.append(
+                f"{p:<20}{h:>6}{best[h][0]:>12.6f}{best[h][1].score:>8.2f}"
+                f"{theta:>12.6f}{held_out.score:>8.2f}"
+            )
+    return lines
+
+
 def scoreboard_table(
     ours: Mapping[str, Mapping[str, ProfileScore]], official: Mapping[str, Mapping[str, float]]
 ) -> list[str]:
@@ -618,6 +643,10 @@ def _parser() -> argparse.ArgumentParser:
         help="write a PNG for this series (repeatable; needs matplotlib)",
     )  # fmt: skip
     parser.add_argument("--details", action="store_true", help="print a per-file table")
+    parser.add_argument(
+        "--two-fold", action="store_true",
+        help="also score each half of the files (odd/even) at the threshold swept on the other",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=500, help="worker XREADGROUP COUNT")
     parser.add_argument(
         "--cooldown", action="store_true",
@@ -758,16 +787,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("")
         for line in scoreboard_table({spec.name: scores}, official):
             say(line)
-        if args.details:
-            say("")
-            for line in file_table(run, results, corpus, scores["standard"]):
-                say(line)
+        _extra_tables(args, run, results, corpus, scores, say)
     else:
         say("no labelled windows in these files: nothing to score")
     if plots:
         _plots(plots, corpus, results, scores, args.results_dir / spec.name / "plots", spec, say)
     say(f"total {time.perf_counter() - t0:.1f}s")
     return 1 if same is False else 0
+
+
+def _extra_tables(
+    args: argparse.Namespace,
+    run: Run,
+    results: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]],
+    corpus: Corpus,
+    scores: Mapping[str, ProfileScore],
+    say: Callable[[str], None],
+) -> None:
+    """``--two-fold`` and ``--details``."""
+    if args.two_fold:
+        say("\ntwo-fold threshold check (files alternately in corpus order):")
+        for line in two_fold(results, corpus):
+            say(line)
+    if args.details:
+        say("")
+        for line in file_table(run, results, corpus, scores["standard"]):
+            say(line)
 
 
 def _plots(
