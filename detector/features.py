@@ -76,6 +76,9 @@ class FeatureConfig:
         window_tail: values beyond which the window's tail is extrapolated (exponential).
         window_weight: multiplier of the window surprise (its p-values are rank based and
             coarser than the fitted ones; the calibration puts everything on one scale).
+        window_floor: a value the window holds ``k >= 1`` values at least as extreme as is
+            no rarer than ``k`` in ``n``, whatever the extrapolated tail says (a mix of usual
+            values and recurring spikes fits no exponential tail).
         max_profiled_fields: numeric fields per producer with a seasonal profile or window.
         id_field: payload field holding the producer's event id (unique per event).
         replay_window: last event ids remembered per producer (64-bit fingerprints, 8 bytes
@@ -114,6 +117,7 @@ class FeatureConfig:
     window_values: int = 0
     window_tail: int = 20
     window_weight: float = 2.0
+    window_floor: bool = False
     max_profiled_fields: int = 8
     id_field: str = "event_id"
     replay_window: int = 0
@@ -349,8 +353,9 @@ class ValueWindow:
         self.pos = (self.pos + 1) % len(self.values)
         self.n = min(self.n + 1, len(self.values))
 
-    def surprise(self, x: float, tail: int, min_sd: float) -> float:
-        """``-log10`` of the two-sided chance of a value at least this extreme."""
+    def surprise(self, x: float, tail: int, min_sd: float, floor: bool = False) -> float:
+        """``-log10`` of the two-sided chance of a value at least this extreme; with
+        ``floor``, the extrapolated tail never reads rarer than the values seen beyond ``x``."""
         n = self.n
         if n < 2 * tail:
             return 0.0
@@ -362,11 +367,15 @@ class ValueWindow:
             u = float(top.min())
             scale = max((float(top.max()) - u) / tail, min_sd)
             p_up = tail / (n + 1) * math.exp(-(x - u) / scale)
+            if floor:
+                p_up = max(p_up, above / (n + 1))
         if below < tail:
             low = np.partition(past, tail - 1)[:tail]
             u = float(low.max())
             scale = max((u - float(low.min())) / tail, min_sd)
             p_down = tail / (n + 1) * math.exp(-(u - x) / scale)
+            if floor:
+                p_down = max(p_down, below / (n + 1))
         p = min(2.0 * min(p_up, p_down), 1.0)
         return min(-math.log10(max(p, 1e-300)), MAX_SURPRISE)
 
@@ -866,7 +875,9 @@ class FeatureStore:
                         s, expected = ss, f"{prof.expected(b, cfg.min_sd)} at this time of day"
             win = st.windows.get(key)
             if win is not None:
-                ws = cfg.window_weight * win.surprise(y, cfg.window_tail, cfg.min_sd)
+                ws = cfg.window_weight * win.surprise(
+                    y, cfg.window_tail, cfg.min_sd, cfg.window_floor
+                )
                 if ws > s:
                     s, expected = min(ws, MAX_SURPRISE), win.expected()
             if s > 0 and (best is None or s > best.surprise):
