@@ -2,7 +2,7 @@
 
     python -m benchmarks.nab.run --model stats [--mode offline|redis|both] [--write]
                                  [--plot FILE_NAME ...] [--details] [--files FILE ...]
-                                 [--debounce LEVEL:HOURS]
+                                 [--debounce LEVEL:HOURS] [--cooldown] [--two-fold]
 
 Each of the 58 series is one producer (producer id = the corpus-relative file name, e.g.
 ``realKnownCause/nyc_taxi.csv``) and each row one event with the fields ``producer``, ``ts``
