@@ -270,10 +270,17 @@ class Categories:
         else:
             self.counts[sys.intern(value)] = 1
 
+    def __getstate__(self) -> tuple[dict[str, int], int, bool]:
+        # A flat tuple: the default (None, slots dict) costs a dict and its keys per object.
+        return self.counts, self.n, self.saturated
+
     def __setstate__(self, state: Any) -> None:
-        _, slots = state
-        self.n, self.saturated = slots["n"], slots["saturated"]
-        self.counts = {sys.intern(k): v for k, v in slots["counts"].items()}
+        if isinstance(state, tuple) and len(state) == 3:
+            counts, self.n, self.saturated = state
+        else:  # (None, slots): checkpoints written before __getstate__
+            slots = state[1]
+            counts, self.n, self.saturated = slots["counts"], slots["n"], slots["saturated"]
+        self.counts = {sys.intern(k): v for k, v in counts.items()}
 
     def expected(self) -> str:
         top = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
@@ -413,6 +420,25 @@ class IdMemory:
         # a scan of up to `size` fingerprints is worth doing once.
         self.asked: tuple[str, np.uint64, bool] | None = None
 
+    def __getstate__(self) -> tuple[bytes, int, int, int, int, int, int, float, int, bool]:
+        # Only the filled part of the ring, as bytes: the default pickles the whole array
+        # (its unused capacity too) through numpy's reducer, per producer per commit.
+        fp = self.fp[: self.n].astype("<u8").tobytes()
+        return (fp, len(self.fp), self.size, self.n, self.pos, self.events, self.repeats,
+                self.recent, self.last_ms, self.repeated)  # fmt: skip
+
+    def __setstate__(self, state: Any) -> None:
+        self.asked = None  # a question of the event being scored, not state
+        if isinstance(state, tuple) and len(state) == 10:
+            fp, capacity, self.size, self.n, self.pos = state[:5]
+            self.events, self.repeats, self.recent, self.last_ms, self.repeated = state[5:]
+            self.fp = np.zeros(capacity, dtype=np.uint64)
+            self.fp[: self.n] = np.frombuffer(fp, dtype="<u8")
+        else:  # (None, slots): checkpoints written before __getstate__
+            for name, value in state[1].items():
+                setattr(self, name, value)
+            self.asked = None
+
     def seen(self, event_id: str) -> bool:
         return self._ask(event_id)[2]
 
@@ -504,6 +530,16 @@ class Drift:
         self.lo = 0.0
         self.first_ms = -1
         self.last_ms = -1
+
+    def __getstate__(self) -> tuple[int, float, float, float, float, int, int]:
+        return self.count, self.mean, self.var, self.hi, self.lo, self.first_ms, self.last_ms
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 7:
+            self.count, self.mean, self.var, self.hi, self.lo, self.first_ms, self.last_ms = state
+        else:  # (None, slots): checkpoints written before __getstate__
+            for name, value in state[1].items():
+                setattr(self, name, value)
 
     def z(self, y: float, min_sd: float) -> float:
         """Standardised distance of ``y`` from the reference."""

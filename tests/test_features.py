@@ -601,6 +601,29 @@ def test_id_memory_pickles_and_grows_only_as_needed() -> None:
     assert store.evidence(st, probe).surprise["replayed_id"] > 2.0
 
 
+def test_states_written_before_compact_pickling_still_load() -> None:
+    # Categories, Drift and IdMemory pickle as flat tuples; checkpoints written before that
+    # hold the default (None, slots dict) state, which must still load to the same state.
+    store = FeatureStore(FeatureConfig(replay_window=256, drift_horizon_s=3600.0))
+    feed(store, (with_id(i) for i in range(300)))
+    st = store.producers["pay-1"]
+    assert st.ids is not None and st.drifts
+    parts = [st.ids, st.types, *st.drifts.values(), *st.categorical.values()]
+    for part in parts:
+        slots = {k: getattr(part, k) for k in type(part).__slots__}
+        old = object.__new__(type(part))
+        old.__setstate__((None, slots))
+        new = pickle.loads(pickle.dumps(part))  # noqa: S301 (our own bytes)
+        for name in type(part).__slots__:
+            want, got, got_old = (getattr(x, name) for x in (part, new, old))
+            if name == "fp":  # the ring's filled part and its capacity
+                n = st.ids.n
+                assert len(got) == len(want) and (got[:n] == want[:n]).all()
+                assert (got_old == want).all()
+            elif name != "asked":
+                assert got == want == got_old, name
+
+
 DRIFT = FeatureConfig(drift_horizon_s=4 * 3600.0)
 
 
