@@ -25,6 +25,7 @@ import math
 import sys
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,19 +166,46 @@ class Reason:
     surprise: float
 
 
-@dataclass(frozen=True, slots=True)
 class Evidence:
     """What one event looks like against its producer's past.
 
     Attributes:
         surprise: ``-log10(p)`` per feature name, 0 for usual.
-        reasons: one explanation per surprising feature, largest surprise first.
+        reasons: one explanation per surprising feature, largest surprise first. With
+            ``explain``, built on first access: formatting them for every event cost more
+            than any other feature work, and only flagged events show them.
         history: events the producer had before this one.
     """
 
-    surprise: dict[str, float]
-    reasons: list[Reason]
-    history: int
+    __slots__ = ("_explain", "_reasons", "history", "surprise")
+
+    def __init__(
+        self,
+        surprise: dict[str, float],
+        reasons: list[Reason],
+        history: int,
+        explain: Callable[[], list[Reason]] | None = None,
+    ) -> None:
+        self.surprise = surprise
+        self._reasons = reasons
+        self.history = history
+        self._explain = explain
+
+    @property
+    def reasons(self) -> list[Reason]:
+        if self._explain is not None:
+            self._reasons, self._explain = self._explain(), None
+        return self._reasons
+
+    def _fields(self) -> tuple[dict[str, float], list[Reason], int]:
+        return self.surprise, self.reasons, self.history
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Evidence) and self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        surprise, reasons, history = self._fields()
+        return f"Evidence(surprise={surprise!r}, reasons={reasons!r}, history={history!r})"
 
 
 class Moments:
@@ -733,6 +761,10 @@ class FeatureStore:
         self.removed: set[str] = set()
         # One-event memo: the shape key is needed by the evidence and again by the learning.
         self._schema_event: Event | None = None
+        # Evidence whose reasons are formatted on first read (see evidence): the pipeline's
+        # store, which reads them for flagged events only.
+        self.lazy_reasons = False
+        self._explaining = False  # judges format their reasons' text
         self._schema_memo: tuple[str, tuple[str, ...]] = ("", ())
 
     def __len__(self) -> int:
@@ -838,12 +870,38 @@ class FeatureStore:
         return evidence
 
     def evidence(self, st: ProducerState, event: Event) -> Evidence:
-        """Surprise per feature and the reasons, from the state before this event."""
+        """Surprise per feature and the reasons, from the state before this event.
+
+        With :attr:`lazy_reasons`, the reasons are formatted when first read, by judging the
+        event again: read them before the producer's state moves on, or this raises.
+        """
         surprise = dict.fromkeys(FEATURES, 0.0)
         if st.n == 0:
             return Evidence(surprise, [], 0)
+        n = st.n
+
+        def explain() -> list[Reason]:
+            if st.n != n:
+                msg = "reasons read after the producer's state moved on"
+                raise RuntimeError(msg)
+            self._explaining = True
+            try:
+                reasons = self._judge(st, event)
+            finally:
+                self._explaining = False
+            reasons.sort(key=lambda r: -r.surprise)
+            return reasons
+
+        lazy = self.lazy_reasons
+        reasons = self._judge(st, event) if lazy else explain()
+        for r in reasons:
+            surprise[r.feature] = r.surprise
+        return Evidence(surprise, [], n, explain) if lazy else Evidence(surprise, reasons, n)
+
+    def _judge(self, st: ProducerState, event: Event) -> list[Reason]:
+        """Every feature's reason (text only while ``_explaining``; else just surprises)."""
         off = self.cfg.disabled
-        reasons = [
+        return [
             r
             for name, judge in (
                 ("rate", self._rate),
@@ -857,10 +915,6 @@ class FeatureStore:
             )
             if name not in off and (r := judge(st, event)) is not None
         ]
-        for r in reasons:
-            surprise[r.feature] = r.surprise
-        reasons.sort(key=lambda r: -r.surprise)
-        return Evidence(surprise, reasons, st.n)
 
     def _rate(self, st: ProducerState, event: Event) -> Reason | None:
         timed = st.arrivals
@@ -877,6 +931,8 @@ class FeatureStore:
         s = _two_sided(z) - math.log10(2.0) if z > 0 else 0.0  # one-sided: floods only
         if s <= 0:
             return None
+        if not self._explaining:
+            return Reason("rate", "", "", "", s)
         observed = f"{_rate_per_s(smoothed):.3g}/s"
         return Reason("rate", "", observed, f"{_rate_per_s(usual):.3g}/s", s)
 
@@ -884,6 +940,7 @@ class FeatureStore:
         """Per numeric field, the largest of: the surprise against the field's running moments,
         against its time-of-period bucket, and (weighted) its rank among the last values."""
         cfg = self.cfg
+        explain = self._explaining
         best: Reason | None = None
         prefix = _type_prefix(event)
         for name, x in event.numbers.items():
@@ -892,21 +949,24 @@ class FeatureStore:
             s, expected = 0.0, ""
             m = st.numeric.get(key)
             if m is not None and m.count >= cfg.min_count:
-                s, expected = _two_sided(m.z(y, cfg.min_sd)), m.expected(cfg.min_sd)
+                s = _two_sided(m.z(y, cfg.min_sd))
+                expected = m.expected(cfg.min_sd) if explain else ""
             prof = st.seasonal.get(key)
             if prof is not None:
                 b = self._bucket(event.event_time_ms)
                 if prof.count[b] >= cfg.seasonal_min_count:
                     ss = _two_sided(prof.z(b, y, cfg.min_sd))
                     if ss > s or cfg.seasonal_explains:
-                        s, expected = ss, f"{prof.expected(b, cfg.min_sd)} at this time of day"
+                        s = ss
+                        if explain:
+                            expected = f"{prof.expected(b, cfg.min_sd)} at this time of day"
             win = st.windows.get(key)
             if win is not None:
                 ws = cfg.window_weight * win.surprise(y, cfg.window_tail, cfg.min_sd)
                 if ws > s:
-                    s, expected = min(ws, MAX_SURPRISE), win.expected()
+                    s, expected = min(ws, MAX_SURPRISE), win.expected() if explain else ""
             if s > 0 and (best is None or s > best.surprise):
-                best = Reason("value", name, f"{x:.6g}", expected, s)
+                best = Reason("value", name, f"{x:.6g}" if explain else "", expected, s)
         return best
 
     def _bucket(self, t_ms: int) -> int:
@@ -921,6 +981,8 @@ class FeatureStore:
         s = _two_sided(st.size.z(math.log(max(event.size_bytes, 1)), self.cfg.min_sd))
         if s <= 0:
             return None
+        if not self._explaining:
+            return Reason("size", "", "", "", s)
         return Reason("size", "", f"{event.size_bytes}B", st.size.expected(self.cfg.min_sd), s)
 
     def _type(self, st: ProducerState, event: Event) -> Reason | None:
@@ -928,7 +990,10 @@ class FeatureStore:
             return None
         burst = self._burst(st, _TYPE_KEY, event.event_time_ms)
         s = st.types.surprise(event.type, self.cfg.novelty_prior, burst, self.cfg.min_count)
-        return Reason("type", "type", event.type, st.types.expected(), s) if s > 0 else None
+        if not s > 0:
+            return None
+        expected = st.types.expected() if self._explaining else ""
+        return Reason("type", "type", event.type, expected, s)
 
     def _category(self, st: ProducerState, event: Event) -> Reason | None:
         best, best_field = 0.0, ""
@@ -944,7 +1009,8 @@ class FeatureStore:
         if best_c is None:
             return None
         observed = event.strings[best_field]
-        return Reason("category", best_field, observed, best_c.expected(), best)
+        expected = best_c.expected() if self._explaining else ""
+        return Reason("category", best_field, observed, expected, best)
 
     def _schema_of(self, event: Event) -> tuple[str, tuple[str, ...]]:
         """The event's shape key, computed once for its evidence and its learning."""
@@ -956,7 +1022,10 @@ class FeatureStore:
         key, names = self._schema_of(event)
         burst = self._burst(st, _SCHEMA_KEY, event.event_time_ms)
         s = st.schemas.surprise(key, self.cfg.novelty_prior, burst, self.cfg.min_count)
-        return Reason("schema", "", _schema_diff(st, names), "usual shape", s) if s > 0 else None
+        if not s > 0:
+            return None
+        observed = _schema_diff(st, names) if self._explaining else ""
+        return Reason("schema", "", observed, "usual shape", s)
 
     def _burst(self, st: ProducerState, key: str, t_ms: int) -> float:
         """Recent novelties of one type, shape or field, decayed to ``t_ms``."""
@@ -989,7 +1058,9 @@ class FeatureStore:
         if ids is None or event_id is None or not ids.seen(event_id):
             return None
         cfg = self.cfg
-        expected = f"unique ids ({ids.repeats} repeats in {ids.events} events)"
+        expected = ""
+        if self._explaining:
+            expected = f"unique ids ({ids.repeats} repeats in {ids.events} events)"
         s = ids.surprise(cfg.novelty_prior, event.event_time_ms, cfg.burst_s * 1000)
         return Reason("replayed_id", cfg.id_field, event_id, expected, s)
 
@@ -1008,6 +1079,9 @@ class FeatureStore:
             stat = d.statistic(_signed_log(x), cfg.drift_slack, cfg.min_sd, cfg.drift_clip)
             s = min(2.0 * cfg.drift_slack * stat / _LOG10, MAX_SURPRISE)
             if s > 0 and (best is None or s > best.surprise):
+                if not self._explaining:
+                    best = Reason("drift", name, "", "", s)
+                    continue
                 m = st.numeric.get(prefix + name)
                 level = _unlog(m.mean) if m is not None else x
                 hours = cfg.drift_horizon_s / 3600

@@ -6,6 +6,9 @@ import math
 import pickle
 import random
 from collections.abc import Iterable
+from typing import Any
+
+import pytest
 
 from detector.events import Decoder, Event
 from detector.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig, FeatureStore, Moments
@@ -136,6 +139,20 @@ def test_evidence_excludes_the_event_itself() -> None:
     # Had the event been part of its own baseline, a repeat would look less surprising.
     again = store.observe(ev(201 * SECOND, numbers={"amount": 900.0, "qty": 1.0}), learn=False)
     assert again.surprise["value"] < before.surprise["value"]
+
+
+def test_lazy_reasons_are_the_eager_ones_and_must_be_read_in_time() -> None:
+    eager, lazy = trained(), trained()
+    lazy.lazy_reasons = True
+    odd = ev(200 * SECOND, numbers={"amount": 900.0, "qty": 1.0}, strings={"cur": "XMR"})
+    want = eager.evidence(eager.state("pay-1"), odd)
+    st = lazy.state("pay-1")
+    got = lazy.evidence(st, odd)
+    assert got.surprise == want.surprise and got.reasons == want.reasons and want.reasons
+    late = lazy.evidence(st, odd)
+    lazy.advance_clock(st, odd)
+    with pytest.raises(RuntimeError, match="moved on"):
+        _ = late.reasons
 
 
 def test_learn_false_leaves_baselines_but_advances_clock() -> None:
@@ -608,7 +625,7 @@ def test_states_written_before_compact_pickling_still_load() -> None:
     feed(store, (with_id(i) for i in range(300)))
     st = store.producers["pay-1"]
     assert st.ids is not None and st.drifts
-    parts = [st.ids, st.types, *st.drifts.values(), *st.categorical.values()]
+    parts: list[Any] = [st.ids, st.types, *st.drifts.values(), *st.categorical.values()]
     for part in parts:
         slots = {k: getattr(part, k) for k in type(part).__slots__}
         old = object.__new__(type(part))
