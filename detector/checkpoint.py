@@ -31,7 +31,10 @@ import orjson
 from detector import __version__
 from detector.errors import CheckpointError, IncompatibleCheckpointError
 
-FORMAT_VERSION = 2  # 2: running moments as floats, not River objects
+# 2: running moments as floats, not River objects; 3: producer states pickled as flat tuples
+# (an older detector refuses them by this number). Format 2 checkpoints still load.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (2, 3)
 _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
 PRODUCER_PREFIX = "p:"
@@ -166,8 +169,9 @@ def check_compatible(meta: dict[str, Any], spec_name: str, spec_digest: str) -> 
         IncompatibleCheckpointError: with the operator action in the message.
     """
     problems = []
-    if meta.get("format") != FORMAT_VERSION:
-        problems.append(f"format {meta.get('format')} (this detector reads {FORMAT_VERSION})")
+    if meta.get("format") not in READABLE_FORMATS:
+        readable = ", ".join(map(str, READABLE_FORMATS))
+        problems.append(f"format {meta.get('format')} (this detector reads {readable})")
     if meta.get("river") != river_version():
         problems.append(f"River {meta.get('river')} (installed: {river_version()})")
     if meta.get("spec_digest") != spec_digest:

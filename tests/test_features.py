@@ -639,6 +639,14 @@ def test_states_written_before_compact_pickling_still_load() -> None:
                 assert (got_old == want).all()
             elif name != "asked":
                 assert got == want == got_old, name
+    # A whole producer state as format 2 pickled it: its objects, not their flat tuples.
+    old_state = object.__new__(type(st))
+    old_state.__setstate__((None, {k: getattr(st, k) for k in type(st).__slots__}))
+    flat = pickle.loads(pickle.dumps(st))  # noqa: S301 (our own bytes)
+    probe = with_id(300, "id-250")
+    want = store.evidence(st, probe)
+    assert store.evidence(old_state, probe) == want == store.evidence(flat, probe)
+    assert want.surprise["replayed_id"] > 0
 
 
 DRIFT = FeatureConfig(drift_horizon_s=4 * 3600.0)
