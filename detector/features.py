@@ -574,7 +574,9 @@ class Drift:
         return (y - self.mean) / max(math.sqrt(max(self.var, 0.0)), min_sd)
 
     def _z(self, y: float, min_sd: float, clip: float) -> float:
-        return min(max(self.z(y, min_sd), -clip), clip)
+        # z() inlined (per numeric field, twice per event): the same operations.
+        z = (y - self.mean) / max(math.sqrt(max(self.var, 0.0)), min_sd)
+        return min(max(z, -clip), clip)
 
     def statistic(self, y: float, k: float, min_sd: float, clip: float) -> float:
         """The CUSUM statistic this value would give, without taking the step."""
@@ -1037,7 +1039,7 @@ class FeatureStore:
         prefix = _type_prefix(event)
         for name, value in event.strings.items():
             c = st.categorical.get(prefix + name)
-            if c is not None:
+            if c is not None and not c.saturated:  # an id field: never judged, skip the burst
                 burst = self._burst(st, name, event.event_time_ms) if st.novel else 0.0
                 s = c.surprise(value, self.cfg.novelty_prior, burst, self.cfg.min_count)
                 if s > best:

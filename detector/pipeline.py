@@ -38,7 +38,7 @@ MAX_REASONS = 3
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and a frozen __init__ sets each field slowly
 class Verdict:
     """The outcome for one event.
 
