@@ -1084,7 +1084,7 @@ class FeatureStore:
         prefix = _type_prefix(event)
         for name, value in event.strings.items():
             c = st.categorical.get(prefix + name)
-            if c is not None and c.is_new(value, least):
+            if c is not None and not c.saturated and c.is_new(value, least):
                 keys.append(name)  # a field's novelties count together over event types
         for key in keys:
             st.novel[key] = (self._burst(st, key, t) + 1.0, t)
