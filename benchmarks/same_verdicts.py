@@ -31,7 +31,7 @@ from detector.shop import INCIDENT_KINDS, iter_events
 @click.command()
 @click.option("--model", default="stats", show_default=True)
 @click.option("--seed", default=7, show_default=True)
-@click.option("--hours", default=3.0, show_default=True)
+@click.option("--hours", default=3.0, show_default=True, help="At least 2 (every kind fits).")
 @click.option("--reasons", is_flag=True, help="Also digest every event's evidence and reasons.")
 def main(model: str, seed: int, hours: float, reasons: bool) -> None:
     """Print the digests of one scenario run."""
