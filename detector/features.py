@@ -273,7 +273,7 @@ class Categories:
             return 0.0
         count = self.counts.get(value, 0)
         if count == 0:
-            singletons = sum(1 for c in self.counts.values() if c == 1)
+            singletons = list(self.counts.values()).count(1)  # counted in C
             p = (singletons + prior) / (self.n + 1)
             return min(-(1.0 + burst) * math.log10(min(p, 1.0)), MAX_SURPRISE)
         elif count * 20 >= self.n:
