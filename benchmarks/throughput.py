@@ -219,10 +219,19 @@ class GroupWatcher:
 
 
 def detector_consumer(
-    url: str, group: str, model: str, baseline: Path | None, total: int, extra_args: list[str]
+    url: str,
+    group: str,
+    model: str,
+    baseline: Path | None,
+    total: int,
+    extra_args: list[str],
+    tree: Path | None = None,
 ) -> Result:
-    """``detector run --until-idle`` in a subprocess, timed from the group's state."""
+    """``detector run --until-idle`` in a subprocess, timed from the group's state; with
+    ``tree``, the detector of that tree (``PYTHONPATH``), named ``detector-<model>@<tree>``."""
     env = {**os.environ, "DETECTOR_CHECKPOINT_KEY": BENCH_KEY}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     args = [*detector_command(), "--log-format", "json", *run_args(url, group, model, baseline)]
     args += extra_args
     watcher = GroupWatcher(url, group, total)
@@ -256,7 +265,7 @@ def detector_consumer(
     }
     events = int(stats.get("events", total))
     return Result(
-        f"detector-{model}",
+        f"detector-{model}" + (f"@{tree.name}" if tree is not None else ""),
         0,
         events,
         watcher.last_ack - watcher.first_read,
@@ -371,7 +380,40 @@ def summarise(results: list[Result], reference: str, others: list[str]) -> list[
                     f"  {name} / {ref}: {statistics.median(ratios):.3f} "
                     f"[{min(ratios):.3f}, {max(ratios):.3f}]"
                 )
+    for name in others:  # this tree against another one (--against), round by round
+        plain = name.partition("@")[0]
+        ratios = [
+            a.rate / b.rate
+            for a in by.get(plain, [])
+            for b in by.get(name, [])
+            if "@" in name and a.round == b.round and b.rate > 0
+        ]
+        if ratios:
+            lines.append(
+                f"  {plain} / {name}: {statistics.median(ratios):.3f} "
+                f"[{min(ratios):.3f}, {max(ratios):.3f}]"
+            )
     return lines
+
+
+def foreign_baseline(tree: Path, sizes: tuple[int, int, int], model: str, tmp: Path) -> Path:
+    """The workload's baseline as ``tree``'s detector trains it (its checkpoint format may
+    differ from this one's), by that tree's ``benchmarks.workloads`` in a subprocess."""
+    code = (
+        "import sys; from pathlib import Path; "
+        "from benchmarks.workloads import baseline_for, shop_workload; "
+        "w = shop_workload(*map(int, sys.argv[1:4])); "
+        "print(baseline_for(w, sys.argv[4], Path(sys.argv[5]))[0])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *map(str, sizes), model, str(tmp)],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 @click.command()
@@ -396,6 +438,12 @@ def summarise(results: list[Result], reference: str, others: list[str]) -> list[
     default="",
     help="More `detector run` options, e.g. '--checkpoint-every 50000' (default: none).",
 )
+@click.option(
+    "--against",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Another detector tree (a benchmarks.snapshot): its `detector run` joins the same "
+    "rounds, for paired this/that ratios of the same data and the same minutes.",
+)
 @click.option("--no-cache", is_flag=True, help="Retrain the baselines even if cached.")
 @click.option("--quick", is_flag=True, help="20k events, 150 history/producer, one round.")
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path))
@@ -407,6 +455,7 @@ def main(
     models: str,
     cold: bool,
     detector_args: str,
+    against: Path | None,
     no_cache: bool,
     quick: bool,
     json_out: Path | None,
@@ -431,6 +480,7 @@ def main(
             cold,
             not no_cache,
             shlex.split(detector_args),
+            (against.resolve(), (events, producers, history_per_producer)) if against else None,
         )
     lines = summarise(
         results,
@@ -471,6 +521,7 @@ def run_rounds(
     cold: bool,
     use_cache: bool,
     extra: list[str] | None = None,
+    against: tuple[Path, tuple[int, int, int]] | None = None,
 ) -> list[Result]:
     client = connect(url, block_ms=1000)
     baselines: dict[str, Path] = {}
@@ -479,6 +530,11 @@ def run_rounds(
         baselines[model] = path
         how = f"trained in {trained_s:.0f}s" if trained_s else "cached"
         click.echo(f"baseline {model}: {path.stat().st_size / 1e6:.1f} MB ({how})")
+    theirs: dict[str, Path] = {}
+    if against is not None:
+        for model in models:
+            theirs[model] = foreign_baseline(against[0], against[1], model, tmp)
+            click.echo(f"baseline {model} of {against[0]}: {theirs[model].name}")
     t = time.perf_counter()
     total = append(client, STREAM, workload.live)
     click.echo(f"appended {total:,} entries to {STREAM!r} in {time.perf_counter() - t:.1f}s")
@@ -494,6 +550,15 @@ def run_rounds(
                 lambda g, m=model: detector_consumer(url, g, m, baselines[m], total, extra or []),
             )  # type: ignore[misc]
         )
+        if against is not None:
+            runs.append(
+                (
+                    f"detector-{model}@{against[0].name}",
+                    lambda g, m=model, t=against[0]: detector_consumer(
+                        url, g, m, theirs[m], total, extra or [], t
+                    ),
+                )  # type: ignore[misc]
+            )
     if cold and models:
         runs.append(
             (

@@ -25,6 +25,7 @@ import math
 import sys
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,19 +170,46 @@ class Reason:
     surprise: float
 
 
-@dataclass(frozen=True, slots=True)
 class Evidence:
     """What one event looks like against its producer's past.
 
     Attributes:
         surprise: ``-log10(p)`` per feature name, 0 for usual.
-        reasons: one explanation per surprising feature, largest surprise first.
+        reasons: one explanation per surprising feature, largest surprise first. With
+            ``explain``, built on first access: formatting them for every event cost more
+            than any other feature work, and only flagged events show them.
         history: events the producer had before this one.
     """
 
-    surprise: dict[str, float]
-    reasons: list[Reason]
-    history: int
+    __slots__ = ("_explain", "_reasons", "history", "surprise")
+
+    def __init__(
+        self,
+        surprise: dict[str, float],
+        reasons: list[Reason],
+        history: int,
+        explain: Callable[[], list[Reason]] | None = None,
+    ) -> None:
+        self.surprise = surprise
+        self._reasons = reasons
+        self.history = history
+        self._explain = explain
+
+    @property
+    def reasons(self) -> list[Reason]:
+        if self._explain is not None:
+            self._reasons, self._explain = self._explain(), None
+        return self._reasons
+
+    def _fields(self) -> tuple[dict[str, float], list[Reason], int]:
+        return self.surprise, self.reasons, self.history
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Evidence) and self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        surprise, reasons, history = self._fields()
+        return f"Evidence(surprise={surprise!r}, reasons={reasons!r}, history={history!r})"
 
 
 class Moments:
@@ -249,7 +277,7 @@ class Categories:
             return 0.0
         count = self.counts.get(value, 0)
         if count == 0:
-            singletons = sum(1 for c in self.counts.values() if c == 1)
+            singletons = list(self.counts.values()).count(1)  # counted in C
             p = (singletons + prior) / (self.n + 1)
             return min(-(1.0 + burst) * math.log10(min(p, 1.0)), MAX_SURPRISE)
         elif count * 20 >= self.n:
@@ -274,10 +302,17 @@ class Categories:
         else:
             self.counts[sys.intern(value)] = 1
 
+    def __getstate__(self) -> tuple[dict[str, int], int, bool]:
+        # A flat tuple: the default (None, slots dict) costs a dict and its keys per object.
+        return self.counts, self.n, self.saturated
+
     def __setstate__(self, state: Any) -> None:
-        _, slots = state
-        self.n, self.saturated = slots["n"], slots["saturated"]
-        self.counts = {sys.intern(k): v for k, v in slots["counts"].items()}
+        if isinstance(state, tuple) and len(state) == 3:
+            counts, self.n, self.saturated = state
+        else:  # (None, slots): checkpoints written before __getstate__
+            slots = state[1]
+            counts, self.n, self.saturated = slots["counts"], slots["n"], slots["saturated"]
+        self.counts = {sys.intern(k): v for k, v in counts.items()}
 
     def expected(self) -> str:
         top = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
@@ -422,6 +457,25 @@ class IdMemory:
         # a scan of up to `size` fingerprints is worth doing once.
         self.asked: tuple[str, np.uint64, bool] | None = None
 
+    def __getstate__(self) -> tuple[bytes, int, int, int, int, int, int, float, int, bool]:
+        # Only the filled part of the ring, as bytes: the default pickles the whole array
+        # (its unused capacity too) through numpy's reducer, per producer per commit.
+        fp = self.fp[: self.n].astype("<u8").tobytes()
+        return (fp, len(self.fp), self.size, self.n, self.pos, self.events, self.repeats,
+                self.recent, self.last_ms, self.repeated)  # fmt: skip
+
+    def __setstate__(self, state: Any) -> None:
+        self.asked = None  # a question of the event being scored, not state
+        if isinstance(state, tuple) and len(state) == 10:
+            fp, capacity, self.size, self.n, self.pos = state[:5]
+            self.events, self.repeats, self.recent, self.last_ms, self.repeated = state[5:]
+            self.fp = np.zeros(capacity, dtype=np.uint64)
+            self.fp[: self.n] = np.frombuffer(fp, dtype="<u8")
+        else:  # (None, slots): checkpoints written before __getstate__
+            for name, value in state[1].items():
+                setattr(self, name, value)
+            self.asked = None
+
     def seen(self, event_id: str) -> bool:
         return self._ask(event_id)[2]
 
@@ -514,12 +568,24 @@ class Drift:
         self.first_ms = -1
         self.last_ms = -1
 
+    def __getstate__(self) -> tuple[int, float, float, float, float, int, int]:
+        return self.count, self.mean, self.var, self.hi, self.lo, self.first_ms, self.last_ms
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 7:
+            self.count, self.mean, self.var, self.hi, self.lo, self.first_ms, self.last_ms = state
+        else:  # (None, slots): checkpoints written before __getstate__
+            for name, value in state[1].items():
+                setattr(self, name, value)
+
     def z(self, y: float, min_sd: float) -> float:
         """Standardised distance of ``y`` from the reference."""
         return (y - self.mean) / max(math.sqrt(max(self.var, 0.0)), min_sd)
 
     def _z(self, y: float, min_sd: float, clip: float) -> float:
-        return min(max(self.z(y, min_sd), -clip), clip)
+        # z() inlined (per numeric field, twice per event): the same operations.
+        z = (y - self.mean) / max(math.sqrt(max(self.var, 0.0)), min_sd)
+        return min(max(z, -clip), clip)
 
     def statistic(self, y: float, k: float, min_sd: float, clip: float) -> float:
         """The CUSUM statistic this value would give, without taking the step."""
@@ -620,12 +686,33 @@ class ProducerState:
         self.likelihood: RarityTrend | None = None  # only with a likelihood in the spec
         self.seq = 0  # last use, so a restored store keeps its LRU order
 
+    def __getstate__(self) -> tuple[None, dict[str, Any]]:
+        """The slots, with the small state objects as their own flat tuples: pickling an
+        object costs a ``__reduce_ex__`` round in Python (~1.5 us), a tuple is written in C,
+        and a producer holds dozens of them (every commit pickles every changed producer)."""
+        slots = {name: getattr(self, name) for name in self.__slots__}
+        for name in _FLAT_ONE:
+            if slots[name] is not None:
+                slots[name] = slots[name].__getstate__()
+        for name in _FLAT_MAP:
+            slots[name] = {k: v.__getstate__() for k, v in slots[name].items()}
+        slots[_FLAT_MARK] = True
+        return None, slots
+
     def __setstate__(self, state: Any) -> None:
         """Unpickle, giving slots added since the checkpoint was written their empty value."""
         self.seasonal, self.windows, self.silenced, self.likelihood = {}, {}, False, None
         self.drifts, self.ids, self.novel, self.arrivals = {}, None, {}, None
         _, slots = state if isinstance(state, tuple) else (None, state)
-        for name, value in (slots or {}).items():
+        slots = dict(slots or {})
+        if slots.pop(_FLAT_MARK, False):
+            for name, cls in _FLAT_ONE.items():
+                if slots.get(name) is not None:
+                    slots[name] = _unflatten(cls, slots[name])
+            for name, cls in _FLAT_MAP.items():
+                if name in slots:
+                    slots[name] = {k: _unflatten(cls, v) for k, v in slots[name].items()}
+        for name, value in slots.items():
             setattr(self, name, value)
         # Share the field names among producers (pickle copies them per producer).
         self.numeric = {sys.intern(k): v for k, v in self.numeric.items()}
@@ -633,6 +720,21 @@ class ProducerState:
         self.schema_fields = {
             sys.intern(k): tuple(map(sys.intern, v)) for k, v in self.schema_fields.items()
         }
+
+
+# ProducerState slots pickled as their objects' flat states: one object, or a dict of them.
+_FLAT_ONE: dict[str, type] = {
+    "gap": Moments, "rate": Moments, "size": Moments, "types": Categories,
+    "schemas": Categories, "arrivals": Drift, "ids": IdMemory, "calibration": TailCounts,
+}  # fmt: skip
+_FLAT_MAP: dict[str, type] = {"numeric": Moments, "categorical": Categories, "drifts": Drift}
+_FLAT_MARK = "\x00flat"  # in the pickled slots: the above are flat (not in older checkpoints)
+
+
+def _unflatten(cls: type, state: Any) -> Any:
+    obj: Any = object.__new__(cls)
+    obj.__setstate__(state)
+    return obj
 
 
 def _signed_log(x: float) -> float:
@@ -706,6 +808,10 @@ class FeatureStore:
         self.removed: set[str] = set()
         # One-event memo: the shape key is needed by the evidence and again by the learning.
         self._schema_event: Event | None = None
+        # Evidence whose reasons are formatted on first read (see evidence): the pipeline's
+        # store, which reads them for flagged events only.
+        self.lazy_reasons = False
+        self._explaining = False  # judges format their reasons' text
         self._schema_memo: tuple[str, tuple[str, ...]] = ("", ())
 
     def __len__(self) -> int:
@@ -811,12 +917,38 @@ class FeatureStore:
         return evidence
 
     def evidence(self, st: ProducerState, event: Event) -> Evidence:
-        """Surprise per feature and the reasons, from the state before this event."""
+        """Surprise per feature and the reasons, from the state before this event.
+
+        With :attr:`lazy_reasons`, the reasons are formatted when first read, by judging the
+        event again: read them before the producer's state moves on, or this raises.
+        """
         surprise = dict.fromkeys(FEATURES, 0.0)
         if st.n == 0:
             return Evidence(surprise, [], 0)
+        n = st.n
+
+        def explain() -> list[Reason]:
+            if st.n != n:
+                msg = "reasons read after the producer's state moved on"
+                raise RuntimeError(msg)
+            self._explaining = True
+            try:
+                reasons = self._judge(st, event)
+            finally:
+                self._explaining = False
+            reasons.sort(key=lambda r: -r.surprise)
+            return reasons
+
+        lazy = self.lazy_reasons
+        reasons = self._judge(st, event) if lazy else explain()
+        for r in reasons:
+            surprise[r.feature] = r.surprise
+        return Evidence(surprise, [], n, explain) if lazy else Evidence(surprise, reasons, n)
+
+    def _judge(self, st: ProducerState, event: Event) -> list[Reason]:
+        """Every feature's reason (text only while ``_explaining``; else just surprises)."""
         off = self.cfg.disabled
-        reasons = [
+        return [
             r
             for name, judge in (
                 ("rate", self._rate),
@@ -830,10 +962,6 @@ class FeatureStore:
             )
             if name not in off and (r := judge(st, event)) is not None
         ]
-        for r in reasons:
-            surprise[r.feature] = r.surprise
-        reasons.sort(key=lambda r: -r.surprise)
-        return Evidence(surprise, reasons, st.n)
 
     def _rate(self, st: ProducerState, event: Event) -> Reason | None:
         timed = st.arrivals
@@ -850,6 +978,8 @@ class FeatureStore:
         s = _two_sided(z) - math.log10(2.0) if z > 0 else 0.0  # one-sided: floods only
         if s <= 0:
             return None
+        if not self._explaining:
+            return Reason("rate", "", "", "", s)
         observed = f"{_rate_per_s(smoothed):.3g}/s"
         return Reason("rate", "", observed, f"{_rate_per_s(usual):.3g}/s", s)
 
@@ -857,6 +987,7 @@ class FeatureStore:
         """Per numeric field, the largest of: the surprise against the field's running moments,
         against its time-of-period bucket, and (weighted) its rank among the last values."""
         cfg = self.cfg
+        explain = self._explaining
         best: Reason | None = None
         prefix = _type_prefix(event)
         for name, x in event.numbers.items():
@@ -865,23 +996,26 @@ class FeatureStore:
             s, expected = 0.0, ""
             m = st.numeric.get(key)
             if m is not None and m.count >= cfg.min_count:
-                s, expected = _two_sided(m.z(y, cfg.min_sd)), m.expected(cfg.min_sd)
+                s = _two_sided(m.z(y, cfg.min_sd))
+                expected = m.expected(cfg.min_sd) if explain else ""
             prof = st.seasonal.get(key)
             if prof is not None:
                 b = self._bucket(event.event_time_ms)
                 if prof.count[b] >= cfg.seasonal_min_count:
                     ss = _two_sided(prof.z(b, y, cfg.min_sd))
                     if ss > s or cfg.seasonal_explains:
-                        s, expected = ss, f"{prof.expected(b, cfg.min_sd)} at this time of day"
+                        s = ss
+                        if explain:
+                            expected = f"{prof.expected(b, cfg.min_sd)} at this time of day"
             win = st.windows.get(key)
             if win is not None:
                 ws = cfg.window_weight * win.surprise(
                     y, cfg.window_tail, cfg.min_sd, cfg.window_floor
                 )
                 if ws > s:
-                    s, expected = min(ws, MAX_SURPRISE), win.expected()
+                    s, expected = min(ws, MAX_SURPRISE), win.expected() if explain else ""
             if s > 0 and (best is None or s > best.surprise):
-                best = Reason("value", name, f"{x:.6g}", expected, s)
+                best = Reason("value", name, f"{x:.6g}" if explain else "", expected, s)
         return best
 
     def _bucket(self, t_ms: int) -> int:
@@ -896,6 +1030,8 @@ class FeatureStore:
         s = _two_sided(st.size.z(math.log(max(event.size_bytes, 1)), self.cfg.min_sd))
         if s <= 0:
             return None
+        if not self._explaining:
+            return Reason("size", "", "", "", s)
         return Reason("size", "", f"{event.size_bytes}B", st.size.expected(self.cfg.min_sd), s)
 
     def _type(self, st: ProducerState, event: Event) -> Reason | None:
@@ -903,7 +1039,10 @@ class FeatureStore:
             return None
         burst = self._burst(st, _TYPE_KEY, event.event_time_ms)
         s = st.types.surprise(event.type, self.cfg.novelty_prior, burst, self.cfg.min_count)
-        return Reason("type", "type", event.type, st.types.expected(), s) if s > 0 else None
+        if not s > 0:
+            return None
+        expected = st.types.expected() if self._explaining else ""
+        return Reason("type", "type", event.type, expected, s)
 
     def _category(self, st: ProducerState, event: Event) -> Reason | None:
         best, best_field = 0.0, ""
@@ -911,7 +1050,7 @@ class FeatureStore:
         prefix = _type_prefix(event)
         for name, value in event.strings.items():
             c = st.categorical.get(prefix + name)
-            if c is not None:
+            if c is not None and not c.saturated:  # an id field: never judged, skip the burst
                 burst = self._burst(st, name, event.event_time_ms) if st.novel else 0.0
                 s = c.surprise(value, self.cfg.novelty_prior, burst, self.cfg.min_count)
                 if s > best:
@@ -919,7 +1058,8 @@ class FeatureStore:
         if best_c is None:
             return None
         observed = event.strings[best_field]
-        return Reason("category", best_field, observed, best_c.expected(), best)
+        expected = best_c.expected() if self._explaining else ""
+        return Reason("category", best_field, observed, expected, best)
 
     def _schema_of(self, event: Event) -> tuple[str, tuple[str, ...]]:
         """The event's shape key, computed once for its evidence and its learning."""
@@ -931,7 +1071,10 @@ class FeatureStore:
         key, names = self._schema_of(event)
         burst = self._burst(st, _SCHEMA_KEY, event.event_time_ms)
         s = st.schemas.surprise(key, self.cfg.novelty_prior, burst, self.cfg.min_count)
-        return Reason("schema", "", _schema_diff(st, names), "usual shape", s) if s > 0 else None
+        if not s > 0:
+            return None
+        observed = _schema_diff(st, names) if self._explaining else ""
+        return Reason("schema", "", observed, "usual shape", s)
 
     def _burst(self, st: ProducerState, key: str, t_ms: int) -> float:
         """Recent novelties of one type, shape or field, decayed to ``t_ms``."""
@@ -952,7 +1095,7 @@ class FeatureStore:
         prefix = _type_prefix(event)
         for name, value in event.strings.items():
             c = st.categorical.get(prefix + name)
-            if c is not None and c.is_new(value, least):
+            if c is not None and not c.saturated and c.is_new(value, least):
                 keys.append(name)  # a field's novelties count together over event types
         for key in keys:
             st.novel[key] = (self._burst(st, key, t) + 1.0, t)
@@ -964,7 +1107,9 @@ class FeatureStore:
         if ids is None or event_id is None or not ids.seen(event_id):
             return None
         cfg = self.cfg
-        expected = f"unique ids ({ids.repeats} repeats in {ids.events} events)"
+        expected = ""
+        if self._explaining:
+            expected = f"unique ids ({ids.repeats} repeats in {ids.events} events)"
         s = ids.surprise(cfg.novelty_prior, event.event_time_ms, cfg.burst_s * 1000)
         return Reason("replayed_id", cfg.id_field, event_id, expected, s)
 
@@ -983,6 +1128,9 @@ class FeatureStore:
             stat = d.statistic(_signed_log(x), cfg.drift_slack, cfg.min_sd, cfg.drift_clip)
             s = min(2.0 * cfg.drift_slack * stat / _LOG10, MAX_SURPRISE)
             if s > 0 and (best is None or s > best.surprise):
+                if not self._explaining:
+                    best = Reason("drift", name, "", "", s)
+                    continue
                 m = st.numeric.get(prefix + name)
                 level = _unlog(m.mean) if m is not None else x
                 hours = cfg.drift_horizon_s / 3600

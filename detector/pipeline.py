@@ -31,14 +31,14 @@ from detector.alerts import ALERT_STORM, PRODUCER_EXPLOSION, SILENCE, Alert, Ale
 from detector.calibration import Calibrator, Likelihood
 from detector.checkpoint import Snapshot, check_compatible, new_meta
 from detector.events import Event
-from detector.features import FeatureStore, ProducerState, Reason, new_producer_reason
+from detector.features import Evidence, FeatureStore, ProducerState, Reason, new_producer_reason
 from detector.scoring import ModelSpec
 
 MAX_REASONS = 3
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and a frozen __init__ sets each field slowly
 class Verdict:
     """The outcome for one event.
 
@@ -103,6 +103,7 @@ class Pipeline:
         self.store = FeatureStore(
             spec.features, max_producers, idle_ttl_ms, track_changes, self.admission
         )
+        self.store.lazy_reasons = True  # formatted for flagged events only (see _one)
         self.budget = AlertBudget(max_alerts_per_min)
         c = spec.calibration
         self.calibrator = Calibrator(self.model.max_raw, c.bins, c.tail_points, c.min_excess)
@@ -141,14 +142,14 @@ class Pipeline:
         score: float | None = None
         flagged = suspect = False
         alert = None
-        reasons = evidence.reasons
+        reasons: list[Reason] | None = None  # the evidence's, formatted for flagged events only
         if st.n >= d.warmup_events:
             self.established = True
             score = self.calibrator.score(st.calibration, raw)
             # Protection judges the event itself; the likelihood may flag it as part of a run.
             suspect = score >= min(d.protect_threshold, self.threshold)
             if self.likelihood is not None:
-                score, reasons = self._likelihood(st, score, reasons)
+                score, reasons = self._likelihood(st, score, evidence)
             flagged = score >= self.threshold
         elif st.n == 0 and d.new_producer and self._news(event) and st is not store.overflow:
             why = new_producer_reason(event.producer, len(store) - 1)
@@ -161,6 +162,7 @@ class Pipeline:
             st.flagged_streak = 0
         held = event.event_time_ms < st.cooldown_until_ms
         if flagged:
+            reasons = evidence.reasons if reasons is None else reasons
             alert = self._decide(st, event, score or 0.0, reasons)
             held = held or alert is None  # the cooldown or the global cap held it back
         store.advance_clock(st, event)
@@ -206,23 +208,24 @@ class Pipeline:
         return tuple(out)
 
     def _likelihood(
-        self, st: ProducerState, score: float, reasons: list[Reason]
-    ) -> tuple[float, list[Reason]]:
+        self, st: ProducerState, score: float, evidence: Evidence
+    ) -> tuple[float, list[Reason] | None]:
         """The larger of the calibrated score and the anomaly likelihood of the producer's
-        recent scores; when the likelihood wins, it leads the reasons."""
+        recent scores; when the likelihood wins, it leads the reasons (else None: the
+        evidence's own)."""
         assert self.likelihood is not None  # noqa: S101 (checked by the caller)
         if st.likelihood is None:
             st.likelihood = self.likelihood.new()
         lk, mean, usual = self.likelihood.update(st.likelihood, score)
         if lk <= score:
-            return score, reasons
+            return score, None
         window = self.likelihood.window
         surprise = -math.log10(max(1.0 - lk, 1e-300))
         why = Reason(
             "likelihood", "", f"mean rarity {mean:.3g} over the last {window} events",
             f"usually {usual:.3g}", surprise,
         )  # fmt: skip
-        return lk, [why, *reasons]
+        return lk, [why, *evidence.reasons]
 
     def _silence(self, event: Event) -> list[Alert]:
         """Alerts for producers the watermark has left behind: silent for longer than

@@ -55,6 +55,21 @@ def test_throughput_runs(tmp_path: Path) -> None:
     assert (tmp_path / "t.json").exists()
 
 
+def test_throughput_against_another_tree(tmp_path: Path) -> None:
+    # This tree against itself: the pairing, the other tree's own baseline and the ratio.
+    out = _run(
+        tmp_path, "benchmarks.throughput", "--events", "2000", "--rounds", "1", *TINY,
+        "--models", "stats", "--against", str(ROOT),
+    )  # fmt: skip
+    assert f"round 0 detector-stats@{ROOT.name}" in out
+    assert f"detector-stats / detector-stats@{ROOT.name}" in out
+
+
+def test_same_verdicts_runs(tmp_path: Path) -> None:
+    out = _run(tmp_path, "benchmarks.same_verdicts", "--hours", "2", "--reasons")
+    assert re.search(r"verdicts [0-9a-f]{16} evidence [0-9a-f]{16}", out)
+
+
 def test_latency_runs(tmp_path: Path) -> None:
     out = _run(
         tmp_path,

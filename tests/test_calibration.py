@@ -116,6 +116,13 @@ def test_counts_pickle_round_trip() -> None:
     assert restored.n == tc.n
     for x in (0.0, 3.3, 30.0, 50.0):
         assert cal.score(restored, x) == cal.score(tc, x)
+    assert (restored.counts == tc.counts).all() and len(restored.counts) == 64
+    # A checkpoint written before TailCounts had __getstate__ (the default slots state).
+    old = object.__new__(TailCounts)
+    old.__setstate__((None, {"counts": tc.counts.copy(), "n": tc.n}))
+    assert (old.counts == tc.counts).all() and old.n == tc.n
+    empty = pickle.loads(pickle.dumps(cal.new()))  # noqa: S301 (our own bytes)
+    assert empty.n == 0 and len(empty.counts) == 64 and not empty.counts.any()
 
 
 RAWS = st.lists(

@@ -6,6 +6,9 @@ import math
 import pickle
 import random
 from collections.abc import Iterable
+from typing import Any
+
+import pytest
 
 from detector.events import Decoder, Event
 from detector.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig, FeatureStore, Moments
@@ -136,6 +139,20 @@ def test_evidence_excludes_the_event_itself() -> None:
     # Had the event been part of its own baseline, a repeat would look less surprising.
     again = store.observe(ev(201 * SECOND, numbers={"amount": 900.0, "qty": 1.0}), learn=False)
     assert again.surprise["value"] < before.surprise["value"]
+
+
+def test_lazy_reasons_are_the_eager_ones_and_must_be_read_in_time() -> None:
+    eager, lazy = trained(), trained()
+    lazy.lazy_reasons = True
+    odd = ev(200 * SECOND, numbers={"amount": 900.0, "qty": 1.0}, strings={"cur": "XMR"})
+    want = eager.evidence(eager.state("pay-1"), odd)
+    st = lazy.state("pay-1")
+    got = lazy.evidence(st, odd)
+    assert got.surprise == want.surprise and got.reasons == want.reasons and want.reasons
+    late = lazy.evidence(st, odd)
+    lazy.advance_clock(st, odd)
+    with pytest.raises(RuntimeError, match="moved on"):
+        _ = late.reasons
 
 
 def test_learn_false_leaves_baselines_but_advances_clock() -> None:
@@ -599,6 +616,37 @@ def test_id_memory_pickles_and_grows_only_as_needed() -> None:
     probe = with_id(100, "id-42")
     assert store.evidence(copy, probe).surprise == store.evidence(st, probe).surprise
     assert store.evidence(st, probe).surprise["replayed_id"] > 2.0
+
+
+def test_states_written_before_compact_pickling_still_load() -> None:
+    # Categories, Drift and IdMemory pickle as flat tuples; checkpoints written before that
+    # hold the default (None, slots dict) state, which must still load to the same state.
+    store = FeatureStore(FeatureConfig(replay_window=256, drift_horizon_s=3600.0))
+    feed(store, (with_id(i) for i in range(300)))
+    st = store.producers["pay-1"]
+    assert st.ids is not None and st.drifts
+    parts: list[Any] = [st.ids, st.types, *st.drifts.values(), *st.categorical.values()]
+    for part in parts:
+        slots = {k: getattr(part, k) for k in type(part).__slots__}
+        old = object.__new__(type(part))
+        old.__setstate__((None, slots))
+        new = pickle.loads(pickle.dumps(part))  # noqa: S301 (our own bytes)
+        for name in type(part).__slots__:
+            want, got, got_old = (getattr(x, name) for x in (part, new, old))
+            if name == "fp":  # the ring's filled part and its capacity
+                n = st.ids.n
+                assert len(got) == len(want) and (got[:n] == want[:n]).all()
+                assert (got_old == want).all()
+            elif name != "asked":
+                assert got == want == got_old, name
+    # A whole producer state as format 2 pickled it: its objects, not their flat tuples.
+    old_state = object.__new__(type(st))
+    old_state.__setstate__((None, {k: getattr(st, k) for k in type(st).__slots__}))
+    flat = pickle.loads(pickle.dumps(st))  # noqa: S301 (our own bytes)
+    probe = with_id(300, "id-250")
+    want = store.evidence(st, probe)
+    assert store.evidence(old_state, probe) == want == store.evidence(flat, probe)
+    assert want.surprise["replayed_id"] > 0
 
 
 DRIFT = FeatureConfig(drift_horizon_s=4 * 3600.0)
