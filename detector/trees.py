@@ -3,8 +3,8 @@
 River keeps each tree as a graph of node objects and walks it per tree in Python; its window
 swap visits every node, and pickling the graph costs a class path per node. Here the trees
 are arrays in heap order (node ``i`` has children ``2i+1`` and ``2i+2``), all trees step one
-level at a time together, the swap is an array copy, and the pickled state is a few byte
-strings.
+level at a time together, the window swap exchanges two arrays, and the pickled state is a
+few byte strings.
 
 Equivalence with River (``tests/test_trees.py`` holds River as the oracle): the trees are
 built by River's own ``make_padded_tree`` with River's random calls; River accumulates each
