@@ -70,7 +70,7 @@ def main(events: int, rounds: int) -> None:
         dump = timeit.timeit(lambda m=model: pickle.dumps(m, pickle.HIGHEST_PROTOCOL), number=5)
         load = timeit.timeit(lambda b=blob: pickle.loads(b), number=5)  # noqa: S301 - own blob
         click.echo(f"{name:7s} pickle: {len(blob) / 1e6:.3f} MB, "
-                   f"dumps {dump / 5 * 1e3:.1f} ms, loads {load / 5 * 1e3:.1f} ms")  # fmt: skip
+                   f"dumps {dump / 5 * 1e3:.2f} ms, loads {load / 5 * 1e3:.2f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":
