@@ -42,7 +42,7 @@ PRODUCER_PREFIX = "p:"
 # What a checkpoint may contain: classes defined in the detector's state modules and in River's
 # model packages, plus a few exact (module, name) pairs. Dotted names are refused: pickle would
 # resolve them attribute by attribute (``detector.embedded.subprocess.check_output``).
-_STATE_MODULES = ("detector.features", "detector.calibration", "detector.scoring")
+_STATE_MODULES = ("detector.features", "detector.calibration", "detector.scoring", "detector.trees")
 _RIVER_PREFIXES = ("river.stats.", "river.anomaly.", "river.tree.", "river.preprocessing.",
                    "river.utils.", "river._river_rust.")  # fmt: skip
 _ALLOWED_GLOBALS = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import tomllib
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -23,6 +23,7 @@ from river import anomaly
 
 from detector.errors import ConfigError
 from detector.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig
+from detector.trees import HalfSpaceTrees
 
 
 class Model(Protocol):
@@ -57,11 +58,12 @@ class SurpriseModel:
 
 
 class TreesModel:
-    """One River HalfSpaceTrees shared by all producers, over producer-relative features.
+    """River's HalfSpaceTrees, shared by all producers, over producer-relative features.
 
     Inputs are the feature surprises squashed into [0, 1] (HalfSpaceTrees needs bounded
     inputs); one shared model costs the same for 10 or 100k producers. Seeded, so replays
-    give identical scores.
+    give identical scores. The trees run on arrays (:mod:`detector.trees`), with River's
+    scores exactly.
 
     Examples:
         >>> m = TreesModel(n_trees=5, height=6, window_size=50, seed=1)
@@ -86,21 +88,25 @@ class TreesModel:
         scale: float = 8.0,
     ) -> None:
         self.scale = scale
-        limits: dict[Hashable, tuple[float, float]] = dict.fromkeys(self.inputs, (0.0, 1.0))
-        self.trees = anomaly.HalfSpaceTrees(
-            n_trees=n_trees, height=height, window_size=window_size, limits=limits, seed=seed
-        )
+        self.trees = HalfSpaceTrees(self.inputs, n_trees, height, window_size, seed=seed)
 
-    def _x(self, evidence: Evidence) -> dict[str, float]:
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Checkpoints written before detector.trees hold River's own HalfSpaceTrees: carry its
+        # trees, masses and window over, so that they resume without a format change.
+        if isinstance(state["trees"], anomaly.HalfSpaceTrees):
+            state = {**state, "trees": HalfSpaceTrees.from_river(state["trees"], self.inputs)}
+        self.__dict__.update(state)
+
+    def _x(self, evidence: Evidence) -> list[float]:
         # 1 - exp(-s/scale): monotone, 0 for usual, approaches 1 for extreme surprise.
         s = evidence.surprise
-        return {f: 1.0 - math.exp(-s.get(f, 0.0) / self.scale) for f in self.inputs}
+        return [1.0 - math.exp(-s.get(f, 0.0) / self.scale) for f in self.inputs]
 
     def raw_score(self, evidence: Evidence) -> float:
-        return float(self.trees.score_one(self._x(evidence)))  # type: ignore[no-untyped-call]
+        return self.trees.score_one(self._x(evidence))
 
     def learn(self, evidence: Evidence) -> None:
-        self.trees.learn_one(self._x(evidence))  # type: ignore[no-untyped-call]
+        self.trees.learn_one(self._x(evidence))
 
 
 MODELS: dict[str, Callable[..., Model]] = {
