@@ -575,6 +575,7 @@ class ProducerState:
         "silenced",
         "size",
         "suppressed",
+        "suspect_ms",
         "types",
         "windows",
     )
@@ -608,6 +609,7 @@ class ProducerState:
         self.flagged_since_ms = -1
         self.silenced = False  # a silence alert was raised since the producer's last event
         self.calibration: TailCounts | None = None
+        self.suspect_ms = -(2**62)  # event time of its last suspect event
         self.likelihood: RarityTrend | None = None  # only with a likelihood in the spec
         self.seq = 0  # last use, so a restored store keeps its LRU order
 
@@ -615,6 +617,7 @@ class ProducerState:
         """Unpickle, giving slots added since the checkpoint was written their empty value."""
         self.seasonal, self.windows, self.silenced, self.likelihood = {}, {}, False, None
         self.drifts, self.ids, self.novel, self.arrivals = {}, None, {}, None
+        self.suspect_ms = -(2**62)
         _, slots = state if isinstance(state, tuple) else (None, state)
         for name, value in (slots or {}).items():
             setattr(self, name, value)

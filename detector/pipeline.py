@@ -152,10 +152,13 @@ class Pipeline:
             why = new_producer_reason(event.producer, len(store) - 1)
             score, flagged, reasons = 1.0, True, [why]
         if suspect:
-            if st.flagged_streak == 0:
+            gap = d.suspect_run_gap_ms
+            if st.flagged_streak == 0 or (gap and event.event_time_ms - st.suspect_ms >= gap):
+                st.flagged_streak = 0
                 st.flagged_since_ms = event.event_time_ms
             st.flagged_streak += 1
-        else:
+            st.suspect_ms = event.event_time_ms
+        elif not d.suspect_run_gap_ms:
             st.flagged_streak = 0
         held = event.event_time_ms < st.cooldown_until_ms
         if flagged:

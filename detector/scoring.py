@@ -123,6 +123,10 @@ class Decision:
             last before the producer's baselines learn again, accepting a new normal
             (protection from learning anomalies, without freezing after a real change).
         adapt_after_ms: event time the run must also span.
+        suspect_run_gap_ms: suspect events less than this apart in event time form one run,
+            whatever normal events come between them (replays among fresh events, a drift
+            on the types that carry the field); 0: a run is consecutive suspect events. Only
+            a run's first event teaches the calibration, and a run adapts as above.
         silence_after: a producer is *silent* once the event-time watermark (the latest event
             time of any producer) passes its last event by this many times its usual
             inter-arrival; 0 turns silence detection off. One alert per silence.
@@ -140,6 +144,7 @@ class Decision:
     cooldown_ms: int = 300_000
     adapt_after_events: int = 20
     adapt_after_ms: int = 900_000
+    suspect_run_gap_ms: int = 0
     silence_after: float = 0.0
     silence_min_ms: int = 60_000
     new_producer: bool = False

@@ -660,3 +660,36 @@ def test_metrics_state_goes_through_a_signed_checkpoint() -> None:
     rest_a, rest_b = original.process(events[cut:]), restored.process(events[cut:])
     assert summary(rest_a) == summary(rest_b)
     assert sum(len(v.silence) for v in rest_a) == 1
+
+
+def interleaved(start: int, n: int) -> list[Event]:
+    """An unseen currency on every other event, the usual events between them."""
+    return [ev(i, strings={"cur": "XMR"}) if i % 2 else ev(i) for i in range(start, start + n)]
+
+
+def test_interleaved_suspects_teach_the_calibration_once_per_run() -> None:
+    # Suspect events with normal ones between them: without a run gap each is "the first of
+    # a run" and teaches the calibration, until they calibrate below the threshold and are
+    # learned as normal (poisoning); with it, the run teaches it once and stays flagged.
+    poisoned = warm("stats", suspect_run_gap_ms=0, adapt_after_ms=10**9)
+    assert not all(v.flagged for v in poisoned.process(interleaved(N, 40))[1::2])
+
+    p = warm("stats", suspect_run_gap_ms=300_000, adapt_after_ms=10**9)
+    st = p.store.producers["p1"]
+    assert st.calibration is not None
+    n = st.calibration.n
+    out = p.process(interleaved(N, 40))
+    assert all(v.flagged for v in out[1::2])
+    assert st.calibration.n == n + 20 + 1  # the 20 normal events, and the run's first
+
+
+def test_interleaved_sustained_change_is_accepted_after_events_and_time() -> None:
+    # The run spans the normal events between its suspects, so a change on some events
+    # still becomes the new normal (no freezing) after adapt_after_events and adapt_after_ms.
+    p = warm("stats", suspect_run_gap_ms=60_000, adapt_after_events=5, adapt_after_ms=20_000)
+    cur = p.store.producers["p1"].categorical["order\x1fcur"]
+    out = p.process(interleaved(N, 400))
+    flags = [v.flagged for v in out[1::2]]
+    assert all(flags[:10])  # 20 s of event time: 10 suspects, none learned
+    assert not any(flags[-100:])
+    assert cur.counts["XMR"] > 100
