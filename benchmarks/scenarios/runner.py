@@ -7,7 +7,8 @@ batch, without Redis: the pipeline's state depends only on the events and their 
 the alerts are the ones the worker would append.
 
 Other thresholds (``sweep``) are simulated in the same pass, as the pipeline decides: an
-event alerts when its calibrated score reaches the threshold and its producer is out of the
+event alerts when its calibrated score reaches the threshold (raised per producer by the
+spec's ``rarity_horizon_ms``, as ``Pipeline.threshold_for``) and its producer is out of the
 cooldown. Learning does not depend on the threshold as long as it is at or above the spec's
 ``protect_threshold`` (suspect events are judged against the lower of the two), so one pass
 serves them all; silence alerts do not depend on it.
@@ -65,10 +66,13 @@ class _Sweep:
 
         pipeline.store.evidence = noted  # type: ignore[method-assign]
 
-    def see(self, event: Event, score: float | None, silence: Sequence[Hit]) -> None:
+    def see(
+        self, pipeline: Pipeline, event: Event, score: float | None, silence: Sequence[Hit]
+    ) -> None:
+        st = pipeline.store.producers.get(event.producer)
         for t, hits in self.hits.items():
             hits.extend(silence)
-            if score is None or score < t:
+            if score is None or st is None or score < pipeline.threshold_for(st, t):
                 continue
             until = self.until[t]
             if event.event_time_ms >= until.get(event.producer, -1):
@@ -124,7 +128,7 @@ def run_seed(
                 v = pipeline.process([e])[0]
                 verdicts.append(v)
                 silence = [_hit(a) for a in v.silence]
-                simulated.see(e, v.score, silence)
+                simulated.see(pipeline, e, v.score, silence)
         busy_s += time.perf_counter() - started
         for v in verdicts:
             e = v.event
