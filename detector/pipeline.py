@@ -184,13 +184,16 @@ class Pipeline:
         others = self._others(event, st is store.overflow, now, capped)
         return Verdict(event, score, flagged, alert, held=held, silence=others)
 
-    def threshold_for(self, st: ProducerState, threshold: float | None = None) -> float:
+    def threshold_for(
+        self, st: ProducerState, threshold: float | None = None, horizon_ms: int | None = None
+    ) -> float:
         """The producer's alert threshold: ``threshold`` (default: the pipeline's), raised so
-        that events this rare come less than once per ``rarity_horizon_ms`` of its event time
-        at its usual rate. A per-event rarity alone alerts a busy producer more often per
-        day than a quiet one (1 in 10^5 is ~2 a day at 2 events/s)."""
+        that events this rare come less than once per ``horizon_ms`` (default: the spec's
+        ``rarity_horizon_ms``) of its event time at its usual rate. A per-event rarity alone
+        alerts a busy producer more often per day than a quiet one (1 in 10^5 is ~2 a day at
+        2 events/s)."""
         t = self.threshold if threshold is None else threshold
-        horizon = self.decision.rarity_horizon_ms
+        horizon = self.decision.rarity_horizon_ms if horizon_ms is None else horizon_ms
         if not horizon:
             return t
         timed = st.arrivals  # the usual rate over event time, learned from accepted events
