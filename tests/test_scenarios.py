@@ -101,3 +101,15 @@ def test_sweep_at_the_used_setting_equals_the_real_alerts() -> None:
         run.score.false,
     )
     assert plain.alerts >= same.alerts  # no horizon: the threshold alone, more alerts or as many
+
+
+def test_explain_replays_one_producer_and_names_its_incidents() -> None:
+    from click.testing import CliRunner
+
+    from benchmarks.scenarios.explain import main
+
+    args = ["--seed", "7", "--hours", "3", "--producer", "inventory-1"]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output
+    assert "oversized_payload (caught)" in out.output
+    assert "best rarity" in out.output and "calibration:" in out.output
