@@ -66,7 +66,7 @@ def main(
     precision and false alerts per producer per day."""
     spec = load_spec(model)
     wanted = _kinds(kinds)
-    console = Console(stderr=json_path == Path("-"), width=120)
+    console = Console(stderr=json_path == Path("-"), width=180)  # the sweep has 14 columns
     used = spec.decision.threshold if threshold is None else threshold
     sweep_at = [(float(t), spec.decision.rarity_horizon_ms) for t in sweep.split(",") if t]
     sweep_at += [(used, round(float(h) * DAY_MS)) for h in horizons.split(",") if h]
@@ -94,7 +94,7 @@ def main(
             for detail in ks.missed:
                 console.print(f"missed {kind}: {detail}")
     if json_path is not None:
-        doc = _json(total, runs, model, seeds, hours, used)
+        doc = _json(total, runs, model, seeds, hours, used, swept)
         text = json.dumps(doc, indent=2, allow_nan=False)
         if json_path == Path("-"):
             sys.stdout.write(text + "\n")
@@ -165,7 +165,13 @@ def _sweep_table(swept: dict[Setting, Score]) -> Table:
 
 
 def _json(
-    total: Score, runs: list[Any], model: str, seeds: str, hours: float, threshold: float
+    total: Score,
+    runs: list[Any],
+    model: str,
+    seeds: str,
+    hours: float,
+    threshold: float,
+    swept: dict[Setting, Score],
 ) -> dict[str, Any]:
     def num(x: float) -> float | None:
         return None if math.isnan(x) else round(x, 4)
@@ -204,6 +210,17 @@ def _json(
         "producer_days": round(total.producer_days, 3),
         "false_per_producer_day": num(total.false_per_producer_day),
         "false_by_top_reason": total.false_by_reason,
+        "simulated": [
+            {
+                "threshold": t,
+                "horizon_days": h / DAY_MS,
+                "caught": sum(k.caught for k in sc.kinds.values()),
+                "injected": sum(k.injected for k in sc.kinds.values()),
+                "false": sc.false,
+                "false_per_producer_day": num(sc.false_per_producer_day),
+            }
+            for (t, h), sc in sorted(swept.items())
+        ],
         "per_seed": [
             {
                 "seed": r.seed,
