@@ -71,19 +71,6 @@ class Calibrator:
         at_or_above = tc.n - int(tc.counts[:b].sum()) if b else tc.n
         if at_or_above >= self.tail_points or tc.n < self.tail_points:
             return (at_or_above + 1) / (tc.n + 1)
-        u, scale, k = self._fit(tc)
-        return k / (tc.n + 1) * math.exp(-(raw - u) / scale)
-
-    def ceiling(self, tc: TailCounts) -> float:
-        """The highest raw score the history vouches for: where the fitted tail falls to one
-        in ``n + 1`` (``max_raw`` while there are too few scores to fit)."""
-        if tc.n < self.tail_points:
-            return self.max_raw
-        u, scale, k = self._fit(tc)
-        return u + scale * math.log(k)
-
-    def _fit(self, tc: TailCounts) -> tuple[float, float, float]:
-        """The exponential tail: its start ``u``, scale, and the past scores above ``u``."""
         above = np.cumsum(tc.counts[::-1])[::-1]  # above[i]: past scores in bin i or higher
         # Peaks over threshold: u is the lowest bin edge with tail_points scores above it.
         j = int(np.flatnonzero(above >= self.tail_points)[-1])
@@ -95,7 +82,8 @@ class Calibrator:
         top = tc.counts[j:end]
         total = float(top.sum())
         excess = float(np.dot(top, self._mid[j:end] - u)) / total if total else 0.0
-        return u, max(excess, self.min_excess), float(above[j])
+        scale = max(excess, self.min_excess)
+        return float(above[j]) / (tc.n + 1) * math.exp(-(raw - u) / scale)
 
     def score(self, tc: TailCounts, raw: float) -> float:
         return 1.0 - self.tail(tc, raw)

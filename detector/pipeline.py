@@ -106,7 +106,6 @@ class Pipeline:
         self.budget = AlertBudget(max_alerts_per_min)
         c = spec.calibration
         self.calibrator = Calibrator(self.model.max_raw, c.bins, c.tail_points, c.min_excess)
-        self.cap_suspects = c.cap_suspects
         self.likelihood = (
             Likelihood(c.likelihood_window, c.likelihood_fading) if c.likelihood_window else None
         )
@@ -173,14 +172,10 @@ class Pipeline:
             and event.event_time_ms - st.flagged_since_ms >= d.adapt_after_ms
         )
         # The calibration must see rare scores too, or its tail looks thinner than it is; but
-        # only the first of a run of suspect events (and, with cap_suspects, no higher than
-        # its ceiling), so one incident cannot teach it that incidents are normal. Baselines
-        # and the model learn only accepted events.
-        if accept:
+        # only the first of a run of suspect events, so one incident cannot teach it that
+        # incidents are normal. Baselines and the model learn only accepted events.
+        if accept or st.flagged_streak == 1:
             self.calibrator.learn(st.calibration, raw)
-        elif st.flagged_streak == 1:
-            cap = self.calibrator.ceiling(st.calibration) if self.cap_suspects else raw
-            self.calibrator.learn(st.calibration, min(raw, cap))
         if accept:
             store.learn(st, event)
             self.model.learn(evidence)

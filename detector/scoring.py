@@ -163,15 +163,11 @@ class CalibrationSpec:
     Attributes:
         likelihood_window: events in the moving average of rarities; 0 = no likelihood.
         likelihood_fading: memory of the moving average's long-run moments, per event.
-        cap_suspects: a suspect score (a run's first, see ``Decision.suspect_run_gap_ms``)
-            teaches the calibration at most its ceiling, the highest score its history
-            vouches for: a tail grows by repetition, not by one incident's extreme scores.
     """
 
     bins: int = 64
     tail_points: int = 10
     min_excess: float = 0.1
-    cap_suspects: bool = False
     likelihood_window: int = 0
     likelihood_fading: float = 0.005
 

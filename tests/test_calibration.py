@@ -217,28 +217,3 @@ def test_low_bin_fast_path_equals_the_cumulative_count() -> None:
         if at_or_above >= cal.tail_points or tc.n < cal.tail_points:
             assert cal.tail(tc, raw) == (at_or_above + 1) / (tc.n + 1)
         cal.learn(tc, raw)
-
-
-def test_ceiling_is_where_the_fitted_tail_reaches_one_in_n() -> None:
-    cal = Calibrator(max_raw=32.0, bins=128)
-    rng = random.Random(3)
-    tc = learned(cal, [rng.expovariate(1.0) for _ in range(5000)])
-    top = cal.ceiling(tc)
-    assert cal.tail(tc, top) == pytest.approx(1 / (tc.n + 1), rel=1e-6)
-    assert math.log(tc.n) - 2 < top < math.log(tc.n) + 2  # ~ the expected max of n Exp(1)
-    assert cal.ceiling(cal.new()) == 32.0  # nothing to fit: no cap
-
-
-def test_capped_suspects_do_not_thin_out_the_extreme_tail() -> None:
-    # An incident's extreme scores (raw 30, one per run) learned as they are make the next
-    # one look ordinary; learned at the ceiling, the tail creeps up a little per repetition.
-    cal = Calibrator(max_raw=32.0, bins=128)
-    rng = random.Random(4)
-    normal = [rng.expovariate(1.0) for _ in range(20_000)]
-    full, capped = learned(cal, normal), learned(cal, normal)
-    for _ in range(12):
-        cal.learn(full, 30.0)
-        cal.learn(capped, min(30.0, cal.ceiling(capped)))
-    assert cal.tail(full, 30.0) > 5e-4
-    assert cal.tail(capped, 30.0) < cal.tail(full, 30.0) / 10
-    assert cal.score(capped, 30.0) > 0.9999
