@@ -173,8 +173,11 @@ class Pipeline:
         )
         # The calibration must see rare scores too, or its tail looks thinner than it is; but
         # only the first of a run of suspect events, so one incident cannot teach it that
-        # incidents are normal. Baselines and the model learn only accepted events.
-        if accept or st.flagged_streak == 1:
+        # incidents are normal; with runs over event time, not even once the run is accepted
+        # as the new normal (the baselines adapt, so its later events score low anyway).
+        # Baselines and the model learn only accepted events.
+        adapted = suspect and st.flagged_streak > 1  # a run's later event (accepted once it adapts)
+        if (accept and not (adapted and d.suspect_run_gap_ms)) or st.flagged_streak == 1:
             self.calibrator.learn(st.calibration, raw)
         if accept:
             store.learn(st, event)

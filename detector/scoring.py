@@ -126,7 +126,8 @@ class Decision:
         suspect_run_gap_ms: suspect events less than this apart in event time form one run,
             whatever normal events come between them (replays among fresh events, a drift
             on the types that carry the field); 0: a run is consecutive suspect events. Only
-            a run's first event teaches the calibration, and a run adapts as above.
+            a run's first event teaches the calibration (with a gap: even after the run is
+            accepted as the new normal), and a run adapts as above.
         rarity_horizon_ms: raise the threshold per producer so that events as rare come
             less than once per this much event time at the producer's usual rate (a false
             alert budget per producer and time, not per event); 0: the threshold alone.

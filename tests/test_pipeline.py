@@ -692,12 +692,18 @@ def test_interleaved_sustained_change_is_accepted_after_events_and_time() -> Non
     # The run spans the normal events between its suspects, so a change on some events
     # still becomes the new normal (no freezing) after adapt_after_events and adapt_after_ms.
     p = warm("stats", suspect_run_gap_ms=60_000, adapt_after_events=5, adapt_after_ms=20_000)
-    cur = p.store.producers["p1"].categorical["order\x1fcur"]
+    st = p.store.producers["p1"]
+    cur = st.categorical["order\x1fcur"]
+    assert st.calibration is not None
+    n = st.calibration.n
     out = p.process(interleaved(N, 400))
     flags = [v.flagged for v in out[1::2]]
     assert all(flags[:10])  # 20 s of event time: 10 suspects, none learned
     assert not any(flags[-100:])
     assert cur.counts["XMR"] > 100
+    # The calibration learned the run's first score only, not those accepted after it.
+    usual = sum(v.score is not None and v.score < 0.999 for v in out)
+    assert st.calibration.n == n + usual + 1
 
 
 def test_rarity_horizon_raises_the_threshold_of_busy_producers() -> None:
