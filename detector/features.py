@@ -650,6 +650,7 @@ class ProducerState:
         "silenced",
         "size",
         "suppressed",
+        "suspect_ms",
         "types",
         "windows",
     )
@@ -683,6 +684,7 @@ class ProducerState:
         self.flagged_since_ms = -1
         self.silenced = False  # a silence alert was raised since the producer's last event
         self.calibration: TailCounts | None = None
+        self.suspect_ms = -(2**62)  # event time of its last suspect event
         self.likelihood: RarityTrend | None = None  # only with a likelihood in the spec
         self.seq = 0  # last use, so a restored store keeps its LRU order
 
@@ -703,6 +705,7 @@ class ProducerState:
         """Unpickle, giving slots added since the checkpoint was written their empty value."""
         self.seasonal, self.windows, self.silenced, self.likelihood = {}, {}, False, None
         self.drifts, self.ids, self.novel, self.arrivals = {}, None, {}, None
+        self.suspect_ms = -(2**62)
         _, slots = state if isinstance(state, tuple) else (None, state)
         slots = dict(slots or {})
         if slots.pop(_FLAT_MARK, False):

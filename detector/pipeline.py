@@ -143,6 +143,7 @@ class Pipeline:
         flagged = suspect = False
         alert = None
         reasons: list[Reason] | None = None  # the evidence's, formatted for flagged events only
+        threshold = self.threshold
         if st.n >= d.warmup_events:
             self.established = True
             score = self.calibrator.score(st.calibration, raw)
@@ -150,20 +151,24 @@ class Pipeline:
             suspect = score >= min(d.protect_threshold, self.threshold)
             if self.likelihood is not None:
                 score, reasons = self._likelihood(st, score, evidence)
-            flagged = score >= self.threshold
+            threshold = self.threshold_for(st)
+            flagged = score >= threshold
         elif st.n == 0 and d.new_producer and self._news(event) and st is not store.overflow:
             why = new_producer_reason(event.producer, len(store) - 1)
             score, flagged, reasons = 1.0, True, [why]
         if suspect:
-            if st.flagged_streak == 0:
+            gap = d.suspect_run_gap_ms
+            if st.flagged_streak == 0 or (gap and event.event_time_ms - st.suspect_ms >= gap):
+                st.flagged_streak = 0
                 st.flagged_since_ms = event.event_time_ms
             st.flagged_streak += 1
-        else:
+            st.suspect_ms = event.event_time_ms
+        elif not d.suspect_run_gap_ms:
             st.flagged_streak = 0
         held = event.event_time_ms < st.cooldown_until_ms
         if flagged:
             reasons = evidence.reasons if reasons is None else reasons
-            alert = self._decide(st, event, score or 0.0, reasons)
+            alert = self._decide(st, event, score or 0.0, threshold, reasons)
             held = held or alert is None  # the cooldown or the global cap held it back
         store.advance_clock(st, event)
         accept = not suspect or (
@@ -172,8 +177,11 @@ class Pipeline:
         )
         # The calibration must see rare scores too, or its tail looks thinner than it is; but
         # only the first of a run of suspect events, so one incident cannot teach it that
-        # incidents are normal. Baselines and the model learn only accepted events.
-        if accept or st.flagged_streak == 1:
+        # incidents are normal; with runs over event time, not even once the run is accepted
+        # as the new normal (the baselines adapt, so its later events score low anyway).
+        # Baselines and the model learn only accepted events.
+        adapted = suspect and st.flagged_streak > 1  # a run's later event (accepted once it adapts)
+        if (accept and not (adapted and d.suspect_run_gap_ms)) or st.flagged_streak == 1:
             self.calibrator.learn(st.calibration, raw)
         if accept:
             store.learn(st, event)
@@ -182,6 +190,22 @@ class Pipeline:
         self.events_seen += 1
         others = self._others(event, st is store.overflow, now, capped)
         return Verdict(event, score, flagged, alert, held=held, silence=others)
+
+    def threshold_for(
+        self, st: ProducerState, threshold: float | None = None, horizon_ms: int | None = None
+    ) -> float:
+        """The producer's alert threshold: ``threshold`` (default: the pipeline's), raised so
+        that events this rare come less than once per ``horizon_ms`` (default: the spec's
+        ``rarity_horizon_ms``) of its event time at its usual rate. A per-event rarity alone
+        alerts a busy producer more often per day than a quiet one (1 in 10^5 is ~2 a day at
+        2 events/s)."""
+        t = self.threshold if threshold is None else threshold
+        horizon = self.decision.rarity_horizon_ms if horizon_ms is None else horizon_ms
+        if not horizon:
+            return t
+        timed = st.arrivals  # the usual rate over event time, learned from accepted events
+        usual = timed.mean if timed is not None and timed.count else st.gap.mean
+        return max(t, 1.0 - max(math.expm1(usual), 1.0) / horizon)
 
     def _news(self, event: Event) -> bool:
         """May a never-seen producer be news: others established, and the detector settled."""
@@ -356,7 +380,7 @@ class Pipeline:
         return dict(snap.meta.get("offsets", {}))
 
     def _decide(
-        self, st: ProducerState, event: Event, score: float, reasons: list[Reason]
+        self, st: ProducerState, event: Event, score: float, threshold: float, reasons: list[Reason]
     ) -> Alert | None:
         if event.event_time_ms < st.cooldown_until_ms:
             st.suppressed += 1
@@ -375,7 +399,7 @@ class Pipeline:
             source_id=event.entry_id,
             event_time=event.event_time_ms,
             score=score,
-            threshold=self.threshold,
+            threshold=threshold,
             model=self.spec.name,
             # Reasons that explain something (p < 0.1), at least the top one.
             reasons=tuple([r for r in reasons[:MAX_REASONS] if r.surprise >= 1.0] or reasons[:1]),

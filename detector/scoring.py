@@ -129,6 +129,14 @@ class Decision:
             last before the producer's baselines learn again, accepting a new normal
             (protection from learning anomalies, without freezing after a real change).
         adapt_after_ms: event time the run must also span.
+        suspect_run_gap_ms: suspect events less than this apart in event time form one run,
+            whatever normal events come between them (replays among fresh events, a drift
+            on the types that carry the field); 0: a run is consecutive suspect events. Only
+            a run's first event teaches the calibration (with a gap: even after the run is
+            accepted as the new normal), and a run adapts as above.
+        rarity_horizon_ms: raise the threshold per producer so that events as rare come
+            less than once per this much event time at the producer's usual rate (a false
+            alert budget per producer and time, not per event); 0: the threshold alone.
         silence_after: a producer is *silent* once the event-time watermark (the latest event
             time of any producer) passes its last event by this many times its usual
             inter-arrival; 0 turns silence detection off. One alert per silence.
@@ -146,6 +154,8 @@ class Decision:
     cooldown_ms: int = 300_000
     adapt_after_events: int = 20
     adapt_after_ms: int = 900_000
+    suspect_run_gap_ms: int = 0
+    rarity_horizon_ms: int = 0
     silence_after: float = 0.0
     silence_min_ms: int = 60_000
     new_producer: bool = False

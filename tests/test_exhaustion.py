@@ -242,7 +242,8 @@ def test_a_producer_whose_every_event_is_anomalous_gets_one_alert_per_cooldown()
 def test_ten_thousand_misbehaving_producers_cannot_flood_the_alert_stream() -> None:
     # Threshold 0 and a warm-up of one event: every producer's second event is an anomaly.
     cap, n = 100, 10_000
-    spec = spec_with(warmup_events=1, silence_after=0.0, new_producer=False)
+    # Its threshold alone decides (no rarity horizon raising it per producer).
+    spec = spec_with(warmup_events=1, silence_after=0.0, new_producer=False, rarity_horizon_ms=0)
     p = Pipeline(spec, threshold=0.0, max_producers=2 * n, max_alerts_per_min=cap)
     # 200 s of event time; each producer's two events 10 ms apart.
     events = [ev(f"p{k}", k * 20 + j * 10, j) for k in range(n) for j in (0, 1)]

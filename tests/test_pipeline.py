@@ -201,7 +201,9 @@ def test_injected_anomaly_alerts_with_the_right_reason(name: str, feature: str) 
     assert alert is not None
     assert first.flagged
     assert first.score is not None
-    assert alert.score == first.score >= alert.threshold == p.threshold
+    # The spec's threshold, raised by its rarity horizon for this producer's rate.
+    threshold = p.threshold_for(p.store.producers["p1"])
+    assert alert.score == first.score >= alert.threshold == threshold >= p.threshold
     assert alert.reasons[0].feature == feature
     assert 1 <= len(alert.reasons) <= 3
     surprises = [r.surprise for r in alert.reasons]
@@ -236,8 +238,9 @@ def test_normal_events_after_warm_up_do_not_alert() -> None:
 
 
 def test_threshold_override() -> None:
-    default = Pipeline(load_spec("stats"))
-    low = Pipeline(load_spec("stats"), threshold=0.5)
+    spec = spec_with("stats", rarity_horizon_ms=0)  # the threshold alone decides
+    default = Pipeline(spec)
+    low = Pipeline(spec, threshold=0.5)
     assert (default.threshold, low.threshold) == (load_spec("stats").decision.threshold, 0.5)
     events = history(N + 100)
     assert not any(v.flagged for v in default.process(events))
@@ -609,7 +612,9 @@ def test_likelihood_flags_a_sustained_shift_and_explains_it() -> None:
     stuck = [metric(i * SECOND, 113.5 + rng.gauss(0.0, 0.3)) for i in range(1500, 1540)]
     # Without the drift feature, which is the per-field answer to the same shift.
     no_drift = dataclasses.replace(load_spec("stats").features, disabled=("drift",))
-    decision = dataclasses.replace(load_spec("stats").decision, cooldown_ms=0, threshold=0.9999)
+    decision = dataclasses.replace(
+        load_spec("stats").decision, cooldown_ms=0, threshold=0.9999, rarity_horizon_ms=0
+    )
     plain_spec = dataclasses.replace(load_spec("stats"), features=no_drift, decision=decision)
     plain = Pipeline(plain_spec).process(base + stuck)
     spec = dataclasses.replace(with_likelihood("stats"), features=no_drift, decision=decision)
@@ -660,3 +665,60 @@ def test_metrics_state_goes_through_a_signed_checkpoint() -> None:
     rest_a, rest_b = original.process(events[cut:]), restored.process(events[cut:])
     assert summary(rest_a) == summary(rest_b)
     assert sum(len(v.silence) for v in rest_a) == 1
+
+
+def interleaved(start: int, n: int) -> list[Event]:
+    """An unseen currency on every other event, the usual events between them."""
+    return [ev(i, strings={"cur": "XMR"}) if i % 2 else ev(i) for i in range(start, start + n)]
+
+
+def test_interleaved_suspects_teach_the_calibration_once_per_run() -> None:
+    # Suspect events with normal ones between them: without a run gap each is "the first of
+    # a run" and teaches the calibration, until they calibrate below the threshold and are
+    # learned as normal (poisoning); with it, the run teaches it once and stays flagged.
+    poisoned = warm("stats", suspect_run_gap_ms=0, adapt_after_ms=10**9)
+    assert not all(v.flagged for v in poisoned.process(interleaved(N, 40))[1::2])
+
+    p = warm("stats", suspect_run_gap_ms=300_000, adapt_after_ms=10**9)
+    st = p.store.producers["p1"]
+    assert st.calibration is not None
+    n = st.calibration.n
+    out = p.process(interleaved(N, 40))
+    assert all(v.flagged for v in out[1::2])
+    assert st.calibration.n == n + 20 + 1  # the 20 normal events, and the run's first
+
+
+def test_interleaved_sustained_change_is_accepted_after_events_and_time() -> None:
+    # The run spans the normal events between its suspects, so a change on some events
+    # still becomes the new normal (no freezing) after adapt_after_events and adapt_after_ms.
+    p = warm("stats", suspect_run_gap_ms=60_000, adapt_after_events=5, adapt_after_ms=20_000)
+    st = p.store.producers["p1"]
+    cur = st.categorical["order\x1fcur"]
+    assert st.calibration is not None
+    n = st.calibration.n
+    out = p.process(interleaved(N, 400))
+    flags = [v.flagged for v in out[1::2]]
+    assert all(flags[:10])  # 20 s of event time: 10 suspects, none learned
+    assert not any(flags[-100:])
+    assert cur.counts["XMR"] > 100
+    # The calibration learned the run's first score only, not those accepted after it.
+    usual = sum(v.score is not None and v.score < 0.999 for v in out)
+    assert st.calibration.n == n + usual + 1
+
+
+def test_rarity_horizon_raises_the_threshold_of_busy_producers() -> None:
+    # 1 event/s, and one every 10 s: the same per-event threshold would alert the busy one
+    # ten times as often per day; the horizon asks both for the same rarity per day.
+    day = 24 * HOUR
+    p = Pipeline(spec_with("stats", threshold=0.999, rarity_horizon_ms=10 * day))
+    p.process(history() + [ev(i, "p2", t=i * 10 * SECOND) for i in range(N)])
+    busy, quiet = p.store.producers["p1"], p.store.producers["p2"]
+    assert p.threshold_for(busy) == pytest.approx(1 - SECOND / (10 * day), rel=0.05)
+    assert 1 - p.threshold_for(quiet) == pytest.approx(10 * (1 - p.threshold_for(busy)), rel=0.1)
+    assert p.threshold_for(busy, 1 - 1e-9) == 1 - 1e-9  # never below the given threshold
+    off = Pipeline(spec_with("stats", threshold=0.999, rarity_horizon_ms=0))
+    off.process(history())
+    assert off.threshold_for(off.store.producers["p1"]) == 0.999
+    (v,) = p.process([ev(N, v=5000.0)])
+    assert v.alert is not None
+    assert v.alert.threshold == p.threshold_for(busy)

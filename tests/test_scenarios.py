@@ -88,3 +88,28 @@ def test_short_run_catches_each_short_kind_with_its_named_cause() -> None:
     wrong = [k for k, ks in s.kinds.items() if ks.top_reason_matches < ks.caught]
     assert wrong == []
     assert s.true > s.false, s.false_by_reason
+
+
+def test_sweep_at_the_used_setting_equals_the_real_alerts() -> None:
+    spec = load_spec("stats")
+    used = (0.9999, spec.decision.rarity_horizon_ms)
+    run = run_seed(spec, 7, 2.0, ("flood", "replayed_ids"), 0.9999, sweep=[used, (0.9999, 0)])
+    same, plain = run.sweep[used], run.sweep[0.9999, 0]
+    assert (same.alerts, same.true, same.false) == (
+        run.score.alerts,
+        run.score.true,
+        run.score.false,
+    )
+    assert plain.alerts >= same.alerts  # no horizon: the threshold alone, more alerts or as many
+
+
+def test_explain_replays_one_producer_and_names_its_incidents() -> None:
+    from click.testing import CliRunner
+
+    from benchmarks.scenarios.explain import main
+
+    args = ["--seed", "7", "--hours", "3", "--producer", "inventory-1"]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output
+    assert "oversized_payload (caught)" in out.output
+    assert "best rarity" in out.output and "calibration:" in out.output

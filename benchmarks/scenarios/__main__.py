@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.scenarios.matching import GRACE_MS, Score
-from benchmarks.scenarios.runner import run_seed
+from benchmarks.scenarios.runner import DAY_MS, Setting, run_seed
 from detector.scoring import load_spec
 from detector.shop import INCIDENT_KINDS
 
@@ -46,6 +46,11 @@ def _kinds(text: str) -> tuple[str, ...]:
 )
 @click.option("--missed", is_flag=True, help="list the incidents no alert matched")
 @click.option("--sweep", default="", help="also simulate these thresholds, e.g. 0.9999,0.99999")
+@click.option(
+    "--horizons",
+    default="",
+    help="also simulate these rarity horizons in days (0: none) at the threshold, e.g. 0,1,10",
+)
 def main(
     model: str,
     seeds: str,
@@ -55,15 +60,18 @@ def main(
     json_path: Path | None,
     missed: bool,
     sweep: str,
+    horizons: str,
 ) -> None:
     """The shop with every incident kind through the worker's path: recall, delay, reasons,
     precision and false alerts per producer per day."""
     spec = load_spec(model)
     wanted = _kinds(kinds)
-    console = Console(stderr=json_path == Path("-"), width=120)
-    sweep_at = tuple(float(t) for t in sweep.split(",") if t)
+    console = Console(stderr=json_path == Path("-"), width=180)  # the sweep has 14 columns
+    used = spec.decision.threshold if threshold is None else threshold
+    sweep_at = [(float(t), spec.decision.rarity_horizon_ms) for t in sweep.split(",") if t]
+    sweep_at += [(used, round(float(h) * DAY_MS)) for h in horizons.split(",") if h]
     total = Score()
-    swept: dict[float, Score] = {t: Score() for t in sweep_at}
+    swept: dict[Setting, Score] = {s: Score() for s in sweep_at}
     runs = []
     for seed in (int(s) for s in seeds.split(",")):
         try:
@@ -78,7 +86,6 @@ def main(
             f"seed {seed}: {run.events:,} events, {run.score.alerts} alerts "
             f"({run.score.false} false), pipeline {run.events_per_s:,.0f} events/s"
         )
-    used = spec.decision.threshold if threshold is None else threshold
     console.print(_table(total, f"{spec.name} at {used:g}, seeds {seeds}, {hours:g} h each"))
     if swept:
         console.print(_sweep_table(swept))
@@ -87,7 +94,7 @@ def main(
             for detail in ks.missed:
                 console.print(f"missed {kind}: {detail}")
     if json_path is not None:
-        doc = _json(total, runs, model, seeds, hours, used)
+        doc = _json(total, runs, model, seeds, hours, used, swept)
         text = json.dumps(doc, indent=2, allow_nan=False)
         if json_path == Path("-"):
             sys.stdout.write(text + "\n")
@@ -145,19 +152,26 @@ def _table(total: Score, title: str) -> Table:
     return t
 
 
-def _sweep_table(swept: dict[float, Score]) -> Table:
-    t = Table(title="simulated thresholds (caught/injected per kind)")
+def _sweep_table(swept: dict[Setting, Score]) -> Table:
+    t = Table(title="simulated settings (caught/injected per kind)")
     kinds = [k for k in INCIDENT_KINDS if any(k in sc.kinds for sc in swept.values())]
-    for col in ("threshold", *kinds, "false", "false/producer/day"):
+    for col in ("threshold", "horizon d", *kinds, "false", "false/producer/day"):
         t.add_column(col, justify="right")
-    for threshold, sc in sorted(swept.items()):
+    for (threshold, horizon_ms), sc in sorted(swept.items()):
         cells = [f"{sc.kinds[k].caught}/{sc.kinds[k].injected}" for k in kinds]
-        t.add_row(f"{threshold:g}", *cells, str(sc.false), _fmt(sc.false_per_producer_day, ".2f"))
+        false = (str(sc.false), _fmt(sc.false_per_producer_day, ".2f"))
+        t.add_row(f"{threshold:g}", f"{horizon_ms / DAY_MS:g}", *cells, *false)
     return t
 
 
 def _json(
-    total: Score, runs: list[Any], model: str, seeds: str, hours: float, threshold: float
+    total: Score,
+    runs: list[Any],
+    model: str,
+    seeds: str,
+    hours: float,
+    threshold: float,
+    swept: dict[Setting, Score],
 ) -> dict[str, Any]:
     def num(x: float) -> float | None:
         return None if math.isnan(x) else round(x, 4)
@@ -196,6 +210,17 @@ def _json(
         "producer_days": round(total.producer_days, 3),
         "false_per_producer_day": num(total.false_per_producer_day),
         "false_by_top_reason": total.false_by_reason,
+        "simulated": [
+            {
+                "threshold": t,
+                "horizon_days": h / DAY_MS,
+                "caught": sum(k.caught for k in sc.kinds.values()),
+                "injected": sum(k.injected for k in sc.kinds.values()),
+                "false": sc.false,
+                "false_per_producer_day": num(sc.false_per_producer_day),
+            }
+            for (t, h), sc in sorted(swept.items())
+        ],
         "per_seed": [
             {
                 "seed": r.seed,

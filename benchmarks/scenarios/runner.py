@@ -6,11 +6,12 @@ calling :meth:`Pipeline.process` on the valid events; its alerts are each verdic
 batch, without Redis: the pipeline's state depends only on the events and their order, so
 the alerts are the ones the worker would append.
 
-Other thresholds (``sweep``) are simulated in the same pass, as the pipeline decides: an
-event alerts when its calibrated score reaches the threshold and its producer is out of the
-cooldown. Learning does not depend on the threshold as long as it is at or above the spec's
-``protect_threshold`` (suspect events are judged against the lower of the two), so one pass
-serves them all; silence alerts do not depend on it.
+Other decision settings (``sweep``: thresholds and rarity horizons) are simulated in the same
+pass, as the pipeline decides: an event alerts when its calibrated score reaches the threshold
+(raised per producer by the rarity horizon, as ``Pipeline.threshold_for``) and its producer is
+out of the cooldown. Learning depends on neither as long as the threshold is at or above the
+spec's ``protect_threshold`` (suspect events are judged against the lower of the two), so one
+pass serves them all; silence alerts do not depend on them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from detector.shop import iter_events
 
 BATCH = 500  # the worker's default batch_size
 DAY_MS = 86_400_000
+Setting = tuple[float, int]  # a simulated (threshold, rarity_horizon_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,15 +44,15 @@ class SeedRun:
     rejected: int
     events_per_s: float
     score: Score
-    sweep: dict[float, Score] = field(default_factory=dict)
+    sweep: dict[Setting, Score] = field(default_factory=dict)
 
 
 class _Sweep:
-    """Alerts each extra threshold would have raised (cooldown per producer, as ``_decide``)."""
+    """Alerts each extra setting would have raised (cooldown per producer, as ``_decide``)."""
 
-    def __init__(self, thresholds: Sequence[float], cooldown_ms: int) -> None:
-        self.hits: dict[float, list[Hit]] = {t: [] for t in thresholds}
-        self.until: dict[float, dict[str, int]] = {t: {} for t in thresholds}
+    def __init__(self, settings: Sequence[Setting], cooldown_ms: int) -> None:
+        self.hits: dict[Setting, list[Hit]] = {s: [] for s in settings}
+        self.until: dict[Setting, dict[str, int]] = {s: {} for s in settings}
         self.cooldown_ms = cooldown_ms
         self.reasons: tuple[str, ...] = ()
 
@@ -65,12 +67,15 @@ class _Sweep:
 
         pipeline.store.evidence = noted  # type: ignore[method-assign]
 
-    def see(self, event: Event, score: float | None, silence: Sequence[Hit]) -> None:
-        for t, hits in self.hits.items():
+    def see(
+        self, pipeline: Pipeline, event: Event, score: float | None, silence: Sequence[Hit]
+    ) -> None:
+        st = pipeline.store.producers.get(event.producer)
+        for (t, horizon_ms), hits in self.hits.items():
             hits.extend(silence)
-            if score is None or score < t:
+            if score is None or st is None or score < pipeline.threshold_for(st, t, horizon_ms):
                 continue
-            until = self.until[t]
+            until = self.until[t, horizon_ms]
             if event.event_time_ms >= until.get(event.producer, -1):
                 until[event.producer] = event.event_time_ms + self.cooldown_ms
                 hits.append(Hit(event.producer, event.event_time_ms, self.reasons))
@@ -84,10 +89,10 @@ def run_seed(
     threshold: float | None = None,
     warmup_h: float = 1.0,
     rate_scale: float = 1.0,
-    sweep: Sequence[float] = (),
+    sweep: Sequence[Setting] = (),
 ) -> SeedRun:
     """Generate the shop for ``seed``, score it, and match the alerts to its incidents."""
-    low = [t for t in sweep if t < spec.decision.protect_threshold]
+    low = [t for t, _ in sweep if t < spec.decision.protect_threshold]
     if low:
         msg = f"sweep thresholds {low} are below protect_threshold: learning would differ"
         raise ValueError(msg)
@@ -124,7 +129,7 @@ def run_seed(
                 v = pipeline.process([e])[0]
                 verdicts.append(v)
                 silence = [_hit(a) for a in v.silence]
-                simulated.see(e, v.score, silence)
+                simulated.see(pipeline, e, v.score, silence)
         busy_s += time.perf_counter() - started
         for v in verdicts:
             e = v.event
