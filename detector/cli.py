@@ -272,7 +272,8 @@ threshold_option = _option(
     "--threshold",
     env="THRESHOLD",
     type=click.FloatRange(0.0, 1.0),
-    help="Alert threshold on the calibrated score (default: the model spec's).",
+    help="Alert threshold on the calibrated score (default: the model spec's); the spec's "
+    "rarity horizon may raise it per producer.",
 )
 
 
