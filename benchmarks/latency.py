@@ -27,13 +27,18 @@ What is measured, per entry, from its entry id's time (Redis's clock at XADD):
 - ``processed``: to the end of the worker's batch that scored it (its alerts are appended by
   then), from the ``on_verdicts`` hook, which runs after the batch (and after a commit, when
   the batch triggers one); the hook only stores ``time.time()`` and the batch's entry ids.
-- ``ack``: to the end of the checkpoint commit that acknowledged it (the worker's commit is
-  wrapped to note the time and the ids it acks). Acks wait for a commit by design: every 5000
-  entries or 5 s.
+- ``ack``: to the end of the checkpoint commit that acknowledged it (the worker's commit
+  write is wrapped to note the time and the ids it acks). Acks wait for a commit by design:
+  every 5000 entries or 5 s.
+
+``--commit-slices 0,5`` runs every level once per ``commit_slice_ms`` (0: each commit encoded
+and written in one go, the worker reading nothing meanwhile; 5, the default: encoded in 5 ms
+slices between reads), in the same run against the same capacity.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -65,12 +70,14 @@ COOLDOWN_MS = 300_000
 
 
 def worker_role(
-    url: str, stream: str, group: str, model: str, baseline: Path, out: Path, idle_timeout_ms: int
-) -> None:
+    url: str, stream: str, group: str, model: str, baseline: Path, out: Path,
+    idle_timeout_ms: int, commit_slice_ms: float,
+) -> None:  # fmt: skip
     """Run a Worker (CLI defaults) until idle; write batch and commit times to ``out``."""
     from detector.worker import Worker
 
     settings = worker_settings(url, stream, group, "lat", model, baseline, idle_timeout_ms)
+    settings = dataclasses.replace(settings, commit_slice_ms=commit_slice_ms)
     batches: list[tuple[float, list[str]]] = []
     commits: list[tuple[float, list[str]]] = []
 
@@ -78,19 +85,20 @@ def worker_role(
         batches.append((time.time(), [v.event.entry_id for v in verdicts]))
 
     worker = Worker(settings, on_verdicts=on_verdicts)
-    commit = worker._checkpoint
+    consumer = worker.consumers[None]
+    write = consumer._write_frozen
 
     durations: list[float] = []
 
-    def timed_commit() -> None:
-        ids = [i for ids in worker._to_ack.values() for i in ids]
+    def timed_write() -> None:  # what is left to encode, then the transaction
+        ids = [i for ids in consumer.frozen_acks.values() for i in ids]
         started = time.perf_counter()
-        commit()
+        write()
         if ids:
             commits.append((time.time(), ids))
             durations.append(time.perf_counter() - started)
 
-    worker._checkpoint = timed_commit  # type: ignore[method-assign]
+    consumer._write_frozen = timed_write  # type: ignore[method-assign]
     stats = worker.run()
     out.write_bytes(
         orjson.dumps(
@@ -210,6 +218,7 @@ def run_level(
     tmp: Path,
     idle_ms: int = 3000,
     duration_s: float = float("inf"),
+    commit_slice_ms: float = 5.0,
 ) -> dict[str, Any]:
     """One worker (+ one producer at ``rate``; None: drain a prefilled backlog)."""
     client = redis.Redis.from_url(url)
@@ -236,6 +245,8 @@ def run_level(
             str(out),
             "--idle-timeout-ms",
             str(idle_ms),
+            "--commit-slice-ms",
+            str(commit_slice_ms),
         ]
     )
     if rate is not None:
@@ -372,6 +383,13 @@ def _fmt(p: dict[str, float]) -> str:
     show_default=True,
     help="Live events of the workload (the throughput benchmark's, longer).",
 )
+@click.option(
+    "--commit-slices",
+    default="5",
+    show_default=True,
+    help="commit_slice_ms values: every level runs once per value (0: commits in one go).",
+)
+@click.option("--commit-slice-ms", type=float, default=5.0, hidden=True)
 @click.option("--producers", default=1000, show_default=True)
 @click.option("--history-per-producer", default=500, show_default=True)
 @click.option("--quick", is_flag=True, help="Small workload, 3 s levels.")
@@ -395,6 +413,8 @@ def main(
     capacity_events: int,
     probe_every: int,
     live_events: int,
+    commit_slices: str,
+    commit_slice_ms: float,
     producers: int,
     history_per_producer: int,
     quick: bool,
@@ -403,7 +423,7 @@ def main(
     """Append-to-alert, -processed and -ack latency at fractions of the measured capacity."""
     if role == "worker":
         assert url and group and baseline and out
-        worker_role(url, STREAM, group, model, baseline, out, idle_timeout_ms)
+        worker_role(url, STREAM, group, model, baseline, out, idle_timeout_ms, commit_slice_ms)
         return
     if role == "producer":
         assert url and events_path and rate and count and wait_key
@@ -442,9 +462,11 @@ def main(
         capacity = cap["capacity"]
         results["capacity"] = cap
         click.echo(f"capacity ({model}, {cap['events']:,}-event backlog): {capacity:,.0f} events/s")
+        slices = [float(x) for x in commit_slices.split(",")]
         click.echo(
-            f"{'level':>6} {'rate/s':>8} {'append':>8} | {'alert: p50 p99 max ms n':>28} | "
-            f"{'processed: p50 p99 max ms n':>28} | {'ack: p50 p99 max ms n':>28}"
+            f"{'level':>6} {'slice':>5} {'rate/s':>8} {'append':>8} | "
+            f"{'alert: p50 p99 max ms n':>28} | {'processed: p50 p99 max ms n':>28} | "
+            f"{'ack: p50 p99 max ms n':>28}"
         )
         for i, level in enumerate(float(x) for x in levels.split(",")):
             rate = capacity * level
@@ -452,30 +474,24 @@ def main(
             count = min(want, live_events)
             if count < want:
                 click.echo(f"  (level {level}: only {count} events, {count / rate:.1f}s)")
-            r = run_level(
-                server.url,
-                f"lvl{i}",
-                model,
-                path,
-                events_path,
-                rate,
-                count,
-                warmup_s,
-                tmp,
-                idle_timeout_ms,
-                duration_s,
-            )
-            results["levels"][str(level)] = r
-            click.echo(
-                f"{level:>6.0%} {rate:>8,.0f} {r.get('append_rate', 0):>8,.0f} | "
-                f"{_fmt(r['alert'])} | {_fmt(r['processed'])} | {_fmt(r['ack'])}"
-            )
-            c = r["commit_ms"]
-            if c.get("n"):
+            for j, slice_ms in enumerate(slices):
+                r = run_level(
+                    server.url, f"lvl{i}s{j}", model, path, events_path, rate, count, warmup_s,
+                    tmp, idle_timeout_ms, duration_s, slice_ms,
+                )  # fmt: skip
+                key = str(level) if len(slices) == 1 else f"{level}@{slice_ms:g}ms"
+                results["levels"][key] = r | {"commit_slice_ms": slice_ms}
                 click.echo(
-                    f"{'':>24} commits (after the first): {c['n']}, p50 {c['p50']:.0f} ms, "
-                    f"max {c['max']:.0f} ms; the worker reads nothing meanwhile"
+                    f"{level:>6.0%} {slice_ms:>5g} {rate:>8,.0f} "
+                    f"{r.get('append_rate', 0):>8,.0f} | "
+                    f"{_fmt(r['alert'])} | {_fmt(r['processed'])} | {_fmt(r['ack'])}"
                 )
+                c = r["commit_ms"]
+                if c.get("n"):
+                    click.echo(
+                        f"{'':>30} commit writes (after the first): {c['n']}, p50 "
+                        f"{c['p50']:.0f} ms, max {c['max']:.0f} ms (encoding left + transaction)"
+                    )
     if json_out is not None:
         json_out.write_text(json.dumps(results, indent=1))
 

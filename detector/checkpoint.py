@@ -184,16 +184,58 @@ def check_compatible(meta: dict[str, Any], spec_name: str, spec_digest: str) -> 
         raise IncompatibleCheckpointError(msg)
 
 
+class FrozenCommit:
+    """A snapshot's hash fields, encoded a slice at a time while the state moves on.
+
+    Pickling ~1000 changed producers takes tens of milliseconds; a worker that did it in one go
+    read nothing meanwhile, which set its latency p99. A frozen commit encodes the meta and the
+    model at once and keeps the changed producers' live state objects; the store calls
+    :meth:`keep` before it changes one (which encodes it as it was), and :meth:`advance`
+    encodes the rest between reads. Complete, its fields are exactly those of the state at the
+    freeze.
+    """
+
+    def __init__(self, signer: Signer, snap: Snapshot) -> None:
+        started = time.perf_counter()
+        self._signer = signer
+        self.fields = {
+            "meta": signer.sign("meta", orjson.dumps(snap.meta)),
+            "model": signer.dumps("model", snap.model),
+        }
+        self.removed = [PRODUCER_PREFIX + p for p in snap.removed]
+        self._left = dict(snap.producers)
+        self.seconds = time.perf_counter() - started  # spent encoding so far
+
+    def keep(self, producer: str) -> None:
+        """Encode ``producer``'s frozen state now (if not yet): it is about to change."""
+        if producer in self._left:
+            started = time.perf_counter()
+            self._encode(producer, self._left.pop(producer))
+            self.seconds += time.perf_counter() - started
+
+    def advance(self, deadline: float | None = None) -> bool:
+        """Encode the states left until ``time.perf_counter()`` passes ``deadline`` (None: all
+        of them); whether every field is encoded."""
+        started = now = time.perf_counter()
+        left = self._left
+        while left:
+            self._encode(*left.popitem())
+            now = time.perf_counter()
+            if deadline is not None and now >= deadline:
+                break
+        self.seconds += now - started
+        return not left
+
+    def _encode(self, producer: str, state: object) -> None:
+        name = PRODUCER_PREFIX + producer
+        self.fields[name] = self._signer.dumps(name, state)
+
+
 def encode_fields(signer: Signer, snap: Snapshot) -> dict[str, bytes]:
     """Hash fields to write for a snapshot (meta, model, changed producers)."""
-    fields = {
-        "meta": signer.sign("meta", orjson.dumps(snap.meta)),
-        "model": signer.dumps("model", snap.model),
-    }
-    for producer, state in snap.producers.items():
-        name = PRODUCER_PREFIX + producer
-        fields[name] = signer.dumps(name, state)
-    return fields
+    frozen = FrozenCommit(signer, snap)
+    frozen.advance()
+    return frozen.fields
 
 
 def decode_fields(signer: Signer, fields: dict[bytes, bytes]) -> Snapshot:

@@ -359,6 +359,9 @@ def cli(log_level: str, log_format: str) -> None:
          help="Commit state and acks after this many entries ...")  # fmt: skip
 @_option("--checkpoint-interval-ms", env="CHECKPOINT_INTERVAL_MS", default=5000,
          show_default=True, help="... or after this long.")  # fmt: skip
+@_option("--commit-slice-ms", env="COMMIT_SLICE_MS", default=5.0, show_default=True,
+         type=click.FloatRange(0), help="Encode a due commit this long at a time between "
+         "reads, so reading never stops for a whole commit (0: all at once).")  # fmt: skip
 @_option("--max-deliveries", env="MAX_DELIVERIES", default=10, show_default=True,
          help="Dead-letter a pending entry delivered more often (poison).")  # fmt: skip
 @baseline_option

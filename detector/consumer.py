@@ -11,6 +11,10 @@ restored state), then read new ones. Each batch: decode, score, append its alert
 letters (each at most once). Every ``checkpoint_every`` entries or ``checkpoint_interval_ms``,
 one transaction writes the changed state with its offsets and XACKs everything since the
 previous one. See docs/design.md for the delivery semantics and the commit order.
+
+A due commit is frozen, not written at once: its changed producers are encoded a slice at a
+time between reads (``commit_slice_ms``; see :class:`~detector.checkpoint.FrozenCommit`), and
+written as soon as all are, or once a batch's worth of entries came after the freeze.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from detector.checkpoint import PRODUCER_PREFIX, Signer, Snapshot, decode_fields, encode_fields
+from detector.checkpoint import FrozenCommit, Signer, Snapshot, decode_fields
 from detector.checkpoint import load_file as load_baseline
 from detector.errors import InvalidEventError
 from detector.events import Decoder, Event
@@ -74,8 +78,6 @@ class Runtime:
     stop: threading.Event = field(default_factory=threading.Event)
     on_verdicts: Callable[[list[Verdict]], None] | None = None
     started: float = field(default_factory=time.monotonic)
-    # How a consumer commits when due: the worker routes it (tests intercept its commits).
-    commit: Callable[[Consumer], None] = field(default=lambda c: c.checkpoint())
 
     def with_retries(self, step: Callable[[], object], even_when_stopping: bool = False) -> None:
         """Run ``step`` until it gets through connection errors (not once stopping, unless
@@ -127,6 +129,10 @@ class Consumer:
         # own pending entries up to it are acked without being learned twice.
         self.processed_upto: dict[str, str] = {}
         self.to_ack: dict[str, list[str]] = {}
+        # A due commit being encoded, the entries it acks, and entries handled since its freeze.
+        self.frozen: FrozenCommit | None = None
+        self.frozen_acks: dict[str, list[str]] = {}
+        self.after_freeze = 0
         self.since_commit = 0
         self.last_commit = time.monotonic()
         self.full_next_commit = False
@@ -222,7 +228,7 @@ class Consumer:
                     log.warning("%d pending entries were deleted before processing", deleted)
                 # Our own entries wait for the next checkpoint's ack and may look idle: they
                 # are already in the state, so only other consumers' entries are work.
-                mine = set(self.to_ack.get(stream, ()))
+                mine = {*self.to_ack.get(stream, ()), *self.frozen_acks.get(stream, ())}
                 entries = [e for e in entries if e[1] not in mine]
                 if entries:
                     total += len(entries)
@@ -268,8 +274,14 @@ class Consumer:
         self.since_commit += len(entries)
         self._count(entries, verdicts, out, time.perf_counter() - started)
         # Claimed entries may lie below our offsets: commit them with the state at once.
-        if claimed or self.checkpoint_due():
-            rt.commit(self)
+        if claimed:
+            self.checkpoint()
+        elif self.frozen is not None:
+            self.after_freeze += len(entries)
+            if self.after_freeze >= rt.settings.batch_size:  # bounds the pending list
+                self._write_frozen()
+        if self.checkpoint_due():
+            self.freeze()
         rt.stats.busy_s = time.monotonic() - rt.started
         if rt.on_verdicts is not None:
             rt.on_verdicts(verdicts)
@@ -313,38 +325,68 @@ class Consumer:
         return bool(self.to_ack) and elapsed_ms >= s.checkpoint_interval_ms
 
     def checkpoint(self) -> None:
-        """Write the changed state with its offsets and ack everything since the last one.
-
-        One transaction (for a partition owner, one script that first checks the lease),
-        retried through connection errors (it is idempotent): the entries it acks are
-        exactly those the state it writes has learned.
+        """Commit everything handled so far: the frozen commit, if any, then the rest.
 
         Raises:
-            FencedError: the partition's lease is lost; nothing was written.
+            FencedError: the partition's lease is lost; nothing more was written.
         """
-        rt, pipeline = self.rt, self.pipeline
-        if not self.to_ack and not pipeline.store.dirty and not self.full_next_commit:
-            return
-        started = time.perf_counter()
+        if self.frozen is not None:
+            self._write_frozen()
+        if self.to_ack or self.pipeline.store.dirty or self.full_next_commit:
+            self.freeze()
+            self._write_frozen()
+
+    def freeze(self) -> None:
+        """Freeze a commit of the state and offsets as they are now (an older frozen commit
+        is written first); :meth:`commit_step` encodes and writes it."""
+        if self.frozen is not None:
+            self._write_frozen()
+        pipeline = self.pipeline
         snap = pipeline.snapshot(self.processed_upto, full=self.full_next_commit)
         fence = self.streams.fence
         if fence is not None:  # which owner wrote it: epochs only grow
             snap.meta.update(partition=fence.partition, epoch=fence.epoch)
-        fields = encode_fields(rt.signer, snap)
-        removed = [PRODUCER_PREFIX + p for p in snap.removed]
-        acks = self.to_ack
-        rt.with_retries(
-            lambda: self.streams.commit(self.checkpoint_key, fields, removed, acks),
-            even_when_stopping=True,
-        )
-        pipeline.committed()
-        self.to_ack = {}
-        self.since_commit = 0
+        self.frozen = frozen = FrozenCommit(self.rt.signer, snap)
+        pipeline.committed()  # changes from now on belong to the next commit
+        pipeline.store.before_change = frozen.keep
+        self.frozen_acks, self.to_ack = self.to_ack, {}
+        self.after_freeze = self.since_commit = 0
         self.full_next_commit = False
         self.last_commit = time.monotonic()
+
+    def commit_step(self) -> None:
+        """Encode the frozen commit for up to ``commit_slice_ms``; write it once complete.
+
+        Raises:
+            FencedError: the partition's lease is lost; nothing was written.
+        """
+        if self.frozen is None:
+            return
+        slice_s = self.rt.settings.commit_slice_ms / 1000
+        if slice_s <= 0 or self.frozen.advance(time.perf_counter() + slice_s):
+            self._write_frozen()
+
+    def _write_frozen(self) -> None:
+        """Encode what is left of the frozen commit and write it: one transaction (for a
+        partition owner, one script that first checks the lease), retried through connection
+        errors (it is idempotent); the entries it acks are exactly those its state learned.
+
+        Raises:
+            FencedError: the partition's lease is lost; nothing was written.
+        """
+        rt, frozen, acks = self.rt, self.frozen, self.frozen_acks
+        assert frozen is not None  # noqa: S101 (callers check)
+        frozen.advance()
+        started = time.perf_counter()
+        rt.with_retries(
+            lambda: self.streams.commit(self.checkpoint_key, frozen.fields, frozen.removed, acks),
+            even_when_stopping=True,
+        )
+        self.frozen, self.frozen_acks = None, {}
+        self.pipeline.store.before_change = None
         rt.stats.checkpoints += 1
-        rt.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
-        rt.metrics.checkpoint_bytes.set(sum(len(v) for v in fields.values()))
+        rt.metrics.checkpoint_seconds.observe(frozen.seconds + time.perf_counter() - started)
+        rt.metrics.checkpoint_bytes.set(sum(len(v) for v in frozen.fields.values()))
 
     def _count(
         self, entries: list[Entry], verdicts: list[Verdict], out: Output, seconds: float

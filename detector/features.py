@@ -809,6 +809,9 @@ class FeatureStore:
         # written. Untracked stores (offline scoring, training) keep no such sets.
         self.dirty: set[str] = set()
         self.removed: set[str] = set()
+        # Called before a producer's state changes while a commit is being encoded from the
+        # live states (see checkpoint.FrozenCommit).
+        self.before_change: Callable[[str], None] | None = None
         # One-event memo: the shape key is needed by the evidence and again by the learning.
         self._schema_event: Event | None = None
         # Evidence whose reasons are formatted on first read (see evidence): the pipeline's
@@ -847,18 +850,24 @@ class FeatureStore:
             self.producers.move_to_end(producer)
             if adm is not None:
                 adm.seen(producer, st)
+        self.changing(producer)
         self.tick += 1
         st.seq = self.tick
+        return st
+
+    def changing(self, producer: str) -> None:
+        """Note, before it happens, that ``producer``'s state changes (tracking stores: the
+        next commit writes it)."""
         if self.track_changes:
+            if self.before_change is not None:
+                self.before_change(producer)
             self.dirty.add(producer)
             self.removed.discard(producer)  # evicted, then back before the commit
-        return st
 
     def _refuse(self, producer: str) -> ProducerState:
         assert self.admission is not None  # noqa: S101 (only called with a policy)
         self.admission.refuse(producer)
-        if self.track_changes:
-            self.dirty.add(OVERFLOW)
+        self.changing(OVERFLOW)
         return self.overflow
 
     def _evict(self, producer: str) -> None:

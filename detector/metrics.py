@@ -70,7 +70,7 @@ class Metrics:
         )
         self.checkpoint_seconds = Histogram(
             "detector_checkpoint_seconds",
-            "Time to serialise, sign and commit a checkpoint (with its acks)",
+            "Time spent serialising, signing and committing a checkpoint (with its acks)",
             buckets=BATCH_BUCKETS,
             registry=registry,
         )

@@ -272,9 +272,8 @@ class Pipeline:
             quiet_ms = now - st.last_ms
             if quiet_ms < max(d.silence_after * usual_ms, d.silence_min_ms):
                 continue
+            store.changing(producer)
             st.silenced = True
-            if store.track_changes:
-                store.dirty.add(producer)
             if not self.budget.allow(producer):
                 continue
             surprise = min(quiet_ms / usual_ms / math.log(10.0), 64.0)  # exponential gaps

@@ -118,6 +118,8 @@ class Settings:
         alerts_maxlen: approximate cap on the alert and dead-letter streams.
         checkpoint_every: commit a checkpoint (state + acks) after this many entries ...
         checkpoint_interval_ms: ... or after this long, whichever comes first.
+        commit_slice_ms: a due commit's changed producer states are encoded this long at a
+            time between reads, so reading never stops for a whole commit (0: all at once).
         checkpoint_key: HMAC key signing checkpoints (never stored in Redis, never logged).
         baseline: a baseline file to start from when there is no checkpoint yet.
         reset_state: delete this consumer's checkpoint first (the state is relearned).
@@ -153,6 +155,7 @@ class Settings:
     alerts_maxlen: int = 1_000_000
     checkpoint_every: int = 5000
     checkpoint_interval_ms: int = 5000
+    commit_slice_ms: float = 5.0
     checkpoint_key: bytes | None = field(default=None, repr=False)
     baseline: Path | None = None
     reset_state: bool = False

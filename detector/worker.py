@@ -98,7 +98,6 @@ class Worker:
             metrics=metrics or Metrics(CollectorRegistry(), settings.streams, self.spec.name),
             on_verdicts=on_verdicts,
         )
-        self.rt.commit = self._commit
         self.metrics = self.rt.metrics
         self.stats: RunStats = self.rt.stats
         # Unpartitioned: one consumer, key None. Partitioned: partition -> its consumer.
@@ -145,20 +144,6 @@ class Worker:
     def _checkpoint(self) -> None:
         """Commit the unpartitioned consumer (the hook tests and benchmarks wrap)."""
         self.consumers[None].checkpoint()
-
-    @property
-    def _to_ack(self) -> dict[str, list[str]]:
-        return self.consumers[None].to_ack
-
-    @_to_ack.setter
-    def _to_ack(self, value: dict[str, list[str]]) -> None:
-        self.consumers[None].to_ack = value
-
-    def _commit(self, c: Consumer) -> None:
-        if c.partition is None:
-            self._checkpoint()
-        else:
-            c.checkpoint()  # a FencedError reaches the caller, which drops the partition
 
     def stop(self) -> None:
         """Finish the current batch, commit, release the partitions, return from :meth:`run`."""
@@ -235,7 +220,8 @@ class Worker:
         block_ms = min(s.block_ms, s.idle_timeout_ms) if until_idle else s.block_ms
         if s.partitions is None:
             c = self.consumers[None]
-            entries = c.streams.read(dict.fromkeys(s.streams, ">"), s.batch_size, block_ms)
+            block = None if c.frozen is not None else block_ms  # its encoding goes on at once
+            entries = c.streams.read(dict.fromkeys(s.streams, ">"), s.batch_size, block)
             if entries:
                 c.handle(entries)
                 self._update_gauges()
@@ -260,7 +246,7 @@ class Worker:
                 self._guard_fence(p, partial(c.handle, result[0]))
             else:
                 self._tails[p] = result[1]
-        if total == 0:
+        if total == 0 and all(c.frozen is None for c in owners):
             self._wait(block_ms)
         self._update_gauges()
         return total
@@ -389,6 +375,10 @@ class Worker:
                     self._checkpoint()
                 else:
                     self._guard_fence(p, c.checkpoint)
+            elif p is None:
+                c.commit_step()
+            else:
+                self._guard_fence(p, c.commit_step)
         now = time.monotonic()
         if now >= self._next["own"]:
             tick = self.settings.lease_ttl_ms / 3000

@@ -11,6 +11,7 @@ import pytest
 
 from detector.checkpoint import (
     FORMAT_VERSION,
+    FrozenCommit,
     Signer,
     Snapshot,
     decode_fields,
@@ -68,6 +69,29 @@ def test_incremental_snapshots_hold_only_changed_producers() -> None:
     p.committed()
     p.process([e for e in events if e.producer == "svc-0"][-5:])
     assert set(p.snapshot({}).producers) == {"svc-0"}
+
+
+@pytest.mark.parametrize("model", ["stats", "hst"])
+def test_a_frozen_commit_writes_the_state_of_its_freeze_while_the_state_moves_on(
+    model: str,
+) -> None:
+    """Encoded a slice at a time while events keep changing the producers (and the shared
+    model), a frozen commit's fields are exactly those of the state at the freeze."""
+    events = _events()
+    p = Pipeline(load_spec(model), track_changes=True)
+    p.process(events[:600])
+    signer = Signer(KEY)
+    snap = p.snapshot({"s": "600-0"})
+    at_freeze = encode_fields(signer, snap)  # what a commit in one go writes
+    frozen = FrozenCommit(signer, snap)
+    p.committed()
+    p.store.before_change = frozen.keep
+    assert not frozen.advance(deadline=0.0)  # one state encoded, two left
+    p.process(events[600:])  # changes every producer and the model
+    assert frozen.advance()
+    assert frozen.fields == at_freeze
+    moved_on = encode_fields(signer, p.snapshot({"s": "600-0"}))
+    assert all(moved_on[k] != v for k, v in at_freeze.items() if k.startswith("p:"))
 
 
 def test_tampered_unsigned_or_foreign_blobs_are_refused() -> None:

@@ -58,7 +58,8 @@ def test_entries_after_the_checkpoint_are_replayed_into_the_restored_state(
     worker_factory(settings_factory(group="reference"), on_verdicts=reference.extend).run()
 
     w1 = worker_factory(settings_factory(checkpoint_every=300, checkpoint_interval_ms=10**9))
-    w1._checkpoint = lambda: None  # type: ignore[method-assign]  # dies before committing
+    # Dies before committing: no commit of w1's ever reaches Redis.
+    w1.consumers[None].streams.commit = lambda *a, **k: None  # type: ignore[method-assign]
     w1.run(max_events=1000)
     # Nothing was ever committed: every entry it read is still pending for consumer c1.
     assert r.xpending(stream_name, "detector")["pending"] == 1000
@@ -70,6 +71,71 @@ def test_entries_after_the_checkpoint_are_replayed_into_the_restored_state(
     n = sum(st.n for st in w2.pipeline.store.producers.values())
     assert n == len(events)  # learned exactly once each
     assert r.xpending(stream_name, "detector")["pending"] == 0
+
+
+def test_commits_encoded_between_reads_are_exactly_commits_in_one_go(
+    r: redis.Redis, stream_name: str, worker_factory: Callable[..., Worker],
+    settings_factory: Callable[..., Settings],
+) -> None:  # fmt: skip
+    """Tiny commit slices: batches are read and scored while a commit is being encoded; the
+    scores, the final checkpoint, and a resume after commits stop landing mid-encoding are
+    those of commits written in one go."""
+    events = order_events(producers=6, per_producer=300, seed=8)
+    events.append(outlier("svc-4", int(events[-1]["ts"]) + 500))
+    append(r, stream_name, events)
+    small = {"checkpoint_every": 200, "batch_size": 40}
+    reference: list[Verdict] = []
+    whole = settings_factory(group="whole", commit_slice_ms=0, **small)
+    worker_factory(whole, on_verdicts=reference.extend).run()
+
+    sliced: list[Verdict] = []
+    w = worker_factory(
+        settings_factory(group="sliced", commit_slice_ms=0.001, **small),
+        on_verdicts=sliced.extend,
+    )
+    c, write, during = w.consumers[None], w.consumers[None]._write_frozen, []
+
+    def noted_write() -> None:  # entries read and scored between the freeze and the write
+        during.append(c.after_freeze)
+        write()
+
+    c._write_frozen = noted_write  # type: ignore[method-assign]
+    w.run()
+    assert sum(n > 0 for n in during) >= 5, during  # reading went on during commits
+    assert _scores(sliced) == _scores(reference)
+    assert any(v.alert is not None for v in sliced)
+    raw = redis.Redis(connection_pool=r.connection_pool.__class__(**{
+        **r.connection_pool.connection_kwargs, "decode_responses": False}))  # fmt: skip
+    final = [
+        raw.hgetall(CHECKPOINT_KEY.format(group=g, consumer="c1")) for g in ("whole", "sliced")
+    ]
+    metas = [Signer(TEST_KEY).verify("meta", f.pop(b"meta")) for f in final]
+    assert final[0] == final[1] and len(final[0]) == 7  # model + 6 producers, blob for blob
+    assert [orjson.loads(m) | {"created_at_ms": 0} for m in metas] == [
+        orjson.loads(metas[0]) | {"created_at_ms": 0}
+    ] * 2
+
+    # Commits stop reaching Redis after the third: the one written last was encoded while
+    # later batches changed the state; a resumed worker replays exactly what it did not ack.
+    w1 = worker_factory(settings_factory(group="crash", commit_slice_ms=0.001, **small))
+    c1, landed = w1.consumers[None], []
+    commit = c1.streams.commit
+
+    def first_three(*args: object) -> None:
+        if len(landed) < 3:
+            landed.append(commit(*args))  # type: ignore[arg-type]
+
+    c1.streams.commit = first_three  # type: ignore[method-assign]
+    w1.run(max_events=1000)
+    assert r.xpending(stream_name, "crash")["pending"] == 1000 - 3 * 200
+    resumed: list[Verdict] = []
+    w2 = worker_factory(settings_factory(group="crash", **small), on_verdicts=resumed.extend)
+    w2.run()
+    assert w2.stats.replayed == 0
+    assert _scores(resumed) == {k: v for k, v in _scores(reference).items() if k in
+                                {v.event.entry_id for v in resumed}}  # fmt: skip
+    assert len(resumed) == len(events) - 3 * 200
+    assert sum(st.n for st in w2.pipeline.store.producers.values()) == len(events)
 
 
 def test_pending_entries_below_the_checkpoint_are_acked_not_relearned(
