@@ -14,7 +14,7 @@ previous one. See docs/design.md for the delivery semantics and the commit order
 
 A due commit is frozen, not written at once: its changed producers are encoded a slice at a
 time between reads (``commit_slice_ms``; see :class:`~detector.checkpoint.FrozenCommit`), and
-written as soon as all are, or once a batch's worth of entries came after the freeze.
+written as soon as all are (at the latest when the next commit is due).
 """
 
 from __future__ import annotations
@@ -129,10 +129,9 @@ class Consumer:
         # own pending entries up to it are acked without being learned twice.
         self.processed_upto: dict[str, str] = {}
         self.to_ack: dict[str, list[str]] = {}
-        # A due commit being encoded, the entries it acks, and entries handled since its freeze.
+        # A due commit being encoded, and the entries it acks (since_commit counts from its freeze).
         self.frozen: FrozenCommit | None = None
         self.frozen_acks: dict[str, list[str]] = {}
-        self.after_freeze = 0
         self.since_commit = 0
         self.last_commit = time.monotonic()
         self.full_next_commit = False
@@ -276,11 +275,7 @@ class Consumer:
         # Claimed entries may lie below our offsets: commit them with the state at once.
         if claimed:
             self.checkpoint()
-        elif self.frozen is not None:
-            self.after_freeze += len(entries)
-            if self.after_freeze >= rt.settings.batch_size:  # bounds the pending list
-                self._write_frozen()
-        if self.checkpoint_due():
+        if self.checkpoint_due():  # writes the frozen one first: bounds the pending list
             self.freeze()
         rt.stats.busy_s = time.monotonic() - rt.started
         if rt.on_verdicts is not None:
@@ -350,7 +345,7 @@ class Consumer:
         pipeline.committed()  # changes from now on belong to the next commit
         pipeline.store.before_change = frozen.keep
         self.frozen_acks, self.to_ack = self.to_ack, {}
-        self.after_freeze = self.since_commit = 0
+        self.since_commit = 0
         self.full_next_commit = False
         self.last_commit = time.monotonic()
 

@@ -96,7 +96,7 @@ def test_commits_encoded_between_reads_are_exactly_commits_in_one_go(
     c, write, during = w.consumers[None], w.consumers[None]._write_frozen, []
 
     def noted_write() -> None:  # entries read and scored between the freeze and the write
-        during.append(c.after_freeze)
+        during.append(c.since_commit)  # counted from the freeze
         write()
 
     c._write_frozen = noted_write  # type: ignore[method-assign]
