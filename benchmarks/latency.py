@@ -39,6 +39,7 @@ slices between reads), in the same run against the same capacity.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import subprocess
 import sys
@@ -99,6 +100,18 @@ def worker_role(
             durations.append(time.perf_counter() - started)
 
     consumer._write_frozen = timed_write  # type: ignore[method-assign]
+    collections: list[tuple[float, int, float]] = []  # (end time, generation, seconds)
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        elif info["generation"] >= 1:
+            collections.append(
+                (time.time(), info["generation"], time.perf_counter() - gc_started[0])
+            )
+
+    gc.callbacks.append(on_gc)
     stats = worker.run()
     out.write_bytes(
         orjson.dumps(
@@ -106,6 +119,7 @@ def worker_role(
                 "batches": batches,
                 "commits": commits,
                 "commit_s": durations,
+                "gc": collections,
                 "events": stats.events,
                 "alerts": stats.alerts,
                 "checkpoints": stats.checkpoints,
@@ -284,6 +298,9 @@ def run_level(
     def measured(entry_id: str | bytes) -> bool:
         return since_ms <= _id_ms(entry_id) < until_ms
 
+    def measured_t(t: float) -> bool:
+        return since_ms <= t * 1000 < until_ms
+
     processed = [t * 1000 - _id_ms(i) for t, ids in data["batches"] for i in ids if measured(i)]
     acked = [t * 1000 - _id_ms(i) for t, ids in data["commits"] for i in ids if measured(i)]
     alerts = [
@@ -292,8 +309,14 @@ def run_level(
         if measured(f[b"source_id"])
     ]
     commit_ms = [d * 1000 for d in data["commit_s"][1:]]  # the first: a baseline's full write
+    # The worker's pauses besides commits: cyclic GC collections of generations 1 and 2.
+    gc_ms = {
+        gen: _percentiles([s * 1000 for t, g, s in data["gc"] if g == gen and measured_t(t)])
+        for gen in (1, 2)
+    }
     result: dict[str, Any] = {
         "commit_ms": _percentiles(commit_ms),
+        "gc_ms": gc_ms,
         # Per commit: seconds since the first append, entries acked, oldest entry's age (ms).
         "commits": [
             (round(t - first_ms / 1000, 3), len(ids), round(t * 1000 - _id_ms(ids[0])))
@@ -492,6 +515,9 @@ def main(
                         f"{'':>30} commit writes (after the first): {c['n']}, p50 "
                         f"{c['p50']:.0f} ms, max {c['max']:.0f} ms (encoding left + transaction)"
                     )
+                gcs = [f"gen{g} {p['n']}x max {p['max']:.0f} ms"
+                       for g, p in r["gc_ms"].items() if p.get("n")]  # fmt: skip
+                click.echo(f"{'':>30} GC collections in the window: {', '.join(gcs) or 'none'}")
     if json_out is not None:
         json_out.write_text(json.dumps(results, indent=1))
 

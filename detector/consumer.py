@@ -19,6 +19,7 @@ written as soon as all are (at the latest when the next commit is due).
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -161,6 +162,7 @@ class Consumer:
                 "started %s from baseline %s: %d producers",
                 key, rt.settings.baseline, len(self.pipeline.store),
             )  # fmt: skip
+        settle()
 
     def _own_producers(self, snap: Snapshot) -> Snapshot:
         """A baseline cut down to this partition's producers (all of them, unpartitioned)."""
@@ -382,6 +384,7 @@ class Consumer:
         rt.stats.checkpoints += 1
         rt.metrics.checkpoint_seconds.observe(frozen.seconds + time.perf_counter() - started)
         rt.metrics.checkpoint_bytes.set(sum(len(v) for v in frozen.fields.values()))
+        settle()
 
     def _count(
         self, entries: list[Entry], verdicts: list[Verdict], out: Output, seconds: float
@@ -406,6 +409,14 @@ class Consumer:
         m.suppressed.inc(suppressed)
         m.batch_seconds.observe(seconds)
         m.event_seconds.observe(seconds / max(len(entries), 1))  # once per batch: see metrics
+
+
+def settle() -> None:
+    """Take the objects alive now (the state just restored or committed: long-lived) out of
+    the cyclic garbage collector's sight. A full collection walked ~135k state objects in
+    ~90 ms at 1000 producers, a pause that set the latency p99 as much as commits did. The
+    state holds no reference cycles, so reference counting still frees evicted producers."""
+    gc.freeze()
 
 
 def id_leq(entry_id: str, upto: str | None) -> bool:
