@@ -112,7 +112,9 @@ def worker_role(
             )
 
     gc.callbacks.append(on_gc)
+    cpu = time.process_time()
     stats = worker.run()
+    cpu = time.process_time() - cpu
     out.write_bytes(
         orjson.dumps(
             {
@@ -120,6 +122,7 @@ def worker_role(
                 "commits": commits,
                 "commit_s": durations,
                 "gc": collections,
+                "cpu_s": cpu,
                 "events": stats.events,
                 "alerts": stats.alerts,
                 "checkpoints": stats.checkpoints,
@@ -324,6 +327,8 @@ def run_level(
         ],
         "events": data["events"],
         "alerts_total": data["alerts"],
+        # The worker's CPU per event over its whole run (start, warm-up, tail and idle end too).
+        "cpu_us_per_event": data["cpu_s"] * 1e6 / max(data["events"], 1),
         "checkpoints": data["checkpoints"],
         "alert": _percentiles(alerts),
         "processed": _percentiles(processed),
@@ -517,7 +522,10 @@ def main(
                     )
                 gcs = [f"gen{g} {p['n']}x max {p['max']:.0f} ms"
                        for g, p in r["gc_ms"].items() if p.get("n")]  # fmt: skip
-                click.echo(f"{'':>30} GC collections in the window: {', '.join(gcs) or 'none'}")
+                click.echo(
+                    f"{'':>30} GC collections in the window: {', '.join(gcs) or 'none'}; "
+                    f"worker CPU {r['cpu_us_per_event']:.0f} µs/event (whole run)"
+                )
     if json_out is not None:
         json_out.write_text(json.dumps(results, indent=1))
 
