@@ -422,9 +422,11 @@ class ValueWindow:
 
 class IdMemory:
     """A producer's last ``size`` event ids as 64-bit fingerprints, its recent repeats, and how
-    often it repeated one in accepted events. The ring grows by doubling up to ``size``, so
-    slow producers hold little. 64 bits: a fresh id collides with one of 8192 remembered ones
-    about once in 2 * 10^15 events.
+    often it repeated one in accepted events. The ring grows by an eighth (at least 64 ids) up
+    to ``size``, so slow producers hold little and at most ~1/9 of it is unused (doubling left
+    up to half of it empty: 4 KB per producer at 600 ids); a restored ring holds just its ids.
+    64 bits: a fresh id collides with one of 8192 remembered ones about once in 2 * 10^15
+    events.
 
     Which ids were sent is a fact, remembered for every event (:meth:`remember`); whether
     repeats are usual for this producer is a belief, learned from accepted events only
@@ -459,7 +461,8 @@ class IdMemory:
 
     def __getstate__(self) -> tuple[bytes, int, int, int, int, int, int, float, int, bool]:
         # Only the filled part of the ring, as bytes: the default pickles the whole array
-        # (its unused capacity too) through numpy's reducer, per producer per commit.
+        # (its unused capacity too) through numpy's reducer, per producer per commit. The
+        # capacity is still written (format 3) but not read back.
         fp = self.fp[: self.n].astype("<u8").tobytes()
         return (fp, len(self.fp), self.size, self.n, self.pos, self.events, self.repeats,
                 self.recent, self.last_ms, self.repeated)  # fmt: skip
@@ -467,10 +470,11 @@ class IdMemory:
     def __setstate__(self, state: Any) -> None:
         self.asked = None  # a question of the event being scored, not state
         if isinstance(state, tuple) and len(state) == 10:
-            fp, capacity, self.size, self.n, self.pos = state[:5]
+            fp, _, self.size, self.n, self.pos = state[:5]
             self.events, self.repeats, self.recent, self.last_ms, self.repeated = state[5:]
-            self.fp = np.zeros(capacity, dtype=np.uint64)
-            self.fp[: self.n] = np.frombuffer(fp, dtype="<u8")
+            # Just the ids (a writable copy): until the ring is full, pos == n, and the next
+            # id grows it as a fed one would.
+            self.fp = np.frombuffer(fp, dtype="<u8").astype(np.uint64)
         else:  # (None, slots): checkpoints written before __getstate__
             for name, value in state[1].items():
                 setattr(self, name, value)
@@ -499,7 +503,8 @@ class IdMemory:
             return True
         if self.pos == len(self.fp):
             if len(self.fp) < self.size:
-                grown = np.zeros(min(2 * len(self.fp), self.size), dtype=np.uint64)
+                capacity = len(self.fp) + max(64, len(self.fp) // 8)
+                grown = np.zeros(min(capacity, self.size), dtype=np.uint64)
                 grown[: self.n] = self.fp[: self.n]
                 self.fp = grown
             else:

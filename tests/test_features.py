@@ -616,6 +616,13 @@ def test_id_memory_pickles_and_grows_only_as_needed() -> None:
     probe = with_id(100, "id-42")
     assert store.evidence(copy, probe).surprise == store.evidence(st, probe).surprise
     assert store.evidence(st, probe).surprise["replayed_id"] > 2.0
+    # Restored, the ring holds just its ids; it grows on as the fed one, to the same content.
+    assert copy.ids is not None and len(copy.ids.fp) == 100
+    for state in (st, copy):
+        for i in range(100, 400):
+            store.advance_clock(state, with_id(i))
+    assert st.ids.n == copy.ids.n == 256 and st.ids.pos == copy.ids.pos
+    assert st.ids.fp.tolist() == copy.ids.fp.tolist()
 
 
 def test_states_written_before_compact_pickling_still_load() -> None:
