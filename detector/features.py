@@ -260,7 +260,8 @@ class Moments:
 
 
 class Categories:
-    """Counts of a categorical field's values, until it shows id-like cardinality."""
+    """Counts of a categorical field's values, until it shows id-like cardinality (then it
+    is saturated: its counts are dropped and it no longer changes; see ``ID_FIELD``)."""
 
     __slots__ = ("counts", "n", "saturated")
 
@@ -291,9 +292,9 @@ class Categories:
         return self.n >= max(min_count, 1) and not self.saturated and value not in self.counts
 
     def update(self, value: str, cap: int) -> None:
-        self.n += 1
         if self.saturated:
             return
+        self.n += 1
         if value in self.counts:
             self.counts[value] += 1
         elif len(self.counts) >= cap:
@@ -317,6 +318,12 @@ class Categories:
     def expected(self) -> str:
         top = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
         return ",".join(v for v, _ in top)
+
+
+# The one saturated table every producer's id-like categorical fields share: it holds nothing
+# and never changes, and a producer has several (event and order ids, per event type).
+ID_FIELD = Categories()
+ID_FIELD.saturated = True
 
 
 class Seasonal:
@@ -722,12 +729,16 @@ class ProducerState:
                     slots[name] = {k: _unflatten(cls, v) for k, v in slots[name].items()}
         for name, value in slots.items():
             setattr(self, name, value)
-        # Share the field names among producers (pickle copies them per producer).
+        # Share the field names and id fields among producers (pickle copies them per producer).
         self.numeric = {sys.intern(k): v for k, v in self.numeric.items()}
-        self.categorical = {sys.intern(k): v for k, v in self.categorical.items()}
-        self.schema_fields = {
-            sys.intern(k): tuple(map(sys.intern, v)) for k, v in self.schema_fields.items()
+        self.categorical = {
+            sys.intern(k): ID_FIELD if v.saturated else v for k, v in self.categorical.items()
         }
+        self.schema_fields = {sys.intern(k): _field_list(v) for k, v in self.schema_fields.items()}
+        self.drifts = {sys.intern(k): v for k, v in self.drifts.items()}
+        self.seasonal = {sys.intern(k): v for k, v in self.seasonal.items()}
+        self.windows = {sys.intern(k): v for k, v in self.windows.items()}
+        self.novel = {sys.intern(k): v for k, v in self.novel.items()}
 
 
 # ProducerState slots pickled as their objects' flat states: one object, or a dict of them.
@@ -737,6 +748,22 @@ _FLAT_ONE: dict[str, type] = {
 }  # fmt: skip
 _FLAT_MAP: dict[str, type] = {"numeric": Moments, "categorical": Categories, "drifts": Drift}
 _FLAT_MARK = "\x00flat"  # in the pickled slots: the above are flat (not in older checkpoints)
+
+
+# One copy of each schema's field list among producers: every producer learns (and pickle
+# restores) its own, though most producers of a service send the same shapes. Bounded (the
+# shapes of hostile producers must not grow it without end): beyond, lists are kept unshared.
+_FIELD_LISTS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_MAX_FIELD_LISTS = 100_000
+
+
+def _field_list(names: tuple[str, ...]) -> tuple[str, ...]:
+    shared = _FIELD_LISTS.get(names)
+    if shared is None:
+        shared = tuple(map(sys.intern, names))
+        if len(_FIELD_LISTS) < _MAX_FIELD_LISTS:
+            _FIELD_LISTS[shared] = shared
+    return shared
 
 
 def _unflatten(cls: type, state: Any) -> Any:
@@ -1115,7 +1142,7 @@ class FeatureStore:
             if c is not None and not c.saturated and c.is_new(value, least):
                 keys.append(name)  # a field's novelties count together over event types
         for key in keys:
-            st.novel[key] = (self._burst(st, key, t) + 1.0, t)
+            st.novel[sys.intern(key)] = (self._burst(st, key, t) + 1.0, t)
 
     def _replayed(self, st: ProducerState, event: Event) -> Reason | None:
         """An event id the producer already sent (within its last ``replay_window`` ids)."""
@@ -1199,18 +1226,23 @@ class FeatureStore:
         if st.ids is not None and event.strings.get(cfg.id_field) is not None:
             st.ids.learn()  # remembered by advance_clock
         for name, value in event.strings.items():
-            c = st.categorical.get(prefix + name)
+            field = prefix + name
+            c = st.categorical.get(field)
             if c is None:
                 if len(st.categorical) >= cfg.max_categorical_fields:
                     continue
-                c = st.categorical[sys.intern(prefix + name)] = Categories()
+                c = st.categorical[sys.intern(field)] = Categories()
+            elif c.saturated:
+                continue  # an id field: nothing left to count
             c.update(value, cfg.max_categories)
+            if c.saturated:
+                st.categorical[field] = ID_FIELD
         if event.type is not None:
             st.types.update(event.type, cfg.max_categories)
         key, names = self._schema_of(event)
         st.schemas.update(key, cfg.max_schemas)
         if key not in st.schema_fields and len(st.schema_fields) < cfg.max_schemas:
-            st.schema_fields[sys.intern(key)] = tuple(map(sys.intern, names))
+            st.schema_fields[sys.intern(key)] = _field_list(names)
 
     def _learn_number(self, st: ProducerState, key: str, y: float, t_ms: int) -> None:
         """One numeric field's moments, and its profiles and drift reference if configured."""
@@ -1226,7 +1258,7 @@ class FeatureStore:
         if cfg.drift_horizon_s > 0:
             d = st.drifts.get(key)
             if d is None:
-                d = st.drifts[key] = Drift()
+                d = st.drifts[sys.intern(key)] = Drift()
             d.learn(y, t_ms, cfg.drift_horizon_s * 1000, cfg.drift_restart)
 
     def _learn_profiles(self, st: ProducerState, key: str, y: float, t_ms: int) -> None:
@@ -1236,13 +1268,13 @@ class FeatureStore:
         if cfg.seasonal_buckets:
             prof = st.seasonal.get(key)
             if prof is None and len(st.seasonal) < cap:
-                prof = st.seasonal[key] = Seasonal(cfg.seasonal_buckets)
+                prof = st.seasonal[sys.intern(key)] = Seasonal(cfg.seasonal_buckets)
             if prof is not None:
                 prof.update(self._bucket(t_ms), y, cfg.seasonal_fading)
         if cfg.window_values:
             win = st.windows.get(key)
             if win is None and len(st.windows) < cap:
-                win = st.windows[key] = ValueWindow(cfg.window_values)
+                win = st.windows[sys.intern(key)] = ValueWindow(cfg.window_values)
             if win is not None:
                 win.update(y)
 

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from detector.events import Decoder, Event
-from detector.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig, FeatureStore, Moments
+from detector.features import (
+    FEATURES,
+    ID_FIELD,
+    MAX_SURPRISE,
+    Evidence,
+    FeatureConfig,
+    FeatureStore,
+    Moments,
+)
 
 CFG = FeatureConfig()
 SECOND = 1000
@@ -297,14 +305,40 @@ def test_high_cardinality_field_saturates_and_is_not_judged() -> None:
         store.observe(
             ev(i * SECOND, strings={"order_id": f"o-{i}", "cur": ("EUR", "USD")[i % 2]}), True
         )
-    ids = store.producers["pay-1"].categorical["paid\x1forder_id"]
+    st = store.producers["pay-1"]
+    ids = st.categorical["paid\x1forder_id"]
     assert ids.saturated
     assert ids.counts == {}
+    assert ids is ID_FIELD and ID_FIELD.n == 0  # one shared, unchanging table
+    # Restored (also from a checkpoint whose saturated table still counted): the shared one.
+    _, slots = st.__getstate__()  # type: ignore[misc]
+    slots["categorical"]["paid\x1forder_id"] = ({}, 200, True)
+    restored = object.__new__(type(st))
+    restored.__setstate__((None, slots))
+    assert restored.categorical["paid\x1forder_id"] is ID_FIELD
+    assert restored.categorical["paid\x1fcur"].counts == st.categorical["paid\x1fcur"].counts
     evidence = store.observe(ev(200 * SECOND, strings={"order_id": "o-new", "cur": "EUR"}), False)
     assert evidence.surprise["category"] == 0.0
     # A low-cardinality field of the same producer is still judged.
     evidence = store.observe(ev(201 * SECOND, strings={"order_id": "o-x", "cur": "XMR"}), False)
     assert evidence.reasons[0].field == "cur"
+
+
+def test_producers_share_field_names_and_shapes() -> None:
+    # Producers of one service learn the same field names and payload shapes: one copy of
+    # each, also once restored from their pickles.
+    store = FeatureStore(FeatureConfig(drift_horizon_s=3600.0))
+    feed(store, (normal(i, p) for i in range(30) for p in ("pay-1", "pay-2")))
+    a, b = store.producers["pay-1"], store.producers["pay-2"]
+    restored = pickle.loads(pickle.dumps(b))  # noqa: S301 (our own bytes)
+    assert a.drifts
+    for st in (b, restored):
+        assert a.schema_fields.keys() == st.schema_fields.keys()
+        for key, names in a.schema_fields.items():
+            assert st.schema_fields[key] is names
+        for table in ("numeric", "categorical", "drifts"):
+            keys, own = list(getattr(a, table)), list(getattr(st, table))
+            assert keys == own and all(x is y for x, y in zip(keys, own, strict=True))
 
 
 def test_surprise_is_bounded() -> None:
