@@ -295,13 +295,21 @@ class Categories:
         if self.saturated:
             return
         self.n += 1
-        if value in self.counts:
-            self.counts[value] += 1
-        elif len(self.counts) >= cap:
+        counts = self.counts
+        count = counts.get(value, 0)
+        if count > 1:
+            counts[value] = count + 1
+        elif count == 1:
+            # Seen again: a categorical value, shared among producers from now on. An id is
+            # seen once and not interned: the interpreter's table of interned strings would
+            # grow with every id held (~20 KB per producer of shop events) and never shrink.
+            del counts[value]
+            counts[sys.intern(value)] = 2
+        elif len(counts) >= cap:
             self.saturated = True
-            self.counts.clear()
+            counts.clear()
         else:
-            self.counts[sys.intern(value)] = 1
+            counts[value] = 1
 
     def __getstate__(self) -> tuple[dict[str, int], int, bool]:
         # A flat tuple: the default (None, slots dict) costs a dict and its keys per object.
@@ -313,7 +321,7 @@ class Categories:
         else:  # (None, slots): checkpoints written before __getstate__
             slots = state[1]
             counts, self.n, self.saturated = slots["counts"], slots["n"], slots["saturated"]
-        self.counts = {sys.intern(k): v for k, v in counts.items()}
+        self.counts = {sys.intern(k) if v > 1 else k: v for k, v in counts.items()}
 
     def expected(self) -> str:
         top = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]

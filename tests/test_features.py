@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -322,6 +323,21 @@ def test_high_cardinality_field_saturates_and_is_not_judged() -> None:
     # A low-cardinality field of the same producer is still judged.
     evidence = store.observe(ev(201 * SECOND, strings={"order_id": "o-x", "cur": "XMR"}), False)
     assert evidence.reasons[0].field == "cur"
+
+
+def test_repeated_values_are_interned_ids_are_not() -> None:
+    # A value seen twice is shared among producers; an id (seen once) is not interned, or
+    # the interpreter's table of interned strings would grow with every id held.
+    store = FeatureStore(CFG)
+    feed(store, (ev(i * SECOND, strings={"order_id": f"x-{i}", "cur": "EUR"}) for i in range(5)))
+    counts = store.producers["pay-1"].categorical["paid\x1forder_id"].counts
+    cur = store.producers["pay-1"].categorical["paid\x1fcur"].counts
+    restored = pickle.loads(pickle.dumps(store.producers["pay-1"]))  # noqa: S301
+    for table in (counts, cur, restored.categorical["paid\x1forder_id"].counts):
+        for key in table:
+            fresh = key.encode().decode()  # an equal string, not the same object
+            assert (sys.intern(fresh) is key) == (table[key] > 1), key
+    assert cur == {"EUR": 5} and len(counts) == 5
 
 
 def test_producers_share_field_names_and_shapes() -> None:
