@@ -759,10 +759,11 @@ _FLAT_MARK = "\x00flat"  # in the pickled slots: the above are flat (not in olde
 
 
 # One copy of each schema's field list among producers: every producer learns (and pickle
-# restores) its own, though most producers of a service send the same shapes. Bounded (the
-# shapes of hostile producers must not grow it without end): beyond, lists are kept unshared.
+# restores) its own, though most producers of a service send the same shapes. Shared lists
+# live as long as the process, so they are bounded (~1.5 MB; hostile producers' shapes must
+# not grow it without end): beyond, lists are kept unshared, as before.
 _FIELD_LISTS: dict[tuple[str, ...], tuple[str, ...]] = {}
-_MAX_FIELD_LISTS = 100_000
+_MAX_FIELD_LISTS = 10_000
 
 
 def _field_list(names: tuple[str, ...]) -> tuple[str, ...]:
