@@ -19,6 +19,7 @@ from detector.features import (
     Evidence,
     FeatureConfig,
     FeatureStore,
+    IdMemory,
     Moments,
 )
 
@@ -673,6 +674,10 @@ def test_id_memory_pickles_and_grows_only_as_needed() -> None:
             store.advance_clock(state, with_id(i))
     assert st.ids.n == copy.ids.n == 256 and st.ids.pos == copy.ids.pos
     assert st.ids.fp.tolist() == copy.ids.fp.tolist()
+    # A format 3 state written with a doubled capacity (1024 for 600 ids): just the ids.
+    old = object.__new__(IdMemory)
+    old.__setstate__((bytes(8 * 600), 1024, 8192, 600, 600, 600, 0, 0.0, 1, False))
+    assert len(old.fp) == 600 and old.n == old.pos == 600
 
 
 def test_states_written_before_compact_pickling_still_load() -> None:
