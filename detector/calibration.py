@@ -25,28 +25,46 @@ import numpy.typing as npt
 
 
 class TailCounts:
-    """One producer's histogram of past raw scores."""
+    """One producer's histogram of past raw scores.
 
-    __slots__ = ("counts", "n")
+    The bins are held up to the highest one used so far (``grow`` extends them): most
+    producers' scores fill a few dozen low bins, and the empty ones above them cost 8 bytes
+    each per producer. ``full()`` gives all ``bins`` of them.
+    """
+
+    __slots__ = ("bins", "counts", "n")
 
     def __init__(self, bins: int) -> None:
-        self.counts: npt.NDArray[np.int64] = np.zeros(bins, dtype=np.int64)
+        self.bins = bins
+        self.counts: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self.n = 0
 
+    def grow(self, used: int) -> None:
+        """Hold at least the first ``used`` bins."""
+        if used > len(self.counts):
+            grown = np.zeros(min(used, self.bins), dtype=np.int64)
+            grown[: len(self.counts)] = self.counts
+            self.counts = grown
+
+    def full(self) -> npt.NDArray[np.int64]:
+        counts = np.zeros(self.bins, dtype=np.int64)
+        counts[: len(self.counts)] = self.counts
+        return counts
+
     def __getstate__(self) -> tuple[bytes, int, int]:
-        # The bins up to the last non-empty one, as bytes (most of the high bins are empty);
-        # the default pickles the array through numpy's reducer, per producer per commit.
-        nonzero = np.flatnonzero(self.counts)
-        used = int(nonzero[-1]) + 1 if len(nonzero) else 0
-        return self.counts[:used].astype("<i8").tobytes(), len(self.counts), self.n
+        # The bins held (up to the last non-empty one: a bin is only held once counted), as
+        # bytes; the default pickles the array through numpy's reducer, per producer per commit.
+        return self.counts.astype("<i8").tobytes(), self.bins, self.n
 
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, tuple) and len(state) == 3:
-            used, bins, self.n = state
-            self.counts = np.zeros(bins, dtype=np.int64)
-            self.counts[: len(used) // 8] = np.frombuffer(used, dtype="<i8")
+            used, self.bins, self.n = state
+            self.counts = np.frombuffer(used, dtype="<i8").astype(np.int64)  # a writable copy
         else:  # (None, slots): checkpoints written before __getstate__
-            self.counts, self.n = state[1]["counts"], state[1]["n"]
+            counts, self.n = state[1]["counts"], state[1]["n"]
+            self.bins = len(counts)
+            nonzero = np.flatnonzero(counts)
+            self.counts = counts[: int(nonzero[-1]) + 1 if len(nonzero) else 0].copy()
 
 
 class Calibrator:
@@ -76,7 +94,10 @@ class Calibrator:
         return min(max(int(raw / self.width), 0), self.bins - 1)
 
     def learn(self, tc: TailCounts, raw: float) -> None:
-        tc.counts[self._bin(raw)] += 1
+        b = self._bin(raw)
+        if b >= len(tc.counts):
+            tc.grow(b + 1)
+        tc.counts[b] += 1
         tc.n += 1
 
     def tail(self, tc: TailCounts, raw: float) -> float:
@@ -88,7 +109,10 @@ class Calibrator:
         at_or_above = tc.n - sum(tc.counts[:b].tolist()) if b else tc.n
         if at_or_above >= self.tail_points or tc.n < self.tail_points:
             return (at_or_above + 1) / (tc.n + 1)
-        above = np.cumsum(tc.counts[::-1])[::-1]  # above[i]: past scores in bin i or higher
+        # Rare (a score beyond the producer's few highest): the fit runs on every bin, as the
+        # arrays it was written for (the same sums in the same order).
+        counts = tc.full()
+        above = np.cumsum(counts[::-1])[::-1]  # above[i]: past scores in bin i or higher
         # Peaks over threshold: u is the lowest bin edge with tail_points scores above it.
         j = int(np.flatnonzero(above >= self.tail_points)[-1])
         u = j * self.width
@@ -96,7 +120,7 @@ class Calibrator:
         # one extreme past score there would inflate the fitted scale for good, so the scale
         # comes from the bins below it (when there are any).
         end = self.bins - 1 if j < self.bins - 1 else self.bins
-        top = tc.counts[j:end]
+        top = counts[j:end]
         total = float(top.sum())
         excess = float(np.dot(top, self._mid[j:end] - u)) / total if total else 0.0
         scale = max(excess, self.min_excess)

@@ -260,7 +260,8 @@ class Moments:
 
 
 class Categories:
-    """Counts of a categorical field's values, until it shows id-like cardinality."""
+    """Counts of a categorical field's values, until it shows id-like cardinality (then it
+    is saturated: its counts are dropped and it no longer changes; see ``ID_FIELD``)."""
 
     __slots__ = ("counts", "n", "saturated")
 
@@ -291,16 +292,24 @@ class Categories:
         return self.n >= max(min_count, 1) and not self.saturated and value not in self.counts
 
     def update(self, value: str, cap: int) -> None:
-        self.n += 1
         if self.saturated:
             return
-        if value in self.counts:
-            self.counts[value] += 1
-        elif len(self.counts) >= cap:
+        self.n += 1
+        counts = self.counts
+        count = counts.get(value, 0)
+        if count > 1:
+            counts[value] = count + 1
+        elif count == 1:
+            # Seen again: a categorical value, shared among producers from now on. An id is
+            # seen once and not interned: the interpreter's table of interned strings would
+            # grow with every id held (~20 KB per producer of shop events) and never shrink.
+            del counts[value]
+            counts[sys.intern(value)] = 2
+        elif len(counts) >= cap:
             self.saturated = True
-            self.counts.clear()
+            counts.clear()
         else:
-            self.counts[sys.intern(value)] = 1
+            counts[value] = 1
 
     def __getstate__(self) -> tuple[dict[str, int], int, bool]:
         # A flat tuple: the default (None, slots dict) costs a dict and its keys per object.
@@ -312,11 +321,17 @@ class Categories:
         else:  # (None, slots): checkpoints written before __getstate__
             slots = state[1]
             counts, self.n, self.saturated = slots["counts"], slots["n"], slots["saturated"]
-        self.counts = {sys.intern(k): v for k, v in counts.items()}
+        self.counts = {sys.intern(k) if v > 1 else k: v for k, v in counts.items()}
 
     def expected(self) -> str:
         top = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
         return ",".join(v for v, _ in top)
+
+
+# The one saturated table every producer's id-like categorical fields share: it holds nothing
+# and never changes, and a producer has several (event and order ids, per event type).
+ID_FIELD = Categories()
+ID_FIELD.saturated = True
 
 
 class Seasonal:
@@ -422,9 +437,11 @@ class ValueWindow:
 
 class IdMemory:
     """A producer's last ``size`` event ids as 64-bit fingerprints, its recent repeats, and how
-    often it repeated one in accepted events. The ring grows by doubling up to ``size``, so
-    slow producers hold little. 64 bits: a fresh id collides with one of 8192 remembered ones
-    about once in 2 * 10^15 events.
+    often it repeated one in accepted events. The ring grows by an eighth (at least 64 ids) up
+    to ``size``, so slow producers hold little and at most ~1/9 of it is unused (doubling left
+    up to half of it empty: 4 KB per producer at 600 ids); a restored ring holds just its ids.
+    64 bits: a fresh id collides with one of 8192 remembered ones about once in 2 * 10^15
+    events.
 
     Which ids were sent is a fact, remembered for every event (:meth:`remember`); whether
     repeats are usual for this producer is a belief, learned from accepted events only
@@ -459,7 +476,8 @@ class IdMemory:
 
     def __getstate__(self) -> tuple[bytes, int, int, int, int, int, int, float, int, bool]:
         # Only the filled part of the ring, as bytes: the default pickles the whole array
-        # (its unused capacity too) through numpy's reducer, per producer per commit.
+        # (its unused capacity too) through numpy's reducer, per producer per commit. The
+        # capacity is still written (format 3) but not read back.
         fp = self.fp[: self.n].astype("<u8").tobytes()
         return (fp, len(self.fp), self.size, self.n, self.pos, self.events, self.repeats,
                 self.recent, self.last_ms, self.repeated)  # fmt: skip
@@ -467,10 +485,11 @@ class IdMemory:
     def __setstate__(self, state: Any) -> None:
         self.asked = None  # a question of the event being scored, not state
         if isinstance(state, tuple) and len(state) == 10:
-            fp, capacity, self.size, self.n, self.pos = state[:5]
+            fp, _, self.size, self.n, self.pos = state[:5]
             self.events, self.repeats, self.recent, self.last_ms, self.repeated = state[5:]
-            self.fp = np.zeros(capacity, dtype=np.uint64)
-            self.fp[: self.n] = np.frombuffer(fp, dtype="<u8")
+            # Just the ids (a writable copy): until the ring is full, pos == n, and the next
+            # id grows it as a fed one would.
+            self.fp = np.frombuffer(fp, dtype="<u8").astype(np.uint64)
         else:  # (None, slots): checkpoints written before __getstate__
             for name, value in state[1].items():
                 setattr(self, name, value)
@@ -499,7 +518,8 @@ class IdMemory:
             return True
         if self.pos == len(self.fp):
             if len(self.fp) < self.size:
-                grown = np.zeros(min(2 * len(self.fp), self.size), dtype=np.uint64)
+                capacity = len(self.fp) + max(64, len(self.fp) // 8)
+                grown = np.zeros(min(capacity, self.size), dtype=np.uint64)
                 grown[: self.n] = self.fp[: self.n]
                 self.fp = grown
             else:
@@ -717,12 +737,16 @@ class ProducerState:
                     slots[name] = {k: _unflatten(cls, v) for k, v in slots[name].items()}
         for name, value in slots.items():
             setattr(self, name, value)
-        # Share the field names among producers (pickle copies them per producer).
+        # Share the field names and id fields among producers (pickle copies them per producer).
         self.numeric = {sys.intern(k): v for k, v in self.numeric.items()}
-        self.categorical = {sys.intern(k): v for k, v in self.categorical.items()}
-        self.schema_fields = {
-            sys.intern(k): tuple(map(sys.intern, v)) for k, v in self.schema_fields.items()
+        self.categorical = {
+            sys.intern(k): ID_FIELD if v.saturated else v for k, v in self.categorical.items()
         }
+        self.schema_fields = {sys.intern(k): _field_list(v) for k, v in self.schema_fields.items()}
+        self.drifts = {sys.intern(k): v for k, v in self.drifts.items()}
+        self.seasonal = {sys.intern(k): v for k, v in self.seasonal.items()}
+        self.windows = {sys.intern(k): v for k, v in self.windows.items()}
+        self.novel = {sys.intern(k): v for k, v in self.novel.items()}
 
 
 # ProducerState slots pickled as their objects' flat states: one object, or a dict of them.
@@ -732,6 +756,23 @@ _FLAT_ONE: dict[str, type] = {
 }  # fmt: skip
 _FLAT_MAP: dict[str, type] = {"numeric": Moments, "categorical": Categories, "drifts": Drift}
 _FLAT_MARK = "\x00flat"  # in the pickled slots: the above are flat (not in older checkpoints)
+
+
+# One copy of each schema's field list among producers: every producer learns (and pickle
+# restores) its own, though most producers of a service send the same shapes. Shared lists
+# live as long as the process, so they are bounded (~1.5 MB; hostile producers' shapes must
+# not grow it without end): beyond, lists are kept unshared, as before.
+_FIELD_LISTS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_MAX_FIELD_LISTS = 10_000
+
+
+def _field_list(names: tuple[str, ...]) -> tuple[str, ...]:
+    shared = _FIELD_LISTS.get(names)
+    if shared is None:
+        shared = tuple(map(sys.intern, names))
+        if len(_FIELD_LISTS) < _MAX_FIELD_LISTS:
+            _FIELD_LISTS[shared] = shared
+    return shared
 
 
 def _unflatten(cls: type, state: Any) -> Any:
@@ -1110,7 +1151,7 @@ class FeatureStore:
             if c is not None and not c.saturated and c.is_new(value, least):
                 keys.append(name)  # a field's novelties count together over event types
         for key in keys:
-            st.novel[key] = (self._burst(st, key, t) + 1.0, t)
+            st.novel[sys.intern(key)] = (self._burst(st, key, t) + 1.0, t)
 
     def _replayed(self, st: ProducerState, event: Event) -> Reason | None:
         """An event id the producer already sent (within its last ``replay_window`` ids)."""
@@ -1194,18 +1235,23 @@ class FeatureStore:
         if st.ids is not None and event.strings.get(cfg.id_field) is not None:
             st.ids.learn()  # remembered by advance_clock
         for name, value in event.strings.items():
-            c = st.categorical.get(prefix + name)
+            field = prefix + name
+            c = st.categorical.get(field)
             if c is None:
                 if len(st.categorical) >= cfg.max_categorical_fields:
                     continue
-                c = st.categorical[sys.intern(prefix + name)] = Categories()
+                c = st.categorical[sys.intern(field)] = Categories()
+            elif c.saturated:
+                continue  # an id field: nothing left to count
             c.update(value, cfg.max_categories)
+            if c.saturated:
+                st.categorical[field] = ID_FIELD
         if event.type is not None:
             st.types.update(event.type, cfg.max_categories)
         key, names = self._schema_of(event)
         st.schemas.update(key, cfg.max_schemas)
         if key not in st.schema_fields and len(st.schema_fields) < cfg.max_schemas:
-            st.schema_fields[sys.intern(key)] = tuple(map(sys.intern, names))
+            st.schema_fields[sys.intern(key)] = _field_list(names)
 
     def _learn_number(self, st: ProducerState, key: str, y: float, t_ms: int) -> None:
         """One numeric field's moments, and its profiles and drift reference if configured."""
@@ -1221,7 +1267,7 @@ class FeatureStore:
         if cfg.drift_horizon_s > 0:
             d = st.drifts.get(key)
             if d is None:
-                d = st.drifts[key] = Drift()
+                d = st.drifts[sys.intern(key)] = Drift()
             d.learn(y, t_ms, cfg.drift_horizon_s * 1000, cfg.drift_restart)
 
     def _learn_profiles(self, st: ProducerState, key: str, y: float, t_ms: int) -> None:
@@ -1231,13 +1277,13 @@ class FeatureStore:
         if cfg.seasonal_buckets:
             prof = st.seasonal.get(key)
             if prof is None and len(st.seasonal) < cap:
-                prof = st.seasonal[key] = Seasonal(cfg.seasonal_buckets)
+                prof = st.seasonal[sys.intern(key)] = Seasonal(cfg.seasonal_buckets)
             if prof is not None:
                 prof.update(self._bucket(t_ms), y, cfg.seasonal_fading)
         if cfg.window_values:
             win = st.windows.get(key)
             if win is None and len(st.windows) < cap:
-                win = st.windows[key] = ValueWindow(cfg.window_values)
+                win = st.windows[sys.intern(key)] = ValueWindow(cfg.window_values)
             if win is not None:
                 win.update(y)
 

@@ -116,13 +116,27 @@ def test_counts_pickle_round_trip() -> None:
     assert restored.n == tc.n
     for x in (0.0, 3.3, 30.0, 50.0):
         assert cal.score(restored, x) == cal.score(tc, x)
-    assert (restored.counts == tc.counts).all() and len(restored.counts) == 64
+    assert (restored.full() == tc.full()).all() and restored.bins == 64
+    assert restored.counts.tolist() == tc.counts.tolist()  # the bins up to the highest used
     # A checkpoint written before TailCounts had __getstate__ (the default slots state).
     old = object.__new__(TailCounts)
-    old.__setstate__((None, {"counts": tc.counts.copy(), "n": tc.n}))
-    assert (old.counts == tc.counts).all() and old.n == tc.n
+    old.__setstate__((None, {"counts": tc.full(), "n": tc.n}))
+    assert old.counts.tolist() == tc.counts.tolist() and old.n == tc.n and old.bins == 64
     empty = pickle.loads(pickle.dumps(cal.new()))  # noqa: S301 (our own bytes)
-    assert empty.n == 0 and len(empty.counts) == 64 and not empty.counts.any()
+    assert empty.n == 0 and empty.bins == 64 and not empty.full().any()
+
+
+def test_counts_hold_only_the_bins_up_to_the_highest_score() -> None:
+    # Most producers score in a few low bins: the empty ones above are not held, and the
+    # scores (the fitted tail too) are those of the full histogram.
+    cal = Calibrator(max_raw=32.0, bins=128)
+    raws = [(i % 13) / 4 for i in range(500)]
+    tc = learned(cal, raws)
+    assert len(tc.counts) == 13 and tc.counts[-1] > 0 and tc.full().sum() == 500
+    held_full = TailCounts(128)
+    held_full.counts, held_full.n = tc.full(), tc.n
+    for x in (0.0, 1.0, 2.9, 3.0, 3.3, 5.0, 31.0, 40.0):
+        assert cal.tail(tc, x) == cal.tail(held_full, x)
 
 
 RAWS = st.lists(

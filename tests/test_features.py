@@ -5,13 +5,23 @@ from __future__ import annotations
 import math
 import pickle
 import random
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
 from detector.events import Decoder, Event
-from detector.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig, FeatureStore, Moments
+from detector.features import (
+    FEATURES,
+    ID_FIELD,
+    MAX_SURPRISE,
+    Evidence,
+    FeatureConfig,
+    FeatureStore,
+    IdMemory,
+    Moments,
+)
 
 CFG = FeatureConfig()
 SECOND = 1000
@@ -297,14 +307,55 @@ def test_high_cardinality_field_saturates_and_is_not_judged() -> None:
         store.observe(
             ev(i * SECOND, strings={"order_id": f"o-{i}", "cur": ("EUR", "USD")[i % 2]}), True
         )
-    ids = store.producers["pay-1"].categorical["paid\x1forder_id"]
+    st = store.producers["pay-1"]
+    ids = st.categorical["paid\x1forder_id"]
     assert ids.saturated
     assert ids.counts == {}
+    assert ids is ID_FIELD and ID_FIELD.n == 0  # one shared, unchanging table
+    # Restored (also from a checkpoint whose saturated table still counted): the shared one.
+    _, slots = st.__getstate__()  # type: ignore[misc]
+    slots["categorical"]["paid\x1forder_id"] = ({}, 200, True)
+    restored = object.__new__(type(st))
+    restored.__setstate__((None, slots))
+    assert restored.categorical["paid\x1forder_id"] is ID_FIELD
+    assert restored.categorical["paid\x1fcur"].counts == st.categorical["paid\x1fcur"].counts
     evidence = store.observe(ev(200 * SECOND, strings={"order_id": "o-new", "cur": "EUR"}), False)
     assert evidence.surprise["category"] == 0.0
     # A low-cardinality field of the same producer is still judged.
     evidence = store.observe(ev(201 * SECOND, strings={"order_id": "o-x", "cur": "XMR"}), False)
     assert evidence.reasons[0].field == "cur"
+
+
+def test_repeated_values_are_interned_ids_are_not() -> None:
+    # A value seen twice is shared among producers; an id (seen once) is not interned, or
+    # the interpreter's table of interned strings would grow with every id held.
+    store = FeatureStore(CFG)
+    feed(store, (ev(i * SECOND, strings={"order_id": f"x-{i}", "cur": "EUR"}) for i in range(5)))
+    counts = store.producers["pay-1"].categorical["paid\x1forder_id"].counts
+    cur = store.producers["pay-1"].categorical["paid\x1fcur"].counts
+    restored = pickle.loads(pickle.dumps(store.producers["pay-1"]))  # noqa: S301
+    for table in (counts, cur, restored.categorical["paid\x1forder_id"].counts):
+        for key in table:
+            fresh = key.encode().decode()  # an equal string, not the same object
+            assert (sys.intern(fresh) is key) == (table[key] > 1), key
+    assert cur == {"EUR": 5} and len(counts) == 5
+
+
+def test_producers_share_field_names_and_shapes() -> None:
+    # Producers of one service learn the same field names and payload shapes: one copy of
+    # each, also once restored from their pickles.
+    store = FeatureStore(FeatureConfig(drift_horizon_s=3600.0))
+    feed(store, (normal(i, p) for i in range(30) for p in ("pay-1", "pay-2")))
+    a, b = store.producers["pay-1"], store.producers["pay-2"]
+    restored = pickle.loads(pickle.dumps(b))  # noqa: S301 (our own bytes)
+    assert a.drifts
+    for st in (b, restored):
+        assert a.schema_fields.keys() == st.schema_fields.keys()
+        for key, names in a.schema_fields.items():
+            assert st.schema_fields[key] is names
+        for table in ("numeric", "categorical", "drifts"):
+            keys, own = list(getattr(a, table)), list(getattr(st, table))
+            assert keys == own and all(x is y for x, y in zip(keys, own, strict=True))
 
 
 def test_surprise_is_bounded() -> None:
@@ -616,6 +667,17 @@ def test_id_memory_pickles_and_grows_only_as_needed() -> None:
     probe = with_id(100, "id-42")
     assert store.evidence(copy, probe).surprise == store.evidence(st, probe).surprise
     assert store.evidence(st, probe).surprise["replayed_id"] > 2.0
+    # Restored, the ring holds just its ids; it grows on as the fed one, to the same content.
+    assert copy.ids is not None and len(copy.ids.fp) == 100
+    for state in (st, copy):
+        for i in range(100, 400):
+            store.advance_clock(state, with_id(i))
+    assert st.ids.n == copy.ids.n == 256 and st.ids.pos == copy.ids.pos
+    assert st.ids.fp.tolist() == copy.ids.fp.tolist()
+    # A format 3 state written with a doubled capacity (1024 for 600 ids): just the ids.
+    old = object.__new__(IdMemory)
+    old.__setstate__((bytes(8 * 600), 1024, 8192, 600, 600, 600, 0, 0.0, 1, False))
+    assert len(old.fp) == 600 and old.n == old.pos == 600
 
 
 def test_states_written_before_compact_pickling_still_load() -> None:
