@@ -351,16 +351,16 @@ class Consumer:
         self.full_next_commit = False
         self.last_commit = time.monotonic()
 
-    def commit_step(self) -> None:
-        """Encode the frozen commit for up to ``commit_slice_ms``; write it once complete.
+    def commit_step(self, deadline: float) -> None:
+        """Encode the frozen commit until ``time.perf_counter()`` passes ``deadline`` (at
+        least one state); write it once complete, or at once if ``commit_slice_ms`` is 0.
 
         Raises:
             FencedError: the partition's lease is lost; nothing was written.
         """
         if self.frozen is None:
             return
-        slice_s = self.rt.settings.commit_slice_ms / 1000
-        if slice_s <= 0 or self.frozen.advance(time.perf_counter() + slice_s):
+        if self.rt.settings.commit_slice_ms <= 0 or self.frozen.advance(deadline):
             self._write_frozen()
 
     def _write_frozen(self) -> None:

@@ -369,6 +369,8 @@ class Worker:
     def _housekeeping(self) -> None:
         # Due commits first: a worker resuming after a pause past its lease tries its commit,
         # which the fence refuses, before it notices the lost lease.
+        # One slice of commit encoding per round, shared by the owned partitions.
+        deadline = time.perf_counter() + self.settings.commit_slice_ms / 1000
         for p, c in list(self.consumers.items()):
             if c.checkpoint_due():
                 if p is None:
@@ -376,9 +378,9 @@ class Worker:
                 else:
                     self._guard_fence(p, c.checkpoint)
             elif p is None:
-                c.commit_step()
+                c.commit_step(deadline)
             else:
-                self._guard_fence(p, c.commit_step)
+                self._guard_fence(p, partial(c.commit_step, deadline))
         now = time.monotonic()
         if now >= self._next["own"]:
             tick = self.settings.lease_ttl_ms / 3000
