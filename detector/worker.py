@@ -142,7 +142,7 @@ class Worker:
         return sum(len(c.pipeline.store) for c in self.consumers.values())
 
     def _checkpoint(self) -> None:
-        """Commit the unpartitioned consumer (the hook tests and benchmarks wrap)."""
+        """Commit all the unpartitioned consumer has handled (shutdown, due by time, benchmarks)."""
         self.consumers[None].checkpoint()
 
     def stop(self) -> None:
