@@ -327,10 +327,9 @@ class Consumer:
         Raises:
             FencedError: the partition's lease is lost; nothing more was written.
         """
-        if self.frozen is not None:
-            self._write_frozen()
         if self.to_ack or self.pipeline.store.dirty or self.full_next_commit:
-            self.freeze()
+            self.freeze()  # writes the frozen one first
+        if self.frozen is not None:
             self._write_frozen()
 
     def freeze(self) -> None:
