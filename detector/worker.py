@@ -142,7 +142,7 @@ class Worker:
         return sum(len(c.pipeline.store) for c in self.consumers.values())
 
     def _checkpoint(self) -> None:
-        """Commit all the unpartitioned consumer has handled (shutdown, due by time, benchmarks)."""
+        """Commit all the unpartitioned consumer has handled (shutdown, benchmarks)."""
         self.consumers[None].checkpoint()
 
     def stop(self) -> None:
@@ -372,12 +372,11 @@ class Worker:
         # One slice of commit encoding per round, shared by the owned partitions.
         deadline = time.perf_counter() + self.settings.commit_slice_ms / 1000
         for p, c in list(self.consumers.items()):
-            if c.checkpoint_due():
-                if p is None:
-                    self._checkpoint()
-                else:
-                    self._guard_fence(p, c.checkpoint)
+            if c.checkpoint_due() and p is not None:
+                self._guard_fence(p, c.checkpoint)
             elif p is None:
+                if c.checkpoint_due():  # by time: frozen and encoded in slices like the rest
+                    c.freeze()
                 c.commit_step(deadline)
             else:
                 self._guard_fence(p, partial(c.commit_step, deadline))

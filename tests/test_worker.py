@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -12,11 +13,13 @@ import pytest
 import redis
 
 from detector.alerts import alert_id
+from detector.checkpoint import FrozenCommit
+from detector.consumer import Consumer
 from detector.embedded import free_port
 from detector.metrics import Metrics
 from detector.offline import score_file
 from detector.pipeline import Verdict
-from detector.settings import Settings
+from detector.settings import CHECKPOINT_KEY, Settings
 from detector.worker import Worker
 from tests.helpers import append, order_events, outlier
 
@@ -248,3 +251,50 @@ def test_deleted_group_is_recreated(
     # Recreated from the start of the stream: nothing is lost, old entries come again.
     assert stats.events == 10 + 15
     assert r.xpending(stream_name, worker.settings.group)["pending"] == 0
+
+
+def test_a_commit_due_by_time_is_encoded_in_slices_while_the_worker_runs(
+    r: redis.Redis,
+    stream_name: str,
+    worker_factory: Callable[..., Worker],
+    settings_factory: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ids = append(r, stream_name, order_events(producers=40, per_producer=15))
+    # Never due by count; due by time; slices so short that each encodes one state.
+    settings = settings_factory(
+        until_idle=False, checkpoint_every=10**6, checkpoint_interval_ms=100, commit_slice_ms=1e-6
+    )
+    worker = worker_factory(settings)
+    sync_commits: list[bool] = []  # whether the worker was stopping at each one-go commit
+    steps: list[bool] = []  # whether each encoding step finished the commit
+    checkpoint, advance = Consumer.checkpoint, FrozenCommit.advance
+
+    def spy_checkpoint(self: Consumer) -> None:
+        sync_commits.append(worker.rt.stop.is_set())
+        checkpoint(self)
+
+    def spy_advance(self: FrozenCommit, deadline: float | None = None) -> bool:
+        done = advance(self, deadline)
+        if deadline is not None:
+            steps.append(done)
+        return done
+
+    monkeypatch.setattr(Consumer, "checkpoint", spy_checkpoint)
+    monkeypatch.setattr(FrozenCommit, "advance", spy_advance)
+    key = CHECKPOINT_KEY.format(group=settings.group, consumer=settings.consumer)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not r.exists(key) or r.xpending(stream_name, settings.group)["pending"]:
+            assert time.monotonic() < deadline, "the commit due by time never landed"
+            time.sleep(0.05)
+        assert sync_commits == []  # written by the housekeeping's slices, not in one go
+        assert steps.count(False) >= 10  # 40 producers' states, one per slice
+        assert r.hlen(key) > 40  # meta, model and every producer
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert worker.stats.events == len(ids)
