@@ -18,6 +18,7 @@ Examples:
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any
 
 import numpy as np
@@ -29,22 +30,22 @@ class TailCounts:
 
     The bins are held up to the highest one used so far (``grow`` extends them): most
     producers' scores fill a few dozen low bins, and the empty ones above them cost 8 bytes
-    each per producer. ``full()`` gives all ``bins`` of them.
+    each per producer. ``full()`` gives all ``bins`` of them. An ``array`` of int64, not a
+    numpy one: every event reads a few bins and counts one, and numpy's per-call cost was
+    most of that.
     """
 
     __slots__ = ("bins", "counts", "n")
 
     def __init__(self, bins: int) -> None:
         self.bins = bins
-        self.counts: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self.counts = array("q")
         self.n = 0
 
     def grow(self, used: int) -> None:
         """Hold at least the first ``used`` bins."""
         if used > len(self.counts):
-            grown = np.zeros(min(used, self.bins), dtype=np.int64)
-            grown[: len(self.counts)] = self.counts
-            self.counts = grown
+            self.counts.frombytes(bytes(8 * (min(used, self.bins) - len(self.counts))))
 
     def full(self) -> npt.NDArray[np.int64]:
         counts = np.zeros(self.bins, dtype=np.int64)
@@ -54,17 +55,17 @@ class TailCounts:
     def __getstate__(self) -> tuple[bytes, int, int]:
         # The bins held (up to the last non-empty one: a bin is only held once counted), as
         # bytes; the default pickles the array through numpy's reducer, per producer per commit.
-        return self.counts.astype("<i8").tobytes(), self.bins, self.n
+        return np.asarray(self.counts, dtype="<i8").tobytes(), self.bins, self.n
 
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, tuple) and len(state) == 3:
             used, self.bins, self.n = state
-            self.counts = np.frombuffer(used, dtype="<i8").astype(np.int64)  # a writable copy
+            self.counts = array("q", np.frombuffer(used, dtype="<i8").tolist())
         else:  # (None, slots): checkpoints written before __getstate__
             counts, self.n = state[1]["counts"], state[1]["n"]
             self.bins = len(counts)
             nonzero = np.flatnonzero(counts)
-            self.counts = counts[: int(nonzero[-1]) + 1 if len(nonzero) else 0].copy()
+            self.counts = array("q", counts[: int(nonzero[-1]) + 1 if len(nonzero) else 0].tolist())
 
 
 class Calibrator:
@@ -105,8 +106,7 @@ class Calibrator:
         b = self._bin(raw)
         # Most events score in the lowest bins: count what lies below them (no cumulative
         # sum over every bin per event); the fitted tail below needs the whole picture.
-        # (a list's sum: numpy's costs ~2 us a call even for the few bins below most scores)
-        at_or_above = tc.n - sum(tc.counts[:b].tolist()) if b else tc.n
+        at_or_above = tc.n - sum(tc.counts[:b]) if b else tc.n
         if at_or_above >= self.tail_points or tc.n < self.tail_points:
             return (at_or_above + 1) / (tc.n + 1)
         # Rare (a score beyond the producer's few highest): the fit runs on every bin, as the

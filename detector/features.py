@@ -443,6 +443,11 @@ class IdMemory:
     64 bits: a fresh id collides with one of 8192 remembered ones about once in 2 * 10^15
     events.
 
+    A bit per fingerprint (8 bits per ring slot, rebuilt from the ring when it grows or wraps;
+    not pickled) answers most questions: a fresh id's bit is clear ~88% of the time, and only
+    a set bit costs the scan of the ring, the largest per-event cost of the features before.
+    Every remembered id has its bit set, so the answers are the scan's.
+
     Which ids were sent is a fact, remembered for every event (:meth:`remember`); whether
     repeats are usual for this producer is a belief, learned from accepted events only
     (:meth:`learn`), so a replay attack does not teach that replays are normal.
@@ -457,7 +462,8 @@ class IdMemory:
     """
 
     __slots__ = (
-        "asked", "events", "fp", "last_ms", "n", "pos", "recent", "repeated", "repeats", "size"
+        "asked", "bits", "events", "fp", "last_ms", "n", "pos", "recent", "repeated", "repeats",
+        "size",
     )  # fmt: skip
 
     def __init__(self, size: int) -> None:
@@ -473,6 +479,7 @@ class IdMemory:
         # The last seen() question and answer: remember() follows it for the same event, and
         # a scan of up to `size` fingerprints is worth doing once.
         self.asked: tuple[str, int, bool] | None = None
+        self.bits: bytearray | None = None  # built on the first question
 
     def __getstate__(self) -> tuple[bytes, int, int, int, int, int, int, float, int, bool]:
         # Only the filled part of the ring, as bytes: the default pickles the whole array
@@ -483,7 +490,7 @@ class IdMemory:
                 self.recent, self.last_ms, self.repeated)  # fmt: skip
 
     def __setstate__(self, state: Any) -> None:
-        self.asked = None  # a question of the event being scored, not state
+        self.asked = self.bits = None  # a question of the event being scored; derived
         if isinstance(state, tuple) and len(state) == 10:
             fp, _, self.size, self.n, self.pos = state[:5]
             self.events, self.repeats, self.recent, self.last_ms, self.repeated = state[5:]
@@ -493,15 +500,28 @@ class IdMemory:
         else:  # (None, slots): checkpoints written before __getstate__
             for name, value in state[1].items():
                 setattr(self, name, value)
-            self.asked = None
+            self.asked = self.bits = None
 
     def seen(self, event_id: str) -> bool:
         return self._ask(event_id)[2]
 
     def _ask(self, event_id: str) -> tuple[str, int, bool]:
         fp = _fingerprint(event_id)
-        self.asked = (event_id, fp, self.n > 0 and bool((self.fp[: self.n] == fp).any()))
+        bits = self.bits
+        if bits is None:
+            bits = self._rebuild_bits()
+        bit = fp % (len(bits) << 3)
+        seen = bool(bits[bit >> 3] >> (bit & 7) & 1) and bool((self.fp[: self.n] == fp).any())
+        self.asked = (event_id, fp, seen)
         return self.asked
+
+    def _rebuild_bits(self) -> bytearray:
+        """The filter of the ring's ids: 8 bits per slot of its capacity."""
+        size = len(self.fp) << 6
+        on = np.zeros(size, dtype=bool)
+        on[self.fp[: self.n] % np.uint64(size)] = True
+        self.bits = bytearray(np.packbits(on, bitorder="little").tobytes())
+        return self.bits
 
     def remember(self, event_id: str, t_ms: int, burst_ms: float) -> bool:
         """Note the id (a fact, whatever the verdict); True if it is a repeat."""
@@ -524,9 +544,14 @@ class IdMemory:
                 self.fp = grown
             else:
                 self.pos = 0
+            self.bits = None  # sized to the new capacity, or cleared of the ids overwritten
         self.fp[self.pos] = fp
         self.pos += 1
         self.n = max(self.n, self.pos)
+        bits = self.bits
+        if bits is not None:
+            bit = fp % (len(bits) << 3)
+            bits[bit >> 3] |= 1 << (bit & 7)
         return False
 
     def learn(self) -> None:
@@ -874,6 +899,19 @@ class FeatureStore:
         self.lazy_reasons = False
         self._explaining = False  # judges format their reasons' text
         self._schema_memo: tuple[str, tuple[str, ...]] = ("", ())
+        # The enabled features' judges, as functions (bound methods would be built per event,
+        # and held here they would make a reference cycle).
+        judges = {
+            "rate": FeatureStore._rate,
+            "value": FeatureStore._value,
+            "size": FeatureStore._size,
+            "type": FeatureStore._type,
+            "category": FeatureStore._category,
+            "schema": FeatureStore._schema,
+            "replayed_id": FeatureStore._replayed,
+            "drift": FeatureStore._drift,
+        }
+        self._judges = [judge for name, judge in judges.items() if name not in cfg.disabled]
 
     def __len__(self) -> int:
         return len(self.producers)
@@ -1014,21 +1052,7 @@ class FeatureStore:
 
     def _judge(self, st: ProducerState, event: Event) -> list[Reason]:
         """Every feature's reason (text only while ``_explaining``; else just surprises)."""
-        off = self.cfg.disabled
-        return [
-            r
-            for name, judge in (
-                ("rate", self._rate),
-                ("value", self._value),
-                ("size", self._size),
-                ("type", self._type),
-                ("category", self._category),
-                ("schema", self._schema),
-                ("replayed_id", self._replayed),
-                ("drift", self._drift),
-            )
-            if name not in off and (r := judge(st, event)) is not None
-        ]
+        return [r for judge in self._judges if (r := judge(self, st, event)) is not None]
 
     def _rate(self, st: ProducerState, event: Event) -> Reason | None:
         timed = st.arrivals
