@@ -894,6 +894,9 @@ class FeatureStore:
         self.before_change: Callable[[str], None] | None = None
         # One-event memo: the shape key is needed by the evidence and again by the learning.
         self._schema_event: Event | None = None
+        # The drift judge's clipped z per judged field: the CUSUM steps of the same event
+        # (advance_clock, before any change to the references) take the same values.
+        self._drift_steps: tuple[Event | None, list[tuple[Drift, float]]] = (None, [])
         # Evidence whose reasons are formatted on first read (see evidence): the pipeline's
         # store, which reads them for flagged events only.
         self.lazy_reasons = False
@@ -1211,13 +1214,18 @@ class FeatureStore:
             return None
         best: Reason | None = None
         prefix = _type_prefix(event)
+        k = cfg.drift_slack
+        steps: list[tuple[Drift, float]] = []
+        self._drift_steps = (event, steps)
         for name, x in event.numbers.items():
             d = st.drifts.get(prefix + name)
             if d is None or d.count < cfg.min_count:
                 continue
+            z = d._z(_signed_log(x), cfg.min_sd, cfg.drift_clip)
+            steps.append((d, z))
+            stat = max(d.hi + z - k, d.lo - z - k, 0.0)  # Drift.statistic
             # P(S > s) ~ exp(-2 k s) for a CUSUM under no change: -log10 of that.
-            stat = d.statistic(_signed_log(x), cfg.drift_slack, cfg.min_sd, cfg.drift_clip)
-            s = min(2.0 * cfg.drift_slack * stat / _LOG10, MAX_SURPRISE)
+            s = min(2.0 * k * stat / _LOG10, MAX_SURPRISE)
             if s > 0 and (best is None or s > best.surprise):
                 if not self._explaining:
                     best = Reason("drift", name, "", "", s)
@@ -1247,11 +1255,19 @@ class FeatureStore:
         if cfg.novelty_burst and st.n > 1:  # novelties are facts, like time
             self._note_novelties(st, event)
         if st.drifts:  # the CUSUMs of judged fields advance with every event
-            prefix = _type_prefix(event)
-            for name, x in event.numbers.items():
-                d = st.drifts.get(prefix + name)
-                if d is not None and d.count >= cfg.min_count:
-                    d.step(_signed_log(x), cfg.drift_slack, cfg.min_sd, cfg.drift_clip)
+            judged, steps = self._drift_steps
+            if judged is event:  # Drift.step with the z the judge computed
+                k = cfg.drift_slack
+                for judged_drift, z in steps:
+                    judged_drift.hi = max(judged_drift.hi + z - k, 0.0)
+                    judged_drift.lo = max(judged_drift.lo - z - k, 0.0)
+            else:
+                prefix = _type_prefix(event)
+                for name, x in event.numbers.items():
+                    d = st.drifts.get(prefix + name)
+                    if d is not None and d.count >= cfg.min_count:
+                        d.step(_signed_log(x), cfg.drift_slack, cfg.min_sd, cfg.drift_clip)
+            self._drift_steps = (None, [])
         if cfg.replay_window and (event_id := event.strings.get(cfg.id_field)) is not None:
             if st.ids is None:
                 st.ids = IdMemory(cfg.replay_window)

@@ -876,3 +876,21 @@ def test_id_memory_answers_as_a_scan_of_its_last_ids_through_growth_wraps_and_re
         if i % (size // 2) == 0:  # a checkpoint restore drops the filter
             memory = pickle.loads(pickle.dumps(memory))  # noqa: S301 (our own bytes)
     assert repeats > size // 2  # old ids are still in the ring: the scan answered those
+
+
+def test_cusum_steps_are_the_same_whether_the_drift_judge_ran_or_not() -> None:
+    # The judge hands its z values to the CUSUM steps of the same event; with the drift
+    # feature disabled the steps compute them themselves: the statistics must not differ.
+    rng = random.Random(5)
+    stores = [FeatureStore(FeatureConfig(drift_horizon_s=3600.0, disabled=off))
+              for off in ((), ("drift",))]  # fmt: skip
+    trace: list[list[tuple[float, float, float, float]]] = [[], []]
+    for i in range(800):
+        creep = (i > 400) * 0.05 * (i - 400)
+        e = ev(1000 * i, numbers={"amount": 50 + rng.gauss(0, 5) + creep})
+        for store, seen in zip(stores, trace, strict=True):
+            store.observe(e, learn=True)
+            d = store.producers["pay-1"].drifts["paid\x1famount"]
+            seen.append((d.hi, d.lo, d.mean, d.var))
+    assert max(hi for hi, _, _, _ in trace[0]) > 5.0  # the creep moved the CUSUM
+    assert trace[0] == trace[1]
