@@ -517,7 +517,7 @@ class IdMemory:
 
     def _rebuild_bits(self) -> bytearray:
         """The filter of the ring's ids: 8 bits per slot of its capacity."""
-        size = len(self.fp) << 6
+        size = len(self.fp) << 3
         on = np.zeros(size, dtype=bool)
         on[self.fp[: self.n] % np.uint64(size)] = True
         self.bits = bytearray(np.packbits(on, bitorder="little").tobytes())

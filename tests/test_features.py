@@ -873,6 +873,7 @@ def test_id_memory_answers_as_a_scan_of_its_last_ids_through_growth_wraps_and_re
         repeats += expected
         if not expected:
             sent.append(event_id)
+        assert memory.bits is None or len(memory.bits) == len(memory.fp)  # a byte per slot
         if i % (size // 2) == 0:  # a checkpoint restore drops the filter
             memory = pickle.loads(pickle.dumps(memory))  # noqa: S301 (our own bytes)
     assert repeats > size // 2  # old ids are still in the ring: the scan answered those
