@@ -153,7 +153,8 @@ def clone_role(model: str, n: int, blobs_path: Path, url: str, out: Path) -> Non
     store.dirty.update(names)
     full = _timed_checkpoint(worker)
     result["full_checkpoint"] = full
-    # Incremental: 5000 changed producers and 5000 acks (the default checkpoint_every).
+    # Incremental: 5000 changed producers and 5000 acks (the default checkpoint_every before
+    # 2026-11-27; kept so that the figures compare across sessions).
     k = min(5000, n)
     r.delete("mem")
     append(r, "mem", [{"f": "1"}] * k)
