@@ -355,7 +355,7 @@ def cli(log_level: str, log_format: str) -> None:
 @_option("--max-producers", env="MAX_PRODUCERS", default=100_000, show_default=True)
 @_option("--producer-idle-ttl-s", env="PRODUCER_IDLE_TTL_S", default=86_400.0, show_default=True)
 @_option("--alerts-maxlen", env="ALERTS_MAXLEN", default=1_000_000, show_default=True)
-@_option("--checkpoint-every", env="CHECKPOINT_EVERY", default=10_000, show_default=True,
+@_option("--checkpoint-every", env="CHECKPOINT_EVERY", default=5000, show_default=True,
          help="Commit state and acks after this many entries ...")  # fmt: skip
 @_option("--checkpoint-interval-ms", env="CHECKPOINT_INTERVAL_MS", default=5000,
          show_default=True, help="... or after this long.")  # fmt: skip

@@ -153,7 +153,7 @@ class Settings:
     max_producers: int = 100_000
     producer_idle_ttl_s: float = 24 * 3600.0
     alerts_maxlen: int = 1_000_000
-    checkpoint_every: int = 10000
+    checkpoint_every: int = 5000
     checkpoint_interval_ms: int = 5000
     commit_slice_ms: float = 5.0
     checkpoint_key: bytes | None = field(default=None, repr=False)
