@@ -516,8 +516,9 @@ class IdMemory:
         return self.asked
 
     def _rebuild_bits(self) -> bytearray:
-        """The filter of the ring's ids: 8 bits per slot of its capacity."""
-        size = len(self.fp) << 3
+        """The filter of the ring's ids: 8 bits per slot of its capacity (a restored ring may
+        hold none)."""
+        size = max(len(self.fp), 1) << 3
         on = np.zeros(size, dtype=bool)
         on[self.fp[: self.n] % np.uint64(size)] = True
         self.bits = bytearray(np.packbits(on, bitorder="little").tobytes())

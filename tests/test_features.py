@@ -895,3 +895,10 @@ def test_cusum_steps_are_the_same_whether_the_drift_judge_ran_or_not() -> None:
             seen.append((d.hi, d.lo, d.mean, d.var))
     assert max(hi for hi, _, _, _ in trace[0]) > 5.0  # the creep moved the CUSUM
     assert trace[0] == trace[1]
+
+
+def test_an_empty_restored_id_ring_answers_and_grows() -> None:
+    memory = object.__new__(IdMemory)
+    memory.__setstate__((b"", 0, 100, 0, 0, 0, 0, 0.0, -1, False))  # no ids held
+    assert not memory.seen("a") and not memory.remember("a", 1, 60_000)
+    assert memory.seen("a") and not memory.seen("b")
