@@ -629,19 +629,25 @@ class Drift:
         """Standardised distance of ``y`` from the reference."""
         return (y - self.mean) / max(math.sqrt(max(self.var, 0.0)), min_sd)
 
-    def _z(self, y: float, min_sd: float, clip: float) -> float:
-        # z() inlined (per numeric field, twice per event): the same operations.
+    def clipped_z(self, y: float, min_sd: float, clip: float) -> float:
+        """:meth:`z` clipped to ``±clip`` (inlined: per numeric field per event)."""
         z = (y - self.mean) / max(math.sqrt(max(self.var, 0.0)), min_sd)
         return min(max(z, -clip), clip)
 
     def statistic(self, y: float, k: float, min_sd: float, clip: float) -> float:
         """The CUSUM statistic this value would give, without taking the step."""
-        z = self._z(y, min_sd, clip)
+        return self.statistic_of(self.clipped_z(y, min_sd, clip), k)
+
+    def statistic_of(self, z: float, k: float) -> float:
+        """:meth:`statistic` from the value's :meth:`clipped_z`."""
         return max(self.hi + z - k, self.lo - z - k, 0.0)
 
     def step(self, y: float, k: float, min_sd: float, clip: float) -> None:
         """Advance the CUSUM by one value (every event, whatever its verdict)."""
-        z = self._z(y, min_sd, clip)
+        self.step_by(self.clipped_z(y, min_sd, clip), k)
+
+    def step_by(self, z: float, k: float) -> None:
+        """:meth:`step` from the value's :meth:`clipped_z`."""
         self.hi = max(self.hi + z - k, 0.0)
         self.lo = max(self.lo - z - k, 0.0)
 
@@ -1222,9 +1228,9 @@ class FeatureStore:
             d = st.drifts.get(prefix + name)
             if d is None or d.count < cfg.min_count:
                 continue
-            z = d._z(_signed_log(x), cfg.min_sd, cfg.drift_clip)
+            z = d.clipped_z(_signed_log(x), cfg.min_sd, cfg.drift_clip)
             steps.append((d, z))
-            stat = max(d.hi + z - k, d.lo - z - k, 0.0)  # Drift.statistic
+            stat = d.statistic_of(z, k)
             # P(S > s) ~ exp(-2 k s) for a CUSUM under no change: -log10 of that.
             s = min(2.0 * k * stat / _LOG10, MAX_SURPRISE)
             if s > 0 and (best is None or s > best.surprise):
@@ -1257,11 +1263,9 @@ class FeatureStore:
             self._note_novelties(st, event)
         if st.drifts:  # the CUSUMs of judged fields advance with every event
             judged, steps = self._drift_steps
-            if judged is event:  # Drift.step with the z the judge computed
-                k = cfg.drift_slack
+            if judged is event:  # with the z values the judge computed
                 for judged_drift, z in steps:
-                    judged_drift.hi = max(judged_drift.hi + z - k, 0.0)
-                    judged_drift.lo = max(judged_drift.lo - z - k, 0.0)
+                    judged_drift.step_by(z, cfg.drift_slack)
             else:
                 prefix = _type_prefix(event)
                 for name, x in event.numbers.items():

@@ -367,17 +367,17 @@ class Worker:
     # -- housekeeping and failures -----------------------------------------------------
 
     def _housekeeping(self) -> None:
-        # Due commits first: a worker resuming after a pause past its lease tries its commit,
-        # which the fence refuses, before it notices the lost lease.
+        # Due commits first: a partition owner resuming after a pause past its lease tries its
+        # commit (in one go), which the fence refuses, before it notices the lost lease.
         # One slice of commit encoding per round, shared by the owned partitions.
         deadline = time.perf_counter() + self.settings.commit_slice_ms / 1000
         for p, c in list(self.consumers.items()):
-            if c.checkpoint_due() and p is not None:
-                self._guard_fence(p, c.checkpoint)
-            elif p is None:
+            if p is None:
                 if c.checkpoint_due():  # by time: frozen and encoded in slices like the rest
                     c.freeze()
                 c.commit_step(deadline)
+            elif c.checkpoint_due():
+                self._guard_fence(p, c.checkpoint)
             else:
                 self._guard_fence(p, partial(c.commit_step, deadline))
         now = time.monotonic()
