@@ -29,7 +29,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 detector \
     && useradd --system --uid 10001 --gid detector --create-home \
         --home-dir /home/detector --shell /usr/sbin/nologin detector
-# Also for a uid given with `docker run --user`, which has no passwd entry to name a home.
+# Named here too: Docker derives HOME from /etc/passwd only for the USER listed there.
 ENV HOME=/home/detector
 
 # Build from a throwaway copy: the wheel (with the `detector.models` specs) lands in
