@@ -28,7 +28,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from detector.cli import SECRET_ENVVARS, cli
+from detector.cli import SECRET_ENVVARS, cli, global_option
 from detector.shop import DEMO_KINDS, iter_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,8 +242,8 @@ def test_detector_is_configured_only_through_its_envvars(
 
 @pytest.mark.usefixtures("compose_environ")
 def test_detector_env_values_parse_as_run_options(detector_env: dict[str, str]) -> None:
-    group_ctx, run_ctx = parse_with_env("run")
-    assert group_ctx.params["log_format"] == "json"
+    _, run_ctx = parse_with_env("run")
+    assert global_option(run_ctx, "log_format") == "json"
     assert run_ctx.params["redis_url"] == detector_env["DETECTOR_REDIS_URL"]
     assert run_ctx.params["streams"] == (detector_env["DETECTOR_STREAM"],)
     assert run_ctx.params["group"] == detector_env["DETECTOR_GROUP"]
