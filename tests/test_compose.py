@@ -32,7 +32,7 @@ import redis
 import yaml
 from click.testing import CliRunner
 
-from detector.cli import SECRET_ENVVARS, checkpoint_key, cli, default_baselines_dir
+from detector.cli import SECRET_ENVVARS, checkpoint_key, cli, default_baselines_dir, global_option
 from detector.settings import HEALTH_KEY
 from detector.shop import DEMO_KINDS, iter_events
 
@@ -422,8 +422,8 @@ def test_detector_is_configured_only_through_its_envvars(
 
 @pytest.mark.usefixtures("compose_environ")
 def test_detector_env_values_parse_as_run_options(detector_env: dict[str, str]) -> None:
-    group_ctx, run_ctx = parse_with_env("run")
-    assert group_ctx.params["log_format"] == "json"
+    _, run_ctx = parse_with_env("run")
+    assert global_option(run_ctx, "log_format") == "json"
     assert run_ctx.params["redis_url"] == detector_env["DETECTOR_REDIS_URL"]
     assert run_ctx.params["streams"] == (detector_env["DETECTOR_STREAM"],)
     assert run_ctx.params["group"] == detector_env["DETECTOR_GROUP"]
