@@ -485,6 +485,9 @@ def cli() -> None:
          help="An owner silent this long loses its partitions (late commits refused).")  # fmt: skip
 @_option("--cluster", env="CLUSTER", is_flag=True,
          help="--redis-url names a Redis Cluster node: use a cluster client.")  # fmt: skip
+@_option("--status-interval-s", env="STATUS_INTERVAL_S", default=10.0, show_default=True,
+         type=click.FloatRange(0), help="Log a status line (events/s, lag, alerts, dead "
+         "letters, producers) this often; on a terminal, a live line (0: off).")  # fmt: skip
 @_format_options
 @_tls_options
 def run(**kw: Any) -> None:
@@ -683,24 +686,18 @@ def alerts(
         msg = "alerts needs --redis-url (or DETECTOR_REDIS_URL)"
         raise click.UsageError(msg)
     _refuse_password_on_command_line(click.get_current_context(), redis_url)
+    from detector.alert_reader import AlertReader
     from detector.console import alert_line
 
     r = redis.Redis.from_url(
         redis_url, decode_responses=True, socket_timeout=30, **redis_options(redis_url, **tls)
     )
-    last = "0-0"
-    latest: list[tuple[str, dict[str, str]]] = r.xrevrange(alerts_stream, count=count)  # type: ignore[assignment]
-    for entry_id, fields in reversed(latest):
-        click.echo(_show(fields, as_json, alert_line))
-        last = entry_id
-    while follow:
-        reply: list[tuple[str, list[tuple[str, dict[str, str]]]]] = r.xread(  # type: ignore[assignment]
-            {alerts_stream: last}, block=5000, count=100
-        )
-        for _, items in reply or ():
-            for entry_id, fields in items:
-                click.echo(_show(fields, as_json, alert_line))
-                last = entry_id
+    # Through Redis restarts: the reader reconnects and goes on after the last alert shown.
+    reader = AlertReader(r, alerts_stream, block_ms=5000)
+    for entry in reader.tail(count):
+        click.echo(_show(entry.fields, as_json, alert_line))
+    for entry in reader.read(follow=follow):
+        click.echo(_show(entry.fields, as_json, alert_line))
 
 
 def _show(fields: dict[str, str], as_json: bool, line: Callable[[dict[str, str]], str]) -> str:

@@ -178,6 +178,8 @@ class Settings:
         lease_ttl_ms: a partition's lease lives this long unless renewed (every third of it);
             an owner silent longer loses the partition and its late commit is refused.
         cluster: connect with a Redis Cluster client (``redis_url`` is one startup node).
+        status_interval_s: a status line (events/s, lag, alerts, dead letters, producers)
+            this often; a live line on a terminal (0: none).
     """
 
     redis_url: str | None = None
@@ -215,6 +217,7 @@ class Settings:
     worker_count: int | None = None
     lease_ttl_ms: int = 15_000
     cluster: bool = False
+    status_interval_s: float = 10.0
 
     @property
     def assignment(self) -> str | None:

@@ -16,6 +16,7 @@ or one output stream's keys, so the same code runs on Redis Cluster (one slot ea
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -119,6 +120,32 @@ CONNECTION_ERRORS = (
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
 )
+
+
+class Outage:
+    """How long a connection has been failing, to log its end once: "reconnected after N s".
+
+    Call :meth:`failed` on each connection error and :meth:`ok` after each success; only the
+    first success after a failure logs (and returns) the outage's length.
+    """
+
+    __slots__ = ("log", "since")
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.since: float | None = None
+
+    def failed(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+
+    def ok(self) -> float | None:
+        if self.since is None:
+            return None
+        seconds = time.monotonic() - self.since
+        self.since = None
+        self.log.info("reconnected after %.1f s", seconds, extra={"outage_s": round(seconds, 3)})
+        return seconds
 
 
 def connect(

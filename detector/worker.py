@@ -36,7 +36,8 @@ from detector.ownership import Fence, FencedError, Leases, Membership
 from detector.pipeline import Pipeline, Verdict
 from detector.scoring import ModelSpec, load_spec
 from detector.settings import CHECKPOINT_KEY, HEALTH_KEY, Settings
-from detector.streams import CONNECTION_ERRORS, Client, Streams, connect, sweep
+from detector.status import StatusReporter
+from detector.streams import CONNECTION_ERRORS, Client, Outage, Streams, connect, sweep
 
 __all__ = ["RunStats", "Worker"]
 
@@ -112,6 +113,8 @@ class Worker:
         ttl = settings.lease_ttl_ms
         self.leases = Leases(self.client, settings.group, settings.consumer, ttl)
         self.membership = Membership(self.client, settings.group, settings.consumer, ttl)
+        self.status = StatusReporter(self, settings.status_interval_s)
+        self._outage = Outage(log)  # logs "reconnected after N s" once reads work again
         if settings.partitions is None:
             key = CHECKPOINT_KEY.format(group=settings.group, consumer=settings.consumer)
             self.consumers[None] = Consumer(self.rt, self._streams(settings.streams), key)
@@ -166,9 +169,11 @@ class Worker:
             if max_events is not None and self.stats.events >= max_events:
                 break
             self._housekeeping()
+            self.status.tick()
             try:
                 n = self._read_round(until_idle)
             except CONNECTION_ERRORS as exc:
+                self._outage.failed()
                 self._recover_connection(exc)
                 continue
             except redis.ResponseError as exc:
@@ -179,12 +184,14 @@ class Worker:
                 for c in self.consumers.values():
                     rt.with_retries(c.streams.ensure_groups)
                 continue
+            self._outage.ok()
             if n:
                 last_activity = time.monotonic()
             elif until_idle and (time.monotonic() - last_activity) * 1000 >= s.idle_timeout_ms:
                 if self._quiet():
                     break
                 last_activity = time.monotonic()
+        self.status.close()
         self._shutdown()
         self.stats.elapsed_s = time.monotonic() - started
         log.info("worker stopped", extra={"stats": asdict(self.stats)})
