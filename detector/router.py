@@ -20,7 +20,11 @@ partitioned workers read them. The router is stateless apart from Redis:
 * Entries without a valid producer go to the dead-letter stream (the worker's format, reason
   ``missing_producer`` / ``empty_producer`` / ``invalid_producer``), at most once each.
 
-Every script touches one slot, so the router runs unchanged on Redis Cluster.
+Only the route script is the router's own; the rest is the worker's: the lease
+(:class:`~detector.ownership.Leases`), the group, reads and once-only dead-letter appends
+(:class:`~detector.streams.Streams`), the retry policy (:func:`~detector.streams.retry`) and
+the producer and size checks (:class:`~detector.events.Decoder`). Every script touches one
+slot, so the router runs unchanged on Redis Cluster.
 """
 
 from __future__ import annotations
