@@ -58,7 +58,11 @@ class FencedError(DetectorError):
 
 @dataclass(frozen=True, slots=True)
 class Fence:
-    """The lease a partition's reads and commits must still hold: key and token."""
+    """The lease a partition's reads and commits must still hold: key and token.
+
+    A lease that guards no partition (:meth:`Leases.take`, the router's) has partition -1
+    and epoch 0.
+    """
 
     partition: int
     lease_key: str
@@ -97,6 +101,14 @@ class Leases:
         if epoch is None:
             return None
         return Fence(p, lease, f"{self.worker}:{int(epoch)}")
+
+    def take(self, lease_key: str) -> Fence | None:
+        """Take a lease that guards no partition (the router's, on its source) if it is free:
+        no epoch, as nothing is fenced by it. Renewed and released like a partition's."""
+        token = f"{self.worker}:0"
+        if not self.r.set(lease_key, token, nx=True, px=self.ttl_ms):
+            return None
+        return Fence(-1, lease_key, token)
 
     def renew(self, fence: Fence) -> bool:
         """Extend the lease; False if it expired or another worker holds it now."""
