@@ -23,6 +23,7 @@ from rich.text import Text
 
 from detector.alerts import Alert
 from detector.console import event_time_text
+from detector.errors import ConfigError
 from detector.pipeline import Verdict
 from detector.settings import CHECKPOINT_KEY, Settings
 from detector.shop import DEMO_KINDS, Incident, generate, incident_for
@@ -129,7 +130,11 @@ def run_demo(
 ) -> bool:
     """Run the demo against the Redis at ``url``; prints alerts live, then a summary."""
     out = console or Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-    shop = generate(seed=seed, duration_s=hours * 3600, kinds=DEMO_KINDS)
+    try:
+        shop = generate(seed=seed, duration_s=hours * 3600, kinds=DEMO_KINDS)
+    except ValueError as exc:  # too short a span for the incidents after the warm-up
+        msg = f"--hours {hours:g} is too short for the demo's incidents ({exc}); try --hours 2"
+        raise ConfigError(msg) from exc
     producers = sorted({e["producer"] for e in shop.events})
     out.print(
         f"[bold]shop simulation[/]: {len(shop.events):,} events from {len(producers)} producers "

@@ -25,3 +25,10 @@ def test_demo_shows_progress_and_no_reset_state_warning(r: redis.Redis, redis_ur
     assert replayed == processed == total > 10_000
     summary = re.search(r"alerts (\d+) \(", text)
     assert summary and int(summary.group(1)) == alerts
+
+
+def test_a_demo_too_short_for_its_incidents_is_a_usage_error(redis_url: str) -> None:
+    out = cli("demo", "--redis-url", redis_url, "--hours", "1", "--speed", "0", timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert "--hours 1 is too short" in out.stderr and "--hours 2" in out.stderr
