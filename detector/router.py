@@ -44,7 +44,7 @@ from detector.events import Decoder
 from detector.ownership import Fence, Leases
 from detector.partitions import check_name, check_partitions, partition_of, partition_stream
 from detector.settings import DEFAULT_DEAD_LETTER_STREAM, DEFAULT_STREAM, EventFormat
-from detector.streams import CONNECTION_ERRORS, Client, DeadLetter, Output, Streams, retry
+from detector.streams import CONNECTION_ERRORS, Client, DeadLetter, Outage, Output, Streams, retry
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ class Router:
         self.config = config
         self.r = client
         self.stats = RouterStats()
+        self.outage = Outage(log)  # logs "reconnected after N s" once reads work again
         self.lease_key = LEASE.format(group=config.group, source=config.source)
         self.leases = Leases(client, config.group, uuid.uuid4().hex, config.lease_ttl_ms)
         self.fence: Fence | None = None  # the source's lease, while this router holds it
@@ -197,7 +198,11 @@ class Router:
             self._replay_pending(stop)
             self._follow(stop, until_idle=until_idle, idle_timeout_ms=idle_timeout_ms)
 
-        retry(session, stop, lambda exc: log.warning("redis unavailable, retrying: %s", exc))
+        def failed(exc: Exception) -> None:
+            self.outage.failed()
+            log.warning("redis unavailable, retrying: %s", exc)
+
+        retry(session, stop, failed)
         self.release()
         return self.stats
 
@@ -208,6 +213,7 @@ class Router:
             self.renew_lease()
             block = min(cfg.block_ms, idle_timeout_ms) if until_idle else cfg.block_ms
             entries = self.streams.read({cfg.source: ">"}, cfg.batch_size, block)
+            self.outage.ok()
             if entries:
                 self.route([(entry_id, fields) for _, entry_id, fields in entries])
                 idle_since = time.monotonic()

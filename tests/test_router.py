@@ -7,6 +7,7 @@ seqs appear in increasing order in its partition".
 
 from __future__ import annotations
 
+import logging
 import secrets
 import signal
 import subprocess
@@ -247,9 +248,12 @@ def test_dead_letters_do_not_trim_the_dead_letter_stream(r: redis.Redis, redis_u
     assert r.xlen(DEAD) == 451
 
 
-def test_routing_goes_on_after_its_connections_are_killed(r: redis.Redis, redis_url: str) -> None:
+def test_routing_goes_on_after_its_connections_are_killed(
+    r: redis.Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Connection errors are retried: the pending entries are replayed, nothing lost or
-    doubled."""
+    doubled; each reconnection is logged."""
+    caplog.set_level(logging.INFO, logger="detector.router")
     events = workload(producers=10, per_producer=60, seed=5)
     append(r, SOURCE, events)
     router = make_router(redis_url, batch_size=10)
@@ -269,6 +273,8 @@ def test_routing_goes_on_after_its_connections_are_killed(r: redis.Redis, redis_
     assert stats, "the router did not finish"
     check_exactly_once_in_order(events, routed(r))
     assert pending(r) == 0
+    reconnects = [m for m in caplog.messages if m.startswith("reconnected after")]
+    assert 1 <= len(reconnects) <= kills
 
 
 def test_exactly_once_across_kill_9_of_the_router(r: redis.Redis, redis_url: str) -> None:
