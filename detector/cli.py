@@ -643,11 +643,14 @@ def train(**kw: Any) -> None:
         entries = baselines.read_stream(client, stream, start, end)
         total = int(client.xlen(stream))
     with _progress(total) as advance:
-        learned, rejected = baselines.learn(pipeline, decoder, stream, entries, advance)
-    baselines.save(pipeline, path, signer)
+        done = baselines.learn(pipeline, decoder, stream, entries, advance)
+    # Where the data ended, so that `run --baseline` starts after it (file ids mean nothing).
+    offsets = {stream: done.last_id} if kw["redis_url"] and done.last_id else {}
+    baselines.save(pipeline, path, signer, offsets)
     click.echo(
-        f"baseline {path}: learned {learned} events from {len(pipeline.store)} producers "
-        f"({rejected} rejected)",
+        f"baseline {path}: learned {done.learned} events from {len(pipeline.store)} producers "
+        f"({done.rejected} rejected), up to entry {done.last_id if offsets else '-'} and event "
+        f"time {pipeline.store.watermark_ms}",
         err=True,
     )
 

@@ -182,7 +182,7 @@ class Worker:
                 # The group (or stream) was deleted under us: recreate it and carry on.
                 log.warning("consumer group missing, recreating: %s", exc)
                 for c in self.consumers.values():
-                    rt.with_retries(c.streams.ensure_groups)
+                    rt.with_retries(partial(c.streams.ensure_groups, c.processed_upto))
                 continue
             self._outage.ok()
             if n:
@@ -215,10 +215,10 @@ class Worker:
 
     def _start_unpartitioned(self) -> None:
         c = self.consumers[None]
-        self.rt.with_retries(c.streams.ensure_groups)
         if not self._restored:
-            c.restore()
+            c.restore()  # first: a refused baseline or checkpoint leaves no group behind
             self._restored = True
+        self.rt.with_retries(lambda: c.streams.ensure_groups(c.processed_upto))
         self.rt.with_retries(lambda: c.drain_own_pending(dict.fromkeys(self.settings.streams, "0")))
 
     def _read_round(self, until_idle: bool) -> int:
@@ -328,8 +328,8 @@ class Worker:
         c = Consumer(self.rt, streams, partitions.checkpoint_key(s.group, p), p)
         self.consumers[p] = c
         log.info("partition %d acquired, epoch %d", p, fence.epoch)
-        self.rt.with_retries(streams.ensure_groups)
-        c.restore()
+        c.restore()  # first: a refused baseline or checkpoint leaves no group behind
+        self.rt.with_retries(lambda: streams.ensure_groups(c.processed_upto))
         cursors = dict.fromkeys(streams.streams, "0")
         if self._guard_fence(p, lambda: self.rt.with_retries(lambda: c.drain_own_pending(cursors))):
             # Commit the replay at once: another handoff would re-deliver it (delivery counts
