@@ -266,7 +266,7 @@ class Consumer:
                 out.dead_letters.append(DeadLetter(e.stream, e.entry_id, {}, "error", v.error))
             elif v.alert is not None:
                 out.alerts.append(v.alert)
-            out.alerts.extend(v.silence)  # producers this event's time revealed as silent
+            out.alerts.extend(v.side_alerts)  # producers this event's time revealed as silent
         if not claimed:
             # A read returns each stream's entries in id order: its last one is its highest.
             last = {stream: entry_id for stream, entry_id, _ in entries}

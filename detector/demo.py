@@ -156,7 +156,7 @@ def run_demo(
     progress = Progress(out, len(shop.events), board)
 
     def show(verdicts: list[Verdict]) -> None:
-        for alert in (a for v in verdicts for a in (v.alert, *v.silence) if a is not None):
+        for alert in (a for v in verdicts for a in (v.alert, *v.side_alerts) if a is not None):
             incident = board.record(alert)
             mark = f"[green]{incident.kind}[/]" if incident else "[red]false alert[/]"
             out.print(

@@ -56,7 +56,7 @@ def established(p: Pipeline, producers: list[str], n: int, t0: int = 0) -> int:
 
 
 def alerts_of(verdicts: list[Verdict]) -> list[Alert]:
-    return [a for v in verdicts for a in ((v.alert,) if v.alert else ()) + v.silence]
+    return [a for v in verdicts for a in ((v.alert,) if v.alert else ()) + v.side_alerts]
 
 
 def reason(alert: Alert, field: str) -> str:
@@ -185,7 +185,7 @@ def _pipeline() -> Pipeline:
 
 
 def _key(v: Verdict) -> tuple[Any, ...]:
-    return (v.event.entry_id, v.score, v.flagged, v.held, v.alert, v.silence)
+    return (v.event.entry_id, v.score, v.flagged, v.held, v.alert, v.side_alerts)
 
 
 def test_replay_from_incremental_checkpoints_gives_identical_verdicts() -> None:
