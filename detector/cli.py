@@ -36,6 +36,7 @@ from detector.options import (
     global_params,
     refuse_password_on_command_line,
     setting_option,
+    setting_options,
     settings_from,
     settings_options,
     tls_options,
@@ -113,13 +114,11 @@ def run(**kw: Any) -> None:
 @env_option("--output", "output_path", env="OUTPUT", required=True,
             type=click.Path(dir_okay=False, writable=True, path_type=Path),
             help="CSV: producer,event_time,score,alert (one row per input event).")  # fmt: skip
-@setting_option("model")
-@setting_option("threshold")
+@setting_options("model", "threshold")
 @env_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True,
             help="Stream the events count as coming from (producer fallback, alert "
             "ids).")  # fmt: skip
-@setting_option("max_producers")
-@setting_option("producer_idle_ttl_s")
+@setting_options("max_producers", "producer_idle_ttl_s")
 @baseline_options
 @format_options
 def score(**kw: Any) -> None:
@@ -216,8 +215,7 @@ def _progress(total: int | None) -> Iterator[Callable[[int], None]]:
 
 @cli.command()
 @config_option
-@setting_option("redis_url")
-@setting_option("alerts_stream")
+@setting_options("redis_url", "alerts_stream")
 @env_option("--follow", "-f", env="FOLLOW", is_flag=True, help="Keep printing new alerts.")
 @env_option("--json", "as_json", env="JSON", is_flag=True, help="One JSON object per line.")
 @env_option("--count", env="COUNT", default=100, show_default=True, help="Latest alerts to show.")
@@ -260,8 +258,7 @@ def _show(fields: dict[str, str], as_json: bool, line: Callable[[dict[str, str]]
 
 @cli.command()
 @config_option
-@setting_option("redis_url")
-@setting_option("group")
+@setting_options("redis_url", "group")
 @env_option("--consumer", env="CONSUMER", default=None,
             help="Check this consumer (default: any live consumer of the group).")  # fmt: skip
 @tls_options
@@ -291,13 +288,11 @@ def check(redis_url: str | None, group: str, consumer: str | None, **tls: Path |
 
 
 @cli.command()
-@setting_option("streams")
-@setting_option("group")
+@setting_options("streams", "group")
 @env_option("--consumer", env="CONSUMER", default=None,
             help="Pin the checkpoint and health keys to this consumer (default: any consumer "
             "of the group).")  # fmt: skip
-@setting_option("alerts_stream")
-@setting_option("dead_letter_stream")
+@setting_options("alerts_stream", "dead_letter_stream")
 @env_option("--worker-user", env="ACL_WORKER_USER", default="detector-worker", show_default=True,
             help="ACL user of the workers.")  # fmt: skip
 @env_option("--producer-user", env="ACL_PRODUCER_USER", default="detector-producer",
@@ -373,9 +368,7 @@ def models() -> None:
 
 @cli.command()
 @config_option
-@setting_option("redis_url")
-@setting_option("model")
-@setting_option("threshold")
+@setting_options("redis_url", "model", "threshold")
 @env_option("--seed", env="SEED", default=7, show_default=True,
             help="Random seed of the simulated shop and its incidents.")  # fmt: skip
 @env_option("--hours", env="HOURS", default=6.0, show_default=True,
@@ -418,19 +411,20 @@ def demo(redis_url: str | None, model: str, threshold: float | None, seed: int, 
             help="The router's consumer group on --source.")  # fmt: skip
 @env_option("--consumer", env="ROUTER_CONSUMER", default="router", show_default=True,
             help="Consumer name of this router in its group.")  # fmt: skip
-@setting_option("dead_letter_stream")
-@setting_option("producer_field")
-@setting_option("max_entry_bytes")
-@setting_option("max_fields")
-@setting_option("batch_size")
-@setting_option("block_ms")
+@setting_options(
+    "dead_letter_stream",
+    "producer_field",
+    "max_entry_bytes",
+    "max_fields",
+    "batch_size",
+    "block_ms",
+)
 @env_option("--maxlen", env="ROUTE_MAXLEN", default=0, show_default=True,
             help="Cap each partition stream at about this many entries (0: no cap).")  # fmt: skip
 @env_option("--lease-ttl-ms", env="ROUTER_LEASE_TTL_MS", default=10_000, show_default=True,
             help="Only the holder of this lease routes --source; others wait.")  # fmt: skip
 @setting_option("until_idle", help="Exit 0 once nothing arrives for --idle-timeout-ms.")
-@setting_option("idle_timeout_ms")
-@setting_option("cluster")
+@setting_options("idle_timeout_ms", "cluster")
 @tls_options
 def route(**kw: Any) -> None:
     """Re-key an unpartitioned stream into the partition streams, by producer."""

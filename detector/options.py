@@ -100,6 +100,11 @@ def setting_option(name: str, *, help: str | None = None) -> Callable[[F], F]:
     )
 
 
+def setting_options(*names: str) -> Callable[[F], F]:
+    """The options of these settings fields, in this order."""
+    return lambda f: _apply(f, [setting_option(name) for name in names])
+
+
 def _apply(f: F, decorators: list[Callable[[F], F]]) -> F:
     """Decorate so that the options show in the list's order."""
     for decorator in reversed(decorators):
@@ -123,12 +128,12 @@ def baseline_options(f: F) -> F:
 def format_options(f: F) -> F:
     """Where an entry keeps its producer, time, type and payload; input caps."""
     names = [x.name for x in fields(EventFormat) if x.name in _OPTION_FIELDS]
-    return _apply(f, [setting_option(name) for name in names])
+    return setting_options(*names)(f)
 
 
 def tls_options(f: F) -> F:
     """CA, client certificate and key for rediss:// URLs (verification is always on)."""
-    return _apply(f, [setting_option(n) for n in ("tls_ca_cert", "tls_cert", "tls_key")])
+    return setting_options("tls_ca_cert", "tls_cert", "tls_key")(f)
 
 
 def settings_options(f: F) -> F:
