@@ -166,3 +166,65 @@ class BaselineEnd:
             and event.stream not in self.exact
             and event.producer in self.producers
         )
+
+
+# -- `detector train` ------------------------------------------------------------------------
+
+
+def file_entries(path: Path) -> Iterator[tuple[str, dict[bytes, bytes]]]:
+    """A JSONL or CSV file's entries; a record without an entry id gets ``0-<n>`` (records
+    that do not parse are left out)."""
+    from detector.offline import read_records  # offline imports this module
+
+    for n, (entry_id, fields) in enumerate(read_records(path)):
+        if not isinstance(fields, str):
+            yield entry_id or f"0-{n}", fields
+
+
+def stream_entries(
+    client: redis.Redis, stream: str, start: str | None, end: str | None
+) -> tuple[Iterator[tuple[str, dict[bytes, bytes]]], int]:
+    """The entries of ``stream`` from ``start`` to ``end`` (entry ids or times; None: its
+    first and last) and the stream's length (the progress bar's total)."""
+    entries = read_stream(client, stream, stream_bound(start, "-"), stream_bound(end, "+"))
+    return entries, int(client.xlen(stream))
+
+
+@dataclass(frozen=True, slots=True)
+class Trained:
+    """A saved baseline: what it learned, and where its data ended.
+
+    Attributes:
+        learned, rejected: events learned, entries rejected.
+        producers: producers in the state.
+        last_id: the last entry id it read from its stream (None: trained from a file, whose
+            ids mean nothing to a stream).
+        watermark_ms: the latest event time it learned.
+    """
+
+    learned: int
+    rejected: int
+    producers: int
+    last_id: str | None
+    watermark_ms: int
+
+
+def train(
+    pipeline: Pipeline,
+    decoder: Decoder,
+    stream: str,
+    entries: Iterable[tuple[str, dict[bytes, bytes]]],
+    path: Path,
+    signer: Signer,
+    *,
+    from_stream: bool,
+    progress: Callable[[int], None] | None = None,
+) -> Trained:
+    """Learn ``entries`` (read from ``stream``, or a file counting as it) and save the
+    baseline at ``path``."""
+    done = learn(pipeline, decoder, stream, entries, progress)
+    # Where the data ended, so that `run --baseline` starts after it (file ids mean nothing).
+    last_id = done.last_id if from_stream else None
+    save(pipeline, path, signer, {stream: last_id} if last_id else {})
+    store = pipeline.store
+    return Trained(done.learned, done.rejected, len(store), last_id, store.watermark_ms)

@@ -146,7 +146,7 @@ def run_demo(
     settings = Settings(
         redis_url=url, streams=(DEMO_STREAM,), consumer=DEMO_CONSUMER, model=model,
         threshold=threshold, metrics_port=metrics_port, until_idle=True, idle_timeout_ms=3000,
-        checkpoint_key=secrets.token_bytes(32),  # the demo's Redis lives as long as the demo
+        checkpoint_secret=secrets.token_bytes(32),  # the demo's Redis lives as long as the demo
         status_interval_s=0,  # the demo shows its own progress
     )  # fmt: skip
     # A fresh start: a previous demo's stream (and group) and checkpoint go; not through

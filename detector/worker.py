@@ -76,7 +76,7 @@ class Worker:
         if settings.redis_url is None and client is None:
             msg = "a worker needs a redis_url or a client"
             raise ValueError(msg)
-        if settings.checkpoint_key is None:
+        if settings.checkpoint_secret is None:
             msg = "a worker needs a checkpoint key (DETECTOR_CHECKPOINT_KEY)"
             raise ConfigError(msg)
         _check_partitioning(settings)
@@ -94,7 +94,7 @@ class Worker:
         self.rt = Runtime(
             settings=settings,
             spec=self.spec,
-            signer=Signer(settings.checkpoint_key),
+            signer=Signer(settings.checkpoint_secret),
             decoder=Decoder(settings.event_format),
             metrics=metrics or Metrics(CollectorRegistry(), settings.streams, self.spec.name),
             on_verdicts=on_verdicts,

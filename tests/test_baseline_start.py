@@ -118,7 +118,7 @@ def test_partitioned_run_from_a_baseline_skips_the_period_it_learned(
     seen: list[Verdict] = []
     settings = Settings(
         redis_url=redis_url, streams=("orders",), group="new", consumer="w0", until_idle=True,
-        idle_timeout_ms=300, block_ms=100, checkpoint_key=TEST_KEY, baseline=path,
+        idle_timeout_ms=300, block_ms=100, checkpoint_secret=TEST_KEY, baseline=path,
         partitions=2, assign="static", worker_index=0, worker_count=1,
     )  # fmt: skip
     stats = Worker(settings, on_verdicts=seen.extend).run()

@@ -252,7 +252,7 @@ def run_mixed(
     stream, consumer = f"fuzz:{n}", f"fz-{n}"
     settings_ = Settings(
         redis_url=url, streams=(stream,), consumer=consumer, until_idle=True,
-        idle_timeout_ms=150, block_ms=50, checkpoint_key=TEST_KEY,
+        idle_timeout_ms=150, block_ms=50, checkpoint_secret=TEST_KEY,
         alerts_stream=f"fuzz:{n}:alerts", dead_letter_stream=f"fuzz:{n}:dead",
     )  # fmt: skip
     raw = redis.Redis.from_url(url)
@@ -424,7 +424,7 @@ def test_entry_with_thousands_of_fields_is_dead_lettered_not_lost(redis_url: str
     raw.xadd(stream, {"producer": "p", "a": "2"})
     settings_ = Settings(
         redis_url=redis_url, streams=(stream,), consumer="c1", until_idle=True,
-        idle_timeout_ms=100, block_ms=50, checkpoint_key=TEST_KEY,
+        idle_timeout_ms=100, block_ms=50, checkpoint_secret=TEST_KEY,
     )  # fmt: skip
     crashes = 0
     for _ in range(3):  # restarted after a crash, as a supervisor would
