@@ -50,6 +50,8 @@ class Outcome:
     redis_kills: int = 0
     recovery_s: list[float] = field(default_factory=list)  # kill -> health (first new read)
     replayed: list[int] = field(default_factory=list)  # entries pending at each kill
+    dead_letters: dict[str, int] = field(default_factory=dict)  # reason -> entries
+    appended: int = 0  # entries in the input stream at the end
 
 
 def _workload(producers: int, per_producer: int, seed: int) -> list[dict[str, str]]:
@@ -99,6 +101,10 @@ def _outcome(url: str, consumer: str) -> Outcome:
     (group,) = r.xinfo_groups(STREAM)
     last = group["last-delivered-id"]
     out = Outcome(alerts, learned, snap.meta["offsets"], int(group["pending"]), last.decode())
+    out.appended = int(r.xlen(STREAM))
+    out.dead_letters = dict(
+        Counter(f[b"reason"].decode() for _, f in r.xrange("detector:dead-letter"))
+    )
     r.close()
     return out
 
@@ -202,7 +208,9 @@ def _pending(r: redis.Redis) -> int:
 def _check(reference: Outcome, faulty: Outcome, total: int) -> None:
     # Events lost 0: everything delivered, nothing pending, every event in the state. (The
     # group's entries-read counter is not an oracle: it is not exact across Redis restarts.)
+    assert faulty.appended == total, "the harness's appender lost entries"
     assert faulty.last_delivered == f"{total}-1" and faulty.pending == 0
+    assert faulty.dead_letters == {}, "valid entries were dead-lettered"
     assert sum(faulty.learned.values()) == total
     assert faulty.offsets == reference.offsets
     twice = {p: n for p, n in faulty.learned.items() if n != reference.learned.get(p)}
