@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from detector.checkpoint import FrozenCommit
@@ -24,7 +24,7 @@ from detector.ownership import Fence, NoFence
 if TYPE_CHECKING:
     from detector.consumer import Runtime
     from detector.pipeline import Pipeline
-    from detector.streams import Entry
+    from detector.streams import Acks, Entry, HashFields
 
 
 class CommitGateway(Protocol):
@@ -33,13 +33,7 @@ class CommitGateway(Protocol):
     @property
     def fence(self) -> Fence | NoFence: ...
 
-    def commit(
-        self,
-        key: str,
-        fields: Mapping[str, bytes],
-        removed: Sequence[str],
-        acks: Mapping[str, Sequence[str]],
-    ) -> None:
+    def commit(self, key: str, fields: HashFields, removed: Sequence[str], acks: Acks) -> None:
         """One transaction: write ``fields``, delete ``removed``, XACK ``acks``.
 
         Raises:

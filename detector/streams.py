@@ -38,6 +38,9 @@ Client: TypeAlias = "redis.Redis | RedisCluster"
 
 # Raw entry as read: (stream, entry id, fields).
 Entry = tuple[str, str, dict[bytes, bytes]]
+# A commit's parts: checkpoint hash fields to write, and entry ids to XACK per stream.
+HashFields: TypeAlias = Mapping[str, bytes]
+Acks: TypeAlias = Mapping[str, Sequence[str]]
 
 # Appends each entry whose guard key is new. KEYS: (stream, guard key) pairs. ARGV: guard ttl,
 # maxlen, then per entry: the number of field/value items, the items. Returns entries written.
@@ -360,13 +363,7 @@ class Streams:
             written += int(self._append_once(keys=keys, args=args))
         return written
 
-    def commit(
-        self,
-        key: str,
-        fields: Mapping[str, bytes],
-        removed: Sequence[str],
-        acks: Mapping[str, Sequence[str]],
-    ) -> None:
+    def commit(self, key: str, fields: HashFields, removed: Sequence[str], acks: Acks) -> None:
         """One transaction: write the checkpoint's changed fields, drop evicted ones, XACK."""
         pipe = self.r.pipeline(transaction=True)
         if fields:
@@ -491,13 +488,7 @@ class FencedStreams(Streams):
         """Nothing: a partition's pending entries are its owner's own (read at acquisition)."""
         return "0-0", [], 0
 
-    def commit(
-        self,
-        key: str,
-        fields: Mapping[str, bytes],
-        removed: Sequence[str],
-        acks: Mapping[str, Sequence[str]],
-    ) -> None:
+    def commit(self, key: str, fields: HashFields, removed: Sequence[str], acks: Acks) -> None:
         """The MULTI's commands in a script that first checks the lease.
 
         Raises:

@@ -403,8 +403,7 @@ class Worker:
                 self._tails[p] = result[1]
         if total == 0 and not encoding:
             self._wait(block_ms)
-        if total or self.owned:
-            self._update_gauges()
+        self._update_gauges()
         return total
 
     def _wait(self, block_ms: int) -> None:

@@ -9,7 +9,7 @@ lifecycle are in test_state.py, test_worker.py, test_crash.py and test_ownership
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import pytest
 import redis
@@ -24,7 +24,7 @@ from detector.ownership import NO_FENCE, Fence, FencedError, NoFence
 from detector.pipeline import Pipeline
 from detector.scoring import load_spec
 from detector.settings import Settings
-from detector.streams import Entry
+from detector.streams import Acks, Entry, HashFields
 from tests.conftest import TEST_KEY
 from tests.helpers import order_events
 
@@ -53,13 +53,7 @@ class FakeGateway:
         for stream, entry_id, _ in entries:
             self.pending.setdefault(stream, set()).add(entry_id)
 
-    def commit(
-        self,
-        key: str,
-        fields: Mapping[str, bytes],
-        removed: Sequence[str],
-        acks: Mapping[str, Sequence[str]],
-    ) -> None:
+    def commit(self, key: str, fields: HashFields, removed: Sequence[str], acks: Acks) -> None:
         if self.fence.refuses and self.lease_lost:
             raise FencedError("fake: lease lost")
         if self.failures:
