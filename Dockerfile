@@ -1,7 +1,16 @@
 # detector: real-time anomaly detection for Redis Streams.
 #
 #   docker build -t detector .
-#   docker run --rm -e DETECTOR_REDIS_URL=redis://host:6379/0 -p 9100:9100 detector
+#   mkdir -p -m 0700 secrets && (umask 022 && set -C && openssl rand -hex 32 > secrets/checkpoint.key)
+#   docker run --rm -e DETECTOR_REDIS_URL=redis://host:6379/0 \
+#       -e DETECTOR_CHECKPOINT_KEY_FILE=/run/secrets/checkpoint_key \
+#       -v "$PWD/secrets/checkpoint.key:/run/secrets/checkpoint_key:ro" -p 9100:9100 detector
+#
+# The checkpoint key signs the worker's state in Redis: create it once (`set -C` refuses to
+# overwrite it) and give every worker of a group the same one. The image holds none. The file
+# is mounted with its host owner and mode, so it must be readable by the container's uid 10001
+# (0644), inside a directory only you can enter (0700). DETECTOR_CHECKPOINT_KEY=<key> works too,
+# but shows in `docker inspect`.
 #
 # Configured through DETECTOR_* environment variables only (see `detector run --help`). Every
 # dependency ships binary wheels (amd64 and arm64), so the image needs no compiler.
@@ -13,10 +22,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_ROOT_USER_ACTION=ignore \
     DETECTOR_METRICS_PORT=9100
 
-# A fixed non-root uid, so volume permissions and policies can name it.
+# A fixed non-root uid, so volume permissions and policies can name it. Its home is writable:
+# without a key from the environment, `detector` keeps a generated one in
+# ~/.config/detector/, and `detector train` writes baselines to ~/.local/share/detector/
+# (mount a volume at /home/detector to keep them).
 RUN groupadd --system --gid 10001 detector \
-    && useradd --system --uid 10001 --gid detector --no-create-home \
-        --home-dir /nonexistent --shell /usr/sbin/nologin detector
+    && useradd --system --uid 10001 --gid detector --create-home \
+        --home-dir /home/detector --shell /usr/sbin/nologin detector
+# Named here too: Docker derives HOME from /etc/passwd only for the USER listed there.
+ENV HOME=/home/detector
 
 # Build from a throwaway copy: the wheel (with the `detector.models` specs) lands in
 # site-packages and the source tree is removed, so nothing can shadow the installed package.
@@ -37,10 +51,13 @@ USER 10001:10001
 
 EXPOSE 9100
 
-# A live worker refreshes its health key every second; `check` reads it (exit 0 or 1).
-# Needs DETECTOR_REDIS_URL (and DETECTOR_GROUP if not the default) in the environment.
+# A live worker refreshes its health key every second; `check` reads this container's own
+# (exit 0 or 1), named as `detector run` names its consumer: DETECTOR_CONSUMER, else the host
+# name (the container id), so a replica is unhealthy even while its siblings live. Needs
+# DETECTOR_REDIS_URL (and DETECTOR_GROUP if not the default) in the environment; set the
+# consumer through DETECTOR_CONSUMER, not --consumer, for the check to see it.
 HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 \
-    CMD ["detector", "check"]
+    CMD detector check --consumer "${DETECTOR_CONSUMER:-${HOSTNAME:?}}"
 
 ENTRYPOINT ["detector"]
 CMD ["run"]

@@ -310,8 +310,9 @@ def router_rules(cfg: AclConfig, password: str) -> list[str]:
       it ``HGET``/``HSET`` on the marks, ``XADD`` (with ``MAXLEN``) on the partitions;
     - dead letters: the dead-letter append script (``EXISTS``, ``XADD``, ``SET … EX`` on its
       guard keys of the source entries), ``XADD`` only on the stream itself;
-    - its lease (``detector:router:lease:<group>:<source>``): ``SET NX PX``, ``GET``, the
-      renew script (``GET``, ``PEXPIRE``), ``DEL``;
+    - its lease (``detector:router:lease:<group>:<source>``): ``SET NX PX``, and the
+      renew and release scripts of :class:`detector.ownership.Leases` (``GET``, ``PEXPIRE``,
+      ``DEL``);
     - ``SCRIPT LOAD`` (after a Redis restart empties the script cache).
     """
     sources = [glob_escape(s) for s in cfg.source_streams]

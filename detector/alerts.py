@@ -104,6 +104,48 @@ class Alert:
             "emitted_at": str(emitted_at_ms),
         }
 
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str]) -> Alert:
+        """The alert of a stream entry (decoded fields): :meth:`to_fields` read back, without
+        ``emitted_at``; a reason's ``contribution`` comes back as its (rounded) surprise.
+
+        Raises:
+            ValueError: a field is missing or malformed.
+
+        >>> why = (Reason("rate", "", "9/s", "1/s", 3.0),)
+        >>> a = Alert("id", "p", "s", "1-0", 5, 0.99, 0.9, "m", why)
+        >>> Alert.from_fields({k: v if isinstance(v, str) else v.decode()
+        ...                    for k, v in a.to_fields(7).items()}) == a
+        True
+        """
+        try:
+            reasons = tuple(
+                Reason(
+                    str(r["feature"]),
+                    str(r.get("field") or ""),
+                    str(r.get("observed", "")),
+                    str(r.get("expected", "")),
+                    float(r.get("contribution", 0.0)),
+                )
+                for r in orjson.loads(fields.get("reasons", "[]"))
+            )
+            return cls(
+                alert_id=fields["alert_id"],
+                producer=fields["producer"],
+                source_stream=fields.get("source_stream", ""),
+                source_id=fields.get("source_id", ""),
+                event_time=int(fields["event_time"]),
+                score=float(fields["score"]),
+                threshold=float(fields["threshold"]),
+                model=fields.get("model", ""),
+                reasons=reasons,
+                suppressed=int(fields.get("suppressed") or 0),
+                kind=fields.get("kind") or ANOMALY,
+            )
+        except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
+            msg = f"not an alert entry: {type(exc).__name__}: {exc}"
+            raise ValueError(msg) from None
+
 
 class AlertBudget:
     """At most ``per_minute`` alerts per minute of event time over all producers (0: no cap).

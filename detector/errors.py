@@ -1,6 +1,19 @@
-"""Exception hierarchy: one root, exit codes mapped once in the CLI."""
+"""Exception hierarchy: one root, exit codes mapped once in the CLI; install hints."""
 
 from __future__ import annotations
+
+# The distribution's name (pyproject.toml's [project] name): `detector` on the package index is
+# an unrelated project. The import package and the command stay `detector`.
+DISTRIBUTION = "redis-stream-detector"
+
+
+def install_hint(extra: str) -> str:
+    """How to install an optional extra, from the index or in a checkout.
+
+    >>> install_hint("embedded")
+    "pip install 'redis-stream-detector[embedded]' (or pip install -e '.[embedded]' in a checkout)"
+    """
+    return f"pip install '{DISTRIBUTION}[{extra}]' (or pip install -e '.[{extra}]' in a checkout)"
 
 
 class DetectorError(Exception):

@@ -89,7 +89,7 @@ class Decoder:
             InvalidEventError: the entry breaks the contract or a cap; ``reason`` says how.
         """
         fmt = self._fmt
-        size = self._check_shape(fields)
+        size = self.check_shape(fields)
 
         numbers: dict[str, float] = {}
         strings: dict[str, str] = {}
@@ -99,9 +99,7 @@ class Decoder:
         for raw_key, raw_value in fields.items():
             # The format's own field names are valid text: only other names need decoding.
             if raw_key == self._producer:
-                producer = self._text(raw_value, "producer", fmt.max_name_len)
-                if not producer:
-                    raise InvalidEventError("empty_producer", fmt.producer_field)
+                producer = self.check_producer(raw_value)
             elif raw_key == self._time:
                 event_time_ms = parse_time_ms(raw_value)
             elif raw_key == self._type:
@@ -117,7 +115,18 @@ class Decoder:
             event_time_ms = entry_id_ms(entry_id)
         return Event(stream, entry_id, producer, event_time_ms, etype, numbers, strings, size)
 
-    def _check_shape(self, fields: dict[bytes, bytes]) -> int:
+    def check_producer(self, raw: bytes) -> str:
+        """The producer field's value as text.
+
+        Raises:
+            InvalidEventError: ``empty_producer``, ``invalid_utf8`` or ``string_too_long``.
+        """
+        producer = self._text(raw, "producer", self._fmt.max_name_len)
+        if not producer:
+            raise InvalidEventError("empty_producer", self._fmt.producer_field)
+        return producer
+
+    def check_shape(self, fields: dict[bytes, bytes]) -> int:
         """Reject empty, too wide or too large entries before parsing; returns the size."""
         fmt = self._fmt
         if not fields:

@@ -62,7 +62,8 @@ class Fence:
 
     A lease can be lost, so its owner writes what it must in one go: a time-due commit (a
     lost lease refuses it before anything is applied) and the replay of a partition just
-    acquired (another handoff would re-deliver it).
+    acquired (another handoff would re-deliver it). A lease that guards no partition
+    (:meth:`Leases.take`, the router's) has partition -1 and epoch 0.
     """
 
     refuses: ClassVar[bool] = True
@@ -121,6 +122,14 @@ class Leases:
         if epoch is None:
             return None
         return Fence(p, lease, f"{self.worker}:{int(epoch)}")
+
+    def take(self, lease_key: str) -> Fence | None:
+        """Take a lease that guards no partition (the router's, on its source) if it is free:
+        no epoch, as nothing is fenced by it. Renewed and released like a partition's."""
+        token = f"{self.worker}:0"
+        if not self.r.set(lease_key, token, nx=True, px=self.ttl_ms):
+            return None
+        return Fence(-1, lease_key, token)
 
     def renew(self, fence: Fence) -> bool:
         """Extend the lease; False if it expired or another worker holds it now."""

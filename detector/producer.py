@@ -21,7 +21,7 @@ import orjson
 
 from detector.partitions import check_name, check_partitions, partition_of, partition_stream
 from detector.settings import DEFAULT_STREAM, EventFormat
-from detector.streams import Client
+from detector.streams import Client, _text
 
 # A field value as a producer hands it over: text and numbers as they are, bytes verbatim,
 # and a mapping (the JSON payload field) as JSON.
@@ -107,7 +107,3 @@ def _encode(value: FieldValue) -> str | bytes:
     if isinstance(value, Mapping):
         return orjson.dumps(value).decode()
     return str(value)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

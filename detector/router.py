@@ -20,32 +20,31 @@ partitioned workers read them. The router is stateless apart from Redis:
 * Entries without a valid producer go to the dead-letter stream (the worker's format, reason
   ``missing_producer`` / ``empty_producer`` / ``invalid_producer``), at most once each.
 
-Every script touches one slot, so the router runs unchanged on Redis Cluster.
+Only the route script is the router's own; the rest is the worker's: the lease
+(:class:`~detector.ownership.Leases`), the group, reads and once-only dead-letter appends
+(:class:`~detector.streams.Streams`), the retry policy (:func:`~detector.streams.retry`) and
+the producer and size checks (:class:`~detector.events.Decoder`). Every script touches one
+slot, so the router runs unchanged on Redis Cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from detector.errors import DetectorError, InvalidEventError
+from detector.events import Decoder
+from detector.ownership import Fence, Leases
 from detector.partitions import check_name, check_partitions, partition_of, partition_stream
-from detector.settings import (
-    DEAD_LETTER_GUARD_KEY,
-    DEFAULT_DEAD_LETTER_STREAM,
-    DEFAULT_STREAM,
-    GUARD_TTL_S,
-    EventFormat,
-)
-from detector.streams import CONNECTION_ERRORS, Client, DeadLetter
+from detector.settings import DEFAULT_DEAD_LETTER_STREAM, DEFAULT_STREAM, EventFormat
+from detector.streams import CONNECTION_ERRORS, Client, DeadLetter, Outage, Output, Streams, retry
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +91,6 @@ while i <= #ARGV do
   i = i + n + 2
 end
 return written
-"""
-# Same as the worker's dead-letter append: XADD unless the entry's guard key exists.
-_DEAD_LETTER = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
-return 1
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 
 
@@ -166,12 +154,22 @@ class Router:
         self.config = config
         self.r = client
         self.stats = RouterStats()
-        self.token = uuid.uuid4().hex
+        self.outage = Outage(log)  # logs "reconnected after N s" once reads work again
         self.lease_key = LEASE.format(group=config.group, source=config.source)
+        self.leases = Leases(client, config.group, uuid.uuid4().hex, config.lease_ttl_ms)
+        self.fence: Fence | None = None  # the source's lease, while this router holds it
+        self.streams = Streams(
+            client,
+            streams=(config.source,),
+            group=config.group,
+            consumer=config.consumer,
+            alerts_stream="",  # the router writes no alerts
+            dead_letter_stream=config.dead_letter_stream,
+            maxlen=0,  # no cap on the dead letters: the workers' appends trim them
+        )
+        self.decoder = Decoder(config.event_format)
         self._producer = config.event_format.producer_field.encode()
         self._route = client.register_script(_ROUTE)
-        self._dead_letter = client.register_script(_DEAD_LETTER)
-        self._renew = client.register_script(_RENEW)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -183,28 +181,29 @@ class Router:
         stop: threading.Event | None = None,
     ) -> RouterStats:
         """Route until ``stop`` is set (or, with ``until_idle``, nothing new arrives for
-        ``idle_timeout_ms``). Connection errors are retried; the pending entries are replayed
-        after each, as a lost XREADGROUP reply leaves entries pending that were never seen.
+        ``idle_timeout_ms``). Connection errors are retried (the worker's policy); the
+        pending entries are replayed after each, as a lost XREADGROUP reply leaves entries
+        pending that were never seen.
 
         Raises:
             LeaseLostError: another router took the lease (this one stalled past its TTL).
         """
         stop = stop or threading.Event()
-        backoff_s = 0.1
-        while not stop.is_set():
-            try:
-                self.acquire(stop)
-                if stop.is_set():
-                    break
-                self._ensure_group()
-                self._replay_pending(stop)
-                self._follow(stop, until_idle=until_idle, idle_timeout_ms=idle_timeout_ms)
-                break
-            except CONNECTION_ERRORS as exc:
-                log.warning("redis unavailable, retrying in %.1fs: %s", backoff_s, exc)
-                stop.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
-        self._release()
+
+        def session() -> None:
+            self.acquire(stop)
+            if stop.is_set():
+                return
+            self.streams.ensure_groups()  # from the start: a new router routes what is there
+            self._replay_pending(stop)
+            self._follow(stop, until_idle=until_idle, idle_timeout_ms=idle_timeout_ms)
+
+        def failed(exc: Exception) -> None:
+            self.outage.failed()
+            log.warning("redis unavailable, retrying: %s", exc)
+
+        retry(session, stop, failed)
+        self.release()
         return self.stats
 
     def _follow(self, stop: threading.Event, *, until_idle: bool, idle_timeout_ms: int) -> None:
@@ -213,9 +212,10 @@ class Router:
         while not stop.is_set():
             self.renew_lease()
             block = min(cfg.block_ms, idle_timeout_ms) if until_idle else cfg.block_ms
-            entries = self._read(">", block_ms=block)
+            entries = self.streams.read({cfg.source: ">"}, cfg.batch_size, block)
+            self.outage.ok()
             if entries:
-                self.route(entries)
+                self.route([(entry_id, fields) for _, entry_id, fields in entries])
                 idle_since = time.monotonic()
             elif until_idle and (time.monotonic() - idle_since) * 1000 >= idle_timeout_ms:
                 return
@@ -228,27 +228,13 @@ class Router:
         cursor = "0-0"
         while not stop.is_set():
             self.renew_lease()
-            reply: Any = self.r.xautoclaim(
-                cfg.source, cfg.group, cfg.consumer, 0, cursor, count=cfg.batch_size
-            )
-            cursor = _text(reply[0])
-            entries = [(_text(eid), fields) for eid, fields in reply[1] if eid is not None]
+            cursor, entries, deleted = self.streams.claim(cfg.source, 0, cursor, cfg.batch_size)
             if entries:
-                self.route(entries)
-            if len(reply) > 2 and reply[2]:  # deleted while pending: nothing left to route
-                self._ack([_text(i) for i in reply[2]], trimmed=True)
+                self.route([(entry_id, fields) for _, entry_id, fields in entries])
+            if deleted:  # deleted while pending: Redis dropped them from the pending list
+                self._note_trimmed(deleted)
             if cursor == "0-0":
                 return
-
-    def _read(self, after: str, *, block_ms: int | None) -> list[tuple[str, dict[bytes, bytes]]]:
-        cfg = self.config
-        reply: Any = self.r.xreadgroup(
-            cfg.group, cfg.consumer, {cfg.source: after}, count=cfg.batch_size, block=block_ms
-        )
-        if not reply:
-            return []
-        items = reply[0][1] if isinstance(reply, list) else next(iter(reply.values()))[0]
-        return [(_text(eid), fields) for eid, fields in items]
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -259,7 +245,7 @@ class Router:
         letters: list[DeadLetter] = []
         trimmed: list[str] = []
         for entry_id, fields in entries:
-            if fields is None:  # deleted from the stream while pending
+            if not fields:  # deleted from the stream while pending (an entry has a field)
                 trimmed.append(entry_id)
                 continue
             try:
@@ -276,97 +262,70 @@ class Router:
             written = int(self._route(keys=keys, args=args))
             self.stats.routed += written
             self.stats.duplicates += len(batch) - written
-        now_ms = int(time.time() * 1000)
+        if letters:
+            self.stats.dead_lettered += self.streams.emit(Output(dead_letters=letters))
         for letter in letters:
-            guard = DEAD_LETTER_GUARD_KEY.format(
-                dead_letter_stream=cfg.dead_letter_stream,
-                stream=letter.stream,
-                entry_id=letter.entry_id,
-            )
-            items = [x for kv in letter.to_fields(now_ms).items() for x in kv]
-            self.stats.dead_lettered += int(
-                self._dead_letter(keys=[cfg.dead_letter_stream, guard], args=[GUARD_TTL_S, *items])
-            )
             log.info("dead-lettered %s %s: %s", letter.stream, letter.entry_id, letter.reason)
         self.stats.read += len(entries)
-        self._ack([e for e, f in entries if f is not None])
-        self._ack(trimmed, trimmed=True)
+        self._ack([e for e, f in entries if f])
+        if trimmed:
+            self._note_trimmed(len(trimmed))
+            self._ack(trimmed)
 
     def producer_of(self, fields: dict[bytes, bytes]) -> str:
-        """The entry's producer id, as the worker's decoder reads it.
+        """The entry's producer id, checked by the worker's decoder, and the decoder's caps
+        on the entry (the worker would reject it anyway, and a script's XADD takes at most
+        ~8000 arguments).
 
         Raises:
             InvalidEventError: no producer field, an empty one, not a valid name, or an entry
                 over the format's caps.
         """
-        fmt = self.config.event_format
         raw = fields.get(self._producer)
         if raw is None:
-            raise InvalidEventError(MISSING_PRODUCER, f"no {fmt.producer_field!r} field")
-        if not raw:
-            raise InvalidEventError(EMPTY_PRODUCER, fmt.producer_field)
+            field_name = self.config.event_format.producer_field
+            raise InvalidEventError(MISSING_PRODUCER, f"no {field_name!r} field")
         try:
-            producer = raw.decode()
-        except UnicodeDecodeError:
-            raise InvalidEventError(INVALID_PRODUCER, "not UTF-8") from None
-        if len(producer) > fmt.max_name_len:
-            detail = f"longer than {fmt.max_name_len} characters"
-            raise InvalidEventError(INVALID_PRODUCER, detail)
-        # The worker's caps: it would reject these anyway, and a script's XADD can take at
-        # most ~8000 arguments.
-        if len(fields) > fmt.max_fields:
-            raise InvalidEventError(TOO_MANY_FIELDS, f"{len(fields)} > {fmt.max_fields}")
-        size = sum(len(k) + len(v) for k, v in fields.items())
-        if size > fmt.max_entry_bytes:
-            raise InvalidEventError(ENTRY_TOO_LARGE, f"{size} bytes > {fmt.max_entry_bytes}")
+            producer = self.decoder.check_producer(raw)
+        except InvalidEventError as exc:
+            if exc.reason == EMPTY_PRODUCER:
+                raise
+            raise InvalidEventError(INVALID_PRODUCER, str(exc)) from None  # not UTF-8, too long
+        self.decoder.check_shape(fields)
         return producer
 
-    def _ack(self, ids: Iterable[str], *, trimmed: bool = False) -> None:
-        ids = list(ids)
-        if not ids:
-            return
-        if trimmed:
-            self.stats.trimmed += len(ids)
-            log.warning(
-                "%d entries of %s were trimmed before routing", len(ids), self.config.source
-            )
-        self.r.xack(self.config.source, self.config.group, *ids)
+    def _ack(self, ids: list[str]) -> None:
+        if ids:
+            self.r.xack(self.config.source, self.config.group, *ids)
 
-    # -- group and lease -------------------------------------------------------------------
+    def _note_trimmed(self, n: int) -> None:
+        self.stats.trimmed += n
+        log.warning("%d entries of %s were trimmed before routing", n, self.config.source)
 
-    def _ensure_group(self) -> None:
-        try:
-            # From the start of the source: a new router routes what is already there.
-            self.r.xgroup_create(self.config.source, self.config.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    # -- lease -----------------------------------------------------------------------------
 
     def acquire(self, stop: threading.Event) -> None:
         """Wait until this router holds the source's lease (or ``stop`` is set)."""
-        ttl = self.config.lease_ttl_ms
         while not stop.is_set():
-            if self.r.set(self.lease_key, self.token, nx=True, px=ttl):
+            if self.fence is not None and self.leases.renew(self.fence):
+                return  # still ours (a retry after a connection error)
+            self.fence = self.leases.take(self.lease_key)
+            if self.fence is not None:
                 log.info("router lease %s acquired", self.lease_key)
                 return
-            if self.r.get(self.lease_key) in (self.token, self.token.encode()):
-                self.renew_lease()
-                return
             log.info("another router holds %s; waiting", self.lease_key)
-            stop.wait(ttl / 3000)
+            stop.wait(self.config.lease_ttl_ms / 3000)
 
     def renew_lease(self) -> None:
-        if not int(self._renew(keys=[self.lease_key], args=[self.token, self.config.lease_ttl_ms])):
+        if self.fence is None or not self.leases.renew(self.fence):
             msg = f"router lease {self.lease_key} lost: another router routes {self.config.source}"
             raise LeaseLostError(msg)
 
-    def _release(self) -> None:
-        try:
-            if self.r.get(self.lease_key) in (self.token, self.token.encode()):
-                self.r.delete(self.lease_key)
-        except CONNECTION_ERRORS:
-            pass  # it expires on its own
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    def release(self) -> None:
+        """Free the lease if it is still ours: the check and the DEL in one script, so a
+        lease another router took meanwhile stays its own."""
+        if self.fence is None:
+            return
+        with contextlib.suppress(*CONNECTION_ERRORS):  # else it expires on its own
+            self.leases.release(self.fence)
+        self.fence = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -297,14 +298,22 @@ def available_models() -> dict[str, str]:
 
 
 def load_spec(name_or_path: str) -> ModelSpec:
-    """A shipped spec by name, or a spec file by path.
+    """A shipped spec by name, or a spec file by path (a value with a slash or ending in
+    ``.toml``).
 
     Raises:
-        ConfigError: no such spec, or it is invalid.
+        ConfigError: no such spec or file, or it is invalid.
     """
     path = Path(name_or_path)
-    if path.suffix == ".toml" and path.is_file():
-        return parse_spec(path.read_text(), str(path))
+    if "/" in name_or_path or os.sep in name_or_path or path.suffix == ".toml":
+        try:
+            return parse_spec(path.read_text(), str(path))
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            msg = f"model spec file not found: {name_or_path}"
+            raise ConfigError(msg) from None
+        except OSError as exc:
+            msg = f"model spec file {name_or_path}: {exc.strerror}"
+            raise ConfigError(msg) from None
     entry = files("detector.models").joinpath(f"{name_or_path}.toml")
     if not entry.is_file():
         msg = f"unknown model {name_or_path!r}; shipped: {sorted(available_models())}"

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from detector.errors import ConfigError
+
 DEFAULT_STREAM = "events"
 DEFAULT_GROUP = "detector"
 DEFAULT_ALERTS_STREAM = "detector:alerts"
@@ -53,6 +55,48 @@ def mask_url(url: str | None) -> str | None:
         )
         out = out.replace("?" + parts.query, "?" + masked, 1)
     return out
+
+
+REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(url: str) -> str:
+    """The URL, if redis-py can connect with it: the one check of every command's URL.
+
+    Messages show the URL masked (they may reach logs).
+
+    >>> check_redis_url("redis://localhost:6379/0")
+    'redis://localhost:6379/0'
+    >>> check_redis_url("db:6379")
+    Traceback (most recent call last):
+    ...
+    detector.errors.ConfigError: 'db:6379' has no scheme: write redis://db:6379 (rediss:// for TLS)
+    """
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on "host:abc" or 99999
+    except ValueError as exc:
+        msg = f"{mask_url(url)} cannot be parsed: {exc}"
+        raise ConfigError(msg) from None
+    if "://" not in url:
+        # "host:6379" parses as scheme "host"; never echo what may be "user:password@host".
+        shown = f"{url!r} has" if "@" not in url else "the URL has"
+        intent = f"redis://{url}" if "@" not in url else "redis://HOST:PORT"
+        msg = f"{shown} no scheme: write {intent} (rediss:// for TLS)"
+        raise ConfigError(msg)
+    if parts.scheme not in REDIS_URL_SCHEMES:
+        msg = (
+            f"{mask_url(url)}: scheme {parts.scheme!r} is not one of redis://, rediss:// (TLS), "
+            "unix:// (a socket path)"
+        )
+        raise ConfigError(msg)
+    if parts.scheme == "unix" and not parts.path:
+        msg = f"{mask_url(url)} names no socket path (unix:///path/to/redis.sock)"
+        raise ConfigError(msg)
+    if parts.scheme != "unix" and not parts.hostname:
+        msg = f"{mask_url(url)} names no host ({parts.scheme}://HOST:PORT)"
+        raise ConfigError(msg)
+    return url
 
 
 def default_consumer() -> str:
@@ -134,6 +178,8 @@ class Settings:
         lease_ttl_ms: a partition's lease lives this long unless renewed (every third of it);
             an owner silent longer loses the partition and its late commit is refused.
         cluster: connect with a Redis Cluster client (``redis_url`` is one startup node).
+        status_interval_s: a status line (events/s, lag, alerts, dead letters, producers)
+            this often; a live line on a terminal (0: none).
     """
 
     redis_url: str | None = None
@@ -171,6 +217,7 @@ class Settings:
     worker_count: int | None = None
     lease_ttl_ms: int = 15_000
     cluster: bool = False
+    status_interval_s: float = 10.0
 
     @property
     def assignment(self) -> str | None:

@@ -17,8 +17,10 @@ on Redis Cluster (one slot each).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -43,13 +45,17 @@ HashFields: TypeAlias = Mapping[str, bytes]
 Acks: TypeAlias = Mapping[str, Sequence[str]]
 
 # Appends each entry whose guard key is new. KEYS: (stream, guard key) pairs. ARGV: guard ttl,
-# maxlen, then per entry: the number of field/value items, the items. Returns entries written.
+# maxlen (0: no cap), then per entry: the number of field/value items, the items. Returns
+# entries written.
 _APPEND_ONCE = """
 local ttl, maxlen, i, written = ARGV[1], ARGV[2], 3, 0
+local cap = {'MAXLEN', '~', maxlen}
+if tonumber(maxlen) == 0 then cap = {} end
 for k = 1, #KEYS, 2 do
   local n = tonumber(ARGV[i])
   if redis.call('EXISTS', KEYS[k + 1]) == 0 then
-    local args = {'XADD', KEYS[k], 'MAXLEN', '~', maxlen, '*'}
+    local args = {'XADD', KEYS[k], unpack(cap)}
+    args[#args + 1] = '*'
     for j = i + 1, i + n do args[#args + 1] = ARGV[j] end
     redis.call(unpack(args))
     -- The guard only after the XADD: scripts do not roll back, so a failed XADD must not
@@ -123,6 +129,59 @@ CONNECTION_ERRORS = (
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
 )
+MAX_BACKOFF_S = 5.0
+
+
+def retry(
+    step: Callable[[], object],
+    stop: threading.Event,
+    on_error: Callable[[Exception], object],
+    *,
+    even_when_stopping: bool = False,
+) -> bool:
+    """Run ``step`` until it gets through connection errors, backing off from 0.1 s to
+    :data:`MAX_BACKOFF_S`; each error goes to ``on_error`` first. Gives up (False) once
+    ``stop`` is set, unless ``even_when_stopping``: commits and appends must land."""
+    delay = 0.1
+    while True:
+        try:
+            step()
+            return True
+        except CONNECTION_ERRORS as exc:
+            on_error(exc)
+            if stop.is_set() and not even_when_stopping:
+                return False
+            if even_when_stopping:
+                time.sleep(delay)
+            else:
+                stop.wait(delay)  # a stop cuts the wait short
+            delay = min(delay * 2, MAX_BACKOFF_S)
+
+
+class Outage:
+    """How long a connection has been failing, to log its end once: "reconnected after N s".
+
+    Call :meth:`failed` on each connection error and :meth:`ok` after each success; only the
+    first success after a failure logs (and returns) the outage's length.
+    """
+
+    __slots__ = ("log", "since")
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.since: float | None = None
+
+    def failed(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+
+    def ok(self) -> float | None:
+        if self.since is None:
+            return None
+        seconds = time.monotonic() - self.since
+        self.since = None
+        self.log.info("reconnected after %.1f s", seconds, extra={"outage_s": round(seconds, 3)})
+        return seconds
 
 
 def connect(
@@ -386,16 +445,6 @@ class Streams:
         )
         return {_text(row["message_id"]): int(row["times_delivered"]) for row in rows}  # type: ignore[arg-type]
 
-    def pending_count(self) -> int:
-        """Entries pending for this consumer, over all input streams."""
-        total = 0
-        for stream in self.streams:
-            summary = self.r.xpending(stream, self.group)
-            for c in summary.get("consumers") or []:
-                if _text(c["name"]) == self.consumer:
-                    total += int(c["pending"])
-        return total
-
     def group_info(self) -> dict[str, tuple[int | None, int]]:
         """Per input stream: (lag, pending) of the group; lag is None when Redis cannot tell."""
         out: dict[str, tuple[int | None, int]] = {}
@@ -405,9 +454,6 @@ class Streams:
                     lag = g.get("lag")
                     out[stream] = (None if lag is None else int(lag), int(g["pending"]))
         return out
-
-    def set_health(self, key: str, summary: bytes, ttl_ms: int) -> None:
-        self.r.set(key, summary, px=ttl_ms)
 
 
 class FencedStreams(Streams):

@@ -40,11 +40,13 @@ from detector.ownership import NO_FENCE, Fence, FencedError, Leases, Membership,
 from detector.pipeline import Pipeline, Verdict
 from detector.scoring import ModelSpec, load_spec
 from detector.settings import CHECKPOINT_KEY, HEALTH_KEY, Settings
+from detector.status import StatusReporter
 from detector.streams import (
     CONNECTION_ERRORS,
     Client,
     Entry,
     FencedStreams,
+    Outage,
     Streams,
     connect,
     sweep,
@@ -256,6 +258,8 @@ class Worker:
         self._rotation = 0
         self._tails: dict[int, dict[str, str]] = {}
         self._target: list[int] = []
+        self.status = StatusReporter(self, settings.status_interval_s)
+        self._outage = Outage(log)  # logs "reconnected after N s" once reads work again
         for p in self.assignment.held():
             self.consumers[p] = self._consumer(p, NO_FENCE)
 
@@ -309,9 +313,11 @@ class Worker:
             if max_events is not None and self.stats.events >= max_events:
                 break
             self._housekeeping()
+            self.status.tick()
             try:
                 n = self._read_round(until_idle)
             except CONNECTION_ERRORS as exc:
+                self._outage.failed()
                 self._recover_connection(exc)
                 continue
             except redis.ResponseError as exc:
@@ -322,12 +328,14 @@ class Worker:
                 for c in self.consumers.values():
                     rt.with_retries(c.streams.ensure_groups)
                 continue
+            self._outage.ok()
             if n:
                 last_activity = time.monotonic()
             elif until_idle and (time.monotonic() - last_activity) * 1000 >= s.idle_timeout_ms:
                 if self._quiet():
                     break
                 last_activity = time.monotonic()
+        self.status.close()
         self._shutdown()
         self.stats.elapsed_s = time.monotonic() - started
         log.info("worker stopped", extra={"stats": asdict(self.stats)})

@@ -13,6 +13,9 @@ import json
 import os
 import re
 import shlex
+import socket
+import stat
+import subprocess
 import sys
 import threading
 import time
@@ -25,16 +28,20 @@ from urllib.parse import urlsplit
 
 import click
 import pytest
+import redis
 import yaml
 from click.testing import CliRunner
 
-from detector.cli import SECRET_ENVVARS, cli
+from detector.cli import SECRET_ENVVARS, checkpoint_key, cli, default_baselines_dir, global_option
+from detector.settings import HEALTH_KEY
 from detector.shop import DEMO_KINDS, iter_events
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+GITIGNORE = ROOT / ".gitignore"
+OPERATIONS = ROOT / "docs" / "operations.md"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 PRODUCER = ROOT / "deploy" / "producer.py"
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -116,6 +123,173 @@ def dockerignore_includes(patterns: list[str], path: str) -> bool:
     return included
 
 
+class MissingVariable(Exception):
+    """Compose's error for ``${VAR:?err}`` / ``${VAR?err}`` with VAR unset: the file fails to
+    load, for every command (``down``, ``ps`` and ``logs`` too)."""
+
+
+_NAME = r"[_a-zA-Z][_a-zA-Z0-9]*"
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's interpolation of one value: ``$$`` is a ``$``; ``$VAR``, ``${VAR}``,
+    ``${VAR:-d}``, ``${VAR-d}``, ``${VAR:+a}``, ``${VAR+a}`` never fail; ``${VAR:?e}`` fails
+    when VAR is unset or empty, ``${VAR?e}`` when unset; any other ``${...}`` is invalid."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] != "$":
+            out.append(text[i])
+            i += 1
+        elif text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("${", i):
+            depth, end = 1, i + 2
+            while depth:
+                assert end < len(text), f"unclosed ${{ in {text!r}"
+                depth += {"{": 1, "}": -1}.get(text[end], 0)
+                end += 1
+            out.append(_substitute(text[i + 2 : end - 1], env))
+            i = end
+        elif m := re.match(_NAME, text[i + 1 :]):
+            out.append(env.get(m.group(), ""))
+            i += 1 + m.end()
+        else:  # a lone `$` stays
+            out.append("$")
+            i += 1
+    return "".join(out)
+
+
+def _substitute(expr: str, env: dict[str, str]) -> str:
+    m = re.fullmatch(rf"({_NAME})(?:(:?)([-?+])(.*))?", expr, re.DOTALL)
+    assert m, f"invalid interpolation ${{{expr}}}"
+    name, colon, op, arg = m.groups()
+    value = env.get(name)
+    # With a colon an empty value counts as unset.
+    present = bool(value) if colon else value is not None
+    if op is None:
+        return value or ""
+    if op == "?" and not present:
+        raise MissingVariable(f"{name}: {arg}")
+    if op == "-" and not present:
+        return interpolate(arg, env)
+    if op == "+":
+        return interpolate(arg, env) if present else ""
+    return value or ""
+
+
+def interpolate_all(node: Any, env: dict[str, str]) -> Any:
+    """The compose file's values as compose resolves them in ``env``."""
+    if isinstance(node, dict):
+        return {k: interpolate_all(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate_all(v, env) for v in node]
+    if isinstance(node, str):
+        return interpolate(node, env)
+    return node
+
+
+def dockerfile_header_commands() -> list[str]:
+    """The shell commands in the Dockerfile's header comment, continuation lines joined."""
+    commands: list[str] = []
+    buf = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        if not raw.startswith("#"):
+            break
+        line = raw.removeprefix("#").strip()
+        if buf:
+            buf += " " + line
+        elif line.startswith(("docker ", "mkdir ")):
+            buf = line
+        else:
+            continue
+        if buf.endswith("\\"):
+            buf = buf[:-1].rstrip()
+        else:
+            commands.append(buf)
+            buf = ""
+    return commands
+
+
+def key_command() -> str:
+    """The one command the docs give to create the checkpoint key file."""
+    [command] = [c for c in dockerfile_header_commands() if c.startswith("mkdir ")]
+    return command
+
+
+def parse_docker_run(
+    argv: list[str],
+) -> tuple[dict[str, str], dict[str, str], list[str], str, list[str]]:
+    """``docker run`` options the example may use -> (env, mounts target->source, published
+    ports, image, args)."""
+    assert argv[:2] == ["docker", "run"], argv
+    env: dict[str, str] = {}
+    mounts: dict[str, str] = {}
+    ports: list[str] = []
+    i = 2
+    while argv[i].startswith("-"):
+        option = argv[i]
+        if option in {"--rm", "-d", "--detach", "--init"}:
+            i += 1
+            continue
+        value = argv[i + 1]
+        i += 2
+        if option in {"-e", "--env"}:
+            name, sep, val = value.partition("=")
+            assert sep, f"-e {value}: pass the value, the host's would be empty here"
+            env[name] = val
+        elif option in {"-v", "--volume"}:
+            source, target, *_ = value.split(":")
+            mounts[target] = source
+        elif option in {"-p", "--publish"}:
+            ports.append(value)
+        else:
+            raise AssertionError(f"docker run option not understood by this test: {option}")
+    image, *args = argv[i:]
+    return env, mounts, ports, image, args
+
+
+def dockerfile_env(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for kw, args in instructions:
+        if kw == "ENV":
+            for item in shlex.split(args):
+                name, _, value = item.partition("=")
+                out[name] = value
+    return out
+
+
+def unwritable_home(tmp_path: Path) -> Path:
+    """A HOME nothing can be created under, even by root: its parent is a regular file."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    return blocker / "home"
+
+
+def use_environ(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], home: Path) -> None:
+    """Exactly ``env``'s DETECTOR_* variables, and ``home`` as an unwritable HOME."""
+    for key in list(os.environ):
+        if key.startswith(("DETECTOR_", "XDG_")):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("DETECTOR_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HOME", str(home))
+
+
+def run_healthcheck(shell_command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A CMD-SHELL healthcheck as Docker runs it: ``/bin/sh -c`` in the container's env, with
+    this worktree's ``detector`` package behind the console script."""
+    bindir = Path(sys.executable).parent
+    assert (bindir / "detector").exists(), "the detector console script is not installed"
+    base = {"PATH": f"{bindir}:/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        ["/bin/sh", "-c", shell_command], env={**base, **env}, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+
+
 # -- fixtures --------------------------------------------------------------------------------
 
 
@@ -124,6 +298,12 @@ def compose() -> dict[str, Any]:
     data = yaml.safe_load(COMPOSE.read_text())
     assert isinstance(data, dict)
     return data
+
+
+@pytest.fixture(scope="module")
+def resolved(compose: dict[str, Any]) -> dict[str, Any]:
+    """The compose file as compose resolves it with no variable set (a bare checkout)."""
+    return interpolate_all(compose, {})  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +393,7 @@ def test_detector_service_shape(services: dict[str, dict[str, Any]]) -> None:
     assert detector["command"] == ["run"], "configure through DETECTOR_* variables, not flags"
     assert detector["depends_on"] == {"redis": {"condition": "service_healthy"}}
     assert detector["restart"] == "unless-stopped"
-    assert healthcheck_argv(detector) == ["detector", "check"]
+    assert healthcheck_argv(detector)[:2] == ["detector", "check"]
 
 
 def test_detector_is_configured_only_through_its_envvars(
@@ -232,9 +412,9 @@ def test_detector_is_configured_only_through_its_envvars(
     assert required <= set(detector_env)
     unknown = set(detector_env) - command_envvars("run") - set(SECRET_ENVVARS)
     assert not unknown, f"not an envvar of `detector run`: {sorted(unknown)}"
-    # The checkpoint key is required from the operator's environment, never a default.
-    key = detector_env["DETECTOR_CHECKPOINT_KEY"]
-    assert key.startswith("${DETECTOR_CHECKPOINT_KEY:?"), key
+    # The checkpoint key comes from the secret file, never from a value in this file.
+    assert "DETECTOR_CHECKPOINT_KEY" not in detector_env
+    assert "DETECTOR_CHECKPOINT_KEY_FILE" in detector_env
     url = urlsplit(detector_env["DETECTOR_REDIS_URL"])
     assert url.scheme in {"redis", "rediss"}
     assert url.hostname in services, "DETECTOR_REDIS_URL should name the compose redis service"
@@ -242,8 +422,8 @@ def test_detector_is_configured_only_through_its_envvars(
 
 @pytest.mark.usefixtures("compose_environ")
 def test_detector_env_values_parse_as_run_options(detector_env: dict[str, str]) -> None:
-    group_ctx, run_ctx = parse_with_env("run")
-    assert group_ctx.params["log_format"] == "json"
+    _, run_ctx = parse_with_env("run")
+    assert global_option(run_ctx, "log_format") == "json"
     assert run_ctx.params["redis_url"] == detector_env["DETECTOR_REDIS_URL"]
     assert run_ctx.params["streams"] == (detector_env["DETECTOR_STREAM"],)
     assert run_ctx.params["group"] == detector_env["DETECTOR_GROUP"]
@@ -272,15 +452,231 @@ def test_healthcheck_command_exists_and_resolves() -> None:
 
 @pytest.mark.usefixtures("compose_environ")
 def test_healthcheck_checks_this_worker(detector_env: dict[str, str]) -> None:
-    """`detector check` gets URL and group (and consumer) from the container's environment."""
+    """`detector check` gets URL and group from the container's environment."""
     assert {"DETECTOR_REDIS_URL", "DETECTOR_GROUP"} <= command_envvars("check")
     assert {"DETECTOR_REDIS_URL", "DETECTOR_GROUP"} <= set(detector_env)
     _, run_ctx = parse_with_env("run")
     _, check_ctx = parse_with_env("check")
     assert check_ctx.params["redis_url"] == run_ctx.params["redis_url"]
     assert check_ctx.params["group"] == run_ctx.params["group"]
-    if check_ctx.params["consumer"] is not None:
-        assert check_ctx.params["consumer"] == run_ctx.params["consumer"]
+
+
+def dockerfile_healthcheck(instructions: list[tuple[str, str]]) -> str:
+    """The image's HEALTHCHECK as the CMD-SHELL string Docker stores for its shell form."""
+    _, sep, command = _only(instructions, "HEALTHCHECK").partition("CMD ")
+    assert sep, "HEALTHCHECK needs a CMD"
+    assert not command.startswith("["), "shell form: the consumer name needs $HOSTNAME"
+    return command
+
+
+def test_service_healthcheck_is_the_images(
+    resolved: dict[str, Any], instructions: list[tuple[str, str]]
+) -> None:
+    kind, command = resolved["services"]["detector"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    assert command == dockerfile_healthcheck(instructions)
+
+
+@pytest.mark.parametrize("source", ["compose", "Dockerfile"])
+def test_each_replica_checks_its_own_health_key(
+    source: str,
+    resolved: dict[str, Any],
+    instructions: list[tuple[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    detector_env: dict[str, str],
+    redis_url: str,
+    r: redis.Redis,
+) -> None:
+    """The healthcheck passes only on this container's own worker's health key, named as
+    `detector run` names its consumer in the same environment; a live sibling is not enough."""
+    service = resolved["services"]["detector"]
+    command = service["healthcheck"]["test"][1] if source == "compose" else (
+        dockerfile_healthcheck(instructions)
+    )  # fmt: skip
+    env = {**detector_env, "DETECTOR_REDIS_URL": redis_url}
+    # Docker gives the container's processes, healthchecks too, HOSTNAME = the host name.
+    container = {**env, "HOSTNAME": socket.gethostname()}
+    for key in list(os.environ):
+        if key.startswith("DETECTOR_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    _, run_ctx = parse_with_env("run")
+    own, group = run_ctx.params["consumer"], run_ctx.params["group"]
+    assert own == socket.gethostname()
+
+    def beat(consumer: str) -> None:
+        r.set(HEALTH_KEY.format(group=group, consumer=consumer), b'{"events": 1}', px=60_000)
+
+    assert run_healthcheck(command, container).returncode == 1, "no worker at all"
+    beat("sibling-replica")
+    out = run_healthcheck(command, container)
+    assert out.returncode == 1, f"healthy on a sibling's key: {out.stdout}"
+    beat(own)
+    out = run_healthcheck(command, container)
+    assert out.returncode == 0, out.stderr
+    # A consumer named through the environment: run and check agree on it.
+    monkeypatch.setenv("DETECTOR_CONSUMER", "pinned")
+    _, run_ctx = parse_with_env("run")
+    assert run_ctx.params["consumer"] == "pinned"
+    pinned = {**container, "DETECTOR_CONSUMER": "pinned"}
+    assert run_healthcheck(command, pinned).returncode == 1
+    beat("pinned")
+    assert run_healthcheck(command, pinned).returncode == 0
+    # No name at all must not fall back to "any worker of the group".
+    nameless = {k: v for k, v in container.items() if k != "HOSTNAME"}
+    assert run_healthcheck(command, nameless).returncode != 0
+
+
+# -- interpolation, the checkpoint key secret -----------------------------------------------
+
+
+def test_interpolation_simulation_follows_compose() -> None:
+    env = {"SET": "v", "EMPTY": ""}
+    assert interpolate("a $SET ${SET} $$SET $$${SET} $ 5", env) == "a v v $SET $v $ 5"
+    assert interpolate("${UNSET:-d} ${EMPTY:-d} ${EMPTY-d} ${UNSET-${SET}}", env) == "d d  v"
+    assert interpolate("${SET:+a}|${EMPTY:+a}|${EMPTY+a}|${UNSET+a}", env) == "a||a|"
+    assert interpolate("$${X:?e} ${EMPTY?e}", env) == "${X:?e} "
+    for failing in ("${UNSET:?set it}", "${UNSET?e}", "${EMPTY:?e}", "x ${A:-${UNSET:?e}}"):
+        with pytest.raises(MissingVariable):
+            interpolate(failing, env)
+    with pytest.raises(AssertionError):
+        interpolate("${not valid}", env)
+
+
+def test_compose_loads_with_no_variable_set(compose: dict[str, Any]) -> None:
+    """`docker compose down`, `ps` and `logs` interpolate the whole file first: a required
+    variable (`${VAR:?}`, `${VAR?}`) that is unset breaks every one of them."""
+    resolved = interpolate_all(compose, {})
+    assert resolved["services"].keys() == compose["services"].keys()
+
+
+def test_checkpoint_key_is_a_declared_and_mounted_secret(resolved: dict[str, Any]) -> None:
+    declared = resolved.get("secrets") or {}
+    for name, service in resolved["services"].items():
+        for secret in service.get("secrets", []):
+            source = secret if isinstance(secret, str) else secret["source"]
+            assert source in declared, f"{name}: secret {source!r} not declared"
+        env = service.get("environment") or {}
+        assert "DETECTOR_CHECKPOINT_KEY" not in env, f"{name}: the key as a plain value"
+    detector = resolved["services"]["detector"]
+    [mount] = detector["secrets"]
+    name = mount if isinstance(mount, str) else mount["source"]
+    target = mount.get("target", name) if isinstance(mount, dict) else name
+    # A relative target lands in /run/secrets/, where the worker is told to read the key.
+    path = PurePosixPath("/run/secrets") / target
+    assert detector["environment"]["DETECTOR_CHECKPOINT_KEY_FILE"] == str(path)
+    source = declared[name]
+    assert set(source) == {"file"}, "a file: `environment:` would need the variable set"
+    key_file = PurePosixPath(source["file"])
+    assert not key_file.is_absolute()
+    # The key stays out of git and out of the image.
+    assert key_file.parts[0] == "secrets"
+    assert "secrets/" in GITIGNORE.read_text().splitlines()
+    patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
+                if line.strip() and not line.startswith("#")]  # fmt: skip
+    assert not dockerignore_includes(patterns, "secrets")
+    # The key command of the docs creates exactly this file.
+    assert str(key_file) in key_command()
+
+
+def test_key_command_makes_a_key_the_container_user_reads(tmp_path: Path) -> None:
+    command = key_command()
+    # One command, the same everywhere it is documented.
+    for doc in (COMPOSE, OPERATIONS):
+        assert command in doc.read_text(), f"{doc.name} documents another key command"
+    sh = ["/bin/sh", "-c", command]
+    subprocess.run(sh, cwd=tmp_path, check=True, timeout=30)
+    key_file = tmp_path / "secrets" / "checkpoint.key"
+    key = key_file.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}\n", key), key
+    # Bind-mounted with its host mode: readable by uid 10001, in a directory only its owner
+    # enters.
+    assert stat.S_IMODE(key_file.stat().st_mode) & stat.S_IROTH
+    assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    # Run again, it keeps the key (a new one would orphan the signed checkpoints).
+    again = subprocess.run(sh, cwd=tmp_path, capture_output=True, timeout=30, check=False)
+    assert again.returncode != 0
+    assert key_file.read_text() == key
+
+
+def test_compose_env_gives_the_worker_the_secret_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resolved: dict[str, Any]
+) -> None:
+    subprocess.run(["/bin/sh", "-c", key_command()], cwd=tmp_path, check=True, timeout=30)
+    host_file = tmp_path / resolved["secrets"]["checkpoint_key"]["file"]
+    env = {k: str(v) for k, v in resolved["services"]["detector"]["environment"].items()}
+    in_container = env["DETECTOR_CHECKPOINT_KEY_FILE"]
+    env["DETECTOR_CHECKPOINT_KEY_FILE"] = str(host_file)  # the mount, outside a container
+    home = unwritable_home(tmp_path)
+    use_environ(monkeypatch, env, home)
+    assert in_container.startswith("/run/secrets/")
+    assert checkpoint_key() == host_file.read_text().strip().encode()
+    assert not home.parent.is_dir()
+
+
+# -- the Dockerfile's `docker run` example ---------------------------------------------------
+
+
+def test_dockerfile_run_example_gives_the_worker_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, instructions: list[tuple[str, str]]
+) -> None:
+    """The header's commands, run in order: build, create the key, run. The worker must get
+    its key from what the example passes, with a HOME it cannot write to."""
+    commands = dockerfile_header_commands()
+    [build] = [shlex.split(c) for c in commands if c.startswith("docker build")]
+    [run] = [c for c in commands if c.startswith("docker run")]
+    tag = build[build.index("-t") + 1]
+    if any(c.startswith("mkdir ") for c in commands):
+        subprocess.run(["/bin/sh", "-c", key_command()], cwd=tmp_path, check=True, timeout=30)
+    argv = shlex.split(run.replace("$PWD", str(tmp_path)))
+    env, mounts, ports, image, args = parse_docker_run(argv)
+    assert image == tag
+    # Inside the container: the image's ENV, then -e; paths under a mount are host paths here.
+    container_env = {**dockerfile_env(instructions), **env}
+    for name, value in container_env.items():
+        for target, source in mounts.items():
+            if value == target or value.startswith(target + "/"):
+                container_env[name] = source + value[len(target) :]
+    home = unwritable_home(tmp_path)
+    use_environ(monkeypatch, container_env, home)
+    key = checkpoint_key()
+    assert len(key) >= 32
+    assert not home.parent.is_dir(), "wrote into HOME"
+    # The options parse with the real CLI, and the published port is the metrics port.
+    argv_cli = args or exec_form(_only(instructions, "CMD"))
+    group_ctx = cli.make_context("detector", list(argv_cli))
+    name, *rest = argv_cli
+    ctx = cli.commands[name].make_context(name, rest, parent=group_ctx)
+    assert ctx.params["redis_url"] == env["DETECTOR_REDIS_URL"]
+    [port] = ports
+    assert port.split(":")[-1] == str(ctx.params["metrics_port"])
+
+
+def test_image_home_is_the_users_and_writable(
+    instructions: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a key in the environment the worker writes one into ~/.config/detector/, and
+    `train` writes baselines into ~/.local/share/detector/: the user needs a home it owns."""
+    [useradd] = [shlex.split(a) for kw, a in instructions if kw == "RUN" and "useradd" in a]
+    tokens = useradd[useradd.index("useradd") :]
+    uid = tokens[tokens.index("--uid") + 1]
+    home = tokens[tokens.index("--home-dir") + 1]
+    assert {"--create-home", "-m"} & set(tokens), "useradd must create the home"
+    assert _only(instructions, "USER").split(":")[0] == uid
+    # HOME also for `docker run --user N`, and the default paths derive from it.
+    assert dockerfile_env(instructions)["HOME"] == home
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", home)
+    assert default_baselines_dir().is_relative_to(home)
+
+
+def test_image_bakes_no_key(instructions: list[tuple[str, str]]) -> None:
+    for kw, args in instructions:
+        if kw in {"ENV", "ARG", "LABEL"}:
+            assert "CHECKPOINT_KEY" not in args, f"{kw} {args}"
+        if kw in {"COPY", "ADD"}:
+            assert "secrets" not in args, f"{kw} {args}"
 
 
 # -- Dockerfile ------------------------------------------------------------------------------
@@ -318,9 +714,9 @@ def test_dockerfile_entrypoint_is_the_console_script(instructions: list[tuple[st
 def test_dockerfile_healthcheck_and_port(
     instructions: list[tuple[str, str]], detector_env: dict[str, str]
 ) -> None:
-    options, sep, command = _only(instructions, "HEALTHCHECK").partition("CMD ")
-    assert sep, "HEALTHCHECK needs a CMD"
-    assert exec_form(command) == [*exec_form(_only(instructions, "ENTRYPOINT")), "check"]
+    options, _, _ = _only(instructions, "HEALTHCHECK").partition("CMD ")
+    argv = shlex.split(dockerfile_healthcheck(instructions))
+    assert argv[:2] == [*exec_form(_only(instructions, "ENTRYPOINT")), "check"]
     assert "--interval=" in options
     exposed = {int(p.split("/")[0]) for p in _only(instructions, "EXPOSE").split()}
     assert int(detector_env["DETECTOR_METRICS_PORT"]) in exposed
@@ -525,8 +921,10 @@ def test_workers_are_replicas_with_dynamic_partitions(
     assert "container_name" not in detector, "a fixed name forbids replicas"
     assert int(detector_env["DETECTOR_PARTITIONS"]) == 16
     assert detector_env["DETECTOR_ASSIGN"] == "dynamic"
-    # Each replica must be a distinct member: no shared consumer or worker name.
+    # Each replica must be a distinct member: no shared consumer or worker name, and no
+    # shared host name (the default consumer name, which the healthcheck checks).
     assert "DETECTOR_CONSUMER" not in detector_env
+    assert "hostname" not in detector
     assert not {"DETECTOR_WORKER_INDEX", "DETECTOR_WORKER_COUNT"} & set(detector_env)
 
 

@@ -1,7 +1,8 @@
 """The NAB replay (benchmarks/nab/run.py): offline and Redis modes give the same row scores.
 
-The runner starts its own embedded redis-server. Tests that read the NAB corpus fail (never
-skip) when it is missing: set NAB_ROOT, or keep ``shared/datasets/nab`` next to the repo.
+The runner starts its own embedded redis-server. The NAB files come from the extract shipped in
+the repository (``benchmarks/nab/data-sample``), never from ``$NAB_ROOT`` or ``../shared``: the
+tests run the same in a bare clone.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from benchmarks.nab import run
-from benchmarks.nab.scorer import default_root
+from benchmarks.nab.scorer import SAMPLE_FILES, SAMPLE_ROOT
 from detector.scoring import load_spec
 
 # Three short files from three categories (3,908 rows), with 9 windows between them.
@@ -26,9 +27,8 @@ FILES = (
 
 @pytest.fixture(scope="module")
 def root() -> Path:
-    base = default_root()
-    assert (base / "data").is_dir(), f"NAB dataset missing under {base} (set NAB_ROOT)"
-    return base
+    assert set(FILES) <= set(SAMPLE_FILES)
+    return SAMPLE_ROOT
 
 
 def _row_count(path: Path) -> int:
@@ -123,8 +123,8 @@ def test_command_line_writes_nab_results_and_scores(
 ) -> None:
     code = run.main(
         [
-            "--model", "stats", "--mode", "both", "--files", *FILES, "--write",
-            "--results-dir", str(tmp_path), "--plot", "speed_7578", "--details",
+            "--model", "stats", "--mode", "both", "--root", str(root), "--files", *FILES,
+            "--write", "--results-dir", str(tmp_path), "--plot", "speed_7578", "--details",
         ]
     )  # fmt: skip
     out = capsys.readouterr().out
@@ -156,8 +156,19 @@ def test_command_line_writes_nab_results_and_scores(
 def test_command_line_rejects_an_unknown_file(
     root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run.main(["--files", "no_such_series"]) == 2
+    assert run.main(["--root", str(root), "--files", "no_such_series"]) == 2
     assert "matches 0 corpus files" in capsys.readouterr().err
+
+
+def test_command_line_replays_the_whole_sample_as_a_subset(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No --files: every file under --root. The sample has no scoreboard (final_results.json).
+    assert run.main(["--model", "stats", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(SAMPLE_FILES)} series, 13,255 rows" in out
+    assert "(subset of the corpus: not comparable to the scoreboard)" in out
+    assert "> stats (this run)" in out
 
 
 def test_two_fold_scores_each_half_at_the_other_halfs_threshold(root: Path) -> None:

@@ -7,6 +7,7 @@ seqs appear in increasing order in its partition".
 
 from __future__ import annotations
 
+import logging
 import secrets
 import signal
 import subprocess
@@ -14,11 +15,13 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from typing import Any
 
 import pytest
 import redis
 from click.testing import CliRunner
 
+from detector import ownership
 from detector.acl import AclConfig, acl_lines
 from detector.cli import cli
 from detector.partitions import partition_of, partition_stream
@@ -31,6 +34,7 @@ from detector.router import (
     LeaseLostError,
     Router,
     RouterConfig,
+    RouterStats,
 )
 from detector.streams import connect
 from tests.cluster import LocalCluster, cluster_url, redis_cluster  # noqa: F401
@@ -188,6 +192,89 @@ def test_one_router_per_source_at_a_time(r: redis.Redis, redis_url: str) -> None
     r.set(holder.lease_key, "someone-else", px=5000)
     with pytest.raises(LeaseLostError):
         holder.renew_lease()
+
+
+class TakeoverAfterOneCommand(redis.Redis):
+    """A client that, once armed, lets another router take the lease over right after its
+    next command's reply: between a GET and a DEL, the race a non-atomic release loses."""
+
+    takeover: tuple[redis.Redis, str] | None = None
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        reply = super().execute_command(*args, **options)
+        if self.takeover is not None:
+            other, key = self.takeover
+            self.takeover = None
+            other.set(key, "other-router:0", px=5000)
+        return reply
+
+
+def test_release_never_deletes_a_lease_another_router_took_over(
+    r: redis.Redis, redis_url: str
+) -> None:
+    """The lease is released by the package's script (the check and the DEL in one step), so
+    a takeover cannot fall between the check and the DEL."""
+    release_sha = r.script_load(ownership._RELEASE)
+    r.script_flush()
+    client = TakeoverAfterOneCommand.from_url(redis_url)
+    router = Router(
+        RouterConfig(source=SOURCE, base=BASE, partitions=P, block_ms=50, lease_ttl_ms=1000),
+        client,
+    )
+    router.acquire(threading.Event())
+    assert r.get(router.lease_key) is not None
+    client.takeover = (r, router.lease_key)
+    router.release()
+    assert client.takeover is None, "the release sent no command"
+    assert r.get(router.lease_key) == "other-router:0", "deleted another router's lease"
+    assert r.script_exists(release_sha) == [True], "not released by ownership's script"
+    # Taken over before the release: left in place too.
+    r.delete(router.lease_key)
+    router.acquire(threading.Event())
+    r.set(router.lease_key, "third-router:0", px=5000)
+    router.release()
+    assert r.get(router.lease_key) == "third-router:0"
+    client.close()
+
+
+def test_dead_letters_do_not_trim_the_dead_letter_stream(r: redis.Redis, redis_url: str) -> None:
+    """The router sets no cap on the dead letters (the workers' appends trim them): more
+    than one stream node of earlier dead letters survives its append."""
+    for i in range(450):
+        r.xadd(DEAD, {"n": str(i)})
+    r.xadd(SOURCE, {"ts": "1"})  # no producer
+    stats = make_router(redis_url).run(until_idle=True, idle_timeout_ms=200)
+    assert stats.dead_lettered == 1
+    assert r.xlen(DEAD) == 451
+
+
+def test_routing_goes_on_after_its_connections_are_killed(
+    r: redis.Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connection errors are retried: the pending entries are replayed, nothing lost or
+    doubled; each reconnection is logged."""
+    caplog.set_level(logging.INFO, logger="detector.router")
+    events = workload(producers=10, per_producer=60, seed=5)
+    append(r, SOURCE, events)
+    router = make_router(redis_url, batch_size=10)
+    stats: list[RouterStats] = []
+    thread = threading.Thread(
+        target=lambda: stats.append(router.run(until_idle=True, idle_timeout_ms=500))
+    )
+    thread.start()
+    kills = 0
+    deadline = time.monotonic() + 30
+    while thread.is_alive() and kills < 3 and time.monotonic() < deadline:
+        if _total(r) >= (kills + 1) * len(events) // 4:
+            kills += r.client_kill_filter(_type="normal", skipme=True) > 0
+        time.sleep(0.001)
+    thread.join(timeout=30)
+    assert kills == 3, "the router finished before its connections could be killed"
+    assert stats, "the router did not finish"
+    check_exactly_once_in_order(events, routed(r))
+    assert pending(r) == 0
+    reconnects = [m for m in caplog.messages if m.startswith("reconnected after")]
+    assert 1 <= len(reconnects) <= kills
 
 
 def test_exactly_once_across_kill_9_of_the_router(r: redis.Redis, redis_url: str) -> None:

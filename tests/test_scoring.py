@@ -208,9 +208,12 @@ def test_shipped_spec_by_path_equals_by_name() -> None:
     assert load_spec(str(path)) == load_spec("stats")
 
 
-@pytest.mark.parametrize("name", ["no-such-model", "missing/dir/spec.toml"])
-def test_unknown_spec_raises_config_error(name: str) -> None:
-    with pytest.raises(ConfigError, match="unknown model"):
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [("no-such-model", "unknown model"), ("missing/dir/spec.toml", "spec file not found")],
+)
+def test_unknown_spec_raises_config_error(name: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
         load_spec(name)
 
 

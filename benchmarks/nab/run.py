@@ -777,13 +777,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\nNAB v1.1 scores, {len(corpus.files)} files, {corpus.n_windows} windows; ours: "
             "exhaustive threshold sweep (current NAB), scoreboard: twiddle thresholds"
         )
-        if names is not None:
+        # The scoreboard is for the whole corpus; a root without it is an extract (data-sample).
+        whole = names is None and (root / "final_results.json").is_file()
+        if not whole:
             say("(subset of the corpus: not comparable to the scoreboard)")
         for line in detail_table(scores, corpus.n_windows):
             say(line)
         if args.cooldown:
             _at_alert_threshold(results, corpus, spec.decision.threshold, say)
-        official = {} if names is not None else load_official_scores(root)
+        official = load_official_scores(root) if whole else {}
         say("")
         for line in scoreboard_table({spec.name: scores}, official):
             say(line)
