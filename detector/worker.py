@@ -100,7 +100,7 @@ class Assignment(Protocol):
         ...
 
 
-class Solo:
+class Unpartitioned:
     """An unpartitioned worker's one partition: its own consumer over every input stream,
     held from the start under a fence that never refuses, kept across runs."""
 
@@ -246,7 +246,7 @@ class Worker:
         self.metrics = self.rt.metrics
         self.stats: RunStats = self.rt.stats
         self.assignment: Assignment = (
-            Solo(settings, self._streams)
+            Unpartitioned(settings, self._streams)
             if settings.partitions is None
             else Leased(settings, self.client, self.rt, self._streams)
         )
