@@ -306,6 +306,11 @@ class Consumer:
         """
         self.checkpointer.commit()
 
+    @property
+    def encoding(self) -> bool:
+        """Whether a frozen commit is being encoded (its encoding goes on between reads)."""
+        return self.checkpointer.frozen is not None
+
     def housekeeping(self, deadline: float) -> None:
         """Between reads: a commit due by time, and encoding until ``deadline``.
 

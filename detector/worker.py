@@ -384,7 +384,7 @@ class Worker:
             time.sleep(min(block_ms, ROTATING_WAIT_MS) / 1000)
             return 0
         owners = [self.consumers[p] for p in owned]
-        encoding = any(c.checkpointer.frozen is not None for c in owners)
+        encoding = any(c.encoding for c in owners)
         results: list[tuple[list[Entry], dict[str, str]] | Exception]
         if len(owners) == 1:  # one read, waiting in it if it can (its encoding goes on at once)
             only = owners[0].streams
