@@ -119,7 +119,7 @@ def clone_role(model: str, n: int, blobs_path: Path, url: str, out: Path) -> Non
         group="mem",
         consumer="mem",
         model=model,
-        checkpoint_key=BENCH_KEY.encode(),
+        checkpoint_secret=BENCH_KEY.encode(),
         max_producers=max(n, 100_000),
     )
     worker = Worker(settings)

@@ -60,7 +60,7 @@ def main(model: str, seed: int, hours: float, reasons: bool) -> None:
             n += 1
         for v in pipeline.process(events):
             alerts += v.alert is not None
-            seen = (v.event.entry_id, v.score, v.flagged, v.held, v.error, v.alert, v.silence)
+            seen = (v.event.entry_id, v.score, v.flagged, v.held, v.error, v.alert, v.side_alerts)
             of_verdicts.update(repr(seen).encode())
     click.echo(f"detector={detector_source()} model={model} seed={seed} hours={hours:g}")
     digest = f" evidence {of_evidence.hexdigest()[:16]}" if reasons else ""

@@ -249,7 +249,7 @@ def worker_settings(
     return Settings(
         redis_url=url, streams=(stream,), group=group, consumer=consumer,
         alerts_stream=f"{group}:alerts", dead_letter_stream=f"{group}:dead", model=model,
-        until_idle=True, idle_timeout_ms=idle_timeout_ms, checkpoint_key=BENCH_KEY.encode(),
+        until_idle=True, idle_timeout_ms=idle_timeout_ms, checkpoint_secret=BENCH_KEY.encode(),
         baseline=baseline,
     )  # fmt: skip
 

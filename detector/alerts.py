@@ -142,7 +142,7 @@ class Alert:
                 suppressed=int(fields.get("suppressed") or 0),
                 kind=fields.get("kind") or ANOMALY,
             )
-        except (KeyError, TypeError, AttributeError, orjson.JSONDecodeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:  # JSONDecodeError too
             msg = f"not an alert entry: {type(exc).__name__}: {exc}"
             raise ValueError(msg) from None
 

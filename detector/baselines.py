@@ -2,20 +2,32 @@
 
 ``detector train`` replays history (a file, or a range of a stream read with XRANGE, no
 consumer group involved) through the same pipeline as ``run``, as fast as the machine goes,
-and saves the state as a signed baseline file (a checkpoint without offsets) named
-``<baselines dir>/<name>.baseline``. ``run --baseline NAME`` starts from it when the consumer
-has no checkpoint yet; ``score --baseline NAME`` backtests from it.
+and saves the state as a signed baseline file named ``<baselines dir>/<name>.baseline``: a
+checkpoint whose offsets say where its data ended (the last entry id read from the stream; none
+when trained from a file) and whose ``watermark_ms`` is the latest event time it learned.
+``run --baseline NAME`` starts from it when the consumer has no checkpoint yet; ``score
+--baseline NAME`` backtests from it.
+
+A run started from a baseline does not learn the baseline's data a second time (it would
+replay every event id it learned: one ``replayed_id`` alert per producer). On the stream the
+baseline read, a new group starts right after the recorded entry id, and entries up to it are
+acked unread in any case. On other streams (partition streams, whose ids the router assigned,
+or any stream when the baseline came from a file), an event is skipped when its producer is
+one the baseline learned and its event time is at or before the baseline's end
+(:class:`BaselineEnd`). Baselines written before offsets were recorded still load: they have
+no offsets, so only the event-time rule applies.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
-from detector.checkpoint import Signer, load_file, save_file
+from detector.checkpoint import Signer, Snapshot, load_file, save_file
 from detector.errors import ConfigError, InvalidEventError
 from detector.events import Decoder, Event, parse_time_ms
 from detector.pipeline import Pipeline
@@ -67,17 +79,28 @@ def read_stream(
         cursor = "(" + chunk[-1][0].decode()
 
 
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """What :func:`learn` went through: events learned, entries rejected, last entry id."""
+
+    learned: int
+    rejected: int
+    last_id: str | None
+
+
 def learn(
     pipeline: Pipeline,
     decoder: Decoder,
     stream: str,
     entries: Iterable[tuple[str, dict[bytes, bytes]]],
     progress: Callable[[int], None] | None = None,
-) -> tuple[int, int]:
-    """Replay entries into the pipeline; returns (events learned, entries rejected)."""
+) -> Learned:
+    """Replay entries into the pipeline."""
     learned = rejected = 0
+    last_id: str | None = None
     batch: list[Event] = []
     for entry_id, fields in entries:
+        last_id = entry_id  # rejected ones too: the data read ends there
         try:
             batch.append(decoder.decode(stream, entry_id, fields))
         except InvalidEventError:
@@ -92,12 +115,116 @@ def learn(
     learned += len(batch)
     if progress is not None:
         progress(len(batch))
-    return learned, rejected
+    return Learned(learned, rejected, last_id)
 
 
-def save(pipeline: Pipeline, path: Path, signer: Signer) -> None:
-    save_file(path, signer, pipeline.snapshot({}, full=True))
+def save(
+    pipeline: Pipeline, path: Path, signer: Signer, offsets: dict[str, str] | None = None
+) -> None:
+    """Save the state; ``offsets``: per stream, the last entry id it learned from."""
+    save_file(path, signer, pipeline.snapshot(offsets or {}, full=True))
 
 
 def load_into(pipeline: Pipeline, path: Path, signer: Signer) -> None:
     pipeline.restore(load_file(path, signer), baseline=True)
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineEnd:
+    """Where a baseline's data ended, for the streams it has no entry id for.
+
+    Attributes:
+        event_time_ms: the latest event time the baseline learned.
+        producers: the producers it learned (others' events are never skipped).
+        exact: streams with a recorded entry id (skipped by id instead, see the module doc).
+    """
+
+    event_time_ms: int
+    producers: frozenset[str]
+    exact: frozenset[str]
+
+    @classmethod
+    def of(cls, snap: Snapshot, offsets: dict[str, str]) -> BaselineEnd | None:
+        """The end of a loaded baseline (None: it learned nothing)."""
+        end = snap.meta.get("watermark_ms")
+        if not end or not snap.producers:
+            return None
+        return cls(int(end), frozenset(snap.producers), frozenset(offsets))
+
+    def covers(self, event: Event) -> bool:
+        """The baseline learned this period of this producer already: skip the event.
+
+        >>> end = BaselineEnd(1000, frozenset({"a"}), frozenset({"orders"}))
+        >>> e = Event("orders:{0}", "5-0", "a", 1000, None, {}, {}, 0)
+        >>> end.covers(e), end.covers(Event("orders:{0}", "5-1", "a", 1001, None, {}, {}, 0))
+        (True, False)
+        >>> end.covers(Event("orders", "5-0", "a", 10, None, {}, {}, 0))  # by id there
+        False
+        """
+        return (
+            event.event_time_ms <= self.event_time_ms
+            and event.stream not in self.exact
+            and event.producer in self.producers
+        )
+
+
+# -- `detector train` ------------------------------------------------------------------------
+
+
+def file_entries(path: Path) -> Iterator[tuple[str, dict[bytes, bytes]]]:
+    """A JSONL or CSV file's entries; a record without an entry id gets ``0-<n>`` (records
+    that do not parse are left out)."""
+    from detector.offline import read_records  # offline imports this module
+
+    for n, (entry_id, fields) in enumerate(read_records(path)):
+        if not isinstance(fields, str):
+            yield entry_id or f"0-{n}", fields
+
+
+def stream_entries(
+    client: redis.Redis, stream: str, start: str | None, end: str | None
+) -> tuple[Iterator[tuple[str, dict[bytes, bytes]]], int]:
+    """The entries of ``stream`` from ``start`` to ``end`` (entry ids or times; None: its
+    first and last) and the stream's length (the progress bar's total)."""
+    entries = read_stream(client, stream, stream_bound(start, "-"), stream_bound(end, "+"))
+    return entries, int(client.xlen(stream))
+
+
+@dataclass(frozen=True, slots=True)
+class Trained:
+    """A saved baseline: what it learned, and where its data ended.
+
+    Attributes:
+        learned, rejected: events learned, entries rejected.
+        producers: producers in the state.
+        last_id: the last entry id it read from its stream (None: trained from a file, whose
+            ids mean nothing to a stream).
+        watermark_ms: the latest event time it learned.
+    """
+
+    learned: int
+    rejected: int
+    producers: int
+    last_id: str | None
+    watermark_ms: int
+
+
+def train(
+    pipeline: Pipeline,
+    decoder: Decoder,
+    stream: str,
+    entries: Iterable[tuple[str, dict[bytes, bytes]]],
+    path: Path,
+    signer: Signer,
+    *,
+    from_stream: bool,
+    progress: Callable[[int], None] | None = None,
+) -> Trained:
+    """Learn ``entries`` (read from ``stream``, or a file counting as it) and save the
+    baseline at ``path``."""
+    done = learn(pipeline, decoder, stream, entries, progress)
+    # Where the data ended, so that `run --baseline` starts after it (file ids mean nothing).
+    last_id = done.last_id if from_stream else None
+    save(pipeline, path, signer, {stream: last_id} if last_id else {})
+    store = pipeline.store
+    return Trained(done.learned, done.rejected, len(store), last_id, store.watermark_ms)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from detector.baselines import BaselineEnd
 from detector.checkpoint import Signer, Snapshot, decode_fields
 from detector.checkpoint import load_file as load_baseline
 from detector.checkpointer import Checkpointer, settle
@@ -120,6 +121,8 @@ class Consumer:
         )
         self.checkpointer = Checkpointer(rt, self.pipeline, streams, checkpoint_key)
         self.claim_cursor = dict.fromkeys(streams.streams, "0-0")
+        # Started from a baseline: skip the events it learned (see detector.baselines).
+        self.baseline_end: BaselineEnd | None = None
 
     @property
     def processed_upto(self) -> dict[str, str]:
@@ -145,13 +148,25 @@ class Consumer:
                 "resumed from checkpoint %s: %d producers, offsets %s",
                 key, len(self.pipeline.store), self.processed_upto,
             )  # fmt: skip
+            if rt.settings.baseline is not None:
+                log.warning(
+                    "--baseline %s ignored: %s resumes from its checkpoint (--reset-state "
+                    "deletes the checkpoint and starts over from the baseline)",
+                    rt.settings.baseline, key,
+                )  # fmt: skip
         elif rt.settings.baseline is not None:
-            snap = load_baseline(rt.settings.baseline, rt.signer)
-            self.pipeline.restore(self._own_producers(snap), baseline=True)
+            snap = self._own_producers(load_baseline(rt.settings.baseline, rt.signer))
+            offsets = self.pipeline.restore(snap, baseline=True)
+            # Where the baseline's data ended: entries up to there are not learned again.
+            self.checkpointer.offsets = {
+                s: i for s, i in offsets.items() if s in self.streams.streams
+            }
+            self.baseline_end = BaselineEnd.of(snap, self.processed_upto)
             self.checkpointer.require_full()  # the checkpoint must hold every baseline producer
             log.info(
-                "started %s from baseline %s: %d producers",
-                key, rt.settings.baseline, len(self.pipeline.store),
+                "started %s from baseline %s: %d producers, learned up to entry %s, event "
+                "time %s", key, rt.settings.baseline, len(self.pipeline.store),
+                self.processed_upto or "(none recorded)", snap.meta.get("watermark_ms"),
             )  # fmt: skip
         settle()
 
@@ -253,7 +268,7 @@ class Consumer:
                 out.dead_letters.append(DeadLetter(e.stream, e.entry_id, {}, "error", v.error))
             elif v.alert is not None:
                 out.alerts.append(v.alert)
-            out.alerts.extend(v.silence)  # producers this event's time revealed as silent
+            out.alerts.extend(v.side_alerts)  # producers this event's time revealed as silent
         if not claimed:
             # A read returns each stream's entries in id order: its last one is its highest.
             last = {stream: entry_id for stream, entry_id, _ in entries}
@@ -292,10 +307,16 @@ class Consumer:
                 stats.poison += 1
                 continue
             try:
-                events.append(self.rt.decoder.decode(stream, entry_id, fields))
+                event = self.rt.decoder.decode(stream, entry_id, fields)
             except InvalidEventError as exc:
                 letter = DeadLetter(stream, entry_id, fields, exc.reason, exc.detail)
                 out.dead_letters.append(letter)
+                continue
+            if self.baseline_end is not None and self.baseline_end.covers(event):
+                stats.replayed += 1  # the baseline learned it: ack only
+                self.rt.metrics.events.labels("replayed").inc()
+                continue
+            events.append(event)
         return events, out
 
     def checkpoint(self) -> None:

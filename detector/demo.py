@@ -146,7 +146,7 @@ def run_demo(
     settings = Settings(
         redis_url=url, streams=(DEMO_STREAM,), consumer=DEMO_CONSUMER, model=model,
         threshold=threshold, metrics_port=metrics_port, until_idle=True, idle_timeout_ms=3000,
-        checkpoint_key=secrets.token_bytes(32),  # the demo's Redis lives as long as the demo
+        checkpoint_secret=secrets.token_bytes(32),  # the demo's Redis lives as long as the demo
         status_interval_s=0,  # the demo shows its own progress
     )  # fmt: skip
     # A fresh start: a previous demo's stream (and group) and checkpoint go; not through
@@ -156,7 +156,7 @@ def run_demo(
     progress = Progress(out, len(shop.events), board)
 
     def show(verdicts: list[Verdict]) -> None:
-        for alert in (a for v in verdicts for a in (v.alert, *v.silence) if a is not None):
+        for alert in (a for v in verdicts for a in (v.alert, *v.side_alerts) if a is not None):
             incident = board.record(alert)
             mark = f"[green]{incident.kind}[/]" if incident else "[red]false alert[/]"
             out.print(

@@ -3,8 +3,11 @@
 An entry arrives as ``{bytes: bytes}``. Decoding applies the contract in the README: producer
 from a field (falling back to the stream name), event time from a field (epoch ms or ISO-8601,
 falling back to the entry id), an optional type, and a payload made of the flat fields plus one
-JSON object field flattened with dotted names. Anything that breaks a cap or is not finite
-raises :class:`InvalidEventError`; the worker dead-letters it.
+JSON object field flattened with dotted names. A flat value is a number only when it reads as a
+finite decimal number; anything else ("NaN", "inf", "1e999", a hex id such as "0387e7823") is a
+string, never a reason to lose the event. Anything that breaks a cap, unparsable JSON, or a JSON
+number literal outside the range of a double raises :class:`InvalidEventError`; the worker
+dead-letters it.
 
 Examples:
     >>> d = Decoder()
@@ -30,7 +33,8 @@ from detector.settings import EventFormat
 # Strict decimal number syntax for flat fields: Python's float() also takes "1_000", " 5",
 # "nan" and "infinity", none of which a producer should get away with as a number.
 _NUMBER = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_NON_FINITE = re.compile(rb"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+# orjson's message for a number literal that overflows a double ("1e999").
+_JSON_OVERFLOW = "number is infinity"
 _MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
@@ -143,16 +147,17 @@ class Decoder:
     def _flat(
         self, key: str, raw: bytes, numbers: dict[str, float], strings: dict[str, str]
     ) -> None:
-        """A flat field: a number if it reads as a finite decimal number, else a string."""
+        """A flat field: a number if it reads as a finite decimal number, else a string.
+
+        Flat values carry no type: "NaN", "inf" or an overflow such as a hex id
+        "03875656161940159e78230871415040" only look like numbers, so they are categories.
+        """
         if _NUMBER.fullmatch(raw):
             number = float(raw)
-            if not math.isfinite(number):
-                raise InvalidEventError("non_finite_number", key)
-            numbers[key] = number
-        elif _NON_FINITE.fullmatch(raw):
-            raise InvalidEventError("non_finite_number", key)
-        else:
-            strings[key] = self._text(raw, key, self._fmt.max_string_len)
+            if math.isfinite(number):
+                numbers[key] = number
+                return
+        strings[key] = self._text(raw, key, self._fmt.max_string_len)
 
     @staticmethod
     def _text(raw: bytes, what: str, limit: int) -> str:
@@ -168,7 +173,13 @@ class Decoder:
         try:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise InvalidEventError("invalid_json", str(exc)[:200]) from None
+            # JSON is typed: a number literal is a number the producer meant, so one beyond a
+            # double (1e999) is rejected, not turned into a category. NaN and Infinity are not
+            # JSON at all (invalid_json).
+            message = str(exc)[:200]
+            if _JSON_OVERFLOW in message:
+                raise InvalidEventError("non_finite_number", message) from None
+            raise InvalidEventError("invalid_json", message) from None
         if not isinstance(payload, dict):
             raise InvalidEventError("payload_not_object", type(payload).__name__)
         self._walk(payload, "", 1, numbers, strings)

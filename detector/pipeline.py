@@ -52,7 +52,7 @@ class Verdict:
             score, it could not raise an alert of its own (flagged ones are counted in the
             next alert's ``suppressed``). Benchmarks that score alerts, not raw scores, read
             held events as "no detection".
-        silence: alerts this event revealed that are not about the event itself: other
+        side_alerts: alerts this event revealed that are not about the event itself: other
             producers gone silent (its event time moved the watermark past their deadline;
             see ``Decision``), and the detector's own ``producer_explosion`` and
             ``alert_storm`` alerts. The worker appends them like ``alert``; their ids derive
@@ -65,7 +65,7 @@ class Verdict:
     alert: Alert | None
     error: str | None = None
     held: bool = False
-    silence: tuple[Alert, ...] = ()
+    side_alerts: tuple[Alert, ...] = ()
 
 
 class Pipeline:
@@ -153,7 +153,12 @@ class Pipeline:
                 score, reasons = self._likelihood(st, score, evidence)
             threshold = self.threshold_for(st)
             flagged = score >= threshold
-        elif st.n == 0 and d.new_producer and self._news(event) and st is not store.overflow:
+        elif (
+            st.n == 0
+            and d.new_producer
+            and self._may_be_new_producer(event)  # first: it notes the first event time
+            and st is not store.overflow
+        ):
             why = new_producer_reason(event.producer, len(store) - 1)
             score, flagged, reasons = 1.0, True, [why]
         if suspect:
@@ -188,8 +193,8 @@ class Pipeline:
             self.model.learn(evidence)
         store.expire(event.event_time_ms)
         self.events_seen += 1
-        others = self._others(event, st is store.overflow, now, capped)
-        return Verdict(event, score, flagged, alert, held=held, silence=others)
+        side = self._side_alerts(event, st is store.overflow, now, capped)
+        return Verdict(event, score, flagged, alert, held=held, side_alerts=side)
 
     def threshold_for(
         self, st: ProducerState, threshold: float | None = None, horizon_ms: int | None = None
@@ -207,21 +212,21 @@ class Pipeline:
         usual = timed.mean if timed is not None and timed.count else st.gap.mean
         return max(t, 1.0 - max(math.expm1(usual), 1.0) / horizon)
 
-    def _news(self, event: Event) -> bool:
+    def _may_be_new_producer(self, event: Event) -> bool:
         """May a never-seen producer be news: others established, and the detector settled."""
         if self.first_ms is None:
             self.first_ms = event.event_time_ms
         settled = event.event_time_ms - self.first_ms >= self.decision.new_producer_after_ms
         return self.established and settled
 
-    def _others(
+    def _side_alerts(
         self,
         event: Event,
         overflowed: bool,
         now: int,
         capped: tuple[int, int, tuple[str, ...]] | None,
     ) -> tuple[Alert, ...]:
-        """Alerts that ride on this event but are not about it (``Verdict.silence``)."""
+        """Alerts this event revealed that are not about it (``Verdict.side_alerts``)."""
         out = [] if capped is None else [self._storm_alert(event, *capped)]
         if overflowed:
             report = self.admission.take_report(now, self.decision.cooldown_ms)
@@ -282,7 +287,7 @@ class Pipeline:
                 f"one every ~{usual_ms / 1000:.3g}s", surprise,
             )  # fmt: skip
             tag = f"silence\0{producer}"
-            out.append(self._rider(event, SILENCE, tag, producer, now, 0, reason))
+            out.append(self._side_alert(event, SILENCE, tag, producer, now, 0, reason))
         return out
 
     def _explosion_alert(self, event: Event, refused: int, distinct: int, admitted: int) -> Alert:
@@ -314,9 +319,9 @@ class Pipeline:
         self, event: Event, kind: str, event_time: int, suppressed: int, *reasons: Reason
     ) -> Alert:
         """An alert about the detector itself (producer ``""``)."""
-        return self._rider(event, kind, kind, OVERFLOW, event_time, suppressed, *reasons)
+        return self._side_alert(event, kind, kind, OVERFLOW, event_time, suppressed, *reasons)
 
-    def _rider(
+    def _side_alert(
         self,
         event: Event,
         kind: str,
@@ -326,7 +331,7 @@ class Pipeline:
         suppressed: int,
         *reasons: Reason,
     ) -> Alert:
-        """An alert riding on ``event`` but not about it; ``tag`` makes its id unique."""
+        """An alert revealed by ``event`` but not about it; ``tag`` makes its id unique."""
         return Alert(
             alert_id=alert_id(event.stream, event.entry_id, f"{self.spec.name}\0{tag}"),
             producer=producer,

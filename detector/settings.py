@@ -1,16 +1,16 @@
 """Settings: one frozen object built by the CLI and passed down.
 
-Nothing below the CLI reads the environment; defaults and key names live here.
+Nothing below the CLI reads the environment; defaults, key names and each field's command-line
+option (its help, in the field's metadata: detector.options generates the options) live here.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
-
-from detector.errors import ConfigError
 
 DEFAULT_STREAM = "events"
 DEFAULT_GROUP = "detector"
@@ -57,46 +57,49 @@ def mask_url(url: str | None) -> str | None:
     return out
 
 
-REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    """How a settings field shows on the command line (detector.options generates the option).
 
+    The field's default is the option's default: written once, in the dataclass.
 
-def check_redis_url(url: str) -> str:
-    """The URL, if redis-py can connect with it: the one check of every command's URL.
-
-    Messages show the URL masked (they may reach logs).
-
-    >>> check_redis_url("redis://localhost:6379/0")
-    'redis://localhost:6379/0'
-    >>> check_redis_url("db:6379")
-    Traceback (most recent call last):
-    ...
-    detector.errors.ConfigError: 'db:6379' has no scheme: write redis://db:6379 (rediss:// for TLS)
+    Attributes:
+        help: the option's help text.
+        flag: the option's name without ``--`` (default: the field's, dashed).
+        low, high: bounds of a number (inclusive).
+        choices: the values a string may take.
+        shown_default: what the help shows as default when the default is computed.
     """
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises on "host:abc" or 99999
-    except ValueError as exc:
-        msg = f"{mask_url(url)} cannot be parsed: {exc}"
-        raise ConfigError(msg) from None
-    if "://" not in url:
-        # "host:6379" parses as scheme "host"; never echo what may be "user:password@host".
-        shown = f"{url!r} has" if "@" not in url else "the URL has"
-        intent = f"redis://{url}" if "@" not in url else "redis://HOST:PORT"
-        msg = f"{shown} no scheme: write {intent} (rediss:// for TLS)"
-        raise ConfigError(msg)
-    if parts.scheme not in REDIS_URL_SCHEMES:
-        msg = (
-            f"{mask_url(url)}: scheme {parts.scheme!r} is not one of redis://, rediss:// (TLS), "
-            "unix:// (a socket path)"
-        )
-        raise ConfigError(msg)
-    if parts.scheme == "unix" and not parts.path:
-        msg = f"{mask_url(url)} names no socket path (unix:///path/to/redis.sock)"
-        raise ConfigError(msg)
-    if parts.scheme != "unix" and not parts.hostname:
-        msg = f"{mask_url(url)} names no host ({parts.scheme}://HOST:PORT)"
-        raise ConfigError(msg)
-    return url
+
+    help: str
+    flag: str | None = None
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    shown_default: str | None = None
+
+
+def option(
+    help: str,
+    *,
+    flag: str | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    shown_default: str | None = None,
+) -> dict[str, OptionSpec]:
+    """Field metadata making the field a command-line option (see :class:`OptionSpec`)."""
+    return {"option": OptionSpec(help, flag, low, high, choices, shown_default)}
+
+
+def user_dir(env: str, fallback: str) -> Path:
+    """A per-user directory: ``$env`` (an XDG variable), else ``~/<fallback>``."""
+    base = os.environ.get(env)
+    return Path(base) if base else Path.home() / fallback
+
+
+def default_baselines_dir() -> Path:
+    return user_dir("XDG_DATA_HOME", ".local/share") / "detector" / "baselines"
 
 
 def default_consumer() -> str:
@@ -120,14 +123,30 @@ class EventFormat:
         max_name_len: characters in one field name or producer id.
     """
 
-    producer_field: str = "producer"
-    time_field: str = "ts"
-    type_field: str = "type"
-    payload_field: str = "data"
-    max_entry_bytes: int = 64 * 1024
-    max_fields: int = 256
-    max_json_depth: int = 8
-    max_string_len: int = 16 * 1024
+    producer_field: str = field(
+        default="producer",
+        metadata=option("Field naming the producer (missing: the stream's name)."),
+    )
+    time_field: str = field(
+        default="ts",
+        metadata=option("Event time field, epoch ms or ISO-8601 (missing: the entry id's time)."),
+    )
+    type_field: str = field(default="type", metadata=option("Optional event type field."))
+    payload_field: str = field(
+        default="data",
+        metadata=option("Field with a JSON object payload (other fields are flat payload)."),
+    )
+    max_entry_bytes: int = field(
+        default=64 * 1024,
+        metadata=option("Dead-letter entries larger than this (names and values)."),
+    )
+    max_fields: int = field(
+        default=256, metadata=option("Dead-letter entries with more fields (JSON leaves included).")
+    )
+    max_json_depth: int = field(default=8, metadata=option("Dead-letter payloads nested deeper."))
+    max_string_len: int = field(
+        default=16 * 1024, metadata=option("Dead-letter entries with a longer value (characters).")
+    )
     max_name_len: int = 256
 
 
@@ -164,7 +183,7 @@ class Settings:
         checkpoint_interval_ms: ... or after this long, whichever comes first.
         commit_slice_ms: a due commit's changed producer states are encoded this long at a
             time between reads, so reading never stops for a whole commit (0: all at once).
-        checkpoint_key: HMAC key signing checkpoints (never stored in Redis, never logged).
+        checkpoint_secret: HMAC key signing checkpoints (never stored in Redis, never logged).
         baseline: a baseline file to start from when there is no checkpoint yet.
         reset_state: delete this consumer's checkpoint first (the state is relearned).
         max_deliveries: a pending entry delivered more often is dead-lettered as poison.
@@ -182,42 +201,142 @@ class Settings:
             this often; a live line on a terminal (0: none).
     """
 
-    redis_url: str | None = None
-    streams: tuple[str, ...] = (DEFAULT_STREAM,)
-    group: str = DEFAULT_GROUP
-    consumer: str = field(default_factory=default_consumer)
-    alerts_stream: str = DEFAULT_ALERTS_STREAM
-    dead_letter_stream: str = DEFAULT_DEAD_LETTER_STREAM
-    model: str = DEFAULT_MODEL
-    threshold: float | None = None
-    metrics_port: int | None = None
-    until_idle: bool = False
-    idle_timeout_ms: int = 2000
-    batch_size: int = 500
-    block_ms: int = 1000
-    claim_idle_ms: int = 60_000
-    max_producers: int = 100_000
-    producer_idle_ttl_s: float = 24 * 3600.0
-    alerts_maxlen: int = 1_000_000
-    checkpoint_every: int = 5000
-    checkpoint_interval_ms: int = 5000
-    commit_slice_ms: float = 5.0
-    checkpoint_key: bytes | None = field(default=None, repr=False)
-    baseline: Path | None = None
-    reset_state: bool = False
-    max_deliveries: int = 10
+    redis_url: str | None = field(
+        default=None,
+        metadata=option(
+            "redis://, rediss:// (TLS) or unix:// URL. Without it, an embedded redis-server is "
+            "started."
+        ),
+    )
+    streams: tuple[str, ...] = field(
+        default=(DEFAULT_STREAM,),
+        metadata=option("Input stream (repeat for several).", flag="stream"),
+    )
+    group: str = field(default=DEFAULT_GROUP, metadata=option("Consumer group the workers share."))
+    consumer: str = field(
+        default_factory=default_consumer,
+        metadata=option("Consumer name; keep it stable across restarts.", shown_default="hostname"),
+    )
+    alerts_stream: str = field(
+        default=DEFAULT_ALERTS_STREAM, metadata=option("Stream the alerts are appended to.")
+    )
+    dead_letter_stream: str = field(
+        default=DEFAULT_DEAD_LETTER_STREAM,
+        metadata=option("Where rejected entries go, with a reason."),
+    )
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata=option("Model spec: a name from `detector models` or a path to a .toml spec."),
+    )
+    threshold: float | None = field(
+        default=None,
+        metadata=option(
+            "Alert threshold on the calibrated score (default: the model spec's); the spec's "
+            "rarity horizon may raise it per producer.",
+            low=0.0,
+            high=1.0,
+        ),
+    )
+    metrics_port: int | None = field(
+        default=None, metadata=option("Serve Prometheus metrics here.")
+    )
+    until_idle: bool = field(
+        default=False,
+        metadata=option("Drain the streams, exit 0 once nothing arrives for --idle-timeout-ms."),
+    )
+    idle_timeout_ms: int = field(
+        default=2000, metadata=option("Quiet period that ends an --until-idle run.")
+    )
+    batch_size: int = field(default=500, metadata=option("Entries per read (per stream)."))
+    block_ms: int = field(default=1000, metadata=option("How long one read waits for new entries."))
+    claim_idle_ms: int = field(
+        default=60_000, metadata=option("Claim entries other consumers left pending this long.")
+    )
+    max_producers: int = field(
+        default=100_000, metadata=option("Producers tracked at once (bounds memory).")
+    )
+    producer_idle_ttl_s: float = field(
+        default=24 * 3600.0, metadata=option("Forget a producer silent this long (event time).")
+    )
+    alerts_maxlen: int = field(
+        default=1_000_000,
+        metadata=option("Approximate cap on the alert and dead-letter streams (XADD MAXLEN ~)."),
+    )
+    checkpoint_every: int = field(
+        default=5000, metadata=option("Commit state and acks after this many entries ...")
+    )
+    checkpoint_interval_ms: int = field(default=5000, metadata=option("... or after this long."))
+    commit_slice_ms: float = field(
+        default=5.0,
+        metadata=option(
+            "Encode a due commit this long at a time between reads, so reading never stops for a "
+            "whole commit (0: all at once).",
+            low=0,
+        ),
+    )
+    max_deliveries: int = field(
+        default=10, metadata=option("Dead-letter a pending entry delivered more often (poison).")
+    )
+    baseline: Path | None = field(
+        default=None, metadata=option("Baseline name (from `detector train`) or file path.")
+    )
+    reset_state: bool = field(
+        default=False,
+        metadata=option("Delete this consumer's checkpoint first; the state is relearned."),
+    )
+    partitions: int | None = field(
+        default=None,
+        metadata=option(
+            "Read the partition streams <stream>:{0..P-1}, one owner per partition (default: the "
+            "unpartitioned streams).",
+            low=1,
+            high=1024,
+        ),
+    )
+    assign: str | None = field(
+        default=None,
+        metadata=option(
+            "Partition ownership: static (--worker-index/--worker-count) or dynamic (leases over "
+            "the live workers; the default without --worker-count).",
+            choices=("static", "dynamic"),
+        ),
+    )
+    worker_index: int | None = field(
+        default=None,
+        metadata=option("Static assignment: this worker owns p with p % count == index.", low=0),
+    )
+    worker_count: int | None = field(
+        default=None, metadata=option("Static assignment: the number of workers.", low=1)
+    )
+    lease_ttl_ms: int = field(
+        default=15_000,
+        metadata=option("An owner silent this long loses its partitions (late commits refused)."),
+    )
+    cluster: bool = field(
+        default=False,
+        metadata=option("--redis-url names a Redis Cluster node: use a cluster client."),
+    )
+    status_interval_s: float = field(
+        default=10.0,
+        metadata=option(
+            "Log a status line (events/s, lag, alerts, dead letters, producers) this often; on a "
+            "terminal, a live line (0: off).",
+            low=0,
+        ),
+    )
     event_format: EventFormat = field(default_factory=EventFormat)
+    tls_ca_cert: Path | None = field(
+        default=None, metadata=option("CA bundle (PEM) that verifies the server.")
+    )
+    tls_cert: Path | None = field(
+        default=None, metadata=option("Client certificate (PEM), if the server asks for one.")
+    )
+    tls_key: Path | None = field(
+        default=None, metadata=option("Private key (PEM) of the client certificate.")
+    )
+    # Secrets: from the environment only (detector.secrets), never options.
+    checkpoint_secret: bytes | None = field(default=None, repr=False)
     redis_password: str | None = field(default=None, repr=False)
-    tls_ca_cert: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    partitions: int | None = None
-    assign: str | None = None
-    worker_index: int | None = None
-    worker_count: int | None = None
-    lease_ttl_ms: int = 15_000
-    cluster: bool = False
-    status_interval_s: float = 10.0
 
     @property
     def assignment(self) -> str | None:

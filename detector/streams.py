@@ -36,6 +36,8 @@ from detector.errors import ConfigError
 from detector.ownership import NO_FENCE, Fence, FencedError, NoFence
 from detector.settings import ALERT_GUARD_KEY, DEAD_LETTER_GUARD_KEY, GUARD_TTL_S
 
+log = logging.getLogger(__name__)
+
 Client: TypeAlias = "redis.Redis | RedisCluster"
 
 # Raw entry as read: (stream, entry id, fields).
@@ -342,14 +344,19 @@ class Streams:
         self.maxlen = maxlen
         self._append_once = client.register_script(_APPEND_ONCE)
 
-    def ensure_groups(self, start_id: str = "0") -> None:
-        """Create the group on every input stream (from the start by default) if missing."""
+    def ensure_groups(self, starts: Mapping[str, str] | None = None) -> None:
+        """Create the group on every input stream if missing: right after ``starts[stream]``
+        (the last entry the consumer's checkpoint or baseline learned), else at the start of
+        the stream (all of its history). An existing group keeps its position."""
         for stream in self.streams:
+            start_id = (starts or {}).get(stream, "0")
             try:
                 self.r.xgroup_create(stream, self.group, id=start_id, mkstream=True)
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+            else:
+                log.info("created group %s on %s after entry %s", self.group, stream, start_id)
 
     def read(self, cursors: Mapping[str, str], count: int, block_ms: int | None) -> list[Entry]:
         """XREADGROUP: ``>`` for new entries, an id for this consumer's own pending ones."""

@@ -220,7 +220,7 @@ class Worker:
         if settings.redis_url is None and client is None:
             msg = "a worker needs a redis_url or a client"
             raise ValueError(msg)
-        if settings.checkpoint_key is None:
+        if settings.checkpoint_secret is None:
             msg = "a worker needs a checkpoint key (DETECTOR_CHECKPOINT_KEY)"
             raise ConfigError(msg)
         _check_partitioning(settings)
@@ -238,7 +238,7 @@ class Worker:
         self.rt = Runtime(
             settings=settings,
             spec=self.spec,
-            signer=Signer(settings.checkpoint_key),
+            signer=Signer(settings.checkpoint_secret),
             decoder=Decoder(settings.event_format),
             metrics=metrics or Metrics(CollectorRegistry(), settings.streams, self.spec.name),
             on_verdicts=on_verdicts,
@@ -326,7 +326,7 @@ class Worker:
                 # The group (or stream) was deleted under us: recreate it and carry on.
                 log.warning("consumer group missing, recreating: %s", exc)
                 for c in self.consumers.values():
-                    rt.with_retries(c.streams.ensure_groups)
+                    rt.with_retries(partial(c.streams.ensure_groups, c.processed_upto))
                 continue
             self._outage.ok()
             if n:
@@ -360,14 +360,15 @@ class Worker:
         return Consumer(self.rt, streams, key, p, self.assignment.count)
 
     def _start(self, p: int) -> None:
-        """Resume partition ``p``'s consumer: its groups, its checkpoint (once), its pending
-        entries. Behind a fence that refuses, the replay is committed at once: another handoff
-        would re-deliver it (delivery counts grow, and past max_deliveries entries go to the
-        dead letters as poison)."""
+        """Resume partition ``p``'s consumer: its checkpoint (once; first, so that a refused
+        baseline or checkpoint leaves no group behind), its groups, its pending entries.
+        Behind a fence that refuses, the replay is committed at once: another handoff would
+        re-deliver it (delivery counts grow, and past max_deliveries entries go to the dead
+        letters as poison)."""
         c = self.consumers[p]
-        self.rt.with_retries(c.streams.ensure_groups)
         if not c.restored:
             c.restore()
+        self.rt.with_retries(lambda: c.streams.ensure_groups(c.processed_upto))
         cursors = dict.fromkeys(c.streams.streams, "0")
         replayed = self._guard_fence(
             p, lambda: self.rt.with_retries(lambda: c.drain_own_pending(cursors))

@@ -61,7 +61,7 @@ def settings_factory(redis_url: str, stream_name: str) -> Callable[..., Settings
             until_idle=True,
             idle_timeout_ms=300,
             block_ms=100,
-            checkpoint_key=TEST_KEY,
+            checkpoint_secret=TEST_KEY,
         )
         return replace(base, **changes)
 

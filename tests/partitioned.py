@@ -107,7 +107,7 @@ def check(reference: Outcome, got: Outcome, total: int) -> None:
 def settings(url: str, consumer: str, p_count: int, **changes: Any) -> Settings:
     base = Settings(
         redis_url=url, streams=(BASE,), consumer=consumer, model=QUICK, partitions=p_count,
-        block_ms=100, idle_timeout_ms=400, checkpoint_key=TEST_KEY, checkpoint_every=300,
+        block_ms=100, idle_timeout_ms=400, checkpoint_secret=TEST_KEY, checkpoint_every=300,
         checkpoint_interval_ms=300, batch_size=200, lease_ttl_ms=3000,
     )  # fmt: skip
     return replace(base, **changes)

@@ -85,7 +85,7 @@ class Rig:
     """A checkpointer over a fake gateway, fed like a consumer feeds it."""
 
     def __init__(self, fence: Fence | NoFence = NO_FENCE, **settings: object) -> None:
-        s = Settings(streams=(STREAM,), checkpoint_key=TEST_KEY, **settings)  # type: ignore[arg-type]
+        s = Settings(streams=(STREAM,), checkpoint_secret=TEST_KEY, **settings)  # type: ignore[arg-type]
         spec = load_spec(s.model)
         self.rt = Runtime(
             settings=s, spec=spec, signer=Signer(TEST_KEY), decoder=Decoder(s.event_format),

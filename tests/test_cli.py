@@ -201,7 +201,7 @@ def test_a_bad_redis_url_message_says_what_to_write() -> None:
 
 
 def test_good_redis_urls_pass_the_check() -> None:
-    from detector.settings import check_redis_url
+    from detector.connection import check_redis_url
 
     for url in ["redis://localhost", "redis://u@10.0.0.1:6380/2", "rediss://[::1]:6379",
                 "unix:///run/redis.sock", "unix:///run/redis.sock?db=1"]:  # fmt: skip

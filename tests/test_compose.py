@@ -32,8 +32,10 @@ import redis
 import yaml
 from click.testing import CliRunner
 
-from detector.cli import SECRET_ENVVARS, checkpoint_key, cli, default_baselines_dir, global_option
-from detector.settings import HEALTH_KEY
+from detector.cli import cli
+from detector.options import global_option
+from detector.secrets import SECRET_ENVVARS, load_checkpoint_secret
+from detector.settings import HEALTH_KEY, default_baselines_dir
 from detector.shop import DEMO_KINDS, iter_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -611,7 +613,7 @@ def test_compose_env_gives_the_worker_the_secret_key(
     home = unwritable_home(tmp_path)
     use_environ(monkeypatch, env, home)
     assert in_container.startswith("/run/secrets/")
-    assert checkpoint_key() == host_file.read_text().strip().encode()
+    assert load_checkpoint_secret() == host_file.read_text().strip().encode()
     assert not home.parent.is_dir()
 
 
@@ -640,7 +642,7 @@ def test_dockerfile_run_example_gives_the_worker_a_key(
                 container_env[name] = source + value[len(target) :]
     home = unwritable_home(tmp_path)
     use_environ(monkeypatch, container_env, home)
-    key = checkpoint_key()
+    key = load_checkpoint_secret()
     assert len(key) >= 32
     assert not home.parent.is_dir(), "wrote into HOME"
     # The options parse with the real CLI, and the published port is the metrics port.

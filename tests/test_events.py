@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -187,12 +188,36 @@ def test_flat_non_decimal_values_are_strings(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", [b"nan", b"NaN", b"inf", b"-inf", b"+Infinity", b"INF", b"1e400", b"-1e400"]
+    "raw",
+    [
+        b"nan",
+        b"NaN",
+        b"inf",
+        b"-inf",
+        b"+Infinity",
+        b"-Infinity",
+        b"INF",
+        b"1e400",
+        b"-1e400",
+        b"1e999",
+        b"9" * 400,
+        # A hex event id that reads as an overflowing decimal float (issue 13).
+        b"03875656161940159e78230871415040",
+    ],
 )
-def test_flat_non_finite_numbers_rejected(raw: bytes) -> None:
-    err = reject({b"x": raw})
-    assert err.reason == "non_finite_number"
-    assert "x" in err.detail
+def test_flat_non_finite_values_are_strings(raw: bytes) -> None:
+    # A flat value has no type: one that is not a finite number is a category, and the event
+    # is kept (it was dead-lettered as non_finite_number, losing a valid event).
+    e = decode({b"producer": b"svc-04", b"event_id": raw, b"qty": b"2"})
+    assert e.strings == {"event_id": raw.decode()}
+    assert e.numbers == {"qty": 2.0}
+
+
+def test_flat_finite_lookalike_stays_a_number() -> None:
+    # Only values beyond a double become strings: a hex id that happens to read as a finite
+    # decimal number is still a number (flat fields carry no type to tell otherwise).
+    assert decode({b"x": b"1234e56"}).numbers == {"x": 1.234e59}
+    assert decode({b"x": b"1e-999"}).numbers == {"x": 0.0}
 
 
 def test_flat_booleans_are_strings() -> None:
@@ -392,9 +417,17 @@ def test_very_deep_json_is_rejected_not_crashing() -> None:
 
 
 def test_json_non_finite_numbers_rejected() -> None:
-    # orjson refuses numbers that overflow a double; either way the entry is rejected.
+    # JSON is typed: a number literal beyond a double is a number the producer meant, not a
+    # category, so the entry is rejected with its own reason; NaN and Infinity are not JSON.
     for raw in (b'{"a": 1e400}', b'{"a": -1e400}', b'{"a": ' + b"9" * 400 + b"}"):
-        assert reject({b"data": raw}).reason in {"invalid_json", "non_finite_number"}
+        err = reject({b"data": raw})
+        assert err.reason == "non_finite_number"
+        assert "infinity" in err.detail
+    for raw in (b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}'):
+        assert reject({b"data": raw}).reason == "invalid_json"
+    # As JSON strings they are ordinary categories.
+    e = decode({b"data": b'{"a": "1e400", "b": "NaN"}'})
+    assert e.strings == {"a": "1e400", "b": "NaN"}
 
 
 def test_json_lone_surrogate_rejected() -> None:
@@ -476,6 +509,29 @@ def test_hostile_entries_decode_or_reject(
     wide = {f"w{i}".encode(): str(i).encode() for i in range(many)}
     check({**wide, **fields}, fmt)
     check(fields, fmt)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=VALUES)
+def test_flat_value_is_its_finite_number_or_its_text(raw: bytes) -> None:
+    # A flat value never costs the event unless it breaks a text rule (UTF-8, length).
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        assert reject({b"x": raw}).reason == "invalid_utf8"
+        return
+    if len(text) > DEFAULT.max_string_len:
+        if len(raw) + 1 <= DEFAULT.max_entry_bytes:
+            assert reject({b"x": raw}).reason == "string_too_long"
+        return
+    e = decode({b"x": raw})
+    decimal = re.fullmatch(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", text)
+    if decimal and math.isfinite(float(text)):
+        assert e.numbers == {"x": float(text)}
+        assert e.strings == {}
+    else:
+        assert e.strings == {"x": text}
+        assert e.numbers == {}
 
 
 def json_values() -> st.SearchStrategy[Any]:

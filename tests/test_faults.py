@@ -171,7 +171,7 @@ def _settings(url: str) -> Settings:
         checkpoint_every=500,
         checkpoint_interval_ms=200,
         batch_size=200,
-        checkpoint_key=TEST_KEY,
+        checkpoint_secret=TEST_KEY,
     )
 
 

@@ -86,7 +86,7 @@ def baselines(st: ProducerState) -> dict[str, Any]:
 
 def summary(verdicts: list[Verdict]) -> list[tuple[Any, ...]]:
     return [
-        (v.event.entry_id, v.score, v.flagged, v.alert, v.error, v.held, v.silence)
+        (v.event.entry_id, v.score, v.flagged, v.alert, v.error, v.held, v.side_alerts)
         for v in verdicts
     ]
 
@@ -538,14 +538,14 @@ def two_producers(n: int, stop_b: int) -> list[Event]:
 
 def test_silence_is_off_when_a_spec_leaves_it_out() -> None:
     p = Pipeline(spec_with("stats", silence_after=0.0))
-    assert not any(v.silence for v in p.process(two_producers(600, 300)))
+    assert not any(v.side_alerts for v in p.process(two_producers(600, 300)))
     assert Decision().silence_after == 0.0  # the dataclass default: off
 
 
 def test_a_producer_that_stops_raises_one_silence_alert() -> None:
     p = Pipeline(spec_with("stats", silence_after=10.0, silence_min_ms=20 * SECOND))
     out = p.process(two_producers(600, 300))
-    found = [(v, a) for v in out for a in v.silence]
+    found = [(v, a) for v in out for a in v.side_alerts]
     assert len(found) == 1  # once per silence, not at every check
     v, alert = found[0]
     assert v.event.producer == "a"  # revealed by another producer's event
@@ -565,15 +565,15 @@ def test_silence_is_raised_again_after_the_producer_resumes_and_stops_again() ->
     first = p.process(two_producers(400, 300))
     back = [ev(i, "b", t0=500) for i in range(400, 420)]
     again = p.process([e for i in range(400, 600) for e in (ev(i, "a"), *back[i - 400 : i - 399])])
-    assert sum(len(v.silence) for v in first) == 1
-    assert sum(len(v.silence) for v in again) == 1
+    assert sum(len(v.side_alerts) for v in first) == 1
+    assert sum(len(v.side_alerts) for v in again) == 1
 
 
 def test_no_silence_before_warm_up_or_within_the_minimum() -> None:
     p = Pipeline(spec_with("stats", silence_after=10.0, silence_min_ms=20 * SECOND))
-    assert not any(v.silence for v in p.process(two_producers(600, 100)))  # b never warm
+    assert not any(v.side_alerts for v in p.process(two_producers(600, 100)))  # b never warm
     q = Pipeline(spec_with("stats", silence_after=10.0, silence_min_ms=10 * 60 * SECOND))
-    assert not any(v.silence for v in q.process(two_producers(600, 300)))  # 5 min < 10 min
+    assert not any(v.side_alerts for v in q.process(two_producers(600, 300)))  # 5 min < 10 min
 
 
 def test_silence_survives_a_checkpoint_mid_stream() -> None:
@@ -664,7 +664,7 @@ def test_metrics_state_goes_through_a_signed_checkpoint() -> None:
     restored.restore(decode_fields(signer, {k.encode(): v for k, v in fields.items()}))
     rest_a, rest_b = original.process(events[cut:]), restored.process(events[cut:])
     assert summary(rest_a) == summary(rest_b)
-    assert sum(len(v.silence) for v in rest_a) == 1
+    assert sum(len(v.side_alerts) for v in rest_a) == 1
 
 
 def interleaved(start: int, n: int) -> list[Event]:

@@ -107,7 +107,7 @@ def user_url(server: EmbeddedRedis, role: str, with_password: bool = True) -> st
 def worker_settings(url: str, **changes: Any) -> Settings:
     base = Settings(
         redis_url=url, streams=(STREAM,), group=GROUP, consumer=CONSUMER, until_idle=True,
-        idle_timeout_ms=300, block_ms=100, checkpoint_key=TEST_KEY, checkpoint_every=300,
+        idle_timeout_ms=300, block_ms=100, checkpoint_secret=TEST_KEY, checkpoint_every=300,
         claim_idle_ms=0,
     )  # fmt: skip
     return replace(base, **changes)
@@ -622,7 +622,7 @@ def test_signed_pickle_cannot_reach_beyond_the_allow_list() -> None:
     from detector.checkpoint import Signer
 
     signer = Signer(TEST_KEY)
-    blob = signer.sign("p:x", _signed_pickle_reaching("detector.cli", "os.getpid"))
+    blob = signer.sign("p:x", _signed_pickle_reaching("detector.secrets", "os.getpid"))
     with pytest.raises(CheckpointError):
         signer.loads("p:x", blob)
 

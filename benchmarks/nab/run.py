@@ -227,7 +227,7 @@ def default_settings(spec: ModelSpec) -> Settings:
         until_idle=True,
         idle_timeout_ms=300,
         block_ms=100,
-        checkpoint_key=CHECKPOINT_KEY,  # signs the worker's checkpoints; the server is discarded
+        checkpoint_secret=CHECKPOINT_KEY,  # signs the worker's checkpoints; the server is discarded
     )
 
 

@@ -2,7 +2,7 @@
 
 ``detector run`` handles each batch by decoding every entry with :class:`Decoder` and
 calling :meth:`Pipeline.process` on the valid events; its alerts are each verdict's
-``alert`` plus its ``silence`` alerts (``Worker._handle``). This does the same, batch by
+``alert`` plus its ``side_alerts`` (``Worker._handle``). This does the same, batch by
 batch, without Redis: the pipeline's state depends only on the events and their order, so
 the alerts are the ones the worker would append.
 
@@ -68,11 +68,11 @@ class _Sweep:
         pipeline.store.evidence = noted  # type: ignore[method-assign]
 
     def see(
-        self, pipeline: Pipeline, event: Event, score: float | None, silence: Sequence[Hit]
+        self, pipeline: Pipeline, event: Event, score: float | None, side: Sequence[Hit]
     ) -> None:
         st = pipeline.store.producers.get(event.producer)
         for (t, horizon_ms), hits in self.hits.items():
-            hits.extend(silence)
+            hits.extend(side)
             if score is None or st is None or score < pipeline.threshold_for(st, t, horizon_ms):
                 continue
             until = self.until[t, horizon_ms]
@@ -128,8 +128,8 @@ def run_seed(
             for e in events:
                 v = pipeline.process([e])[0]
                 verdicts.append(v)
-                silence = [_hit(a) for a in v.silence]
-                simulated.see(pipeline, e, v.score, silence)
+                side = [_hit(a) for a in v.side_alerts]
+                simulated.see(pipeline, e, v.score, side)
         busy_s += time.perf_counter() - started
         for v in verdicts:
             e = v.event
@@ -137,7 +137,7 @@ def run_seed(
             s[1] = e.event_time_ms
             if v.alert is not None:
                 hits.append(_hit(v.alert))
-            hits.extend(_hit(a) for a in v.silence)
+            hits.extend(_hit(a) for a in v.side_alerts)
     producer_days = sum(b - a for a, b in span.values()) / DAY_MS
     return SeedRun(
         seed,
