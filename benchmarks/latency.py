@@ -86,7 +86,7 @@ def worker_role(
         batches.append((time.time(), [v.event.entry_id for v in verdicts]))
 
     worker = Worker(settings, on_verdicts=on_verdicts)
-    consumer = worker.consumers[None]
+    consumer = worker.consumers[0].checkpointer
     write = consumer._write_frozen
 
     durations: list[float] = []

@@ -160,7 +160,7 @@ def clone_role(model: str, n: int, blobs_path: Path, url: str, out: Path) -> Non
     append(r, "mem", [{"f": "1"}] * k)
     r.xgroup_create("mem", "mem", id="0")
     entries = r.xreadgroup("mem", "mem", {"mem": ">"}, count=k)
-    worker.consumers[None].to_ack = {"mem": [e[0].decode() for e in entries[0][1]]}  # type: ignore[index]
+    worker.consumers[0].checkpointer.to_ack = {"mem": [e[0].decode() for e in entries[0][1]]}  # type: ignore[index]
     store.dirty.update(names[:k])
     result["incremental_checkpoint"] = _timed_checkpoint(worker) | {"producers": k, "acks": k}
     result["hash_memory_bytes"] = int(r.memory_usage("detector:checkpoint:mem:mem") or 0)

@@ -1,25 +1,20 @@
 """Consumer: one consumer of the group and the state it owns.
 
-Unpartitioned, the worker is one consumer (named after the worker) with one checkpoint.
-Partitioned, each owned partition ``p`` is a consumer named ``p<k>`` with its own
+Unpartitioned, the worker is one consumer (named after the worker) with one checkpoint: its
+one partition. Partitioned, each owned partition ``p`` is a consumer named ``p<k>`` with its own
 :class:`~detector.pipeline.Pipeline`, checkpoint and pending list, so ownership moves between
 workers with the partition's lease (no claiming needed).
 
 Start: load the signed checkpoint (or a baseline), re-read the consumer's pending entries
 (those at or below the checkpoint's offsets are only acked; the rest are replayed into the
 restored state), then read new ones. Each batch: decode, score, append its alerts and dead
-letters (each at most once). Every ``checkpoint_every`` entries or ``checkpoint_interval_ms``,
-one transaction writes the changed state with its offsets and XACKs everything since the
-previous one. See docs/design.md for the delivery semantics and the commit order.
-
-A due commit is frozen, not written at once: its changed producers are encoded a slice at a
-time between reads (``commit_slice_ms``; see :class:`~detector.checkpoint.FrozenCommit`), and
-written as soon as all are (at the latest when the next commit is due).
+letters (each at most once), and tell its :class:`~detector.checkpointer.Checkpointer`, which
+commits the state with its offsets and acks the entries (see docs/design.md for the delivery
+semantics and the commit order).
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -27,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from detector.baselines import BaselineEnd
-from detector.checkpoint import FrozenCommit, Signer, Snapshot, decode_fields
+from detector.checkpoint import Signer, Snapshot, decode_fields
 from detector.checkpoint import load_file as load_baseline
+from detector.checkpointer import Checkpointer, settle
 from detector.errors import InvalidEventError
 from detector.events import Decoder, Event
 from detector.metrics import Metrics
@@ -92,22 +88,29 @@ class Runtime:
 
 
 class Consumer:
-    """A group consumer: its streams, its pipeline, its offsets, its checkpoint.
+    """A group consumer: its streams, its pipeline, its checkpointer.
 
     Args:
         rt: the worker's shared runtime.
         streams: the consumer's Redis view (fenced for a partition owner).
         checkpoint_key: its checkpoint hash.
-        partition: its partition (None: unpartitioned).
+        partition: its partition, of ``partitions`` (an unpartitioned worker's: 0 of 1).
     """
 
     def __init__(
-        self, rt: Runtime, streams: Streams, checkpoint_key: str, partition: int | None = None
+        self,
+        rt: Runtime,
+        streams: Streams,
+        checkpoint_key: str,
+        partition: int = 0,
+        partitions: int = 1,
     ) -> None:
         self.rt = rt
         self.streams = streams
         self.checkpoint_key = checkpoint_key
         self.partition = partition
+        self.partitions = partitions
+        self.restored = False
         s = rt.settings
         self.pipeline = Pipeline(
             rt.spec,
@@ -116,19 +119,16 @@ class Consumer:
             idle_ttl_ms=int(s.producer_idle_ttl_s * 1000),
             track_changes=True,
         )
-        # Last entry id folded into the state, per stream (restored from the checkpoint):
-        # own pending entries up to it are acked without being learned twice.
-        self.processed_upto: dict[str, str] = {}
-        self.to_ack: dict[str, list[str]] = {}
-        # A due commit being encoded, and the entries it acks (since_commit counts from its freeze).
-        self.frozen: FrozenCommit | None = None
-        self.frozen_acks: dict[str, list[str]] = {}
-        self.since_commit = 0
-        self.last_commit = time.monotonic()
-        self.full_next_commit = False
+        self.checkpointer = Checkpointer(rt, self.pipeline, streams, checkpoint_key)
         self.claim_cursor = dict.fromkeys(streams.streams, "0-0")
         # Started from a baseline: skip the events it learned (see detector.baselines).
         self.baseline_end: BaselineEnd | None = None
+
+    @property
+    def processed_upto(self) -> dict[str, str]:
+        """Last entry id folded into the state, per stream (restored from the checkpoint):
+        own pending entries up to it are acked without being learned twice."""
+        return self.checkpointer.offsets
 
     # -- start -------------------------------------------------------------------------
 
@@ -138,10 +138,12 @@ class Consumer:
         if rt.settings.reset_state:
             log.warning("deleting checkpoint %s (--reset-state)", key)
             rt.with_retries(lambda: self.streams.r.delete(key))
+        self.restored = True
         fields: dict[bytes, bytes] = {}
         rt.with_retries(lambda: fields.update(self.streams.load_checkpoint(key)))
         if fields:
-            self.processed_upto = self.pipeline.restore(decode_fields(rt.signer, fields))
+            offsets = self.pipeline.restore(decode_fields(rt.signer, fields))
+            self.checkpointer.offsets = offsets
             log.info(
                 "resumed from checkpoint %s: %d producers, offsets %s",
                 key, len(self.pipeline.store), self.processed_upto,
@@ -156,9 +158,11 @@ class Consumer:
             snap = self._own_producers(load_baseline(rt.settings.baseline, rt.signer))
             offsets = self.pipeline.restore(snap, baseline=True)
             # Where the baseline's data ended: entries up to there are not learned again.
-            self.processed_upto = {s: i for s, i in offsets.items() if s in self.streams.streams}
+            self.checkpointer.offsets = {
+                s: i for s, i in offsets.items() if s in self.streams.streams
+            }
             self.baseline_end = BaselineEnd.of(snap, self.processed_upto)
-            self.full_next_commit = True  # the checkpoint must hold every baseline producer
+            self.checkpointer.require_full()  # the checkpoint must hold every baseline producer
             log.info(
                 "started %s from baseline %s: %d producers, learned up to entry %s, event "
                 "time %s", key, rt.settings.baseline, len(self.pipeline.store),
@@ -167,11 +171,9 @@ class Consumer:
         settle()
 
     def _own_producers(self, snap: Snapshot) -> Snapshot:
-        """A baseline cut down to this partition's producers (all of them, unpartitioned)."""
-        count = self.rt.settings.partitions
-        if self.partition is None or count is None:
-            return snap
-        mine = {k: v for k, v in snap.producers.items() if partition_of(k, count) == self.partition}
+        """A baseline cut down to this partition's producers."""
+        p, count = self.partition, self.partitions
+        mine = {k: v for k, v in snap.producers.items() if partition_of(k, count) == p}
         return Snapshot(snap.meta, snap.model, mine)
 
     def drain_own_pending(self, cursors: dict[str, str], *, check_poison: bool = True) -> None:
@@ -231,7 +233,7 @@ class Consumer:
                     log.warning("%d pending entries were deleted before processing", deleted)
                 # Our own entries wait for the next checkpoint's ack and may look idle: they
                 # are already in the state, so only other consumers' entries are work.
-                mine = {*self.to_ack.get(stream, ()), *self.frozen_acks.get(stream, ())}
+                mine = self.checkpointer.unacked(stream)
                 entries = [e for e in entries if e[1] not in mine]
                 if entries:
                     total += len(entries)
@@ -274,13 +276,9 @@ class Consumer:
                 if not id_leq(entry_id, self.processed_upto.get(stream)):
                     self.processed_upto[stream] = entry_id
         rt.with_retries(lambda: self.streams.emit(out), even_when_stopping=True)
-        self.since_commit += len(entries)
+        self.checkpointer.received(entries)
         self._count(entries, verdicts, out, time.perf_counter() - started)
-        # Claimed entries may lie below our offsets: commit them with the state at once.
-        if claimed:
-            self.checkpoint()
-        if self.checkpoint_due():  # writes the frozen one first: bounds the pending list
-            self.freeze()
+        self.checkpointer.after_batch(claimed)
         rt.stats.busy_s = time.monotonic() - rt.started
         if rt.on_verdicts is not None:
             rt.on_verdicts(verdicts)
@@ -296,7 +294,6 @@ class Consumer:
         # stream, so if its first entry is above, all are (the usual case: one compare).
         starts_below: dict[str, bool] = {}
         for stream, entry_id, fields in entries:
-            self.to_ack.setdefault(stream, []).append(entry_id)
             below = starts_below.get(stream)
             if below is None:
                 below = starts_below[stream] = id_leq(entry_id, self.processed_upto.get(stream))
@@ -322,76 +319,26 @@ class Consumer:
             events.append(event)
         return events, out
 
-    def checkpoint_due(self) -> bool:
-        s = self.rt.settings
-        if self.since_commit >= s.checkpoint_every:
-            return True
-        elapsed_ms = (time.monotonic() - self.last_commit) * 1000
-        return bool(self.to_ack) and elapsed_ms >= s.checkpoint_interval_ms
-
     def checkpoint(self) -> None:
-        """Commit everything handled so far: the frozen commit, if any, then the rest.
+        """Commit everything handled so far.
 
         Raises:
             FencedError: the partition's lease is lost; nothing more was written.
         """
-        if self.to_ack or self.pipeline.store.dirty or self.full_next_commit:
-            self.freeze()  # writes the frozen one first
-        if self.frozen is not None:
-            self._write_frozen()
+        self.checkpointer.commit()
 
-    def freeze(self) -> None:
-        """Freeze a commit of the state and offsets as they are now (an older frozen commit
-        is written first); :meth:`commit_step` encodes and writes it."""
-        if self.frozen is not None:
-            self._write_frozen()
-        pipeline = self.pipeline
-        snap = pipeline.snapshot(self.processed_upto, full=self.full_next_commit)
-        fence = self.streams.fence
-        if fence is not None:  # which owner wrote it: epochs only grow
-            snap.meta.update(partition=fence.partition, epoch=fence.epoch)
-        self.frozen = frozen = FrozenCommit(self.rt.signer, snap)
-        pipeline.committed()  # changes from now on belong to the next commit
-        pipeline.store.before_change = frozen.keep
-        self.frozen_acks, self.to_ack = self.to_ack, {}
-        self.since_commit = 0
-        self.full_next_commit = False
-        self.last_commit = time.monotonic()
+    @property
+    def encoding(self) -> bool:
+        """Whether a frozen commit is being encoded (its encoding goes on between reads)."""
+        return self.checkpointer.frozen is not None
 
-    def commit_step(self, deadline: float) -> None:
-        """Encode the frozen commit until ``time.perf_counter()`` passes ``deadline`` (at
-        least one state); write it once complete, or at once if ``commit_slice_ms`` is 0.
+    def housekeeping(self, deadline: float) -> None:
+        """Between reads: a commit due by time, and encoding until ``deadline``.
 
         Raises:
             FencedError: the partition's lease is lost; nothing was written.
         """
-        if self.frozen is None:
-            return
-        if self.rt.settings.commit_slice_ms <= 0 or self.frozen.advance(deadline):
-            self._write_frozen()
-
-    def _write_frozen(self) -> None:
-        """Encode what is left of the frozen commit and write it: one transaction (for a
-        partition owner, one script that first checks the lease), retried through connection
-        errors (it is idempotent); the entries it acks are exactly those its state learned.
-
-        Raises:
-            FencedError: the partition's lease is lost; nothing was written.
-        """
-        rt, frozen, acks = self.rt, self.frozen, self.frozen_acks
-        assert frozen is not None  # noqa: S101 (callers check)
-        frozen.advance()
-        started = time.perf_counter()
-        rt.with_retries(
-            lambda: self.streams.commit(self.checkpoint_key, frozen.fields, frozen.removed, acks),
-            even_when_stopping=True,
-        )
-        self.frozen, self.frozen_acks = None, {}
-        self.pipeline.store.before_change = None
-        rt.stats.checkpoints += 1
-        rt.metrics.checkpoint_seconds.observe(frozen.seconds + time.perf_counter() - started)
-        rt.metrics.checkpoint_bytes.set(sum(len(v) for v in frozen.fields.values()))
-        settle()
+        self.checkpointer.tick(deadline)
 
     def _count(
         self, entries: list[Entry], verdicts: list[Verdict], out: Output, seconds: float
@@ -416,14 +363,6 @@ class Consumer:
         m.suppressed.inc(suppressed)
         m.batch_seconds.observe(seconds)
         m.event_seconds.observe(seconds / max(len(entries), 1))  # once per batch: see metrics
-
-
-def settle() -> None:
-    """Take the objects alive now (the state just restored or committed: long-lived) out of
-    the cyclic garbage collector's sight. A full collection walked ~135k state objects in
-    ~90 ms at 1000 producers, a pause that set the latency p99 as much as commits did. The
-    state holds no reference cycles, so reference counting still frees evicted producers."""
-    gc.freeze()
 
 
 def id_leq(entry_id: str, upto: str | None) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from detector import partitions
 from detector.errors import DetectorError
@@ -60,10 +60,13 @@ class FencedError(DetectorError):
 class Fence:
     """The lease a partition's reads and commits must still hold: key and token.
 
-    A lease that guards no partition (:meth:`Leases.take`, the router's) has partition -1
-    and epoch 0.
+    A lease can be lost, so its owner writes what it must in one go: a time-due commit (a
+    lost lease refuses it before anything is applied) and the replay of a partition just
+    acquired (another handoff would re-deliver it). A lease that guards no partition
+    (:meth:`Leases.take`, the router's) has partition -1 and epoch 0.
     """
 
+    refuses: ClassVar[bool] = True
     partition: int
     lease_key: str
     token: str
@@ -71,6 +74,24 @@ class Fence:
     @property
     def epoch(self) -> int:
         return int(self.token.rpartition(":")[2])
+
+    def stamp(self) -> dict[str, int]:
+        """What a commit records of its writer: epochs only grow."""
+        return {"partition": self.partition, "epoch": self.epoch}
+
+
+@dataclass(frozen=True, slots=True)
+class NoFence:
+    """The fence of an unpartitioned worker's one partition: it never refuses (nobody else
+    can own it), so its commits are encoded in slices like any other."""
+
+    refuses: ClassVar[bool] = False
+
+    def stamp(self) -> dict[str, int]:
+        return {}
+
+
+NO_FENCE = NoFence()
 
 
 class Leases:

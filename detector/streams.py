@@ -9,9 +9,10 @@ therefore the replay log: after a crash, the entries after the checkpoint are st
 redis-py retries are off: a silently retried ``XREADGROUP >`` can skip entries whose reply
 was lost. The worker resynchronises from its own pending entries instead.
 
-A partition's owner reads and commits through scripts that first check its lease (a
-:class:`~detector.ownership.Fence`); every script and transaction touches one partition's keys
-or one output stream's keys, so the same code runs on Redis Cluster (one slot each).
+A partition's owner reads and commits through scripts that first check its lease
+(:class:`FencedStreams`, holding a :class:`~detector.ownership.Fence`); every script and
+transaction touches one partition's keys or one output stream's keys, so the same code runs
+on Redis Cluster (one slot each).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from redis.retry import Retry
 
 from detector.alerts import Alert
 from detector.errors import ConfigError
-from detector.ownership import Fence, FencedError
+from detector.ownership import NO_FENCE, Fence, FencedError, NoFence
 from detector.settings import ALERT_GUARD_KEY, DEAD_LETTER_GUARD_KEY, GUARD_TTL_S
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ Client: TypeAlias = "redis.Redis | RedisCluster"
 
 # Raw entry as read: (stream, entry id, fields).
 Entry = tuple[str, str, dict[bytes, bytes]]
+# A commit's parts: checkpoint hash fields to write, and entry ids to XACK per stream.
+HashFields: TypeAlias = Mapping[str, bytes]
+Acks: TypeAlias = Mapping[str, Sequence[str]]
 
 # Appends each entry whose guard key is new. KEYS: (stream, guard key) pairs. ARGV: guard ttl,
 # maxlen (0: no cap), then per entry: the number of field/value items, the items. Returns
@@ -306,14 +310,19 @@ class Output:
 class Streams:
     """A group consumer's view of Redis: its input, its alert and dead-letter streams.
 
+    Its fence never refuses: the consumer is the worker's own (unpartitioned), so it reads
+    with a blocking ``XREADGROUP`` and commits in a ``MULTI``. A partition owner's view is a
+    :class:`FencedStreams`.
+
     Args:
         client: Redis client (:func:`connect`).
         streams: the input streams this consumer reads (one partition's, when partitioned).
         group, consumer: the consumer group and this consumer's name in it.
         alerts_stream, dead_letter_stream: where alerts and rejected entries go.
         maxlen: approximate cap on those two streams.
-        fence: the partition lease reads and commits must hold (None: unpartitioned).
     """
+
+    fence: Fence | NoFence = NO_FENCE
 
     def __init__(
         self,
@@ -325,7 +334,6 @@ class Streams:
         alerts_stream: str,
         dead_letter_stream: str,
         maxlen: int,
-        fence: Fence | None = None,
     ) -> None:
         self.r = client
         self.streams = tuple(streams)
@@ -334,10 +342,7 @@ class Streams:
         self.alerts_stream = alerts_stream
         self.dead_letter_stream = dead_letter_stream
         self.maxlen = maxlen
-        self.fence = fence
         self._append_once = client.register_script(_APPEND_ONCE)
-        self._fenced_read = client.register_script(_FENCED_READ)
-        self._fenced_commit = client.register_script(_FENCED_COMMIT)
 
     def ensure_groups(self, starts: Mapping[str, str] | None = None) -> None:
         """Create the group on every input stream if missing: right after ``starts[stream]``
@@ -354,17 +359,7 @@ class Streams:
                 log.info("created group %s on %s after entry %s", self.group, stream, start_id)
 
     def read(self, cursors: Mapping[str, str], count: int, block_ms: int | None) -> list[Entry]:
-        """XREADGROUP: ``>`` for new entries, an id for this consumer's own pending ones.
-
-        A fenced consumer reads through the lease check and never blocks (a script cannot).
-
-        Raises:
-            FencedError: the lease is no longer this consumer's; nothing was read.
-        """
-        if self.fence is not None:
-            kw = self._fenced_read_args(self.fence, cursors, count)
-            entries, _ = self.parse_fenced(self._fenced_read(keys=kw["keys"], args=kw["args"]))
-            return entries
+        """XREADGROUP: ``>`` for new entries, an id for this consumer's own pending ones."""
         reply = self.r.xreadgroup(
             self.group,
             self.consumer,
@@ -374,38 +369,15 @@ class Streams:
         )
         return _flatten(reply)  # type: ignore[arg-type]
 
-    def _fenced_read_args(
-        self, fence: Fence, cursors: Mapping[str, str], count: int
-    ) -> dict[str, list[Any]]:
-        streams = list(cursors)
-        return {
-            "keys": [fence.lease_key, *streams],
-            "args": [fence.token, self.group, self.consumer, count, *(cursors[s] for s in streams)],
-        }
+    def read_new(self, count: int, block_ms: int | None) -> tuple[list[Entry], dict[str, str]]:
+        """New entries, waiting up to ``block_ms`` for some; and the ids to :meth:`wait` after
+        when there were none (none here: this read has waited already)."""
+        return self.read(dict.fromkeys(self.streams, ">"), count, block_ms), {}
 
     def sweep_command(self, count: int) -> tuple[str, list[Any]]:
-        """The fenced read of new entries as (sha, EVALSHA arguments), for :func:`sweep`."""
-        if self.fence is None:
-            msg = "only a partition owner (fenced consumer) sweeps"
-            raise ValueError(msg)
-        kw = self._fenced_read_args(self.fence, dict.fromkeys(self.streams, ">"), count)
-        return self._fenced_read.sha, [len(kw["keys"]), *kw["keys"], *kw["args"]]
-
-    def parse_fenced(self, reply: list[Any]) -> tuple[list[Entry], dict[str, str]]:
-        """A fenced read's reply: (entries, and when there were none each stream's last id)."""
-        status = int(reply[0])
-        if status < 0:
-            msg = f"partition {self.fence.partition if self.fence else '?'}: lease lost"
-            raise FencedError(msg)
-        if status == 0:
-            return [], {s: _text(t) for s, t in zip(self.streams, reply[1:], strict=False)}
-        entries: list[Entry] = []
-        for stream, items in reply[1]:
-            name = _text(stream)
-            for eid, flat in items:
-                fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
-                entries.append((name, _text(eid), fields))
-        return entries, {}
+        """The read of new entries as (sha, EVALSHA arguments), for :func:`sweep`."""
+        msg = "only partition owners (FencedStreams) sweep; this consumer blocks in read_new"
+        raise TypeError(msg)
 
     def wait(self, tails: Mapping[str, str], block_ms: int) -> None:
         """Block until an entry after ``tails`` arrives (or the time is up), reading nothing
@@ -457,21 +429,8 @@ class Streams:
             written += int(self._append_once(keys=keys, args=args))
         return written
 
-    def commit(
-        self,
-        key: str,
-        fields: Mapping[str, bytes],
-        removed: Sequence[str],
-        acks: Mapping[str, Sequence[str]],
-    ) -> None:
-        """One transaction: write the checkpoint's changed fields, drop evicted ones, XACK.
-
-        Raises:
-            FencedError: (fenced consumers) the lease is no longer ours; nothing was written.
-        """
-        if self.fence is not None:
-            self._commit_fenced(key, fields, removed, acks)
-            return
+    def commit(self, key: str, fields: HashFields, removed: Sequence[str], acks: Acks) -> None:
+        """One transaction: write the checkpoint's changed fields, drop evicted ones, XACK."""
         pipe = self.r.pipeline(transaction=True)
         if fields:
             pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
@@ -481,26 +440,6 @@ class Streams:
             if ids:
                 pipe.xack(stream, self.group, *ids)
         pipe.execute()
-
-    def _commit_fenced(  # an owner's commit: the MULTI's commands in a script that checks the lease
-        self,
-        key: str,
-        fields: Mapping[str, bytes],
-        removed: Sequence[str],
-        acks: Mapping[str, Sequence[str]],
-    ) -> None:
-        if self.fence is None:
-            return
-        items = [x for kv in fields.items() for x in kv]
-        args: list[str | bytes | int] = [self.fence.token, self.group, len(items), *items]
-        args += [len(removed), *removed]
-        streams = [s for s, ids in acks.items() if ids]
-        for stream in streams:
-            args += [len(acks[stream]), *acks[stream]]
-        keys = [self.fence.lease_key, key, *streams]
-        if not int(self._fenced_commit(keys=keys, args=args)):
-            msg = f"partition {self.fence.partition}: commit refused, the lease is lost"
-            raise FencedError(msg)
 
     def load_checkpoint(self, key: str) -> dict[bytes, bytes]:
         """Every field of a checkpoint hash (HSCAN: no single huge reply)."""
@@ -524,8 +463,104 @@ class Streams:
         return out
 
 
+class FencedStreams(Streams):
+    """A partition owner's view: reads and commits run in scripts that first check its lease.
+
+    A script cannot block, so reads never wait (the worker waits with :meth:`wait`); the
+    partition's consumer name passes to each owner with the lease, so its pending entries are
+    the owner's own and there is nothing to claim.
+
+    Args:
+        fence: the partition lease reads and commits must hold.
+        others: as for :class:`Streams`.
+    """
+
+    fence: Fence
+
+    def __init__(self, client: Client, *, fence: Fence, **others: Any) -> None:
+        super().__init__(client, **others)
+        self.fence = fence
+        self._fenced_read = client.register_script(_FENCED_READ)
+        self._fenced_commit = client.register_script(_FENCED_COMMIT)
+
+    def read(self, cursors: Mapping[str, str], count: int, block_ms: int | None) -> list[Entry]:
+        """XREADGROUP through the lease check, never blocking.
+
+        Raises:
+            FencedError: the lease is no longer this consumer's; nothing was read.
+        """
+        entries, _ = self.read_new_from(cursors, count)
+        return entries
+
+    def read_new(self, count: int, block_ms: int | None) -> tuple[list[Entry], dict[str, str]]:
+        """New entries (without waiting), and each stream's last id when there were none.
+
+        Raises:
+            FencedError: the lease is no longer this consumer's; nothing was read.
+        """
+        return self.read_new_from(dict.fromkeys(self.streams, ">"), count)
+
+    def read_new_from(
+        self, cursors: Mapping[str, str], count: int
+    ) -> tuple[list[Entry], dict[str, str]]:
+        kw = self._fenced_read_args(cursors, count)
+        return self.parse_fenced(self._fenced_read(keys=kw["keys"], args=kw["args"]))
+
+    def _fenced_read_args(self, cursors: Mapping[str, str], count: int) -> dict[str, list[Any]]:
+        streams = list(cursors)
+        fence = self.fence
+        return {
+            "keys": [fence.lease_key, *streams],
+            "args": [fence.token, self.group, self.consumer, count, *(cursors[s] for s in streams)],
+        }
+
+    def sweep_command(self, count: int) -> tuple[str, list[Any]]:
+        """The fenced read of new entries as (sha, EVALSHA arguments), for :func:`sweep`."""
+        kw = self._fenced_read_args(dict.fromkeys(self.streams, ">"), count)
+        return self._fenced_read.sha, [len(kw["keys"]), *kw["keys"], *kw["args"]]
+
+    def parse_fenced(self, reply: list[Any]) -> tuple[list[Entry], dict[str, str]]:
+        """A fenced read's reply: (entries, and when there were none each stream's last id)."""
+        status = int(reply[0])
+        if status < 0:
+            msg = f"partition {self.fence.partition}: lease lost"
+            raise FencedError(msg)
+        if status == 0:
+            return [], {s: _text(t) for s, t in zip(self.streams, reply[1:], strict=False)}
+        entries: list[Entry] = []
+        for stream, items in reply[1]:
+            name = _text(stream)
+            for eid, flat in items:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
+                entries.append((name, _text(eid), fields))
+        return entries, {}
+
+    def claim(
+        self, stream: str, min_idle_ms: int, start: str, count: int
+    ) -> tuple[str, list[Entry], int]:
+        """Nothing: a partition's pending entries are its owner's own (read at acquisition)."""
+        return "0-0", [], 0
+
+    def commit(self, key: str, fields: HashFields, removed: Sequence[str], acks: Acks) -> None:
+        """The MULTI's commands in a script that first checks the lease.
+
+        Raises:
+            FencedError: the lease is no longer ours; nothing was written.
+        """
+        items = [x for kv in fields.items() for x in kv]
+        args: list[str | bytes | int] = [self.fence.token, self.group, len(items), *items]
+        args += [len(removed), *removed]
+        streams = [s for s, ids in acks.items() if ids]
+        for stream in streams:
+            args += [len(acks[stream]), *acks[stream]]
+        keys = [self.fence.lease_key, key, *streams]
+        if not int(self._fenced_commit(keys=keys, args=args)):
+            msg = f"partition {self.fence.partition}: commit refused, the lease is lost"
+            raise FencedError(msg)
+
+
 def sweep(
-    client: Client, owners: Sequence[Streams], count: int
+    client: Client, owners: Sequence[FencedStreams], count: int
 ) -> list[tuple[list[Entry], dict[str, str]] | Exception]:
     """New entries of many fenced consumers in one round trip (non-blocking).
 

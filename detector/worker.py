@@ -1,13 +1,16 @@
-"""Worker: the loop that drives the group consumers it owns.
+"""Worker: the loop that drives the group consumers it owns, one per partition.
 
-Unpartitioned, the worker is one :class:`~detector.consumer.Consumer` reading every input
-stream with a blocking ``XREADGROUP``. Partitioned (``--partitions P``), it owns some of the P
-partitions, one consumer each, each behind a lease (:mod:`detector.ownership`): statically
-(``p % worker_count == worker_index``) or dynamically (rendezvous over the live members,
-rebalanced as workers join and leave). Each round reads every owned partition without blocking
-in one pipelined round trip; when all are empty it blocks briefly on one partition in
-rotation, with a plain ``XREAD`` that consumes nothing, so an idle worker neither spins nor
-holds an entry for long. See docs/design.md.
+Unpartitioned, the worker owns one partition (0): one :class:`~detector.consumer.Consumer`
+named after the worker, reading every input stream with a blocking ``XREADGROUP``, under a
+fence that never refuses (:class:`~detector.ownership.NoFence`). Partitioned
+(``--partitions P``), it owns some of the P partitions, one consumer each, each behind a lease
+(:mod:`detector.ownership`): statically (``p % worker_count == worker_index``) or dynamically
+(rendezvous over the live members, rebalanced as workers join and leave). The same loop drives
+both; an :class:`Assignment` says which partitions are the worker's and what they are named.
+With several partitions, each round reads every owned partition without blocking in one
+pipelined round trip; when all are empty it blocks briefly on one partition in rotation, with
+a plain ``XREAD`` that consumes nothing, so an idle worker neither spins nor holds an entry for
+long. See docs/design.md.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from types import FrameType
+from typing import Protocol
 
 import orjson
 import redis
@@ -32,12 +36,21 @@ from detector.consumer import Consumer, RunStats, Runtime
 from detector.errors import ConfigError
 from detector.events import Decoder
 from detector.metrics import Metrics
-from detector.ownership import Fence, FencedError, Leases, Membership
+from detector.ownership import NO_FENCE, Fence, FencedError, Leases, Membership, NoFence
 from detector.pipeline import Pipeline, Verdict
 from detector.scoring import ModelSpec, load_spec
 from detector.settings import CHECKPOINT_KEY, HEALTH_KEY, Settings
 from detector.status import StatusReporter
-from detector.streams import CONNECTION_ERRORS, Client, Outage, Streams, connect, sweep
+from detector.streams import (
+    CONNECTION_ERRORS,
+    Client,
+    Entry,
+    FencedStreams,
+    Outage,
+    Streams,
+    connect,
+    sweep,
+)
 
 __all__ = ["RunStats", "Worker"]
 
@@ -53,8 +66,139 @@ ACQUIRE_RETRY_S = 0.2
 ROTATING_WAIT_MS = 50
 
 
+class Assignment(Protocol):
+    """Which partitions are the worker's, what they are named, and how they are held."""
+
+    count: int  # partitions in all
+
+    def held(self) -> list[int]:
+        """The partitions the worker holds from the start, before any ownership round."""
+        ...
+
+    def target(self) -> list[int]:
+        """The partitions the worker should own now (sorted)."""
+        ...
+
+    def acquire(self, p: int) -> Fence | NoFence | None:
+        """Take partition ``p``: its fence, or None if another worker holds it."""
+        ...
+
+    def renew(self, fence: Fence | NoFence) -> bool:
+        """Whether the partition is still the worker's."""
+        ...
+
+    def release(self, fence: Fence | NoFence) -> bool:
+        """Whether the (committed) partition leaves the worker, its lease freed."""
+        ...
+
+    def view(self, p: int, fence: Fence | NoFence) -> tuple[Streams, str]:
+        """Partition ``p``'s Redis view and checkpoint key."""
+        ...
+
+    def leave(self) -> None:
+        """The worker stops."""
+        ...
+
+
+class Unpartitioned:
+    """An unpartitioned worker's one partition: its own consumer over every input stream,
+    held from the start under a fence that never refuses, kept across runs."""
+
+    count = 1
+
+    def __init__(self, settings: Settings, make: Callable[..., Streams]) -> None:
+        self.settings = settings
+        self._make = make
+
+    def held(self) -> list[int]:
+        return [0]
+
+    def target(self) -> list[int]:
+        return [0]
+
+    def acquire(self, p: int) -> NoFence:
+        return NO_FENCE
+
+    def renew(self, fence: Fence | NoFence) -> bool:
+        return True
+
+    def release(self, fence: Fence | NoFence) -> bool:
+        return False  # the next run resumes it as it is
+
+    def view(self, p: int, fence: Fence | NoFence) -> tuple[Streams, str]:
+        s = self.settings
+        key = CHECKPOINT_KEY.format(group=s.group, consumer=s.consumer)
+        return self._make(Streams, streams=s.streams, consumer=s.consumer), key
+
+    def leave(self) -> None:
+        pass
+
+
+class Leased:
+    """A partitioned worker's partitions: each behind a lease, assigned statically or by
+    rendezvous over the group's live members."""
+
+    def __init__(
+        self, settings: Settings, client: Client, rt: Runtime, make: Callable[..., Streams]
+    ) -> None:
+        self.settings = s = settings
+        self.count = s.partitions or 1
+        self.leases = Leases(client, s.group, s.consumer, s.lease_ttl_ms)
+        self.membership = Membership(client, s.group, s.consumer, s.lease_ttl_ms)
+        self.rt = rt
+        self._make = make
+        self._target: list[int] = []
+
+    def held(self) -> list[int]:
+        return []
+
+    def target(self) -> list[int]:
+        s = self.settings
+        if s.assignment == "static":
+            target = partitions.assigned_partitions(
+                self.count, index=s.worker_index or 0, count=s.worker_count or 1
+            )
+        else:
+            members = self.membership.heartbeat()
+            target = partitions.rendezvous(self.count, members)[s.consumer]
+        if target != self._target:
+            if self._target:
+                self.rt.metrics.rebalances.inc()
+            log.info("target partitions %s", target)
+            self._target = target
+        return target
+
+    def acquire(self, p: int) -> Fence | None:
+        fence = self.leases.acquire(p)
+        if fence is not None:
+            log.info("partition %d acquired, epoch %d", p, fence.epoch)
+        return fence
+
+    def renew(self, fence: Fence | NoFence) -> bool:
+        return isinstance(fence, Fence) and self.leases.renew(fence)
+
+    def release(self, fence: Fence | NoFence) -> bool:
+        if isinstance(fence, Fence):
+            log.info("partition %d releasing, epoch %d", fence.partition, fence.epoch)
+            self.rt.with_retries(lambda: self.leases.release(fence), even_when_stopping=True)
+        return True
+
+    def view(self, p: int, fence: Fence | NoFence) -> tuple[Streams, str]:
+        if not isinstance(fence, Fence):
+            msg = "a partition owner reads through its lease"
+            raise TypeError(msg)
+        streams = tuple(partitions.partition_stream(b, p) for b in self.settings.streams)
+        view = self._make(FencedStreams, streams=streams, consumer=partitions.consumer_name(p),
+                          fence=fence)  # fmt: skip
+        return view, partitions.checkpoint_key(self.settings.group, p)
+
+    def leave(self) -> None:
+        if self.settings.assignment == "dynamic":
+            self.membership.leave()
+
+
 class Worker:
-    """Consumes the group's input through the consumers it owns.
+    """Consumes the group's input through the consumers it owns, one per partition.
 
     Args:
         settings: the worker's settings.
@@ -101,23 +245,23 @@ class Worker:
         )
         self.metrics = self.rt.metrics
         self.stats: RunStats = self.rt.stats
-        # Unpartitioned: one consumer, key None. Partitioned: partition -> its consumer.
-        self.consumers: dict[int | None, Consumer] = {}
+        self.assignment: Assignment = (
+            Unpartitioned(settings, self._streams)
+            if settings.partitions is None
+            else Leased(settings, self.client, self.rt, self._streams)
+        )
+        # Partition -> its consumer.
+        self.consumers: dict[int, Consumer] = {}
         self._health_key = HEALTH_KEY.format(group=settings.group, consumer=settings.consumer)
         self._next = {"health": 0.0, "info": 0.0, "claim": 0.0, "own": 0.0}
         self._signals = 0
         self._rotation = 0
         self._tails: dict[int, dict[str, str]] = {}
         self._target: list[int] = []
-        self._restored = False
-        ttl = settings.lease_ttl_ms
-        self.leases = Leases(self.client, settings.group, settings.consumer, ttl)
-        self.membership = Membership(self.client, settings.group, settings.consumer, ttl)
         self.status = StatusReporter(self, settings.status_interval_s)
         self._outage = Outage(log)  # logs "reconnected after N s" once reads work again
-        if settings.partitions is None:
-            key = CHECKPOINT_KEY.format(group=settings.group, consumer=settings.consumer)
-            self.consumers[None] = Consumer(self.rt, self._streams(settings.streams), key)
+        for p in self.assignment.held():
+            self.consumers[p] = self._consumer(p, NO_FENCE)
 
     def __repr__(self) -> str:
         s = self.stats
@@ -128,25 +272,25 @@ class Worker:
 
     @property
     def pipeline(self) -> Pipeline:
-        """The unpartitioned worker's pipeline."""
-        consumer = self.consumers.get(None)
-        if consumer is None:
+        """The pipeline of the worker's only consumer (unpartitioned)."""
+        if len(self.consumers) != 1:
             msg = "a partitioned worker has one pipeline per partition: see .consumers"
             raise AttributeError(msg)
-        return consumer.pipeline
+        return next(iter(self.consumers.values())).pipeline
 
     @property
     def owned(self) -> list[int]:
-        """The partitions this worker owns now (sorted)."""
-        return sorted(p for p in self.consumers if p is not None)
+        """The partitions this worker owns under a lease now (sorted)."""
+        return sorted(p for p, c in self.consumers.items() if c.streams.fence.refuses)
 
     @property
     def producers(self) -> int:
         return sum(len(c.pipeline.store) for c in self.consumers.values())
 
     def _checkpoint(self) -> None:
-        """Commit all the unpartitioned consumer has handled (shutdown, benchmarks)."""
-        self.consumers[None].checkpoint()
+        """Commit all the consumers have handled (benchmarks)."""
+        for p, c in list(self.consumers.items()):
+            self._guard_fence(p, c.checkpoint)
 
     def stop(self) -> None:
         """Finish the current batch, commit, release the partitions, return from :meth:`run`."""
@@ -162,8 +306,8 @@ class Worker:
         until_idle = s.until_idle if until_idle is None else until_idle
         started = rt.started = time.monotonic()
         self._install_signals()
-        if s.partitions is None:
-            self._start_unpartitioned()
+        for p in list(self.consumers):  # held from the start, or kept from the previous run
+            self._start(p)
         last_activity = time.monotonic()
         while not rt.stop.is_set():
             if max_events is not None and self.stats.events >= max_events:
@@ -199,47 +343,60 @@ class Worker:
 
     # -- reading -----------------------------------------------------------------------
 
-    def _streams(self, streams: tuple[str, ...], consumer: str | None = None,
-                 fence: Fence | None = None) -> Streams:  # fmt: skip
+    def _streams(self, kind: type[Streams], **view: object) -> Streams:
+        """A consumer's Redis view: ``kind`` with this worker's group and output streams."""
         s = self.settings
-        return Streams(
+        return kind(
             self.client,
-            streams=streams,
             group=s.group,
-            consumer=consumer or s.consumer,
             alerts_stream=s.alerts_stream,
             dead_letter_stream=s.dead_letter_stream,
             maxlen=s.alerts_maxlen,
-            fence=fence,
+            **view,  # type: ignore[arg-type]
         )
 
-    def _start_unpartitioned(self) -> None:
-        c = self.consumers[None]
-        if not self._restored:
-            c.restore()  # first: a refused baseline or checkpoint leaves no group behind
-            self._restored = True
+    def _consumer(self, p: int, fence: Fence | NoFence) -> Consumer:
+        streams, key = self.assignment.view(p, fence)
+        return Consumer(self.rt, streams, key, p, self.assignment.count)
+
+    def _start(self, p: int) -> None:
+        """Resume partition ``p``'s consumer: its checkpoint (once; first, so that a refused
+        baseline or checkpoint leaves no group behind), its groups, its pending entries.
+        Behind a fence that refuses, the replay is committed at once: another handoff would
+        re-deliver it (delivery counts grow, and past max_deliveries entries go to the dead
+        letters as poison)."""
+        c = self.consumers[p]
+        if not c.restored:
+            c.restore()
         self.rt.with_retries(lambda: c.streams.ensure_groups(c.processed_upto))
-        self.rt.with_retries(lambda: c.drain_own_pending(dict.fromkeys(self.settings.streams, "0")))
+        cursors = dict.fromkeys(c.streams.streams, "0")
+        replayed = self._guard_fence(
+            p, lambda: self.rt.with_retries(lambda: c.drain_own_pending(cursors))
+        )
+        if replayed and c.streams.fence.refuses:
+            self._guard_fence(p, c.checkpoint)
 
     def _read_round(self, until_idle: bool) -> int:
         """Read and process one round; returns the entries processed."""
         s = self.settings
         block_ms = min(s.block_ms, s.idle_timeout_ms) if until_idle else s.block_ms
-        if s.partitions is None:
-            c = self.consumers[None]
-            block = None if c.frozen is not None else block_ms  # its encoding goes on at once
-            entries = c.streams.read(dict.fromkeys(s.streams, ">"), s.batch_size, block)
-            if entries:
-                c.handle(entries)
-                self._update_gauges()
-            return len(entries)
-        owned = self.owned
+        owned = sorted(self.consumers)
         if not owned:
             time.sleep(min(block_ms, ROTATING_WAIT_MS) / 1000)
             return 0
         owners = [self.consumers[p] for p in owned]
+        encoding = any(c.encoding for c in owners)
+        results: list[tuple[list[Entry], dict[str, str]] | Exception]
+        if len(owners) == 1:  # one read, waiting in it if it can (its encoding goes on at once)
+            only = owners[0].streams
+            try:
+                results = [only.read_new(s.batch_size, None if encoding else block_ms)]
+            except FencedError as exc:
+                results = [exc]
+        else:
+            fenced = [c.streams for c in owners if isinstance(c.streams, FencedStreams)]
+            results = sweep(self.client, fenced, s.batch_size)
         total = 0
-        results = sweep(self.client, [c.streams for c in owners], s.batch_size)
         for p, c, result in zip(owned, owners, results, strict=True):
             if isinstance(result, FencedError):
                 self._lost(p, result)
@@ -251,21 +408,21 @@ class Worker:
                 self._tails.pop(p, None)
                 total += len(result[0])
                 self._guard_fence(p, partial(c.handle, result[0]))
-            else:
+            elif result[1]:
                 self._tails[p] = result[1]
-        if total == 0 and all(c.frozen is None for c in owners):
+        if total == 0 and not encoding:
             self._wait(block_ms)
         self._update_gauges()
         return total
 
     def _wait(self, block_ms: int) -> None:
         """Nothing anywhere: block on one owned partition in rotation (consuming nothing)."""
-        waiting = [p for p in self.owned if p in self._tails]
+        waiting = [p for p in sorted(self.consumers) if p in self._tails]
         if not waiting:
             return
         self._rotation = (self._rotation + 1) % len(waiting)
         p = waiting[self._rotation]
-        wait_ms = block_ms if len(self.owned) == 1 else min(block_ms, ROTATING_WAIT_MS)
+        wait_ms = block_ms if len(self.consumers) == 1 else min(block_ms, ROTATING_WAIT_MS)
         self.consumers[p].streams.wait(self._tails[p], max(wait_ms, 1))
 
     def _guard_fence(self, p: int, step: Callable[[], object]) -> bool:
@@ -278,36 +435,19 @@ class Worker:
         return True
 
     def _quiet(self) -> bool:
-        """Idle for ``idle_timeout_ms``: may an ``until_idle`` run end?"""
-        if self.settings.partitions is None:
-            # Quiet: but entries other consumers left pending are work too.
-            return self._claim_safely() == 0
-        return set(self._target) <= set(self.owned)
+        """Idle for ``idle_timeout_ms``: may an ``until_idle`` run end? When every target
+        partition is owned, and no entry other consumers left pending is waiting (work too)."""
+        return set(self._target) <= set(self.consumers) and self._claim_safely() == 0
 
     # -- ownership ---------------------------------------------------------------------
 
     def _maintain_ownership(self) -> None:
         """Renew owned leases, release partitions no longer ours, acquire the new ones."""
-        s = self.settings
-        if s.partitions is None:
-            return
-        for p in self.owned:
-            fence = self.consumers[p].streams.fence
-            if fence is None or not self.leases.renew(fence):
+        for p, c in list(self.consumers.items()):
+            if not self.assignment.renew(c.streams.fence):
                 self._lost(p, None)
-        if s.assignment == "static":
-            target = partitions.assigned_partitions(
-                s.partitions, index=s.worker_index or 0, count=s.worker_count or 1
-            )
-        else:
-            members = self.membership.heartbeat()
-            target = partitions.rendezvous(s.partitions, members)[s.consumer]
-        if target != self._target:
-            if self._target:
-                self.metrics.rebalances.inc()
-            log.info("target partitions %s", target)
-            self._target = target
-        for p in self.owned:
+        target = self._target = self.assignment.target()
+        for p in sorted(self.consumers):
             if p not in target:
                 self._release(p)
         for p in target:
@@ -316,37 +456,20 @@ class Worker:
         self._update_gauges()
 
     def _acquire(self, p: int) -> None:
-        fence = self.leases.acquire(p)
+        fence = self.assignment.acquire(p)
         if fence is None:
             return  # held by another worker (or our previous life): retried shortly
-        s = self.settings
-        streams = self._streams(
-            tuple(partitions.partition_stream(b, p) for b in s.streams),
-            partitions.consumer_name(p),
-            fence,
-        )
-        c = Consumer(self.rt, streams, partitions.checkpoint_key(s.group, p), p)
-        self.consumers[p] = c
-        log.info("partition %d acquired, epoch %d", p, fence.epoch)
-        c.restore()  # first: a refused baseline or checkpoint leaves no group behind
-        self.rt.with_retries(lambda: streams.ensure_groups(c.processed_upto))
-        cursors = dict.fromkeys(streams.streams, "0")
-        if self._guard_fence(p, lambda: self.rt.with_retries(lambda: c.drain_own_pending(cursors))):
-            # Commit the replay at once: another handoff would re-deliver it (delivery counts
-            # grow, and past max_deliveries entries go to the dead letters as poison).
-            self._guard_fence(p, c.checkpoint)
+        self.consumers[p] = self._consumer(p, fence)
+        self._start(p)
 
     def _release(self, p: int) -> None:
         """Hand a partition over: commit it, then free its lease (if still ours)."""
         c = self.consumers[p]
         if not self._guard_fence(p, c.checkpoint):
             return
-        fence = c.streams.fence
-        log.info("partition %d releasing, epoch %d", p, fence.epoch if fence else -1)
-        del self.consumers[p]
-        self._tails.pop(p, None)
-        if fence is not None:
-            self.rt.with_retries(lambda: self.leases.release(fence), even_when_stopping=True)
+        if self.assignment.release(c.streams.fence):
+            del self.consumers[p]
+            self._tails.pop(p, None)
 
     def _lost(self, p: int, exc: FencedError | None) -> None:
         """The lease is gone: drop the partition unwritten (the new owner replays it)."""
@@ -362,13 +485,9 @@ class Worker:
 
     def _shutdown(self) -> None:
         """Commit everything; release the partitions and leave the group's members."""
-        for p in list(self.consumers):
-            if p is None:
-                self._checkpoint()
-            else:
-                self._release(p)
-        if self.settings.assignment == "dynamic":
-            self._guarded(self.membership.leave)
+        for p in sorted(self.consumers):
+            self._release(p)
+        self._guarded(self.assignment.leave)
         self._report_health(final=True)
 
     # -- housekeeping and failures -----------------------------------------------------
@@ -379,14 +498,7 @@ class Worker:
         # One slice of commit encoding per round, shared by the owned partitions.
         deadline = time.perf_counter() + self.settings.commit_slice_ms / 1000
         for p, c in list(self.consumers.items()):
-            if p is None:
-                if c.checkpoint_due():  # by time: frozen and encoded in slices like the rest
-                    c.freeze()
-                c.commit_step(deadline)
-            elif c.checkpoint_due():
-                self._guard_fence(p, c.checkpoint)
-            else:
-                self._guard_fence(p, partial(c.commit_step, deadline))
+            self._guard_fence(p, partial(c.housekeeping, deadline))
         now = time.monotonic()
         if now >= self._next["own"]:
             tick = self.settings.lease_ttl_ms / 3000
@@ -394,7 +506,7 @@ class Worker:
                 self._maintain_ownership()
             except CONNECTION_ERRORS as exc:
                 self.rt.note_error(exc)
-            missing = set(self._target) - set(self.owned)
+            missing = set(self._target) - set(self.consumers)
             self._next["own"] = time.monotonic() + (min(tick, ACQUIRE_RETRY_S) if missing else tick)
         if now >= self._next["health"]:
             self._next["health"] = now + HEALTH_INTERVAL_S
@@ -402,19 +514,19 @@ class Worker:
         if now >= self._next["info"]:
             self._next["info"] = now + GROUP_INFO_INTERVAL_S
             self._guarded(self._report_group)
-        if now >= self._next["claim"] and self.settings.partitions is None:
+        if now >= self._next["claim"]:
             self._next["claim"] = now + CLAIM_INTERVAL_S
             self._claim_safely()
 
     def _claim_safely(self) -> int:
-        c = self.consumers.get(None)
-        if c is None:
-            return 0
-        try:
-            return c.claim()
-        except CONNECTION_ERRORS as exc:
-            self.rt.note_error(exc)
-            return 0
+        """Claim what dead consumers left pending (a partition's consumer has nothing to)."""
+        total = 0
+        for c in list(self.consumers.values()):
+            try:
+                total += c.claim()
+            except CONNECTION_ERRORS as exc:
+                self.rt.note_error(exc)
+        return total
 
     def _update_gauges(self) -> None:
         m = self.metrics
@@ -429,11 +541,12 @@ class Worker:
         )
 
     def _report_group(self) -> None:
-        # Per configured stream: partitioned, summed over the owned partitions' streams.
+        # Per configured stream: summed over the owned partitions' streams.
         totals: dict[str, tuple[int | None, int]] = {}
         for c in self.consumers.values():
+            bases = dict(zip(c.streams.streams, self.settings.streams, strict=True))
             for stream, (lag, pending) in c.streams.group_info().items():
-                base = stream.rpartition(":{")[0] if c.partition is not None else stream
+                base = bases[stream]
                 old_lag, old_pending = totals.get(base, (0, 0))
                 new_lag = None if lag is None or old_lag is None else old_lag + lag
                 totals[base] = (new_lag, old_pending + pending)
@@ -472,10 +585,7 @@ class Worker:
         self.rt.note_error(exc)
         time.sleep(0.1)
         for p, c in list(self.consumers.items()):
-            if p is None:
-                c.resync()
-            else:
-                self._guard_fence(p, c.resync)
+            self._guard_fence(p, c.resync)
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():

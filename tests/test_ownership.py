@@ -16,8 +16,8 @@ from pathlib import Path
 import redis
 
 from detector import partitions
-from detector.ownership import FencedError, Leases
-from detector.streams import Streams
+from detector.ownership import Fence, FencedError, Leases
+from detector.streams import FencedStreams
 from tests import partitioned as h
 from tests.test_cli import clean_env
 
@@ -61,9 +61,9 @@ def _url(r: redis.Redis) -> str:
     return f"redis://{kw['host']}:{kw['port']}/0"
 
 
-def _streams(client: redis.Redis, stream: str, fence: object) -> Streams:
-    return Streams(client, streams=(stream,), group="g", consumer="p0", alerts_stream="al",
-                   dead_letter_stream="dl", maxlen=1000, fence=fence)  # type: ignore[arg-type]  # fmt: skip
+def _streams(client: redis.Redis, stream: str, fence: Fence) -> FencedStreams:
+    return FencedStreams(client, streams=(stream,), group="g", consumer="p0", alerts_stream="al",
+                         dead_letter_stream="dl", maxlen=1000, fence=fence)  # fmt: skip
 
 
 def test_worker_paused_past_its_lease_has_its_commit_refused(

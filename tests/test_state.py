@@ -60,7 +60,7 @@ def test_entries_after_the_checkpoint_are_replayed_into_the_restored_state(
 
     w1 = worker_factory(settings_factory(checkpoint_every=300, checkpoint_interval_ms=10**9))
     # Dies before committing: no commit of w1's ever reaches Redis.
-    w1.consumers[None].streams.commit = lambda *a, **k: None  # type: ignore[method-assign]
+    w1.consumers[0].streams.commit = lambda *a, **k: None  # type: ignore[method-assign]
     w1.run(max_events=1000)
     # Nothing was ever committed: every entry it read is still pending for consumer c1.
     assert r.xpending(stream_name, "detector")["pending"] == 1000
@@ -94,7 +94,8 @@ def test_commits_encoded_between_reads_are_exactly_commits_in_one_go(
         settings_factory(group="sliced", commit_slice_ms=0.001, **small),
         on_verdicts=sliced.extend,
     )
-    c, write, during = w.consumers[None], w.consumers[None]._write_frozen, []
+    c = w.consumers[0].checkpointer
+    write, during = c._write_frozen, []
 
     def noted_write() -> None:  # entries read and scored between the freeze and the write
         during.append(c.since_commit)  # counted from the freeze
@@ -119,7 +120,7 @@ def test_commits_encoded_between_reads_are_exactly_commits_in_one_go(
     # Commits stop reaching Redis after the third: the one written last was encoded while
     # later batches changed the state; a resumed worker replays exactly what it did not ack.
     w1 = worker_factory(settings_factory(group="crash", commit_slice_ms=0.001, **small))
-    c1, landed = w1.consumers[None], []
+    c1, landed = w1.consumers[0], []
     commit = c1.streams.commit
 
     def first_three(*args: object) -> None:

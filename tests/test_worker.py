@@ -14,7 +14,7 @@ import redis
 
 from detector.alerts import alert_id
 from detector.checkpoint import FrozenCommit
-from detector.consumer import Consumer
+from detector.checkpointer import Checkpointer
 from detector.embedded import free_port
 from detector.metrics import Metrics
 from detector.offline import score_file
@@ -303,11 +303,11 @@ def test_a_commit_due_by_time_is_encoded_in_slices_while_the_worker_runs(
     worker = worker_factory(settings)
     sync_commits: list[bool] = []  # whether the worker was stopping at each one-go commit
     steps: list[bool] = []  # whether each encoding step finished the commit
-    checkpoint, advance = Consumer.checkpoint, FrozenCommit.advance
+    commit, advance = Checkpointer.commit, FrozenCommit.advance
 
-    def spy_checkpoint(self: Consumer) -> None:
+    def spy_commit(self: Checkpointer) -> None:
         sync_commits.append(worker.rt.stop.is_set())
-        checkpoint(self)
+        commit(self)
 
     def spy_advance(self: FrozenCommit, deadline: float | None = None) -> bool:
         done = advance(self, deadline)
@@ -315,7 +315,7 @@ def test_a_commit_due_by_time_is_encoded_in_slices_while_the_worker_runs(
             steps.append(done)
         return done
 
-    monkeypatch.setattr(Consumer, "checkpoint", spy_checkpoint)
+    monkeypatch.setattr(Checkpointer, "commit", spy_commit)
     monkeypatch.setattr(FrozenCommit, "advance", spy_advance)
     key = CHECKPOINT_KEY.format(group=settings.group, consumer=settings.consumer)
     thread = threading.Thread(target=worker.run)
