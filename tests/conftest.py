@@ -9,12 +9,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from detector.embedded import EmbeddedRedis
+from detector.embedded import EmbeddedRedis, free_port
 from detector.settings import Settings
 from detector.streams import connect
 from detector.worker import Worker
@@ -81,3 +82,14 @@ def worker_factory(settings_factory: Callable[..., Settings]) -> Iterator[Callab
     yield make
     for c in clients:
         c.close()
+
+
+@pytest.fixture
+def persistent_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A server that keeps its streams through a kill and a restart on the same port."""
+    server = EmbeddedRedis(
+        free_port(), appendonly=True, appendfsync="always", directory=tmp_path / "redis"
+    )
+    server.start()
+    yield server
+    server.stop()

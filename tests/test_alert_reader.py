@@ -7,15 +7,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import redis
 
 from detector.alert_reader import AlertReader
 from detector.alerts import Alert, alert_id
-from detector.embedded import EmbeddedRedis, free_port
+from detector.embedded import EmbeddedRedis
 from detector.features import Reason
 from tests.test_cli import clean_env
 
@@ -43,17 +40,6 @@ def test_one_shot_reads_every_entry_in_pages_as_typed_alerts(r: redis.Redis) -> 
     tail = AlertReader(r, STREAM)
     assert [e.fields["producer"] for e in tail.tail(2)] == ["svc-6", "svc-7"]
     assert list(tail.read()) == []  # the tail went on after the newest entry
-
-
-@pytest.fixture
-def persistent_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A server that keeps its stream through a kill and a restart on the same port."""
-    server = EmbeddedRedis(
-        free_port(), appendonly=True, appendfsync="always", directory=tmp_path / "redis"
-    )
-    server.start()
-    yield server
-    server.stop()
 
 
 def _lines(stream: object, out: queue.Queue[str]) -> None:

@@ -328,11 +328,7 @@ def instructions() -> list[tuple[str, str]]:
 @pytest.fixture()
 def compose_environ(monkeypatch: pytest.MonkeyPatch, detector_env: dict[str, str]) -> None:
     """The process environment as the detector container sees it (DETECTOR_* only)."""
-    for key in list(os.environ):
-        if key.startswith("DETECTOR_"):
-            monkeypatch.delenv(key)
-    for key, value in detector_env.items():
-        monkeypatch.setenv(key, value)
+    _only_detector_env(monkeypatch, detector_env)
 
 
 @pytest.fixture(scope="module")
@@ -498,11 +494,7 @@ def test_each_replica_checks_its_own_health_key(
     env = {**detector_env, "DETECTOR_REDIS_URL": redis_url}
     # Docker gives the container's processes, healthchecks too, HOSTNAME = the host name.
     container = {**env, "HOSTNAME": socket.gethostname()}
-    for key in list(os.environ):
-        if key.startswith("DETECTOR_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    _only_detector_env(monkeypatch, env)
     _, run_ctx = parse_with_env("run")
     own, group = run_ctx.params["consumer"], run_ctx.params["group"]
     assert own == socket.gethostname()
@@ -961,11 +953,7 @@ def test_router_service_feeds_the_workers_partitions(
 def test_router_env_values_parse_as_route_options(
     monkeypatch: pytest.MonkeyPatch, router_env: dict[str, str]
 ) -> None:
-    for key in list(os.environ):
-        if key.startswith("DETECTOR_"):
-            monkeypatch.delenv(key)
-    for key, value in router_env.items():
-        monkeypatch.setenv(key, value)
+    _only_detector_env(monkeypatch, router_env)
     _, ctx = parse_with_env("route")
     assert ctx.params["partitions"] == int(router_env["DETECTOR_PARTITIONS"])
     assert ctx.params["source"] == router_env["DETECTOR_ROUTE_SOURCE"]
@@ -1077,3 +1065,12 @@ def test_dashboard_panels_do_not_overlap() -> None:
         assert not area & cells, f"{panel['title']} overlaps another panel"
         cells |= area
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def _only_detector_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """The process environment's DETECTOR_* variables are exactly ``env``'s."""
+    for key in list(os.environ):
+        if key.startswith("DETECTOR_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from detector.embedded import EmbeddedRedis, free_port
+from detector.embedded import EmbeddedRedis
 from detector.settings import Settings
 from detector.streams import connect
 from detector.worker import Worker
@@ -58,17 +57,6 @@ def test_status_interval_0_turns_it_off(
     caplog.set_level(logging.INFO, logger="detector.status")
     worker_factory(settings_factory(status_interval_s=0, idle_timeout_ms=600)).run()
     assert _status_records(caplog) == []
-
-
-@pytest.fixture
-def persistent_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    """A server that keeps its streams through a kill and a restart on the same port."""
-    server = EmbeddedRedis(
-        free_port(), appendonly=True, appendfsync="always", directory=tmp_path / "redis"
-    )
-    server.start()
-    yield server
-    server.stop()
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
