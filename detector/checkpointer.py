@@ -176,7 +176,7 @@ class Checkpointer:
 
 def settle() -> None:
     """Take the objects alive now (the state just restored or committed: long-lived) out of
-    the cyclic garbage collector's sight. A full collection walked ~135k state objects in
-    ~90 ms at 1000 producers, a pause that set the latency p99 as much as commits did. The
+    the cyclic garbage collector's sight: a full collection walks every state object, a pause
+    that grows with the producers and sets the latency p99 (benchmarks/README.md §9). The
     state holds no reference cycles, so reference counting still frees evicted producers."""
     gc.freeze()
