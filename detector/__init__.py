@@ -1,16 +1,34 @@
-"""detector: real-time anomaly detection for Redis Streams."""
+"""detector: real-time anomaly detection for Redis Streams.
+
+The public names are imported when first used (PEP 562), so ``import detector`` stays light
+and the pure core can be imported without the runtime or a Redis client.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from detector.alerts import Alert
-from detector.errors import DetectorError
-from detector.events import Event
-from detector.pipeline import Pipeline
-from detector.scoring import load_spec
-from detector.settings import Settings
-from detector.worker import Worker
+if TYPE_CHECKING:
+    from detector.alerts import Alert
+    from detector.errors import DetectorError
+    from detector.events import Event
+    from detector.pipeline import Pipeline
+    from detector.scoring import load_spec
+    from detector.settings import Settings
+    from detector.worker import Worker
+
+_HOMES = {
+    "Alert": "detector.alerts",
+    "DetectorError": "detector.errors",
+    "Event": "detector.events",
+    "Pipeline": "detector.pipeline",
+    "load_spec": "detector.scoring",
+    "Settings": "detector.settings",
+    "Worker": "detector.worker",
+}
 
 __all__ = [
     "Alert",
@@ -22,3 +40,11 @@ __all__ = [
     "__version__",
     "load_spec",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        msg = f"module 'detector' has no attribute {name!r}"
+        raise AttributeError(msg)
+    return getattr(importlib.import_module(home), name)
