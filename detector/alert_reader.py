@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypeVar
 
 import redis
@@ -52,38 +52,30 @@ def _entries(raw: Any) -> list[AlertEntry]:
     ]
 
 
+@dataclass
 class AlertReader:
     """Reads one alert stream from a position, reconnecting on connection errors.
 
     Args:
         client: a Redis client; its socket timeout must exceed ``block_ms``.
         stream: the alert stream.
-        after: read the entries after this id ("0-0": from the start).
+        after: read the entries after this id ("0-0": from the start); it moves on with every
+            entry read.
         count: entries per read.
         block_ms: how long one following read waits for new entries.
         max_backoff_s: cap of the doubling wait between reconnection attempts.
         stop: set it to end a following read (checked between reads and retries).
     """
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        stream: str,
-        *,
-        after: str = "0-0",
-        count: int = 100,
-        block_ms: int = 5000,
-        max_backoff_s: float = MAX_BACKOFF_S,
-        stop: threading.Event | None = None,
-    ) -> None:
-        self.client = client
-        self.stream = stream
-        self.position = after
-        self.count = count
-        self.block_ms = block_ms
-        self.max_backoff_s = max_backoff_s
-        self.stop = stop or threading.Event()
-        self.outage = Outage(log)
+    client: redis.Redis
+    stream: str
+    _: KW_ONLY
+    after: str = "0-0"
+    count: int = 100
+    block_ms: int = 5000
+    max_backoff_s: float = MAX_BACKOFF_S
+    stop: threading.Event = field(default_factory=threading.Event)
+    outage: Outage = field(default_factory=lambda: Outage(log), init=False, repr=False)
 
     def tail(self, count: int) -> list[AlertEntry]:
         """The latest ``count`` entries, oldest first; reading goes on after the newest entry
@@ -91,11 +83,11 @@ class AlertReader:
         raw = self._retrying(lambda: self.client.xrevrange(self.stream, count=max(count, 1)))
         latest = _entries(raw)
         if latest:
-            self.position = latest[0].entry_id
+            self.after = latest[0].entry_id
         return list(reversed(latest))[: max(count, 0)]
 
     def read(self, *, follow: bool = False) -> Iterator[AlertEntry]:
-        """The entries after the position, in order: up to the end of the stream, or
+        """The entries after :attr:`after`, in order: up to the end of the stream, or
         (``follow``) on and on, waiting for new ones, until :attr:`stop` is set."""
         while not self.stop.is_set():
             try:
@@ -105,19 +97,17 @@ class AlertReader:
                     return
                 raise
             for entry in batch:
-                self.position = entry.entry_id  # before yielding: a yielded entry is read
+                self.after = entry.entry_id  # before yielding: a yielded entry is read
                 yield entry
             if not batch and not follow:
                 return
 
     def _fetch(self, block_ms: int | None) -> list[AlertEntry]:
-        """The next entries after :attr:`position` (``block_ms`` None: without waiting)."""
+        """The next entries after :attr:`after` (``block_ms`` None: without waiting)."""
         if block_ms is None:
-            raw = self.client.xrange(self.stream, f"({self.position}", "+", count=self.count)
+            raw = self.client.xrange(self.stream, f"({self.after}", "+", count=self.count)
             return _entries(raw)
-        reply: Any = self.client.xread(
-            {self.stream: self.position}, count=self.count, block=block_ms
-        )
+        reply: Any = self.client.xread({self.stream: self.after}, count=self.count, block=block_ms)
         return [e for _, items in reply or () for e in _entries(items)]
 
     def _retrying(self, step: Callable[[], T]) -> T:

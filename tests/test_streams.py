@@ -27,6 +27,14 @@ def _fill(r: redis.Redis, n: int, stream: str = "in") -> list[str]:
     return [r.xadd(stream, {"producer": "p", "v": str(i)}) for i in range(n)]
 
 
+def _grouped(r: redis.Redis, url: str, n: int, consumer: str = "c1") -> tuple[Streams, list[str]]:
+    """``n`` entries in the input stream and a consumer of a group that starts before them."""
+    ids = _fill(r, n)
+    s = _streams(url, consumer=consumer)
+    s.ensure_groups()
+    return s, ids
+
+
 def _ids(entries: list[tuple[str, str, dict[bytes, bytes]]]) -> list[str]:
     return [entry_id for _, entry_id, _ in entries]
 
@@ -34,9 +42,7 @@ def _ids(entries: list[tuple[str, str, dict[bytes, bytes]]]) -> list[str]:
 def test_a_new_group_starts_at_the_history_or_after_the_learned_entry(
     r: redis.Redis, redis_url: str
 ) -> None:
-    ids = _fill(r, 5)
-    whole = _streams(redis_url)
-    whole.ensure_groups()
+    whole, ids = _grouped(r, redis_url, 5)
     assert _ids(whole.read({"in": ">"}, 10, None)) == ids  # all of the history
     r.xgroup_destroy("in", GROUP)
     after = _streams(redis_url)
@@ -50,9 +56,7 @@ def test_a_new_group_starts_at_the_history_or_after_the_learned_entry(
 def test_own_pending_entries_are_read_again_by_id_until_acked(
     r: redis.Redis, redis_url: str
 ) -> None:
-    ids = _fill(r, 4)
-    s = _streams(redis_url)
-    s.ensure_groups()
+    s, ids = _grouped(r, redis_url, 4)
     assert _ids(s.read({"in": ">"}, 10, None)) == ids
     assert _ids(s.read({"in": "0"}, 10, None)) == ids  # delivered, not acked: pending
     s.commit("ck", {b"meta": b"m"}, (), {"in": ids[:2]})
@@ -66,9 +70,7 @@ def test_own_pending_entries_are_read_again_by_id_until_acked(
 def test_the_commit_writes_the_state_drops_evicted_producers_and_acks(
     r: redis.Redis, redis_url: str
 ) -> None:
-    ids = _fill(r, 2)
-    s = _streams(redis_url)
-    s.ensure_groups()
+    s, ids = _grouped(r, redis_url, 2)
     s.read({"in": ">"}, 10, None)
     r.hset("ck", mapping={"p:gone": "x", "p:kept": "y"})
     s.commit("ck", {b"p:new": b"z"}, ["p:gone"], {"in": ids})
@@ -106,9 +108,8 @@ def test_maxlen_caps_the_output_streams_and_zero_means_no_cap(
 
 
 def test_a_dead_consumers_idle_entries_are_claimed(r: redis.Redis, redis_url: str) -> None:
-    ids = _fill(r, 3)
-    dead, alive = _streams(redis_url, consumer="dead"), _streams(redis_url, consumer="alive")
-    dead.ensure_groups()
+    dead, ids = _grouped(r, redis_url, 3, consumer="dead")
+    alive = _streams(redis_url, consumer="alive")
     dead.read({"in": ">"}, 10, None)
     cursor, entries, deleted = alive.claim("in", 0, "0-0", 10)
     assert _ids(entries) == ids and deleted == 0 and cursor == "0-0"
