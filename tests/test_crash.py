@@ -15,6 +15,7 @@ The short forms run in CI; ``-m slow`` runs the long ones reported in the notes.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -52,6 +53,9 @@ class Outcome:
     replayed: list[int] = field(default_factory=list)  # entries pending at each kill
     dead_letters: dict[str, int] = field(default_factory=dict)  # reason -> entries
     appended: int = 0  # entries in the input stream at the end
+    gaps: list[tuple[int, int]] = field(
+        default_factory=list
+    )  # ids missing from it: (after, before)
 
 
 def _workload(producers: int, per_producer: int, seed: int) -> list[dict[str, str]]:
@@ -102,6 +106,8 @@ def _outcome(url: str, consumer: str) -> Outcome:
     last = group["last-delivered-id"]
     out = Outcome(alerts, learned, snap.meta["offsets"], int(group["pending"]), last.decode())
     out.appended = int(r.xlen(STREAM))
+    seqs = [int(entry_id.split(b"-")[0]) for entry_id, _ in r.xrange(STREAM)]
+    out.gaps = [(a, b) for a, b in itertools.pairwise([0, *seqs]) if b != a + 1][:10]
     out.dead_letters = dict(
         Counter(f[b"reason"].decode() for _, f in r.xrange("detector:dead-letter"))
     )
@@ -208,7 +214,7 @@ def _pending(r: redis.Redis) -> int:
 def _check(reference: Outcome, faulty: Outcome, total: int) -> None:
     # Events lost 0: everything delivered, nothing pending, every event in the state. (The
     # group's entries-read counter is not an oracle: it is not exact across Redis restarts.)
-    assert faulty.appended == total, "the harness's appender lost entries"
+    assert faulty.appended == total, f"the harness's appender lost entries: {faulty.gaps}"
     assert faulty.last_delivered == f"{total}-1" and faulty.pending == 0
     assert faulty.dead_letters == {}, "valid entries were dead-lettered"
     assert sum(faulty.learned.values()) == total
