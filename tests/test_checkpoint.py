@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from detector.checkpoint import (
+from detector.core.checkpoint import (
     FORMAT_VERSION,
     FrozenCommit,
     Signer,
@@ -19,10 +19,10 @@ from detector.checkpoint import (
     load_file,
     save_file,
 )
+from detector.core.events import Decoder
+from detector.core.pipeline import Pipeline
+from detector.core.scoring import load_spec
 from detector.errors import CheckpointError, IncompatibleCheckpointError
-from detector.events import Decoder
-from detector.pipeline import Pipeline
-from detector.scoring import load_spec
 from tests.helpers import order_events, outlier
 
 KEY = b"k" * 32
