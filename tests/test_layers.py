@@ -4,6 +4,7 @@ no application command."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,8 @@ def test_the_runtime_imports_no_application_command() -> None:
 
 
 def test_every_module_has_its_layer() -> None:
-    """A module added to the package without a place in the layers above fails here."""
+    """A module added to the package without a place in the layers above, or in the module
+    table of docs/design.md, fails here."""
     root = Path(detector.__path__[0])
     found = {
         ".".join(path.relative_to(root).with_suffix("").parts)
@@ -62,3 +64,8 @@ def test_every_module_has_its_layer() -> None:
     listed = {f"core.{m}" for m in CORE} | {f"runtime.{m}" for m in RUNTIME}
     listed |= {f"gateway.{m}" for m in GATEWAY} | set(APPS) | {"errors"}
     assert found == listed
+    design = (Path(__file__).parent.parent / "docs" / "design.md").read_text()
+    section = design.split("## Modules", 1)[1].split("\n## ", 1)[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
+    rows = {m.replace("/", ".") for m in re.findall(r"`([\w/]+)\.py`", table)}
+    assert rows == found  # docs/design.md's module table names every module by its path
