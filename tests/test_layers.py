@@ -69,3 +69,17 @@ def test_every_module_has_its_layer() -> None:
     table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
     rows = {m.replace("/", ".") for m in re.findall(r"`([\w/]+)\.py`", table)}
     assert rows == found  # docs/design.md's module table names every module by its path
+
+
+def test_the_wheel_ships_every_subpackage() -> None:
+    """pyproject.toml lists the packages by hand: a subpackage missing there is missing from
+    the wheel (an import error after `pip install`, not in this checkout)."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    root = Path(detector.__path__[0])
+    packages = {
+        ".".join(("detector", *init.parent.relative_to(root).parts))
+        for init in root.rglob("__init__.py")
+    }
+    assert packages <= set(pyproject["tool"]["setuptools"]["packages"])
