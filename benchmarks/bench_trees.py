@@ -1,4 +1,4 @@
-"""River's HalfSpaceTrees against detector.trees on the same events, in one process.
+"""River's HalfSpaceTrees against detector.core.trees on the same events, in one process.
 
 ``python -m benchmarks.bench_trees``: per event score_one + learn_one (the pipeline's order),
 the pickled size and the time to pickle, for the hst spec's trees. The inputs imitate the
@@ -17,8 +17,8 @@ from typing import Any
 import click
 from river import anomaly
 
-from detector.scoring import TreesModel, load_spec
-from detector.trees import HalfSpaceTrees
+from detector.core.scoring import TreesModel, load_spec
+from detector.core.trees import HalfSpaceTrees
 
 
 def _events(n: int, seed: int) -> list[dict[str, float]]:

@@ -10,7 +10,7 @@ import time
 import click
 import redis
 
-from detector.shop import DEMO_KINDS, generate
+from detector.shop.simulator import DEMO_KINDS, generate
 
 
 @click.command()

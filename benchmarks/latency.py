@@ -4,7 +4,7 @@ python -m benchmarks.latency             # capacity, then 25%, 50%, 75% of it, 1
 python -m benchmarks.latency --quick     # short levels (smoke run)
 
 Three processes share the machine, as they would in production on one host: an embedded
-redis-server, a **worker** (:class:`detector.worker.Worker` with the CLI's defaults, warm
+redis-server, a **worker** (:class:`detector.runtime.worker.Worker` with the CLI's defaults, warm
 from a baseline of the workload's history, in its own process) and a **producer** (its own
 process) that appends the workload's live events at a fixed rate, with ``ts`` (event time)
 kept from the workload, so the detector sees the throughput benchmark's events (the same
@@ -61,7 +61,7 @@ from benchmarks.workloads import (
     shop_workload,
     worker_settings,
 )
-from detector.embedded import EmbeddedRedis
+from detector.gateway.embedded import EmbeddedRedis
 
 STREAM = "lat"
 COOLDOWN_MS = 300_000
@@ -75,7 +75,7 @@ def worker_role(
     idle_timeout_ms: int, commit_slice_ms: float,
 ) -> None:  # fmt: skip
     """Run a Worker (CLI defaults) until idle; write batch and commit times to ``out``."""
-    from detector.worker import Worker
+    from detector.runtime.worker import Worker
 
     settings = worker_settings(url, stream, group, "lat", model, baseline, idle_timeout_ms)
     settings = dataclasses.replace(settings, commit_slice_ms=commit_slice_ms)

@@ -4,7 +4,7 @@ python -m benchmarks.memory             # 10k and 100k producers, a worker run, 
 python -m benchmarks.memory --quick     # 1k and 5k producers, a short worker run, 10 s soak
 python -m benchmarks.memory --soak-s 600   # RSS over a 10-minute run
 
-1. **Per producer.** A :class:`~detector.pipeline.Pipeline` learns the shop's events from
+1. **Per producer.** A :class:`~detector.core.pipeline.Pipeline` learns the shop's events from
    ``--template-producers`` producers (~500 events each, the throughput workload's history
    per producer); their states are then cloned by pickle round trip (what a worker restoring
    its checkpoint holds) under new names into a ``FeatureStore`` until it tracks 10k and 100k
@@ -51,7 +51,7 @@ from benchmarks.workloads import (
     instances_for,
     shop_workload,
 )
-from detector.embedded import EmbeddedRedis
+from detector.gateway.embedded import EmbeddedRedis
 
 SOAK_STREAM = "soak"
 
@@ -70,9 +70,9 @@ def template_states(
     model: str, producers: int, per_producer: int, checkpoints: tuple[int, ...]
 ) -> dict[str, Any]:
     """Feed shop events; pickled states when the mean history reaches each checkpoint."""
-    from detector.events import Decoder
-    from detector.pipeline import Pipeline
-    from detector.scoring import load_spec
+    from detector.core.events import Decoder
+    from detector.core.pipeline import Pipeline
+    from detector.core.scoring import load_spec
 
     w = shop_workload(1000, producers, per_producer, incidents_per_kind=0)
     pipeline = Pipeline(load_spec(model))
@@ -109,8 +109,8 @@ def template_states(
 
 def clone_role(model: str, n: int, blobs_path: Path, url: str, out: Path) -> None:
     """(Fresh process.) N cloned producers: tracemalloc and RSS growth, then checkpoints."""
-    from detector.settings import Settings
-    from detector.worker import Worker
+    from detector.core.settings import Settings
+    from detector.runtime.worker import Worker
 
     blobs: list[bytes] = pickle.loads(blobs_path.read_bytes())  # noqa: S301 - our own file
     settings = Settings(
@@ -187,7 +187,7 @@ def _timed_checkpoint(worker: Any) -> dict[str, float]:
 def soak_producer_role(url: str, rate: float, seconds: float, producers: int) -> None:
     """(Fresh process.) New shop events (seed 8) at ``rate``/s for ``seconds``."""
     from benchmarks.workloads import RATE_SCALE, rate_per_s
-    from detector.shop import iter_events
+    from detector.shop.simulator import iter_events
 
     instances = instances_for(producers)
     # Enough event time for the run (planning a much longer stream takes minutes).

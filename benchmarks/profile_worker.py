@@ -6,7 +6,7 @@ python -m benchmarks.profile_worker --sampler thread  # without py-spy: an in-pr
 
 With ``py-spy`` on PATH (``pip install py-spy``; not a project dependency), the real
 ``detector run --until-idle`` process is sampled from outside (``--idle``, so time spent
-waiting on Redis counts too). Without it, a :class:`~detector.worker.Worker` runs in this
+waiting on Redis counts too). Without it, a :class:`~detector.runtime.worker.Worker` runs in this
 process and a thread samples its stack (``sys._current_frames``), each sample weighted by the
 time since the previous one, so long C calls (pickle, hiredis) are not under-counted.
 
@@ -46,7 +46,7 @@ from benchmarks.throughput import (
     versions,
 )
 from benchmarks.workloads import BENCH_KEY, append, baseline_for, shop_workload, worker_settings
-from detector.embedded import EmbeddedRedis
+from detector.gateway.embedded import EmbeddedRedis
 
 # (file name, function) -> stage. The innermost match on a stack wins.
 ANCHORS: dict[tuple[str, str], str] = {
@@ -198,7 +198,7 @@ def profile_thread(
     url: str, group: str, model: str, baseline: Path, total: int
 ) -> tuple[dict[Stack, float], float]:
     """Run a Worker (CLI defaults) in this process under the sampling thread."""
-    from detector.worker import Worker
+    from detector.runtime.worker import Worker
 
     settings = worker_settings(url, STREAM, group, "bench", model, baseline, int(IDLE_S * 1000))
     watcher = GroupWatcher(url, group, total)

@@ -4,7 +4,7 @@ optimisation leaves the results identical.
 python -m benchmarks.same_verdicts                       # stats, seed 7, 3 h, every kind
 cd /tmp/old && PYTHONPATH=$PWD python -m benchmarks.same_verdicts   # the same on a snapshot
 
-The shop stream of :func:`detector.shop.iter_events` (every incident kind) is decoded and
+The shop stream of :func:`detector.shop.simulator.iter_events` (every incident kind) is decoded and
 scored by :meth:`Pipeline.process` in batches of 500, as ``benchmarks.scenarios`` does. The
 ``verdicts`` digest covers each verdict's score, flags, alert (with its reasons' text) and
 riders; ``evidence`` (with ``--reasons``) also covers every event's surprises and all its
@@ -20,12 +20,12 @@ import itertools
 import click
 
 from benchmarks.snapshot import detector_source
+from detector.core.events import Decoder, Event
+from detector.core.features import Evidence, ProducerState
+from detector.core.pipeline import Pipeline
+from detector.core.scoring import load_spec
 from detector.errors import InvalidEventError
-from detector.events import Decoder, Event
-from detector.features import Evidence, ProducerState
-from detector.pipeline import Pipeline
-from detector.scoring import load_spec
-from detector.shop import INCIDENT_KINDS, iter_events
+from detector.shop.simulator import INCIDENT_KINDS, iter_events
 
 
 @click.command()

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from benchmarks.workloads import as_entry, shop_workload
-from detector.events import Decoder, Event
-from detector.pipeline import Pipeline
-from detector.scoring import load_spec
+from detector.core.events import Decoder, Event
+from detector.core.pipeline import Pipeline
+from detector.core.scoring import load_spec
 
 pytest.importorskip("pytest_benchmark")
 

@@ -57,8 +57,8 @@ from benchmarks.workloads import (
     delete_matching,
     shop_workload,
 )
-from detector.embedded import EmbeddedRedis
-from detector.streams import connect
+from detector.gateway.embedded import EmbeddedRedis
+from detector.gateway.streams import connect
 
 STREAM = "bench"
 POLL_S = 0.01

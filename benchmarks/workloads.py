@@ -1,8 +1,8 @@
 """Seeded workloads shared by the throughput, latency, memory and profile benchmarks.
 
-The events are the simulated shop's (:mod:`detector.shop`: typed JSON payloads of 5-9 leaves,
-~200 bytes per entry, diurnal Poisson arrivals, the demo's incident kinds) with many instances
-per service, so there are over a thousand producers. A workload is split in event time:
+The events are the simulated shop's (:mod:`detector.shop.simulator`: typed JSON payloads of 5-9
+leaves, ~200 bytes per entry, diurnal Poisson arrivals, the demo's incident kinds) with many
+instances per service, so there are over a thousand producers. A workload is split in event time:
 
 - ``history``: what the producers sent before the benchmark (``detector train`` learns a
   baseline from it, so the measured run starts warm, as a long-running worker is);
@@ -26,12 +26,12 @@ from pathlib import Path
 import redis
 
 from detector import baselines
-from detector.checkpoint import Signer
-from detector.events import Decoder
-from detector.pipeline import Pipeline
-from detector.scoring import load_spec
-from detector.settings import Settings
-from detector.shop import DEFAULT_INSTANCES, DEMO_KINDS, Incident, iter_events
+from detector.core.checkpoint import Signer
+from detector.core.events import Decoder
+from detector.core.pipeline import Pipeline
+from detector.core.scoring import load_spec
+from detector.core.settings import Settings
+from detector.shop.simulator import DEFAULT_INSTANCES, DEMO_KINDS, Incident, iter_events
 
 Fields = dict[str, str]
 BENCH_KEY = "benchmark-checkpoint-key-0123456789abcdef"  # a fixed key: benchmarks only

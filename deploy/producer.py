@@ -1,9 +1,9 @@
 """Demo traffic for docker-compose: a simulated shop, replayed into a Redis stream forever.
 
-Each round generates ``HOURS`` of event time of :mod:`detector.shop` traffic, with injected
-incidents (listed on stderr), and appends it to ``STREAM`` at ``RATE`` entries per wall second.
-Rounds follow each other in event time, starting after the last entry already in the stream, so
-a restarted producer never sends a producer's events back in time. A round's seed is ``SEED``
+Each round generates ``HOURS`` of event time of :mod:`detector.shop.simulator` traffic, with
+injected incidents (listed on stderr), and appends it to ``STREAM`` at ``RATE`` entries per wall
+second. Rounds follow each other in event time, starting after the last entry already in the stream,
+so a restarted producer never sends a producer's events back in time. A round's seed is ``SEED``
 plus its start time in ms: no round (nor its event ids) repeats.
 
 Environment (all optional):
@@ -34,10 +34,10 @@ from typing import Any
 
 import redis
 
-from detector.shop import DEMO_KINDS, Incident, iter_events
+from detector.shop.simulator import DEMO_KINDS, Incident, iter_events
 
 CHUNK = 500  # entries per pipeline round trip at full speed
-TIME_FIELD = "ts"  # where detector.shop puts the event time (epoch ms)
+TIME_FIELD = "ts"  # where detector.shop.simulator puts the event time (epoch ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +159,7 @@ def main() -> int:
             sent = replay(client, cfg.stream, events, rate=cfg.rate, maxlen=cfg.maxlen, stop=stop)
             _say(f"round seed={seed}: appended {sent} entries")
             start_ms += duration_ms
-    except ValueError as exc:  # from detector.shop: HOURS too short for the incidents
+    except ValueError as exc:  # from detector.shop.simulator: HOURS too short for the incidents
         _say(f"bad settings: {exc}")
         return 2
     except redis.RedisError as exc:

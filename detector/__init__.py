@@ -12,22 +12,22 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from detector.alerts import Alert
+    from detector.core.alerts import Alert
+    from detector.core.events import Event
+    from detector.core.pipeline import Pipeline
+    from detector.core.scoring import load_spec
+    from detector.core.settings import Settings
     from detector.errors import DetectorError
-    from detector.events import Event
-    from detector.pipeline import Pipeline
-    from detector.scoring import load_spec
-    from detector.settings import Settings
-    from detector.worker import Worker
+    from detector.runtime.worker import Worker
 
 _HOMES = {
-    "Alert": "detector.alerts",
+    "Alert": "detector.core.alerts",
     "DetectorError": "detector.errors",
-    "Event": "detector.events",
-    "Pipeline": "detector.pipeline",
-    "load_spec": "detector.scoring",
-    "Settings": "detector.settings",
-    "Worker": "detector.worker",
+    "Event": "detector.core.events",
+    "Pipeline": "detector.core.pipeline",
+    "load_spec": "detector.core.scoring",
+    "Settings": "detector.core.settings",
+    "Worker": "detector.runtime.worker",
 }
 
 __all__ = [

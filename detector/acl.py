@@ -35,10 +35,8 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from detector import partitions as parts
 from detector import router
-from detector.errors import ConfigError
-from detector.settings import (
+from detector.core.settings import (
     ALERT_GUARD_KEY,
     CHECKPOINT_KEY,
     DEAD_LETTER_GUARD_KEY,
@@ -48,6 +46,8 @@ from detector.settings import (
     DEFAULT_STREAM,
     HEALTH_KEY,
 )
+from detector.errors import ConfigError
+from detector.runtime import partitions as parts
 
 REDIS_VERSIONS = ("7.0", "7.2+")
 ROLES = ("worker", "producer", "reader", "router")
@@ -155,7 +155,7 @@ def glob_escape(name: str) -> str:
 
 
 def key_pattern(template: str, **values: str | None) -> str:
-    """A key pattern for a key template of :mod:`detector.settings`; None fields match any.
+    """A key pattern for a key template of :mod:`detector.core.settings`; None fields match any.
 
     >>> key_pattern(CHECKPOINT_KEY, group="detector", consumer=None)
     'detector:checkpoint:detector:*'
@@ -188,7 +188,7 @@ def _selector(commands: list[str], keys: list[str]) -> str:
 
 
 def worker_rules(cfg: AclConfig, password: str) -> list[str]:
-    """The worker: exactly the commands and keys of :mod:`detector.streams` and the worker.
+    """The worker: exactly the commands and keys of :mod:`detector.gateway.streams` and the worker.
 
     - input streams: ``XREADGROUP``, ``XPENDING``, ``XINFO GROUPS`` (read), ``XACK``,
       ``XAUTOCLAIM``, ``XGROUP CREATE … MKSTREAM`` (write); no ``XADD``, ``XDEL``, ``XTRIM``;
@@ -311,7 +311,7 @@ def router_rules(cfg: AclConfig, password: str) -> list[str]:
     - dead letters: the dead-letter append script (``EXISTS``, ``XADD``, ``SET … EX`` on its
       guard keys of the source entries), ``XADD`` only on the stream itself;
     - its lease (``detector:router:lease:<group>:<source>``): ``SET NX PX``, and the
-      renew and release scripts of :class:`detector.ownership.Leases` (``GET``, ``PEXPIRE``,
+      renew and release scripts of :class:`detector.runtime.ownership.Leases` (``GET``, ``PEXPIRE``,
       ``DEL``);
     - ``SCRIPT LOAD`` (after a Redis restart empties the script cache).
     """

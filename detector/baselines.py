@@ -27,10 +27,10 @@ from pathlib import Path
 
 import redis
 
-from detector.checkpoint import Signer, Snapshot, load_file, save_file
+from detector.core.checkpoint import Signer, Snapshot, load_file, save_file
+from detector.core.events import Decoder, Event, parse_time_ms
+from detector.core.pipeline import Pipeline
 from detector.errors import ConfigError, InvalidEventError
-from detector.events import Decoder, Event, parse_time_ms
-from detector.pipeline import Pipeline
 
 CHUNK = 1000
 _STREAM_ID = re.compile(r"\d+(-\d+)?")

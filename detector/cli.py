@@ -2,8 +2,8 @@
 
 The commands only parse options (detector.options: generated from the settings' fields, also
 from ``DETECTOR_*`` variables and a ``--config`` TOML file), call the package and print.
-Secrets never come from the command line (detector.secrets); the Redis connection policy (URL
-check, password and TLS files, access check, embedded server) is detector.connection.
+Secrets never come from the command line (detector.gateway.secrets); the Redis connection policy
+(URL check, password and TLS files, access check, embedded server) is detector.gateway.connection.
 ``detector acl`` prints least-privilege ACL users for a configuration.
 Exit codes: 0 ok, 1 runtime or health failure, 2 usage or config, 3 checkpoint refused.
 """
@@ -23,8 +23,16 @@ import orjson
 import redis
 
 from detector import __version__
-from detector.connection import client_options, connect_checked, redis_url_or_embedded
+from detector.core.settings import (
+    DEFAULT_MODEL,
+    DEFAULT_STREAM,
+    HEALTH_KEY,
+    EventFormat,
+    mask_url,
+)
 from detector.errors import CheckpointError, ConfigError, DetectorError
+from detector.gateway.connection import client_options, connect_checked, redis_url_or_embedded
+from detector.gateway.secrets import env_secret, load_checkpoint_secret, redis_password
 from detector.options import (
     Group,
     baseline_options,
@@ -42,14 +50,6 @@ from detector.options import (
     tls_options,
 )
 from detector.options import baseline_path as resolve_baseline
-from detector.secrets import env_secret, load_checkpoint_secret, redis_password
-from detector.settings import (
-    DEFAULT_MODEL,
-    DEFAULT_STREAM,
-    HEALTH_KEY,
-    EventFormat,
-    mask_url,
-)
 
 log = logging.getLogger(__name__)
 EXIT_CHECKPOINT = 3
@@ -70,7 +70,7 @@ def cli() -> None:
 @settings_options
 def run(**kw: Any) -> None:
     """Consume streams through a consumer group, score every event, emit alerts."""
-    from detector.worker import Worker
+    from detector.runtime.worker import Worker
 
     url = kw["redis_url"]
     refuse_password_on_command_line(click.get_current_context(), url)
@@ -123,7 +123,7 @@ def run(**kw: Any) -> None:
 @format_options
 def score(**kw: Any) -> None:
     """Score a file offline with exactly the code `run` uses (a backtest with --baseline)."""
-    from detector.checkpoint import Signer
+    from detector.core.checkpoint import Signer
     from detector.offline import score_file
 
     baseline = resolve_baseline(kw)
@@ -167,10 +167,10 @@ def score(**kw: Any) -> None:
 def train(**kw: Any) -> None:
     """Learn a baseline from history, as fast as the machine allows."""
     from detector import baselines
-    from detector.checkpoint import Signer
-    from detector.events import Decoder
-    from detector.pipeline import Pipeline
-    from detector.scoring import load_spec
+    from detector.core.checkpoint import Signer
+    from detector.core.events import Decoder
+    from detector.core.pipeline import Pipeline
+    from detector.core.scoring import load_spec
 
     url, stream = kw["redis_url"], kw["stream"]
     refuse_password_on_command_line(click.get_current_context(), url)
@@ -233,8 +233,8 @@ def alerts(
         msg = "alerts needs --redis-url (or DETECTOR_REDIS_URL)"
         raise click.UsageError(msg)
     refuse_password_on_command_line(click.get_current_context(), redis_url)
-    from detector.alert_reader import AlertReader
     from detector.console import alert_line
+    from detector.gateway.alert_reader import AlertReader
 
     r = redis.Redis.from_url(
         redis_url, decode_responses=True, socket_timeout=30, **client_options(redis_url, **tls)
@@ -359,7 +359,7 @@ def acl(
 @cli.command()
 def models() -> None:
     """List the shipped model specs."""
-    from detector.scoring import available_models
+    from detector.core.scoring import available_models
 
     for name, description in available_models().items():
         mark = " (default)" if name == DEFAULT_MODEL else ""

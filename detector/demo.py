@@ -21,13 +21,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from detector.alerts import Alert
 from detector.console import event_time_text
+from detector.core.alerts import Alert
+from detector.core.pipeline import Verdict
+from detector.core.settings import CHECKPOINT_KEY, Settings
 from detector.errors import ConfigError
-from detector.pipeline import Verdict
-from detector.settings import CHECKPOINT_KEY, Settings
-from detector.shop import DEMO_KINDS, Incident, generate, incident_for
-from detector.worker import Worker
+from detector.runtime.worker import Worker
+from detector.shop.simulator import DEMO_KINDS, Incident, generate, incident_for
 
 DEMO_STREAM = "demo:events"
 DEMO_CONSUMER = "demo"

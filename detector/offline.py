@@ -1,10 +1,10 @@
 """Offline scoring: events from a JSONL or CSV file through the same pipeline as ``run``.
 
-Each input record becomes the bytes a Redis entry would hold (strings as they are, other
-JSON values as compact JSON, so ``{"qty": 3}`` is the field ``qty=3``), then goes through the
-same :class:`~detector.events.Decoder` and :class:`~detector.pipeline.Pipeline`. The optional
-key ``_id`` holds an entry id (e.g. from an export of a stream); otherwise ids are synthesised
-as ``0-<line>``, so event time should come from the ``ts`` field.
+Each input record becomes the bytes a Redis entry would hold (strings as they are, other JSON values
+as compact JSON, so ``{"qty": 3}`` is the field ``qty=3``), then goes through the same
+:class:`~detector.core.events.Decoder` and :class:`~detector.core.pipeline.Pipeline`. The optional
+key ``_id`` holds an entry id (e.g. from an export of a stream); otherwise ids are synthesised as
+``0-<line>``, so event time should come from the ``ts`` field.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 
 from detector.baselines import load_into
-from detector.checkpoint import Signer
+from detector.core.checkpoint import Signer
+from detector.core.events import Decoder, Event
+from detector.core.pipeline import Pipeline, Verdict
+from detector.core.scoring import load_spec
+from detector.core.settings import EventFormat
 from detector.errors import InvalidEventError
-from detector.events import Decoder, Event
-from detector.pipeline import Pipeline, Verdict
-from detector.scoring import load_spec
-from detector.settings import EventFormat
 
 HEADER = ("producer", "event_time", "score", "alert")
 CHUNK = 500

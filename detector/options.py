@@ -1,7 +1,7 @@
 """Command-line options: generated from the settings' fields, the config file, global options.
 
-Each :class:`~detector.settings.Settings` (and :class:`~detector.settings.EventFormat`) field
-with an ``option`` in its metadata becomes one click option: its name, type, default and help
+Each :class:`~detector.core.settings.Settings` (and :class:`~detector.core.settings.EventFormat`)
+field with an ``option`` in its metadata becomes one click option: its name, type, default and help
 come from the field, so a default is written once, in the dataclass. Every option can also come
 from a ``DETECTOR_*`` environment variable and from a TOML config file (``--config``, keys named
 like the options); the command line wins over the environment, which wins over the file.
@@ -20,10 +20,16 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
-from detector.connection import check_redis_url
+from detector.core.settings import (
+    EventFormat,
+    OptionSpec,
+    Settings,
+    default_baselines_dir,
+    mask_url,
+)
 from detector.errors import ConfigError
+from detector.gateway.connection import check_redis_url
 from detector.logs import configure_logging
-from detector.settings import EventFormat, OptionSpec, Settings, default_baselines_dir, mask_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -1,7 +1,7 @@
 """Router: re-key an unpartitioned input stream into the partition streams.
 
 Producers that write to one stream (``events``) get their entries copied, fields unchanged, to
-``events:{p}`` with ``p = partition_of(producer, P)`` (:mod:`detector.partitions`), where
+``events:{p}`` with ``p = partition_of(producer, P)`` (:mod:`detector.runtime.partitions`), where
 partitioned workers read them. The router is stateless apart from Redis:
 
 * It reads the source through its own consumer group (``detector-router``) and XACKs an entry
@@ -21,10 +21,11 @@ partitioned workers read them. The router is stateless apart from Redis:
   ``missing_producer`` / ``empty_producer`` / ``invalid_producer``), at most once each.
 
 Only the route script is the router's own; the rest is the worker's: the lease
-(:class:`~detector.ownership.Leases`), the group, reads and once-only dead-letter appends
-(:class:`~detector.streams.Streams`), the retry policy (:func:`~detector.streams.retry`) and
-the producer and size checks (:class:`~detector.events.Decoder`). Every script touches one
-slot, so the router runs unchanged on Redis Cluster.
+(:class:`~detector.runtime.ownership.Leases`), the group, reads and once-only dead-letter appends
+(:class:`~detector.gateway.streams.Streams`), the retry policy
+(:func:`~detector.gateway.streams.retry`) and the producer and size checks
+(:class:`~detector.core.events.Decoder`). Every script touches one slot, so the router runs
+unchanged on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -39,12 +40,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from detector.core.events import Decoder
+from detector.core.settings import DEFAULT_DEAD_LETTER_STREAM, DEFAULT_STREAM, EventFormat
 from detector.errors import DetectorError, InvalidEventError
-from detector.events import Decoder
-from detector.ownership import Fence, Leases
-from detector.partitions import check_name, check_partitions, partition_of, partition_stream
-from detector.settings import DEFAULT_DEAD_LETTER_STREAM, DEFAULT_STREAM, EventFormat
-from detector.streams import CONNECTION_ERRORS, Client, DeadLetter, Outage, Output, Streams, retry
+from detector.gateway.streams import (
+    CONNECTION_ERRORS,
+    Client,
+    DeadLetter,
+    Outage,
+    Output,
+    Streams,
+    retry,
+)
+from detector.runtime.ownership import Fence, Leases
+from detector.runtime.partitions import check_name, check_partitions, partition_of, partition_stream
 
 log = logging.getLogger(__name__)
 

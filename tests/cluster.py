@@ -28,7 +28,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
-from detector.embedded import EmbeddedRedis, free_port
+from detector.gateway.embedded import EmbeddedRedis, free_port
 
 SLOTS = 16384
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import redis
 
-from detector.embedded import EmbeddedRedis, free_port
-from detector.settings import Settings
-from detector.streams import connect
-from detector.worker import Worker
+from detector.core.settings import Settings
+from detector.gateway.embedded import EmbeddedRedis, free_port
+from detector.gateway.streams import connect
+from detector.runtime.worker import Worker
 
 _names = itertools.count()
 TEST_KEY = b"test-checkpoint-key-0123456789abcdef"

@@ -18,10 +18,10 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from detector import partitions
-from detector.checkpoint import Signer, decode_fields
-from detector.settings import Settings
-from detector.worker import Worker
+from detector.core.checkpoint import Signer, decode_fields
+from detector.core.settings import Settings
+from detector.runtime import partitions
+from detector.runtime.worker import Worker
 from tests.conftest import TEST_KEY
 from tests.test_crash import QUICK, _workload
 

@@ -1,4 +1,4 @@
-"""Admission (detector/admission.py): a full producer store admits newcomers only in place of
+"""Admission (detector/core/admission.py): a full producer store admits newcomers only in place of
 producers in warm-up, within a per-minute budget, or after the idle TTL; the rest share the
 overflow state, counted by a distinct sketch and reported in ``producer_explosion`` alerts.
 Part of the resource exhaustion suite (tests/test_exhaustion.py, docs/security.md)."""
@@ -10,10 +10,10 @@ import random
 
 import pytest
 
-from detector.admission import OVERFLOW, DistinctSketch
-from detector.alerts import PRODUCER_EXPLOSION
-from detector.pipeline import Pipeline
-from detector.scoring import load_spec
+from detector.core.admission import OVERFLOW, DistinctSketch
+from detector.core.alerts import PRODUCER_EXPLOSION
+from detector.core.pipeline import Pipeline
+from detector.core.scoring import load_spec
 from tests.test_exhaustion import MINUTE, SECOND, alerts_of, established, ev, reason, spec_with
 
 
@@ -102,8 +102,8 @@ def test_distinct_sketch_is_deterministic_and_close() -> None:
 
 
 def test_overflow_key_cannot_be_a_decoded_producer() -> None:
+    from detector.core.events import Decoder
     from detector.errors import InvalidEventError
-    from detector.events import Decoder
 
     with pytest.raises(InvalidEventError) as info:
         Decoder().decode("s", "1-0", {b"producer": OVERFLOW.encode(), b"v": b"1"})

@@ -10,10 +10,10 @@ import time
 
 import redis
 
-from detector.alert_reader import AlertReader
-from detector.alerts import Alert, alert_id
-from detector.embedded import EmbeddedRedis
-from detector.features import Reason
+from detector.core.alerts import Alert, alert_id
+from detector.core.features import Reason
+from detector.gateway.alert_reader import AlertReader
+from detector.gateway.embedded import EmbeddedRedis
 from tests.test_cli import clean_env
 
 STREAM = "detector:alerts"

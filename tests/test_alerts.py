@@ -1,4 +1,4 @@
-"""Alerts (detector/alerts.py): deterministic ids, the wire fields and their parse, the
+"""Alerts (detector/core/alerts.py): deterministic ids, the wire fields and their parse, the
 global alert budget."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detector.alerts import (
+from detector.core.alerts import (
     ALERT_STORM,
     ANOMALY,
     PRODUCER_EXPLOSION,
@@ -17,7 +17,7 @@ from detector.alerts import (
     AlertBudget,
     alert_id,
 )
-from detector.features import Reason
+from detector.core.features import Reason
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 reasons = st.lists(

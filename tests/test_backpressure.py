@@ -31,9 +31,9 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.embedded import EmbeddedRedis, free_port
-from detector.scoring import load_spec
-from detector.worker import GROUP_INFO_INTERVAL_S
+from detector.core.scoring import load_spec
+from detector.gateway.embedded import EmbeddedRedis, free_port
+from detector.runtime.worker import GROUP_INFO_INTERVAL_S
 from tests.helpers import START_MS
 from tests.test_cli import clean_env
 from tests.test_crash import QUICK

@@ -13,13 +13,13 @@ import orjson
 import redis
 
 from detector import baselines
-from detector.checkpoint import Signer
-from detector.events import Decoder
-from detector.partitions import partition_of, partition_stream
-from detector.pipeline import Pipeline, Verdict
-from detector.scoring import load_spec
-from detector.settings import Settings
-from detector.worker import Worker
+from detector.core.checkpoint import Signer
+from detector.core.events import Decoder
+from detector.core.pipeline import Pipeline, Verdict
+from detector.core.scoring import load_spec
+from detector.core.settings import Settings
+from detector.runtime.partitions import partition_of, partition_stream
+from detector.runtime.worker import Worker
 from tests.conftest import TEST_KEY
 from tests.helpers import append, order_events
 from tests.test_cli import cli

@@ -1,4 +1,4 @@
-"""Raw scores to calibrated [0, 1] scores (detector/calibration.py)."""
+"""Raw scores to calibrated [0, 1] scores (detector/core/calibration.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.calibration import Calibrator, Likelihood, TailCounts
+from detector.core.calibration import Calibrator, Likelihood, TailCounts
 
 
 def learned(cal: Calibrator, raws: list[float]) -> TailCounts:

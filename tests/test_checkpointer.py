@@ -1,7 +1,7 @@
 """The commit and ack state machine, through an in-memory fake of the Redis gateway.
 
 No redis-server: :class:`FakeGateway` implements the gateway protocol the
-:class:`~detector.checkpointer.Checkpointer` writes through (one transaction: HSET, HDEL,
+:class:`~detector.runtime.checkpointer.Checkpointer` writes through (one transaction: HSET, HDEL,
 XACK), keeping a hash per key and a pending set per stream. The real-server tests of the same
 lifecycle are in test_state.py, test_worker.py, test_crash.py and test_ownership.py.
 """
@@ -15,16 +15,16 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from detector.checkpoint import Signer, decode_fields
-from detector.checkpointer import Checkpointer
-from detector.consumer import Runtime
-from detector.events import Decoder
+from detector.core.checkpoint import Signer, decode_fields
+from detector.core.events import Decoder
+from detector.core.pipeline import Pipeline
+from detector.core.scoring import load_spec
+from detector.core.settings import Settings
+from detector.gateway.streams import Acks, Entry, HashFields
 from detector.metrics import Metrics
-from detector.ownership import NO_FENCE, Fence, FencedError, NoFence
-from detector.pipeline import Pipeline
-from detector.scoring import load_spec
-from detector.settings import Settings
-from detector.streams import Acks, Entry, HashFields
+from detector.runtime.checkpointer import Checkpointer
+from detector.runtime.consumer import Runtime
+from detector.runtime.ownership import NO_FENCE, Fence, FencedError, NoFence
 from tests.conftest import TEST_KEY
 from tests.helpers import order_events
 

@@ -19,7 +19,7 @@ import redis
 from click.testing import CliRunner, Result
 
 from detector.cli import cli as main_group
-from detector.settings import HEALTH_KEY
+from detector.core.settings import HEALTH_KEY
 from tests.conftest import TEST_KEY
 from tests.helpers import append, order_events, outlier
 
@@ -201,7 +201,7 @@ def test_a_bad_redis_url_message_says_what_to_write() -> None:
 
 
 def test_good_redis_urls_pass_the_check() -> None:
-    from detector.connection import check_redis_url
+    from detector.gateway.connection import check_redis_url
 
     for url in ["redis://localhost", "redis://u@10.0.0.1:6380/2", "rediss://[::1]:6379",
                 "unix:///run/redis.sock", "unix:///run/redis.sock?db=1"]:  # fmt: skip
@@ -243,8 +243,8 @@ def test_a_config_file_type_error_names_the_file_and_key(tmp_path: Path) -> None
 
 
 def test_a_model_path_that_does_not_exist_says_file_not_found(tmp_path: Path) -> None:
+    from detector.core.scoring import load_spec
     from detector.errors import ConfigError
-    from detector.scoring import load_spec
 
     for value in ("./nosuch.toml", "nosuch.toml", "specs/nosuch", str(tmp_path / "x.toml")):
         with pytest.raises(ConfigError, match=f"model spec file not found: {re.escape(value)}$"):
@@ -284,8 +284,8 @@ def test_every_run_option_is_in_the_readme_table() -> None:
 def test_the_distribution_name_is_not_detector_and_every_hint_uses_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from detector.embedded import find_redis_server
     from detector.errors import DISTRIBUTION, ConfigError
+    from detector.gateway.embedded import find_redis_server
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == DISTRIBUTION != "detector"  # `detector` on PyPI is another project

@@ -12,9 +12,9 @@ import time
 import pytest
 import redis
 
-from detector import partitions
-from detector.embedded import EmbeddedRedis
-from detector.settings import HEALTH_KEY
+from detector.core.settings import HEALTH_KEY
+from detector.gateway.embedded import EmbeddedRedis
+from detector.runtime import partitions
 from tests import partitioned as h
 from tests.cluster import LocalCluster, cluster_url, redis_cluster  # noqa: F401
 from tests.test_cli import clean_env

@@ -33,10 +33,10 @@ import yaml
 from click.testing import CliRunner
 
 from detector.cli import cli
+from detector.core.settings import HEALTH_KEY, default_baselines_dir
+from detector.gateway.secrets import SECRET_ENVVARS, load_checkpoint_secret
 from detector.options import global_option
-from detector.secrets import SECRET_ENVVARS, load_checkpoint_secret
-from detector.settings import HEALTH_KEY, default_baselines_dir
-from detector.shop import DEMO_KINDS, iter_events
+from detector.shop.simulator import DEMO_KINDS, iter_events
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"

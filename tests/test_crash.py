@@ -30,9 +30,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from detector.checkpoint import Signer, decode_fields
-from detector.embedded import EmbeddedRedis, free_port
-from detector.settings import CHECKPOINT_KEY, HEALTH_KEY
+from detector.core.checkpoint import Signer, decode_fields
+from detector.core.settings import CHECKPOINT_KEY, HEALTH_KEY
+from detector.gateway.embedded import EmbeddedRedis, free_port
 from tests.conftest import TEST_KEY
 from tests.helpers import order_events, outlier
 from tests.test_cli import clean_env

@@ -6,7 +6,7 @@ import re
 
 import redis
 
-from detector.settings import CHECKPOINT_KEY, DEFAULT_GROUP
+from detector.core.settings import CHECKPOINT_KEY, DEFAULT_GROUP
 from tests.test_cli import cli
 
 PROGRESS = re.compile(r"replayed ([\d,]+)/([\d,]+) events, processed ([\d,]+), (\d+) alerts")

@@ -1,4 +1,4 @@
-"""Decoding and validation of raw stream entries (detector/events.py) against the contract."""
+"""Decoding and validation of raw stream entries (detector/core/events.py) against the contract."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from detector.core.events import Decoder, Event, entry_id_ms, parse_time_ms
+from detector.core.settings import EventFormat
 from detector.errors import InvalidEventError
-from detector.events import Decoder, Event, entry_id_ms, parse_time_ms
 from detector.metrics import REJECT_REASONS
-from detector.settings import EventFormat
 
 MAX_EPOCH_MS = 253_402_300_799_999
 DEFAULT = EventFormat()

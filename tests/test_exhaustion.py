@@ -19,14 +19,14 @@ import orjson
 import pytest
 import redis
 
-from detector.admission import OVERFLOW
-from detector.alerts import ALERT_STORM, ANOMALY, PRODUCER_EXPLOSION, Alert
-from detector.checkpoint import PRODUCER_PREFIX, Signer, decode_fields, encode_fields
-from detector.events import Decoder, Event
-from detector.pipeline import Pipeline, Verdict
-from detector.scoring import ModelSpec, load_spec
-from detector.settings import Settings
-from detector.worker import Worker
+from detector.core.admission import OVERFLOW
+from detector.core.alerts import ALERT_STORM, ANOMALY, PRODUCER_EXPLOSION, Alert
+from detector.core.checkpoint import PRODUCER_PREFIX, Signer, decode_fields, encode_fields
+from detector.core.events import Decoder, Event
+from detector.core.pipeline import Pipeline, Verdict
+from detector.core.scoring import ModelSpec, load_spec
+from detector.core.settings import Settings
+from detector.runtime.worker import Worker
 from tests.helpers import START_MS
 
 SECOND = 1000

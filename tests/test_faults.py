@@ -25,10 +25,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from detector.embedded import EmbeddedRedis
-from detector.settings import DEFAULT_DEAD_LETTER_STREAM as DEAD_LETTER_STREAM
-from detector.settings import Settings
-from detector.worker import RunStats, Worker
+from detector.core.settings import DEFAULT_DEAD_LETTER_STREAM as DEAD_LETTER_STREAM
+from detector.core.settings import Settings
+from detector.gateway.embedded import EmbeddedRedis
+from detector.runtime.worker import RunStats, Worker
 from tests.conftest import TEST_KEY
 from tests.proxy import COMMIT, EMIT, READ, READ_NEW, Action, Mode, Proxy, ProxyStats
 from tests.test_crash import QUICK, Outcome, _append_paced, _check, _outcome, _reference, _workload

@@ -1,4 +1,4 @@
-"""Per-producer state and feature evidence (detector/features.py)."""
+"""Per-producer state and feature evidence (detector/core/features.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from detector.events import Decoder, Event
-from detector.features import (
+from detector.core.events import Decoder, Event
+from detector.core.features import (
     FEATURES,
     ID_FIELD,
     MAX_SURPRISE,
@@ -825,7 +825,7 @@ def test_a_young_vocabulary_is_not_judged() -> None:
 
 
 def test_new_state_passes_the_checkpoint_allow_list() -> None:
-    from detector.checkpoint import Signer
+    from detector.core.checkpoint import Signer
 
     cfg = FeatureConfig(replay_window=256, drift_horizon_s=3600.0, rate_horizon_s=600.0,
                         novelty_burst=True)  # fmt: skip

@@ -38,12 +38,12 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.embedded import EmbeddedRedis
+from detector.core.events import Decoder
+from detector.core.settings import EventFormat, Settings
 from detector.errors import InvalidEventError
-from detector.events import Decoder
-from detector.settings import EventFormat, Settings
-from detector.streams import DEAD_LETTER_COPY_BYTES, DEAD_LETTER_COPY_FIELDS, connect
-from detector.worker import RunStats, Worker
+from detector.gateway.embedded import EmbeddedRedis
+from detector.gateway.streams import DEAD_LETTER_COPY_BYTES, DEAD_LETTER_COPY_FIELDS, connect
+from detector.runtime.worker import RunStats, Worker
 from tests.conftest import TEST_KEY
 from tests.helpers import order_events
 

@@ -1,29 +1,85 @@
-"""The layers of docs/design.md's module table hold: the core imports no Redis client and
-nothing of the runtime, the Redis layer or the applications."""
+"""The layers of docs/design.md's module table hold: the core (detector.core) imports no Redis
+client and nothing of the runtime, the Redis layer or the applications; the runtime imports
+no application command."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+import detector
 
 CORE = ("settings", "events", "features", "admission", "calibration", "scoring", "trees",
         "pipeline", "alerts", "checkpoint")  # fmt: skip
-ABOVE = ("worker", "consumer", "checkpointer", "ownership", "status", "streams", "connection",
-         "secrets", "embedded", "alert_reader", "cli", "options", "offline", "baselines",
-         "router", "producer", "acl", "metrics", "demo", "shop")  # fmt: skip
+RUNTIME = ("worker", "consumer", "checkpointer", "partitions", "ownership", "status")
+GATEWAY = ("streams", "connection", "secrets", "embedded", "alert_reader")
+# The applications at the top of the package. errors (the error types) is shared by every layer;
+# the runtime also uses metrics (its series), baselines (BaselineEnd), logs and console.
+APPS = ("cli", "options", "offline", "baselines", "router", "producer", "acl", "metrics", "demo",
+        "logs", "console", "shop.simulator")  # fmt: skip
+COMMANDS = ("cli", "options", "offline", "router", "producer", "acl", "demo", "shop.simulator")
 
 
-def test_the_core_imports_no_redis_and_nothing_above_it() -> None:
+def _loaded_after(imports: list[str], watched: list[str], *, block_redis: bool) -> list[str]:
+    """The watched modules that importing `imports` (in a fresh interpreter) loads."""
     code = (
         "import sys\n"
-        "sys.modules['redis'] = None  # any import of redis fails\n"
-        f"for m in {CORE!r}:\n"
-        "    __import__('detector.' + m)\n"
-        f"loaded = sorted(m for m in {ABOVE!r} if 'detector.' + m in sys.modules)\n"
-        "print(','.join(loaded))\n"
+        + ("sys.modules['redis'] = None  # any import of redis fails\n" if block_redis else "")
+        + f"for m in {imports!r}:\n"
+        "    __import__(m)\n"
+        f"print(','.join(sorted(m for m in {watched!r} if m in sys.modules)))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "", f"the core imports {out.stdout.strip()}"
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_the_core_imports_no_redis_and_nothing_above_it() -> None:
+    above = [f"detector.runtime.{m}" for m in RUNTIME]
+    above += [f"detector.gateway.{m}" for m in GATEWAY]
+    above += [f"detector.{m}" for m in APPS]
+    core = [f"detector.core.{m}" for m in CORE]
+    assert _loaded_after(core, above, block_redis=True) == []
+
+
+def test_the_runtime_imports_no_application_command() -> None:
+    runtime = [f"detector.runtime.{m}" for m in RUNTIME]
+    commands = [f"detector.{m}" for m in COMMANDS]
+    assert _loaded_after(runtime, commands, block_redis=False) == []
+
+
+def test_every_module_has_its_layer() -> None:
+    """A module added to the package without a place in the layers above, or in the module
+    table of docs/design.md, fails here."""
+    root = Path(detector.__path__[0])
+    found = {
+        ".".join(path.relative_to(root).with_suffix("").parts)
+        for path in root.rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    listed = {f"core.{m}" for m in CORE} | {f"runtime.{m}" for m in RUNTIME}
+    listed |= {f"gateway.{m}" for m in GATEWAY} | set(APPS) | {"errors"}
+    assert found == listed
+    design = (Path(__file__).parent.parent / "docs" / "design.md").read_text()
+    section = design.split("## Modules", 1)[1].split("\n## ", 1)[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
+    rows = {m.replace("/", ".") for m in re.findall(r"`([\w/]+)\.py`", table)}
+    assert rows == found  # docs/design.md's module table names every module by its path
+
+
+def test_the_wheel_ships_every_subpackage() -> None:
+    """pyproject.toml lists the packages by hand: a subpackage missing there is missing from
+    the wheel (an import error after `pip install`, not in this checkout)."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    root = Path(detector.__path__[0])
+    packages = {
+        ".".join(("detector", *init.parent.relative_to(root).parts))
+        for init in root.rglob("__init__.py")
+    }
+    assert packages <= set(pyproject["tool"]["setuptools"]["packages"])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from detector.calibration import Likelihood
-from detector.features import ValueWindow
-from detector.scoring import load_spec
+from detector.core.calibration import Likelihood
+from detector.core.features import ValueWindow
+from detector.core.scoring import load_spec
 
 
 def _after_quiet(lk: Likelihood, tail: list[float]) -> list[float]:

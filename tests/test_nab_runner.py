@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks.nab import run
 from benchmarks.nab.scorer import SAMPLE_FILES, SAMPLE_ROOT
-from detector.scoring import load_spec
+from detector.core.scoring import load_spec
 
 # Three short files from three categories (3,908 rows), with 9 windows between them.
 FILES = (

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from detector import partitions
 from detector.acl import AclConfig, worker_rules
 from detector.errors import ConfigError
-from detector.worker import Worker
+from detector.runtime import partitions
+from detector.runtime.worker import Worker
 from tests import partitioned as h
 
 P = 8
@@ -60,7 +60,7 @@ class OwnershipLog(logging.Handler):
 @pytest.fixture
 def ownership_log() -> Iterator[OwnershipLog]:
     handler = OwnershipLog()
-    logger = logging.getLogger("detector.worker")
+    logger = logging.getLogger("detector.runtime.worker")
     logger.addHandler(handler)
     old = logger.level
     logger.setLevel(logging.INFO)

@@ -1,4 +1,4 @@
-"""Score, decide, learn (detector/pipeline.py) over the shipped specs."""
+"""Score, decide, learn (detector/core/pipeline.py) over the shipped specs."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
-from detector.alerts import alert_id
-from detector.events import Decoder, Event
-from detector.features import ProducerState
-from detector.pipeline import Pipeline, Verdict
-from detector.scoring import Decision, ModelSpec, load_spec
+from detector.core.alerts import alert_id
+from detector.core.events import Decoder, Event
+from detector.core.features import ProducerState
+from detector.core.pipeline import Pipeline, Verdict
+from detector.core.scoring import Decision, ModelSpec, load_spec
 
 SPECS = ["stats", "hst"]
 ALL_SPECS = [*SPECS, "metrics"]  # metrics: no rate or size feature, alerts from 0.999
@@ -456,7 +456,7 @@ def test_one_failing_event_does_not_stop_the_batch(caplog: pytest.LogCaptureFixt
     # scoring raise.
     p = warm("stats")
     bad = ev(N, numbers={"v": "oops", "q": 1.0})  # type: ignore[dict-item]
-    with caplog.at_level(logging.ERROR, logger="detector.pipeline"):
+    with caplog.at_level(logging.ERROR, logger="detector.core.pipeline"):
         out = p.process([bad, ev(N + 1), ev(N + 2, v=5000.0)])
     assert out[0].error is not None
     assert (out[0].score, out[0].flagged, out[0].alert) == (None, False, None)
@@ -646,7 +646,7 @@ def test_likelihood_state_survives_a_pickle_mid_stream() -> None:
 def test_metrics_state_goes_through_a_signed_checkpoint() -> None:
     # The new per-producer state (time-of-day profiles, value windows, likelihood, silence)
     # passes the checkpoint's restricted unpickler and resumes bit for bit.
-    from detector.checkpoint import Signer, decode_fields, encode_fields
+    from detector.core.checkpoint import Signer, decode_fields, encode_fields
 
     spec = load_spec("metrics")
     spec = dataclasses.replace(

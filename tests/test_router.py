@@ -21,10 +21,9 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from detector import ownership
 from detector.acl import AclConfig, acl_lines
 from detector.cli import cli
-from detector.partitions import partition_of, partition_stream
+from detector.gateway.streams import connect
 from detector.router import (
     EMPTY_PRODUCER,
     ENTRY_TOO_LARGE,
@@ -36,7 +35,8 @@ from detector.router import (
     RouterConfig,
     RouterStats,
 )
-from detector.streams import connect
+from detector.runtime import ownership
+from detector.runtime.partitions import partition_of, partition_stream
 from tests.cluster import LocalCluster, cluster_url, redis_cluster  # noqa: F401
 from tests.helpers import append, order_events
 from tests.test_cli import clean_env

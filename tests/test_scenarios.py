@@ -8,8 +8,8 @@ import pytest
 
 from benchmarks.scenarios.matching import CAUSES, GRACE_MS, Hit, score
 from benchmarks.scenarios.runner import run_seed
-from detector.scoring import load_spec
-from detector.shop import INCIDENT_KINDS, Incident
+from detector.core.scoring import load_spec
+from detector.shop.simulator import INCIDENT_KINDS, Incident
 
 MIN = 60_000
 

@@ -1,4 +1,4 @@
-"""Model specs, the registry and the model contract (detector/scoring.py, models/*.toml)."""
+"""Model specs, the registry and the model contract (detector/core/scoring.py, models/*.toml)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from detector.errors import ConfigError
-from detector.features import FEATURES, Evidence, FeatureConfig, Reason
-from detector.scoring import (
+from detector.core.features import FEATURES, Evidence, FeatureConfig, Reason
+from detector.core.scoring import (
     MODELS,
     CalibrationSpec,
     Decision,
@@ -25,6 +24,7 @@ from detector.scoring import (
     load_spec,
     parse_spec,
 )
+from detector.errors import ConfigError
 
 SHIPPED = sorted(
     p.name.removesuffix(".toml")

@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from detector.errors import ConfigError
-from detector.secrets import SECRET_ENVVARS, env_secret, load_checkpoint_secret, redis_password
+from detector.gateway.secrets import (
+    SECRET_ENVVARS,
+    env_secret,
+    load_checkpoint_secret,
+    redis_password,
+)
 
 
 @pytest.fixture

@@ -19,18 +19,18 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from detector import partitions
 from detector.acl import AclConfig, acl_lines, glob_escape, key_pattern
-from detector.embedded import EmbeddedRedis, TlsFiles
-from detector.errors import CheckpointError, ConfigError
-from detector.settings import (
+from detector.core.settings import (
     CHECKPOINT_KEY,
     HEALTH_KEY,
     Settings,
     mask_url,
 )
-from detector.streams import connect, connection_options
-from detector.worker import Worker
+from detector.errors import CheckpointError, ConfigError
+from detector.gateway.embedded import EmbeddedRedis, TlsFiles
+from detector.gateway.streams import connect, connection_options
+from detector.runtime import partitions
+from detector.runtime.worker import Worker
 from tests.conftest import TEST_KEY
 from tests.helpers import append, order_events, outlier
 from tests.test_cli import clean_env, cli
@@ -619,10 +619,10 @@ def _signed_pickle_reaching(module: str, dotted: str) -> bytes:
 
 
 def test_signed_pickle_cannot_reach_beyond_the_allow_list() -> None:
-    from detector.checkpoint import Signer
+    from detector.core.checkpoint import Signer
 
     signer = Signer(TEST_KEY)
-    blob = signer.sign("p:x", _signed_pickle_reaching("detector.secrets", "os.getpid"))
+    blob = signer.sign("p:x", _signed_pickle_reaching("detector.gateway.secrets", "os.getpid"))
     with pytest.raises(CheckpointError):
         signer.loads("p:x", blob)
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from detector.cli import cli
-from detector.settings import EventFormat, Settings
+from detector.core.settings import EventFormat, Settings
 
 
 def _field_defaults() -> dict[str, Any]:

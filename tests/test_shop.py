@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from detector import shop
-from detector.shop import Incident
+from detector.shop import simulator as shop
+from detector.shop.simulator import Incident
 
 MINUTE = 60_000
 START = 1_767_225_600_000

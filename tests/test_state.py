@@ -11,10 +11,10 @@ from pathlib import Path
 import orjson
 import redis
 
-from detector.checkpoint import Signer
-from detector.pipeline import Verdict
-from detector.settings import CHECKPOINT_KEY, Settings
-from detector.worker import Worker
+from detector.core.checkpoint import Signer
+from detector.core.pipeline import Verdict
+from detector.core.settings import CHECKPOINT_KEY, Settings
+from detector.runtime.worker import Worker
 from tests.conftest import TEST_KEY
 from tests.helpers import append, order_events, outlier
 from tests.test_cli import clean_env, cli

@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 import redis
 
-from detector.embedded import EmbeddedRedis
-from detector.settings import Settings
-from detector.streams import connect
-from detector.worker import Worker
+from detector.core.settings import Settings
+from detector.gateway.embedded import EmbeddedRedis
+from detector.gateway.streams import connect
+from detector.runtime.worker import Worker
 from tests.helpers import append, order_events
 
 
 def _status_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [rec for rec in caplog.records if rec.name == "detector.status"]
+    return [rec for rec in caplog.records if rec.name == "detector.runtime.status"]
 
 
 def test_status_line_reports_the_run(
@@ -32,7 +32,7 @@ def test_status_line_reports_the_run(
     r.xadd(stream_name, {"producer": "svc-9", "ts": "not a time"})  # one dead letter
     # Idle longer than the worker's XINFO period (5 s), so the last lines show the lag at 0.
     settings = settings_factory(status_interval_s=0.2, idle_timeout_ms=6000)
-    caplog.set_level(logging.INFO, logger="detector.status")
+    caplog.set_level(logging.INFO, logger="detector.runtime.status")
     stats = worker_factory(settings).run()
 
     records = _status_records(caplog)
@@ -54,7 +54,7 @@ def test_status_interval_0_turns_it_off(
     worker_factory: Callable[..., Worker], caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     append(r, stream_name, order_events(producers=1, per_producer=10))
-    caplog.set_level(logging.INFO, logger="detector.status")
+    caplog.set_level(logging.INFO, logger="detector.runtime.status")
     worker_factory(settings_factory(status_interval_s=0, idle_timeout_ms=600)).run()
     assert _status_records(caplog) == []
 
@@ -96,5 +96,5 @@ def test_reconnect_after_a_redis_restart_is_logged(
         client.close()
     assert worker.stats.events == len(events)
     back = [rec for rec in caplog.records if "reconnected after" in rec.getMessage()]
-    assert [rec.name for rec in back] == ["detector.worker"], caplog.text
+    assert [rec.name for rec in back] == ["detector.runtime.worker"], caplog.text
     assert float(back[0].getMessage().split()[2]) >= 0.9  # the outage lasted the 1 s down

@@ -1,4 +1,4 @@
-"""The Redis layer of a consumer (detector/streams.py) on a real redis-server: where a new
+"""The Redis layer of a consumer (detector/gateway/streams.py) on a real redis-server: where a new
 group starts, reads of new and own pending entries, the once-only appends, the commit
 transaction, claims of a dead consumer's entries, and the retry policy."""
 
@@ -10,8 +10,8 @@ import threading
 import pytest
 import redis
 
-from detector.alerts import Alert, alert_id
-from detector.streams import DeadLetter, Outage, Output, Streams, connect, retry
+from detector.core.alerts import Alert, alert_id
+from detector.gateway.streams import DeadLetter, Outage, Output, Streams, connect, retry
 
 GROUP = "g"
 

@@ -1,4 +1,4 @@
-"""detector.trees.HalfSpaceTrees against River's anomaly.HalfSpaceTrees, the oracle."""
+"""detector.core.trees.HalfSpaceTrees against River's anomaly.HalfSpaceTrees, the oracle."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from river import anomaly
 
-from detector.checkpoint import Signer
-from detector.features import Evidence
-from detector.scoring import TreesModel
-from detector.trees import HalfSpaceTrees
+from detector.core.checkpoint import Signer
+from detector.core.features import Evidence
+from detector.core.scoring import TreesModel
+from detector.core.trees import HalfSpaceTrees
 
 FEATURES = TreesModel.inputs
 Point = dict[str, float]

@@ -12,15 +12,15 @@ import orjson
 import pytest
 import redis
 
-from detector.alerts import alert_id
-from detector.checkpoint import FrozenCommit
-from detector.checkpointer import Checkpointer
-from detector.embedded import free_port
+from detector.core.alerts import alert_id
+from detector.core.checkpoint import FrozenCommit
+from detector.core.pipeline import Verdict
+from detector.core.settings import CHECKPOINT_KEY, Settings
+from detector.gateway.embedded import free_port
 from detector.metrics import Metrics
 from detector.offline import score_file
-from detector.pipeline import Verdict
-from detector.settings import CHECKPOINT_KEY, Settings
-from detector.worker import Worker
+from detector.runtime.checkpointer import Checkpointer
+from detector.runtime.worker import Worker
 from tests.helpers import append, order_events, outlier
 
 CONTRACT_FIELDS = {

@@ -9,10 +9,11 @@ Each of the 58 series is one producer (producer id = the corpus-relative file na
 (epoch ms of the row's timestamp, read as UTC) and ``value`` (the bytes of the CSV cell). All
 series are interleaved by event time into one stream, in the same order in both modes:
 
-* ``offline``: the entries go through :class:`detector.events.Decoder` and one
-  :class:`detector.pipeline.Pipeline`, as ``detector score`` does;
+* ``offline``: the entries go through :class:`detector.core.events.Decoder` and one
+  :class:`detector.core.pipeline.Pipeline`, as ``detector score`` does;
 * ``redis``: an embedded ``redis-server`` receives them with pipelined ``XADD`` and a
-  :class:`detector.worker.Worker` (``--until-idle``) consumes them, as ``detector run`` does.
+  :class:`detector.runtime.worker.Worker` (``--until-idle``) consumes them, as ``detector run``
+  does.
 
 ``both`` runs the two and checks that every row got the same score. A row's NAB anomaly
 score is the calibrated score, and 0.0 while its producer warms up (score None) or if the
@@ -59,13 +60,13 @@ from benchmarks.nab.scorer import (
     resolve_windows,
     score_detector,
 )
-from detector.embedded import EmbeddedRedis
+from detector.core.events import Decoder, Event
+from detector.core.pipeline import Pipeline, Verdict
+from detector.core.scoring import ModelSpec, load_spec
+from detector.core.settings import Settings
 from detector.errors import InvalidEventError
-from detector.events import Decoder, Event
-from detector.pipeline import Pipeline, Verdict
-from detector.scoring import ModelSpec, load_spec
-from detector.settings import Settings
-from detector.worker import Worker
+from detector.gateway.embedded import EmbeddedRedis
+from detector.runtime.worker import Worker
 
 STREAM: Final = "nab"
 XADD_CHUNK: Final = 5000

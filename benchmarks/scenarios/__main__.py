@@ -18,8 +18,8 @@ from rich.table import Table
 
 from benchmarks.scenarios.matching import GRACE_MS, Score
 from benchmarks.scenarios.runner import DAY_MS, Setting, run_seed
-from detector.scoring import load_spec
-from detector.shop import INCIDENT_KINDS
+from detector.core.scoring import load_spec
+from detector.shop.simulator import INCIDENT_KINDS
 
 
 def _kinds(text: str) -> tuple[str, ...]:

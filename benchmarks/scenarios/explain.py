@@ -16,12 +16,12 @@ import math
 import click
 
 from benchmarks.scenarios.matching import GRACE_MS
+from detector.core.events import Decoder, Event
+from detector.core.features import Evidence, ProducerState
+from detector.core.pipeline import Pipeline
+from detector.core.scoring import load_spec
 from detector.errors import InvalidEventError
-from detector.events import Decoder, Event
-from detector.features import Evidence, ProducerState
-from detector.pipeline import Pipeline
-from detector.scoring import load_spec
-from detector.shop import INCIDENT_KINDS, Incident, iter_events
+from detector.shop.simulator import INCIDENT_KINDS, Incident, iter_events
 
 TOP_BINS = 8
 

@@ -2,14 +2,14 @@
 
 Matching rule: an alert (event alert or silence alert) belongs to an incident when it is on
 the incident's producer and its event time lies in ``[start, end + grace]``, where grace is
-:data:`GRACE_MS` for the kind (``detector.shop.incident_for``; inside the window wins over
+:data:`GRACE_MS` for the kind (``detector.shop.simulator.incident_for``; inside the window wins over
 grace). An incident is *caught* when at least one alert belongs to it; its *detection delay*
 is the first such alert's time minus the incident start (event time). Every other alert is a
 *false alert*. The *top-reason match* asks whether the first matching alert's first reason is
 one of :data:`CAUSES` for the kind.
 
 Examples:
-    >>> from detector.shop import Incident
+    >>> from detector.shop.simulator import Incident
     >>> inc = Incident("flood", "cart-1", 10_000, 20_000, "")
     >>> hits = [Hit("cart-1", 15_000, ("rate",)), Hit("cart-2", 15_000, ("rate",))]
     >>> s = score([inc], hits, producer_days=2.0)
@@ -23,7 +23,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from detector.shop import DEFAULT_GRACE_MS, INCIDENT_KINDS, Incident, incident_for
+from detector.shop.simulator import DEFAULT_GRACE_MS, INCIDENT_KINDS, Incident, incident_for
 
 GRACE_MS: dict[str, int] = {
     **dict.fromkeys(INCIDENT_KINDS, DEFAULT_GRACE_MS),

@@ -22,13 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from benchmarks.scenarios.matching import Hit, Score, score
-from detector.alerts import Alert
+from detector.core.alerts import Alert
+from detector.core.events import Decoder, Event
+from detector.core.features import Evidence, ProducerState
+from detector.core.pipeline import Pipeline
+from detector.core.scoring import ModelSpec
 from detector.errors import InvalidEventError
-from detector.events import Decoder, Event
-from detector.features import Evidence, ProducerState
-from detector.pipeline import Pipeline
-from detector.scoring import ModelSpec
-from detector.shop import iter_events
+from detector.shop.simulator import iter_events
 
 BATCH = 500  # the worker's default batch_size
 DAY_MS = 86_400_000

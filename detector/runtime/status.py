@@ -3,7 +3,7 @@
 On a terminal it is a live line (rich) refreshed every second, above which log lines keep
 scrolling; elsewhere an INFO log line every ``status_interval_s`` (with the figures as
 ``extra`` fields for JSON logs). The figures are the worker's own counters
-(:class:`~detector.consumer.RunStats`) and its lag gauge (set from ``XINFO GROUPS`` by the
+(:class:`~detector.runtime.consumer.RunStats`) and its lag gauge (set from ``XINFO GROUPS`` by the
 worker's housekeeping), never counted again here.
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.live import Live
 
-    from detector.worker import Worker
+    from detector.runtime.worker import Worker
 
 log = logging.getLogger(__name__)
 LIVE_REFRESH_S = 1.0

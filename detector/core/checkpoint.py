@@ -5,7 +5,7 @@ with a key that never enters Redis, and is verified before it is unpickled; the 
 only resolves classes from an allow-list (defence in depth). A checkpoint from another format,
 River version or model spec is refused, never loaded.
 
-Layout (one Redis hash per group and consumer, see :mod:`detector.streams`):
+Layout (one Redis hash per group and consumer, see :mod:`detector.gateway.streams`):
 
 - ``meta``: JSON (format, versions, spec digest, per-stream offsets, pipeline counters);
 - ``model``: the pickled model (shared by all producers);
@@ -41,8 +41,18 @@ PRODUCER_PREFIX = "p:"
 
 # What a checkpoint may contain: classes defined in the detector's state modules and in River's
 # model packages, plus a few exact (module, name) pairs. Dotted names are refused: pickle would
-# resolve them attribute by attribute (``detector.embedded.subprocess.check_output``).
-_STATE_MODULES = ("detector.features", "detector.calibration", "detector.scoring", "detector.trees")
+# resolve them attribute by attribute (``detector.gateway.embedded.subprocess.check_output``).
+_STATE_MODULES = ("detector.core.features", "detector.core.calibration", "detector.core.scoring",
+                  "detector.core.trees")  # fmt: skip
+# Checkpoints and baselines written before the core moved into detector.core name their classes
+# by the old module paths; those four names resolve to their new homes (until the next format
+# bump), under the same rule: only classes defined in the state module.
+_MOVED_STATE_MODULES = {
+    "detector.features": "detector.core.features",
+    "detector.calibration": "detector.core.calibration",
+    "detector.scoring": "detector.core.scoring",
+    "detector.trees": "detector.core.trees",
+}
 _RIVER_PREFIXES = ("river.stats.", "river.anomaly.", "river.tree.", "river.preprocessing.",
                    "river.utils.", "river._river_rust.")  # fmt: skip
 _ALLOWED_GLOBALS = {
@@ -74,12 +84,13 @@ def river_version() -> str:
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if "." not in name:
-            if (module, name) in _ALLOWED_GLOBALS:
-                return super().find_class(module, name)
-            if module in _STATE_MODULES or module.startswith(_RIVER_PREFIXES):
-                obj = super().find_class(module, name)
+            home = _MOVED_STATE_MODULES.get(module, module)
+            if (home, name) in _ALLOWED_GLOBALS:
+                return super().find_class(home, name)
+            if home in _STATE_MODULES or home.startswith(_RIVER_PREFIXES):
+                obj = super().find_class(home, name)
                 # Only classes defined right there: no functions, no re-exported names.
-                if isinstance(obj, type) and obj.__module__ == module:
+                if isinstance(obj, type) and obj.__module__ == home:
                     return obj
         msg = f"checkpoint refers to {module}.{name}, which is not allowed"
         raise CheckpointError(msg)

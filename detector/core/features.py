@@ -6,7 +6,7 @@ across features and producers, and the models combine them. Extraction reads the
 the event updates it, so a score only sees the past (:meth:`FeatureStore.observe`).
 
 Examples:
-    >>> from detector.events import Event
+    >>> from detector.core.events import Event
     >>> store = FeatureStore(FeatureConfig())
     >>> def ev(t, amount, cur="EUR"):
     ...     return Event("s", f"{t}-0", "pay-1", t, "paid", {"amount": amount}, {"cur": cur}, 50)
@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from detector.admission import OVERFLOW, Admission
-from detector.calibration import RarityTrend, TailCounts
-from detector.events import Event
+from detector.core.admission import OVERFLOW, Admission
+from detector.core.calibration import RarityTrend, TailCounts
+from detector.core.events import Event
 
 FEATURES = ("rate", "value", "size", "type", "category", "schema", "replayed_id", "drift")
 _LOG10 = math.log(10.0)
@@ -868,7 +868,7 @@ class FeatureStore:
 
     Beyond the cap: without ``admission``, the least recently seen producer is evicted (LRU);
     with it, established producers stay and refused newcomers share :attr:`overflow` (see
-    :mod:`detector.admission`; the pipeline always passes one).
+    :mod:`detector.core.admission`; the pipeline always passes one).
     """
 
     def __init__(

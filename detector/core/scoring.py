@@ -4,8 +4,8 @@ A spec is a TOML file in ``models/`` (shipped as ``detector.models``) or any pat
 model ``kind`` from :data:`MODELS`, its parameters, the feature settings, the calibration and
 the decision rules. Users add detectors by writing a spec, not code.
 
-Every model turns an event's :class:`~detector.features.Evidence` into a raw score (higher is
-more anomalous); :mod:`detector.calibration` puts raw scores on one [0, 1] scale.
+Every model turns an event's :class:`~detector.core.features.Evidence` into a raw score (higher is
+more anomalous); :mod:`detector.core.calibration` puts raw scores on one [0, 1] scale.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any, Protocol, get_type_hints
 
 from river import anomaly
 
+from detector.core.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig
+from detector.core.trees import HalfSpaceTrees
 from detector.errors import ConfigError
-from detector.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig
-from detector.trees import HalfSpaceTrees
 
 
 class Model(Protocol):
@@ -63,7 +63,7 @@ class TreesModel:
 
     Inputs are the feature surprises squashed into [0, 1] (HalfSpaceTrees needs bounded
     inputs); one shared model costs the same for 10 or 100k producers. Seeded, so replays
-    give identical scores. The trees run on arrays (:mod:`detector.trees`), with River's
+    give identical scores. The trees run on arrays (:mod:`detector.core.trees`), with River's
     scores exactly.
 
     Examples:
@@ -92,7 +92,7 @@ class TreesModel:
         self.trees = HalfSpaceTrees(self.inputs, n_trees, height, window_size, seed=seed)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        # Checkpoints written before detector.trees hold River's own HalfSpaceTrees: carry its
+        # Checkpoints written before detector.core.trees hold River's own HalfSpaceTrees: carry its
         # trees, masses and window over, so that they resume without a format change.
         if isinstance(state["trees"], anomaly.HalfSpaceTrees):
             state = {**state, "trees": HalfSpaceTrees.from_river(state["trees"], self.inputs)}
@@ -165,8 +165,9 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class CalibrationSpec:
-    """Histogram resolution and tail fit of :class:`~detector.calibration.Calibrator`, and the
-    optional anomaly likelihood over calibrated scores (:class:`~detector.calibration.Likelihood`).
+    """Histogram resolution and tail fit of :class:`~detector.core.calibration.Calibrator`, and the
+    optional anomaly likelihood over calibrated scores
+    (:class:`~detector.core.calibration.Likelihood`).
 
     Attributes:
         likelihood_window: events in the moving average of rarities; 0 = no likelihood.

@@ -2,14 +2,14 @@
 
 Unpartitioned, the worker is one consumer (named after the worker) with one checkpoint: its
 one partition. Partitioned, each owned partition ``p`` is a consumer named ``p<k>`` with its own
-:class:`~detector.pipeline.Pipeline`, checkpoint and pending list, so ownership moves between
+:class:`~detector.core.pipeline.Pipeline`, checkpoint and pending list, so ownership moves between
 workers with the partition's lease (no claiming needed).
 
 Start: load the signed checkpoint (or a baseline), re-read the consumer's pending entries
 (those at or below the checkpoint's offsets are only acked; the rest are replayed into the
 restored state), then read new ones. Each batch: decode, score, append its alerts and dead
-letters (each at most once), and tell its :class:`~detector.checkpointer.Checkpointer`, which
-commits the state with its offsets and acks the entries (see docs/design.md for the delivery
+letters (each at most once), and tell its :class:`~detector.runtime.checkpointer.Checkpointer`,
+which commits the state with its offsets and acks the entries (see docs/design.md for the delivery
 semantics and the commit order).
 """
 
@@ -22,17 +22,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from detector.baselines import BaselineEnd
-from detector.checkpoint import Signer, Snapshot, decode_fields
-from detector.checkpoint import load_file as load_baseline
-from detector.checkpointer import Checkpointer, settle
+from detector.core.checkpoint import Signer, Snapshot, decode_fields
+from detector.core.checkpoint import load_file as load_baseline
+from detector.core.events import Decoder, Event
+from detector.core.pipeline import Pipeline, Verdict
+from detector.core.scoring import ModelSpec
+from detector.core.settings import Settings
 from detector.errors import InvalidEventError
-from detector.events import Decoder, Event
+from detector.gateway.streams import DeadLetter, Entry, Output, Streams, retry
 from detector.metrics import Metrics
-from detector.partitions import partition_of
-from detector.pipeline import Pipeline, Verdict
-from detector.scoring import ModelSpec
-from detector.settings import Settings
-from detector.streams import DeadLetter, Entry, Output, Streams, retry
+from detector.runtime.checkpointer import Checkpointer, settle
+from detector.runtime.partitions import partition_of
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The one reader of alert streams: ``detector alerts`` (one-shot and ``--follow``) uses it, and a
 Python API or a notifier is meant to reuse it (:meth:`AlertEntry.alert` gives the typed
-:class:`~detector.alerts.Alert`). It reads with plain ``XRANGE``/``XREAD`` (no consumer group,
+:class:`~detector.core.alerts.Alert`). It reads with plain ``XRANGE``/``XREAD`` (no consumer group,
 nothing acknowledged), remembers the id of the last entry it yielded, and on a connection error
 backs off (capped), reconnects and resumes after that id: no entry twice, none skipped unless
 the stream was trimmed past it meanwhile. A consumer-group variant would override
@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from detector.alerts import Alert
-from detector.streams import CONNECTION_ERRORS, Outage
+from detector.core.alerts import Alert
+from detector.gateway.streams import CONNECTION_ERRORS, Outage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,16 +1,16 @@
 """Worker: the loop that drives the group consumers it owns, one per partition.
 
-Unpartitioned, the worker owns one partition (0): one :class:`~detector.consumer.Consumer`
-named after the worker, reading every input stream with a blocking ``XREADGROUP``, under a
-fence that never refuses (:class:`~detector.ownership.NoFence`). Partitioned
-(``--partitions P``), it owns some of the P partitions, one consumer each, each behind a lease
-(:mod:`detector.ownership`): statically (``p % worker_count == worker_index``) or dynamically
-(rendezvous over the live members, rebalanced as workers join and leave). The same loop drives
-both; an :class:`Assignment` says which partitions are the worker's and what they are named.
-With several partitions, each round reads every owned partition without blocking in one
-pipelined round trip; when all are empty it blocks briefly on one partition in rotation, with
-a plain ``XREAD`` that consumes nothing, so an idle worker neither spins nor holds an entry for
-long. See docs/design.md.
+Unpartitioned, the worker owns one partition (0): one :class:`~detector.runtime.consumer.Consumer`
+named after the worker, reading every input stream with a blocking ``XREADGROUP``, under a fence
+that never refuses (:class:`~detector.runtime.ownership.NoFence`). Partitioned (``--partitions P``),
+it owns some of the P partitions, one consumer each, each behind a lease
+(:mod:`detector.runtime.ownership`): statically (``p % worker_count == worker_index``) or
+dynamically (rendezvous over the live members, rebalanced as workers join and leave). The same loop
+drives both; an :class:`Assignment` says which partitions are the worker's and what they are named.
+With several partitions, each round reads every owned partition without blocking in one pipelined
+round trip; when all are empty it blocks briefly on one partition in rotation, with a plain
+``XREAD`` that consumes nothing, so an idle worker neither spins nor holds an entry for long. See
+docs/design.md.
 """
 
 from __future__ import annotations
@@ -30,18 +30,13 @@ import orjson
 import redis
 from prometheus_client import CollectorRegistry
 
-from detector import partitions
-from detector.checkpoint import Signer
-from detector.consumer import Consumer, RunStats, Runtime
+from detector.core.checkpoint import Signer
+from detector.core.events import Decoder
+from detector.core.pipeline import Pipeline, Verdict
+from detector.core.scoring import ModelSpec, load_spec
+from detector.core.settings import CHECKPOINT_KEY, HEALTH_KEY, Settings
 from detector.errors import ConfigError
-from detector.events import Decoder
-from detector.metrics import Metrics
-from detector.ownership import NO_FENCE, Fence, FencedError, Leases, Membership, NoFence
-from detector.pipeline import Pipeline, Verdict
-from detector.scoring import ModelSpec, load_spec
-from detector.settings import CHECKPOINT_KEY, HEALTH_KEY, Settings
-from detector.status import StatusReporter
-from detector.streams import (
+from detector.gateway.streams import (
     CONNECTION_ERRORS,
     Client,
     Entry,
@@ -51,6 +46,11 @@ from detector.streams import (
     connect,
     sweep,
 )
+from detector.metrics import Metrics
+from detector.runtime import partitions
+from detector.runtime.consumer import Consumer, RunStats, Runtime
+from detector.runtime.ownership import NO_FENCE, Fence, FencedError, Leases, Membership, NoFence
+from detector.runtime.status import StatusReporter
 
 __all__ = ["RunStats", "Worker"]
 
@@ -202,7 +202,7 @@ class Worker:
 
     Args:
         settings: the worker's settings.
-        client: Redis client (from :func:`detector.streams.connect`); created if None.
+        client: Redis client (from :func:`detector.gateway.streams.connect`); created if None.
         spec: model spec; loaded from ``settings.model`` if None.
         metrics: metrics; a private registry if None.
         on_verdicts: called with every batch's verdicts after it is processed (demo, tests).

@@ -1,7 +1,7 @@
 """Alerts: the event the detector emits downstream, and its wire format.
 
 An alert's id is derived from the source stream, the entry id and the model, so reprocessing
-an entry reproduces the same id; the sink (:mod:`detector.streams`) writes each id once.
+an entry reproduces the same id; the sink (:mod:`detector.gateway.streams`) writes each id once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from detector.features import Reason
+from detector.core.features import Reason
 
 # What an alert is about (its ``kind`` field).
 ANOMALY = "anomaly"  # one event of a producer

@@ -9,7 +9,7 @@ wakes, so the new owner's pending list and checkpoint stay its own.
 
 Membership (dynamic assignment): each worker heartbeats ``ZADD members <now-ms> <worker>``;
 members silent longer than the lease TTL are dead, and every worker computes the same target
-assignment from the live members (:func:`detector.partitions.rendezvous`). Heartbeats use
+assignment from the live members (:func:`detector.runtime.partitions.rendezvous`). Heartbeats use
 the workers' clocks: their skew must stay well below the lease TTL.
 """
 
@@ -19,13 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from detector import partitions
 from detector.errors import DetectorError
+from detector.runtime import partitions
 
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
-    from detector.streams import Client
+    from detector.gateway.streams import Client
 
 # KEYS: lease, epoch. ARGV: worker, ttl ms. Returns the new epoch, or nil if the lease is held.
 _ACQUIRE = """

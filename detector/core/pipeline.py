@@ -8,8 +8,8 @@ Order per event: evidence from the producer's past, raw score, calibrated score,
 then learning, unless the event is suspect (protected learning; see ``Decision``).
 
 Examples:
-    >>> from detector.events import Event
-    >>> from detector.scoring import load_spec
+    >>> from detector.core.events import Event
+    >>> from detector.core.scoring import load_spec
     >>> p = Pipeline(load_spec("stats"))
     >>> evs = [Event("s", f"{i}-0", "p1", i * 1000, "t", {"v": 1.0 + i % 2}, {}, 40)
     ...        for i in range(300)]
@@ -26,13 +26,26 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from detector.admission import OVERFLOW, Admission
-from detector.alerts import ALERT_STORM, PRODUCER_EXPLOSION, SILENCE, Alert, AlertBudget, alert_id
-from detector.calibration import Calibrator, Likelihood
-from detector.checkpoint import Snapshot, check_compatible, new_meta
-from detector.events import Event
-from detector.features import Evidence, FeatureStore, ProducerState, Reason, new_producer_reason
-from detector.scoring import ModelSpec
+from detector.core.admission import OVERFLOW, Admission
+from detector.core.alerts import (
+    ALERT_STORM,
+    PRODUCER_EXPLOSION,
+    SILENCE,
+    Alert,
+    AlertBudget,
+    alert_id,
+)
+from detector.core.calibration import Calibrator, Likelihood
+from detector.core.checkpoint import Snapshot, check_compatible, new_meta
+from detector.core.events import Event
+from detector.core.features import (
+    Evidence,
+    FeatureStore,
+    ProducerState,
+    Reason,
+    new_producer_reason,
+)
+from detector.core.scoring import ModelSpec
 
 MAX_REASONS = 3
 log = logging.getLogger(__name__)
@@ -77,7 +90,7 @@ class Pipeline:
         max_producers: cap on tracked producers. Beyond it, established producers (past
             warm-up) stay until the idle TTL; newcomers replace producers in warm-up, at most
             ``admit_per_min`` per minute of event time, and the rest share one overflow state
-            (:mod:`detector.admission`).
+            (:mod:`detector.core.admission`).
         idle_ttl_ms: producers silent this long (event time) are forgotten.
         track_changes: remember changed producers, for incremental checkpoints (the worker).
         admit_per_min: newcomers admitted per minute of event time while the store is full.

@@ -23,7 +23,7 @@ DEFAULT_MODEL = "stats"
 ALERT_GUARD_KEY = "{{{alerts_stream}}}:guard:{alert_id}"
 DEAD_LETTER_GUARD_KEY = "{{{dead_letter_stream}}}:guard:{stream}:{entry_id}"
 GUARD_TTL_S = 7 * 24 * 3600
-# The worker's state and offsets (signed blobs, see detector.checkpoint).
+# The worker's state and offsets (signed blobs, see detector.core.checkpoint).
 CHECKPOINT_KEY = "detector:checkpoint:{group}:{consumer}"
 # Refreshed by a live worker; `detector check` reads it.
 HEALTH_KEY = "detector:health:{group}:{consumer}"
@@ -334,7 +334,7 @@ class Settings:
     tls_key: Path | None = field(
         default=None, metadata=option("Private key (PEM) of the client certificate.")
     )
-    # Secrets: from the environment only (detector.secrets), never options.
+    # Secrets: from the environment only (detector.gateway.secrets), never options.
     checkpoint_secret: bytes | None = field(default=None, repr=False)
     redis_password: str | None = field(default=None, repr=False)
 

@@ -2,7 +2,7 @@
 and TLS files come from, the access check before a worker starts, the embedded fallback.
 
 The worker's client itself (timeouts, no hidden retries, TLS verification always on) is
-:func:`detector.streams.connect`; this module adds what a command decides around it.
+:func:`detector.gateway.streams.connect`; this module adds what a command decides around it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 import click
 import redis
 
+from detector.core.settings import mask_url
 from detector.errors import ConfigError
-from detector.secrets import redis_password
-from detector.settings import mask_url
-from detector.streams import Client, connect, connection_options
+from detector.gateway.secrets import redis_password
+from detector.gateway.streams import Client, connect, connection_options
 
 log = logging.getLogger(__name__)
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
@@ -143,7 +143,7 @@ def redis_url_or_embedded(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from detector.embedded import EmbeddedRedis
+    from detector.gateway.embedded import EmbeddedRedis
 
     with EmbeddedRedis() as server:
         click.echo(f"embedded redis-server on {server.url}", err=True)

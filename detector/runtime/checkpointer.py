@@ -3,12 +3,13 @@
 It decides when a commit is due (every ``checkpoint_every`` entries or
 ``checkpoint_interval_ms``), freezes it (the pipeline's changed state and the offsets as
 they are now, plus the entries to ack), encodes it a slice at a time between reads
-(``commit_slice_ms``; see :class:`~detector.checkpoint.FrozenCommit`), and writes it
+(``commit_slice_ms``; see :class:`~detector.core.checkpoint.FrozenCommit`), and writes it
 through the gateway in one transaction that also XACKs exactly the entries its state
 learned. The consumer asks it; nothing else does. See docs/design.md for the commit order.
 
 A lease holder's fence refuses a stale commit; such an owner writes a time-due commit in one
-go, so that a lost lease refuses it before anything is applied (:class:`~detector.ownership.Fence`).
+go, so that a lost lease refuses it before anything is applied
+(:class:`~detector.runtime.ownership.Fence`).
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from detector.checkpoint import FrozenCommit
-from detector.ownership import Fence, NoFence
+from detector.core.checkpoint import FrozenCommit
+from detector.runtime.ownership import Fence, NoFence
 
 if TYPE_CHECKING:
-    from detector.consumer import Runtime
-    from detector.pipeline import Pipeline
-    from detector.streams import Acks, Entry, HashFields
+    from detector.core.pipeline import Pipeline
+    from detector.gateway.streams import Acks, Entry, HashFields
+    from detector.runtime.consumer import Runtime
 
 
 class CommitGateway(Protocol):
-    """What the checkpointer writes through (:class:`~detector.streams.Streams`)."""
+    """What the checkpointer writes through (:class:`~detector.gateway.streams.Streams`)."""
 
     @property
     def fence(self) -> Fence | NoFence: ...

@@ -1,0 +1,2 @@
+"""The Redis layer: every Redis command, the connection policy, secrets, the embedded server
+and the alert reader."""
