@@ -20,11 +20,11 @@ import itertools
 import click
 
 from benchmarks.snapshot import detector_source
+from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
 from detector.core.features import Evidence, ProducerState
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import load_spec
-from detector.errors import InvalidEventError
 from detector.shop.simulator import INCIDENT_KINDS, iter_events
 
 

@@ -48,10 +48,10 @@ from benchmarks.throughput import (
 )
 from benchmarks.workloads import BENCH_KEY, Fields, append, baseline_for, chunks, delete_matching
 from benchmarks.workloads import shop_workload as make_workload
+from detector.gateway import partitions
 from detector.gateway.embedded import EmbeddedRedis
 from detector.producer import Producer
 from detector.router import DEFAULT_ROUTER_GROUP
-from detector.runtime import partitions
 
 POLL_S = 0.01
 ROUTER_SOURCE = "bench-source"

@@ -13,16 +13,16 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from detector.core.alerts import Alert
+    from detector.core.errors import DetectorError
     from detector.core.events import Event
     from detector.core.pipeline import Pipeline
     from detector.core.scoring import load_spec
     from detector.core.settings import Settings
-    from detector.errors import DetectorError
     from detector.runtime.worker import Worker
 
 _HOMES = {
     "Alert": "detector.core.alerts",
-    "DetectorError": "detector.errors",
+    "DetectorError": "detector.core.errors",
     "Event": "detector.core.events",
     "Pipeline": "detector.core.pipeline",
     "load_spec": "detector.core.scoring",

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from detector import router
+from detector.core.errors import ConfigError
 from detector.core.settings import (
     ALERT_GUARD_KEY,
     CHECKPOINT_KEY,
@@ -46,8 +47,7 @@ from detector.core.settings import (
     DEFAULT_STREAM,
     HEALTH_KEY,
 )
-from detector.errors import ConfigError
-from detector.runtime import partitions as parts
+from detector.gateway import partitions as parts
 
 REDIS_VERSIONS = ("7.0", "7.2+")
 ROLES = ("worker", "producer", "reader", "router")
@@ -311,7 +311,7 @@ def router_rules(cfg: AclConfig, password: str) -> list[str]:
     - dead letters: the dead-letter append script (``EXISTS``, ``XADD``, ``SET … EX`` on its
       guard keys of the source entries), ``XADD`` only on the stream itself;
     - its lease (``detector:router:lease:<group>:<source>``): ``SET NX PX``, and the
-      renew and release scripts of :class:`detector.runtime.ownership.Leases` (``GET``, ``PEXPIRE``,
+      renew and release scripts of :class:`detector.gateway.ownership.Leases` (``GET``, ``PEXPIRE``,
       ``DEL``);
     - ``SCRIPT LOAD`` (after a Redis restart empties the script cache).
     """

@@ -14,8 +14,8 @@ baseline read, a new group starts right after the recorded entry id, and entries
 acked unread in any case. On other streams (partition streams, whose ids the router assigned,
 or any stream when the baseline came from a file), an event is skipped when its producer is
 one the baseline learned and its event time is at or before the baseline's end
-(:class:`BaselineEnd`). Baselines written before offsets were recorded still load: they have
-no offsets, so only the event-time rule applies.
+(:class:`~detector.core.checkpoint.BaselineEnd`). Baselines written before offsets were
+recorded still load: they have no offsets, so only the event-time rule applies.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import redis
 
-from detector.core.checkpoint import Signer, Snapshot, load_file, save_file
+from detector.core.checkpoint import Signer, load_file, save_file
+from detector.core.errors import ConfigError, InvalidEventError
 from detector.core.events import Decoder, Event, parse_time_ms
 from detector.core.pipeline import Pipeline
-from detector.errors import ConfigError, InvalidEventError
 
 CHUNK = 1000
 _STREAM_ID = re.compile(r"\d+(-\d+)?")
@@ -127,45 +127,6 @@ def save(
 
 def load_into(pipeline: Pipeline, path: Path, signer: Signer) -> None:
     pipeline.restore(load_file(path, signer), baseline=True)
-
-
-@dataclass(frozen=True, slots=True)
-class BaselineEnd:
-    """Where a baseline's data ended, for the streams it has no entry id for.
-
-    Attributes:
-        event_time_ms: the latest event time the baseline learned.
-        producers: the producers it learned (others' events are never skipped).
-        exact: streams with a recorded entry id (skipped by id instead, see the module doc).
-    """
-
-    event_time_ms: int
-    producers: frozenset[str]
-    exact: frozenset[str]
-
-    @classmethod
-    def of(cls, snap: Snapshot, offsets: dict[str, str]) -> BaselineEnd | None:
-        """The end of a loaded baseline (None: it learned nothing)."""
-        end = snap.meta.get("watermark_ms")
-        if not end or not snap.producers:
-            return None
-        return cls(int(end), frozenset(snap.producers), frozenset(offsets))
-
-    def covers(self, event: Event) -> bool:
-        """The baseline learned this period of this producer already: skip the event.
-
-        >>> end = BaselineEnd(1000, frozenset({"a"}), frozenset({"orders"}))
-        >>> e = Event("orders:{0}", "5-0", "a", 1000, None, {}, {}, 0)
-        >>> end.covers(e), end.covers(Event("orders:{0}", "5-1", "a", 1001, None, {}, {}, 0))
-        (True, False)
-        >>> end.covers(Event("orders", "5-0", "a", 10, None, {}, {}, 0))  # by id there
-        False
-        """
-        return (
-            event.event_time_ms <= self.event_time_ms
-            and event.stream not in self.exact
-            and event.producer in self.producers
-        )
 
 
 # -- `detector train` ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import orjson
 import redis
 
 from detector import __version__
+from detector.core.errors import CheckpointError, ConfigError, DetectorError
 from detector.core.settings import (
     DEFAULT_MODEL,
     DEFAULT_STREAM,
@@ -30,7 +31,6 @@ from detector.core.settings import (
     EventFormat,
     mask_url,
 )
-from detector.errors import CheckpointError, ConfigError, DetectorError
 from detector.gateway.connection import client_options, connect_checked, redis_url_or_embedded
 from detector.gateway.secrets import env_secret, load_checkpoint_secret, redis_password
 from detector.options import (

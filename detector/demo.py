@@ -23,9 +23,9 @@ from rich.text import Text
 
 from detector.console import event_time_text
 from detector.core.alerts import Alert
+from detector.core.errors import ConfigError
 from detector.core.pipeline import Verdict
 from detector.core.settings import CHECKPOINT_KEY, Settings
-from detector.errors import ConfigError
 from detector.runtime.worker import Worker
 from detector.shop.simulator import DEMO_KINDS, Incident, generate, incident_for
 

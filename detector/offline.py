@@ -20,11 +20,11 @@ import orjson
 
 from detector.baselines import load_into
 from detector.core.checkpoint import Signer
+from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
 from detector.core.pipeline import Pipeline, Verdict
 from detector.core.scoring import load_spec
 from detector.core.settings import EventFormat
-from detector.errors import InvalidEventError
 
 HEADER = ("producer", "event_time", "score", "alert")
 CHUNK = 500

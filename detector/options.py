@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from detector.core.errors import ConfigError
 from detector.core.settings import (
     EventFormat,
     OptionSpec,
@@ -27,7 +28,6 @@ from detector.core.settings import (
     default_baselines_dir,
     mask_url,
 )
-from detector.errors import ConfigError
 from detector.gateway.connection import check_redis_url
 from detector.logs import configure_logging
 

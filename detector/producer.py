@@ -1,7 +1,7 @@
 """Producer side of partitioned input: append an event to the partition of its producer.
 
 The worker keeps per-producer state, so all events of one producer must reach one partition
-stream (:mod:`detector.runtime.partitions`). A producer that cannot compute the partition itself
+stream (:mod:`detector.gateway.partitions`). A producer that cannot compute the partition itself
 writes to one unpartitioned stream and lets ``detector route`` re-key it instead.
 
 >>> from unittest.mock import MagicMock
@@ -20,8 +20,8 @@ from typing import Any, TypeAlias
 import orjson
 
 from detector.core.settings import DEFAULT_STREAM, EventFormat
+from detector.gateway.partitions import check_name, check_partitions, partition_of, partition_stream
 from detector.gateway.streams import Client, _text
-from detector.runtime.partitions import check_name, check_partitions, partition_of, partition_stream
 
 # A field value as a producer hands it over: text and numbers as they are, bytes verbatim,
 # and a mapping (the JSON payload field) as JSON.

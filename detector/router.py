@@ -1,7 +1,7 @@
 """Router: re-key an unpartitioned input stream into the partition streams.
 
 Producers that write to one stream (``events``) get their entries copied, fields unchanged, to
-``events:{p}`` with ``p = partition_of(producer, P)`` (:mod:`detector.runtime.partitions`), where
+``events:{p}`` with ``p = partition_of(producer, P)`` (:mod:`detector.gateway.partitions`), where
 partitioned workers read them. The router is stateless apart from Redis:
 
 * It reads the source through its own consumer group (``detector-router``) and XACKs an entry
@@ -21,7 +21,7 @@ partitioned workers read them. The router is stateless apart from Redis:
   ``missing_producer`` / ``empty_producer`` / ``invalid_producer``), at most once each.
 
 Only the route script is the router's own; the rest is the worker's: the lease
-(:class:`~detector.runtime.ownership.Leases`), the group, reads and once-only dead-letter appends
+(:class:`~detector.gateway.ownership.Leases`), the group, reads and once-only dead-letter appends
 (:class:`~detector.gateway.streams.Streams`), the retry policy
 (:func:`~detector.gateway.streams.retry`) and the producer and size checks
 (:class:`~detector.core.events.Decoder`). Every script touches one slot, so the router runs
@@ -40,9 +40,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from detector.core.errors import DetectorError, InvalidEventError
 from detector.core.events import Decoder
 from detector.core.settings import DEFAULT_DEAD_LETTER_STREAM, DEFAULT_STREAM, EventFormat
-from detector.errors import DetectorError, InvalidEventError
+from detector.gateway.ownership import Fence, Leases
+from detector.gateway.partitions import check_name, check_partitions, partition_of, partition_stream
 from detector.gateway.streams import (
     CONNECTION_ERRORS,
     Client,
@@ -52,8 +54,6 @@ from detector.gateway.streams import (
     Streams,
     retry,
 )
-from detector.runtime.ownership import Fence, Leases
-from detector.runtime.partitions import check_name, check_partitions, partition_of, partition_stream
 
 log = logging.getLogger(__name__)
 

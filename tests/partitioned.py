@@ -20,7 +20,7 @@ from redis.cluster import RedisCluster
 
 from detector.core.checkpoint import Signer, decode_fields
 from detector.core.settings import Settings
-from detector.runtime import partitions
+from detector.gateway import partitions
 from detector.runtime.worker import Worker
 from tests.conftest import TEST_KEY
 from tests.test_crash import QUICK, _workload

@@ -102,8 +102,8 @@ def test_distinct_sketch_is_deterministic_and_close() -> None:
 
 
 def test_overflow_key_cannot_be_a_decoded_producer() -> None:
+    from detector.core.errors import InvalidEventError
     from detector.core.events import Decoder
-    from detector.errors import InvalidEventError
 
     with pytest.raises(InvalidEventError) as info:
         Decoder().decode("s", "1-0", {b"producer": OVERFLOW.encode(), b"v": b"1"})

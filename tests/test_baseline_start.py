@@ -18,7 +18,7 @@ from detector.core.events import Decoder
 from detector.core.pipeline import Pipeline, Verdict
 from detector.core.scoring import load_spec
 from detector.core.settings import Settings
-from detector.runtime.partitions import partition_of, partition_stream
+from detector.gateway.partitions import partition_of, partition_stream
 from detector.runtime.worker import Worker
 from tests.conftest import TEST_KEY
 from tests.helpers import append, order_events

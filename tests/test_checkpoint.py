@@ -20,10 +20,10 @@ from detector.core.checkpoint import (
     load_file,
     save_file,
 )
+from detector.core.errors import CheckpointError, IncompatibleCheckpointError
 from detector.core.events import Decoder
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import load_spec
-from detector.errors import CheckpointError, IncompatibleCheckpointError
 from tests.helpers import order_events, outlier
 
 KEY = b"k" * 32

@@ -20,11 +20,11 @@ from detector.core.events import Decoder
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import load_spec
 from detector.core.settings import Settings
+from detector.gateway.ownership import NO_FENCE, Fence, FencedError, NoFence
 from detector.gateway.streams import Acks, Entry, HashFields
-from detector.metrics import Metrics
 from detector.runtime.checkpointer import Checkpointer
 from detector.runtime.consumer import Runtime
-from detector.runtime.ownership import NO_FENCE, Fence, FencedError, NoFence
+from detector.runtime.metrics import Metrics
 from tests.conftest import TEST_KEY
 from tests.helpers import order_events
 

@@ -243,8 +243,8 @@ def test_a_config_file_type_error_names_the_file_and_key(tmp_path: Path) -> None
 
 
 def test_a_model_path_that_does_not_exist_says_file_not_found(tmp_path: Path) -> None:
+    from detector.core.errors import ConfigError
     from detector.core.scoring import load_spec
-    from detector.errors import ConfigError
 
     for value in ("./nosuch.toml", "nosuch.toml", "specs/nosuch", str(tmp_path / "x.toml")):
         with pytest.raises(ConfigError, match=f"model spec file not found: {re.escape(value)}$"):
@@ -284,7 +284,7 @@ def test_every_run_option_is_in_the_readme_table() -> None:
 def test_the_distribution_name_is_not_detector_and_every_hint_uses_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from detector.errors import DISTRIBUTION, ConfigError
+    from detector.core.errors import DISTRIBUTION, ConfigError
     from detector.gateway.embedded import find_redis_server
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

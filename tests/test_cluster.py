@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from detector.core.settings import HEALTH_KEY
+from detector.gateway import partitions
 from detector.gateway.embedded import EmbeddedRedis
-from detector.runtime import partitions
 from tests import partitioned as h
 from tests.cluster import LocalCluster, cluster_url, redis_cluster  # noqa: F401
 from tests.test_cli import clean_env

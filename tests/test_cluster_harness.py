@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 from redis.cluster import RedisCluster
 
-from detector.runtime.partitions import partition_stream
+from detector.gateway.partitions import partition_stream
 from tests.cluster import LocalCluster, cluster_url, redis_cluster  # noqa: F401
 
 STREAMS = [partition_stream("events", p) for p in range(8)]

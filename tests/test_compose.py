@@ -1004,7 +1004,7 @@ def exported_series() -> dict[str, set[str]]:
     """Series name -> label names, as the worker's registry exports them."""
     from prometheus_client import CollectorRegistry
 
-    from detector.metrics import Metrics
+    from detector.runtime.metrics import Metrics
 
     registry = CollectorRegistry()
     Metrics(registry, ("events:{0}",), "stats")
@@ -1034,7 +1034,7 @@ def test_every_metric_the_dashboard_queries_exists() -> None:
         names = set(re.findall(r"\b(detector_[a-z0-9_]+)", expr))
         assert names or re.search(r"\bup\b", expr), f"{title}: queries no known series"
         missing = names - set(series)
-        assert not missing, f"{title}: {sorted(missing)} not exported by detector.metrics"
+        assert not missing, f"{title}: {sorted(missing)} not exported by detector.runtime.metrics"
         # Grouping labels must exist on a queried series (le, instance, job come from
         # histograms and Prometheus).
         for group in re.findall(r"\bby \(([^)]*)\)", expr):

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event, entry_id_ms, parse_time_ms
 from detector.core.settings import EventFormat
-from detector.errors import InvalidEventError
-from detector.metrics import REJECT_REASONS
+from detector.runtime.metrics import REJECT_REASONS
 
 MAX_EPOCH_MS = 253_402_300_799_999
 DEFAULT = EventFormat()

@@ -38,9 +38,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder
 from detector.core.settings import EventFormat, Settings
-from detector.errors import InvalidEventError
 from detector.gateway.embedded import EmbeddedRedis
 from detector.gateway.streams import DEAD_LETTER_COPY_BYTES, DEAD_LETTER_COPY_FIELDS, connect
 from detector.runtime.worker import RunStats, Worker

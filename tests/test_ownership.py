@@ -15,9 +15,9 @@ from pathlib import Path
 
 import redis
 
+from detector.gateway import partitions
+from detector.gateway.ownership import Fence, FencedError, Leases
 from detector.gateway.streams import FencedStreams
-from detector.runtime import partitions
-from detector.runtime.ownership import Fence, FencedError, Leases
 from tests import partitioned as h
 from tests.test_cli import clean_env
 

@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from detector.acl import AclConfig, worker_rules
-from detector.errors import ConfigError
-from detector.runtime import partitions
+from detector.core.errors import ConfigError
+from detector.gateway import partitions
 from detector.runtime.worker import Worker
 from tests import partitioned as h
 

@@ -9,8 +9,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from detector.core.events import Decoder
+from detector.gateway.partitions import partition_of, partition_stream
 from detector.producer import Producer
-from detector.runtime.partitions import partition_of, partition_stream
 from tests.cluster import LocalCluster, cluster_url, redis_cluster  # noqa: F401
 from tests.helpers import order_events
 

@@ -23,6 +23,8 @@ from click.testing import CliRunner
 
 from detector.acl import AclConfig, acl_lines
 from detector.cli import cli
+from detector.gateway import ownership
+from detector.gateway.partitions import partition_of, partition_stream
 from detector.gateway.streams import connect
 from detector.router import (
     EMPTY_PRODUCER,
@@ -35,8 +37,6 @@ from detector.router import (
     RouterConfig,
     RouterStats,
 )
-from detector.runtime import ownership
-from detector.runtime.partitions import partition_of, partition_stream
 from tests.cluster import LocalCluster, cluster_url, redis_cluster  # noqa: F401
 from tests.helpers import append, order_events
 from tests.test_cli import clean_env

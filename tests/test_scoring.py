@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from detector.core.errors import ConfigError
 from detector.core.features import FEATURES, Evidence, FeatureConfig, Reason
 from detector.core.scoring import (
     MODELS,
@@ -24,7 +25,6 @@ from detector.core.scoring import (
     load_spec,
     parse_spec,
 )
-from detector.errors import ConfigError
 
 SHIPPED = sorted(
     p.name.removesuffix(".toml")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.errors import ConfigError
+from detector.core.errors import ConfigError
 from detector.gateway.secrets import (
     SECRET_ENVVARS,
     env_secret,

@@ -20,16 +20,16 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from detector.acl import AclConfig, acl_lines, glob_escape, key_pattern
+from detector.core.errors import CheckpointError, ConfigError
 from detector.core.settings import (
     CHECKPOINT_KEY,
     HEALTH_KEY,
     Settings,
     mask_url,
 )
-from detector.errors import CheckpointError, ConfigError
+from detector.gateway import partitions
 from detector.gateway.embedded import EmbeddedRedis, TlsFiles
 from detector.gateway.streams import connect, connection_options
-from detector.runtime import partitions
 from detector.runtime.worker import Worker
 from tests.conftest import TEST_KEY
 from tests.helpers import append, order_events, outlier

@@ -17,9 +17,9 @@ from detector.core.checkpoint import FrozenCommit
 from detector.core.pipeline import Verdict
 from detector.core.settings import CHECKPOINT_KEY, Settings
 from detector.gateway.embedded import free_port
-from detector.metrics import Metrics
 from detector.offline import score_file
 from detector.runtime.checkpointer import Checkpointer
+from detector.runtime.metrics import Metrics
 from detector.runtime.worker import Worker
 from tests.helpers import append, order_events, outlier
 

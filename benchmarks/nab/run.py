@@ -60,11 +60,11 @@ from benchmarks.nab.scorer import (
     resolve_windows,
     score_detector,
 )
+from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
 from detector.core.pipeline import Pipeline, Verdict
 from detector.core.scoring import ModelSpec, load_spec
 from detector.core.settings import Settings
-from detector.errors import InvalidEventError
 from detector.gateway.embedded import EmbeddedRedis
 from detector.runtime.worker import Worker
 

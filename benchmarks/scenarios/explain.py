@@ -16,11 +16,11 @@ import math
 import click
 
 from benchmarks.scenarios.matching import GRACE_MS
+from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
 from detector.core.features import Evidence, ProducerState
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import load_spec
-from detector.errors import InvalidEventError
 from detector.shop.simulator import INCIDENT_KINDS, Incident, iter_events
 
 TOP_BINS = 8

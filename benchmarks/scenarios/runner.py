@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 from benchmarks.scenarios.matching import Hit, Score, score
 from detector.core.alerts import Alert
+from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
 from detector.core.features import Evidence, ProducerState
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import ModelSpec
-from detector.errors import InvalidEventError
 from detector.shop.simulator import iter_events
 
 BATCH = 500  # the worker's default batch_size

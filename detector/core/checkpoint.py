@@ -29,7 +29,8 @@ from typing import Any
 import orjson
 
 from detector import __version__
-from detector.errors import CheckpointError, IncompatibleCheckpointError
+from detector.core.errors import CheckpointError, IncompatibleCheckpointError
+from detector.core.events import Event
 
 # 2: running moments as floats, not River objects; 3: producer states pickled as flat tuples
 # (an older detector refuses them by this number). Format 2 checkpoints still load.
@@ -298,3 +299,42 @@ def load_file(path: Path, signer: Signer) -> Snapshot:
         raise CheckpointError(msg)
     payload = orjson.loads(signer.verify("baseline", data[len(_MAGIC) :]))
     return decode_fields(signer, {k.encode(): bytes.fromhex(v) for k, v in payload.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineEnd:
+    """Where a baseline's data ended, for the streams it has no entry id for.
+
+    Attributes:
+        event_time_ms: the latest event time the baseline learned.
+        producers: the producers it learned (others' events are never skipped).
+        exact: streams with a recorded entry id (skipped by id instead, see the module doc).
+    """
+
+    event_time_ms: int
+    producers: frozenset[str]
+    exact: frozenset[str]
+
+    @classmethod
+    def of(cls, snap: Snapshot, offsets: dict[str, str]) -> BaselineEnd | None:
+        """The end of a loaded baseline (None: it learned nothing)."""
+        end = snap.meta.get("watermark_ms")
+        if not end or not snap.producers:
+            return None
+        return cls(int(end), frozenset(snap.producers), frozenset(offsets))
+
+    def covers(self, event: Event) -> bool:
+        """The baseline learned this period of this producer already: skip the event.
+
+        >>> end = BaselineEnd(1000, frozenset({"a"}), frozenset({"orders"}))
+        >>> e = Event("orders:{0}", "5-0", "a", 1000, None, {}, {}, 0)
+        >>> end.covers(e), end.covers(Event("orders:{0}", "5-1", "a", 1001, None, {}, {}, 0))
+        (True, False)
+        >>> end.covers(Event("orders", "5-0", "a", 10, None, {}, {}, 0))  # by id there
+        False
+        """
+        return (
+            event.event_time_ms <= self.event_time_ms
+            and event.stream not in self.exact
+            and event.producer in self.producers
+        )

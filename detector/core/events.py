@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
+from detector.core.errors import InvalidEventError
 from detector.core.settings import EventFormat
-from detector.errors import InvalidEventError
 
 # Strict decimal number syntax for flat fields: Python's float() also takes "1_000", " 5",
 # "nan" and "infinity", none of which a producer should get away with as a number.

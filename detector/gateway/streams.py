@@ -10,7 +10,7 @@ redis-py retries are off: a silently retried ``XREADGROUP >`` can skip entries w
 was lost. The worker resynchronises from its own pending entries instead.
 
 A partition's owner reads and commits through scripts that first check its lease
-(:class:`FencedStreams`, holding a :class:`~detector.runtime.ownership.Fence`); every script and
+(:class:`FencedStreams`, holding a :class:`~detector.gateway.ownership.Fence`); every script and
 transaction touches one partition's keys or one output stream's keys, so the same code runs
 on Redis Cluster (one slot each).
 """
@@ -32,9 +32,9 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from detector.core.alerts import Alert
+from detector.core.errors import ConfigError
 from detector.core.settings import ALERT_GUARD_KEY, DEAD_LETTER_GUARD_KEY, GUARD_TTL_S
-from detector.errors import ConfigError
-from detector.runtime.ownership import NO_FENCE, Fence, FencedError, NoFence
+from detector.gateway.ownership import NO_FENCE, Fence, FencedError, NoFence
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ learned. The consumer asks it; nothing else does. See docs/design.md for the com
 
 A lease holder's fence refuses a stale commit; such an owner writes a time-due commit in one
 go, so that a lost lease refuses it before anything is applied
-(:class:`~detector.runtime.ownership.Fence`).
+(:class:`~detector.gateway.ownership.Fence`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from detector.core.checkpoint import FrozenCommit
-from detector.runtime.ownership import Fence, NoFence
+from detector.gateway.ownership import Fence, NoFence
 
 if TYPE_CHECKING:
     from detector.core.pipeline import Pipeline

@@ -21,18 +21,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from detector.baselines import BaselineEnd
-from detector.core.checkpoint import Signer, Snapshot, decode_fields
+from detector.core.checkpoint import BaselineEnd, Signer, Snapshot, decode_fields
 from detector.core.checkpoint import load_file as load_baseline
+from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
 from detector.core.pipeline import Pipeline, Verdict
 from detector.core.scoring import ModelSpec
 from detector.core.settings import Settings
-from detector.errors import InvalidEventError
+from detector.gateway.partitions import partition_of
 from detector.gateway.streams import DeadLetter, Entry, Output, Streams, retry
-from detector.metrics import Metrics
 from detector.runtime.checkpointer import Checkpointer, settle
-from detector.runtime.partitions import partition_of
+from detector.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 Unpartitioned, the worker owns one partition (0): one :class:`~detector.runtime.consumer.Consumer`
 named after the worker, reading every input stream with a blocking ``XREADGROUP``, under a fence
-that never refuses (:class:`~detector.runtime.ownership.NoFence`). Partitioned (``--partitions P``),
+that never refuses (:class:`~detector.gateway.ownership.NoFence`). Partitioned (``--partitions P``),
 it owns some of the P partitions, one consumer each, each behind a lease
-(:mod:`detector.runtime.ownership`): statically (``p % worker_count == worker_index``) or
+(:mod:`detector.gateway.ownership`): statically (``p % worker_count == worker_index``) or
 dynamically (rendezvous over the live members, rebalanced as workers join and leave). The same loop
 drives both; an :class:`Assignment` says which partitions are the worker's and what they are named.
 With several partitions, each round reads every owned partition without blocking in one pipelined
@@ -31,11 +31,13 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from detector.core.checkpoint import Signer
+from detector.core.errors import ConfigError
 from detector.core.events import Decoder
 from detector.core.pipeline import Pipeline, Verdict
 from detector.core.scoring import ModelSpec, load_spec
 from detector.core.settings import CHECKPOINT_KEY, HEALTH_KEY, Settings
-from detector.errors import ConfigError
+from detector.gateway import partitions
+from detector.gateway.ownership import NO_FENCE, Fence, FencedError, Leases, Membership, NoFence
 from detector.gateway.streams import (
     CONNECTION_ERRORS,
     Client,
@@ -46,10 +48,8 @@ from detector.gateway.streams import (
     connect,
     sweep,
 )
-from detector.metrics import Metrics
-from detector.runtime import partitions
 from detector.runtime.consumer import Consumer, RunStats, Runtime
-from detector.runtime.ownership import NO_FENCE, Fence, FencedError, Leases, Membership, NoFence
+from detector.runtime.metrics import Metrics
 from detector.runtime.status import StatusReporter
 
 __all__ = ["RunStats", "Worker"]

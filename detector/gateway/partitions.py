@@ -26,7 +26,7 @@ import hashlib
 import zlib
 from collections.abc import Iterable
 
-from detector.errors import ConfigError
+from detector.core.errors import ConfigError
 
 MAX_PARTITIONS = 1024
 # Per-partition keys; {p} in the name is the literal hash tag, e.g. "events:{3}".

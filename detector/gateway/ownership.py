@@ -9,7 +9,7 @@ wakes, so the new owner's pending list and checkpoint stay its own.
 
 Membership (dynamic assignment): each worker heartbeats ``ZADD members <now-ms> <worker>``;
 members silent longer than the lease TTL are dead, and every worker computes the same target
-assignment from the live members (:func:`detector.runtime.partitions.rendezvous`). Heartbeats use
+assignment from the live members (:func:`detector.gateway.partitions.rendezvous`). Heartbeats use
 the workers' clocks: their skew must stay well below the lease TTL.
 """
 
@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from detector.errors import DetectorError
-from detector.runtime import partitions
+from detector.core.errors import DetectorError
+from detector.gateway import partitions
 
 if TYPE_CHECKING:
     from redis.commands.core import Script
