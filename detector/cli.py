@@ -33,6 +33,7 @@ from detector.core.settings import (
 )
 from detector.gateway.connection import client_options, connect_checked, redis_url_or_embedded
 from detector.gateway.secrets import env_secret, load_checkpoint_secret, redis_password
+from detector.gateway.streams import connect_kwargs
 from detector.options import (
     Group,
     baseline_options,
@@ -86,15 +87,7 @@ def run(**kw: Any) -> None:
     with redis_url_or_embedded(url) as real_url:
         settings = replace(settings, redis_url=real_url)
         log.info("redis %s, streams %s", mask_url(real_url), ", ".join(settings.streams))
-        client = connect_checked(
-            real_url,
-            block_ms=settings.block_ms,
-            password=settings.redis_password,
-            tls_ca_cert=settings.tls_ca_cert,
-            tls_cert=settings.tls_cert,
-            tls_key=settings.tls_key,
-            cluster=settings.cluster,
-        )
+        client = connect_checked(real_url, **connect_kwargs(settings))
         worker = Worker(settings, client)
         if settings.metrics_port is not None:
             worker.metrics.serve(settings.metrics_port)

@@ -44,20 +44,24 @@ def _fields(pipeline: Pipeline, signer: Signer) -> dict[bytes, bytes]:
     return {k.encode(): v for k, v in encode_fields(signer, snap).items()}
 
 
-@pytest.mark.parametrize("model", ["stats", "hst"])
-def test_restored_pipeline_scores_exactly_like_the_original(model: str) -> None:
+def _half_learned(model: str) -> tuple[Pipeline, list, dict[bytes, bytes]]:  # type: ignore[type-arg]
+    """A pipeline that learned the first half of the events, the second half, its checkpoint."""
     events = _events()
     half = len(events) // 2
     original = Pipeline(load_spec(model))
     original.process(events[:half])
-    signer = Signer(KEY)
-    fields = _fields(original, signer)
+    return original, events[half:], _fields(original, Signer(KEY))
 
+
+@pytest.mark.parametrize("model", ["stats", "hst"])
+def test_restored_pipeline_scores_exactly_like_the_original(model: str) -> None:
+    original, rest, fields = _half_learned(model)
+    signer = Signer(KEY)
     restored = Pipeline(load_spec(model))
     offsets = restored.restore(decode_fields(signer, fields))
     assert offsets == {"s": "5-0"}
-    rest_a = [v.score for v in original.process(events[half:])]
-    rest_b = [v.score for v in restored.process(events[half:])]
+    rest_a = [v.score for v in original.process(rest)]
+    rest_b = [v.score for v in restored.process(rest)]
     assert rest_a == rest_b
     assert any(s is not None and s > 0.9 for s in rest_a)  # there was something to compare
 
@@ -165,12 +169,8 @@ def _with_old_module_paths(blob: bytes) -> bytes:
 
 @pytest.mark.parametrize("model", ["stats", "hst"])
 def test_checkpoints_with_the_old_module_paths_restore_exactly(model: str) -> None:
-    events = _events()
-    half = len(events) // 2
-    original = Pipeline(load_spec(model))
-    original.process(events[:half])
+    original, rest, fields = _half_learned(model)
     signer = Signer(KEY)
-    fields = _fields(original, signer)
     old_fields = dict(fields)
     for raw_name, value in fields.items():
         if raw_name != b"meta":
@@ -191,8 +191,8 @@ def test_checkpoints_with_the_old_module_paths_restore_exactly(model: str) -> No
         for k, v in fields.items()
         if k != b"meta"  # meta holds the time it was written
     }
-    rest_a = [v.score for v in original.process(events[half:])]
-    rest_b = [v.score for v in restored.process(events[half:])]
+    rest_a = [v.score for v in original.process(rest)]
+    rest_b = [v.score for v in restored.process(rest)]
     assert rest_a == rest_b
 
 

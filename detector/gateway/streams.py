@@ -33,7 +33,7 @@ from redis.retry import Retry
 
 from detector.core.alerts import Alert
 from detector.core.errors import ConfigError
-from detector.core.settings import ALERT_GUARD_KEY, DEAD_LETTER_GUARD_KEY, GUARD_TTL_S
+from detector.core.settings import ALERT_GUARD_KEY, DEAD_LETTER_GUARD_KEY, GUARD_TTL_S, Settings
 from detector.gateway.ownership import NO_FENCE, Fence, FencedError, NoFence
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,18 @@ def connect(
     if cluster:
         return RedisCluster.from_url(url, **options)
     return redis.Redis.from_url(url, **options)
+
+
+def connect_kwargs(settings: Settings) -> dict[str, Any]:
+    """:func:`connect`'s keyword arguments for a worker's settings (all but the URL)."""
+    return {
+        "block_ms": settings.block_ms,
+        "password": settings.redis_password,
+        "tls_ca_cert": settings.tls_ca_cert,
+        "tls_cert": settings.tls_cert,
+        "tls_key": settings.tls_key,
+        "cluster": settings.cluster,
+    }
 
 
 def connection_options(

@@ -46,6 +46,7 @@ from detector.gateway.streams import (
     Outage,
     Streams,
     connect,
+    connect_kwargs,
     sweep,
 )
 from detector.runtime.consumer import Consumer, RunStats, Runtime
@@ -227,13 +228,7 @@ class Worker:
         self.settings = settings
         self.spec = spec or load_spec(settings.model)
         self.client: Client = client or connect(
-            settings.redis_url or "",
-            block_ms=settings.block_ms,
-            password=settings.redis_password,
-            tls_ca_cert=settings.tls_ca_cert,
-            tls_cert=settings.tls_cert,
-            tls_key=settings.tls_key,
-            cluster=settings.cluster,
+            settings.redis_url or "", **connect_kwargs(settings)
         )
         self.rt = Runtime(
             settings=settings,
