@@ -20,12 +20,10 @@ from typing import Any, TypeVar
 import redis
 
 from detector.core.alerts import Alert
-from detector.gateway.streams import CONNECTION_ERRORS, Outage
+from detector.gateway.streams import CONNECTION_ERRORS, Outage, retry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-FIRST_BACKOFF_S = 0.1
-MAX_BACKOFF_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +61,6 @@ class AlertReader:
             entry read.
         count: entries per read.
         block_ms: how long one following read waits for new entries.
-        max_backoff_s: cap of the doubling wait between reconnection attempts.
         stop: set it to end a following read (checked between reads and retries).
     """
 
@@ -73,7 +70,6 @@ class AlertReader:
     after: str = "0-0"
     count: int = 100
     block_ms: int = 5000
-    max_backoff_s: float = MAX_BACKOFF_S
     stop: threading.Event = field(default_factory=threading.Event)
     outage: Outage = field(default_factory=lambda: Outage(log), init=False, repr=False)
 
@@ -111,20 +107,20 @@ class AlertReader:
         return [e for _, items in reply or () for e in _entries(items)]
 
     def _retrying(self, step: Callable[[], T]) -> T:
-        """Run ``step`` until it gets through connection errors, with a capped backoff;
-        logs the outage once when it starts and once when it ends."""
-        delay = FIRST_BACKOFF_S
-        while True:
-            try:
-                result = step()
-            except CONNECTION_ERRORS as exc:
-                if self.outage.since is None:
-                    log.warning("redis connection lost (%s: %s), reconnecting",
-                                type(exc).__name__, exc)  # fmt: skip
-                self.outage.failed()
-                if self.stop.wait(delay):
-                    raise
-                delay = min(delay * 2, self.max_backoff_s)
-                continue
-            self.outage.ok()
-            return result
+        """Run ``step`` through connection errors with the package's backoff
+        (:func:`~detector.gateway.streams.retry`); logs the outage once when it starts and
+        once when it ends. Stopped while Redis is away: raises the last connection error."""
+        results: list[T] = []
+        errors: list[Exception] = []
+
+        def failed(exc: Exception) -> None:
+            if self.outage.since is None:
+                log.warning("redis connection lost (%s: %s), reconnecting",
+                            type(exc).__name__, exc)  # fmt: skip
+            self.outage.failed()
+            errors.append(exc)
+
+        if not retry(lambda: results.append(step()), self.stop, failed):
+            raise errors[-1]
+        self.outage.ok()
+        return results[0]
