@@ -21,17 +21,13 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 # Key of the shared overflow state in checkpoints and of the detector's own alerts. The decoder
 # refuses empty producer ids (``empty_producer``), so no real producer can collide with it.
 OVERFLOW = ""
 MINUTE_MS = 60_000
-
-
-class _Counted(Protocol):
-    n: int
 
 
 class DistinctSketch:
@@ -131,10 +127,11 @@ class Admission:
     def created(self, producer: str) -> None:
         self.young[producer] = None
 
-    def seen(self, producer: str, st: _Counted) -> None:
-        """A tracked producer's event: keep the warm-up list in least-recently-seen order."""
+    def seen(self, producer: str, events: int) -> None:
+        """A tracked producer's event (``events`` so far): keep the warm-up list in
+        least-recently-seen order."""
         if producer in self.young:
-            if st.n >= self.established_events:
+            if events >= self.established_events:
                 del self.young[producer]
             else:
                 self.young.move_to_end(producer)
@@ -142,8 +139,9 @@ class Admission:
     def forget(self, producer: str) -> None:
         self.young.pop(producer, None)
 
-    def victim(self, producers: Mapping[str, _Counted], now_ms: int) -> str | None:
-        """The producer to evict for a newcomer, or None to refuse the newcomer.
+    def victim(self, events_of: Callable[[str], int | None], now_ms: int) -> str | None:
+        """The producer to evict for a newcomer, or None to refuse the newcomer
+        (``events_of``: a tracked producer's events so far, None if not tracked).
 
         Amortised O(1): graduated producers are dropped from the front of ``young`` once.
         """
@@ -154,8 +152,8 @@ class Admission:
             return None
         while self.young:
             name = next(iter(self.young))
-            st = producers.get(name)
-            if st is not None and st.n < self.established_events:
+            events = events_of(name)
+            if events is not None and events < self.established_events:
                 self.admitted_in_minute += 1
                 self.admitted += 1
                 self.report_admitted += 1
@@ -191,9 +189,9 @@ class Admission:
             "next_report_ms": self.next_report_ms,
         }
 
-    def restore(self, meta: Mapping[str, Any], producers: Mapping[str, _Counted]) -> None:
-        """Counters from a checkpoint's meta (absent in older ones: zero); ``young`` rebuilt
-        from the restored producers, given in least-recently-seen order."""
+    def restore(self, meta: Mapping[str, Any], young: Iterable[str]) -> None:
+        """Counters from a checkpoint's meta; ``young``: the restored producers still in
+        warm-up, least recently seen first."""
         self.minute = int(meta.get("admission_minute", -1))
         self.admitted_in_minute = int(meta.get("admitted_in_minute", 0))
         self.refused = int(meta.get("refused", 0))
@@ -202,6 +200,4 @@ class Admission:
         self.report_admitted = int(meta.get("report_admitted", 0))
         self.report_sketch = DistinctSketch.from_hex(str(meta.get("report_sketch", "")))
         self.next_report_ms = int(meta.get("next_report_ms", 0))
-        self.young = OrderedDict(
-            (name, None) for name, st in producers.items() if st.n < self.established_events
-        )
+        self.young = OrderedDict.fromkeys(young)

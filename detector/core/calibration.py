@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from detector.core.codec import Reader, Writer
 
 
 class TailCounts:
@@ -52,20 +53,17 @@ class TailCounts:
         counts[: len(self.counts)] = self.counts
         return counts
 
-    def __getstate__(self) -> tuple[bytes, int, int]:
-        # The bins held (up to the last non-empty one: a bin is only held once counted), as
-        # bytes; the default pickles the array through numpy's reducer, per producer per commit.
-        return np.asarray(self.counts, dtype="<i8").tobytes(), self.bins, self.n
+    def dump(self, w: Writer) -> None:
+        # The bins held (up to the last non-empty one: a bin is only held once counted).
+        w.i64s(self.counts)
+        w.i64(self.n)
 
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 3:
-            used, self.bins, self.n = state
-            self.counts = array("q", np.frombuffer(used, dtype="<i8").tolist())
-        else:  # (None, slots): checkpoints written before __getstate__
-            counts, self.n = state[1]["counts"], state[1]["n"]
-            self.bins = len(counts)
-            nonzero = np.flatnonzero(counts)
-            self.counts = array("q", counts[: int(nonzero[-1]) + 1 if len(nonzero) else 0].tolist())
+    @classmethod
+    def load(cls, r: Reader, bins: int) -> TailCounts:
+        tc = cls(bins)
+        tc.counts = array("q", r.i64s().tolist())
+        tc.n = r.i64()
+        return tc
 
 
 class Calibrator:
@@ -142,6 +140,21 @@ class RarityTrend:
         self.count = 0
         self.mean = 0.0
         self.var = 0.0
+
+    def dump(self, w: Writer) -> None:
+        w.f64s(self.recent)
+        for v in (self.pos, self.filled, self.count):
+            w.i64(v)
+        w.f64(self.mean)
+        w.f64(self.var)
+
+    @classmethod
+    def load(cls, r: Reader) -> RarityTrend:
+        rt = cls(0)
+        rt.recent = r.f64s()
+        rt.pos, rt.filled, rt.count = r.i64(), r.i64(), r.i64()
+        rt.mean, rt.var = r.f64(), r.f64()
+        return rt
 
 
 class Likelihood:

@@ -1,16 +1,18 @@
 """Checkpoints: signed, versioned snapshots of a pipeline's state.
 
-Unpickling is code execution, so every blob carries an HMAC-SHA256 over its name and content,
-with a key that never enters Redis, and is verified before it is unpickled; the unpickler then
-only resolves classes from an allow-list (defence in depth). A checkpoint from another format,
-River version or model spec is refused, never loaded.
+Every blob carries an HMAC-SHA256 over its name and content, with a key that never enters
+Redis, and is verified before it is read. Producer state is typed records
+(:mod:`detector.core.codec`), never pickled; only a stateful model (the trees, River models) is
+pickled, and its unpickler resolves classes from an allow-list (defence in depth). A checkpoint
+from another format, River version or model spec is refused, never loaded.
 
 Layout (one Redis hash per group and consumer, see :mod:`detector.gateway.streams`):
 
 - ``meta``: JSON (format, versions, spec digest, per-stream offsets, pipeline counters);
-- ``model``: the pickled model (shared by all producers);
-- ``p:<producer>``: one pickled producer state; only producers changed since the previous
-  commit are written, evicted ones are deleted.
+- ``model``: the pickled model (shared by all producers), empty for a stateless one (the
+  default ``stats``: its checkpoints need no unpickler at all);
+- ``p:<producer>``: one producer's record; only producers changed since the previous commit
+  are written, evicted ones are deleted.
 
 A baseline (``detector train``) is the same content in one signed file.
 """
@@ -21,6 +23,7 @@ import hmac
 import io
 import pickle
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -32,28 +35,20 @@ from detector import __version__
 from detector.core.errors import CheckpointError, IncompatibleCheckpointError
 from detector.core.events import Event
 
-# 2: running moments as floats, not River objects; 3: producer states pickled as flat tuples
-# (an older detector refuses them by this number). Format 2 checkpoints still load.
-FORMAT_VERSION = 3
-READABLE_FORMATS = (2, 3)
+# 2: running moments as floats, not River objects; 3: producer states pickled as flat tuples;
+# 4: producer states as typed records, stateless models not written. An older detector
+# refuses a newer format by this number, and this one refuses older ones (retrain or reset).
+FORMAT_VERSION = 4
+READABLE_FORMATS = (4,)
 _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
 PRODUCER_PREFIX = "p:"
 
-# What a checkpoint may contain: classes defined in the detector's state modules and in River's
-# model packages, plus a few exact (module, name) pairs. Dotted names are refused: pickle would
-# resolve them attribute by attribute (``detector.gateway.embedded.subprocess.check_output``).
-_STATE_MODULES = ("detector.core.features", "detector.core.calibration", "detector.core.scoring",
-                  "detector.core.trees")  # fmt: skip
-# Checkpoints and baselines written before the core moved into detector.core name their classes
-# by the old module paths; those four names resolve to their new homes (until the next format
-# bump), under the same rule: only classes defined in the state module.
-_MOVED_STATE_MODULES = {
-    "detector.features": "detector.core.features",
-    "detector.calibration": "detector.core.calibration",
-    "detector.scoring": "detector.core.scoring",
-    "detector.trees": "detector.core.trees",
-}
+# What a pickled model may contain: classes defined in the detector's model modules and in
+# River's model packages, plus a few exact (module, name) pairs. Dotted names are refused:
+# pickle would resolve them attribute by attribute
+# (``detector.gateway.embedded.subprocess.check_output``).
+_STATE_MODULES = ("detector.core.scoring", "detector.core.trees")
 _RIVER_PREFIXES = ("river.stats.", "river.anomaly.", "river.tree.", "river.preprocessing.",
                    "river.utils.", "river._river_rust.")  # fmt: skip
 _ALLOWED_GLOBALS = {
@@ -85,13 +80,12 @@ def river_version() -> str:
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if "." not in name:
-            home = _MOVED_STATE_MODULES.get(module, module)
-            if (home, name) in _ALLOWED_GLOBALS:
-                return super().find_class(home, name)
-            if home in _STATE_MODULES or home.startswith(_RIVER_PREFIXES):
-                obj = super().find_class(home, name)
+            if (module, name) in _ALLOWED_GLOBALS:
+                return super().find_class(module, name)
+            if module in _STATE_MODULES or module.startswith(_RIVER_PREFIXES):
+                obj = super().find_class(module, name)
                 # Only classes defined right there: no functions, no re-exported names.
-                if isinstance(obj, type) and obj.__module__ == home:
+                if isinstance(obj, type) and obj.__module__ == module:
                     return obj
         msg = f"checkpoint refers to {module}.{name}, which is not allowed"
         raise CheckpointError(msg)
@@ -148,14 +142,15 @@ class Snapshot:
 
     Attributes:
         meta: format, versions, spec digest, offsets and pipeline counters (JSON-able).
-        model: the model object.
-        producers: producer id -> producer state (all of them, or only the changed ones).
+        model: the model object (None: stateless, rebuilt from the spec).
+        producers: producer id -> its record (all of them, or only the changed ones); a
+            pipeline's snapshot encodes each when read.
         removed: producers evicted since the previous commit (to delete).
     """
 
     meta: dict[str, Any]
-    model: object
-    producers: dict[str, object] = field(default_factory=dict)
+    model: object | None
+    producers: Mapping[str, bytes] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
 
 
@@ -174,16 +169,40 @@ def new_meta(
     }
 
 
+def check_format(meta: dict[str, Any]) -> None:
+    """Refuse a checkpoint or baseline of a format this version does not read.
+
+    Raises:
+        IncompatibleCheckpointError: with how to retrain or reset.
+    """
+    found = meta.get("format")
+    if found in READABLE_FORMATS:
+        return
+    readable = ", ".join(map(str, READABLE_FORMATS))
+    if isinstance(found, int) and found < min(READABLE_FORMATS):
+        msg = (
+            f"incompatible checkpoint: format {found} was written by an older detector (this "
+            f"one reads format {readable}: producer state is now typed records). Retrain a "
+            "baseline with `detector train` (then `detector run --baseline NAME --reset-state`), "
+            "or start over with --reset-state (the state is relearned). See the README's "
+            "upgrade notes."
+        )
+    else:
+        msg = (
+            f"incompatible checkpoint: format {found} (this detector reads {readable}). Run "
+            "the version that wrote it, or start over with --reset-state."
+        )
+    raise IncompatibleCheckpointError(msg)
+
+
 def check_compatible(meta: dict[str, Any], spec_name: str, spec_digest: str) -> None:
     """Refuse a checkpoint this code cannot resume exactly.
 
     Raises:
         IncompatibleCheckpointError: with the operator action in the message.
     """
+    check_format(meta)
     problems = []
-    if meta.get("format") not in READABLE_FORMATS:
-        readable = ", ".join(map(str, READABLE_FORMATS))
-        problems.append(f"format {meta.get('format')} (this detector reads {readable})")
     if meta.get("river") != river_version():
         problems.append(f"River {meta.get('river')} (installed: {river_version()})")
     if meta.get("spec_digest") != spec_digest:
@@ -199,12 +218,12 @@ def check_compatible(meta: dict[str, Any], spec_name: str, spec_digest: str) -> 
 class FrozenCommit:
     """A snapshot's hash fields, encoded a slice at a time while the state moves on.
 
-    Pickling ~1000 changed producers takes tens of milliseconds; a worker that did it in one go
-    read nothing meanwhile, which set its latency p99. A frozen commit encodes the meta and the
-    model at once and keeps the changed producers' live state objects; the store calls
-    :meth:`keep` before it changes one (which encodes it as it was), and :meth:`advance`
-    encodes the rest between reads. Complete, its fields are exactly those of the state at the
-    freeze.
+    Encoding ~1000 changed producers takes milliseconds; a worker that did it in one go read
+    nothing meanwhile, which set its latency p99. A frozen commit encodes the meta and the
+    model at once and reads the changed producers' records from the live state later; the
+    store calls :meth:`keep` before it changes one (which encodes it as it was), and
+    :meth:`advance` encodes the rest between reads. Complete, its fields are exactly those of
+    the state at the freeze.
     """
 
     def __init__(self, signer: Signer, snap: Snapshot) -> None:
@@ -212,17 +231,23 @@ class FrozenCommit:
         self._signer = signer
         self.fields = {
             "meta": signer.sign("meta", orjson.dumps(snap.meta)),
-            "model": signer.dumps("model", snap.model),
+            "model": (
+                signer.sign("model", b"")
+                if snap.model is None
+                else signer.dumps("model", snap.model)
+            ),
         }
         self.removed = [PRODUCER_PREFIX + p for p in snap.removed]
-        self._left = dict(snap.producers)
+        self._records = snap.producers
+        self._left = dict.fromkeys(snap.producers)
         self.seconds = time.perf_counter() - started  # spent encoding so far
 
     def keep(self, producer: str) -> None:
         """Encode ``producer``'s frozen state now (if not yet): it is about to change."""
         if producer in self._left:
             started = time.perf_counter()
-            self._encode(producer, self._left.pop(producer))
+            del self._left[producer]
+            self._encode(producer)
             self.seconds += time.perf_counter() - started
 
     def advance(self, deadline: float | None = None) -> bool:
@@ -231,16 +256,16 @@ class FrozenCommit:
         started = now = time.perf_counter()
         left = self._left
         while left:
-            self._encode(*left.popitem())
+            self._encode(left.popitem()[0])
             now = time.perf_counter()
             if deadline is not None and now >= deadline:
                 break
         self.seconds += now - started
         return not left
 
-    def _encode(self, producer: str, state: object) -> None:
+    def _encode(self, producer: str) -> None:
         name = PRODUCER_PREFIX + producer
-        self.fields[name] = self._signer.dumps(name, state)
+        self.fields[name] = self._signer.sign(name, self._records[producer])
 
 
 def encode_fields(signer: Signer, snap: Snapshot) -> dict[str, bytes]:
@@ -255,17 +280,21 @@ def decode_fields(signer: Signer, fields: dict[bytes, bytes]) -> Snapshot:
 
     Raises:
         CheckpointError: a missing or bad signature, or a class outside the allow-list.
+        IncompatibleCheckpointError: a format this version does not read (checked first:
+            nothing of an older layout is decoded).
     """
     if b"meta" not in fields or b"model" not in fields:
         msg = "checkpoint is incomplete (no meta or model entry)"
         raise CheckpointError(msg)
     meta = orjson.loads(signer.verify("meta", fields[b"meta"]))
-    model = signer.loads("model", fields[b"model"])
+    check_format(meta)
+    stateful = signer.verify("model", fields[b"model"])  # empty: a stateless model
+    model = signer.loads("model", fields[b"model"]) if stateful else None
     producers = {}
     for raw_name, value in fields.items():
         name = raw_name.decode()
         if name.startswith(PRODUCER_PREFIX):
-            producers[name[len(PRODUCER_PREFIX) :]] = signer.loads(name, value)
+            producers[name[len(PRODUCER_PREFIX) :]] = signer.verify(name, value)
     return Snapshot(meta, model, producers)
 
 

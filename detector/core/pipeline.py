@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from detector.core.admission import OVERFLOW, Admission
 from detector.core.alerts import (
@@ -35,16 +36,13 @@ from detector.core.alerts import (
     AlertBudget,
     alert_id,
 )
-from detector.core.calibration import Calibrator, Likelihood
+from detector.core.calibration import Calibrator, Likelihood, RarityTrend, TailCounts
 from detector.core.checkpoint import Snapshot, check_compatible, new_meta
+from detector.core.codec import Reader, Writer
+from detector.core.errors import IncompatibleCheckpointError
 from detector.core.events import Event
-from detector.core.features import (
-    Evidence,
-    FeatureStore,
-    ProducerState,
-    Reason,
-    new_producer_reason,
-)
+from detector.core.features import FeatureStore, Reason, new_producer_reason
+from detector.core.features.store import ProducerView
 from detector.core.scoring import ModelSpec
 
 MAX_REASONS = 3
@@ -81,6 +79,58 @@ class Verdict:
     side_alerts: tuple[Alert, ...] = ()
 
 
+class Decisions:
+    """The decision state of each producer slot (a part of the store's slots, so it is
+    bounded, evicted and checkpointed with the producer): its cooldown, held-back alerts,
+    current run of suspect events, calibration histogram and likelihood trend."""
+
+    __slots__ = (
+        "bins", "calibration", "cooldown_until_ms", "flagged_since_ms", "flagged_streak",
+        "likelihood", "suppressed", "suspect_ms",
+    )  # fmt: skip
+
+    def __init__(self, bins: int) -> None:
+        self.bins = bins
+        self.cooldown_until_ms: list[int] = []
+        self.suppressed: list[int] = []
+        self.flagged_streak: list[int] = []
+        self.flagged_since_ms: list[int] = []
+        self.suspect_ms: list[int] = []  # event time of its last suspect event
+        self.calibration: list[TailCounts | None] = []
+        self.likelihood: list[RarityTrend | None] = []  # only with a likelihood in the spec
+
+    def _columns(self) -> tuple[list[Any], ...]:
+        return (
+            self.cooldown_until_ms, self.suppressed, self.flagged_streak, self.flagged_since_ms,
+            self.suspect_ms, self.calibration, self.likelihood,
+        )  # fmt: skip
+
+    def reset(self, slot: int) -> None:
+        fresh = (-1, 0, 0, -1, -(2**62), None, None)
+        for column, value in zip(self._columns(), fresh, strict=True):
+            if slot == len(column):
+                column.append(value)
+            else:
+                column[slot] = value
+
+    def dump(self, slot: int, w: Writer) -> None:
+        for column in self._columns()[:5]:
+            w.i64(column[slot])
+        tc, rt = self.calibration[slot], self.likelihood[slot]
+        w.count(tc is not None)
+        if tc is not None:
+            tc.dump(w)
+        w.count(rt is not None)
+        if rt is not None:
+            rt.dump(w)
+
+    def load(self, slot: int, r: Reader) -> None:
+        for column in self._columns()[:5]:
+            column[slot] = r.i64()
+        self.calibration[slot] = TailCounts.load(r, self.bins) if r.count() else None
+        self.likelihood[slot] = RarityTrend.load(r) if r.count() else None
+
+
 class Pipeline:
     """Stateful scorer for one model spec.
 
@@ -113,12 +163,13 @@ class Pipeline:
         self.threshold = spec.decision.threshold if threshold is None else threshold
         self.model = spec.build()
         self.admission = Admission(spec.decision.warmup_events, admit_per_min)
-        self.store = FeatureStore(
-            spec.features, max_producers, idle_ttl_ms, track_changes, self.admission
-        )
-        self.store.lazy_reasons = True  # formatted for flagged events only (see _one)
-        self.budget = AlertBudget(max_alerts_per_min)
         c = spec.calibration
+        self.decisions = Decisions(c.bins)
+        self.store = FeatureStore(
+            spec.features, max_producers, idle_ttl_ms, track_changes, self.admission,
+            parts=[self.decisions],
+        )  # fmt: skip
+        self.budget = AlertBudget(max_alerts_per_min)
         self.calibrator = Calibrator(self.model.max_raw, c.bins, c.tail_points, c.min_excess)
         self.likelihood = (
             Likelihood(c.likelihood_window, c.likelihood_fading, max_rarity=c.likelihood_max_rarity)
@@ -143,74 +194,101 @@ class Pipeline:
         return out
 
     def _one(self, event: Event) -> Verdict:
-        store = self.store
-        st = store.state(event.producer, event.event_time_ms)
-        now = max(store.watermark_ms, event.event_time_ms)
+        store, ds, t = self.store, self.decisions, event.event_time_ms
+        slot = store.state(event.producer, t)
+        overflowed = slot == store.overflow
+        n = store.clock.n[slot]
+        now = max(store.watermark_ms, t)
         capped = self.budget.roll(now)  # first: this event's alerts count in its minute
-        evidence = store.evidence(st, event)
+        evidence = store.evidence(slot, event)
         raw = self.model.raw_score(evidence)
-        if st.calibration is None:
-            st.calibration = self.calibrator.new()
+        calibration = ds.calibration[slot]
+        if calibration is None:
+            calibration = ds.calibration[slot] = self.calibrator.new()
         d = self.decision
         score: float | None = None
         flagged = suspect = False
         alert = None
-        reasons: list[Reason] | None = None  # the evidence's, formatted for flagged events only
+        lead: Reason | None = None  # a reason ahead of the features' own (likelihood)
         threshold = self.threshold
-        if st.n >= d.warmup_events:
+        if n >= d.warmup_events:
             self.established = True
-            score = self.calibrator.score(st.calibration, raw)
+            score = self.calibrator.score(calibration, raw)
             # Protection judges the event itself; the likelihood may flag it as part of a run.
             suspect = score >= min(d.protect_threshold, self.threshold)
             if self.likelihood is not None:
-                score, reasons = self._likelihood(st, score, evidence)
-            threshold = self.threshold_for(st)
+                score, lead = self._likelihood(slot, score)
+            threshold = self.threshold_for(slot)
             flagged = score >= threshold
         elif (
-            st.n == 0
+            n == 0
             and d.new_producer
             and self._may_be_new_producer(event)  # first: it notes the first event time
-            and st is not store.overflow
+            and not overflowed
         ):
-            why = new_producer_reason(event.producer, len(store) - 1)
-            score, flagged, reasons = 1.0, True, [why]
+            lead = new_producer_reason(event.producer, len(store) - 1)
+            score, flagged = 1.0, True
         if suspect:
             gap = d.suspect_run_gap_ms
-            if st.flagged_streak == 0 or (gap and event.event_time_ms - st.suspect_ms >= gap):
-                st.flagged_streak = 0
-                st.flagged_since_ms = event.event_time_ms
-            st.flagged_streak += 1
-            st.suspect_ms = event.event_time_ms
+            if ds.flagged_streak[slot] == 0 or (gap and t - ds.suspect_ms[slot] >= gap):
+                ds.flagged_streak[slot] = 0
+                ds.flagged_since_ms[slot] = t
+            ds.flagged_streak[slot] += 1
+            ds.suspect_ms[slot] = t
         elif not d.suspect_run_gap_ms:
-            st.flagged_streak = 0
-        held = event.event_time_ms < st.cooldown_until_ms
+            ds.flagged_streak[slot] = 0
+        held = t < ds.cooldown_until_ms[slot]
         if flagged:
-            reasons = evidence.reasons if reasons is None else reasons
-            alert = self._decide(st, event, score or 0.0, threshold, reasons)
+            reasons = self._reasons(slot, event, lead)
+            alert = self._decide(slot, event, score or 0.0, threshold, reasons)
             held = held or alert is None  # the cooldown or the global cap held it back
-        store.advance_clock(st, event)
+        store.advance(slot, event)
+        streak = ds.flagged_streak[slot]
         accept = not suspect or (
-            st.flagged_streak > d.adapt_after_events
-            and event.event_time_ms - st.flagged_since_ms >= d.adapt_after_ms
+            streak > d.adapt_after_events and t - ds.flagged_since_ms[slot] >= d.adapt_after_ms
         )
         # The calibration must see rare scores too, or its tail looks thinner than it is; but
         # only the first of a run of suspect events, so one incident cannot teach it that
         # incidents are normal; with runs over event time, not even once the run is accepted
         # as the new normal (the baselines adapt, so its later events score low anyway).
         # Baselines and the model learn only accepted events.
-        adapted = suspect and st.flagged_streak > 1  # a run's later event (accepted once it adapts)
-        if (accept and not (adapted and d.suspect_run_gap_ms)) or st.flagged_streak == 1:
-            self.calibrator.learn(st.calibration, raw)
+        adapted = suspect and streak > 1  # a run's later event (accepted once it adapts)
+        if (accept and not (adapted and d.suspect_run_gap_ms)) or streak == 1:
+            self.calibrator.learn(calibration, raw)
         if accept:
-            store.learn(st, event)
+            store.learn(slot, event)
             self.model.learn(evidence)
-        store.expire(event.event_time_ms)
+        store.expire(t)
         self.events_seen += 1
-        side = self._side_alerts(event, st is store.overflow, now, capped)
+        side = self._side_alerts(event, overflowed, now, capped)
         return Verdict(event, score, flagged, alert, held=held, side_alerts=side)
 
+    def view(self, producer: str) -> ProducerView:
+        """What the pipeline holds about ``producer``: its features' state and, in
+        ``decision``, its decision state (KeyError if not tracked)."""
+        view = self.store.view(producer)
+        ds = self.decisions
+        view.decision = {
+            "cooldown_until_ms": ds.cooldown_until_ms[view.slot],
+            "suppressed": ds.suppressed[view.slot],
+            "flagged_streak": ds.flagged_streak[view.slot],
+            "flagged_since_ms": ds.flagged_since_ms[view.slot],
+            "suspect_ms": ds.suspect_ms[view.slot],
+            "calibration": ds.calibration[view.slot],
+            "likelihood": ds.likelihood[view.slot],
+        }
+        return view
+
+    def _reasons(self, slot: int, event: Event, lead: Reason | None) -> list[Reason]:
+        """A flagged event's reasons, explained before the producer's state moves on (only
+        flagged events need them): ``lead`` (likelihood, new producer) first."""
+        if lead is not None and lead.feature == "new_producer":
+            return [lead]  # a first event: no past to explain it against
+        reasons = self.store.explain(slot, event)
+        return reasons if lead is None else [lead, *reasons]
+
     def threshold_for(
-        self, st: ProducerState, threshold: float | None = None, horizon_ms: int | None = None
+        self, slot: int, threshold: float | None = None, horizon_ms: int | None = None
     ) -> float:
         """The producer's alert threshold: ``threshold`` (default: the pipeline's), raised so
         that events this rare come less than once per ``horizon_ms`` (default: the spec's
@@ -221,8 +299,7 @@ class Pipeline:
         horizon = self.decision.rarity_horizon_ms if horizon_ms is None else horizon_ms
         if not horizon:
             return t
-        timed = st.arrivals  # the usual rate over event time, learned from accepted events
-        usual = timed.mean if timed is not None and timed.count else st.gap.mean
+        usual = self.store.rate.usual(slot)
         return max(t, 1.0 - max(math.expm1(usual), 1.0) / horizon)
 
     def _may_be_new_producer(self, event: Event) -> bool:
@@ -249,16 +326,15 @@ class Pipeline:
             out.extend(self._silence(event))
         return tuple(out)
 
-    def _likelihood(
-        self, st: ProducerState, score: float, evidence: Evidence
-    ) -> tuple[float, list[Reason] | None]:
+    def _likelihood(self, slot: int, score: float) -> tuple[float, Reason | None]:
         """The larger of the calibrated score and the anomaly likelihood of the producer's
-        recent scores; when the likelihood wins, it leads the reasons (else None: the
-        evidence's own)."""
+        recent scores; when the likelihood wins, the reason that leads the features' own."""
         assert self.likelihood is not None  # noqa: S101 (checked by the caller)
-        if st.likelihood is None:
-            st.likelihood = self.likelihood.new()
-        lk, mean, usual = self.likelihood.update(st.likelihood, score)
+        trends = self.decisions.likelihood
+        trend = trends[slot]
+        if trend is None:
+            trend = trends[slot] = self.likelihood.new()
+        lk, mean, usual = self.likelihood.update(trend, score)
         if lk <= score:
             return score, None
         window = self.likelihood.window
@@ -267,7 +343,7 @@ class Pipeline:
             "likelihood", "", f"mean rarity {mean:.3g} over the last {window} events",
             f"usually {usual:.3g}", surprise,
         )  # fmt: skip
-        return lk, [why, *evidence.reasons]
+        return lk, why
 
     def _silence(self, event: Event) -> list[Alert]:
         """Alerts for producers the watermark has left behind: silent for longer than
@@ -283,15 +359,17 @@ class Pipeline:
             return []
         store.next_silence_ms = now + max(d.silence_min_ms // 2, 1000)
         out = []
-        for producer, st in store.producers.items():
-            if st.silenced or st.last_ms < 0 or st.n < d.warmup_events:
+        clock = store.clock
+        for producer, slot in store.producers.items():
+            last_ms = clock.last_ms[slot]
+            if clock.silenced[slot] or last_ms < 0 or clock.n[slot] < d.warmup_events:
                 continue
-            usual_ms = max(math.expm1(st.gap.mean), 1.0)  # smoothed inter-arrival
-            quiet_ms = now - st.last_ms
+            usual_ms = max(math.expm1(clock.gap[slot].mean), 1.0)  # smoothed inter-arrival
+            quiet_ms = now - last_ms
             if quiet_ms < max(d.silence_after * usual_ms, d.silence_min_ms):
                 continue
             store.changing(producer)
-            st.silenced = True
+            clock.silenced[slot] = True
             if not self.budget.allow(producer):
                 continue
             surprise = min(quiet_ms / usual_ms / math.log(10.0), 64.0)  # exponential gaps
@@ -363,16 +441,16 @@ class Pipeline:
         """The state to checkpoint: every producer if ``full``, else only changed ones."""
         store = self.store
         names = list(store.producers) if full else [n for n in store.dirty if n in store.producers]
-        states: dict[str, object] = {n: store.producers[n] for n in names}
-        if store.overflow.n and (full or OVERFLOW in store.dirty):
-            states[OVERFLOW] = store.overflow  # key "" cannot be a real producer's
+        if store.clock.n[store.overflow] and (full or OVERFLOW in store.dirty):
+            names.append(OVERFLOW)  # key "" cannot be a real producer's
         meta = new_meta(
             self.spec.name, self.spec.digest, dict(offsets),
             events_seen=self.events_seen, established=self.established, first_ms=self.first_ms,
             producers=len(store), **store.counters(),
             **self.admission.to_meta(), **self.budget.to_meta(),
         )  # fmt: skip
-        return Snapshot(meta, self.model, states, sorted(store.removed))
+        model = self.model if self.model.stateful else None
+        return Snapshot(meta, model, Records(store, names), sorted(store.removed))
 
     def committed(self) -> None:
         """The last snapshot is durable: start tracking changes afresh."""
@@ -386,29 +464,35 @@ class Pipeline:
             IncompatibleCheckpointError: another format, River version or model spec.
         """
         check_compatible(snap.meta, self.spec.name, self.spec.digest)
-        self.model = snap.model  # type: ignore[assignment]
-        self.store.restore(snap.producers, snap.meta, baseline)  # type: ignore[arg-type]
+        self.model = self.spec.build() if snap.model is None else snap.model  # type: ignore[assignment]
+        try:
+            self.store.restore(dict(snap.producers), snap.meta, baseline)
+        except ValueError as exc:  # a record of another layout under the same format number
+            msg = f"incompatible checkpoint: {exc}; start over with --reset-state"
+            raise IncompatibleCheckpointError(msg) from None
         self.budget.restore({} if baseline else snap.meta)
         self.events_seen = int(snap.meta["events_seen"])
         self.first_ms = snap.meta.get("first_ms")
+        n = self.store.clock.n
         self.established = bool(snap.meta.get("established")) or any(
-            st.n >= self.decision.warmup_events for st in self.store.producers.values()
+            n[slot] >= self.decision.warmup_events for slot in self.store.producers.values()
         )
         return dict(snap.meta.get("offsets", {}))
 
     def _decide(
-        self, st: ProducerState, event: Event, score: float, threshold: float, reasons: list[Reason]
+        self, slot: int, event: Event, score: float, threshold: float, reasons: list[Reason]
     ) -> Alert | None:
-        if event.event_time_ms < st.cooldown_until_ms:
-            st.suppressed += 1
+        ds = self.decisions
+        if event.event_time_ms < ds.cooldown_until_ms[slot]:
+            ds.suppressed[slot] += 1
             return None
-        st.cooldown_until_ms = event.event_time_ms + self.decision.cooldown_ms
+        ds.cooldown_until_ms[slot] = event.event_time_ms + self.decision.cooldown_ms
         if not self.budget.allow(event.producer):
             # Counted as if sent: the producer's next alert (after its cooldown, so the cap's
             # slots rotate among producers) reports it, and so does the minute's summary.
-            st.suppressed += 1
+            ds.suppressed[slot] += 1
             return None
-        suppressed, st.suppressed = st.suppressed, 0
+        suppressed, ds.suppressed[slot] = ds.suppressed[slot], 0
         return Alert(
             alert_id=alert_id(event.stream, event.entry_id, self.spec.name),
             producer=event.producer,
@@ -422,3 +506,25 @@ class Pipeline:
             reasons=tuple([r for r in reasons[:MAX_REASONS] if r.surprise >= 1.0] or reasons[:1]),
             suppressed=suppressed,
         )
+
+
+class Records(Mapping[str, bytes]):
+    """Producers' checkpoint records, each encoded when read: a commit in progress reads a
+    producer's just before it changes (see ``checkpoint.FrozenCommit``), the rest between
+    reads."""
+
+    def __init__(self, store: FeatureStore, names: list[str]) -> None:
+        self._store = store
+        self._names = names
+
+    def __getitem__(self, producer: str) -> bytes:
+        slot = self._store.slot_of(producer)
+        if slot is None:
+            raise KeyError(producer)
+        return self._store.record(slot)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)

@@ -20,8 +20,6 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Protocol, get_type_hints
 
-from river import anomaly
-
 from detector.core.errors import ConfigError
 from detector.core.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig
 from detector.core.trees import HalfSpaceTrees
@@ -31,6 +29,8 @@ class Model(Protocol):
     """What the pipeline needs from a model. ``learn`` returns None, as in River."""
 
     max_raw: float
+    # Whether learning changes it: a stateless model is rebuilt from its spec, not checkpointed.
+    stateful: bool
 
     def raw_score(self, evidence: Evidence) -> float: ...
 
@@ -45,11 +45,12 @@ class SurpriseModel:
 
     Examples:
         >>> m = SurpriseModel()
-        >>> m.raw_score(Evidence({"rate": 0.2, "value": 7.5}, [], 100))
+        >>> m.raw_score(Evidence({"rate": 0.2, "value": 7.5}, 100))
         7.5
     """
 
     max_raw = MAX_SURPRISE / 2  # histogram range; higher raw scores are extrapolated
+    stateful = False
 
     def raw_score(self, evidence: Evidence) -> float:
         return max(evidence.surprise.values(), default=0.0)
@@ -69,13 +70,14 @@ class TreesModel:
     Examples:
         >>> m = TreesModel(n_trees=5, height=6, window_size=50, seed=1)
         >>> for _ in range(200):
-        ...     m.learn(Evidence({"value": 0.1, "rate": 0.2}, [], 10))
-        >>> m.raw_score(Evidence({"value": 9.0, "rate": 0.2}, [], 10)) > m.raw_score(
-        ...     Evidence({"value": 0.1, "rate": 0.2}, [], 10))
+        ...     m.learn(Evidence({"value": 0.1, "rate": 0.2}, 10))
+        >>> m.raw_score(Evidence({"value": 9.0, "rate": 0.2}, 10)) > m.raw_score(
+        ...     Evidence({"value": 0.1, "rate": 0.2}, 10))
         True
     """
 
     max_raw = 1.0
+    stateful = True
     # The trees' inputs: the six per-event features they were measured with (the replay and
     # drift features are off in the hst spec; new inputs would change every seeded split).
     inputs = FEATURES[:6]
@@ -90,13 +92,6 @@ class TreesModel:
     ) -> None:
         self.scale = scale
         self.trees = HalfSpaceTrees(self.inputs, n_trees, height, window_size, seed=seed)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # Checkpoints written before detector.core.trees hold River's own HalfSpaceTrees: carry its
-        # trees, masses and window over, so that they resume without a format change.
-        if isinstance(state["trees"], anomaly.HalfSpaceTrees):
-            state = {**state, "trees": HalfSpaceTrees.from_river(state["trees"], self.inputs)}
-        self.__dict__.update(state)
 
     def _x(self, evidence: Evidence) -> list[float]:
         # 1 - exp(-s/scale): monotone, 0 for usual, approaches 1 for extreme surprise.

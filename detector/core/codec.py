@@ -1,0 +1,119 @@
+"""Checkpoint records: a producer's state as typed little-endian fields, in a fixed order per
+part of the state (clock, each feature, decision state), no pickle: nothing in a record can
+name code to run.
+
+A record is written by each part's ``dump`` and read back by its ``load`` in the same order;
+the format version in the checkpoint's meta covers the layout.
+
+Examples:
+    >>> w = Writer()
+    >>> w.i64(-3); w.f64(0.5); w.text("EUR"); w.f64s([1.0, 2.0])
+    >>> r = Reader(w.bytes())
+    >>> r.i64(), r.f64(), r.text(), r.f64s().tolist(), r.done()
+    (-3, 0.5, 'EUR', [1.0, 2.0], True)
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+
+_I64 = struct.Struct("<q")
+_F64 = struct.Struct("<d")
+_U32 = struct.Struct("<I")
+
+
+class Writer:
+    """Appends typed fields to one record."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def i64(self, v: int) -> None:
+        self._buf += _I64.pack(v)
+
+    def f64(self, v: float) -> None:
+        self._buf += _F64.pack(v)
+
+    def count(self, v: int) -> None:
+        """A length or small count (unsigned 32 bits)."""
+        self._buf += _U32.pack(v)
+
+    def text(self, s: str) -> None:
+        raw = s.encode()
+        self._buf += _U32.pack(len(raw))
+        self._buf += raw
+
+    def f64s(self, values: Iterable[float] | npt.NDArray[np.float64]) -> None:
+        a = np.asarray(values, dtype="<f8")
+        self._buf += _U32.pack(len(a))
+        self._buf += a.tobytes()
+
+    def i64s(self, values: Iterable[int] | npt.NDArray[np.int64]) -> None:
+        a = np.asarray(values, dtype="<i8")
+        self._buf += _U32.pack(len(a))
+        self._buf += a.tobytes()
+
+    def u64s(self, values: npt.NDArray[np.uint64]) -> None:
+        a = np.asarray(values, dtype="<u8")
+        self._buf += _U32.pack(len(a))
+        self._buf += a.tobytes()
+
+    def bytes(self) -> bytes:
+        return bytes(self._buf)
+
+
+class Reader:
+    """Reads one record's fields back, in the order they were written.
+
+    Raises:
+        ValueError: the record ends early (truncated or another layout).
+    """
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self, data: bytes) -> None:
+        self._buf = memoryview(data)
+        self._pos = 0
+
+    def _take(self, n: int) -> memoryview:
+        start, self._pos = self._pos, self._pos + n
+        if self._pos > len(self._buf):
+            msg = "producer record ends early"
+            raise ValueError(msg)
+        return self._buf[start : self._pos]
+
+    def i64(self) -> int:
+        v: int = _I64.unpack(self._take(8))[0]
+        return v
+
+    def f64(self) -> float:
+        v: float = _F64.unpack(self._take(8))[0]
+        return v
+
+    def count(self) -> int:
+        v: int = _U32.unpack(self._take(4))[0]
+        return v
+
+    def text(self) -> str:
+        return str(self._take(self.count()), "utf-8")
+
+    def f64s(self) -> npt.NDArray[np.float64]:
+        n = self.count()
+        return np.frombuffer(self._take(8 * n), dtype="<f8").astype(np.float64)
+
+    def i64s(self) -> npt.NDArray[np.int64]:
+        n = self.count()
+        return np.frombuffer(self._take(8 * n), dtype="<i8").astype(np.int64)
+
+    def u64s(self) -> npt.NDArray[np.uint64]:
+        n = self.count()
+        return np.frombuffer(self._take(8 * n), dtype="<u8").astype(np.uint64)
+
+    def done(self) -> bool:
+        return self._pos == len(self._buf)

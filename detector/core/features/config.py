@@ -1,0 +1,117 @@
+"""How producer baselines learn and what they may hold: the features' settings (a spec's
+``[features]`` table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The features, in the order they judge an event (ties among reasons keep this order).
+FEATURES = ("rate", "value", "size", "type", "category", "schema", "replayed_id", "drift")
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """How producer baselines learn and what they may hold.
+
+    Attributes:
+        fading_factor: weight of the newest event in running moments (memory ~ 1/fading).
+        rate_fading_factor: smoothing of the inter-arrival time, in events.
+        rate_horizon_s: memory of the usual (smoothed) inter-arrival in event time, not in
+            events (0: ``fading_factor`` per event). A flood packs hundreds of events into
+            seconds; a count-based baseline would learn it before it looked unusual.
+        min_count: observations of a numeric field before it is judged.
+        min_sd: floor on a standard deviation in log space (about a 5% change).
+        max_numeric_fields: numeric (type, field) pairs tracked per producer.
+        max_categorical_fields: categorical (type, field) pairs tracked per producer.
+        max_categories: distinct values per field before it counts as an id (not judged).
+        max_schemas: distinct payload shapes tracked per producer.
+        novelty_prior: pseudo-count of "new value" observations (Good-Turing smoothing).
+        disabled: features never computed (their surprise stays 0), e.g. ``("rate", "size")``
+            for univariate metric streams, where irregular sampling and the number of digits
+            of a value say nothing about the metric.
+        seasonal_buckets: a per-field time-of-period profile of numeric values with this many
+            buckets of ``seasonal_period_s / seasonal_buckets`` (UTC, event time); 0 = off.
+            A value is also judged against its bucket, so a daily cycle is not "spread".
+        seasonal_period_s: the period the buckets divide (86400: time of day).
+        seasonal_fading: memory of each bucket, in its own observations.
+        seasonal_min_count: observations of a bucket before it is judged.
+        seasonal_explains: once a bucket is judged, it replaces the running moments (a value
+            usual for its time of day is usual, however far from the overall mean); else the
+            larger of the two surprises counts.
+        window_values: last values kept per numeric field for an empirical (rank) judgement:
+            robust where a normal fit is not (counts, spikes, few distinct values); 0 = off.
+        window_tail: values beyond which the window's tail is extrapolated (exponential).
+        window_weight: multiplier of the window surprise (its p-values are rank based and
+            coarser than the fitted ones; the calibration puts everything on one scale).
+        window_floor: a value the window holds ``k >= 1`` values at least as extreme as is
+            no rarer than ``k`` in ``n``, whatever the extrapolated tail says (a mix of usual
+            values and recurring spikes fits no exponential tail).
+        max_profiled_fields: numeric fields per producer with a seasonal profile or window.
+        id_field: payload field holding the producer's event id (unique per event).
+        replay_window: last event ids remembered per producer (64-bit fingerprints, 8 bytes
+            each, allocated as the producer sends them); an id seen again among them is a
+            ``replayed_id``; 0 = off.
+        burst_s: event time over which novelties (never-seen types, values or shapes) and
+            repeated ids count as one burst: each one in the burst multiplies the evidence
+            of the next (independent rare events multiply; a broken producer repeats itself).
+        novelty_burst: whether novelties multiply within a burst (off: each judged alone).
+        drift_horizon_s: memory, in event time, of a slow reference level per numeric field
+            (per event type); a CUSUM of values against it reveals a level creeping away
+            (``drift``), which the ~100-event baselines follow unnoticed; 0 = off.
+        drift_slack: CUSUM allowance per event, in reference standard deviations: shifts
+            smaller than this never accumulate.
+        drift_clip: largest standardised distance one value adds (one outlier is no drift).
+        drift_restart: a CUSUM statistic learned above this (an accepted new normal, or a
+            drift the calibration found usual) restarts the reference from the next events.
+    """
+
+    fading_factor: float = 0.01
+    rate_fading_factor: float = 0.1
+    rate_horizon_s: float = 0.0
+    min_count: int = 20
+    min_sd: float = 0.05
+    max_numeric_fields: int = 64
+    max_categorical_fields: int = 64
+    max_categories: int = 64
+    max_schemas: int = 32
+    novelty_prior: float = 0.1
+    disabled: tuple[str, ...] = ()
+    seasonal_buckets: int = 0
+    seasonal_period_s: int = 86_400
+    seasonal_fading: float = 0.1
+    seasonal_min_count: int = 12
+    seasonal_explains: bool = False
+    window_values: int = 0
+    window_tail: int = 20
+    window_weight: float = 2.0
+    window_floor: bool = False
+    max_profiled_fields: int = 8
+    id_field: str = "event_id"
+    replay_window: int = 0
+    burst_s: float = 60.0
+    novelty_burst: bool = False
+    drift_horizon_s: float = 0.0
+    drift_slack: float = 0.5
+    drift_clip: float = 3.0
+    drift_restart: float = 30.0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.disabled) - set(FEATURES))
+        if unknown:
+            msg = f"disabled: unknown features {unknown} (known: {list(FEATURES)})"
+            raise ValueError(msg)
+        if self.seasonal_buckets < 0 or self.window_values < 0:
+            msg = "seasonal_buckets and window_values must be >= 0"
+            raise ValueError(msg)
+        if self.seasonal_buckets and self.seasonal_period_s * 1000 < self.seasonal_buckets:
+            msg = "seasonal_period_s is shorter than one millisecond per bucket"
+            raise ValueError(msg)
+        if min(self.replay_window, self.drift_horizon_s, self.rate_horizon_s) < 0:
+            msg = "replay_window, drift_horizon_s and rate_horizon_s must be >= 0"
+            raise ValueError(msg)
+        if min(self.drift_slack, self.drift_clip, self.burst_s) <= 0:
+            msg = "drift_slack, drift_clip and burst_s must be > 0"
+            raise ValueError(msg)
+        if self.window_values and self.window_values < 2 * self.window_tail:
+            msg = "window_values must be at least 2 * window_tail"
+            raise ValueError(msg)

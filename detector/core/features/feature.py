@@ -1,0 +1,62 @@
+"""The contract of a feature: its state per producer slot, its judgement and its learning.
+
+A feature keeps one state per producer *slot* (an index the store gives each tracked producer;
+a slot is reused once its producer is forgotten). Per event, in this order and never back:
+``judge`` (the surprise, from the state before the event), ``explain`` (only for events that
+are flagged, still before any change), ``advance`` (facts every event moves, whatever its
+verdict: time, ids sent, novelties) and, for accepted events only, ``learn``.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from detector.core.codec import Reader, Writer
+from detector.core.events import Event
+from detector.core.features.clock import Clock
+from detector.core.features.config import FeatureConfig
+from detector.core.features.surprise import Reason
+
+S = TypeVar("S")
+
+
+class Feature(Generic[S]):
+    """Base of the features: per-slot state ``S`` in :attr:`slots`, built by :meth:`new`."""
+
+    name = ""
+
+    def __init__(self, cfg: FeatureConfig, clock: Clock) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.slots: list[S] = []
+
+    def new(self) -> S:
+        """A fresh state for a producer never seen."""
+        raise NotImplementedError
+
+    def reset(self, slot: int) -> None:
+        """Give ``slot`` a fresh state (a new producer takes it)."""
+        if slot == len(self.slots):
+            self.slots.append(self.new())
+        else:
+            self.slots[slot] = self.new()
+
+    def judge(self, slot: int, event: Event) -> float:
+        """``-log10(p)`` of the event against the slot's past (0: usual)."""
+        raise NotImplementedError
+
+    def explain(self, slot: int, event: Event) -> Reason | None:
+        """The reason behind :meth:`judge`'s surprise (None when it is 0)."""
+        raise NotImplementedError
+
+    def advance(self, slot: int, event: Event) -> None:
+        """Facts of every event (after the clock advanced)."""
+
+    def learn(self, slot: int, event: Event) -> None:
+        """Fold an accepted event into the baselines."""
+
+    def dump(self, slot: int, w: Writer) -> None:
+        raise NotImplementedError
+
+    def load(self, slot: int, r: Reader) -> None:
+        raise NotImplementedError

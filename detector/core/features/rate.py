@@ -1,0 +1,77 @@
+"""Rate: a flood, judged by the smoothed inter-arrival an event gives against its usual level
+(one-sided: faster than usual only)."""
+
+from __future__ import annotations
+
+import math
+
+from detector.core.codec import Reader, Writer
+from detector.core.events import Event
+from detector.core.features.drift import Drift
+from detector.core.features.feature import Feature
+from detector.core.features.moments import Moments
+from detector.core.features.surprise import Reason, two_sided
+
+_HALF = math.log10(2.0)
+
+
+class RateFeature(Feature[Moments | Drift]):
+    """The usual smoothed log inter-arrival per producer: moments over events, or (with
+    ``rate_horizon_s``) a reference over a span of event time, which a flood of hundreds of
+    events in seconds cannot teach before it looks unusual."""
+
+    name = "rate"
+
+    def new(self) -> Moments | Drift:
+        return Drift() if self.cfg.rate_horizon_s > 0 else Moments(self.cfg.fading_factor)
+
+    def usual(self, slot: int) -> float:
+        """The usual smoothed log inter-arrival over event time, learned from accepted events
+        (else the clock's own smoothing): the thresholds' notion of the producer's rate."""
+        timed = self.slots[slot]
+        if isinstance(timed, Drift) and timed.count:
+            return timed.mean
+        return self.clock.gap[slot].mean
+
+    def _judge(self, slot: int, event: Event) -> tuple[float, float]:
+        """(surprise, smoothed log inter-arrival this event gives)."""
+        usual = self.slots[slot]
+        if usual.count < self.cfg.min_count or self.clock.last_ms[slot] < 0:
+            return 0.0, 0.0
+        smoothed = self.clock.next_gap(slot, event.event_time_ms)
+        z = -usual.z(smoothed, self.cfg.min_sd)  # positive: faster than usual
+        s = two_sided(z) - _HALF if z > 0 else 0.0
+        return max(s, 0.0), smoothed
+
+    def judge(self, slot: int, event: Event) -> float:
+        return self._judge(slot, event)[0]
+
+    def explain(self, slot: int, event: Event) -> Reason | None:
+        s, smoothed = self._judge(slot, event)
+        if s <= 0:
+            return None
+        usual = self.slots[slot].mean
+        return Reason(
+            "rate", "", f"{_rate_per_s(smoothed):.3g}/s", f"{_rate_per_s(usual):.3g}/s", s
+        )
+
+    def learn(self, slot: int, event: Event) -> None:
+        if self.clock.n[slot] <= 1:
+            return  # no inter-arrival yet
+        usual, gap = self.slots[slot], self.clock.gap[slot].mean
+        if isinstance(usual, Drift):
+            usual.learn(gap, event.event_time_ms, self.cfg.rate_horizon_s * 1000, math.inf)
+        else:
+            usual.update(gap)
+
+    def dump(self, slot: int, w: Writer) -> None:
+        self.slots[slot].dump(w)
+
+    def load(self, slot: int, r: Reader) -> None:
+        timed = self.cfg.rate_horizon_s > 0
+        self.slots[slot] = Drift.load(r) if timed else Moments.load(r, self.cfg.fading_factor)
+
+
+def _rate_per_s(smoothed_log_gap: float) -> float:
+    gap_ms = math.expm1(min(smoothed_log_gap, 700.0))
+    return 1000.0 / gap_ms if gap_ms > 0 else float("inf")

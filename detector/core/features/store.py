@@ -1,0 +1,373 @@
+"""The feature store: which producers are tracked, in which slot, and their features.
+
+A tracked producer owns a *slot*: an index into every part's per-slot state (its clock, each
+feature, and whatever parts the caller adds, such as the decision state). A forgotten
+producer's slot is cleared and reused. The store is bounded by a cap and an idle TTL in event
+time; beyond the cap, an admission policy decides (see :mod:`detector.core.admission`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from detector.core.admission import OVERFLOW, Admission
+from detector.core.codec import Reader, Writer
+from detector.core.events import Event
+from detector.core.features.categories import Categories
+from detector.core.features.category import CategoryFeature
+from detector.core.features.clock import Clock
+from detector.core.features.config import FEATURES, FeatureConfig
+from detector.core.features.drift import Drift, DriftFeature
+from detector.core.features.feature import Feature
+from detector.core.features.moments import Moments
+from detector.core.features.rate import RateFeature
+from detector.core.features.replay import IdMemory, ReplayFeature
+from detector.core.features.schema import SchemaFeature
+from detector.core.features.size import SizeFeature
+from detector.core.features.surprise import Evidence, Reason
+from detector.core.features.types import TypeFeature
+from detector.core.features.value import Seasonal, ValueFeature, ValueWindow
+
+
+class Part(Protocol):
+    """Per-slot state kept beside the features (the clock, the decision state)."""
+
+    def reset(self, slot: int) -> None: ...
+
+    def dump(self, slot: int, w: Writer) -> None: ...
+
+    def load(self, slot: int, r: Reader) -> None: ...
+
+
+@dataclass(slots=True)
+class ProducerView:
+    """What the detector holds about one producer, gathered from its slot (for inspection,
+    tests and benchmarks; the live objects, not copies: read it, do not keep it)."""
+
+    slot: int
+    n: int
+    last_ms: int
+    gap: Moments
+    rate: Moments | None
+    arrivals: Drift | None
+    size: Moments
+    numeric: dict[str, Moments]
+    seasonal: dict[str, Seasonal]
+    windows: dict[str, ValueWindow]
+    drifts: dict[str, Drift]
+    types: Categories
+    categorical: dict[str, Categories]
+    schemas: Categories
+    schema_fields: dict[str, tuple[str, ...]]
+    ids: IdMemory | None
+    seq: int
+    decision: dict[str, Any] = field(default_factory=dict)
+
+
+def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature[Any]]:
+    """Every feature, in :data:`FEATURES` order (the registry: one line per feature)."""
+    value = ValueFeature(cfg, clock)
+    features: list[Feature[Any]] = [
+        RateFeature(cfg, clock),
+        value,
+        SizeFeature(cfg, clock),
+        TypeFeature(cfg, clock),
+        CategoryFeature(cfg, clock),
+        SchemaFeature(cfg, clock),
+        ReplayFeature(cfg, clock),
+        DriftFeature(cfg, clock, value),
+    ]
+    assert tuple(f.name for f in features) == FEATURES  # noqa: S101 (the registry's order)
+    return features
+
+
+class FeatureStore:
+    """Per-producer state in slots, bounded by a cap and an idle TTL in event time.
+
+    Beyond the cap: without ``admission``, the least recently seen producer is evicted (LRU);
+    with it, established producers stay and refused newcomers share the :attr:`overflow`
+    slot (the pipeline always passes one).
+
+    Args:
+        parts: per-slot state of the caller's own (reset, dumped and loaded with the slot).
+    """
+
+    def __init__(
+        self,
+        cfg: FeatureConfig,
+        max_producers: int = 100_000,
+        idle_ttl_ms: int = 24 * 3600 * 1000,
+        track_changes: bool = False,
+        admission: Admission | None = None,
+        parts: Sequence[Part] = (),
+    ) -> None:
+        self.cfg = cfg
+        self.track_changes = track_changes
+        self.max_producers = max_producers
+        self.idle_ttl_ms = idle_ttl_ms
+        self.admission = admission
+        self.clock = Clock(cfg.rate_fading_factor)
+        self.features = build_features(cfg, self.clock)
+        self.by_name = {f.name: f for f in self.features}
+        self._judges = [f for f in self.features if f.name not in cfg.disabled]
+        self._parts: list[Part] = [self.clock, *self.features, *parts]
+        self.producers: OrderedDict[str, int] = OrderedDict()  # producer -> slot, LRU order
+        self._free: list[int] = []
+        self._slots = 0
+        # Producers refused admission are all scored in this one slot (never evicted).
+        self.overflow = self._allocate()
+        self.evicted = 0
+        self.tick = 0
+        self.watermark_ms = 0
+        self.next_sweep_ms = 0
+        self.next_silence_ms = 0  # next silence check, in event time (see Pipeline)
+        # Changed and evicted since the last checkpoint commit (if tracking): only those are
+        # written. Untracked stores (offline scoring, training) keep no such sets.
+        self.dirty: set[str] = set()
+        self.removed: set[str] = set()
+        # Called before a producer's state changes or its slot is cleared while a commit is
+        # being encoded from the live state (see checkpoint.FrozenCommit).
+        self.before_change: Callable[[str], None] | None = None
+
+    @property
+    def rate(self) -> RateFeature:
+        rate = self.features[0]
+        assert isinstance(rate, RateFeature)  # noqa: S101 (the registry's first)
+        return rate
+
+    def __len__(self) -> int:
+        return len(self.producers)
+
+    def _allocate(self) -> int:
+        if self._free:
+            return self._free.pop()
+        slot, self._slots = self._slots, self._slots + 1
+        for part in self._parts:
+            part.reset(slot)
+        return slot
+
+    def slot_of(self, producer: str) -> int | None:
+        """The producer's slot, if tracked (the overflow slot for :data:`OVERFLOW`)."""
+        return self.overflow if producer == OVERFLOW else self.producers.get(producer)
+
+    def state(self, producer: str, now_ms: int = 0) -> int:
+        """The producer's slot, given on first sight; marks it most recently used.
+
+        When the store is full and the admission policy refuses the producer, the shared
+        :attr:`overflow` slot. ``now_ms``: the event's time, for the admission budget's minute
+        (which follows the watermark).
+        """
+        slot = self.producers.get(producer)
+        adm = self.admission
+        if slot is None:
+            if len(self.producers) >= self.max_producers:
+                victim = (
+                    next(iter(self.producers))
+                    if adm is None
+                    else adm.victim(self._events_of, max(self.watermark_ms, now_ms))
+                )
+                if victim is None:
+                    return self._refuse(producer)
+                self._evict(victim)
+            slot = self.producers[producer] = self._allocate()
+            if adm is not None:
+                adm.created(producer)
+        else:
+            self.producers.move_to_end(producer)
+            if adm is not None:
+                adm.seen(producer, self.clock.n[slot])
+        self.changing(producer)
+        self.tick += 1
+        self.clock.seq[slot] = self.tick
+        return slot
+
+    def _events_of(self, producer: str) -> int | None:
+        slot = self.producers.get(producer)
+        return None if slot is None else self.clock.n[slot]
+
+    def changing(self, producer: str) -> None:
+        """Note, before it happens, that ``producer``'s state changes (tracking stores: the
+        next commit writes it)."""
+        if self.track_changes:
+            if self.before_change is not None:
+                self.before_change(producer)
+            self.dirty.add(producer)
+            self.removed.discard(producer)  # evicted, then back before the commit
+
+    def _refuse(self, producer: str) -> int:
+        assert self.admission is not None  # noqa: S101 (only called with a policy)
+        self.admission.refuse(producer)
+        self.changing(OVERFLOW)
+        return self.overflow
+
+    def _evict(self, producer: str) -> None:
+        if self.before_change is not None:
+            self.before_change(producer)  # a commit in progress encodes it before it goes
+        slot = self.producers.pop(producer)
+        for part in self._parts:
+            part.reset(slot)  # free its memory now; the slot is reused
+        self._free.append(slot)
+        self.evicted += 1
+        if self.admission is not None:
+            self.admission.forget(producer)
+        if self.track_changes:
+            self.dirty.discard(producer)
+            self.removed.add(producer)
+
+    def record(self, slot: int) -> bytes:
+        """The slot's state as a typed record (the checkpoint's producer entry)."""
+        w = Writer()
+        for part in self._parts:
+            part.dump(slot, w)
+        return w.bytes()
+
+    def _load(self, slot: int, record: bytes) -> None:
+        r = Reader(record)
+        for part in self._parts:
+            part.load(slot, r)
+        if not r.done():
+            msg = "producer record is longer than this layout"
+            raise ValueError(msg)
+
+    def restore(
+        self, records: dict[str, bytes], counters: dict[str, Any], baseline: bool = False
+    ) -> None:
+        """Replace the state with a checkpoint's records, in its LRU order.
+
+        A baseline comes from another time: its producers keep what they learned but forget
+        when they were last seen, so live event time does not expire them at once.
+
+        Raises:
+            ValueError: a record does not have this version's layout.
+        """
+        self.producers.clear()
+        self._free.clear()
+        self._slots = 0  # slots are given again from 0: each is reset as it is given
+        self.overflow = self._allocate()
+        records = dict(records)
+        overflow = records.pop(OVERFLOW, None)
+        if overflow is not None:
+            self._load(self.overflow, overflow)
+        loaded = []
+        for producer, record in records.items():
+            slot = self._allocate()
+            self._load(slot, record)
+            loaded.append((self.clock.seq[slot], producer, slot))
+        self.producers = OrderedDict((p, slot) for _, p, slot in sorted(loaded))
+        if baseline:
+            for slot in (*self.producers.values(), self.overflow):
+                self.clock.last_ms[slot] = -1
+            counters = {"evicted": counters["evicted"], "tick": counters["tick"]}  # time: live
+        if self.admission is not None:
+            young = self.admission.established_events
+            self.admission.restore(
+                counters, [p for p, slot in self.producers.items() if self.clock.n[slot] < young]
+            )
+        self.evicted = counters["evicted"]
+        self.tick = counters["tick"]
+        self.watermark_ms = counters.get("watermark_ms", 0)
+        self.next_sweep_ms = counters.get("next_sweep_ms", 0)
+        self.next_silence_ms = counters.get("next_silence_ms", 0)
+        self.dirty.clear()
+        self.removed.clear()
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "evicted": self.evicted,
+            "tick": self.tick,
+            "watermark_ms": self.watermark_ms,
+            "next_sweep_ms": self.next_sweep_ms,
+            "next_silence_ms": self.next_silence_ms,
+        }
+
+    def observe(self, event: Event, learn: bool) -> Evidence:
+        """Evidence for ``event`` (with its reasons); then, if ``learn``, fold it into the
+        producer's baseline.
+
+        The clock always advances: time is a fact, not a belief to protect. Baselines only
+        learn from events the caller accepts.
+        """
+        slot = self.state(event.producer, event.event_time_ms)
+        evidence = self.evidence(slot, event)
+        evidence.reasons = self.explain(slot, event)
+        self.advance(slot, event)
+        if learn:
+            self.learn(slot, event)
+        self.expire(event.event_time_ms)
+        return evidence
+
+    def evidence(self, slot: int, event: Event) -> Evidence:
+        """Surprise per feature, from the slot's state before this event (no reasons: see
+        :meth:`explain`)."""
+        surprise = dict.fromkeys(FEATURES, 0.0)
+        n = self.clock.n[slot]
+        if n:
+            for feature in self._judges:
+                s = feature.judge(slot, event)
+                if s > 0:
+                    surprise[feature.name] = s
+        return Evidence(surprise, n)
+
+    def explain(self, slot: int, event: Event) -> list[Reason]:
+        """Every surprising feature's reason, largest surprise first (call it before the
+        state moves on: :meth:`advance`, :meth:`learn`)."""
+        if not self.clock.n[slot]:
+            return []
+        reasons = [r for f in self._judges if (r := f.explain(slot, event)) is not None]
+        reasons.sort(key=lambda r: -r.surprise)
+        return reasons
+
+    def advance(self, slot: int, event: Event) -> None:
+        """The facts of an event, whatever its verdict: the clock, ids sent, novelties."""
+        self.clock.advance(slot, event.event_time_ms)
+        for feature in self.features:
+            feature.advance(slot, event)
+
+    def learn(self, slot: int, event: Event) -> None:
+        """Fold an accepted event into the producer's baselines."""
+        for feature in self.features:
+            feature.learn(slot, event)
+
+    def expire(self, now_ms: int) -> None:
+        """Evict producers idle for longer than the TTL, at most once a minute of event time."""
+        if now_ms > self.watermark_ms:
+            self.watermark_ms = now_ms
+        if self.watermark_ms < self.next_sweep_ms:
+            return
+        self.next_sweep_ms = self.watermark_ms + 60_000
+        horizon = self.watermark_ms - self.idle_ttl_ms
+        # LRU order is order of last event: stop at the first producer still fresh. Producers
+        # from a baseline not seen live yet (last_ms < 0) only leave under the LRU cap.
+        last_ms = self.clock.last_ms
+        stale = []
+        for producer, slot in self.producers.items():
+            if last_ms[slot] >= horizon:
+                break
+            if last_ms[slot] >= 0:
+                stale.append(producer)
+        for producer in stale:
+            self._evict(producer)
+
+    def view(self, producer: str) -> ProducerView:
+        """What the store holds about ``producer`` (KeyError if not tracked)."""
+        slot = self.slot_of(producer)
+        if slot is None:
+            raise KeyError(producer)
+        f = self.by_name
+        rate = f["rate"].slots[slot]
+        values = f["value"].slots[slot]
+        shapes = f["schema"].slots[slot]
+        clock = self.clock
+        return ProducerView(
+            slot=slot, n=clock.n[slot], last_ms=clock.last_ms[slot], gap=clock.gap[slot],
+            rate=rate if isinstance(rate, Moments) else None,
+            arrivals=rate if isinstance(rate, Drift) else None,
+            size=f["size"].slots[slot], numeric=values.numeric, seasonal=values.seasonal,
+            windows=values.windows, drifts=f["drift"].slots[slot],
+            types=f["type"].slots[slot].values, categorical=f["category"].slots[slot].values,
+            schemas=shapes.counts, schema_fields=shapes.fields, ids=f["replayed_id"].slots[slot],
+            seq=clock.seq[slot],
+        )  # fmt: skip
