@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import pickletools
 from pathlib import Path
 
 import orjson
@@ -139,61 +138,44 @@ def test_signed_but_malicious_pickle_is_refused_by_the_allow_list() -> None:
         decode_fields(signer, fields)
 
 
-# The state modules before the core moved into detector.core: checkpoints and baselines written
-# then name their classes by these paths (kept readable until the next format bump).
-OLD_STATE_MODULES = {
-    f"detector.core.{m}": f"detector.{m}" for m in ("features", "calibration", "scoring", "trees")
-}
-_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"}
-
-
-def _with_old_module_paths(blob: bytes) -> bytes:
-    """The pickle `blob` with every state-module name put back to its old path: rebuilt op by op
-    (frames dropped, they are optional), so lengths stay consistent."""
-    ops = list(pickletools.genops(blob))
-    out = bytearray()
-    for i, (op, arg, pos) in enumerate(ops):
-        end = ops[i + 1][2] if i + 1 < len(ops) else len(blob)
-        if op.name == "FRAME":
-            continue
-        if op.name in _STRING_OPS and arg in OLD_STATE_MODULES:
-            data = OLD_STATE_MODULES[arg].encode()
-            out += b"\x8c" + bytes([len(data)]) + data  # SHORT_BINUNICODE
-        elif op.name == "GLOBAL" and arg.split(" ")[0] in OLD_STATE_MODULES:
-            module, name = arg.split(" ")
-            out += b"c" + f"{OLD_STATE_MODULES[module]}\n{name}\n".encode()
-        else:
-            out += blob[pos:end]
-    return bytes(out)
-
-
-@pytest.mark.parametrize("model", ["stats", "hst"])
-def test_checkpoints_with_the_old_module_paths_restore_exactly(model: str) -> None:
-    original, rest, fields = _half_learned(model)
+def test_the_default_models_checkpoint_needs_no_unpickler(monkeypatch: pytest.MonkeyPatch) -> None:
+    original, rest, fields = _half_learned("stats")
     signer = Signer(KEY)
-    old_fields = dict(fields)
-    for raw_name, value in fields.items():
-        if raw_name != b"meta":
-            name = raw_name.decode()
-            old_blob = _with_old_module_paths(signer.verify(name, value))
-            old_fields[raw_name] = signer.sign(name, old_blob)
-    old_blobs = b"".join(old_fields.values())
-    assert b"detector.core." not in old_blobs  # no new path left
-    # Calibrators are pickled as flat tuples inside the producer states: no class path.
-    for old in ("detector.features", "detector.scoring") + (("detector.trees",) * (model == "hst")):
-        assert old.encode() in old_blobs, old
+    assert signer.verify("model", fields[b"model"]) == b""  # stateless: rebuilt from the spec
+    records = [signer.verify(k.decode(), v) for k, v in fields.items() if k.startswith(b"p:")]
+    assert len(records) == 3 and not any(r.startswith(b"\x80") for r in records)  # no pickle
 
-    restored = Pipeline(load_spec(model))
-    assert restored.restore(decode_fields(signer, old_fields)) == {"s": "5-0"}
-    again = _fields(restored, signer)  # the same state, written with the new paths
-    assert {k: v for k, v in again.items() if k != b"meta"} == {
-        k: v
-        for k, v in fields.items()
-        if k != b"meta"  # meta holds the time it was written
-    }
-    rest_a = [v.score for v in original.process(rest)]
-    rest_b = [v.score for v in restored.process(rest)]
-    assert rest_a == rest_b
+    def refuse(*_: object) -> object:
+        raise AssertionError("unpickled")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(Signer, "loads", refuse)  # the only way a checkpoint unpickles
+    restored = Pipeline(load_spec("stats"))
+    restored.restore(decode_fields(signer, fields))
+    assert [v.score for v in restored.process(rest)] == [v.score for v in original.process(rest)]
+
+
+def test_an_older_format_is_refused_before_any_of_it_is_decoded() -> None:
+    signer = Signer(KEY)
+    fields = _fields(Pipeline(load_spec("stats")), signer)
+    meta = orjson.loads(signer.verify("meta", fields[b"meta"]))
+    fields[b"meta"] = signer.sign("meta", orjson.dumps({**meta, "format": 3}))
+    # Format 3 pickled producer states: nothing of them may be read, not even unpickled.
+    fields[b"p:x"] = signer.sign("p:x", _global("os", "system"))
+    with pytest.raises(IncompatibleCheckpointError, match="format 3") as info:
+        decode_fields(signer, fields)
+    assert "detector train" in str(info.value) and "--reset-state" in str(info.value)
+
+
+def test_a_record_of_another_layout_is_refused() -> None:
+    signer = Signer(KEY)
+    _, _, fields = _half_learned("stats")
+    name = next(k for k in fields if k.startswith(b"p:"))
+    record = signer.verify(name.decode(), fields[name])
+    for broken in (record[:-3], record + b"\0"):
+        fields[name] = signer.sign(name.decode(), broken)
+        with pytest.raises(IncompatibleCheckpointError, match="--reset-state"):
+            Pipeline(load_spec("stats")).restore(decode_fields(signer, fields))
 
 
 def _global(module: str, name: str) -> bytes:
@@ -206,30 +188,26 @@ def _global(module: str, name: str) -> bytes:
     )  # fmt: skip
 
 
-def test_old_module_paths_reach_only_the_state_classes() -> None:
-    from detector.core.calibration import Calibrator
-    from detector.core.features import ProducerState
+def test_a_pickled_model_reaches_only_model_classes() -> None:
     from detector.core.scoring import TreesModel
     from detector.core.trees import HalfSpaceTrees
 
     signer = Signer(KEY)
 
     def load(module: str, name: str) -> object:
-        return signer.loads("p:x", signer.sign("p:x", _global(module, name)))
+        return signer.loads("model", signer.sign("model", _global(module, name)))
 
-    assert load("detector.features", "ProducerState") is ProducerState
-    assert load("detector.calibration", "Calibrator") is Calibrator
-    assert load("detector.scoring", "TreesModel") is TreesModel
-    assert load("detector.trees", "HalfSpaceTrees") is HalfSpaceTrees
+    assert load("detector.core.scoring", "TreesModel") is TreesModel
+    assert load("detector.core.trees", "HalfSpaceTrees") is HalfSpaceTrees
     for module, name in [
-        ("detector.features", "Event"),  # imported there, defined in detector.core.events
-        ("detector.features", "new_producer_reason"),  # a function, not a class
-        ("detector.features", "np"),
-        ("detector.scoring", "load_spec"),
-        ("detector.events", "Event"),  # not a state module, old or new
+        ("detector.core.features.store", "FeatureStore"),  # producer state is never pickled
+        ("detector.core.features", "FeatureStore"),
+        ("detector.core.scoring", "load_spec"),  # a function, not a class
+        ("detector.core.scoring", "Path"),  # imported there, defined elsewhere
+        ("detector.features", "ProducerState"),  # the paths of format 3 are gone
         ("detector.core.events", "Event"),
-        ("detector.pipeline", "Pipeline"),
-        ("detector.worker", "Worker"),
+        ("detector.core.pipeline", "Pipeline"),
+        ("os", "system"),
     ]:
         with pytest.raises(CheckpointError, match="not allowed"):
             load(module, name)

@@ -1,4 +1,4 @@
-"""Per-producer state and feature evidence (detector/core/features.py)."""
+"""Per-producer state and feature evidence (detector/core/features/)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import pytest
 from detector.core.events import Decoder, Event
 from detector.core.features import (
     FEATURES,
-    ID_FIELD,
     MAX_SURPRISE,
     Evidence,
     FeatureConfig,
     FeatureStore,
-    IdMemory,
-    Moments,
 )
+from detector.core.features.categories import ID_FIELD
+from detector.core.features.moments import Moments
+from detector.core.features.replay import IdMemory
 
 CFG = FeatureConfig()
 SECOND = 1000
@@ -121,7 +121,7 @@ def test_fields_per_producer_are_capped() -> None:
     store = FeatureStore(cfg)
     for i in range(100):
         store.observe(ev(i, numbers={f"n{i}": 1.0}, strings={f"s{i}": "x"}, etype=None), learn=True)
-    st = store.producers["pay-1"]
+    st = store.view("pay-1")
     assert len(st.numeric) == 4
     assert len(st.categorical) == 3
     assert len(st.schema_fields) == 5
@@ -167,7 +167,7 @@ def test_lazy_reasons_are_the_eager_ones_and_must_be_read_in_time() -> None:
 
 def test_learn_false_leaves_baselines_but_advances_clock() -> None:
     store = trained()
-    st = store.producers["pay-1"]
+    st = store.view("pay-1")
     numeric = {k: (m.count, m.mean, m.var) for k, m in st.numeric.items()}
     cats = {k: dict(c.counts) for k, c in st.categorical.items()}
     n, size_count = st.n, st.size.count
@@ -307,7 +307,7 @@ def test_high_cardinality_field_saturates_and_is_not_judged() -> None:
         store.observe(
             ev(i * SECOND, strings={"order_id": f"o-{i}", "cur": ("EUR", "USD")[i % 2]}), True
         )
-    st = store.producers["pay-1"]
+    st = store.view("pay-1")
     ids = st.categorical["paid\x1forder_id"]
     assert ids.saturated
     assert ids.counts == {}
@@ -331,9 +331,9 @@ def test_repeated_values_are_interned_ids_are_not() -> None:
     # the interpreter's table of interned strings would grow with every id held.
     store = FeatureStore(CFG)
     feed(store, (ev(i * SECOND, strings={"order_id": f"x-{i}", "cur": "EUR"}) for i in range(5)))
-    counts = store.producers["pay-1"].categorical["paid\x1forder_id"].counts
-    cur = store.producers["pay-1"].categorical["paid\x1fcur"].counts
-    restored = pickle.loads(pickle.dumps(store.producers["pay-1"]))  # noqa: S301
+    counts = store.view("pay-1").categorical["paid\x1forder_id"].counts
+    cur = store.view("pay-1").categorical["paid\x1fcur"].counts
+    restored = pickle.loads(pickle.dumps(store.view("pay-1")))  # noqa: S301
     for table in (counts, cur, restored.categorical["paid\x1forder_id"].counts):
         for key in table:
             fresh = key.encode().decode()  # an equal string, not the same object
@@ -346,7 +346,7 @@ def test_producers_share_field_names_and_shapes() -> None:
     # each, also once restored from their pickles.
     store = FeatureStore(FeatureConfig(drift_horizon_s=3600.0))
     feed(store, (normal(i, p) for i in range(30) for p in ("pay-1", "pay-2")))
-    a, b = store.producers["pay-1"], store.producers["pay-2"]
+    a, b = store.view("pay-1"), store.view("pay-2")
     restored = pickle.loads(pickle.dumps(b))  # noqa: S301 (our own bytes)
     assert a.drifts
     for st in (b, restored):
@@ -541,7 +541,7 @@ def test_value_window_ranks_counts_where_a_normal_fit_saturates() -> None:
     for i in range(600):
         x = 0.0 if i % 4 else float(5 + (i // 4) % 3)
         store.observe(metric(i * 60 * SECOND, x), learn=True)
-    st = store.producers["cpu-1"]
+    st = store.view("cpu-1")
     win = st.windows["value"]
     assert win.n == 500
     seen = win.surprise(math.log1p(7.0), cfg.window_tail, cfg.min_sd)
@@ -554,7 +554,7 @@ def test_value_window_is_a_bounded_ring() -> None:
     store = FeatureStore(FeatureConfig(window_values=40, window_tail=10))
     for i in range(1000):
         store.observe(metric(i * SECOND, float(i)), learn=True)
-    win = store.producers["cpu-1"].windows["value"]
+    win = store.view("cpu-1").windows["value"]
     assert (win.n, len(win.values)) == (40, 40)
     assert sorted(win.values.tolist()) == [float(math.log1p(i)) for i in range(960, 1000)]
 
@@ -565,7 +565,7 @@ def test_profiles_are_capped_per_producer() -> None:
     )
     store = FeatureStore(cfg)
     store.observe(ev(0, numbers={f"f{k}": 1.0 for k in range(6)}), learn=True)
-    st = store.producers["pay-1"]
+    st = store.view("pay-1")
     assert len(st.seasonal) == len(st.windows) == 2
     assert len(st.numeric) == 6  # the running moments keep their own (larger) cap
 
@@ -579,9 +579,9 @@ def test_state_with_profiles_pickles_and_scores_the_same() -> None:
     store = FeatureStore(FeatureConfig(seasonal_buckets=24, window_values=100, window_tail=10))
     for e in daily(3):
         store.observe(e, learn=True)
-    copy = pickle.loads(pickle.dumps(store.producers["cpu-1"]))  # noqa: S301 (our own bytes)
+    copy = pickle.loads(pickle.dumps(store.view("cpu-1")))  # noqa: S301 (our own bytes)
     probe = metric(3 * 24 * HOUR + 7 * HOUR, 60.0)
-    a = store.evidence(store.producers["cpu-1"], probe)
+    a = store.evidence(store.view("cpu-1"), probe)
     b = store.evidence(copy, probe)
     assert a.surprise == b.surprise
     assert len(pickle.dumps(copy)) < 2 * 1024 + 24 * 3 * 8 + 100 * 8
@@ -641,7 +641,7 @@ def test_replays_outside_the_remembered_window_are_not_seen() -> None:
     store = FeatureStore(REPLAY)
     feed(store, (with_id(i) for i in range(600)))
     assert store.observe(with_id(600, "id-10"), learn=False).surprise["replayed_id"] == 0.0
-    ids = store.producers["pay-1"].ids
+    ids = store.view("pay-1").ids
     assert ids is not None and ids.n == 256 and len(ids.fp) == 256
 
 
@@ -661,7 +661,7 @@ def test_accepted_repeats_become_usual() -> None:
 def test_id_memory_pickles_and_grows_only_as_needed() -> None:
     store = FeatureStore(REPLAY)
     feed(store, (with_id(i) for i in range(100)))
-    st = store.producers["pay-1"]
+    st = store.view("pay-1")
     assert st.ids is not None and len(st.ids.fp) == 128
     copy = pickle.loads(pickle.dumps(st))  # noqa: S301 (our own bytes)
     probe = with_id(100, "id-42")
@@ -685,7 +685,7 @@ def test_states_written_before_compact_pickling_still_load() -> None:
     # hold the default (None, slots dict) state, which must still load to the same state.
     store = FeatureStore(FeatureConfig(replay_window=256, drift_horizon_s=3600.0))
     feed(store, (with_id(i) for i in range(300)))
-    st = store.producers["pay-1"]
+    st = store.view("pay-1")
     assert st.ids is not None and st.drifts
     parts: list[Any] = [st.ids, st.types, *st.drifts.values(), *st.categorical.values()]
     for part in parts:
@@ -740,7 +740,7 @@ def test_steady_values_give_little_drift() -> None:
 def test_drift_state_pickles_and_old_states_load() -> None:
     store = FeatureStore(DRIFT)
     feed(store, (latency(i) for i in range(300)))
-    st = store.producers["pay-1"]
+    st = store.view("pay-1")
     copy = pickle.loads(pickle.dumps(st))  # noqa: S301 (our own bytes)
     probe = latency(300, 3.0)
     assert store.evidence(copy, probe).surprise == store.evidence(st, probe).surprise
@@ -753,7 +753,7 @@ def test_drift_state_pickles_and_old_states_load() -> None:
 
 def test_replay_and_drift_are_off_by_default() -> None:
     store = trained()
-    st = store.producers["pay-1"]
+    st = store.view("pay-1")
     assert (st.ids, st.drifts) == (None, {})
 
 
@@ -779,7 +779,7 @@ def test_timed_rate_is_off_by_default_and_pickles() -> None:
     assert trained().producers["pay-1"].arrivals is None
     store = FeatureStore(FeatureConfig(rate_horizon_s=600.0))
     feed(store, (quiet(i) for i in range(300)))
-    st = store.producers["pay-1"]
+    st = store.view("pay-1")
     copy = pickle.loads(pickle.dumps(st))  # noqa: S301 (our own bytes)
     probe = quiet(300, 0.1)
     assert store.evidence(copy, probe).surprise == store.evidence(st, probe).surprise
@@ -832,7 +832,7 @@ def test_new_state_passes_the_checkpoint_allow_list() -> None:
     store = FeatureStore(cfg)
     feed(store, (with_id(i) for i in range(300)))
     store.observe(ev(301 * SECOND, strings={"cur": "XMR"}), learn=False)
-    st = store.producers["pay-1"]
+    st = store.view("pay-1")
     assert st.ids is not None and st.drifts and st.arrivals is not None and st.novel
     signer = Signer(b"k" * 32)
     back = signer.loads("p:pay-1", signer.dumps("p:pay-1", st))
@@ -891,7 +891,7 @@ def test_cusum_steps_are_the_same_whether_the_drift_judge_ran_or_not() -> None:
         e = ev(1000 * i, numbers={"amount": 50 + rng.gauss(0, 5) + creep})
         for store, seen in zip(stores, trace, strict=True):
             store.observe(e, learn=True)
-            d = store.producers["pay-1"].drifts["paid\x1famount"]
+            d = store.view("pay-1").drifts["paid\x1famount"]
             seen.append((d.hi, d.lo, d.mean, d.var))
     assert max(hi for hi, _, _, _ in trace[0]) > 5.0  # the creep moved the CUSUM
     assert trace[0] == trace[1]

@@ -13,7 +13,7 @@ import pytest
 
 from detector.core.alerts import alert_id
 from detector.core.events import Decoder, Event
-from detector.core.features import ProducerState
+from detector.core.features.store import ProducerView
 from detector.core.pipeline import Pipeline, Verdict
 from detector.core.scoring import Decision, ModelSpec, load_spec
 
@@ -68,7 +68,7 @@ def warm(name: str = "stats", **decision: Any) -> Pipeline:
     return p
 
 
-def baselines(st: ProducerState) -> dict[str, Any]:
+def baselines(st: ProducerView) -> dict[str, Any]:
     """What the producer has learned (not the clock, not the decision state)."""
     return {
         "numeric": {k: (m.count, m.mean, m.var) for k, m in st.numeric.items()},
@@ -76,7 +76,8 @@ def baselines(st: ProducerState) -> dict[str, Any]:
         "types": (st.types.n, dict(st.types.counts)),
         "schemas": (st.schemas.n, dict(st.schemas.counts)),
         "size": (st.size.count, st.size.mean, st.size.var),
-        "rate": (st.rate.count, st.rate.mean, st.rate.var),
+        "rate": (st.rate.count, st.rate.mean, st.rate.var) if st.rate else None,
+        "arrivals": (st.arrivals.count, st.arrivals.mean, st.arrivals.var) if st.arrivals else None,
         "seasonal": {
             k: (s.count.tolist(), s.mean.tolist(), s.var.tolist()) for k, s in st.seasonal.items()
         },
@@ -159,7 +160,7 @@ def test_new_producers_alert_only_once_some_producer_is_established() -> None:
     snap = warmed.snapshot({}, full=True)
     assert snap.meta["established"] is True
     # The flag survives a checkpoint even when no tracked producer is established any more.
-    snap.producers.clear()
+    snap.producers = {}
     restored = Pipeline(load_spec("stats"))
     restored.restore(snap)
     (verdict,) = restored.process([ev(0, "newcomer", t0=HOUR)])
@@ -202,7 +203,7 @@ def test_injected_anomaly_alerts_with_the_right_reason(name: str, feature: str) 
     assert first.flagged
     assert first.score is not None
     # The spec's threshold, raised by its rarity horizon for this producer's rate.
-    threshold = p.threshold_for(p.store.producers["p1"])
+    threshold = p.threshold_for(p.view("p1").slot)
     assert alert.score == first.score >= alert.threshold == threshold >= p.threshold
     assert alert.reasons[0].feature == feature
     assert 1 <= len(alert.reasons) <= 3
@@ -279,7 +280,7 @@ def test_cooldown_suppresses_and_counts() -> None:
     last = out[720].alert
     assert last is not None
     assert last.suppressed == 2
-    assert p.store.producers["p1"].suppressed == 0
+    assert p.view("p1").suppressed == 0
 
 
 def test_cooldown_is_per_producer() -> None:
@@ -300,7 +301,7 @@ def test_cooldown_is_per_producer() -> None:
 def test_flagged_event_does_not_shift_the_baseline(name: str, protect_threshold: float) -> None:
     # A protect threshold above the alert threshold still protects from the alert threshold.
     p = warm(name, protect_threshold=protect_threshold)
-    st = p.store.producers["p1"]
+    st = p.view("p1")
     before = baselines(st)
     model_before = pickle.dumps(p.model)
     n = st.n
@@ -310,8 +311,8 @@ def test_flagged_event_does_not_shift_the_baseline(name: str, protect_threshold:
     assert pickle.dumps(p.model) == model_before
     assert st.n == n + 1  # the clock still advances
     # The same outlier again is just as surprising: nothing of it was learned.
-    again = p.store.evidence(st, ev(N + 1, v=5000.0))
-    first = p.store.evidence(st, ev(N, v=5000.0))
+    again = p.store.evidence(st.slot, ev(N + 1, v=5000.0))
+    first = p.store.evidence(st.slot, ev(N, v=5000.0))
     assert again.surprise["value"] == first.surprise["value"] > 10
 
 
@@ -319,7 +320,7 @@ def test_suspect_event_is_protected_without_alerting() -> None:
     # Never alert (threshold > 1), but protect from 0.999.
     p = Pipeline(spec_with("stats", protect_threshold=0.999), threshold=1.5)
     p.process(history())
-    st = p.store.producers["p1"]
+    st = p.view("p1")
     before = baselines(st)
     (v,) = p.process([ev(N, v=5000.0)])
     assert (v.flagged, v.alert) == (False, None)
@@ -330,7 +331,7 @@ def test_suspect_event_is_protected_without_alerting() -> None:
 
 def test_normal_event_after_warm_up_is_learned() -> None:
     p = warm("stats")
-    st = p.store.producers["p1"]
+    st = p.view("p1")
     count = st.numeric["order\x1fv"].count
     (v,) = p.process([ev(N)])
     assert not v.flagged
@@ -344,7 +345,7 @@ def shifted(start: int, n: int) -> list[Event]:
 
 def test_sustained_change_is_accepted_after_events_and_time() -> None:
     p = warm("stats", adapt_after_events=5, adapt_after_ms=20_000)
-    st = p.store.producers["p1"]
+    st = p.view("p1")
     m = st.numeric["order\x1fv"]
     count, mean = m.count, m.mean
     counts, flags = [], []
@@ -370,7 +371,7 @@ def test_sustained_change_is_accepted_after_events_and_time() -> None:
 )
 def test_sustained_change_needs_both_conditions(events: int, ms: int) -> None:
     p = warm("stats", adapt_after_events=events, adapt_after_ms=ms)
-    st = p.store.producers["p1"]
+    st = p.view("p1")
     before = baselines(st)
     out = p.process(shifted(N, 60))
     assert all(v.flagged for v in out)
@@ -379,7 +380,7 @@ def test_sustained_change_needs_both_conditions(events: int, ms: int) -> None:
 
 def test_calibration_learns_only_the_first_of_a_flagged_run() -> None:
     p = warm("stats")
-    st = p.store.producers["p1"]
+    st = p.view("p1")
     assert st.calibration is not None
     n = st.calibration.n
     out = p.process(shifted(N, 10))
@@ -640,7 +641,7 @@ def test_likelihood_state_survives_a_pickle_mid_stream() -> None:
     p.process(events[:cut])
     restored = pickle.loads(pickle.dumps(p))  # noqa: S301 (our own bytes)
     assert summary(p.process(events[cut:])) == summary(restored.process(events[cut:]))
-    assert p.store.producers["a"].likelihood is not None
+    assert p.view("a").likelihood is not None
 
 
 def test_metrics_state_goes_through_a_signed_checkpoint() -> None:
@@ -656,7 +657,7 @@ def test_metrics_state_goes_through_a_signed_checkpoint() -> None:
     cut = 2300  # b is warm, its silence is still to come
     original = Pipeline(spec)
     original.process(events[:cut])
-    st = original.store.producers["a"]
+    st = original.view("a")
     assert st.seasonal and st.windows and st.likelihood is not None
     signer = Signer(b"k" * 32)
     fields = encode_fields(signer, original.snapshot({"orders": "1-0"}, full=True))
@@ -680,7 +681,7 @@ def test_interleaved_suspects_teach_the_calibration_once_per_run() -> None:
     assert not all(v.flagged for v in poisoned.process(interleaved(N, 40))[1::2])
 
     p = warm("stats", suspect_run_gap_ms=300_000, adapt_after_ms=10**9)
-    st = p.store.producers["p1"]
+    st = p.view("p1")
     assert st.calibration is not None
     n = st.calibration.n
     out = p.process(interleaved(N, 40))
@@ -692,7 +693,7 @@ def test_interleaved_sustained_change_is_accepted_after_events_and_time() -> Non
     # The run spans the normal events between its suspects, so a change on some events
     # still becomes the new normal (no freezing) after adapt_after_events and adapt_after_ms.
     p = warm("stats", suspect_run_gap_ms=60_000, adapt_after_events=5, adapt_after_ms=20_000)
-    st = p.store.producers["p1"]
+    st = p.view("p1")
     cur = st.categorical["order\x1fcur"]
     assert st.calibration is not None
     n = st.calibration.n
@@ -712,13 +713,13 @@ def test_rarity_horizon_raises_the_threshold_of_busy_producers() -> None:
     day = 24 * HOUR
     p = Pipeline(spec_with("stats", threshold=0.999, rarity_horizon_ms=10 * day))
     p.process(history() + [ev(i, "p2", t=i * 10 * SECOND) for i in range(N)])
-    busy, quiet = p.store.producers["p1"], p.store.producers["p2"]
+    busy, quiet = p.view("p1").slot, p.view("p2").slot
     assert p.threshold_for(busy) == pytest.approx(1 - SECOND / (10 * day), rel=0.05)
     assert 1 - p.threshold_for(quiet) == pytest.approx(10 * (1 - p.threshold_for(busy)), rel=0.1)
     assert p.threshold_for(busy, 1 - 1e-9) == 1 - 1e-9  # never below the given threshold
     off = Pipeline(spec_with("stats", threshold=0.999, rarity_horizon_ms=0))
     off.process(history())
-    assert off.threshold_for(off.store.producers["p1"]) == 0.999
+    assert off.threshold_for(off.view("p1").slot) == 0.999
     (v,) = p.process([ev(N, v=5000.0)])
     assert v.alert is not None
     assert v.alert.threshold == p.threshold_for(busy)

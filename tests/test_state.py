@@ -69,7 +69,7 @@ def test_entries_after_the_checkpoint_are_replayed_into_the_restored_state(
     w2 = worker_factory(settings_factory(), on_verdicts=after.extend)
     w2.run()
     assert _scores(after) == _scores(reference)
-    n = sum(st.n for st in w2.pipeline.store.producers.values())
+    n = sum(w2.pipeline.store.clock.n[s] for s in w2.pipeline.store.producers.values())
     assert n == len(events)  # learned exactly once each
     assert r.xpending(stream_name, "detector")["pending"] == 0
 
@@ -137,7 +137,7 @@ def test_commits_encoded_between_reads_are_exactly_commits_in_one_go(
     expected = _scores(reference)
     assert _scores(resumed) == {v.event.entry_id: expected[v.event.entry_id] for v in resumed}
     assert len(resumed) == len(events) - 3 * 200
-    assert sum(st.n for st in w2.pipeline.store.producers.values()) == len(events)
+    assert sum(w2.pipeline.store.clock.n[s] for s in w2.pipeline.store.producers.values()) == len(events)
 
 
 def test_restored_and_committed_state_is_out_of_the_cyclic_gc(
@@ -149,7 +149,8 @@ def test_restored_and_committed_state_is_out_of_the_cyclic_gc(
     w = worker_factory(settings_factory(checkpoint_every=100))
     w.run()
     collected = {id(o) for o in gc.get_objects()}  # frozen objects are not among them
-    states = list(w.pipeline.store.producers.values())
+    store = w.pipeline.store
+    states = [store.by_name["value"].slots[slot] for slot in store.producers.values()]
     assert len(states) == 3 and not any(id(st) in collected for st in states)
     assert all(gc.is_tracked(st) for st in states)  # tracked, but frozen
 
@@ -169,7 +170,7 @@ def test_pending_entries_below_the_checkpoint_are_acked_not_relearned(
     w2 = worker_factory()
     stats = w2.run()
     assert stats.replayed == 100
-    assert sum(st.n for st in w2.pipeline.store.producers.values()) == len(events)
+    assert sum(w2.pipeline.store.clock.n[s] for s in w2.pipeline.store.producers.values()) == len(events)
     assert r.xpending(stream_name, "detector")["pending"] == 0
 
 

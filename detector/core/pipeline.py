@@ -263,21 +263,12 @@ class Pipeline:
         side = self._side_alerts(event, overflowed, now, capped)
         return Verdict(event, score, flagged, alert, held=held, side_alerts=side)
 
-    def view(self, producer: str) -> ProducerView:
-        """What the pipeline holds about ``producer``: its features' state and, in
-        ``decision``, its decision state (KeyError if not tracked)."""
-        view = self.store.view(producer)
-        ds = self.decisions
-        view.decision = {
-            "cooldown_until_ms": ds.cooldown_until_ms[view.slot],
-            "suppressed": ds.suppressed[view.slot],
-            "flagged_streak": ds.flagged_streak[view.slot],
-            "flagged_since_ms": ds.flagged_since_ms[view.slot],
-            "suspect_ms": ds.suspect_ms[view.slot],
-            "calibration": ds.calibration[view.slot],
-            "likelihood": ds.likelihood[view.slot],
-        }
-        return view
+    def view(self, producer: str) -> DecidedView:
+        """What the pipeline holds about ``producer`` (KeyError if not tracked)."""
+        slot = self.store.slot_of(producer)
+        if slot is None:
+            raise KeyError(producer)
+        return DecidedView(self.store, self.decisions, slot)
 
     def _reasons(self, slot: int, event: Event, lead: Reason | None) -> list[Reason]:
         """A flagged event's reasons, explained before the producer's state moves on (only
@@ -506,6 +497,34 @@ class Pipeline:
             reasons=tuple([r for r in reasons[:MAX_REASONS] if r.surprise >= 1.0] or reasons[:1]),
             suppressed=suppressed,
         )
+
+
+class DecidedView(ProducerView):
+    """A producer's features' state and its decision state, read live (see ProducerView)."""
+
+    def __init__(self, store: FeatureStore, decisions: Decisions, slot: int) -> None:
+        super().__init__(store, slot)
+        self._decisions = decisions
+
+    @property
+    def calibration(self) -> TailCounts | None:
+        return self._decisions.calibration[self.slot]
+
+    @property
+    def likelihood(self) -> RarityTrend | None:
+        return self._decisions.likelihood[self.slot]
+
+    @property
+    def cooldown_until_ms(self) -> int:
+        return self._decisions.cooldown_until_ms[self.slot]
+
+    @property
+    def suppressed(self) -> int:
+        return self._decisions.suppressed[self.slot]
+
+    @property
+    def flagged_streak(self) -> int:
+        return self._decisions.flagged_streak[self.slot]
 
 
 class Records(Mapping[str, bytes]):

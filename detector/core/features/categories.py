@@ -76,11 +76,8 @@ class Categories:
 
     @classmethod
     def load(cls, r: Reader) -> Categories:
-        n, saturated = r.i64(), bool(r.count())
-        if saturated:
-            return ID_FIELD
         c = cls()
-        c.n = n
+        c.n, c.saturated = r.i64(), bool(r.count())
         for _ in range(r.count()):
             value, count = r.text(), r.i64()
             c.counts[sys.intern(value) if count > 1 else value] = count

@@ -92,5 +92,8 @@ class CategoryFeature(Feature[Fields]):
         f.novel.dump(w)
 
     def load(self, slot: int, r: Reader) -> None:
-        values = {sys.intern(r.text()): Categories.load(r) for _ in range(r.count())}
+        values = {}
+        for _ in range(r.count()):
+            key, c = sys.intern(r.text()), Categories.load(r)
+            values[key] = ID_FIELD if c.saturated else c  # the one shared id table
         self.slots[slot] = Fields(values, Novelties.load(r))

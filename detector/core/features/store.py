@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from detector.core.admission import OVERFLOW, Admission
@@ -42,29 +41,46 @@ class Part(Protocol):
     def load(self, slot: int, r: Reader) -> None: ...
 
 
-@dataclass(slots=True)
 class ProducerView:
-    """What the detector holds about one producer, gathered from its slot (for inspection,
-    tests and benchmarks; the live objects, not copies: read it, do not keep it)."""
+    """What the detector holds about one producer, read live from its slot (for inspection,
+    tests and benchmarks: the state objects themselves, not copies; read it, do not keep it
+    past the producer's eviction)."""
 
-    slot: int
-    n: int
-    last_ms: int
-    gap: Moments
-    rate: Moments | None
-    arrivals: Drift | None
-    size: Moments
-    numeric: dict[str, Moments]
-    seasonal: dict[str, Seasonal]
-    windows: dict[str, ValueWindow]
-    drifts: dict[str, Drift]
-    types: Categories
-    categorical: dict[str, Categories]
-    schemas: Categories
-    schema_fields: dict[str, tuple[str, ...]]
-    ids: IdMemory | None
-    seq: int
-    decision: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, store: FeatureStore, slot: int) -> None:
+        self.slot = slot
+        self._store = store
+        f = store.by_name
+        rate = f["rate"].slots[slot]
+        values, shapes = f["value"].slots[slot], f["schema"].slots[slot]
+        self.gap: Moments = store.clock.gap[slot]
+        self.rate: Moments | None = rate if isinstance(rate, Moments) else None
+        self.arrivals: Drift | None = rate if isinstance(rate, Drift) else None
+        self.size: Moments = f["size"].slots[slot]
+        self.numeric: dict[str, Moments] = values.numeric
+        self.seasonal: dict[str, Seasonal] = values.seasonal
+        self.windows: dict[str, ValueWindow] = values.windows
+        self.drifts: dict[str, Drift] = f["drift"].slots[slot]
+        self.types: Categories = f["type"].slots[slot].values
+        self.categorical: dict[str, Categories] = f["category"].slots[slot].values
+        self.schemas: Categories = shapes.counts
+        self.schema_fields: dict[str, tuple[str, ...]] = shapes.fields
+
+    @property
+    def n(self) -> int:
+        return self._store.clock.n[self.slot]
+
+    @property
+    def last_ms(self) -> int:
+        return self._store.clock.last_ms[self.slot]
+
+    @property
+    def seq(self) -> int:
+        return self._store.clock.seq[self.slot]
+
+    @property
+    def ids(self) -> IdMemory | None:
+        ids: IdMemory | None = self._store.by_name["replayed_id"].slots[self.slot]
+        return ids
 
 
 def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature[Any]]:
@@ -356,18 +372,4 @@ class FeatureStore:
         slot = self.slot_of(producer)
         if slot is None:
             raise KeyError(producer)
-        f = self.by_name
-        rate = f["rate"].slots[slot]
-        values = f["value"].slots[slot]
-        shapes = f["schema"].slots[slot]
-        clock = self.clock
-        return ProducerView(
-            slot=slot, n=clock.n[slot], last_ms=clock.last_ms[slot], gap=clock.gap[slot],
-            rate=rate if isinstance(rate, Moments) else None,
-            arrivals=rate if isinstance(rate, Drift) else None,
-            size=f["size"].slots[slot], numeric=values.numeric, seasonal=values.seasonal,
-            windows=values.windows, drifts=f["drift"].slots[slot],
-            types=f["type"].slots[slot].values, categorical=f["category"].slots[slot].values,
-            schemas=shapes.counts, schema_fields=shapes.fields, ids=f["replayed_id"].slots[slot],
-            seq=clock.seq[slot],
-        )  # fmt: skip
+        return ProducerView(self, slot)
