@@ -101,9 +101,9 @@ def test_hst_learn_one(benchmark: Any, data: dict[str, Any]) -> None:
 def test_calibrate_one(benchmark: Any, data: dict[str, Any], model: str) -> None:
     """Calibration: raw score -> calibrated score (histogram tail + exponential fit)."""
     p = _fresh(data, model)
-    states = [p.store.producers[e.producer] for e in data["live"][:BATCH]]
+    states = [p.view(e.producer) for e in data["live"][:BATCH]]
     raws = [
-        p.model.raw_score(p.store.evidence(st, e))
+        p.model.raw_score(p.store.evidence(st.slot, e))
         for st, e in zip(states, data["live"][:BATCH], strict=True)
     ]
     pairs = cycle(list(zip(states, raws, strict=True)))

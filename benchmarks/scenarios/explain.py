@@ -18,7 +18,7 @@ import click
 from benchmarks.scenarios.matching import GRACE_MS
 from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
-from detector.core.features import Evidence, ProducerState
+from detector.core.features import Evidence
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import load_spec
 from detector.shop.simulator import INCIDENT_KINDS, Incident, iter_events
@@ -43,10 +43,11 @@ def main(model: str, seed: int, hours: float, producer: str) -> None:
     mine = [i for i in incidents if i.producer == producer]
     pipeline = Pipeline(load_spec(model))
     noted: list[Evidence] = []
-    compute = pipeline.store.evidence
+    compute, explain = pipeline.store.evidence, pipeline.store.explain
 
-    def note(st: ProducerState, event: Event) -> Evidence:
-        ev = compute(st, event)
+    def note(slot: int, event: Event) -> Evidence:
+        ev = compute(slot, event)
+        ev.reasons = explain(slot, event)  # every event's, to show the incidents' best
         noted.append(ev)
         return ev
 
@@ -66,9 +67,9 @@ def main(model: str, seed: int, hours: float, producer: str) -> None:
         for inc in mine:
             if not inc.start_ms <= t <= inc.end_ms + GRACE_MS[inc.kind] or v.score is None:
                 continue
-            st = pipeline.store.producers[producer]
+            slot = pipeline.view(producer).slot
             if inc not in best or v.score > best[inc][0]:
-                best[inc] = (v.score, pipeline.threshold_for(st), noted[0])
+                best[inc] = (v.score, pipeline.threshold_for(slot), noted[0])
             if v.alert is not None:
                 alerted.add(inc)
     for inc in mine:
@@ -85,7 +86,7 @@ def main(model: str, seed: int, hours: float, producer: str) -> None:
             f"  best rarity {_rarity(score):.2f} vs threshold {_rarity(threshold):.2f}; "
             f"raw {pipeline.model.raw_score(ev):.3g}; surprises: {why}"
         )
-    tc = pipeline.store.producers[producer].calibration
+    tc = pipeline.view(producer).calibration
     if tc is not None:
         top = [(b, int(c)) for b, c in enumerate(tc.counts) if c][-TOP_BINS:]
         width = pipeline.calibrator.width

@@ -25,7 +25,7 @@ from benchmarks.scenarios.matching import Hit, Score, score
 from detector.core.alerts import Alert
 from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
-from detector.core.features import Evidence, ProducerState
+from detector.core.features import Evidence
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import ModelSpec
 from detector.shop.simulator import iter_events
@@ -58,11 +58,11 @@ class _Sweep:
 
     def evidence_of(self, pipeline: Pipeline) -> None:
         """Note each event's reasons as the pipeline computes them (for the top reason)."""
-        compute = pipeline.store.evidence
+        compute, explain = pipeline.store.evidence, pipeline.store.explain
 
-        def noted(st: ProducerState, event: Event) -> Evidence:
-            ev = compute(st, event)
-            self.reasons = tuple(r.feature for r in ev.reasons)
+        def noted(slot: int, event: Event) -> Evidence:
+            ev = compute(slot, event)
+            self.reasons = tuple(r.feature for r in explain(slot, event))
             return ev
 
         pipeline.store.evidence = noted  # type: ignore[method-assign]
@@ -70,10 +70,10 @@ class _Sweep:
     def see(
         self, pipeline: Pipeline, event: Event, score: float | None, side: Sequence[Hit]
     ) -> None:
-        st = pipeline.store.producers.get(event.producer)
+        slot = pipeline.store.slot_of(event.producer)
         for (t, horizon_ms), hits in self.hits.items():
             hits.extend(side)
-            if score is None or st is None or score < pipeline.threshold_for(st, t, horizon_ms):
+            if score is None or slot is None or score < pipeline.threshold_for(slot, t, horizon_ms):
                 continue
             until = self.until[t, horizon_ms]
             if event.event_time_ms >= until.get(event.producer, -1):
