@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import itertools
 import math
-import pickle
 import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.core.calibration import Calibrator, Likelihood, TailCounts
+from detector.core.calibration import Calibrator, Likelihood, RarityTrend, TailCounts
+from detector.core.codec import Reader, Writer
 
 
 def learned(cal: Calibrator, raws: list[float]) -> TailCounts:
@@ -109,21 +109,27 @@ def test_one_extreme_past_score_barely_moves_the_tail(seed: int) -> None:
         assert cal.tail(after_incident, x) <= cal.tail(quiet, x) + 2 / 1002
 
 
-def test_counts_pickle_round_trip() -> None:
+def record(state: TailCounts | RarityTrend) -> bytes:
+    w = Writer()
+    state.dump(w)
+    return w.bytes()
+
+
+def test_counts_record_round_trip() -> None:
     cal = Calibrator(max_raw=32.0, bins=64)
     tc = learned(cal, [i / 7 for i in range(300)])
-    restored = pickle.loads(pickle.dumps(tc))  # noqa: S301 (our own bytes)
-    assert restored.n == tc.n
+    r = Reader(record(tc))
+    restored = TailCounts.load(r, 64)
+    assert r.done() and restored.n == tc.n
     for x in (0.0, 3.3, 30.0, 50.0):
         assert cal.score(restored, x) == cal.score(tc, x)
     assert (restored.full() == tc.full()).all() and restored.bins == 64
     assert restored.counts.tolist() == tc.counts.tolist()  # the bins up to the highest used
-    # A checkpoint written before TailCounts had __getstate__ (the default slots state).
-    old = object.__new__(TailCounts)
-    old.__setstate__((None, {"counts": tc.full(), "n": tc.n}))
-    assert old.counts.tolist() == tc.counts.tolist() and old.n == tc.n and old.bins == 64
-    empty = pickle.loads(pickle.dumps(cal.new()))  # noqa: S301 (our own bytes)
+    empty = TailCounts.load(Reader(record(cal.new())), 64)
     assert empty.n == 0 and empty.bins == 64 and not empty.full().any()
+    cal.learn(empty, 3.3)  # a restored histogram learns on (its bins grow as needed)
+    fed = learned(cal, [3.3])
+    assert (empty.n, empty.counts.tolist()) == (fed.n, fed.counts.tolist()) and empty.counts[-1]
 
 
 def test_counts_hold_only_the_bins_up_to_the_highest_score() -> None:
@@ -215,14 +221,17 @@ def test_an_isolated_spike_moves_the_likelihood_little() -> None:
     assert spike < 1 - 1e-6  # the event's own calibrated score stays the larger
 
 
-def test_likelihood_state_is_small_and_pickles() -> None:
+def test_likelihood_state_is_small_and_round_trips() -> None:
     lk = Likelihood(window=20, fading=0.005)
     t = lk.new()
     for c in uniform_scores(300):
         lk.update(t, c)
-    copy = pickle.loads(pickle.dumps(t))  # noqa: S301 (our own bytes)
-    assert lk.update(copy, 0.5) == lk.update(t, 0.5)
-    assert len(pickle.dumps(t)) < 20 * 8 + 400
+    r = Reader(record(t))
+    copy = RarityTrend.load(r)
+    assert r.done()
+    for c in (0.5, 0.999, 0.2):
+        assert lk.update(copy, c) == lk.update(t, c)
+    assert len(record(t)) < 20 * 8 + 400
 
 
 def test_low_bin_fast_path_equals_the_cumulative_count() -> None:

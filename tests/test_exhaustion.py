@@ -138,7 +138,7 @@ def test_a_producer_whose_every_event_is_anomalous_gets_one_alert_per_cooldown()
         elif v.flagged:
             held_since += 1
     assert [s for s, _ in reported] == [h for _, h in reported]
-    assert held_since == p.store.producers["p1"].suppressed
+    assert held_since == p.view("p1").suppressed
 
 
 def test_ten_thousand_misbehaving_producers_cannot_flood_the_alert_stream() -> None:
@@ -194,12 +194,16 @@ def test_a_flooding_producer_leaves_the_others_verdicts_and_state_unchanged() ->
                 assert _key(v) == base[v.event.entry_id]  # same verdict as without the flood
     tracemalloc.stop()
     for name in others:
-        a, b = plain.store.producers[name], flooded.store.producers[name]
-        assert (a.n, a.rate.mean, a.numeric.keys()) == (
+        # Events seen, the usual rate learned (over event time in this spec), the fields.
+        a, b = plain.view(name), flooded.view(name)
+        usual = plain.store.rate.usual(a.slot), flooded.store.rate.usual(b.slot)
+        assert (a.n, usual[0], a.gap.mean, a.numeric.keys()) == (
             b.n,
-            b.rate.mean,
+            usual[1],
+            b.gap.mean,
             b.numeric.keys(),
         )
+        assert a.arrivals is not None and a.arrivals.count > 0  # the usual rate is learned
     assert len(flooded.store) == len(others) + 1
     # Flat cost: memory does not grow with the flood (second half vs first half), and the
     # fastest block of the second half is about as fast as the first half's (a relative check
@@ -370,9 +374,7 @@ def test_worker_reports_held_back_alerts_in_the_stream_and_the_metrics(
     cooldown = worker.spec.decision.cooldown_ms
     assert 1 <= len(alerts) <= 800 * SECOND // cooldown + 1
     assert all(f["producer"] == "p1" for f in alerts)
-    held = (
-        sum(int(f["suppressed"]) for f in alerts) + worker.pipeline.store.producers["p1"].suppressed
-    )
+    held = sum(int(f["suppressed"]) for f in alerts) + worker.pipeline.view("p1").suppressed
     sample = worker.metrics.registry.get_sample_value
     assert sample("detector_alerts_suppressed_total") == held > 0
     assert sample("detector_alerts_total") == len(alerts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from detector.core.calibration import Likelihood
-from detector.core.features import ValueWindow
+from detector.core.features.value import ValueWindow
 from detector.core.scoring import load_spec
 
 

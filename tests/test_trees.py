@@ -12,7 +12,6 @@ import pytest
 from river import anomaly
 
 from detector.core.checkpoint import Signer
-from detector.core.features import Evidence
 from detector.core.scoring import TreesModel
 from detector.core.trees import HalfSpaceTrees
 
@@ -148,31 +147,3 @@ def test_deterministic() -> None:
         scores.append([model.score_one(vector(x)) for x in points])
     assert scores[:2] == scores[2:]
     assert pickle.dumps(a) == pickle.dumps(b)
-
-
-def evidence(rng: random.Random) -> Evidence:
-    return Evidence({f: rng.expovariate(0.5) for f in FEATURES[: rng.randint(0, 6)]}, [], 9)
-
-
-def test_trees_model_resumes_a_river_checkpoint() -> None:
-    """An hst checkpoint written with River's trees in TreesModel loads and goes on exactly."""
-    rng = random.Random(6)
-    stream_ = [evidence(rng) for _ in range(900)]
-    # The former TreesModel: the hst spec's River model in .trees, fed dicts.
-    oracle = river((25, 10, 250, 42, None))
-    old = TreesModel.__new__(TreesModel)
-    old.__dict__.update(scale=8.0, trees=oracle)
-    new = TreesModel(n_trees=25, height=10, window_size=250, seed=42, scale=8.0)
-    for e in stream_[:400]:
-        x = dict(zip(FEATURES, new._x(e), strict=True))
-        assert new.raw_score(e) == oracle.score_one(x)
-        new.learn(e)
-        oracle.learn_one(x)
-    signer = Signer(KEY)
-    resumed = signer.loads("model", signer.dumps("model", old))  # the restricted unpickler
-    assert isinstance(resumed.trees, HalfSpaceTrees)
-    assert pickle.dumps(resumed.trees) == pickle.dumps(new.trees)
-    for e in stream_[400:]:
-        assert resumed.raw_score(e) == new.raw_score(e)
-        resumed.learn(e)
-        new.learn(e)
