@@ -19,6 +19,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from detector.core.checkpoint import Signer, decode_fields
+from detector.core.features import FeatureStore
 from detector.core.settings import Settings
 from detector.gateway import partitions
 from detector.runtime.worker import Worker
@@ -82,8 +83,8 @@ def outcome(client: Client, p_count: int, group: str = GROUP, alerts: str = ALER
         fields = client.hgetall(partitions.checkpoint_key(group, p))
         if fields:
             snap = decode_fields(signer, fields)  # type: ignore[arg-type]
-            for producer, st in snap.producers.items():
-                learned[producer] = learned.get(producer, 0) + st.n  # type: ignore[attr-defined]
+            for producer, record in snap.producers.items():
+                learned[producer] = learned.get(producer, 0) + FeatureStore.events_in(record)
             epochs[p] = int(snap.meta.get("epoch", 0))
         stream = partitions.partition_stream(BASE, p)
         for g in client.xinfo_groups(stream):  # type: ignore[union-attr]

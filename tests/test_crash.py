@@ -31,6 +31,7 @@ import pytest
 import redis
 
 from detector.core.checkpoint import Signer, decode_fields
+from detector.core.features import FeatureStore
 from detector.core.settings import CHECKPOINT_KEY, HEALTH_KEY
 from detector.gateway.embedded import EmbeddedRedis, free_port
 from tests.conftest import TEST_KEY
@@ -106,7 +107,7 @@ def _outcome(url: str, consumer: str) -> Outcome:
     alerts = [f[b"alert_id"].decode() for _, f in r.xrange("detector:alerts")]
     fields = r.hgetall(CHECKPOINT_KEY.format(group="detector", consumer=consumer))
     snap = decode_fields(Signer(TEST_KEY), fields)  # type: ignore[arg-type]
-    learned = {p: st.n for p, st in snap.producers.items()}  # type: ignore[attr-defined]
+    learned = {p: FeatureStore.events_in(record) for p, record in snap.producers.items()}
     (group,) = r.xinfo_groups(STREAM)
     last = group["last-delivered-id"]
     out = Outcome(alerts, learned, snap.meta["offsets"], int(group["pending"]), last.decode())

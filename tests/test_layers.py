@@ -11,8 +11,11 @@ from pathlib import Path
 
 import detector
 
-CORE = ("settings", "errors", "events", "features", "admission", "calibration", "scoring",
-        "trees", "pipeline", "alerts", "checkpoint")  # fmt: skip
+FEATURES = ("store", "feature", "config", "surprise", "clock", "moments", "categories", "rate",
+            "value", "size", "types", "category", "schema", "replay", "drift")  # fmt: skip
+CORE = ("settings", "errors", "events", *(f"features.{m}" for m in FEATURES), "codec",
+        "admission", "calibration", "scoring", "trees", "pipeline", "alerts",
+        "checkpoint")  # fmt: skip
 GATEWAY = ("streams", "ownership", "partitions", "connection", "secrets", "embedded",
            "alert_reader")  # fmt: skip
 RUNTIME = ("worker", "consumer", "checkpointer", "status", "metrics")

@@ -137,7 +137,9 @@ def test_commits_encoded_between_reads_are_exactly_commits_in_one_go(
     expected = _scores(reference)
     assert _scores(resumed) == {v.event.entry_id: expected[v.event.entry_id] for v in resumed}
     assert len(resumed) == len(events) - 3 * 200
-    assert sum(w2.pipeline.store.clock.n[s] for s in w2.pipeline.store.producers.values()) == len(events)
+    assert sum(w2.pipeline.store.clock.n[s] for s in w2.pipeline.store.producers.values()) == len(
+        events
+    )
 
 
 def test_restored_and_committed_state_is_out_of_the_cyclic_gc(
@@ -170,7 +172,9 @@ def test_pending_entries_below_the_checkpoint_are_acked_not_relearned(
     w2 = worker_factory()
     stats = w2.run()
     assert stats.replayed == 100
-    assert sum(w2.pipeline.store.clock.n[s] for s in w2.pipeline.store.producers.values()) == len(events)
+    assert sum(w2.pipeline.store.clock.n[s] for s in w2.pipeline.store.producers.values()) == len(
+        events
+    )
     assert r.xpending(stream_name, "detector")["pending"] == 0
 
 

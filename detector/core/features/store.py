@@ -240,6 +240,11 @@ class FeatureStore:
             part.dump(slot, w)
         return w.bytes()
 
+    @staticmethod
+    def events_in(record: bytes) -> int:
+        """The events a producer's record has seen (its clock comes first in every record)."""
+        return Reader(record).i64()
+
     def _load(self, slot: int, record: bytes) -> None:
         r = Reader(record)
         for part in self._parts:
