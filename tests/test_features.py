@@ -6,14 +6,17 @@ import math
 import pickle
 import random
 import sys
+from collections import Counter
 from collections.abc import Iterable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Decoder, Event
 from detector.core.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig, FeatureStore
-from detector.core.features.categories import ID_FIELD
+from detector.core.features.categories import ID_FIELD, Categories
 from detector.core.features.moments import Moments
 from detector.core.features.replay import IdMemory
 
@@ -345,15 +348,13 @@ def test_high_cardinality_field_saturates_and_is_not_judged() -> None:
     assert back.categorical["paid\x1forder_id"] is ID_FIELD
     assert back.categorical["paid\x1fcur"].counts == st.categorical["paid\x1fcur"].counts
     # Also from a record whose saturated table still counted: read past, and shared.
+    stale = Categories()
+    stale.n, stale.saturated, stale.counts = 200, True, {"o-1": 2, "o-2": 2}
+    stale.once.append(7)
     w = Writer()
     w.count(1)  # one field
     w.text("paid\x1forder_id")
-    w.i64(200)
-    w.count(1)  # saturated
-    w.count(2)
-    for value in ("o-1", "o-2"):
-        w.text(value)
-        w.i64(1)
+    stale.dump(w)
     w.count(0)  # no recent novelties
     r, empty = Reader(w.bytes()), FeatureStore(CFG)
     feature = empty.by_name["category"]
@@ -378,7 +379,10 @@ def test_repeated_values_are_interned_ids_are_not() -> None:
         for key in table:
             fresh = key.encode().decode()  # an equal string, not the same object
             assert (sys.intern(fresh) is key) == (table[key] > 1), key
-    assert cur == {"EUR": 5} and len(counts) == 5
+    # Seen once: only their fingerprints are kept (8 bytes each, not a string and a dict entry).
+    ids = store.view("pay-1").categorical["paid\x1forder_id"]
+    assert cur == {"EUR": 5} and counts == {} and len(ids.once) == 5
+    assert back.categorical["paid\x1forder_id"].once == ids.once
 
 
 def test_producers_share_field_names_and_shapes() -> None:
@@ -909,3 +913,39 @@ def test_an_empty_restored_id_ring_answers_and_grows() -> None:
     assert len(memory.fp) == 0  # no ids held
     assert not memory.seen("a") and not memory.remember("a", 1, 60_000)
     assert memory.seen("a") and not memory.seen("b")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    strategies.lists(
+        strategies.sampled_from([f"v{i}" for i in range(12)] + ["x"] * 8), max_size=120
+    )
+)
+def test_categories_count_as_a_plain_counter_would(values: list[str]) -> None:
+    # Values seen once are kept as fingerprints, the others by name: the surprises, novelty
+    # and saturation are those of a plain count of every value.
+    cap, prior = 10, 0.01
+    c, seen = Categories(), Counter[str]()
+    for value in values:
+        expected_new = not seen[value] and not c.saturated and c.n >= 3
+        assert c.is_new(value, 3) == expected_new
+        if not c.saturated and c.n >= 3:
+            count, n = seen[value], c.n
+            if count == 0:
+                p = (sum(1 for k in seen.values() if k == 1) + prior) / (n + 1)
+                want = min(-math.log10(min(p, 1.0)), MAX_SURPRISE)
+            elif count * 20 >= n:
+                want = 0.0
+            else:
+                p = (sum(k for k in seen.values() if k <= count) + 1) / (n + 1)
+                want = min(-math.log10(min(p, 1.0)), MAX_SURPRISE)
+            assert c.surprise(value, prior, 0.0, 3) == pytest.approx(want, rel=1e-12)
+        if not c.saturated and value not in seen and len(seen) >= cap:
+            seen.clear()
+            c.update(value, cap)
+            assert c.saturated and c.counts == {} and not c.once
+            continue
+        c.update(value, cap)
+        if not c.saturated:
+            seen[value] += 1
+            assert c.count(value) == seen[value] and c.n == seen.total()

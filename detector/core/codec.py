@@ -15,6 +15,7 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterable
 
@@ -24,6 +25,12 @@ import numpy.typing as npt
 _I64 = struct.Struct("<q")
 _F64 = struct.Struct("<d")
 _U32 = struct.Struct("<I")
+
+
+def fingerprint(text: str) -> int:
+    """A 64-bit fingerprint of ``text``, the same in every process (blake2b, not ``hash()``:
+    fingerprints are kept in checkpoints and must survive a restart and a replay)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 class Writer:
@@ -59,7 +66,7 @@ class Writer:
         self._buf += _U32.pack(len(a))
         self._buf += a.tobytes()
 
-    def u64s(self, values: npt.NDArray[np.uint64]) -> None:
+    def u64s(self, values: Iterable[int] | npt.NDArray[np.uint64]) -> None:
         a = np.asarray(values, dtype="<u8")
         self._buf += _U32.pack(len(a))
         self._buf += a.tobytes()

@@ -5,21 +5,36 @@ from __future__ import annotations
 
 import math
 import sys
+from array import array
 
-from detector.core.codec import Reader, Writer
+from detector.core.codec import Reader, Writer, fingerprint
 from detector.core.features.surprise import MAX_SURPRISE
 
 
 class Categories:
     """Counts of a categorical field's values, until it shows id-like cardinality (then it
-    is saturated: its counts are dropped and it no longer changes; see ``ID_FIELD``)."""
+    is saturated: its counts are dropped and it no longer changes; see ``ID_FIELD``).
 
-    __slots__ = ("counts", "n", "saturated")
+    Values seen twice or more are kept by name (interned: shared among producers); values
+    seen once only as 64-bit fingerprints (8 bytes each, in ``once``): most of a field's
+    values before it saturates are ids seen once, and as strings in a dict they cost ~100 bytes
+    each, most of a producer's memory. The reasons list the usual values (seen twice or more).
+    """
+
+    __slots__ = ("counts", "n", "once", "saturated")
 
     def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
+        self.counts: dict[str, int] = {}  # values seen at least twice
+        self.once = array("Q")  # fingerprints of the values seen once
         self.n = 0
         self.saturated = False
+
+    def count(self, value: str) -> int:
+        """How often ``value`` was seen."""
+        count = self.counts.get(value)
+        if count is not None:
+            return count
+        return 1 if self.once and fingerprint(value) in self.once else 0
 
     def surprise(self, value: str, prior: float, burst: float = 0.0, min_count: int = 1) -> float:
         """``-log10`` of the chance of a value this rare (Good-Turing for unseen ones; an
@@ -27,40 +42,43 @@ class Categories:
         judged before ``min_count`` values: a young vocabulary is still growing."""
         if self.saturated or self.n < max(min_count, 1):
             return 0.0
-        count = self.counts.get(value, 0)
+        count = self.count(value)
         if count == 0:
-            singletons = list(self.counts.values()).count(1)  # counted in C
-            p = (singletons + prior) / (self.n + 1)
+            p = (len(self.once) + prior) / (self.n + 1)
             return min(-(1.0 + burst) * math.log10(min(p, 1.0)), MAX_SURPRISE)
         elif count * 20 >= self.n:
             return 0.0  # common value: skip the tail sum
         else:
-            p = (sum(c for c in self.counts.values() if c <= count) + 1) / (self.n + 1)
+            below = sum(c for c in self.counts.values() if c <= count)
+            p = (below + len(self.once) + 1) / (self.n + 1)
         return min(-math.log10(min(p, 1.0)), MAX_SURPRISE)
 
     def is_new(self, value: str, min_count: int) -> bool:
         """A value never seen in a field judged (``min_count`` values, not saturated)."""
-        return self.n >= max(min_count, 1) and not self.saturated and value not in self.counts
+        return self.n >= max(min_count, 1) and not self.saturated and self.count(value) == 0
 
     def update(self, value: str, cap: int) -> None:
         if self.saturated:
             return
         self.n += 1
         counts = self.counts
-        count = counts.get(value, 0)
-        if count > 1:
+        count = counts.get(value)
+        if count is not None:
             counts[value] = count + 1
-        elif count == 1:
+            return
+        fp = fingerprint(value)
+        if fp in self.once:
             # Seen again: a categorical value, shared among producers from now on. An id is
-            # seen once and not interned: the interpreter's table of interned strings would
+            # seen once and never interned: the interpreter's table of interned strings would
             # grow with every id held and never shrink.
-            del counts[value]
+            self.once.remove(fp)
             counts[sys.intern(value)] = 2
-        elif len(counts) >= cap:
+        elif len(counts) + len(self.once) >= cap:
             self.saturated = True
             counts.clear()
+            self.once = array("Q")
         else:
-            counts[value] = 1
+            self.once.append(fp)
 
     def expected(self) -> str:
         top = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
@@ -73,6 +91,7 @@ class Categories:
         for value, count in self.counts.items():
             w.text(value)
             w.i64(count)
+        w.u64s(self.once)
 
     @classmethod
     def load(cls, r: Reader) -> Categories:
@@ -80,7 +99,8 @@ class Categories:
         c.n, c.saturated = r.i64(), bool(r.count())
         for _ in range(r.count()):
             value, count = r.text(), r.i64()
-            c.counts[sys.intern(value) if count > 1 else value] = count
+            c.counts[sys.intern(value)] = count
+        c.once = array("Q", r.u64s().tolist())
         return c
 
 
