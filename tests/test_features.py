@@ -10,8 +10,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies
+from hypothesis import given, settings, strategies
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Decoder, Event
