@@ -201,21 +201,27 @@ def feed_role(
         result["checkpoint_bytes_per_producer"] = by_history[history]
         result["shared_bytes"] = sum(len(fields.get(k, b"")) for k in _SHARED)
         r = redis.Redis.from_url(url)
-        key = "detector:checkpoint:mem"
         started = time.perf_counter()
         with r.pipeline(transaction=True) as tx:  # one transaction, as a commit writes it
-            tx.delete(key)
-            tx.hset(key, mapping=fields)  # type: ignore[arg-type]
+            tx.delete(CHECKPOINT_KEY)
+            tx.hset(CHECKPOINT_KEY, mapping=fields)  # type: ignore[arg-type]
             tx.execute()
         result["full_checkpoint"] = {
             "bytes": sum(len(k) + len(v) for k, v in fields.items()),
             "encode_s": round(encode_s, 3),
             "write_s": round(time.perf_counter() - started, 3),
-            "redis_bytes": int(r.memory_usage(key) or 0),
+            "redis_bytes": int(r.memory_usage(CHECKPOINT_KEY) or 0),
         }
-        r.delete(key)
-        r.close()
         del fields
+        restored = out.with_suffix(".restored.json")
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.memory", "--role", "restore", "--url", url,
+             "--producers", str(producers), "--model", model, "--out", str(restored)],
+            check=True,
+        )  # fmt: skip
+        result["restored"] = json.loads(restored.read_text())
+        r.delete(CHECKPOINT_KEY)
+        r.close()
 
         # Incremental: the next events until min(5000, N/2) producers have changed.
         pipeline.committed()
@@ -245,6 +251,34 @@ def feed_role(
 
 
 _SHARED = ("meta", "model")  # a checkpoint's fields that are not per producer
+CHECKPOINT_KEY = "detector:checkpoint:mem"
+
+
+def restore_role(model: str, producers: int, url: str, out: Path) -> None:
+    """(Fresh process.) A restarted worker: the full checkpoint read back from Redis, decoded
+    and restored into a new pipeline; RSS growth per producer, and the seconds it took."""
+    from detector.core.checkpoint import Signer, decode_fields
+    from detector.core.pipeline import Pipeline
+    from detector.core.scoring import load_spec
+
+    n_producers = sum(instances_for(producers).values())
+    spec = load_spec(model)
+    pipeline = Pipeline(spec, max_producers=max(100_000, 2 * n_producers), track_changes=True)
+    r = redis.Redis.from_url(url)
+    _trim()
+    rss0 = rss_kb()
+    started = time.perf_counter()
+    fields: dict[bytes, bytes] = r.hgetall(CHECKPOINT_KEY)  # type: ignore[assignment]
+    snap = decode_fields(Signer(BENCH_KEY.encode()), fields)
+    del fields
+    tracked = int(snap.meta.get("producers", n_producers))
+    pipeline.restore(snap)
+    seconds = time.perf_counter() - started
+    del snap
+    r.close()
+    _trim()
+    rss = (rss_kb() - rss0) * 1024 / tracked
+    out.write_text(json.dumps({"rss_bytes_per_producer": rss, "seconds": round(seconds, 3)}))
 
 
 def _per_producer(fields: dict[str, bytes], producers: int) -> float:
@@ -409,7 +443,7 @@ def soak(
 @click.command()
 @click.option(
     "--role",
-    type=click.Choice(["main", "feed", "emit", "soak-producer"]),
+    type=click.Choice(["main", "feed", "restore", "emit", "soak-producer"]),
     default="main",
     hidden=True,
 )
@@ -477,6 +511,10 @@ def main(
     if role == "feed":
         assert url and out
         feed_role(model, producers, history, marks, traced, url, out)
+        return
+    if role == "restore":
+        assert url and out
+        restore_role(model, producers, url, out)
         return
     if role == "emit":
         emit_role(producers, history, seed=7)
@@ -550,7 +588,8 @@ def per_producer(
         variants.append((f"{model}, tracemalloc", model, True))
     click.echo(
         f"{'producers':>10} {'events':>11} {'spec':<26} {'RSS B/p':>8} {'traced':>7} "
-        f"{'ckpt B/p':>8} | {'full ckpt MB':>12} {'encode s':>8} {'write s':>7} | "
+        f"{'restored':>8} {'ckpt B/p':>8} | {'full ckpt MB':>12} {'encode s':>8} "
+        f"{'write s':>7} {'restore s':>9} | "
         f"{'commit of':>9} {'MB':>6} {'s':>6} | {'us/event':>8}"
     )
     stores: list[dict[str, Any]] = []
@@ -569,13 +608,15 @@ def per_producer(
             s = json.loads(o.read_text()) | {"spec": label, "count": count}
             runs.append(s)
             n = s["producers_fed"]
-            f, inc = s["full_checkpoint"], s["incremental_checkpoint"]
+            f, inc, back = s["full_checkpoint"], s["incremental_checkpoint"], s["restored"]
             rss = "-" if under_tracemalloc else f"{s['rss_bytes_per_producer']:,.0f}"
             heap = f"{s['traced_bytes_per_producer']:,.0f}" if under_tracemalloc else "-"
             click.echo(
                 f"{n:>10,} {n * history:>11,} {label:<26} {rss:>8} {heap:>7} "
+                f"{back['rss_bytes_per_producer']:>8,.0f} "
                 f"{s['checkpoint_bytes_per_producer']:>8,.0f} | "
-                f"{f['bytes'] / 1e6:>12,.1f} {f['encode_s']:>8.2f} {f['write_s']:>7.2f} | "
+                f"{f['bytes'] / 1e6:>12,.1f} {f['encode_s']:>8.2f} {f['write_s']:>7.2f} "
+                f"{back['seconds']:>9.2f} | "
                 f"{inc['producers']:>9,} {inc['bytes'] / 1e6:>6,.1f} {inc['encode_s']:>6.2f} | "
                 f"{s['feed_us_per_event']:>8.0f}"
             )
