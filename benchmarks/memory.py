@@ -1,22 +1,28 @@
 """Memory: bytes per tracked producer, worker peak RSS, RSS over a run, checkpoint size/time.
 
-python -m benchmarks.memory             # 10k and 100k producers, a worker run, a 60 s soak
-python -m benchmarks.memory --quick     # 1k and 5k producers, a short worker run, 10 s soak
+python -m benchmarks.memory             # 1k and 10k producers, a worker run, a 60 s soak
+python -m benchmarks.memory --parts producers --counts 1000,10000,100000
+python -m benchmarks.memory --quick     # 1k producers, 150 events each, a short worker run
 python -m benchmarks.memory --soak-s 600   # RSS over a 10-minute run
 
-1. **Per producer.** A :class:`~detector.core.pipeline.Pipeline` learns the shop's events from
-   ``--template-producers`` producers (~500 events each, the throughput workload's history
-   per producer); their states are then cloned by pickle round trip (what a worker restoring
-   its checkpoint holds) under new names into a ``FeatureStore`` until it tracks 10k and 100k
-   producers. Each count runs in a fresh process: bytes per producer = growth of the
-   tracemalloc total (and, separately, of RSS) over the empty store, divided by the count.
-   Cloned and fed states agree (checked at the template size, printed). The growth of a
-   producer's state with its history (the id-like fields hold up to 64 values, then
-   saturate) is shown for 25-500 events.
-2. **Checkpoint.** In the same processes: the full snapshot (every producer, as after a
-   baseline start) and an incremental commit of 5000 changed producers with 5000 acks, both
-   by the worker's own ``_checkpoint`` against a real redis-server; size and time from the
-   worker's metrics ``detector_checkpoint_bytes`` and ``detector_checkpoint_seconds``.
+1. **Per producer.** For each of ``--counts``, a fresh process feeds a worker's
+   :class:`~detector.core.pipeline.Pipeline` (``track_changes``, as the worker's) the shop's
+   events from that many producers (``instances_for``: the throughput workload's shop at 1000,
+   scaled), ``--history-per-producer`` events each on average (the throughput workload's
+   history at 500), in event-time order and in batches of 500. The events come from another
+   process through a pipe, so the simulator's memory is not counted. Bytes per producer = RSS
+   growth over the empty pipeline (after a warm-up on a throwaway one, a collection and
+   ``malloc_trim``) / producers tracked. With ``--replay-apart`` (default) each count runs
+   again with the spec's ``replay_window`` set to 0 (a copy of the spec file): the difference
+   is the replay-id window's share. The checkpoint bytes per producer by history (25-500
+   events) come from the first count.
+2. **Checkpoint.** In the same processes: the full snapshot (``Pipeline.snapshot(full=True)``,
+   every producer, as after a baseline start) encoded and signed (``encode_fields``), its
+   bytes per producer (fields other than ``meta`` and ``model``, names included), then
+   written to a real redis-server as one MULTI/EXEC (HSET); then the next events until
+   min(5000, N/2) producers have changed, and their incremental snapshot encoded. Only the
+   public surface (``Pipeline``, ``snapshot``, ``encode_fields``, spec files) is used, so the
+   figures compare across rewrites of the core.
 3. **Worker peak RSS.** ``detector run --until-idle`` (the CLI, warm from a baseline) on the
    throughput workload: VmHWM of the process.
 4. **Soak.** ``detector run`` (CLI, warm) for ``--soak-s`` seconds under a producer appending
@@ -26,32 +32,40 @@ python -m benchmarks.memory --soak-s 600   # RSS over a 10-minute run
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
+import itertools
 import json
 import os
-import pickle
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 import redis
 
 from benchmarks.workloads import (
     BENCH_KEY,
+    RATE_SCALE,
     START_MS,
     append,
     as_entry,
     baseline_for,
     instances_for,
+    rate_per_s,
     shop_workload,
 )
 from detector.gateway.embedded import EmbeddedRedis
+from detector.shop.simulator import iter_events
 
 SOAK_STREAM = "soak"
 
@@ -63,122 +77,235 @@ def rss_kb(pid: int | str = "self", field: str = "VmRSS") -> int:
     return 0
 
 
-# -- 1. template states --------------------------------------------------------------------
+# -- 1 + 2. per producer: N producers fed their events in a fresh process -----------------
+
+MARKS = (25, 50, 100, 200)  # history (events per producer) of the checkpoint-size table
+_CHUNK = 500  # a worker's batch
 
 
-def template_states(
-    model: str, producers: int, per_producer: int, checkpoints: tuple[int, ...]
-) -> dict[str, Any]:
-    """Feed shop events; pickled states when the mean history reaches each checkpoint."""
+def emit_role(producers: int, history: int, seed: int) -> None:
+    """(Fresh process.) The shop's events for ``producers`` producers, one JSON line each, in
+    event-time order: ``history`` per producer on average, then more until the reader stops.
+
+    A process of its own, so that the simulator's memory is not counted in the feeder's RSS.
+    """
+    instances = instances_for(producers)
+    n = sum(instances.values())
+    # The shop's rate grows with its instances: a pilot of the 1k shop sets the duration.
+    pilot = instances_for(1000)
+    rate = rate_per_s(seed, pilot) * n / sum(pilot.values())
+    total = history * n + 3 * n + 10_000  # the history, then events for the incremental commit
+    _, events = iter_events(
+        seed=seed,
+        start_ms=START_MS,
+        duration_s=total / rate * 1.3 + 600,
+        kinds=(),
+        warmup_s=0,
+        instances=instances,
+        rate_scale=RATE_SCALE,
+    )
+    out = sys.stdout.buffer
+    for fields in itertools.islice(events, total):
+        out.write(orjson.dumps(fields) + b"\n")
+    out.flush()
+
+
+def _trim() -> None:
+    """Collect, and hand freed heap pages back to the OS (glibc), before reading RSS."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def feed_role(
+    model: str, producers: int, history: int, marks: bool, traced: bool, url: str, out: Path
+) -> None:
+    """(Fresh process.) A worker's pipeline learns ``history`` events per producer from the
+    shop's ``producers`` producers; RSS growth per producer, then its full checkpoint and an
+    incremental commit. Public surface only: ``Pipeline``, ``snapshot``, ``encode_fields``.
+    """
+    from detector.core.checkpoint import Signer, encode_fields
     from detector.core.events import Decoder
     from detector.core.pipeline import Pipeline
     from detector.core.scoring import load_spec
 
-    w = shop_workload(1000, producers, per_producer, incidents_per_kind=0)
-    pipeline = Pipeline(load_spec(model))
+    spec = load_spec(model)
+    n_producers = sum(instances_for(producers).values())
+    history_n = history * n_producers
+    emitter = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.memory", "--role", "emit",
+         "--producers", str(producers), "--history-per-producer", str(history)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert emitter.stdout is not None
+    lines = iter(emitter.stdout)
     decoder = Decoder()
-    n_producers = w.producers
-    marks = {c * n_producers: c for c in checkpoints}
-    by_history: dict[int, list[bytes]] = {}
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    started = time.perf_counter()
-    for i, fields in enumerate(w.history, 1):
-        pipeline.process([decoder.decode("s", f"{i}-0", as_entry(fields))])
-        if i in marks:  # (the blobs' own memory is not the state's: kept out of the count)
-            held = tracemalloc.get_traced_memory()[0]
-            states = pipeline.store.producers.values()
-            by_history[marks[i]] = [pickle.dumps(st, protocol=5) for st in states]
-            before += tracemalloc.get_traced_memory()[0] - held
-    per_event_us = (time.perf_counter() - started) / len(w.history) * 1e6
-    del w
-    gc.collect()
-    fed = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
-    return {
-        "producers": len(pipeline.store),
-        "fed_bytes_per_producer": fed / len(pipeline.store),
-        "by_history": by_history,
-        "model_bytes": len(pickle.dumps(pipeline.model, protocol=5)),
-        "per_event_us_traced": per_event_us,
-    }
+    fed = 0
 
+    def decoded(raw: list[bytes]) -> list[Any]:
+        nonlocal fed
+        events = []
+        for line in raw:
+            fed += 1
+            events.append(decoder.decode("mem", f"{fed}-0", as_entry(orjson.loads(line))))
+        return events
 
-# -- 1 + 2. clone into a store of N producers, measure, checkpoint -------------------------
+    signer = Signer(BENCH_KEY.encode())
+    result: dict[str, Any] = {"producers_fed": n_producers, "history": history, "model": model}
+    try:
+        # Warm the code paths (lazy imports, caches) on a throwaway pipeline first: RSS growth
+        # is then the state's.
+        first = list(itertools.islice(lines, _CHUNK))
+        Pipeline(spec).process(decoded(first))
+        fed = 0
+        pipeline = Pipeline(spec, max_producers=max(100_000, 2 * n_producers), track_changes=True)
+        _trim()
+        if traced:
+            tracemalloc.start()
+        rss0, traced0 = rss_kb(), tracemalloc.get_traced_memory()[0]
+        pending: Iterator[bytes] = itertools.chain(first, lines)
+        wanted = {m * n_producers: m for m in MARKS if marks and m < history}
+        by_history: dict[int, float] = {}
+        started = time.perf_counter()
+        while fed < history_n:
+            size = min(_CHUNK, history_n - fed, *(m - fed for m in wanted if m > fed))
+            chunk = list(itertools.islice(pending, size))
+            if not chunk:
+                msg = f"the shop produced {fed:,} events, fewer than {history_n:,}"
+                raise RuntimeError(msg)
+            pipeline.process(decoded(chunk))
+            if fed in wanted:  # (its blobs are freed before RSS is read)
+                fields = encode_fields(signer, pipeline.snapshot({}, full=True))
+                by_history[wanted[fed]] = _per_producer(fields, n_producers)
+                del fields
+        result["feed_us_per_event"] = (time.perf_counter() - started) / history_n * 1e6
+        _trim()
+        result["rss_bytes_per_producer"] = (rss_kb() - rss0) * 1024 / n_producers
+        if traced:
+            grown = tracemalloc.get_traced_memory()[0] - traced0
+            result["traced_bytes_per_producer"] = grown / n_producers
+            tracemalloc.stop()
 
+        # Full checkpoint (every producer: the first commit after a baseline start).
+        started = time.perf_counter()
+        snap = pipeline.snapshot({}, full=True)
+        fields = encode_fields(signer, snap)
+        encode_s = time.perf_counter() - started
+        tracked = int(snap.meta.get("producers", n_producers))
+        del snap
+        if tracked != n_producers:
+            msg = f"{tracked} producers tracked of {n_producers} fed"
+            raise RuntimeError(msg)
+        by_history[history] = _per_producer(fields, n_producers)
+        result["checkpoint_bytes_by_history"] = by_history
+        result["checkpoint_bytes_per_producer"] = by_history[history]
+        result["shared_bytes"] = sum(len(fields.get(k, b"")) for k in _SHARED)
+        r = redis.Redis.from_url(url)
+        started = time.perf_counter()
+        with r.pipeline(transaction=True) as tx:  # one transaction, as a commit writes it
+            tx.delete(CHECKPOINT_KEY)
+            tx.hset(CHECKPOINT_KEY, mapping=fields)  # type: ignore[arg-type]
+            tx.execute()
+        result["full_checkpoint"] = {
+            "bytes": sum(len(k) + len(v) for k, v in fields.items()),
+            "encode_s": round(encode_s, 3),
+            "write_s": round(time.perf_counter() - started, 3),
+            "redis_bytes": int(r.memory_usage(CHECKPOINT_KEY) or 0),
+        }
+        del fields
+        restored = out.with_suffix(".restored.json")
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.memory", "--role", "restore", "--url", url,
+             "--producers", str(producers), "--model", model, "--out", str(restored)],
+            check=True,
+        )  # fmt: skip
+        result["restored"] = json.loads(restored.read_text())
+        r.delete(CHECKPOINT_KEY)
+        r.close()
 
-def clone_role(model: str, n: int, blobs_path: Path, url: str, out: Path) -> None:
-    """(Fresh process.) N cloned producers: tracemalloc and RSS growth, then checkpoints."""
-    from detector.core.settings import Settings
-    from detector.runtime.worker import Worker
-
-    blobs: list[bytes] = pickle.loads(blobs_path.read_bytes())  # noqa: S301 - our own file
-    settings = Settings(
-        redis_url=url,
-        streams=("mem",),
-        group="mem",
-        consumer="mem",
-        model=model,
-        checkpoint_secret=BENCH_KEY.encode(),
-        max_producers=max(n, 100_000),
-    )
-    worker = Worker(settings)
-    store = worker.pipeline.store
-    names = [f"producer-{i:06d}" for i in range(n)]
-    result: dict[str, Any] = {"n": n}
-
-    def build() -> None:
-        for i, name in enumerate(names):
-            st = pickle.loads(blobs[i % len(blobs)])  # noqa: S301 - our own states
-            st.seq = i
-            store.producers[name] = st
-
-    gc.collect()
-    rss0 = rss_kb()
-    build()
-    gc.collect()
-    result["rss_bytes_per_producer"] = (rss_kb() - rss0) * 1024 / n
-    store.producers.clear()
-    gc.collect()
-    tracemalloc.start()
-    t0 = tracemalloc.get_traced_memory()[0]
-    build()
-    gc.collect()
-    result["traced_bytes_per_producer"] = (tracemalloc.get_traced_memory()[0] - t0) / n
-    tracemalloc.stop()
-
-    # Full checkpoint (every producer: the first commit after a baseline start).
-    r = redis.Redis.from_url(url)
-    r.delete("detector:checkpoint:mem:mem")
-    store.dirty.update(names)
-    full = _timed_checkpoint(worker)
-    result["full_checkpoint"] = full
-    # Incremental: 5000 changed producers and 5000 acks (the default checkpoint_every before
-    # 2026-11-27; kept so that the figures compare across sessions).
-    k = min(5000, n)
-    r.delete("mem")
-    append(r, "mem", [{"f": "1"}] * k)
-    r.xgroup_create("mem", "mem", id="0")
-    entries = r.xreadgroup("mem", "mem", {"mem": ">"}, count=k)
-    worker.consumers[0].checkpointer.to_ack = {"mem": [e[0].decode() for e in entries[0][1]]}  # type: ignore[index]
-    store.dirty.update(names[:k])
-    result["incremental_checkpoint"] = _timed_checkpoint(worker) | {"producers": k, "acks": k}
-    result["hash_memory_bytes"] = int(r.memory_usage("detector:checkpoint:mem:mem") or 0)
-    r.delete("detector:checkpoint:mem:mem", "mem")
-    r.close()
+        # Incremental: the next events until min(5000, N/2) producers have changed.
+        pipeline.committed()
+        k = min(5000, n_producers // 2)
+        changed: set[str] = set()
+        while len(changed) < k:
+            events: list[Any] = []
+            while len(events) < _CHUNK and len(changed) < k:
+                line = next(pending, None)
+                if line is None:
+                    msg = f"the shop's events changed {len(changed)} producers, fewer than {k}"
+                    raise RuntimeError(msg)
+                events += decoded([line])
+                changed.add(events[-1].producer)
+            pipeline.process(events)
+        started = time.perf_counter()
+        fields = encode_fields(signer, pipeline.snapshot({}, full=False))
+        result["incremental_checkpoint"] = {
+            "producers": len(changed),
+            "bytes": sum(len(k) + len(v) for k, v in fields.items()),
+            "encode_s": round(time.perf_counter() - started, 3),
+        }
+    finally:
+        emitter.kill()
+        emitter.wait()
     out.write_text(json.dumps(result))
 
 
-def _timed_checkpoint(worker: Any) -> dict[str, float]:
-    m = worker.metrics
-    registry = m.registry
-    before = registry.get_sample_value("detector_checkpoint_seconds_sum") or 0.0
+_SHARED = ("meta", "model")  # a checkpoint's fields that are not per producer
+CHECKPOINT_KEY = "detector:checkpoint:mem"
+
+
+def restore_role(model: str, producers: int, url: str, out: Path) -> None:
+    """(Fresh process.) A restarted worker: the full checkpoint read back from Redis, decoded
+    and restored into a new pipeline; RSS growth per producer, and the seconds it took."""
+    from detector.core.checkpoint import Signer, decode_fields
+    from detector.core.pipeline import Pipeline
+    from detector.core.scoring import load_spec
+
+    n_producers = sum(instances_for(producers).values())
+    spec = load_spec(model)
+    pipeline = Pipeline(spec, max_producers=max(100_000, 2 * n_producers), track_changes=True)
+    r = redis.Redis.from_url(url)
+    _trim()
+    rss0 = rss_kb()
     started = time.perf_counter()
-    worker._checkpoint()
-    wall = time.perf_counter() - started
-    seconds = (registry.get_sample_value("detector_checkpoint_seconds_sum") or 0.0) - before
-    size = registry.get_sample_value("detector_checkpoint_bytes") or 0.0
-    return {"seconds": round(seconds, 3), "wall_s": round(wall, 3), "bytes": int(size)}
+    fields: dict[bytes, bytes] = r.hgetall(CHECKPOINT_KEY)  # type: ignore[assignment]
+    snap = decode_fields(Signer(BENCH_KEY.encode()), fields)
+    del fields
+    tracked = int(snap.meta.get("producers", n_producers))
+    pipeline.restore(snap)
+    seconds = time.perf_counter() - started
+    del snap
+    r.close()
+    _trim()
+    rss = (rss_kb() - rss0) * 1024 / tracked
+    out.write_text(json.dumps({"rss_bytes_per_producer": rss, "seconds": round(seconds, 3)}))
+
+
+def _per_producer(fields: dict[str, bytes], producers: int) -> float:
+    """Checkpoint bytes per producer: every field but the shared ones, names included."""
+    own = sum(len(k) + len(v) for k, v in fields.items() if k not in _SHARED)
+    return own / producers
+
+
+def spec_text(model: str) -> str:
+    """A spec's TOML: a shipped one by name, or a file."""
+    if "/" in model or model.endswith(".toml"):
+        return Path(model).read_text()
+    from importlib.resources import files
+
+    return files("detector.models").joinpath(f"{model}.toml").read_text()
+
+
+def without_replay_window(model: str, tmp: Path) -> Path | None:
+    """A copy of the spec with ``replay_window = 0``; None if it has no replay window."""
+    text = spec_text(model)
+    pattern = re.compile(r"^(replay_window\s*=\s*)(\d+)", re.MULTILINE)
+    found = pattern.search(text)
+    if found is None or int(found.group(2)) == 0:
+        return None
+    path = tmp / f"{Path(model).stem}-no-replay.toml"
+    path.write_text(pattern.sub(r"\g<1>0", text, count=1))
+    return path
 
 
 # -- 3 + 4. worker RSS ---------------------------------------------------------------------
@@ -315,24 +442,45 @@ def soak(
 
 @click.command()
 @click.option(
-    "--role", type=click.Choice(["main", "clone", "soak-producer"]), default="main", hidden=True
+    "--role",
+    type=click.Choice(["main", "feed", "restore", "emit", "soak-producer"]),
+    default="main",
+    hidden=True,
 )
 @click.option("--url", hidden=True)
-@click.option("--n", type=int, hidden=True)
-@click.option("--blobs", type=click.Path(path_type=Path), hidden=True)
 @click.option("--out", type=click.Path(path_type=Path), hidden=True)
-@click.option("--model", default="stats", show_default=True)
+@click.option("--marks", is_flag=True, hidden=True)
 @click.option(
-    "--counts", default="10000,100000", show_default=True, help="Tracked producers to measure."
+    "--traced",
+    is_flag=True,
+    help="Also run each count under tracemalloc: the Python heap's growth per producer.",
 )
-@click.option("--template-producers", default=200, show_default=True)
+@click.option("--model", default="stats", show_default=True, help="A shipped spec or a file.")
+@click.option(
+    "--counts",
+    default="1000,10000",
+    show_default=True,
+    help="Producers to measure (100000 takes ~1 h per spec at 2026-12 speeds).",
+)
+@click.option(
+    "--replay-apart/--no-replay-apart",
+    default=True,
+    show_default=True,
+    help="Also run each count with replay_window = 0: the replay window's share.",
+)
 @click.option(
     "--producers", default=1000, show_default=True, help="Producers of the worker run and the soak."
 )
 @click.option("--soak-s", default=60.0, show_default=True)
 @click.option("--soak-rate", default=5000.0, show_default=True)
 @click.option("--worker-events", default=200_000, show_default=True)
-@click.option("--history-per-producer", "history", default=500, show_default=True)
+@click.option(
+    "--history-per-producer",
+    "history",
+    default=500,
+    show_default=True,
+    help="Events per producer (on average) learned before measuring.",
+)
 @click.option(
     "--parts",
     default="producers,worker,soak",
@@ -344,12 +492,12 @@ def soak(
 def main(
     role: str,
     url: str | None,
-    n: int | None,
-    blobs: Path | None,
     out: Path | None,
+    marks: bool,
+    traced: bool,
     model: str,
     counts: str,
-    template_producers: int,
+    replay_apart: bool,
     producers: int,
     soak_s: float,
     soak_rate: float,
@@ -360,9 +508,16 @@ def main(
     json_out: Path | None,
 ) -> None:
     """Bytes per producer, checkpoint size and time, worker peak RSS and RSS drift."""
-    if role == "clone":
-        assert url and n and blobs and out
-        clone_role(model, n, blobs, url, out)
+    if role == "feed":
+        assert url and out
+        feed_role(model, producers, history, marks, traced, url, out)
+        return
+    if role == "restore":
+        assert url and out
+        restore_role(model, producers, url, out)
+        return
+    if role == "emit":
+        emit_role(producers, history, seed=7)
         return
     if role == "soak-producer":
         assert url
@@ -372,7 +527,7 @@ def main(
 
     exit_on_sigterm()
     if quick:
-        counts, template_producers, soak_s = "1000,5000", 50, 10.0
+        counts, soak_s = "1000", 10.0
         worker_events, history = 20_000, 150
     from benchmarks.throughput import detector_consumer, versions
 
@@ -383,7 +538,7 @@ def main(
     with tempfile.TemporaryDirectory(prefix="detector-mem-") as d, EmbeddedRedis() as server:
         tmp = Path(d)
         if "producers" in wanted:
-            results |= per_producer(server.url, tmp, model, template_producers, history, counts)
+            results |= per_producer(server.url, tmp, model, history, counts, replay_apart, traced)
         path: Path | None = None
         if "worker" in wanted or "soak" in wanted:
             w = shop_workload(worker_events, producers, history)
@@ -417,54 +572,73 @@ def main(
 
 
 def per_producer(
-    url: str, tmp: Path, model: str, template_producers: int, history: int, counts: str
+    url: str, tmp: Path, model: str, history: int, counts: str, replay_apart: bool, traced: bool
 ) -> dict[str, Any]:
-    """1 and 2: template states, then stores of N cloned producers in fresh processes."""
-    results: dict[str, Any] = {}
-    marks = (25, 50, 100, 200, history)
-    started = time.perf_counter()
-    tpl = template_states(model, template_producers, history, marks)
-    click.echo(
-        f"template: {tpl['producers']} producers fed ~{history} shop events each "
-        f"({time.perf_counter() - started:.0f}s); shared model pickled: "
-        f"{tpl['model_bytes'] / 1e3:,.1f} kB"
-    )
-    click.echo("state per producer by history (pickled = checkpoint blob, before signing):")
-    for k, states in tpl["by_history"].items():
-        mean = sum(len(b) for b in states) / len(states)
-        click.echo(f"  {k:>4} events: {mean:>7,.0f} B pickled")
-    results["pickled_by_history"] = {
-        k: sum(len(b) for b in v) / len(v) for k, v in tpl["by_history"].items()
-    }
-    blobs_path = tmp / "blobs.pickle"
-    blobs_path.write_bytes(pickle.dumps(tpl["by_history"][history]))
-    click.echo(
-        f"fed (tracemalloc, {tpl['producers']} producers): "
-        f"{tpl['fed_bytes_per_producer']:,.0f} B/producer"
-    )
-    results["fed_bytes_per_producer"] = tpl["fed_bytes_per_producer"]
-    results["model_bytes"] = tpl["model_bytes"]
-    results["stores"] = []
-    click.echo(
-        f"{'producers':>10} {'traced B/p':>11} {'RSS B/p':>9} | "
-        f"{'full ckpt MB':>12} {'s':>6} | {'5k-producer commit MB':>21} {'s':>6}"
-    )
-    for count in [tpl["producers"], *(int(c) for c in counts.split(","))]:
-        o = tmp / f"store-{count}.json"
-        subprocess.run(
-            [sys.executable, "-m", "benchmarks.memory", "--role", "clone", "--url", url,
-             "--n", str(count), "--blobs", str(blobs_path), "--out", str(o), "--model", model],
-            check=True,
-        )  # fmt: skip
-        s = json.loads(o.read_text())
-        results["stores"].append(s)
-        f, inc = s["full_checkpoint"], s["incremental_checkpoint"]
+    """1 and 2: for each count, a fresh process feeds that many producers (with the spec as
+    is, without its replay window, and under tracemalloc)."""
+    variants: list[tuple[str, str, bool]] = [(model, model, False)]
+    no_replay = without_replay_window(model, tmp) if replay_apart else None
+    if no_replay is not None:
+        variants.append((f"{model}, replay_window 0", str(no_replay), False))
         click.echo(
-            f"{count:>10,} {s['traced_bytes_per_producer']:>11,.0f} "
-            f"{s['rss_bytes_per_producer']:>9,.0f} | {f['bytes'] / 1e6:>12,.1f} "
-            f"{f['seconds']:>6.2f} | {inc['bytes'] / 1e6:>21,.1f} {inc['seconds']:>6.2f}"
+            f"each count runs with {model} as shipped and with replay_window = 0 (the "
+            "difference is the replay window's share)"
         )
-    return results
+    if traced:
+        variants.append((f"{model}, tracemalloc", model, True))
+    click.echo(
+        f"{'producers':>10} {'events':>11} {'spec':<26} {'RSS B/p':>8} {'traced':>7} "
+        f"{'restored':>8} {'ckpt B/p':>8} | {'full ckpt MB':>12} {'encode s':>8} "
+        f"{'write s':>7} {'restore s':>9} | "
+        f"{'commit of':>9} {'MB':>6} {'s':>6} | {'us/event':>8}"
+    )
+    stores: list[dict[str, Any]] = []
+    shares: list[dict[str, Any]] = []
+    for i, count in enumerate(int(c) for c in counts.split(",")):
+        runs = []
+        for j, (label, spec, under_tracemalloc) in enumerate(variants):
+            o = tmp / f"feed-{count}-{j}.json"
+            subprocess.run(
+                [sys.executable, "-m", "benchmarks.memory", "--role", "feed", "--url", url,
+                 "--producers", str(count), "--history-per-producer", str(history),
+                 "--model", spec, "--out", str(o), *(["--marks"] if i == j == 0 else []),
+                 *(["--traced"] if under_tracemalloc else [])],
+                check=True,
+            )  # fmt: skip
+            s = json.loads(o.read_text()) | {"spec": label, "count": count}
+            runs.append(s)
+            n = s["producers_fed"]
+            f, inc, back = s["full_checkpoint"], s["incremental_checkpoint"], s["restored"]
+            rss = "-" if under_tracemalloc else f"{s['rss_bytes_per_producer']:,.0f}"
+            heap = f"{s['traced_bytes_per_producer']:,.0f}" if under_tracemalloc else "-"
+            click.echo(
+                f"{n:>10,} {n * history:>11,} {label:<26} {rss:>8} {heap:>7} "
+                f"{back['rss_bytes_per_producer']:>8,.0f} "
+                f"{s['checkpoint_bytes_per_producer']:>8,.0f} | "
+                f"{f['bytes'] / 1e6:>12,.1f} {f['encode_s']:>8.2f} {f['write_s']:>7.2f} "
+                f"{back['seconds']:>9.2f} | "
+                f"{inc['producers']:>9,} {inc['bytes'] / 1e6:>6,.1f} {inc['encode_s']:>6.2f} | "
+                f"{s['feed_us_per_event']:>8.0f}"
+            )
+        stores += runs
+        if no_replay is not None:
+            share = {
+                key: runs[0][key] - runs[1][key]
+                for key in ("rss_bytes_per_producer", "checkpoint_bytes_per_producer")
+            }
+            shares.append({"count": count} | share)
+            click.echo(
+                f"{'':>10} replay window's share: RSS {share['rss_bytes_per_producer']:,.0f} "
+                f"B/p, checkpoint {share['checkpoint_bytes_per_producer']:,.0f} B/p"
+            )
+    first = stores[0]
+    click.echo(
+        f"checkpoint bytes per producer by history ({first['producers_fed']:,} producers, "
+        f"{model}; shared fields, meta and model: {first['shared_bytes'] / 1e3:,.1f} kB):"
+    )
+    for events, size in first["checkpoint_bytes_by_history"].items():
+        click.echo(f"  {int(events):>4} events: {size:>7,.0f} B")
+    return {"stores": stores, "replay_window_share": shares}
 
 
 if __name__ == "__main__":
