@@ -214,23 +214,34 @@ def test_a_pickled_model_reaches_only_model_classes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("model", "change", "message"),
     [
-        ({"format": FORMAT_VERSION + 1}, "format"),
-        ({"river": "0.1.0"}, "River 0.1.0"),
-        ({"spec_digest": "0" * 64}, "model spec"),
+        ("stats", {"format": FORMAT_VERSION + 1}, "format"),
+        ("hst", {"river": "0.1.0"}, "River 0.1.0"),  # a pickled model: River must match
+        ("stats", {"spec_digest": "0" * 64}, "model spec"),
     ],
 )
 def test_incompatible_checkpoints_are_refused_with_the_reason(
-    change: dict[str, object], message: str
+    model: str, change: dict[str, object], message: str
 ) -> None:
     signer = Signer(KEY)
-    fields = _fields(Pipeline(load_spec("stats")), signer)
+    fields = _fields(Pipeline(load_spec(model)), signer)
     meta = orjson.loads(signer.verify("meta", fields[b"meta"]))
     fields[b"meta"] = signer.sign("meta", orjson.dumps({**meta, **change}))
     with pytest.raises(IncompatibleCheckpointError, match=message) as info:
-        Pipeline(load_spec("stats")).restore(decode_fields(signer, fields))
+        Pipeline(load_spec(model)).restore(decode_fields(signer, fields))
     assert "--reset-state" in str(info.value)
+
+
+def test_another_river_release_restores_a_checkpoint_without_a_river_object() -> None:
+    original, rest, fields = _half_learned("stats")
+    signer = Signer(KEY)
+    meta = orjson.loads(signer.verify("meta", fields[b"meta"]))
+    assert meta["stateful_model"] is False
+    fields[b"meta"] = signer.sign("meta", orjson.dumps({**meta, "river": "0.26.9"}))
+    restored = Pipeline(load_spec("stats"))
+    restored.restore(decode_fields(signer, fields))
+    assert [v.score for v in restored.process(rest)] == [v.score for v in original.process(rest)]
 
 
 def test_checkpoint_of_one_spec_is_refused_by_another() -> None:

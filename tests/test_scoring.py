@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import pickle
 import random
+import tomllib
 from importlib.resources import files
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from detector.core.scoring import (
     available_models,
     load_spec,
     parse_spec,
+    spec_digest,
 )
 
 SHIPPED = sorted(
@@ -67,7 +68,7 @@ def test_every_shipped_spec_loads(name: str) -> None:
     text = files("detector.models").joinpath(f"{name}.toml").read_text()
     assert spec.name == name
     assert spec.kind in MODELS
-    assert spec.digest == hashlib.sha256(text.encode()).hexdigest()
+    assert spec.digest == spec_digest(tomllib.loads(text), name)
     assert spec.description == available_models()[name]
     assert isinstance(spec.features, FeatureConfig)
     assert isinstance(spec.calibration, CalibrationSpec)
@@ -173,7 +174,11 @@ def test_minimal_spec_takes_defaults() -> None:
     assert spec.features == FeatureConfig()
     assert spec.calibration == CalibrationSpec()
     assert spec.decision == Decision()
-    assert spec.digest == hashlib.sha256(MINIMAL.encode()).hexdigest()
+    assert spec.digest == spec_digest(tomllib.loads(MINIMAL), "mine")
+    # Comments and layout are not the spec: the digest (and so checkpoints) survive them.
+    edited = parse_spec("# tuned on 2026-12-06\n" + MINIMAL.replace(" = ", "   =   "), "mine.toml")
+    assert edited.digest == spec.digest
+    assert parse_spec(MINIMAL, "yours.toml").digest != spec.digest  # another name
 
 
 def test_spec_file_by_path(tmp_path: Path) -> None:
@@ -193,7 +198,9 @@ def test_spec_file_by_path(tmp_path: Path) -> None:
     assert spec.decision.threshold == 0.99
     assert spec.decision.warmup_events == 10
     assert spec.decision.cooldown_ms == Decision().cooldown_ms
-    assert spec.digest == hashlib.sha256(text.encode()).hexdigest()
+    assert spec.digest == spec_digest(tomllib.loads(text), "custom")
+    changed = text.replace("min_count = 7", "min_count = 8")
+    assert parse_spec(changed, str(path)).digest != spec.digest  # a value is the spec
     assert isinstance(spec.build(), TreesModel)
 
 

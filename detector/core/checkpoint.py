@@ -203,7 +203,9 @@ def check_compatible(meta: dict[str, Any], spec_name: str, spec_digest: str) -> 
     """
     check_format(meta)
     problems = []
-    if meta.get("river") != river_version():
+    # A pickled model may hold River objects, which only the River version that wrote them
+    # reads for sure; a checkpoint without one (the default model's) holds nothing of River.
+    if meta.get("stateful_model", True) and meta.get("river") != river_version():
         problems.append(f"River {meta.get('river')} (installed: {river_version()})")
     if meta.get("spec_digest") != spec_digest:
         problems.append(f"model spec {meta.get('spec')!r} with other settings than {spec_name!r}")

@@ -437,7 +437,7 @@ class Pipeline:
         meta = new_meta(
             self.spec.name, self.spec.digest, dict(offsets),
             events_seen=self.events_seen, established=self.established, first_ms=self.first_ms,
-            producers=len(store), **store.counters(),
+            producers=len(store), stateful_model=self.model.stateful, **store.counters(),
             **self.admission.to_meta(), **self.budget.to_meta(),
         )  # fmt: skip
         model = self.model if self.model.stateful else None

@@ -20,6 +20,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, Protocol, get_type_hints
 
+import orjson
+
 from detector.core.errors import ConfigError
 from detector.core.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig
 from detector.core.trees import HalfSpaceTrees
@@ -192,7 +194,8 @@ class ModelSpec:
         calibration: calibration settings.
         decision: threshold, warm-up, cooldown, protection.
         description: one line for ``detector models``.
-        digest: sha256 of the spec's content (goes into alerts and checkpoints).
+        digest: sha256 of the parsed spec (goes into alerts and checkpoints): comments and
+            layout of the TOML file do not change it, a value does.
     """
 
     name: str
@@ -247,6 +250,13 @@ def _section(cls: Any, data: object, where: str) -> Any:
         raise ConfigError(msg) from None
 
 
+def spec_digest(data: dict[str, Any], name: str) -> str:
+    """The digest of a parsed spec under its name: its values, not its text (a comment or the
+    layout of the file does not change it; checkpoints are refused when it changes)."""
+    canonical = orjson.dumps({**data, "name": name}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
 def parse_spec(text: str, origin: str) -> ModelSpec:
     """Validate a spec's TOML text."""
     try:
@@ -277,7 +287,7 @@ def parse_spec(text: str, origin: str) -> ModelSpec:
         ),
         decision=_section(Decision, data.get("decision", {}), f"{origin} [decision]"),
         description=str(data.get("description", "")),
-        digest=hashlib.sha256(text.encode()).hexdigest(),
+        digest=spec_digest(data, str(data.get("name", Path(origin).stem))),
     )
     spec.build()  # fail at startup, not on the first event
     return spec
