@@ -14,14 +14,19 @@ python -m benchmarks.memory --soak-s 600   # RSS over a 10-minute run
    growth over the empty pipeline (after a warm-up on a throwaway one, a collection and
    ``malloc_trim``) / producers tracked. With ``--replay-apart`` (default) each count runs
    again with the spec's ``replay_window`` set to 0 (a copy of the spec file): the difference
-   is the replay-id window's share. The checkpoint bytes per producer by history (25-500
-   events) come from the first count.
+   is the replay-id window's share. ``--traced`` runs each count once more under tracemalloc
+   (~5x slower): the Python heap's growth per producer, which tells the state's bytes from the
+   allocator's in the RSS figure. The checkpoint bytes per producer by history (25-500 events)
+   come from the first count.
 2. **Checkpoint.** In the same processes: the full snapshot (``Pipeline.snapshot(full=True)``,
    every producer, as after a baseline start) encoded and signed (``encode_fields``), its
    bytes per producer (fields other than ``meta`` and ``model``, names included), then
-   written to a real redis-server as one MULTI/EXEC (HSET); then the next events until
-   min(5000, N/2) producers have changed, and their incremental snapshot encoded. Only the
-   public surface (``Pipeline``, ``snapshot``, ``encode_fields``, spec files) is used, so the
+   written to a real redis-server as one MULTI/EXEC (HSET). A restarted worker: another fresh
+   process reads it back, decodes it (``decode_fields``) and restores it into a new
+   pipeline: its RSS growth per producer (states built at once, without a live run's
+   fragmentation) and the seconds. Then the next events until min(5000, N/2) producers have
+   changed, and their incremental snapshot encoded. Only the public surface (``Pipeline``,
+   ``snapshot``/``restore``, ``encode_fields``/``decode_fields``, spec files) is used, so the
    figures compare across rewrites of the core.
 3. **Worker peak RSS.** ``detector run --until-idle`` (the CLI, warm from a baseline) on the
    throughput workload: VmHWM of the process.
@@ -460,7 +465,7 @@ def soak(
     "--counts",
     default="1000,10000",
     show_default=True,
-    help="Producers to measure (100000 takes ~1 h per spec at 2026-12 speeds).",
+    help="Producers to measure (100000: 50M events at 500 each, ~2 h per spec in 2026-12).",
 )
 @click.option(
     "--replay-apart/--no-replay-apart",
@@ -626,10 +631,15 @@ def per_producer(
                 key: runs[0][key] - runs[1][key]
                 for key in ("rss_bytes_per_producer", "checkpoint_bytes_per_producer")
             }
+            share["restored_bytes_per_producer"] = (
+                runs[0]["restored"]["rss_bytes_per_producer"]
+                - runs[1]["restored"]["rss_bytes_per_producer"]
+            )
             shares.append({"count": count} | share)
             click.echo(
                 f"{'':>10} replay window's share: RSS {share['rss_bytes_per_producer']:,.0f} "
-                f"B/p, checkpoint {share['checkpoint_bytes_per_producer']:,.0f} B/p"
+                f"B/p, restored {share['restored_bytes_per_producer']:,.0f} B/p, checkpoint "
+                f"{share['checkpoint_bytes_per_producer']:,.0f} B/p"
             )
     first = stores[0]
     click.echo(
