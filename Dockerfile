@@ -12,8 +12,22 @@
 # (0644), inside a directory only you can enter (0700). DETECTOR_CHECKPOINT_KEY=<key> works too,
 # but shows in `docker inspect`.
 #
-# Configured through DETECTOR_* environment variables only (see `detector run --help`). Every
-# dependency ships binary wheels (amd64 and arm64), so the image needs no compiler.
+# Configured through DETECTOR_* environment variables only (see `detector run --help`).
+#
+# Two stages: the builder compiles the core (Cython, setup.py) into a wheel; the image installs
+# that wheel and every dependency's binary wheel (amd64 and arm64), so it holds no compiler.
+
+FROM python:3.11-slim AS builder
+# The C compiler and the C library's headers (Python's come with the image).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY detector ./detector
+COPY models ./models
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -32,17 +46,16 @@ RUN groupadd --system --gid 10001 detector \
 # Named here too: Docker derives HOME from /etc/passwd only for the USER listed there.
 ENV HOME=/home/detector
 
-# Build from a throwaway copy: the wheel (with the `detector.models` specs) lands in
-# site-packages and the source tree is removed, so nothing can shadow the installed package.
-WORKDIR /tmp/src
-COPY pyproject.toml README.md ./
-COPY detector ./detector
-COPY models ./models
-RUN pip install --no-cache-dir . && rm -rf /tmp/src
+# The builder's wheel (with the `detector.models` specs) lands in site-packages, and no source
+# tree stays behind to shadow the installed package.
+COPY --from=builder /wheels /tmp/wheels
+RUN pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
 
 WORKDIR /app
-# Fail the build if the model specs did not make it into the wheel.
-RUN detector models
+# Fail the build if the model specs did not make it into the wheel, or if the core would run
+# as pure Python (the slower fallback for machines without a compiler).
+RUN detector models \
+    && python -c "from detector.compiled import require_compiled; require_compiled()"
 # The demo producer (compose profile `demo`) runs from this image too.
 COPY deploy ./deploy
 

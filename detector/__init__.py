@@ -9,7 +9,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from detector import compiled
+
 __version__ = "0.1.0"
+
+# Before any core module is imported: the core's compiled modules give way to their Python
+# sources under DETECTOR_PURE_PYTHON=1, or when edited since their build (detector.compiled).
+compiled.install()
 
 if TYPE_CHECKING:
     from detector.core.alerts import Alert

@@ -22,7 +22,7 @@ import click
 import orjson
 import redis
 
-from detector import __version__
+from detector import __version__, compiled
 from detector.core.errors import CheckpointError, ConfigError, DetectorError
 from detector.core.settings import (
     DEFAULT_MODEL,
@@ -56,12 +56,19 @@ log = logging.getLogger(__name__)
 EXIT_CHECKPOINT = 3
 
 
+def _version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"detector {__version__}, {compiled.describe()}")
+        ctx.exit()
+
+
 @click.group(
     cls=Group,
     params=global_params(),
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.version_option(__version__, prog_name="detector")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version, and whether the core runs compiled, and exit.")  # fmt: skip
 def cli() -> None:
     """Real-time anomaly detection for Redis Streams."""
 
@@ -72,6 +79,8 @@ def cli() -> None:
 def run(**kw: Any) -> None:
     """Consume streams through a consumer group, score every event, emit alerts."""
     from detector.runtime.worker import Worker
+
+    compiled.warn_if_pure()
 
     url = kw["redis_url"]
     refuse_password_on_command_line(click.get_current_context(), url)
@@ -119,6 +128,8 @@ def score(**kw: Any) -> None:
     from detector.core.checkpoint import Signer
     from detector.offline import score_file
 
+    compiled.warn_if_pure()
+
     baseline = resolve_baseline(kw)
     counts = score_file(
         kw["input_path"],
@@ -164,6 +175,8 @@ def train(**kw: Any) -> None:
     from detector.core.events import Decoder
     from detector.core.pipeline import Pipeline
     from detector.core.scoring import load_spec
+
+    compiled.warn_if_pure()
 
     url, stream = kw["redis_url"], kw["stream"]
     refuse_password_on_command_line(click.get_current_context(), url)
@@ -374,6 +387,8 @@ def demo(redis_url: str | None, model: str, threshold: float | None, seed: int, 
             speed: float, metrics_port: int | None) -> None:  # fmt: skip
     """Simulate a shop with injected incidents and watch the detector catch them."""
     from detector.demo import run_demo
+
+    compiled.warn_if_pure()
 
     logging.getLogger("detector").setLevel(logging.WARNING)  # the demo prints its own story
     with redis_url_or_embedded(redis_url) as url:

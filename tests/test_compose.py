@@ -32,6 +32,7 @@ import redis
 import yaml
 from click.testing import CliRunner
 
+from detector import compiled
 from detector.cli import cli
 from detector.core.settings import HEALTH_KEY, default_baselines_dir
 from detector.gateway.secrets import SECRET_ENVVARS, load_checkpoint_secret
@@ -69,6 +70,17 @@ def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
         buf = ""
     assert not buf, "Dockerfile ends inside a continuation line"
     return out
+
+
+def dockerfile_stages(instructions: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """The build stages in order, each from its FROM on; the last one is the image."""
+    stages: list[list[tuple[str, str]]] = []
+    for kw, args in instructions:
+        if kw == "FROM":
+            stages.append([])
+        assert stages, f"{kw} before the first FROM"
+        stages[-1].append((kw, args))
+    return stages
 
 
 def exec_form(args: str) -> list[str]:
@@ -281,8 +293,8 @@ def use_environ(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], home: Path
 
 
 def run_healthcheck(shell_command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """A CMD-SHELL healthcheck as Docker runs it: ``/bin/sh -c`` in the container's env, with
-    this worktree's ``detector`` package behind the console script."""
+    """A CMD-SHELL healthcheck (or a RUN step) as Docker runs it: ``/bin/sh -c`` in the
+    container's env, with this worktree's ``detector`` package behind the console script."""
     bindir = Path(sys.executable).parent
     assert (bindir / "detector").exists(), "the detector console script is not installed"
     base = {"PATH": f"{bindir}:/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
@@ -321,8 +333,14 @@ def detector_env(services: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def instructions() -> list[tuple[str, str]]:
-    return dockerfile_instructions(DOCKERFILE.read_text())
+def stages() -> list[list[tuple[str, str]]]:
+    return dockerfile_stages(dockerfile_instructions(DOCKERFILE.read_text()))
+
+
+@pytest.fixture(scope="module")
+def instructions(stages: list[list[tuple[str, str]]]) -> list[tuple[str, str]]:
+    """The image's: the last stage (the builder only makes the wheel it installs)."""
+    return stages[-1]
 
 
 @pytest.fixture()
@@ -665,8 +683,8 @@ def test_image_home_is_the_users_and_writable(
     assert default_baselines_dir().is_relative_to(home)
 
 
-def test_image_bakes_no_key(instructions: list[tuple[str, str]]) -> None:
-    for kw, args in instructions:
+def test_image_bakes_no_key(stages: list[list[tuple[str, str]]]) -> None:
+    for kw, args in itertools.chain(*stages):
         if kw in {"ENV", "ARG", "LABEL"}:
             assert "CHECKPOINT_KEY" not in args, f"{kw} {args}"
         if kw in {"COPY", "ADD"}:
@@ -689,8 +707,41 @@ def test_dockerfile_base_user_and_install(instructions: list[tuple[str, str]]) -
     user = _only(instructions, "USER").split(":")[0]
     assert user not in {"root", "0"}
     runs = [args for kw, args in instructions if kw == "RUN"]
-    assert any("pip install --no-cache-dir ." in r for r in runs)
     assert not any(re.search(r"apt-get install|build-essential|\bgcc\b", r) for r in runs)
+
+
+def test_dockerfile_compiles_the_core_in_a_builder_stage(
+    stages: list[list[tuple[str, str]]],
+) -> None:
+    """The builder has a C compiler and the build's files and makes the wheel; the image
+    installs that wheel and refuses to ship the pure-Python fallback."""
+    [builder, image] = stages
+    base, _, name = _only(builder, "FROM").partition(" AS ")
+    assert base == _only(image, "FROM")  # the wheel's tags (cp311, the platform) fit
+    runs = [args for kw, args in builder if kw == "RUN"]
+    assert any(re.search(r"apt-get install .*\bgcc\b", r) for r in runs)
+    copied = {src for kw, args in builder if kw == "COPY" for src in args.split()[:-1]}
+    assert {"pyproject.toml", "setup.py", "README.md", "detector", "models"} <= copied
+    [wheel] = [shlex.split(r) for r in runs if "pip wheel" in r]
+    assert wheel[-1] == "." and "--no-deps" in wheel
+    wheels = wheel[wheel.index("--wheel-dir") + 1]
+    [copy] = [args.split() for kw, args in image if kw == "COPY" and "--from" in args]
+    assert copy[0] == f"--from={name}" and copy[1] == wheels
+    image_runs = [args for kw, args in image if kw == "RUN"]
+    [install] = [i for i, r in enumerate(image_runs) if "pip install --no-cache-dir" in r]
+    assert f"pip install --no-cache-dir {copy[2]}/*.whl" in image_runs[install]
+    [check] = [
+        part.strip()
+        for r in image_runs[install + 1 :]
+        for part in r.split("&&")
+        if "require_compiled" in part
+    ]
+    # The check itself: it passes on a compiled core and fails on the fallback.
+    for env, code in ((None, 0), ({"DETECTOR_PURE_PYTHON": "1"}, 1)):
+        if env is None and compiled.pure_modules():
+            continue  # not compiled here: test_compiled says why
+        out = run_healthcheck(check, env or {})
+        assert out.returncode == code, out.stdout + out.stderr
 
 
 def test_dockerfile_entrypoint_is_the_console_script(instructions: list[tuple[str, str]]) -> None:
@@ -726,25 +777,26 @@ def test_dockerfile_env_vars_are_run_options(instructions: list[tuple[str, str]]
 
 
 def test_dockerfile_copies_exist_and_survive_dockerignore(
-    instructions: list[tuple[str, str]], services: dict[str, dict[str, Any]]
+    stages: list[list[tuple[str, str]]], services: dict[str, dict[str, Any]]
 ) -> None:
     patterns = [
         line.strip()
         for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    workdir = PurePosixPath("/")
     destinations: dict[str, PurePosixPath] = {}
-    for kw, args in instructions:
-        if kw == "WORKDIR":
-            workdir = workdir / args
-        elif kw == "COPY":
-            *sources, dest = [a for a in args.split() if not a.startswith("--")]
-            for source in sources:
-                assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
-                top = PurePosixPath(source).parts[0]
-                assert dockerignore_includes(patterns, top), f"COPY {source}: .dockerignored"
-                destinations[source.rstrip("/")] = workdir / dest
+    for stage in stages:
+        workdir = PurePosixPath("/")
+        for kw, args in stage:
+            if kw == "WORKDIR":
+                workdir = workdir / args
+            elif kw == "COPY" and "--from" not in args:  # from the build context
+                *sources, dest = [a for a in args.split() if not a.startswith("--")]
+                for source in sources:
+                    assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+                    top = PurePosixPath(source).parts[0]
+                    assert dockerignore_includes(patterns, top), f"COPY {source}: .dockerignored"
+                    destinations[source.rstrip("/")] = workdir / dest
     for private in (".git", "tests", ".venv", ".env"):
         assert not dockerignore_includes(patterns, private), f"{private} is in the build context"
     # The producer service runs the script from where the Dockerfile puts deploy/.

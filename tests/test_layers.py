@@ -19,6 +19,8 @@ CORE = ("settings", "errors", "events", *(f"features.{m}" for m in FEATURES), "c
 GATEWAY = ("streams", "ownership", "partitions", "connection", "secrets", "embedded",
            "alert_reader")  # fmt: skip
 RUNTIME = ("worker", "consumer", "checkpointer", "status", "metrics")
+# Loaded by the package itself (detector/__init__.py); imports nothing of the package.
+PACKAGE = ("compiled",)
 APPS = ("cli", "options", "offline", "baselines", "router", "producer", "acl", "demo", "logs",
         "console", "shop.simulator")  # fmt: skip
 
@@ -48,6 +50,12 @@ def test_the_core_imports_no_redis_and_nothing_above_it() -> None:
     assert _loaded_after(_names("core.", CORE), above, block_redis=True) == []
 
 
+def test_the_package_loads_only_its_own_module() -> None:
+    """`import detector` stays light: the compiled-core switch, no layer."""
+    every = _names("core.", CORE) + _names("gateway.", GATEWAY) + _names("runtime.", RUNTIME)
+    assert _loaded_after(["detector"], every + _names("", APPS), block_redis=True) == []
+
+
 def test_the_redis_layer_imports_only_the_core() -> None:
     above = _names("runtime.", RUNTIME) + _names("", APPS)
     assert _loaded_after(_names("gateway.", GATEWAY), above, block_redis=False) == []
@@ -67,7 +75,7 @@ def test_every_module_has_its_layer() -> None:
         if path.name != "__init__.py"
     }
     listed = {f"core.{m}" for m in CORE} | {f"runtime.{m}" for m in RUNTIME}
-    listed |= {f"gateway.{m}" for m in GATEWAY} | set(APPS)
+    listed |= {f"gateway.{m}" for m in GATEWAY} | set(APPS) | set(PACKAGE)
     assert found == listed
     design = (Path(__file__).parent.parent / "docs" / "design.md").read_text()
     section = design.split("## Modules", 1)[1].split("\n## ", 1)[0]
