@@ -39,7 +39,13 @@ class BuildCore(build_ext):
             self.extensions,
             build_dir=os.path.join(self.build_temp, "cython"),
             # No `__test__` dict of the docstrings: pytest finds the doctests without it.
-            compiler_directives={"language_level": 3, "autotestdict": False},
+            compiler_directives={
+                "language_level": 3,
+                "autotestdict": False,
+                # The .pxd files type the kernels (C ints and doubles); the annotations of the
+                # .py are for mypy and the pure path, so they must not type anything here.
+                "annotation_typing": False,
+            },
             quiet=True,
         )
         for ext, c in zip(self.extensions, translated, strict=True):

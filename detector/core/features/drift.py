@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
@@ -141,35 +140,25 @@ class DriftFeature(Feature[dict[str, Drift]]):
     def new(self) -> dict[str, Drift]:
         return {}
 
-    def _steps(self, slot: int, event: Event) -> Iterator[tuple[str, float, Drift, float]]:
-        """(field, value, drift, clipped z) of the event's judged fields."""
+    def _best(self, slot: int, event: Event) -> tuple[float, str]:
         cfg = self.cfg
         drifts = self.slots[slot]
         if not drifts:
-            return
-        prefix = type_prefix(event.type)
-        for name, x in event.numbers.items():
-            d = drifts.get(prefix + name)
-            if d is not None and d.count >= cfg.min_count:
-                yield name, x, d, d.clipped_z(signed_log(x), cfg.min_sd, cfg.drift_clip)
-
-    def _best(self, slot: int, event: Event) -> tuple[float, str, float, Drift | None]:
-        k = self.cfg.drift_slack
-        best: tuple[float, str, float, Drift | None] = (0.0, "", 0.0, None)
-        for name, x, d, z in self._steps(slot, event):
-            # P(S > s) ~ exp(-2 k s) for a CUSUM under no change: -log10 of that.
-            s = min(2.0 * k * d.statistic_of(z, k) / LOG10, MAX_SURPRISE)
-            if s > 0 and (best[3] is None or s > best[0]):
-                best = (s, name, x, d)
-        return best
+            return 0.0, ""
+        return best_drift(
+            drifts, type_prefix(event.type), event.numbers, cfg.min_count, cfg.min_sd,
+            cfg.drift_clip, cfg.drift_slack,
+        )  # fmt: skip
 
     def judge(self, slot: int, event: Event) -> float:
         return self._best(slot, event)[0]
 
     def explain(self, slot: int, event: Event) -> Reason | None:
-        s, name, x, d = self._best(slot, event)
-        if d is None:
+        s, name = self._best(slot, event)
+        if not name:
             return None
+        x = event.numbers[name]
+        d = self.slots[slot][type_prefix(event.type) + name]
         m = self.value.slots[slot].get(type_prefix(event.type) + name)
         level = unlog(m.mean) if m is not None else x
         hours = self.cfg.drift_horizon_s / 3600
@@ -180,9 +169,13 @@ class DriftFeature(Feature[dict[str, Drift]]):
 
     def advance(self, slot: int, event: Event) -> None:
         """The CUSUMs of judged fields advance with every event."""
-        k = self.cfg.drift_slack
-        for _, _, d, z in list(self._steps(slot, event)):
-            d.step_by(z, k)
+        cfg = self.cfg
+        drifts = self.slots[slot]
+        if drifts:
+            step_drifts(
+                drifts, type_prefix(event.type), event.numbers, cfg.min_count, cfg.min_sd,
+                cfg.drift_clip, cfg.drift_slack,
+            )  # fmt: skip
 
     def learn(self, slot: int, event: Event) -> None:
         cfg = self.cfg
@@ -209,3 +202,32 @@ class DriftFeature(Feature[dict[str, Drift]]):
 
     def load(self, slot: int, r: Reader) -> None:
         self.slots[slot] = {sys.intern(r.text()): Drift.load(r) for _ in range(r.count())}
+
+
+def best_drift(
+    drifts: dict[str, Drift], prefix: str, numbers: dict[str, float], min_count: int,
+    min_sd: float, clip: float, k: float,
+) -> tuple[float, str]:  # fmt: skip
+    """(surprise, field) of the field whose CUSUM statistic this event would raise most."""
+    best, best_name = 0.0, ""
+    for name, x in numbers.items():
+        d = drifts.get(prefix + name)
+        if d is None or d.count < min_count:
+            continue
+        z = d.clipped_z(signed_log(x), min_sd, clip)
+        # P(S > s) ~ exp(-2 k s) for a CUSUM under no change: -log10 of that.
+        s = min(2.0 * k * d.statistic_of(z, k) / LOG10, MAX_SURPRISE)
+        if s > 0 and (not best_name or s > best):
+            best, best_name = s, name
+    return best, best_name
+
+
+def step_drifts(
+    drifts: dict[str, Drift], prefix: str, numbers: dict[str, float], min_count: int,
+    min_sd: float, clip: float, k: float,
+) -> None:  # fmt: skip
+    """Advance the CUSUM of every judged field by the event's value."""
+    for name, x in numbers.items():
+        d = drifts.get(prefix + name)
+        if d is not None and d.count >= min_count:
+            d.step_by(d.clipped_z(signed_log(x), min_sd, clip), k)
