@@ -127,7 +127,7 @@ def test_memory_runs(tmp_path: Path) -> None:
         "--history-per-producer",
         "100",
     )
-    rows = re.findall(r"^ +(\d+) +[\d,]+ (stats|stats, replay_window 0) +[\d,]+ ", out, re.M)
+    rows = re.findall(r"^ +(\d+) +[\d,]+ (stats|stats, replay_horizon_s 0) +[\d,]+ ", out, re.M)
     assert len(rows) == 2, out  # with and without the replay window
     assert "replay window's share: RSS" in out
     assert "100 events:" in out  # checkpoint bytes by history, up to the history fed
