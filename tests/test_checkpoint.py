@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from detector.baselines import save
 from detector.core.checkpoint import (
     FORMAT_VERSION,
     FrozenCommit,
@@ -131,6 +132,20 @@ def test_incremental_commits_of_the_id_window_resume_identically() -> None:
     assert "s:replayed_id.1" in checkpoint
     caught = [v.alert.reasons[0].feature for v in uninterrupted if v.alert is not None]
     assert caught.count("replayed_id") >= 5
+
+
+def test_a_baseline_holds_no_id_window_and_starts_one_afresh(tmp_path: Path) -> None:
+    signer, p = Signer(KEY), Pipeline(load_spec("stats"))
+    p.process(_events_with_ids(per_producer=300))
+    snap = p.snapshot({}, full=True)
+    assert set(snap.shared) == {"replayed_id", "replayed_id.0"}  # a header, a block of 1024
+    save(p, tmp_path / "b.baseline", signer)
+    assert load_file(tmp_path / "b.baseline", signer).shared == {}
+    started = Pipeline(load_spec("stats"))
+    started.restore(snap, baseline=True)  # its ids are from another time
+    feature = started.store.by_name["replayed_id"]
+    assert isinstance(feature, ReplayFeature) and feature.window is not None
+    assert len(feature.window) == 0 and len(started.store) == 4
 
 
 def test_incremental_snapshots_hold_only_changed_producers() -> None:
