@@ -13,7 +13,7 @@ python -m benchmarks.memory --soak-s 600   # RSS over a 10-minute run
    process through a pipe, so the simulator's memory is not counted. Bytes per producer = RSS
    growth over the empty pipeline (after a warm-up on a throwaway one, a collection and
    ``malloc_trim``) / producers tracked. With ``--replay-apart`` (default) each count runs
-   again with the spec's ``replay_window`` set to 0 (a copy of the spec file): the difference
+   again with the spec's ``replay_horizon_s`` set to 0 (a copy of the spec file): the difference
    is the replay-id window's share. ``--traced`` runs each count once more under tracemalloc
    (~5x slower): the Python heap's growth per producer, which tells the state's bytes from the
    allocator's in the RSS figure. The checkpoint bytes per producer by history (25-500 events)
@@ -302,11 +302,11 @@ def spec_text(model: str) -> str:
 
 
 def without_replay_window(model: str, tmp: Path) -> Path | None:
-    """A copy of the spec with ``replay_window = 0``; None if it has no replay window."""
+    """A copy of the spec with ``replay_horizon_s = 0``; None if it has no replay window."""
     text = spec_text(model)
-    pattern = re.compile(r"^(replay_window\s*=\s*)(\d+)", re.MULTILINE)
+    pattern = re.compile(r"^(replay_horizon_s\s*=\s*)([\d.]+)", re.MULTILINE)
     found = pattern.search(text)
-    if found is None or int(found.group(2)) == 0:
+    if found is None or float(found.group(2)) == 0:
         return None
     path = tmp / f"{Path(model).stem}-no-replay.toml"
     path.write_text(pattern.sub(r"\g<1>0", text, count=1))
@@ -471,7 +471,7 @@ def soak(
     "--replay-apart/--no-replay-apart",
     default=True,
     show_default=True,
-    help="Also run each count with replay_window = 0: the replay window's share.",
+    help="Also run each count with replay_horizon_s = 0: the replay window's share.",
 )
 @click.option(
     "--producers", default=1000, show_default=True, help="Producers of the worker run and the soak."
@@ -584,9 +584,9 @@ def per_producer(
     variants: list[tuple[str, str, bool]] = [(model, model, False)]
     no_replay = without_replay_window(model, tmp) if replay_apart else None
     if no_replay is not None:
-        variants.append((f"{model}, replay_window 0", str(no_replay), False))
+        variants.append((f"{model}, replay_horizon_s 0", str(no_replay), False))
         click.echo(
-            f"each count runs with {model} as shipped and with replay_window = 0 (the "
+            f"each count runs with {model} as shipped and with replay_horizon_s = 0 (the "
             "difference is the replay window's share)"
         )
     if traced:

@@ -121,8 +121,12 @@ def learn(
 def save(
     pipeline: Pipeline, path: Path, signer: Signer, offsets: dict[str, str] | None = None
 ) -> None:
-    """Save the state; ``offsets``: per stream, the last entry id it learned from."""
-    save_file(path, signer, pipeline.snapshot(offsets or {}, full=True))
+    """Save the state; ``offsets``: per stream, the last entry id it learned from.
+
+    Without the shared state (the ids sent, up to 16 MB): a baseline starts it afresh."""
+    snap = pipeline.snapshot(offsets or {}, full=True)
+    snap.shared = {}
+    save_file(path, signer, snap)
 
 
 def load_into(pipeline: Pipeline, path: Path, signer: Signer) -> None:

@@ -84,6 +84,12 @@ def test_same_verdicts_resumes_from_checkpoints(tmp_path: Path) -> None:
     assert " alerts 0 " not in _digest_line(plain)  # the digest covers some alerts
 
 
+def test_replay_window_runs(tmp_path: Path) -> None:
+    out = _run(tmp_path, "benchmarks.replay_window", "--ids", "5000", "--memory-producers", "20")
+    assert "window: 5,000 ids, capacity 8,192, 262,144 B (32 B per id of capacity)" in out
+    assert re.search(r"without it [\d,]+ B per producer", out)
+
+
 def test_latency_runs(tmp_path: Path) -> None:
     out = _run(
         tmp_path,
@@ -127,7 +133,7 @@ def test_memory_runs(tmp_path: Path) -> None:
         "--history-per-producer",
         "100",
     )
-    rows = re.findall(r"^ +(\d+) +[\d,]+ (stats|stats, replay_window 0) +[\d,]+ ", out, re.M)
+    rows = re.findall(r"^ +(\d+) +[\d,]+ (stats|stats, replay_horizon_s 0) +[\d,]+ ", out, re.M)
     assert len(rows) == 2, out  # with and without the replay window
     assert "replay window's share: RSS" in out
     assert "100 events:" in out  # checkpoint bytes by history, up to the history fed

@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from detector.baselines import save
 from detector.core.checkpoint import (
     FORMAT_VERSION,
     FrozenCommit,
@@ -20,8 +21,9 @@ from detector.core.checkpoint import (
     save_file,
 )
 from detector.core.errors import CheckpointError, IncompatibleCheckpointError
-from detector.core.events import Decoder
-from detector.core.pipeline import Pipeline
+from detector.core.events import Decoder, Event
+from detector.core.features.replay import ReplayFeature
+from detector.core.pipeline import Pipeline, Verdict
 from detector.core.scoring import load_spec
 from tests.helpers import order_events, outlier
 
@@ -63,6 +65,87 @@ def test_restored_pipeline_scores_exactly_like_the_original(model: str) -> None:
     rest_b = [v.score for v in restored.process(rest)]
     assert rest_a == rest_b
     assert any(s is not None and s > 0.9 for s in rest_a)  # there was something to compare
+
+
+def _events_with_ids(producers: int = 4, per_producer: int = 3000) -> list[Event]:
+    """Order events with an ``event_id``; every 1500 entries, svc-1 re-sends 10 of its
+    events from ~5-10 minutes earlier (new times, same ids)."""
+    raw = order_events(producers=producers, per_producer=per_producer, seed=3)
+    for i, f in enumerate(raw):
+        f["data"] = orjson.dumps({**orjson.loads(f["data"]), "event_id": f"id-{i}"}).decode()
+    sent = []
+    for i, f in enumerate(raw):
+        sent.append(f)
+        if i >= 2000 and i % 1500 == 0:
+            old = [g for g in raw[i - 2400 : i - 1200] if g["producer"] == "svc-1"][:10]
+            sent += [{**g, "ts": str(int(f["ts"]) + k)} for k, g in enumerate(old)]
+    d = Decoder()
+    return [
+        d.decode("s", f"{i + 1}-0", {k.encode(): v.encode() for k, v in f.items()})
+        for i, f in enumerate(sent)
+    ]
+
+
+def _written(verdicts: list[Verdict]) -> list[tuple[object, ...]]:
+    return [(v.score, v.flagged, v.alert and v.alert.alert_id, v.alert and v.alert.reasons)
+            for v in verdicts]  # fmt: skip
+
+
+def test_incremental_commits_of_the_id_window_resume_identically() -> None:
+    """The replayed-id window (shared by all producers, in blocks of its own) committed
+    incrementally into a hash, restored from it mid-stream: the same verdicts as a run that
+    never stopped; a frozen commit holds the window as of its freeze."""
+    events = _events_with_ids()
+    spec = load_spec("stats")
+    uninterrupted = Pipeline(spec).process(events)
+    whole = _written(uninterrupted)
+    signer, checkpoint = Signer(KEY), dict[str, bytes]()
+    p = Pipeline(spec, track_changes=True)
+    got: list[tuple[object, ...]] = []
+    done = n = 0
+    while done < len(events):
+        chunk = events[done : done + 700]
+        done += len(chunk)
+        got += _written(p.process(chunk))
+        snap = p.snapshot({"s": chunk[-1].entry_id})
+        at_freeze = encode_fields(signer, snap)
+        frozen = FrozenCommit(signer, snap)
+        p.committed()
+        p.store.before_change = frozen.keep
+        if n == 4:  # the state moves on before the frozen commit is encoded
+            chunk = events[done : done + 700]
+            done += len(chunk)
+            got += _written(p.process(chunk))
+        assert frozen.advance() and frozen.fields == at_freeze
+        p.store.before_change = None
+        checkpoint.update(frozen.fields)
+        for name in frozen.removed:
+            checkpoint.pop(name, None)
+        if n % 3 == 2:
+            p = Pipeline(spec, track_changes=True)
+            p.restore(decode_fields(signer, {k.encode(): v for k, v in checkpoint.items()}))
+        n += 1
+    assert got == whole
+    feature = p.store.by_name["replayed_id"]
+    assert isinstance(feature, ReplayFeature) and feature.window is not None
+    assert feature.window.capacity == 8192 and len(feature.window) > 4096  # two blocks
+    assert "s:replayed_id.1" in checkpoint
+    caught = [v.alert.reasons[0].feature for v in uninterrupted if v.alert is not None]
+    assert caught.count("replayed_id") >= 5
+
+
+def test_a_baseline_holds_no_id_window_and_starts_one_afresh(tmp_path: Path) -> None:
+    signer, p = Signer(KEY), Pipeline(load_spec("stats"))
+    p.process(_events_with_ids(per_producer=300))
+    snap = p.snapshot({}, full=True)
+    assert set(snap.shared) == {"replayed_id", "replayed_id.0"}  # a header, a block of 1024
+    save(p, tmp_path / "b.baseline", signer)
+    assert load_file(tmp_path / "b.baseline", signer).shared == {}
+    started = Pipeline(load_spec("stats"))
+    started.restore(snap, baseline=True)  # its ids are from another time
+    feature = started.store.by_name["replayed_id"]
+    assert isinstance(feature, ReplayFeature) and feature.window is not None
+    assert len(feature.window) == 0 and len(started.store) == 4
 
 
 def test_incremental_snapshots_hold_only_changed_producers() -> None:

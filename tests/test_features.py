@@ -6,7 +6,7 @@ import math
 import pickle
 import random
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 
 import pytest
@@ -17,7 +17,7 @@ from detector.core.events import Decoder, Event
 from detector.core.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig, FeatureStore
 from detector.core.features.categories import ID_FIELD, Categories
 from detector.core.features.moments import Moments
-from detector.core.features.replay import IdMemory
+from detector.core.features.replay import BYTES_PER_ID, IdWindow, ReplayFeature, fingerprint
 
 CFG = FeatureConfig()
 SECOND = 1000
@@ -76,7 +76,8 @@ def slot(store: FeatureStore, producer: str = "pay-1") -> int:
 def restored(store: FeatureStore, producer: str = "pay-1") -> FeatureStore:
     """A fresh store restored from ``producer``'s checkpoint record (the checkpoint's path)."""
     copy = FeatureStore(store.cfg)
-    copy.restore({producer: store.record(slot(store, producer))}, store.counters())
+    record = {producer: store.record(slot(store, producer))}
+    copy.restore(record, store.counters(), shared=store.shared(full=True))
     return copy
 
 
@@ -170,7 +171,7 @@ def test_evidence_excludes_the_event_itself() -> None:
 def test_reasons_explain_the_judged_surprises_of_every_feature() -> None:
     # Judging (every event) and explaining (flagged events only) are separate code paths:
     # each surprising feature's reason must carry the surprise its judge gave, and only they.
-    cfg = FeatureConfig(replay_window=64, drift_horizon_s=600.0, novelty_burst=True,
+    cfg = FeatureConfig(replay_horizon_s=64.0, drift_horizon_s=600.0, novelty_burst=True,
                         seasonal_buckets=24, window_values=100, window_tail=10)  # fmt: skip
     store, eager = FeatureStore(cfg), FeatureStore(cfg)
     events = mixed_stream(1500)
@@ -653,13 +654,19 @@ def test_a_judged_time_of_day_bucket_can_explain_a_daily_step() -> None:
 # Replayed event ids and slow drift
 # --------------------------------------------------------------------------------------------
 
-REPLAY = FeatureConfig(replay_window=256)
+REPLAY = FeatureConfig(replay_horizon_s=300.0)  # with_id sends one event a second
 
 
-def with_id(i: int, event_id: str | None = None, t0: int = 0) -> Event:
-    e = normal(i, t0=t0)
-    return ev(e.event_time_ms, numbers=e.numbers, strings={**e.strings,
+def with_id(i: int, event_id: str | None = None, t0: int = 0, producer: str = "pay-1") -> Event:
+    e = normal(i, producer, t0=t0)
+    return ev(e.event_time_ms, producer, numbers=e.numbers, strings={**e.strings,
               "event_id": event_id or f"id-{i}"}, size=e.size_bytes)  # fmt: skip
+
+
+def window(store: FeatureStore) -> IdWindow:
+    feature = store.by_name["replayed_id"]
+    assert isinstance(feature, ReplayFeature) and feature.window is not None
+    return feature.window
 
 
 def test_replayed_id_is_surprising_and_a_burst_more_so() -> None:
@@ -674,16 +681,35 @@ def test_replayed_id_is_surprising_and_a_burst_more_so() -> None:
     assert (top.feature, top.field, top.observed) == ("replayed_id", "event_id", "id-250")
 
 
-def test_replays_outside_the_remembered_window_are_not_seen() -> None:
+def test_a_repeat_within_the_horizon_is_seen_after_it_not() -> None:
     store = FeatureStore(REPLAY)
     feed(store, (with_id(i) for i in range(600)))
-    assert store.observe(with_id(600, "id-10"), learn=False).surprise["replayed_id"] == 0.0
-    ids = store.view("pay-1").ids
-    assert ids is not None and ids.n == 256 and len(ids.fp) == 256
+    # id-10 was sent 590 s ago, id-350 250 s ago: only the latter is within 300 s.
+    assert judged(store, with_id(600, "id-10"))["replayed_id"] == 0.0
+    assert judged(store, with_id(600, "id-350"))["replayed_id"] > 2.0
+    assert len(window(store)) == 301  # ids sent at 299 s .. 599 s
+
+
+def test_two_producers_sending_the_same_id_are_not_repeats_of_each_other() -> None:
+    store = FeatureStore(REPLAY)
+    feed(store, (with_id(i, producer=p) for i in range(250) for p in ("pay-1", "pay-2")))
+    assert len(window(store)) == 500  # the same 250 ids, once per producer
+    assert judged(store, with_id(250, "id-100", producer="pay-2"))["replayed_id"] > 2.0
+    feed(store, [with_id(250, "id-250", producer="pay-1")])
+    assert judged(store, with_id(251, "id-250", producer="pay-2"))["replayed_id"] == 0.0
+
+
+def test_an_evicted_producer_back_within_the_horizon_still_has_its_ids() -> None:
+    store = FeatureStore(REPLAY, max_producers=1)
+    feed(store, (with_id(i) for i in range(250)))
+    feed(store, [with_id(250, producer="other")])  # evicts pay-1 and its counts
+    feed(store, [with_id(251, "id-251")])  # back: a fresh producer (its first event)
+    surprise = judged(store, with_id(252, "id-200"))["replayed_id"]
+    assert surprise == -math.log10(REPLAY.novelty_prior / 2)  # a repeat after one event
 
 
 def test_accepted_repeats_become_usual() -> None:
-    store = FeatureStore(FeatureConfig(replay_window=64, burst_s=1.0))
+    store = FeatureStore(FeatureConfig(replay_horizon_s=64.0, burst_s=1.0))
     # A producer that re-sends every 10th event (at-least-once delivery) a second later.
     events = []
     for i in range(400):
@@ -695,25 +721,31 @@ def test_accepted_repeats_become_usual() -> None:
     assert 0.0 < s < 1.5
 
 
-def test_id_memory_round_trips_and_grows_only_as_needed() -> None:
-    store = FeatureStore(REPLAY)
+def test_the_id_window_round_trips_through_the_shared_records() -> None:
+    store = FeatureStore(FeatureConfig(replay_horizon_s=3600.0))
     feed(store, (with_id(i) for i in range(100)))
-    ids = store.view("pay-1").ids
-    assert ids is not None and len(ids.fp) == 128
     copy = restored(store)
     probe = with_id(100, "id-42")
     assert judged(copy, probe) == judged(store, probe)
     assert judged(store, probe)["replayed_id"] > 2.0
-    # Restored, the ring holds just its ids; it grows on as the fed one, to the same content.
-    back = copy.view("pay-1").ids
-    assert back is not None and len(back.fp) == 100
+    # Fed on alike, both grow and forget alike (the table's layout may differ; its ids not).
     for s in (store, copy):
-        for i in range(100, 400):
+        for i in range(100, 5000):
             s.advance(slot(s), with_id(i))
-    ids, back = store.view("pay-1").ids, copy.view("pay-1").ids
-    assert ids is not None and back is not None
-    assert ids.n == back.n == 256 and ids.pos == back.pos
-    assert ids.fp.tolist() == back.fp.tolist()
+    a, b = window(store), window(copy)
+    assert (a.head, a.count, a.newest_ms, a.capacity) == (b.head, b.count, b.newest_ms, 4096)
+    assert sorted(a.table.tolist()) == sorted(b.table.tolist())
+    assert a.fps.tolist() == b.fps.tolist() and a.times.tolist() == b.times.tolist()
+
+
+def test_a_baseline_starts_the_id_window_afresh() -> None:
+    store = FeatureStore(REPLAY)
+    feed(store, (with_id(i) for i in range(100)))
+    copy = FeatureStore(REPLAY)
+    copy.restore({"pay-1": store.record(slot(store))}, store.counters(), baseline=True,
+                 shared=store.shared(full=True))  # fmt: skip
+    assert len(window(copy)) == 0
+    assert judged(copy, with_id(100, "id-42"))["replayed_id"] == 0.0
 
 
 DRIFT = FeatureConfig(drift_horizon_s=4 * 3600.0)
@@ -827,7 +859,7 @@ def test_a_young_vocabulary_is_not_judged() -> None:
 def test_state_with_every_part_round_trips_its_record() -> None:
     # Every optional part of a producer's state in one record: read back, it is the same
     # state (the same record again) and scores the same.
-    cfg = FeatureConfig(replay_window=256, drift_horizon_s=3600.0, rate_horizon_s=600.0,
+    cfg = FeatureConfig(replay_horizon_s=300.0, drift_horizon_s=3600.0, rate_horizon_s=600.0,
                         novelty_burst=True, seasonal_buckets=24, window_values=100,
                         window_tail=10, max_categories=16)  # fmt: skip
     store = FeatureStore(cfg)
@@ -860,33 +892,6 @@ def test_moments_match_river_ewmean_and_ewvar_bit_for_bit() -> None:
             assert (ours.mean, ours.var) == (mean.get(), var.get())
 
 
-@pytest.mark.parametrize("size", [64, 100, 700])
-def test_id_memory_answers_as_a_scan_of_its_last_ids_through_growth_wraps_and_restores(
-    size: int,
-) -> None:
-    # The bit filter only skips scans: every answer must be what the last `size` ids say.
-    from collections import deque
-
-    rng = random.Random(size)
-    memory, sent = IdMemory(size), deque[str](maxlen=size)
-    repeats = 0
-    for i in range(6 * size):
-        old = rng.random() < 0.2 and sent
-        event_id = rng.choice(sent) if old else f"id-{i}-{rng.random()}"
-        expected = event_id in sent
-        assert memory.seen(event_id) is expected
-        assert memory.remember(event_id, i, 60_000) is expected
-        repeats += expected
-        if not expected:
-            sent.append(event_id)
-        assert memory.bits is None or len(memory.bits) == len(memory.fp)  # a byte per slot
-        if i % (size // 2) == 0:  # a checkpoint restore drops the filter
-            w = Writer()
-            memory.dump(w)
-            memory = IdMemory.load(Reader(w.bytes()))
-    assert repeats > size // 2  # old ids are still in the ring: the scan answered those
-
-
 def test_cusum_steps_are_the_same_whether_the_drift_judge_ran_or_not() -> None:
     # The judge hands its z values to the CUSUM steps of the same event; with the drift
     # feature disabled the steps compute them themselves: the statistics must not differ.
@@ -903,15 +908,6 @@ def test_cusum_steps_are_the_same_whether_the_drift_judge_ran_or_not() -> None:
             seen.append((d.hi, d.lo, d.mean, d.var))
     assert max(hi for hi, _, _, _ in trace[0]) > 5.0  # the creep moved the CUSUM
     assert trace[0] == trace[1]
-
-
-def test_an_empty_restored_id_ring_answers_and_grows() -> None:
-    w = Writer()
-    IdMemory(100).dump(w)
-    memory = IdMemory.load(Reader(w.bytes()))
-    assert len(memory.fp) == 0  # no ids held
-    assert not memory.seen("a") and not memory.remember("a", 1, 60_000)
-    assert memory.seen("a") and not memory.seen("b")
 
 
 @settings(max_examples=200, deadline=None)
@@ -948,3 +944,108 @@ def test_categories_count_as_a_plain_counter_would(values: list[str]) -> None:
         if not c.saturated:
             seen[value] += 1
             assert c.count(value) == seen[value] and c.n == seen.total()
+
+
+def test_the_id_window_forgets_the_oldest_beyond_its_bound() -> None:
+    w = IdWindow(horizon_ms=10**9, max_ids=5)
+    assert [w.remember(fp, fp) for fp in range(1, 9)] == [False] * 8
+    assert [fp for fp in range(1, 9) if w.seen(fp)] == [4, 5, 6, 7, 8]
+    assert w.remember(3, 9) is False and not w.seen(4)  # 3 came back as new, 4 went
+    store = FeatureStore(FeatureConfig(replay_horizon_s=3600.0, replay_max_ids=50))
+    feed(store, (with_id(i, producer=f"p{i % 2}") for i in range(300)))
+    assert len(window(store)) == 50
+    assert judged(store, with_id(300, "id-251", producer="p1"))["replayed_id"] > 1.0
+    assert judged(store, with_id(300, "id-249", producer="p1"))["replayed_id"] == 0.0
+
+
+def test_the_id_window_costs_32_bytes_per_id_of_capacity() -> None:
+    w = IdWindow(horizon_ms=10**9, max_ids=3000)
+    held = []
+    for fp in range(1, 5000):
+        w.remember(fp, fp)
+        assert w.nbytes == BYTES_PER_ID * w.capacity
+        held.append(len(w))
+    assert BYTES_PER_ID == 32
+    assert (len(w), w.capacity) == (3000, 4096)  # the ring's power of 2 at the bound
+    assert w.capacity <= 2 * max(held)
+    assert IdWindow(1, 1).capacity == 1 and IdWindow(1, 100).capacity == 128
+
+
+def test_an_empty_id_window_round_trips_and_answers() -> None:
+    w = IdWindow(60_000, 100)
+    assert w.records("r", full=False) == {}  # nothing moved: nothing to write
+    back = IdWindow.load(w.records("r", full=True), "r", 60_000, 100)
+    assert not back.seen(fingerprint("a", "1")) and not back.remember(7, 0) and back.seen(7)
+    assert IdWindow.load({}, "r", 60_000, 100).capacity == 128
+
+
+def test_fingerprints_tell_producer_and_id_apart() -> None:
+    assert fingerprint("ab", "c") != fingerprint("a", "bc")
+    assert fingerprint("a", "b") == fingerprint("a", "b") != fingerprint("b", "a")
+
+
+class WindowOracle:
+    """What an IdWindow must answer: a dict of ids and their times, a deque of their order."""
+
+    def __init__(self, horizon_ms: int, max_ids: int) -> None:
+        self.horizon_ms, self.max_ids = horizon_ms, max_ids
+        self.times: dict[int, int] = {}
+        self.order: deque[int] = deque()
+        self.newest_ms = -(2**62)
+
+    def remember(self, fp: int, t_ms: int) -> bool:
+        repeat = fp in self.times
+        self.newest_ms = max(self.newest_ms, t_ms)
+        limit = self.newest_ms - self.horizon_ms
+        while self.order and self.times[self.order[0]] < limit:
+            del self.times[self.order.popleft()]
+        if repeat or t_ms < limit:
+            return repeat
+        if len(self.order) >= self.max_ids:
+            del self.times[self.order.popleft()]
+        self.order.append(fp)
+        self.times[fp] = t_ms
+        return False
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=strategies.integers(0, 2**32),
+    horizon_ms=strategies.integers(1, 3000),
+    max_ids=strategies.integers(1, 6000),
+    steps=strategies.integers(100, 12_000),
+)
+def test_the_id_window_answers_as_a_dict_through_growth_evictions_and_restores(
+    seed: int, horizon_ms: int, max_ids: int, steps: int
+) -> None:
+    # Fingerprints crowd a few home slots (half of them at the table's end: probe runs
+    # wrap), so backward-shift deletions move ids around; incremental commits merge into a
+    # hash, from which the window is restored now and then, or unpickled.
+    rng = random.Random(seed)
+    crowded = [(1 << k) - 1 - d for k in (11, 12, 13) for d in range(8)] + list(range(1, 9))
+    pool = [
+        (k + 1) << 20 | rng.choice(crowded) if k % 2 else rng.randrange(1, 2**64)
+        for k in range(3000)
+    ]
+    w, oracle = IdWindow(horizon_ms, max_ids), WindowOracle(horizon_ms, max_ids)
+    checkpoint: dict[str, bytes] = {}
+    t = 0
+    for step in range(steps):
+        t += rng.randrange(-3, 6)  # out of order now and then
+        fp = rng.choice(pool[: 200 + step // 2])
+        assert w.seen(fp) is (fp in oracle.times)
+        assert w.remember(fp, t) is oracle.remember(fp, t)
+        if rng.random() < 0.01:  # a commit: changed records only
+            checkpoint.update(w.records("r", full=False))
+            w.committed()
+            if rng.random() < 0.3:  # a restart from the checkpoint
+                w = IdWindow.load(checkpoint, "r", horizon_ms, max_ids)
+            elif rng.random() < 0.1:
+                w = pickle.loads(pickle.dumps(w))  # noqa: S301 (our own bytes)
+    assert sorted(x for x in w.table.tolist() if x) == sorted(oracle.times)
+    assert all(w.seen(fp) for fp in oracle.times)
+    assert (len(w), w.newest_ms) == (len(oracle.order), oracle.newest_ms)
+    live = [int(w.fps[(w.head + k) & (w.capacity - 1)]) for k in range(len(w))]
+    assert live == list(oracle.order)
+    again = IdWindow.load(w.records("r", full=True), "r", horizon_ms, max_ids)
+    assert sorted(again.table.tolist()) == sorted(w.table.tolist())

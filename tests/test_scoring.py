@@ -105,14 +105,14 @@ def test_stats_spec_keeps_the_new_features_off() -> None:
 
 def test_stats_spec_turns_on_replay_drift_bursts_and_timed_rate() -> None:
     f = load_spec("stats").features
-    assert (f.id_field, f.replay_window) == ("event_id", 8192)
+    assert (f.id_field, f.replay_horizon_s, f.replay_max_ids) == ("event_id", 1800, 1_000_000)
     assert f.drift_horizon_s > 0 and f.rate_horizon_s > 0 and f.novelty_burst is True
 
 
 @pytest.mark.parametrize("name", ["metrics", "hst"])
 def test_other_specs_keep_replay_drift_and_bursts_off(name: str) -> None:
     f = load_spec(name).features
-    assert (f.replay_window, f.drift_horizon_s, f.rate_horizon_s, f.novelty_burst) == (
+    assert (f.replay_horizon_s, f.drift_horizon_s, f.rate_horizon_s, f.novelty_burst) == (
         0, 0.0, 0.0, False,
     )  # fmt: skip
 
@@ -124,7 +124,15 @@ def test_trees_inputs_are_the_six_per_event_features() -> None:
 
 
 @pytest.mark.parametrize(
-    "line", ["replay_window = -1", "drift_horizon_s = -5.0", "drift_slack = 0", "burst_s = 0"]
+    "line",
+    [
+        "replay_horizon_s = -1.0",
+        "replay_max_ids = 0",
+        "replay_window = 8192",  # renamed: replay_horizon_s and replay_max_ids
+        "drift_horizon_s = -5.0",
+        "drift_slack = 0",
+        "burst_s = 0",
+    ],
 )
 def test_invalid_replay_and_drift_settings_raise_config_error(line: str) -> None:
     with pytest.raises(ConfigError, match=r"\[features\]"):

@@ -12,9 +12,12 @@ Layout (one Redis hash per group and consumer, see :mod:`detector.gateway.stream
 - ``model``: the pickled model (shared by all producers), empty for a stateless one (the
   default ``stats``: its checkpoints need no unpickler at all);
 - ``p:<producer>``: one producer's record; only producers changed since the previous commit
-  are written, evicted ones are deleted.
+  are written, evicted ones are deleted;
+- ``s:<name>``: state shared by all producers (the replayed-id window: ``s:replayed_id`` and
+  its blocks ``s:replayed_id.<k>``), written when changed since the previous commit.
 
-A baseline (``detector train``) is the same content in one signed file.
+A baseline (``detector train``) is the same content in one signed file, without shared state
+(it is from another time: a baseline starts it afresh).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ READABLE_FORMATS = (4,)
 _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
 PRODUCER_PREFIX = "p:"
+SHARED_PREFIX = "s:"
 
 # What a pickled model may contain: classes defined in the detector's model modules and in
 # River's model packages, plus a few exact (module, name) pairs. Dotted names are refused:
@@ -146,12 +150,15 @@ class Snapshot:
         producers: producer id -> its record (all of them, or only the changed ones); a
             pipeline's snapshot encodes each when read.
         removed: producers evicted since the previous commit (to delete).
+        shared: records of the state shared by all producers (all of them, or only the
+            changed ones), already encoded.
     """
 
     meta: dict[str, Any]
     model: object | None
     producers: Mapping[str, bytes] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
+    shared: dict[str, bytes] = field(default_factory=dict)
 
 
 def new_meta(
@@ -224,8 +231,9 @@ class FrozenCommit:
     nothing meanwhile, which set its latency p99. A frozen commit encodes the meta and the
     model at once and reads the changed producers' records from the live state later; the
     store calls :meth:`keep` before it changes one (which encodes it as it was), and
-    :meth:`advance` encodes the rest between reads. Complete, its fields are exactly those of
-    the state at the freeze.
+    :meth:`advance` encodes the rest between reads. The shared records, which every event
+    changes, come encoded in the snapshot and are signed at once. Complete, its fields are
+    exactly those of the state at the freeze.
     """
 
     def __init__(self, signer: Signer, snap: Snapshot) -> None:
@@ -239,6 +247,8 @@ class FrozenCommit:
                 else signer.dumps("model", snap.model)
             ),
         }
+        for name, record in snap.shared.items():
+            self.fields[SHARED_PREFIX + name] = signer.sign(SHARED_PREFIX + name, record)
         self.removed = [PRODUCER_PREFIX + p for p in snap.removed]
         self._records = snap.producers
         self._left = dict.fromkeys(snap.producers)
@@ -271,7 +281,8 @@ class FrozenCommit:
 
 
 def encode_fields(signer: Signer, snap: Snapshot) -> dict[str, bytes]:
-    """Hash fields to write for a snapshot (meta, model, changed producers)."""
+    """Hash fields to write for a snapshot (meta, model, changed producers and shared
+    records)."""
     frozen = FrozenCommit(signer, snap)
     frozen.advance()
     return frozen.fields
@@ -292,12 +303,14 @@ def decode_fields(signer: Signer, fields: dict[bytes, bytes]) -> Snapshot:
     check_format(meta)
     stateful = signer.verify("model", fields[b"model"])  # empty: a stateless model
     model = signer.loads("model", fields[b"model"]) if stateful else None
-    producers = {}
+    producers, shared = {}, {}
     for raw_name, value in fields.items():
         name = raw_name.decode()
         if name.startswith(PRODUCER_PREFIX):
             producers[name[len(PRODUCER_PREFIX) :]] = signer.verify(name, value)
-    return Snapshot(meta, model, producers)
+        elif name.startswith(SHARED_PREFIX):
+            shared[name[len(SHARED_PREFIX) :]] = signer.verify(name, value)
+    return Snapshot(meta, model, producers, shared=shared)
 
 
 def save_file(path: Path, signer: Signer, snap: Snapshot) -> None:

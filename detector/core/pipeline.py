@@ -441,12 +441,13 @@ class Pipeline:
             **self.admission.to_meta(), **self.budget.to_meta(),
         )  # fmt: skip
         model = self.model if self.model.stateful else None
-        return Snapshot(meta, model, Records(store, names), sorted(store.removed))
+        # The shared state (the replayed-id window) changes with every event: encoded now.
+        shared = store.shared(full)
+        return Snapshot(meta, model, Records(store, names), sorted(store.removed), shared)
 
     def committed(self) -> None:
         """The last snapshot is durable: start tracking changes afresh."""
-        self.store.dirty.clear()
-        self.store.removed.clear()
+        self.store.committed()
 
     def restore(self, snap: Snapshot, baseline: bool = False) -> dict[str, str]:
         """Resume from a checkpoint (or start from a baseline); returns its offsets.
@@ -457,7 +458,7 @@ class Pipeline:
         check_compatible(snap.meta, self.spec.name, self.spec.digest)
         self.model = self.spec.build() if snap.model is None else snap.model  # type: ignore[assignment]
         try:
-            self.store.restore(dict(snap.producers), snap.meta, baseline)
+            self.store.restore(dict(snap.producers), snap.meta, baseline, snap.shared)
         except ValueError as exc:  # a record of another layout under the same format number
             msg = f"incompatible checkpoint: {exc}; start over with --reset-state"
             raise IncompatibleCheckpointError(msg) from None

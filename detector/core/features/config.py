@@ -48,9 +48,12 @@ class FeatureConfig:
             values and recurring spikes fits no exponential tail).
         max_profiled_fields: numeric fields per producer with a seasonal profile or window.
         id_field: payload field holding the producer's event id (unique per event).
-        replay_window: last event ids remembered per producer (64-bit fingerprints, 8 bytes
-            each, allocated as the producer sends them); an id seen again among them is a
-            ``replayed_id``; 0 = off.
+        replay_horizon_s: event time for which each producer's event ids are remembered (from
+            their first send, against the newest event time seen); an id the same producer
+            sends again within it is a ``replayed_id``; 0 = off. The ids of all producers
+            share one window (it grows with events, not producers), 32 bytes per id.
+        replay_max_ids: bound of that window: beyond this many ids the oldest are forgotten
+            first (1,000,000: at most 32 MiB; ~555 ids/s fill it within 30 minutes).
         burst_s: event time over which novelties (never-seen types, values or shapes) and
             repeated ids count as one burst: each one in the burst multiplies the evidence
             of the next (independent rare events multiply; a broken producer repeats itself).
@@ -87,7 +90,8 @@ class FeatureConfig:
     window_floor: bool = False
     max_profiled_fields: int = 8
     id_field: str = "event_id"
-    replay_window: int = 0
+    replay_horizon_s: float = 0.0
+    replay_max_ids: int = 1_000_000
     burst_s: float = 60.0
     novelty_burst: bool = False
     drift_horizon_s: float = 0.0
@@ -106,8 +110,11 @@ class FeatureConfig:
         if self.seasonal_buckets and self.seasonal_period_s * 1000 < self.seasonal_buckets:
             msg = "seasonal_period_s is shorter than one millisecond per bucket"
             raise ValueError(msg)
-        if min(self.replay_window, self.drift_horizon_s, self.rate_horizon_s) < 0:
-            msg = "replay_window, drift_horizon_s and rate_horizon_s must be >= 0"
+        if min(self.replay_horizon_s, self.drift_horizon_s, self.rate_horizon_s) < 0:
+            msg = "replay_horizon_s, drift_horizon_s and rate_horizon_s must be >= 0"
+            raise ValueError(msg)
+        if self.replay_max_ids < 1:
+            msg = "replay_max_ids must be >= 1"
             raise ValueError(msg)
         if min(self.drift_slack, self.drift_clip, self.burst_s) <= 0:
             msg = "drift_slack, drift_clip and burst_s must be > 0"

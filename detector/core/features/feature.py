@@ -5,10 +5,14 @@ a slot is reused once its producer is forgotten). Per event, in this order and n
 ``judge`` (the surprise, from the state before the event), ``explain`` (only for events that
 are flagged, still before any change), ``advance`` (facts every event moves, whatever its
 verdict: time, ids sent, novelties) and, for accepted events only, ``learn``.
+
+A feature may also keep state shared by all producers (the replayed-id window), which grows
+with events rather than producers: it checkpoints it as records of its own (:meth:`shared`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Generic, TypeVar
 
 from detector.core.codec import Reader, Writer
@@ -60,3 +64,19 @@ class Feature(Generic[S]):
 
     def load(self, slot: int, r: Reader) -> None:
         raise NotImplementedError
+
+    def shared(self, full: bool) -> dict[str, bytes]:
+        """State shared by all producers as named records to checkpoint (each name is the
+        feature's or starts with it and a dot): those changed since :meth:`committed`, every
+        one if ``full``. None by default."""
+        return {}
+
+    def committed(self) -> None:
+        """The records :meth:`shared` gave last are durable."""
+
+    def load_shared(self, records: Mapping[str, bytes]) -> None:
+        """The shared state from a checkpoint's records (none: start afresh).
+
+        Raises:
+            ValueError: a record is missing or has another layout.
+        """

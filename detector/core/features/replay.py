@@ -1,141 +1,345 @@
-"""Replayed id: an event id the producer already sent (a replay, or a producer stuck
-resending), among its last ``replay_window`` ids."""
+"""Replayed id: an event id the producer already sent within ``replay_horizon_s`` of event time
+(a replay, or a producer stuck resending).
+
+Which ids were sent is remembered in one :class:`IdWindow` shared by all producers: its memory
+grows with events, not producers, so it has its own bound (``replay_max_ids`` ids at
+:data:`BYTES_PER_ID` each) and its own checkpoint records. Each producer keeps only its
+counters (:class:`IdCounts`).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
+from detector.core.features.clock import Clock
+from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
 from detector.core.features.surprise import MAX_SURPRISE, Reason
 
+# Per id of capacity: 2 table slots of 8 bytes (load <= 1/2) + the ring's fingerprint and time.
+BYTES_PER_ID = 32
+_FIRST_CAPACITY = 1024  # ids; the ring doubles from here up to max_ids (rounded to a power of 2)
+_BLOCK_IDS = 4096  # ids per checkpoint record (64 KB): a commit writes the blocks it filled
+_NEVER = -(2**62)
 
-class IdMemory:
-    """A producer's last ``size`` event ids as 64-bit fingerprints, its recent repeats, and how
-    often it repeated one in accepted events. The ring grows by an eighth (at least 64 ids) up
-    to ``size``, so slow producers hold little and at most ~1/9 of it is unused (doubling left
-    up to half of it empty: 4 KB per producer at 600 ids); a restored ring holds just its ids.
-    64 bits: a fresh id collides with one of 8192 remembered ones about once in 2 * 10^15
-    events.
 
-    A bit per fingerprint (8 bits per ring slot, rebuilt from the ring when it grows or wraps;
-    not pickled) answers most questions: a fresh id's bit is clear ~88% of the time, and only
-    a set bit costs the scan of the ring, the largest per-event cost of the features before.
-    Every remembered id has its bit set, so the answers are the scan's.
+class IdWindow:
+    """The (producer, event id) pairs sent within ``horizon_ms`` of the newest event time, at
+    most ``max_ids`` of them, as 64-bit fingerprints.
 
-    Which ids were sent is a fact, remembered for every event (:meth:`remember`); whether
-    repeats are usual for this producer is a belief, learned from accepted events only
-    (:meth:`learn`), so a replay attack does not teach that replays are normal.
+    An open-addressing hash table of fingerprints (linear probing, 0 = empty, deletion by
+    backward shift: no tombstones) answers :meth:`seen`; a FIFO ring of (fingerprint, event
+    time) in the order remembered says what to forget: the oldest first, once older than the
+    newest event time remembered less the horizon, or to make room beyond ``max_ids``. An
+    id remembered after a newer one (events out of order) waits behind it, so an id is
+    remembered for *at least* the horizon. The ring doubles as ids come (from 1024 up to
+    ``max_ids`` rounded up to a power of 2), the table is twice the ring: 32 bytes per id of
+    capacity (:data:`BYTES_PER_ID`), the capacity at most twice the most ids ever held
+    (``max_ids = 1,000,000``: at most 32 MiB).
+
+    64 bits: a fresh id collides with one of 10^6 remembered ones about once in 2 * 10^13
+    events (and is then taken for a repeat).
 
     Examples:
-        >>> m = IdMemory(4)
-        >>> for i in range(6):
-        ...     _ = m.remember(f"id-{i}", 1000 * i, 60_000)
-        ...     m.learn()
-        >>> m.seen("id-5"), m.seen("id-1"), m.n, m.remember("id-5", 6000, 60_000), m.recent
-        (True, False, 4, True, 1.0)
+        >>> w = IdWindow(horizon_ms=60_000, max_ids=3)
+        >>> [w.remember(fp, t) for fp, t in ((11, 0), (12, 1000), (11, 2000))]
+        [False, False, True]
+        >>> w.remember(13, 3000), w.remember(14, 4000), w.seen(11), w.seen(14)  # 3 at most
+        (False, False, False, True)
+        >>> _ = w.remember(15, 63_500)  # over 60 s after 12 and 13 were sent: forgotten
+        >>> [w.seen(fp) for fp in (12, 13, 14, 15)], len(w), w.nbytes == BYTES_PER_ID * 4
+        ([False, False, True, True], 2, True)
     """
 
     __slots__ = (
-        "asked", "bits", "events", "fp", "last_ms", "n", "pos", "recent", "repeated", "repeats",
-        "size",
+        "_fresh", "_fv", "_mask", "_ring_mask", "_table", "_tv", "changed", "count", "fps",
+        "head", "horizon_ms", "max_ids", "newest_ms", "table", "times",
     )  # fmt: skip
 
-    def __init__(self, size: int) -> None:
-        self.fp: npt.NDArray[np.uint64] = np.zeros(min(size, 64), dtype=np.uint64)
-        self.size = size
-        self.n = 0
-        self.pos = 0
+    def __init__(self, horizon_ms: int, max_ids: int, capacity: int = 0) -> None:
+        self.horizon_ms = horizon_ms
+        self.max_ids = max_ids
+        self.head = 0  # ring index of the oldest id
+        self.count = 0
+        self.newest_ms = _NEVER
+        self._fresh = 0  # ids remembered since the last commit (their blocks are rewritten)
+        self.changed = False  # anything moved since the last commit
+        self._allocate(capacity or min(_FIRST_CAPACITY, _pow2(max_ids)))
+
+    def _allocate(self, capacity: int) -> None:
+        self.fps: npt.NDArray[np.uint64] = np.zeros(capacity, dtype=np.uint64)
+        self.times: npt.NDArray[np.int64] = np.zeros(capacity, dtype=np.int64)
+        self.table: npt.NDArray[np.uint64] = np.zeros(2 * capacity, dtype=np.uint64)
+        # Memoryviews read and write single items as Python ints, twice as fast as numpy's
+        # scalar indexing; the arrays are never resized (growth allocates new ones).
+        self._fv = self.fps.data
+        self._tv = self.times.data
+        self._table = self.table.data
+        self._ring_mask = capacity - 1
+        self._mask = 2 * capacity - 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getstate__(self) -> dict[str, object]:  # memoryviews do not pickle
+        keep = ("count", "head", "horizon_ms", "max_ids", "newest_ms", "times", "fps")
+        return {"_fresh": self._fresh, "changed": self.changed} | {
+            k: getattr(self, k) for k in keep
+        }
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        fps, times = np.asarray(state.pop("fps")), np.asarray(state.pop("times"))
+        for k, v in state.items():
+            setattr(self, k, v)
+        self._allocate(len(fps))
+        self.fps[:], self.times[:] = fps, times
+        self.table[:] = _build_table(self._live(), len(self.table))
+
+    @property
+    def capacity(self) -> int:
+        """Ids the ring holds before it grows (or, at ``max_ids``, forgets the oldest)."""
+        return len(self.fps)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays: :data:`BYTES_PER_ID` per id of :attr:`capacity`."""
+        return self.fps.nbytes + self.times.nbytes + self.table.nbytes
+
+    def seen(self, fp: int) -> bool:
+        """Whether the fingerprint is remembered."""
+        return self._find(fp) >= 0
+
+    def remember(self, fp: int, t_ms: int) -> bool:
+        """Note an id sent at ``t_ms`` (a fact, whatever the verdict); True if it is a repeat
+        (seen, as :meth:`seen` said before the call). A repeat is not remembered again: the
+        horizon counts from its first send."""
+        self.changed = True
+        repeat = self._find(fp) >= 0
+        if t_ms > self.newest_ms:
+            self.newest_ms = t_ms
+        limit = self.newest_ms - self.horizon_ms
+        tv = self._tv
+        while self.count and tv[self.head] < limit:
+            self._forget_oldest()
+        if repeat or t_ms < limit:  # a late event already beyond the horizon: forgotten
+            return repeat
+        if self.count >= self.max_ids:
+            self._forget_oldest()
+        elif self.count == len(self.fps):
+            self._grow()
+        i = (self.head + self.count) & self._ring_mask
+        self._fv[i] = fp
+        self._tv[i] = t_ms
+        self._insert(fp)
+        self.count += 1
+        self._fresh += 1
+        return False
+
+    def _find(self, fp: int) -> int:
+        table, mask = self._table, self._mask
+        i = fp & mask
+        while True:
+            x = table[i]
+            if x == fp:
+                return i
+            if x == 0:
+                return -1
+            i = (i + 1) & mask
+
+    def _insert(self, fp: int) -> None:
+        table, mask = self._table, self._mask
+        i = fp & mask
+        while table[i]:
+            i = (i + 1) & mask
+        table[i] = fp
+
+    def _forget_oldest(self) -> None:
+        """Drop the ring's oldest id from the table: the ids after it in its probe run move
+        back into the hole, unless their home lies between the hole and them."""
+        table, mask = self._table, self._mask
+        i = self._find(self._fv[self.head])
+        j = i
+        while True:
+            j = (j + 1) & mask
+            x = table[j]
+            if x == 0:
+                break
+            if (j - (x & mask)) & mask >= (j - i) & mask:  # its home is not in (i, j]
+                table[i] = x
+                i = j
+        table[i] = 0
+        self.head = (self.head + 1) & self._ring_mask
+        self.count -= 1
+
+    def _live(self) -> npt.NDArray[np.uint64]:
+        """The remembered fingerprints, oldest first."""
+        at = (self.head + np.arange(self.count, dtype=np.int64)) & self._ring_mask
+        live: npt.NDArray[np.uint64] = self.fps[at]
+        return live
+
+    def _grow(self) -> None:
+        """Twice the capacity: the ring unrolled to start at 0, the table rebuilt (every
+        block is rewritten at the next commit)."""
+        at = (self.head + np.arange(self.count, dtype=np.int64)) & self._ring_mask
+        fps, times = self.fps[at], self.times[at]
+        self._allocate(2 * len(self.fps))
+        self.fps[: self.count], self.times[: self.count] = fps, times
+        self.table[:] = _build_table(fps, len(self.table))
+        self.head = 0
+        self._fresh = self.count
+
+    # -- checkpoint records ------------------------------------------------------------
+
+    def records(self, name: str, full: bool) -> dict[str, bytes]:
+        """Records to checkpoint: ``name`` (capacity, head, count, newest time) and the
+        blocks ``name.<k>`` of :data:`_BLOCK_IDS` ring slots holding ids remembered since the
+        last :meth:`committed` (``full``: every block holding an id). Nothing if nothing
+        moved. Earlier blocks are still in the checkpoint: their ids have not changed."""
+        if not (full or self.changed):
+            return {}
+        w = Writer()
+        for v in (len(self.fps), self.head, self.count, self.newest_ms):
+            w.i64(v)
+        out = {name: w.bytes()}
+        new = self.count if full else min(self._fresh, self.count)
+        size = min(_BLOCK_IDS, len(self.fps))
+        start = (self.head + self.count - new) & self._ring_mask
+        for k in self._blocks(start, new):
+            w = Writer()
+            w.u64s(self.fps[k * size : (k + 1) * size])
+            w.i64s(self.times[k * size : (k + 1) * size])
+            out[f"{name}.{k}"] = w.bytes()
+        return out
+
+    def committed(self) -> None:
+        self._fresh = 0
+        self.changed = False
+
+    def _blocks(self, start: int, n: int) -> list[int]:
+        """The blocks holding ring slots ``start`` .. ``start + n - 1`` (wrapping)."""
+        if n <= 0:
+            return []
+        cap, size = len(self.fps), min(_BLOCK_IDS, len(self.fps))
+        end = start + n
+        if end <= cap:
+            return list(range(start // size, (end - 1) // size + 1))
+        tail = range(start // size, cap // size)
+        return sorted({*tail, *range((end - cap - 1) // size + 1)})
+
+    @classmethod
+    def load(
+        cls, records: Mapping[str, bytes], name: str, horizon_ms: int, max_ids: int
+    ) -> IdWindow:
+        """The window :meth:`records` wrote under ``name`` (empty if it wrote none).
+
+        Raises:
+            ValueError: a record is missing or has another layout.
+        """
+        header = records.get(name)
+        if header is None:
+            return cls(horizon_ms, max_ids)
+        r = Reader(header)
+        capacity, head, count, newest_ms = r.i64(), r.i64(), r.i64(), r.i64()
+        fits = 0 < capacity == _pow2(capacity) <= _pow2(max_ids)
+        if not r.done() or not fits or not 0 <= head < capacity:
+            msg = f"{name}: not a replay window header"
+            raise ValueError(msg)
+        if not 0 <= count <= min(capacity, max_ids):
+            msg = f"{name}: {count} ids do not fit this window"
+            raise ValueError(msg)
+        w = cls(horizon_ms, max_ids, capacity)
+        size = min(_BLOCK_IDS, capacity)
+        for k in w._blocks(head, count):
+            block = records.get(f"{name}.{k}")
+            if block is None:
+                msg = f"{name}: block {k} is missing"
+                raise ValueError(msg)
+            r = Reader(block)
+            fps, times = r.u64s(), r.i64s()
+            if not r.done() or len(fps) != size or len(times) != size:
+                msg = f"{name}.{k}: not a replay window block"
+                raise ValueError(msg)
+            w.fps[k * size : (k + 1) * size], w.times[k * size : (k + 1) * size] = fps, times
+        w.head, w.count, w.newest_ms = head, count, newest_ms
+        w.table[:] = _build_table(w._live(), len(w.table))
+        return w
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of 2 >= ``n`` (and >= 1)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _build_table(fps: npt.NDArray[np.uint64], size: int) -> npt.NDArray[np.uint64]:
+    """A linear-probing table of ``size`` slots holding ``fps`` (distinct, nonzero), built
+    at once: sorted by home slot, each goes to the first slot past its home and its
+    predecessor; those pushed past the end take the first free slots from 0, as a wrapping
+    insertion would. (Any layout where every slot from an id's home to the id is full
+    answers the same.)"""
+    table = np.zeros(size, dtype=np.uint64)
+    n = len(fps)
+    if not n:
+        return table
+    home = (fps & np.uint64(size - 1)).astype(np.int64)
+    order = np.argsort(home, kind="stable")
+    i = np.arange(n, dtype=np.int64)
+    pos = i + np.maximum.accumulate(home[order] - i)
+    over = pos >= size
+    if over.any():
+        taken = np.zeros(size, dtype=bool)
+        taken[pos[~over]] = True
+        pos[over] = np.flatnonzero(~taken)[: int(over.sum())]
+    table[pos] = fps[order]
+    return table
+
+
+def fingerprint(producer: str, event_id: str) -> int:
+    """The pair's 64-bit fingerprint, never 0 (the table's empty slot).
+
+    blake2b, not hash(): the same in every process (checkpoints, replays). The producer's
+    length comes first, so no two pairs give the same bytes.
+    """
+    raw = producer.encode()
+    data = len(raw).to_bytes(4, "little") + raw + event_id.encode()
+    fp = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    return fp or 1
+
+
+class IdCounts:
+    """A producer's repeats: how often its accepted events repeated an id, and its recent
+    repeats (of any event, decayed over the burst horizon).
+
+    Which ids were sent is a fact, noted for every event (:meth:`note`); whether repeats are
+    usual for this producer is a belief, learned from accepted events only (:meth:`learn`),
+    so a replay attack does not teach that replays are normal.
+    """
+
+    __slots__ = ("events", "last_ms", "recent", "repeated", "repeats")
+
+    def __init__(self) -> None:
         self.events = 0  # accepted events with an id
         self.repeats = 0  # accepted events whose id was a repeat
         self.recent = 0.0  # repeats of any event, decayed over the burst horizon
         self.last_ms = -1
-        self.repeated = False  # the last remembered id was a repeat
-        # The last seen() question and answer: remember() follows it for the same event, and
-        # a scan of up to `size` fingerprints is worth doing once.
-        self.asked: tuple[str, int, bool] | None = None
-        self.bits: bytearray | None = None  # built on the first question
+        self.repeated = False  # the last noted id was a repeat
 
-    def dump(self, w: Writer) -> None:
-        # Only the filled part of the ring: a restored ring holds just its ids (until the ring
-        # is full, pos == n, and the next id grows it as a fed one would).
-        w.u64s(self.fp[: self.n])
-        w.i64(self.size)
-        for v in (self.n, self.pos, self.events, self.repeats):
-            w.i64(v)
-        w.f64(self.recent)
-        w.i64(self.last_ms)
-        w.count(int(self.repeated))
-
-    @classmethod
-    def load(cls, r: Reader) -> IdMemory:
-        fp = r.u64s()
-        m = cls(r.i64())
-        m.fp = fp
-        m.n, m.pos, m.events, m.repeats = r.i64(), r.i64(), r.i64(), r.i64()
-        m.recent, m.last_ms, m.repeated = r.f64(), r.i64(), bool(r.count())
-        return m
-
-    def seen(self, event_id: str) -> bool:
-        return self._ask(event_id)[2]
-
-    def _ask(self, event_id: str) -> tuple[str, int, bool]:
-        fp = _fingerprint(event_id)
-        bits = self.bits
-        if bits is None:
-            bits = self._rebuild_bits()
-        bit = fp % (len(bits) << 3)
-        seen = bool(bits[bit >> 3] >> (bit & 7) & 1) and bool((self.fp[: self.n] == fp).any())
-        self.asked = (event_id, fp, seen)
-        return self.asked
-
-    def _rebuild_bits(self) -> bytearray:
-        """The filter of the ring's ids: 8 bits per slot of its capacity (a restored ring may
-        hold none)."""
-        size = max(len(self.fp), 1) << 3
-        on = np.zeros(size, dtype=bool)
-        on[self.fp[: self.n] % np.uint64(size)] = True
-        self.bits = bytearray(np.packbits(on, bitorder="little").tobytes())
-        return self.bits
-
-    def remember(self, event_id: str, t_ms: int, burst_ms: float) -> bool:
-        """Note the id (a fact, whatever the verdict); True if it is a repeat."""
+    def note(self, repeat: bool, t_ms: int, burst_ms: float) -> None:
         if self.last_ms >= 0:
             self.recent *= math.exp(-max(t_ms - self.last_ms, 0) / burst_ms)
         self.last_ms = max(self.last_ms, t_ms)
-        asked = self.asked
-        if asked is None or asked[0] != event_id:
-            asked = self._ask(event_id)
-        _, fp, self.repeated = asked
-        self.asked = None
-        if self.repeated:
+        self.repeated = repeat
+        if repeat:
             self.recent += 1.0
-            return True
-        if self.pos == len(self.fp):
-            if len(self.fp) < self.size:
-                capacity = len(self.fp) + max(64, len(self.fp) // 8)
-                grown = np.zeros(min(capacity, self.size), dtype=np.uint64)
-                grown[: self.n] = self.fp[: self.n]
-                self.fp = grown
-            else:
-                self.pos = 0
-            self.bits = None  # sized to the new capacity, or cleared of the ids overwritten
-        self.fp[self.pos] = fp
-        self.pos += 1
-        self.n = max(self.n, self.pos)
-        bits = self.bits
-        if bits is not None:
-            bit = fp % (len(bits) << 3)
-            bits[bit >> 3] |= 1 << (bit & 7)
-        return False
 
     def learn(self) -> None:
-        """The last remembered event was accepted: count it (and its repeat) as usual."""
+        """The last noted event was accepted: count it (and its repeat) as usual."""
         self.events += 1
         self.repeats += self.repeated
 
@@ -147,60 +351,112 @@ class IdMemory:
         burst = self.recent * math.exp(-max(t_ms - self.last_ms, 0) / burst_ms)
         return min((1.0 + burst) * one, MAX_SURPRISE)
 
+    def dump(self, w: Writer) -> None:
+        w.i64(self.events)
+        w.i64(self.repeats)
+        w.f64(self.recent)
+        w.i64(self.last_ms)
+        w.count(int(self.repeated))
 
-def _fingerprint(event_id: str) -> int:
-    # blake2b, not hash(): the same in every process (checkpoints, replays). A Python int
-    # below 2^64: numpy compares and stores it as the ring's uint64.
-    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    @classmethod
+    def load(cls, r: Reader) -> IdCounts:
+        c = cls()
+        c.events, c.repeats, c.recent, c.last_ms = r.i64(), r.i64(), r.f64(), r.i64()
+        c.repeated = bool(r.count())
+        return c
 
 
-class ReplayFeature(Feature[IdMemory | None]):
+_NO_COUNTS = IdCounts()  # read (never changed) for a producer whose counts were reset
+
+
+class ReplayFeature(Feature[IdCounts | None]):
+    """Per slot the producer's :class:`IdCounts` (None until its first id); the ids of all
+    producers in one :attr:`window` (None: off, ``replay_horizon_s = 0`` or disabled).
+
+    The window outlives a producer's slot: a producer evicted and back within the horizon
+    still has its ids remembered (judged against fresh counts)."""
+
     name = "replayed_id"
 
-    def new(self) -> IdMemory | None:
+    def __init__(self, cfg: FeatureConfig, clock: Clock) -> None:
+        super().__init__(cfg, clock)
+        self.window = self._new_window()
+        self._last: tuple[str, str, int] = ("", "", 0)  # the last pair fingerprinted
+
+    def _new_window(self) -> IdWindow | None:
+        cfg = self.cfg
+        if not cfg.replay_horizon_s or self.name in cfg.disabled:
+            return None
+        return IdWindow(round(cfg.replay_horizon_s * 1000), cfg.replay_max_ids)
+
+    def new(self) -> IdCounts | None:
         return None  # allocated with the producer's first id
 
-    def _id(self, slot: int, event: Event) -> tuple[IdMemory, str] | None:
-        ids = self.slots[slot]
+    def _fingerprint(self, producer: str, event_id: str) -> int:
+        # judge and advance fingerprint the same pair, one after the other (a cache of a pure
+        # function: no answer depends on the order of calls).
+        p, i, fp = self._last
+        if producer != p or event_id != i:
+            fp = fingerprint(producer, event_id)
+            self._last = (producer, event_id, fp)
+        return fp
+
+    def _repeat(self, event: Event) -> str | None:
+        """The event's id, if the window remembers it from this producer."""
         event_id = event.strings.get(self.cfg.id_field)
-        if ids is None or event_id is None or not ids.seen(event_id):
+        window = self.window
+        if window is None or event_id is None:
             return None
-        return ids, event_id
+        return event_id if window.seen(self._fingerprint(event.producer, event_id)) else None
 
     def judge(self, slot: int, event: Event) -> float:
-        repeat = self._id(slot, event)
-        if repeat is None:
+        if self._repeat(event) is None:
             return 0.0
         cfg = self.cfg
-        return repeat[0].surprise(cfg.novelty_prior, event.event_time_ms, cfg.burst_s * 1000)
+        counts = self.slots[slot] or _NO_COUNTS
+        return counts.surprise(cfg.novelty_prior, event.event_time_ms, cfg.burst_s * 1000)
 
     def explain(self, slot: int, event: Event) -> Reason | None:
-        repeat = self._id(slot, event)
-        if repeat is None:
+        event_id = self._repeat(event)
+        if event_id is None:
             return None
-        ids, event_id = repeat
-        expected = f"unique ids ({ids.repeats} repeats in {ids.events} events)"
+        counts = self.slots[slot] or _NO_COUNTS
+        expected = f"unique ids ({counts.repeats} repeats in {counts.events} events)"
         return Reason("replayed_id", self.cfg.id_field, event_id, expected, self.judge(slot, event))
 
     def advance(self, slot: int, event: Event) -> None:
-        cfg = self.cfg
-        if cfg.replay_window and (event_id := event.strings.get(cfg.id_field)) is not None:
-            ids = self.slots[slot]
-            if ids is None:
-                ids = self.slots[slot] = IdMemory(cfg.replay_window)
-            ids.remember(event_id, event.event_time_ms, cfg.burst_s * 1000)
+        window = self.window
+        if window is not None and (event_id := event.strings.get(self.cfg.id_field)) is not None:
+            t = event.event_time_ms
+            repeat = window.remember(self._fingerprint(event.producer, event_id), t)
+            counts = self.slots[slot]
+            if counts is None:
+                counts = self.slots[slot] = IdCounts()
+            counts.note(repeat, t, self.cfg.burst_s * 1000)
 
     def learn(self, slot: int, event: Event) -> None:
-        ids = self.slots[slot]
-        if ids is not None and event.strings.get(self.cfg.id_field) is not None:
-            ids.learn()  # remembered by advance
+        counts = self.slots[slot]
+        if counts is not None and event.strings.get(self.cfg.id_field) is not None:
+            counts.learn()  # noted by advance
 
     def dump(self, slot: int, w: Writer) -> None:
-        ids = self.slots[slot]
-        w.count(ids is not None)
-        if ids is not None:
-            ids.dump(w)
+        counts = self.slots[slot]
+        w.count(counts is not None)
+        if counts is not None:
+            counts.dump(w)
 
     def load(self, slot: int, r: Reader) -> None:
-        self.slots[slot] = IdMemory.load(r) if r.count() else None
+        self.slots[slot] = IdCounts.load(r) if r.count() else None
+
+    def shared(self, full: bool) -> dict[str, bytes]:
+        return {} if self.window is None else self.window.records(self.name, full)
+
+    def committed(self) -> None:
+        if self.window is not None:
+            self.window.committed()
+
+    def load_shared(self, records: Mapping[str, bytes]) -> None:
+        window = self._new_window()
+        if window is not None and records:
+            window = IdWindow.load(records, self.name, window.horizon_ms, window.max_ids)
+        self.window = window

@@ -9,7 +9,7 @@ time; beyond the cap, an admission policy decides (see :mod:`detector.core.admis
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from detector.core.admission import OVERFLOW, Admission
@@ -23,7 +23,7 @@ from detector.core.features.drift import Drift, DriftFeature
 from detector.core.features.feature import Feature
 from detector.core.features.moments import Moments
 from detector.core.features.rate import RateFeature
-from detector.core.features.replay import IdMemory, ReplayFeature
+from detector.core.features.replay import IdCounts, ReplayFeature
 from detector.core.features.schema import SchemaFeature
 from detector.core.features.size import SizeFeature
 from detector.core.features.surprise import Evidence, Reason
@@ -78,9 +78,16 @@ class ProducerView:
         return self._store.clock.seq[self.slot]
 
     @property
-    def ids(self) -> IdMemory | None:
-        ids: IdMemory | None = self._store.by_name["replayed_id"].slots[self.slot]
+    def ids(self) -> IdCounts | None:
+        """Its repeats of event ids (the ids themselves are in the store's shared window)."""
+        ids: IdCounts | None = self._store.by_name["replayed_id"].slots[self.slot]
         return ids
+
+
+def _named(records: Mapping[str, bytes], name: str) -> dict[str, bytes]:
+    """The records a feature named ``name`` wrote: ``name`` and ``name.<part>``."""
+    prefix = name + "."
+    return {k: v for k, v in records.items() if k == name or k.startswith(prefix)}
 
 
 def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature[Any]]:
@@ -254,16 +261,24 @@ class FeatureStore:
             raise ValueError(msg)
 
     def restore(
-        self, records: dict[str, bytes], counters: dict[str, Any], baseline: bool = False
+        self,
+        records: dict[str, bytes],
+        counters: dict[str, Any],
+        baseline: bool = False,
+        shared: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Replace the state with a checkpoint's records, in its LRU order.
+        """Replace the state with a checkpoint's records, in its LRU order, and the features'
+        shared state with its ``shared`` records (none: afresh).
 
         A baseline comes from another time: its producers keep what they learned but forget
-        when they were last seen, so live event time does not expire them at once.
+        when they were last seen, so live event time does not expire them at once; the
+        shared state (ids sent then) starts afresh.
 
         Raises:
             ValueError: a record does not have this version's layout.
         """
+        for feature in self.features:
+            feature.load_shared({} if baseline else _named(shared or {}, feature.name))
         self.producers.clear()
         self._free.clear()
         self._slots = 0  # slots are given again from 0: each is reset as it is given
@@ -294,6 +309,21 @@ class FeatureStore:
         self.next_silence_ms = counters.get("next_silence_ms", 0)
         self.dirty.clear()
         self.removed.clear()
+
+    def shared(self, full: bool = False) -> dict[str, bytes]:
+        """The features' shared state as named records: those changed since the last
+        :meth:`committed` (every one if ``full``), encoded now."""
+        out: dict[str, bytes] = {}
+        for feature in self.features:
+            out.update(feature.shared(full))
+        return out
+
+    def committed(self) -> None:
+        """The last snapshot is durable: track changes afresh."""
+        self.dirty.clear()
+        self.removed.clear()
+        for feature in self.features:
+            feature.committed()
 
     def counters(self) -> dict[str, int]:
         return {
