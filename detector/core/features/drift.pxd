@@ -1,4 +1,5 @@
 import cython
+from detector.core.features.surprise cimport signed_log
 
 cdef class Drift:
     cdef public long long count, first_ms, last_ms
