@@ -1,5 +1,5 @@
 import cython
-from detector.core.features.surprise cimport signed_log
+from detector.core.features.surprise cimport signed_log, type_prefix
 
 cdef class Drift:
     cdef public long long count, first_ms, last_ms

@@ -9,3 +9,5 @@ cpdef double unlog(double y)
 
 @cython.locals(x=double)
 cpdef double two_sided(double z)
+
+cpdef str type_prefix(object etype)
