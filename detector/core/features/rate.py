@@ -54,13 +54,8 @@ class RateFeature(Feature[Moments | Drift]):
         )
 
     def learn(self, slot: int, event: Event) -> None:
-        if self.clock.n[slot] <= 1:
-            return  # no inter-arrival yet
-        usual, gap = self.slots[slot], self.clock.gap[slot].mean
-        if isinstance(usual, Drift):
-            usual.learn(gap, event.event_time_ms, self.cfg.rate_horizon_s * 1000, math.inf)
-        else:
-            usual.update(gap)
+        horizon_ms = self.cfg.rate_horizon_s * 1000
+        learn_rate(self.slots[slot], self.clock, slot, event.event_time_ms, horizon_ms)
 
     def dump(self, slot: int, w: Writer) -> None:
         self.slots[slot].dump(w)
@@ -81,6 +76,22 @@ def rate_surprise(
     z = -usual.z(smoothed, min_sd)  # positive: faster than usual
     s = two_sided(z) - _HALF if z > 0 else 0.0
     return max(s, 0.0), smoothed
+
+
+def learn_rate(
+    usual: Moments | Drift, clock: Clock, slot: int, t_ms: int, horizon_ms: float
+) -> None:
+    """Fold the clock's smoothed inter-arrival into the ``usual`` level (a reference over
+    event time: no restart, as no CUSUM steps it)."""
+    if clock.n[slot] <= 1:
+        return  # no inter-arrival yet
+    gap: Moments = clock.gap[slot]  # locals that rate.pxd types (cdef classes)
+    if isinstance(usual, Drift):
+        timed: Drift = usual
+        timed.learn(gap.mean, t_ms, horizon_ms, math.inf)
+    else:
+        moments: Moments = usual
+        moments.update(gap.mean)
 
 
 def _rate_per_s(smoothed_log_gap: float) -> float:
