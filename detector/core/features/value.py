@@ -49,14 +49,15 @@ class Seasonal:
         self.var: npt.NDArray[np.float64] = np.zeros(buckets, dtype=np.float64)
 
     def update(self, b: int, x: float, fading: float) -> None:
-        self.count[b] += 1
-        if self.count[b] == 1:
-            self.mean[b] = x
+        count, mean, var = self.count, self.mean, self.var  # value.pxd: typed memoryviews
+        count[b] += 1
+        if count[b] == 1:
+            mean[b] = x
             return
-        d = x - float(self.mean[b])
+        d = x - float(mean[b])
         inc = fading * d
-        self.mean[b] += inc
-        self.var[b] = (1.0 - fading) * (float(self.var[b]) + d * inc)
+        mean[b] += inc
+        var[b] = (1.0 - fading) * (float(var[b]) + d * inc)
 
     def dump(self, w: Writer) -> None:
         w.i64s(self.count)
@@ -101,9 +102,10 @@ class ValueWindow:
         self.pos = 0
 
     def update(self, x: float) -> None:
-        self.values[self.pos] = x
-        self.pos = (self.pos + 1) % len(self.values)
-        self.n = min(self.n + 1, len(self.values))
+        values = self.values  # value.pxd: a typed memoryview
+        values[self.pos] = x
+        self.pos = (self.pos + 1) % len(values)
+        self.n = min(self.n + 1, len(values))
 
     def dump(self, w: Writer) -> None:
         w.f64s(self.values)
