@@ -8,8 +8,9 @@ install still succeeds and the same modules run as Python, slower. ``detector ru
 ``DETECTOR_PURE_PYTHON=1`` runs the Python sources even where the extension modules exist (CI
 runs both paths; debugging and profiling want the source). In a source checkout
 (``pip install -e .``) a module edited after its build runs from its source too, with the
-same warning, until ``pip install -e .`` builds it again. Both are decided by :class:`Sources`,
-which ``detector/__init__.py`` puts in front of the import system.
+same warning, until ``pip install -e .`` builds it again, and so do the modules that cimport
+it (their .pxd files: a kernel calling its C functions or typed on its classes). All this is
+decided by :class:`Sources`, which ``detector/__init__.py`` puts in front of the import system.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import functools
 import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
@@ -61,9 +63,39 @@ def _why_source(extension: str, source: str) -> str | None:
     return None
 
 
+def _built(source: str) -> str | None:
+    """The extension module built from ``source``, if there is one beside it."""
+    built = [source.removesuffix(".py") + s for s in importlib.machinery.EXTENSION_SUFFIXES]
+    return next((b for b in built if os.path.exists(b)), None)
+
+
+def _cimported(source: str) -> list[str]:
+    """The package modules whose C functions and types the module of ``source`` takes: the
+    ``cimport`` lines of the .pxd beside it (the kernels' declarations)."""
+    pxd = source.removesuffix(".py") + ".pxd"
+    if not os.path.exists(pxd):
+        return []
+    with open(pxd, encoding="utf-8") as f:
+        return re.findall(r"^from (detector(?:\.\w+)+) cimport ", f.read(), re.MULTILINE)
+
+
+def _why_runs_source(extension: str, source: str) -> str | None:
+    """:func:`_why_source`, or why a module it cimports runs as Python: the extension module
+    would fail to import without the C functions and types it takes from theirs."""
+    why = _why_source(extension, source)
+    if why is not None:
+        return why
+    for name in _cimported(source):
+        dep = os.path.join(_ROOT, *name.split(".")) + ".py"
+        built = _built(dep)
+        if built is None or _why_runs_source(built, dep) is not None:
+            return f"cimports {name}, which runs as Python"
+    return None
+
+
 class Sources:
     """Finds a package module's Python source where the import system would take the
-    extension module built from it, when :func:`_why_source` says so."""
+    extension module built from it, when :func:`_why_runs_source` says so."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -75,7 +107,7 @@ class Sources:
             return None
         extension = str(spec.origin)
         source = os.path.join(os.path.dirname(extension), fullname.rpartition(".")[2] + ".py")
-        if not os.path.exists(source) or _why_source(extension, source) is None:
+        if not os.path.exists(source) or _why_runs_source(extension, source) is None:
             return None
         return importlib.util.spec_from_file_location(fullname, source)
 
@@ -95,9 +127,8 @@ def pure_modules() -> dict[str, str]:
         if spec and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
             continue
         source = os.path.join(_ROOT, path)
-        built = [source.removesuffix(".py") + s for s in importlib.machinery.EXTENSION_SUFFIXES]
-        extension = next((b for b in built if os.path.exists(b)), None)
-        why = _why_source(extension, source) if extension else None
+        extension = _built(source)
+        why = _why_runs_source(extension, source) if extension else None
         out[name] = why or "not compiled at install: no C compiler, or no Cython"
     return out
 

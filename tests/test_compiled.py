@@ -101,3 +101,30 @@ def test_a_module_edited_since_its_build_runs_from_its_source(
     assert compiled._why_source(str(extension), str(source)) is None
     os.utime(source, (3_000, 3_000))
     assert "edited since its build" in str(compiled._why_source(str(extension), str(source)))
+
+
+def test_a_module_cimporting_one_that_runs_from_its_source_does_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extension module that cimports another (a kernel calling its C functions, typed on
+    its classes) fails to import beside that module's source: it runs from its source too."""
+    monkeypatch.delenv(compiled.PURE_ENVVAR, raising=False)
+    monkeypatch.setattr(compiled, "_ROOT", str(tmp_path))
+    (tmp_path / "pyproject.toml").write_text("")  # a source checkout
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    pkg = tmp_path / "detector" / "k"
+    pkg.mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        (pkg / f"{name}.py").write_text("")
+        (pkg / f"{name}{suffix}").write_text("")
+        os.utime(pkg / f"{name}.py", (1_000, 1_000))
+        os.utime(pkg / f"{name}{suffix}", (2_000, 2_000))
+    (pkg / "a.pxd").write_text("from detector.k.b cimport f\n")
+    (pkg / "b.pxd").write_text("from detector.k.c cimport C\n")
+    a, extension = str(pkg / "a.py"), str(pkg / f"a{suffix}")
+    assert compiled._why_runs_source(extension, a) is None
+    os.utime(pkg / "c.py", (3_000, 3_000))  # c edited: b, then a, run from their sources
+    assert compiled._why_runs_source(extension, a) == "cimports detector.k.b, which runs as Python"
+    os.utime(pkg / "c.py", (1_000, 1_000))
+    (pkg / f"b{suffix}").unlink()  # b not compiled at install
+    assert compiled._why_runs_source(extension, a) == "cimports detector.k.b, which runs as Python"

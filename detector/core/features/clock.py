@@ -38,14 +38,17 @@ class Clock:
 
     def next_gap(self, slot: int, t_ms: int) -> float:
         """The smoothed log inter-arrival an event at ``t_ms`` would give, without updating."""
-        gap = math.log1p(max(t_ms - self.last_ms[slot], 0))
+        last: int = self.last_ms[slot]  # locals that clock.pxd types: a C int, a cdef Moments
+        moments: Moments = self.gap[slot]
+        gap = math.log1p(max(t_ms - last, 0))
         a = self.gap_fading
-        return a * gap + (1 - a) * self.gap[slot].mean
+        return a * gap + (1 - a) * moments.mean
 
     def advance(self, slot: int, t_ms: int) -> None:
-        last = self.last_ms[slot]
+        last: int = self.last_ms[slot]
         if last >= 0:
-            self.gap[slot].update(math.log1p(max(t_ms - last, 0)))
+            moments: Moments = self.gap[slot]
+            moments.update(math.log1p(max(t_ms - last, 0)))
         self.last_ms[slot] = max(last, t_ms)
         self.n[slot] += 1
         self.silenced[slot] = False

@@ -11,6 +11,7 @@ from detector.core.events import Event
 from detector.core.features.clock import Clock
 from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
+from detector.core.features.moments import Moments
 from detector.core.features.surprise import (
     LOG10,
     MAX_SURPRISE,
@@ -181,17 +182,10 @@ class DriftFeature(Feature[dict[str, Drift]]):
         cfg = self.cfg
         if cfg.drift_horizon_s <= 0:
             return
-        drifts, numeric = self.slots[slot], self.value.slots[slot]
-        prefix = type_prefix(event.type)
-        horizon_ms = cfg.drift_horizon_s * 1000
-        for name, x in event.numbers.items():
-            key = prefix + name
-            d = drifts.get(key)
-            if d is None:
-                if key not in numeric:
-                    continue  # the value feature's cap: untracked field
-                d = drifts[sys.intern(key)] = Drift()
-            d.learn(signed_log(x), event.event_time_ms, horizon_ms, cfg.drift_restart)
+        learn_drifts(
+            self.slots[slot], self.value.slots[slot].numeric, type_prefix(event.type),
+            event.numbers, event.event_time_ms, cfg.drift_horizon_s * 1000, cfg.drift_restart,
+        )  # fmt: skip
 
     def dump(self, slot: int, w: Writer) -> None:
         drifts = self.slots[slot]
@@ -231,3 +225,19 @@ def step_drifts(
         d = drifts.get(prefix + name)
         if d is not None and d.count >= min_count:
             d.step_by(d.clipped_z(signed_log(x), min_sd, clip), k)
+
+
+def learn_drifts(
+    drifts: dict[str, Drift], numeric: dict[str, Moments], prefix: str, numbers: dict[str, float],
+    t_ms: int, horizon_ms: float, restart: float,
+) -> None:  # fmt: skip
+    """Fold an accepted event's values into the references of its fields, for the fields the
+    value feature tracks (``numeric``: its moments)."""
+    for name, x in numbers.items():
+        key = prefix + name
+        d = drifts.get(key)
+        if d is None:
+            if key not in numeric:
+                continue  # the value feature's cap: untracked field
+            d = drifts[sys.intern(key)] = Drift()
+        d.learn(signed_log(x), t_ms, horizon_ms, restart)

@@ -7,6 +7,7 @@ import math
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
+from detector.core.features.clock import Clock
 from detector.core.features.drift import Drift
 from detector.core.features.feature import Feature
 from detector.core.features.moments import Moments
@@ -35,13 +36,10 @@ class RateFeature(Feature[Moments | Drift]):
 
     def _judge(self, slot: int, event: Event) -> tuple[float, float]:
         """(surprise, smoothed log inter-arrival this event gives)."""
-        usual = self.slots[slot]
-        if usual.count < self.cfg.min_count or self.clock.last_ms[slot] < 0:
-            return 0.0, 0.0
-        smoothed = self.clock.next_gap(slot, event.event_time_ms)
-        z = -usual.z(smoothed, self.cfg.min_sd)  # positive: faster than usual
-        s = two_sided(z) - _HALF if z > 0 else 0.0
-        return max(s, 0.0), smoothed
+        cfg = self.cfg
+        return rate_surprise(
+            self.slots[slot], self.clock, slot, event.event_time_ms, cfg.min_count, cfg.min_sd
+        )
 
     def judge(self, slot: int, event: Event) -> float:
         return self._judge(slot, event)[0]
@@ -56,13 +54,8 @@ class RateFeature(Feature[Moments | Drift]):
         )
 
     def learn(self, slot: int, event: Event) -> None:
-        if self.clock.n[slot] <= 1:
-            return  # no inter-arrival yet
-        usual, gap = self.slots[slot], self.clock.gap[slot].mean
-        if isinstance(usual, Drift):
-            usual.learn(gap, event.event_time_ms, self.cfg.rate_horizon_s * 1000, math.inf)
-        else:
-            usual.update(gap)
+        horizon_ms = self.cfg.rate_horizon_s * 1000
+        learn_rate(self.slots[slot], self.clock, slot, event.event_time_ms, horizon_ms)
 
     def dump(self, slot: int, w: Writer) -> None:
         self.slots[slot].dump(w)
@@ -70,6 +63,35 @@ class RateFeature(Feature[Moments | Drift]):
     def load(self, slot: int, r: Reader) -> None:
         timed = self.cfg.rate_horizon_s > 0
         self.slots[slot] = Drift.load(r) if timed else Moments.load(r, self.cfg.fading_factor)
+
+
+def rate_surprise(
+    usual: Moments | Drift, clock: Clock, slot: int, t_ms: int, min_count: int, min_sd: float
+) -> tuple[float, float]:
+    """(surprise, smoothed log inter-arrival) of an event at ``t_ms`` against the ``usual``
+    level: one-sided, faster than usual only."""
+    if usual.count < min_count or clock.last_ms[slot] < 0:
+        return 0.0, 0.0
+    smoothed = clock.next_gap(slot, t_ms)
+    z = -usual.z(smoothed, min_sd)  # positive: faster than usual
+    s = two_sided(z) - _HALF if z > 0 else 0.0
+    return max(s, 0.0), smoothed
+
+
+def learn_rate(
+    usual: Moments | Drift, clock: Clock, slot: int, t_ms: int, horizon_ms: float
+) -> None:
+    """Fold the clock's smoothed inter-arrival into the ``usual`` level (a reference over
+    event time: no restart, as no CUSUM steps it)."""
+    if clock.n[slot] <= 1:
+        return  # no inter-arrival yet
+    gap: Moments = clock.gap[slot]  # locals that rate.pxd types (cdef classes)
+    if isinstance(usual, Drift):
+        timed: Drift = usual
+        timed.learn(gap.mean, t_ms, horizon_ms, math.inf)
+    else:
+        moments: Moments = usual
+        moments.update(gap.mean)
 
 
 def _rate_per_s(smoothed_log_gap: float) -> float:

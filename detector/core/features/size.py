@@ -18,10 +18,8 @@ class SizeFeature(Feature[Moments]):
         return Moments(self.cfg.fading_factor)
 
     def judge(self, slot: int, event: Event) -> float:
-        m = self.slots[slot]
-        if m.count < self.cfg.min_count:
-            return 0.0
-        return max(two_sided(m.z(math.log(max(event.size_bytes, 1)), self.cfg.min_sd)), 0.0)
+        cfg = self.cfg
+        return size_surprise(self.slots[slot], event.size_bytes, cfg.min_count, cfg.min_sd)
 
     def explain(self, slot: int, event: Event) -> Reason | None:
         s = self.judge(slot, event)
@@ -38,3 +36,10 @@ class SizeFeature(Feature[Moments]):
 
     def load(self, slot: int, r: Reader) -> None:
         self.slots[slot] = Moments.load(r, self.cfg.fading_factor)
+
+
+def size_surprise(m: Moments, size_bytes: int, min_count: int, min_sd: float) -> float:
+    """Surprise of an entry of ``size_bytes`` against the usual sizes ``m`` (log space)."""
+    if m.count < min_count:
+        return 0.0
+    return max(two_sided(m.z(math.log(max(size_bytes, 1)), min_sd)), 0.0)

@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
+from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
 from detector.core.features.moments import Moments
 from detector.core.features.surprise import (
@@ -48,14 +49,15 @@ class Seasonal:
         self.var: npt.NDArray[np.float64] = np.zeros(buckets, dtype=np.float64)
 
     def update(self, b: int, x: float, fading: float) -> None:
-        self.count[b] += 1
-        if self.count[b] == 1:
-            self.mean[b] = x
+        count, mean, var = self.count, self.mean, self.var  # value.pxd: typed memoryviews
+        count[b] += 1
+        if count[b] == 1:
+            mean[b] = x
             return
-        d = x - float(self.mean[b])
+        d = x - float(mean[b])
         inc = fading * d
-        self.mean[b] += inc
-        self.var[b] = (1.0 - fading) * (float(self.var[b]) + d * inc)
+        mean[b] += inc
+        var[b] = (1.0 - fading) * (float(var[b]) + d * inc)
 
     def dump(self, w: Writer) -> None:
         w.i64s(self.count)
@@ -100,9 +102,10 @@ class ValueWindow:
         self.pos = 0
 
     def update(self, x: float) -> None:
-        self.values[self.pos] = x
-        self.pos = (self.pos + 1) % len(self.values)
-        self.n = min(self.n + 1, len(self.values))
+        values = self.values  # value.pxd: a typed memoryview
+        values[self.pos] = x
+        self.pos = (self.pos + 1) % len(values)
+        self.n = min(self.n + 1, len(values))
 
     def dump(self, w: Writer) -> None:
         w.f64s(self.values)
@@ -181,41 +184,11 @@ class ValueFeature(Feature[Fields]):
         width = cfg.seasonal_period_s * 1000 // cfg.seasonal_buckets
         return (t_ms // width) % cfg.seasonal_buckets
 
-    def _field(self, f: Fields, key: str, y: float, t_ms: int) -> tuple[float, str]:
-        """One field's surprise and where it comes from ("moments", "seasonal", "window")."""
-        cfg = self.cfg
-        s, source = 0.0, ""
-        m = f.numeric.get(key)
-        if m is not None and m.count >= cfg.min_count:
-            s, source = two_sided(m.z(y, cfg.min_sd)), "moments"
-        if f.seasonal:
-            prof = f.seasonal.get(key)
-            if prof is not None:
-                b = self.bucket(t_ms)
-                if prof.count[b] >= cfg.seasonal_min_count:
-                    ss = two_sided(prof.z(b, y, cfg.min_sd))
-                    if ss > s or cfg.seasonal_explains:
-                        s, source = ss, "seasonal"
-        if f.windows:
-            win = f.windows.get(key)
-            if win is not None:
-                ws = cfg.window_weight * win.surprise(
-                    y, cfg.window_tail, cfg.min_sd, cfg.window_floor
-                )
-                if ws > s:
-                    s, source = min(ws, MAX_SURPRISE), "window"
-        return s, source
-
     def _best(self, slot: int, event: Event) -> tuple[float, str, float, str]:
         """(surprise, field, value, source) of the most surprising field."""
         f = self.slots[slot]
-        prefix = type_prefix(event.type)
-        best = (0.0, "", 0.0, "")
-        for name, x in event.numbers.items():
-            s, source = self._field(f, prefix + name, signed_log(x), event.event_time_ms)
-            if s > 0 and (not best[3] or s > best[0]):
-                best = (s, name, x, source)
-        return best
+        b = self.bucket(event.event_time_ms) if f.seasonal else 0
+        return best_value(f, type_prefix(event.type), event.numbers, b, self.cfg)
 
     def judge(self, slot: int, event: Event) -> float:
         return self._best(slot, event)[0]
@@ -236,38 +209,9 @@ class ValueFeature(Feature[Fields]):
         return Reason("value", name, f"{x:.6g}", expected, s)
 
     def learn(self, slot: int, event: Event) -> None:
-        cfg, f = self.cfg, self.slots[slot]
-        prefix = type_prefix(event.type)
-        profiles = cfg.seasonal_buckets or cfg.window_values
-        for name, x in event.numbers.items():
-            key = prefix + name
-            m = f.numeric.get(key)
-            if m is None:
-                if len(f.numeric) >= cfg.max_numeric_fields:
-                    continue
-                key = sys.intern(key)
-                m = f.numeric[key] = Moments(cfg.fading_factor)
-            y = signed_log(x)
-            m.update(y)
-            if profiles:
-                self._learn_profiles(f, key, y, event.event_time_ms)
-
-    def _learn_profiles(self, f: Fields, key: str, y: float, t_ms: int) -> None:
-        """Seasonal bucket and value window of one numeric field (if the spec has them)."""
-        cfg = self.cfg
-        cap = cfg.max_profiled_fields
-        if cfg.seasonal_buckets:
-            prof = f.seasonal.get(key)
-            if prof is None and len(f.seasonal) < cap:
-                prof = f.seasonal[key] = Seasonal(cfg.seasonal_buckets)
-            if prof is not None:
-                prof.update(self.bucket(t_ms), y, cfg.seasonal_fading)
-        if cfg.window_values:
-            win = f.windows.get(key)
-            if win is None and len(f.windows) < cap:
-                win = f.windows[key] = ValueWindow(cfg.window_values)
-            if win is not None:
-                win.update(y)
+        f = self.slots[slot]
+        b = self.bucket(event.event_time_ms) if self.cfg.seasonal_buckets else 0
+        learn_values(f, type_prefix(event.type), event.numbers, b, self.cfg)
 
     def dump(self, slot: int, w: Writer) -> None:
         f = self.slots[slot]
@@ -290,3 +234,85 @@ class ValueFeature(Feature[Fields]):
         seasonal = {sys.intern(r.text()): Seasonal.load(r) for _ in range(r.count())}
         windows = {sys.intern(r.text()): ValueWindow.load(r) for _ in range(r.count())}
         self.slots[slot] = Fields(numeric, seasonal, windows)
+
+
+def best_value(
+    f: Fields, prefix: str, numbers: dict[str, float], b: int, cfg: FeatureConfig
+) -> tuple[float, str, float, str]:
+    """(surprise, field, value, source) of the event's most surprising numeric field; the
+    source says what it is judged against ("moments", "seasonal", "window"). ``b``: the event's
+    time-of-period bucket."""
+    numeric = f.numeric
+    min_count, min_sd = cfg.min_count, cfg.min_sd
+    profiled = bool(f.seasonal or f.windows)
+    best, best_name, best_x, best_source = 0.0, "", 0.0, ""
+    for name, x in numbers.items():
+        key = prefix + name
+        y = signed_log(x)
+        s, source = 0.0, ""
+        m = numeric.get(key)
+        if m is not None and m.count >= min_count:
+            s, source = two_sided(m.z(y, min_sd)), "moments"
+        if profiled:
+            s, source = judge_profiles(f, key, y, b, s, source, cfg)
+        if s > 0 and (not best_source or s > best):
+            best, best_name, best_x, best_source = s, name, x, source
+    return best, best_name, best_x, best_source
+
+
+def judge_profiles(
+    f: Fields, key: str, y: float, b: int, s: float, source: str, cfg: FeatureConfig
+) -> tuple[float, str]:
+    """One field's (surprise, source) once its time-of-period bucket and value window (if
+    it has them) have their say over the moments' ``s``."""
+    prof = f.seasonal.get(key)
+    if prof is not None and prof.count[b] >= cfg.seasonal_min_count:
+        ss = two_sided(prof.z(b, y, cfg.min_sd))
+        if ss > s or cfg.seasonal_explains:
+            s, source = ss, "seasonal"
+    win = f.windows.get(key)
+    if win is not None:
+        ws = cfg.window_weight * win.surprise(y, cfg.window_tail, cfg.min_sd, cfg.window_floor)
+        if ws > s:
+            s, source = min(ws, MAX_SURPRISE), "window"
+    return s, source
+
+
+def learn_values(
+    f: Fields, prefix: str, numbers: dict[str, float], b: int, cfg: FeatureConfig
+) -> None:
+    """Fold an accepted event's numeric fields into their moments (a new field only while the
+    producer tracks fewer than ``max_numeric_fields``) and, if the spec has them, profiles."""
+    numeric = f.numeric
+    fading, cap = cfg.fading_factor, cfg.max_numeric_fields
+    profiles = bool(cfg.seasonal_buckets or cfg.window_values)
+    for name, x in numbers.items():
+        key = prefix + name
+        m = numeric.get(key)
+        if m is None:
+            if len(numeric) >= cap:
+                continue
+            key = sys.intern(key)
+            m = numeric[key] = Moments(fading)
+        y = signed_log(x)
+        m.update(y)
+        if profiles:
+            learn_profiles(f, key, y, b, cfg)
+
+
+def learn_profiles(f: Fields, key: str, y: float, b: int, cfg: FeatureConfig) -> None:
+    """Seasonal bucket ``b`` and value window of one numeric field, each made while the
+    producer has fewer than ``max_profiled_fields`` of them."""
+    cap = cfg.max_profiled_fields
+    if cfg.seasonal_buckets:
+        prof = f.seasonal.get(key)
+        if prof is None and len(f.seasonal) < cap:
+            prof = f.seasonal[key] = Seasonal(cfg.seasonal_buckets)
+        if prof is not None:
+            prof.update(b, y, cfg.seasonal_fading)
+    if cfg.window_values:
+        win = f.windows.get(key)
+        if win is None and len(f.windows) < cap:
+            win = f.windows[key] = ValueWindow(cfg.window_values)
+        if win is not None:
+            win.update(y)
