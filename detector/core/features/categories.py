@@ -34,7 +34,7 @@ class Categories:
         count = self.counts.get(value)
         if count is not None:
             return count
-        return 1 if self.once and fingerprint(value) in self.once else 0
+        return 1 if self.once and find(self.once, fingerprint(value)) >= 0 else 0
 
     def surprise(self, value: str, prior: float, burst: float = 0.0, min_count: int = 1) -> float:
         """``-log10`` of the chance of a value this rare (Good-Turing for unseen ones; an
@@ -49,7 +49,10 @@ class Categories:
         elif count * 20 >= self.n:
             return 0.0  # common value: skip the tail sum
         else:
-            below = sum(c for c in self.counts.values() if c <= count)
+            below = 0  # a loop, not sum() over a generator: compiled, it runs on C integers
+            for c in self.counts.values():
+                if c <= count:
+                    below += c
             p = (below + len(self.once) + 1) / (self.n + 1)
         return min(-math.log10(min(p, 1.0)), MAX_SURPRISE)
 
@@ -67,11 +70,12 @@ class Categories:
             counts[value] = count + 1
             return
         fp = fingerprint(value)
-        if fp in self.once:
+        i = find(self.once, fp)
+        if i >= 0:
             # Seen again: a categorical value, shared among producers from now on. An id is
             # seen once and never interned: the interpreter's table of interned strings would
             # grow with every id held and never shrink.
-            self.once.remove(fp)
+            del self.once[i]
             counts[sys.intern(value)] = 2
         elif len(counts) + len(self.once) >= cap:
             self.saturated = True
@@ -102,6 +106,19 @@ class Categories:
             c.counts[sys.intern(value)] = count
         c.once = array("Q", r.u64s().tolist())
         return c
+
+
+def find(once: array[int], fp: int) -> int:
+    """The index of the fingerprint ``fp`` in ``once``, or -1.
+
+    ``fp in once`` compares each element as a Python int; compiled, this loop reads the
+    array's buffer as C integers (``once`` holds up to ``max_categories`` of them).
+    """
+    view = once
+    for i in range(len(view)):
+        if view[i] == fp:
+            return i
+    return -1
 
 
 # The one saturated table every producer's id-like categorical fields share: it holds nothing
