@@ -36,6 +36,7 @@ _NUMBER = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 # orjson's message for a number literal that overflows a double ("1e999").
 _JSON_OVERFLOW = "number is infinity"
 _MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_EPOCH_DIGITS = len(str(_MAX_EPOCH_MS))
 
 
 @dataclass(slots=True)
@@ -77,14 +78,23 @@ def entry_id_ms(entry_id: str) -> int:
 class Decoder:
     """Turns raw entries into :class:`Event` under one :class:`EventFormat`."""
 
-    __slots__ = ("_fmt", "_payload", "_producer", "_time", "_type")
+    __slots__ = (
+        "_fmt", "_max_bytes", "_max_depth", "_max_fields", "_max_name", "_max_string",
+        "_payload", "_producer", "_time", "_type",
+    )  # fmt: skip
 
     def __init__(self, fmt: EventFormat | None = None) -> None:
-        self._fmt = fmt or EventFormat()
-        self._producer = self._fmt.producer_field.encode()
-        self._time = self._fmt.time_field.encode()
-        self._type = self._fmt.type_field.encode()
-        self._payload = self._fmt.payload_field.encode()
+        self._fmt = fmt = fmt or EventFormat()
+        self._producer = fmt.producer_field.encode()
+        self._time = fmt.time_field.encode()
+        self._type = fmt.type_field.encode()
+        self._payload = fmt.payload_field.encode()
+        # The caps as plain attributes: compiled (events.pxd), C integers read per leaf.
+        self._max_bytes = fmt.max_entry_bytes
+        self._max_fields = fmt.max_fields
+        self._max_depth = fmt.max_json_depth
+        self._max_name = fmt.max_name_len
+        self._max_string = fmt.max_string_len
 
     def decode(self, stream: str, entry_id: str, fields: dict[bytes, bytes]) -> Event:
         """Validate one entry.
@@ -92,7 +102,6 @@ class Decoder:
         Raises:
             InvalidEventError: the entry breaks the contract or a cap; ``reason`` says how.
         """
-        fmt = self._fmt
         size = self.check_shape(fields)
 
         numbers: dict[str, float] = {}
@@ -107,14 +116,14 @@ class Decoder:
             elif raw_key == self._time:
                 event_time_ms = parse_time_ms(raw_value)
             elif raw_key == self._type:
-                etype = self._text(raw_value, fmt.type_field, fmt.max_string_len)
+                etype = _text(raw_value, self._fmt.type_field, self._max_string)
             elif raw_key == self._payload:
                 self._flatten_json(raw_value, numbers, strings)
             else:
-                key = self._text(raw_key, "field name", fmt.max_name_len)
+                key = _text(raw_key, "field name", self._max_name)
                 self._flat(key, raw_value, numbers, strings)
-        if len(numbers) + len(strings) > fmt.max_fields:
-            raise InvalidEventError("too_many_fields", f"payload leaves > {fmt.max_fields}")
+        if len(numbers) + len(strings) > self._max_fields:
+            raise InvalidEventError("too_many_fields", f"payload leaves > {self._max_fields}")
         if event_time_ms < 0:
             event_time_ms = entry_id_ms(entry_id)
         return Event(stream, entry_id, producer, event_time_ms, etype, numbers, strings, size)
@@ -125,23 +134,22 @@ class Decoder:
         Raises:
             InvalidEventError: ``empty_producer``, ``invalid_utf8`` or ``string_too_long``.
         """
-        producer = self._text(raw, "producer", self._fmt.max_name_len)
+        producer = _text(raw, "producer", self._max_name)
         if not producer:
             raise InvalidEventError("empty_producer", self._fmt.producer_field)
         return producer
 
     def check_shape(self, fields: dict[bytes, bytes]) -> int:
         """Reject empty, too wide or too large entries before parsing; returns the size."""
-        fmt = self._fmt
         if not fields:
             raise InvalidEventError("empty_entry", "no fields (deleted or trimmed entry)")
-        if len(fields) > fmt.max_fields:
-            raise InvalidEventError("too_many_fields", f"{len(fields)} > {fmt.max_fields}")
+        if len(fields) > self._max_fields:
+            raise InvalidEventError("too_many_fields", f"{len(fields)} > {self._max_fields}")
         size = 0
         for k, v in fields.items():
             size += len(k) + len(v)
-        if size > fmt.max_entry_bytes:
-            raise InvalidEventError("entry_too_large", f"{size} bytes > {fmt.max_entry_bytes}")
+        if size > self._max_bytes:
+            raise InvalidEventError("entry_too_large", f"{size} bytes > {self._max_bytes}")
         return size
 
     def _flat(
@@ -157,17 +165,7 @@ class Decoder:
             if math.isfinite(number):
                 numbers[key] = number
                 return
-        strings[key] = self._text(raw, key, self._fmt.max_string_len)
-
-    @staticmethod
-    def _text(raw: bytes, what: str, limit: int) -> str:
-        try:
-            text = raw.decode()
-        except UnicodeDecodeError:
-            raise InvalidEventError("invalid_utf8", what) from None
-        if len(text) > limit:
-            raise InvalidEventError("string_too_long", f"{what}: {len(text)} > {limit}")
-        return text
+        strings[key] = _text(raw, key, self._max_string)
 
     def _flatten_json(self, raw: bytes, numbers: dict[str, float], strings: dict[str, str]) -> None:
         try:
@@ -192,10 +190,9 @@ class Decoder:
         numbers: dict[str, float],
         strings: dict[str, str],
     ) -> None:
-        fmt = self._fmt
-        if depth > fmt.max_json_depth:
-            raise InvalidEventError("json_too_deep", f"depth > {fmt.max_json_depth}")
-        max_name, max_string = fmt.max_name_len, fmt.max_string_len
+        if depth > self._max_depth:
+            raise InvalidEventError("json_too_deep", f"depth > {self._max_depth}")
+        max_name, max_string = self._max_name, self._max_string
         # orjson yields exact types only, so `type(v) is` dispatch is safe and fast.
         for key, value in node.items():
             if len(key) > max_name:
@@ -216,8 +213,8 @@ class Decoder:
             else:
                 self._rare(name, value, depth, numbers, strings)
         # Checked per object, not per leaf: the entry size cap already bounds the work.
-        if len(numbers) + len(strings) > fmt.max_fields:
-            raise InvalidEventError("too_many_fields", f"payload leaves > {fmt.max_fields}")
+        if len(numbers) + len(strings) > self._max_fields:
+            raise InvalidEventError("too_many_fields", f"payload leaves > {self._max_fields}")
 
     def _rare(
         self, name: str, value: Any, depth: int, numbers: dict[str, float], strings: dict[str, str]
@@ -235,16 +232,25 @@ class Decoder:
             strings[name] = "null"
 
     def _check_array(self, items: list[Any], name: str, depth: int) -> None:
-        fmt = self._fmt
-        if depth > fmt.max_json_depth:
-            raise InvalidEventError("json_too_deep", f"depth > {fmt.max_json_depth}")
+        if depth > self._max_depth:
+            raise InvalidEventError("json_too_deep", f"depth > {self._max_depth}")
         for item in items:
             if isinstance(item, dict):
                 self._walk(item, name + "[].", depth + 1, {}, {})
             elif isinstance(item, list):
                 self._check_array(item, name, depth + 1)
-            elif isinstance(item, str) and len(item) > fmt.max_string_len:
+            elif isinstance(item, str) and len(item) > self._max_string:
                 raise InvalidEventError("string_too_long", f"{name}[]: {len(item)}")
+
+
+def _text(raw: bytes, what: str, limit: int) -> str:
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise InvalidEventError("invalid_utf8", what) from None
+    if len(text) > limit:
+        raise InvalidEventError("string_too_long", f"{what}: {len(text)} > {limit}")
+    return text
 
 
 def parse_time_ms(raw: bytes) -> int:
@@ -253,6 +259,13 @@ def parse_time_ms(raw: bytes) -> int:
     >>> parse_time_ms(b"1700000000123"), parse_time_ms(b"2023-11-14T22:13:20.123Z")
     (1700000000123, 1700000000123)
     """
+    if 0 < len(raw) <= _EPOCH_DIGITS and raw.isdigit():
+        # The common case, plain epoch ms: the same value as the float path below, since
+        # every integer up to _MAX_EPOCH_MS is exact in a double.
+        ms = int(raw)
+        if ms > _MAX_EPOCH_MS:
+            raise InvalidEventError("invalid_time", raw[:64].decode(errors="replace"))
+        return ms
     if _NUMBER.fullmatch(raw):
         value = float(raw)
         if not 0 <= value <= _MAX_EPOCH_MS:
