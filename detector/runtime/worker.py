@@ -44,6 +44,7 @@ from detector.gateway.streams import (
     Entry,
     FencedStreams,
     Outage,
+    Replication,
     Streams,
     connect,
     connect_kwargs,
@@ -218,8 +219,8 @@ class Worker:
         metrics: Metrics | None = None,
         on_verdicts: Callable[[list[Verdict]], None] | None = None,
     ) -> None:
-        if settings.redis_url is None and client is None:
-            msg = "a worker needs a redis_url or a client"
+        if settings.redis_url is None and not settings.sentinels and client is None:
+            msg = "a worker needs a redis_url, sentinels or a client"
             raise ValueError(msg)
         if settings.checkpoint_secret is None:
             msg = "a worker needs a checkpoint key (DETECTOR_CHECKPOINT_KEY)"
@@ -240,6 +241,17 @@ class Worker:
         )
         self.metrics = self.rt.metrics
         self.stats: RunStats = self.rt.stats
+        # A primary demoted under a plain client answers READONLY: drop the connections, so
+        # the retry reconnects (through a name that now points at the new primary).
+        pool = getattr(self.client, "connection_pool", None)  # a cluster client has none
+        if pool is not None:
+            self.rt.reconnect = pool.disconnect
+        self.replication = (
+            Replication(settings.min_replicas_acked, settings.min_replicas_timeout_ms,
+                        stop=self.rt.stop, observe=self.metrics.waited)
+            if settings.min_replicas_acked
+            else None
+        )  # fmt: skip
         self.assignment: Assignment = (
             Unpartitioned(settings, self._streams)
             if settings.partitions is None
@@ -316,6 +328,10 @@ class Worker:
                 self._recover_connection(exc)
                 continue
             except redis.ResponseError as exc:
+                if str(exc).startswith("UNBLOCKED"):  # a blocked read on a demoted primary
+                    self._outage.failed()
+                    self._recover_connection(exc)
+                    continue
                 if "NOGROUP" not in str(exc):
                     raise
                 # The group (or stream) was deleted under us: recreate it and carry on.
@@ -347,6 +363,7 @@ class Worker:
             alerts_stream=s.alerts_stream,
             dead_letter_stream=s.dead_letter_stream,
             maxlen=s.alerts_maxlen,
+            replication=self.replication,
             **view,  # type: ignore[arg-type]
         )
 
@@ -598,7 +615,12 @@ class Worker:
 
 
 def _check_partitioning(s: Settings) -> None:
-    """Refuse partition settings that cannot work (exit code 2 from the CLI)."""
+    """Refuse partition (and durability) settings that cannot work (exit code 2 from the CLI)."""
+    if s.min_replicas_acked and s.cluster:
+        # WAIT must follow its write on the same connection, which a cluster pipeline does
+        # not promise (it routes a keyless WAIT to any node).
+        msg = "--min-replicas-acked is not supported with --cluster yet"
+        raise ConfigError(msg)
     if s.partitions is None:
         if s.worker_count is not None or s.worker_index is not None or s.assign is not None:
             msg = "--assign, --worker-index and --worker-count need --partitions"
