@@ -30,7 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from detector.core.alerts import Alert
 from detector.core.errors import ConfigError
@@ -170,11 +170,14 @@ def retry(
             on_error(exc)
             if stop.is_set() and not even_when_stopping:
                 return False
+            # A short WAIT has waited already: retry soon, without growing the backoff.
+            pause = 0.1 if isinstance(exc, NotReplicatedError) else delay
             if even_when_stopping:
-                time.sleep(delay)
+                time.sleep(pause)
             else:
-                stop.wait(delay)  # a stop cuts the wait short
-            delay = min(delay * 2, MAX_BACKOFF_S)
+                stop.wait(pause)  # a stop cuts the wait short
+            if pause is delay:
+                delay = min(delay * 2, MAX_BACKOFF_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,6 +568,34 @@ class Streams:
         replies = pipe.execute()
         return replies[0], replies[-1], time.perf_counter() - started
 
+    def _check(self, acked: Any, seconds: float, what: str) -> None:
+        """A durable write's WAIT reply: enough replicas, or :class:`NotReplicatedError`
+        (after :meth:`recheck_primary`)."""
+        assert self.replication is not None  # noqa: S101 (callers check)
+        try:
+            self.replication.check(acked, seconds, what)
+        except NotReplicatedError:
+            self.recheck_primary()
+            raise
+
+    def recheck_primary(self) -> None:
+        """A WAIT came back short: through Sentinel, ask which node is the primary now.
+
+        A primary that Sentinel replaced while it stayed up (a failover without a crash, or
+        a partition) keeps serving its clients, without replicas, until Sentinel demotes it
+        (8 s or more later): asking ends that early. If it changed, the pool drops its idle
+        connections, so the retry connects to the new primary.
+
+        Raises:
+            NotReplicatedError: the Sentinels name another primary now.
+        """
+        pool = getattr(self.r, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool):
+            before = pool.master_address
+            if pool.get_master_address() != before:  # type: ignore[no-untyped-call]
+                msg = "the Sentinels promoted another primary; reconnecting to it"
+                raise NotReplicatedError(msg)
+
     def confirm_read(self, entries: Sequence[Entry], acked: Any, seconds: float) -> None:
         """Return once the replicas hold the delivery of ``entries`` (a read moves them into
         this consumer's pending list: a failover that lost that would deliver them again,
@@ -589,6 +620,7 @@ class Streams:
                 "read of %d entries: %s of %d replicas acknowledged within %d ms; waiting again",
                 len(entries), acked, rep.replicas, rep.timeout_ms,
             )  # fmt: skip
+            self.recheck_primary()
             if rep.stop.is_set():
                 msg = "stopping before the replicas acknowledged a read; its entries stay pending"
                 raise NotReplicatedError(msg)
@@ -683,7 +715,7 @@ class Streams:
         pipe.execute_command(*self.replication.wait_command())
         started = time.perf_counter()
         *written, acked = pipe.execute()
-        self.replication.check(acked, time.perf_counter() - started, "append")
+        self._check(acked, time.perf_counter() - started, "append")
         return sum(int(w) for w in written)
 
     def commit(self, key: str, fields: HashFields, removed: Sequence[str], acks: Acks) -> None:
@@ -715,7 +747,7 @@ class Streams:
         pipe.execute_command(*self.replication.wait_command())
         started = time.perf_counter()
         acked = pipe.execute()[-1]
-        self.replication.check(acked, time.perf_counter() - started, "commit")
+        self._check(acked, time.perf_counter() - started, "commit")
 
     def load_checkpoint(self, key: str) -> dict[bytes, bytes]:
         """Every field of a checkpoint hash (HSCAN: no single huge reply)."""
@@ -848,7 +880,7 @@ class FencedStreams(Streams):
             msg = f"partition {self.fence.partition}: commit refused, the lease is lost"
             raise FencedError(msg)
         if self.replication is not None:
-            self.replication.check(acked, seconds, "commit")
+            self._check(acked, seconds, "commit")
 
 
 def sweep(

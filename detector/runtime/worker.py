@@ -326,11 +326,13 @@ class Worker:
             except CONNECTION_ERRORS as exc:
                 self._outage.failed()
                 self._recover_connection(exc)
+                last_activity = time.monotonic()  # an outage is not quiet: --until-idle waits
                 continue
             except redis.ResponseError as exc:
                 if str(exc).startswith("UNBLOCKED"):  # a blocked read on a demoted primary
                     self._outage.failed()
                     self._recover_connection(exc)
+                    last_activity = time.monotonic()
                     continue
                 if "NOGROUP" not in str(exc):
                     raise
