@@ -349,6 +349,15 @@ def check(
             "names).")  # fmt: skip
 @env_option("--router-group", env="ACL_ROUTER_GROUP", default="detector-router", show_default=True,
             help="Consumer group of `detector route` on its sources.")  # fmt: skip
+@setting_option("min_replicas_acked", help="Workers run with durable writes (WAIT) if > 0.")
+@env_option("--sentinel-users", env="ACL_SENTINEL_USERS", is_flag=True,
+            help="Behind Sentinel: also print the Sentinels' user on the data nodes and the "
+            "detector's user on the Sentinels.")  # fmt: skip
+@env_option("--sentinel-user", env="ACL_SENTINEL_USER", default="detector-sentinel",
+            show_default=True, help="User the Sentinels monitor the data nodes as.")  # fmt: skip
+@env_option("--sentinel-reader-user", env="ACL_SENTINEL_READER_USER", default="detector-lookup",
+            show_default=True, help="User the detector looks the primary up as, on each "
+            "Sentinel (its --sentinel-user).")  # fmt: skip
 def acl(
     streams: tuple[str, ...],
     group: str,
@@ -363,13 +372,17 @@ def acl(
     router_user: str,
     sources: tuple[str, ...],
     router_group: str,
+    min_replicas_acked: int,
+    sentinel_users: bool,
+    sentinel_user: str,
+    sentinel_reader_user: str,
 ) -> None:
     """Print least-privilege ACL SETUSER lines: worker, producers, alert readers (and, with
-    --partitioned, the router).
+    --partitioned, the router; with --sentinel-users, the Sentinels' and the look-up user).
 
-    Passwords are read from DETECTOR_ACL_{WORKER,PRODUCER,READER,ROUTER}_PASSWORD (or the files
-    named by the same names + _FILE) and printed only as SHA-256 hashes; without them,
-    placeholders that Redis refuses until replaced.
+    Passwords are read from DETECTOR_ACL_{WORKER,PRODUCER,READER,ROUTER,SENTINEL,
+    SENTINEL_READER}_PASSWORD (or the files named by the same names + _FILE) and printed only
+    as SHA-256 hashes; without them, placeholders that Redis refuses until replaced.
     """
     from detector.acl import ROLES, AclConfig, acl_lines
 
@@ -387,6 +400,10 @@ def acl(
         router_user=router_user,
         sources=sources or None,
         router_group=router_group,
+        durable=min_replicas_acked > 0,
+        sentinel=sentinel_users,
+        sentinel_user=sentinel_user,
+        sentinel_reader_user=sentinel_reader_user,
     )
     passwords = {role: env_secret(f"DETECTOR_ACL_{role.upper()}_PASSWORD") for role in ROLES}
     for line in acl_lines(cfg, passwords):

@@ -1,13 +1,13 @@
 """A local Sentinel deployment for tests: a primary, a replica and three Sentinels on loopback.
 
 Every process is a ``redis-server`` child (a Sentinel is ``redis-server <conf> --sentinel``, its
-config file generated into the deployment's temporary directory, which Sentinel rewrites as
-it learns the topology). Sentinel timings are small (down after 600 ms, failover timeout 3 s)
-so a killed primary is replaced within a few seconds. :meth:`Deployment.kill_primary` SIGKILLs
-the primary, waits for the Sentinels to promote the replica, and restarts the old primary on
-its port as a replica of the new one (so a next failover has a replica to promote);
-:meth:`Deployment.switch` asks the Sentinels for a failover while the primary is alive
-(it is demoted and answers READONLY).
+config file generated into the deployment's temporary directory, which Sentinel rewrites as it
+learns the topology). Sentinel timings are small (down after 1 s, failover timeout 3 s; 600 ms
+made a freshly promoted primary flap when the Sentinels authenticate) so a killed primary is
+replaced within a few seconds. :meth:`Deployment.kill_primary` SIGKILLs the primary, waits for
+the Sentinels to promote the replica, and restarts the old primary on its port as a replica of
+the new one (so a next failover has a replica to promote); :meth:`Deployment.switch` asks the
+Sentinels for a failover while the primary is alive (it is demoted and answers READONLY).
 
 Usage::
 
@@ -35,7 +35,7 @@ from detector.gateway.streams import SentinelTarget, sentinel_primary
 from tests.cluster import distinct_free_ports
 
 MASTER = "primary"
-DOWN_AFTER_MS = 600
+DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
 # A replica resynchronises at once (no wait for more replicas to share a diskless transfer).
 NODE_ARGS = ["--repl-diskless-sync-delay", "0", "--appendonly", "no"]
@@ -48,9 +48,12 @@ class Deployment:
         self.root = Path(tempfile.mkdtemp(prefix="detector-sentinel-"))
         ports = distinct_free_ports(5)
         self.nodes = {
-            port: EmbeddedRedis(port, directory=self.root / f"node-{port}", extra_args=NODE_ARGS)
-            for port in ports[:2]
+            port: EmbeddedRedis(port, directory=self.root / f"node-{port}") for port in ports[:2]
         }
+        for node in self.nodes.values():
+            node.directory.mkdir(parents=True)
+            (node.directory / "users.acl").touch()  # ACL SAVE keeps users through restarts
+            node.extra_args = self._node_args(node)
         self.sentinel_ports = ports[2:]
         self.sentinels: list[subprocess.Popen[bytes]] = []
         self.primary_port = ports[0]
@@ -82,9 +85,13 @@ class Deployment:
                 raise ConfigError(msg)
             time.sleep(0.05)
 
+    @staticmethod
+    def _node_args(node: EmbeddedRedis) -> list[str]:
+        return [*NODE_ARGS, "--aclfile", str(node.directory / "users.acl")]
+
     def _start_replica(self, port: int, primary: int) -> None:
         node = self.nodes[port]
-        node.extra_args = [*NODE_ARGS, "--replicaof", "127.0.0.1", str(primary)]
+        node.extra_args = [*self._node_args(node), "--replicaof", "127.0.0.1", str(primary)]
         node.start()
 
     def _start_sentinel(self, port: int, primary: int) -> subprocess.Popen[bytes]:

@@ -22,12 +22,16 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+import redis
 
-from tests.failover import Deployment, deployment  # noqa: F401
+from detector.acl import AclConfig, acl_lines
+from detector.runtime.worker import Worker
+from tests.failover import MASTER, Deployment, deployment  # noqa: F401
+from tests.helpers import append
 from tests.test_cli import clean_env
 from tests.test_crash import (
     Outcome,
@@ -37,6 +41,17 @@ from tests.test_crash import (
     _reference,
     _run_cmd,
     _workload,
+)
+from tests.test_security import (
+    ALERTS,
+    CONSUMER,
+    GROUP,
+    PASSWORDS,
+    STREAM,
+    USERS,
+    apply_acl,
+    worker_settings,
+    workload,
 )
 
 
@@ -139,10 +154,56 @@ def test_failover_long(deployment: Deployment, tmp_path: Path, durable: bool) ->
     reference = _reference(events, tmp_path)
     faults = ["kill"] * 6 + ["switch"] * 2
     random.Random(7).shuffle(faults)
-    run = _run(deployment, events, tmp_path, faults=faults, durable=durable, seed=7, rate=1000)
+    run = _run(deployment, events, tmp_path, faults=faults, durable=durable, seed=7, rate=600)
     assert deployment.failovers == len(faults)
     if durable:
         _check(reference, run.outcome, len(events))
         _report("durable, long", run, None)
     else:
         _report("asynchronous, long", run, _measure(reference, run.outcome, len(events)))
+
+
+def test_worker_and_sentinels_under_the_acl_users_of_detector_acl(
+    deployment: Deployment,  # noqa: F811
+) -> None:
+    """`detector acl --min-replicas-acked 1 --sentinel-users`: the durable worker runs as its
+    user, looks the primary up as the look-up user on the Sentinels, and the Sentinels fail
+    over as their user on the data nodes; no node or Sentinel refuses anything."""
+    passwords = {**PASSWORDS, "sentinel": "s-Pa55-4e1a", "sentinel_reader": "l-Pa55-8c2b"}
+    cfg = AclConfig(streams=(STREAM,), group=GROUP, consumer=CONSUMER, durable=True,
+                    sentinel=True)  # fmt: skip
+    lines = [line for line in acl_lines(cfg, passwords) if line.startswith("ACL SETUSER")]
+    on_sentinels = [line for line in lines if f" {cfg.sentinel_reader_user} " in line]
+    on_nodes = [line for line in lines if line not in on_sentinels]
+    for port in deployment.nodes:  # ACL SETUSER does not replicate; ACL SAVE: the aclfile
+        node = redis.Redis(port=port)
+        apply_acl(node, on_nodes)
+        node.execute_command("ACL", "SAVE")
+    for port in deployment.sentinel_ports:
+        s = redis.Redis(port=port)
+        apply_acl(s, on_sentinels)
+        s.execute_command("SENTINEL", "SET", MASTER, "auth-user", cfg.sentinel_user,
+                          "auth-pass", passwords["sentinel"])  # fmt: skip
+    url = f"redis://{USERS['worker']}@primary/0"  # through Sentinel: the host is not used
+    settings = replace(
+        worker_settings(url, redis_password=PASSWORDS["worker"], min_replicas_acked=1),
+        sentinels=tuple(f"127.0.0.1:{p}" for p in deployment.sentinel_ports),
+        sentinel_master=MASTER,
+        sentinel_user=cfg.sentinel_reader_user,
+        sentinel_password=passwords["sentinel_reader"],
+    )
+    admin = deployment.client(decode_responses=True)
+    events = workload()
+    append(admin, STREAM, events[: len(events) // 2])
+    first = Worker(settings).run()
+    deployment.kill_primary()  # the Sentinels reconfigure the nodes as their user
+    admin = deployment.client(decode_responses=True)
+    append(admin, STREAM, events[len(events) // 2 :])
+    second = Worker(settings).run()
+    assert first.events + second.events == len(events)
+    assert int(admin.xpending(STREAM, GROUP)["pending"]) == 0
+    assert admin.xlen(ALERTS) == first.alerts + second.alerts > 0
+    for port in deployment.nodes:
+        assert redis.Redis(port=port).acl_log() == [], f"node {port} refused commands"
+    for port in deployment.sentinel_ports:
+        assert redis.Redis(port=port).execute_command("ACL", "LOG") == []
