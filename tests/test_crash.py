@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from detector.core.checkpoint import Signer, decode_fields
 from detector.core.features import FeatureStore
@@ -107,7 +108,11 @@ def _append_paced(
                 if isinstance(reply, Exception) and "equal or smaller" not in str(reply):
                     raise reply
             if replicas and replies[-1] < replicas:
-                continue  # not replicated yet: send (and wait) again
+                # Not replicated yet: send (and wait) again, on the primary Sentinel names now.
+                pool = r.connection_pool
+                if isinstance(pool, SentinelConnectionPool):
+                    pool.get_master_address()
+                continue
             last = r.xinfo_stream(STREAM)["last-generated-id"]
             i = min(j, int(last.split(b"-")[0]))  # ids are k + 1: the next one to send
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,

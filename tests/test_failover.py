@@ -85,7 +85,8 @@ def _run(
     promoted: list[float] = []
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            _run_cmd("", "w1", where=[*d.sentinel_args(), *extra]),
+            # Idle 5 s ends the run: a failover pauses the input for a few seconds.
+            _run_cmd("", "w1", idle_ms=5000, where=[*d.sentinel_args(), *extra]),
             env=clean_env(),
             stdout=subprocess.DEVNULL,
             stderr=log,

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -537,7 +538,12 @@ class Streams:
         for stream in self.streams:
             start_id = (starts or {}).get(stream, "0")
             try:
-                self.r.xgroup_create(stream, self.group, id=start_id, mkstream=True)
+                if self.replication is None:
+                    self.r.xgroup_create(stream, self.group, id=start_id, mkstream=True)
+                else:  # durable: a failover must not lose the group (reads would fail)
+                    create = partial(_create_group, stream, self.group, start_id)
+                    _, acked, seconds = self._waited(create)
+                    self._check(acked, seconds, "group creation")
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -922,6 +928,10 @@ def sweep(
         except (FencedError, *CONNECTION_ERRORS) as exc:
             out.append(exc)
     return out
+
+
+def _create_group(stream: str, group: str, start_id: str, pipe: Any) -> None:
+    pipe.xgroup_create(stream, group, id=start_id, mkstream=True)
 
 
 def _text(value: bytes | str) -> str:

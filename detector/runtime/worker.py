@@ -29,6 +29,7 @@ from typing import Protocol
 import orjson
 import redis
 from prometheus_client import CollectorRegistry
+from redis.sentinel import SentinelConnectionPool
 
 from detector.core.checkpoint import Signer
 from detector.core.errors import ConfigError
@@ -60,6 +61,10 @@ log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 1.0
 GROUP_INFO_INTERVAL_S = 5.0
+# Through Sentinel: ask which node is the primary this often. A primary replaced while it
+# stayed up keeps serving its clients until Sentinel demotes it, 8 s or more later; a worker
+# that reads nothing from it would not notice before.
+PRIMARY_CHECK_INTERVAL_S = 1.0
 CLAIM_INTERVAL_S = 30.0
 # A worker missing some of its target partitions retries their leases this often.
 ACQUIRE_RETRY_S = 0.2
@@ -260,7 +265,7 @@ class Worker:
         # Partition -> its consumer.
         self.consumers: dict[int, Consumer] = {}
         self._health_key = HEALTH_KEY.format(group=settings.group, consumer=settings.consumer)
-        self._next = {"health": 0.0, "info": 0.0, "claim": 0.0, "own": 0.0}
+        self._next = {"health": 0.0, "info": 0.0, "claim": 0.0, "own": 0.0, "primary": 0.0}
         self._signals = 0
         self._rotation = 0
         self._tails: dict[int, dict[str, str]] = {}
@@ -531,6 +536,15 @@ class Worker:
         if now >= self._next["claim"]:
             self._next["claim"] = now + CLAIM_INTERVAL_S
             self._claim_safely()
+        if now >= self._next["primary"] and self.settings.sentinels:
+            self._next["primary"] = now + PRIMARY_CHECK_INTERVAL_S
+            self._guarded(self._check_primary)
+
+    def _check_primary(self) -> None:
+        """Through Sentinel: the pool drops its idle connections if the primary changed."""
+        pool = self.client.connection_pool  # type: ignore[union-attr]
+        if isinstance(pool, SentinelConnectionPool):
+            pool.get_master_address()  # type: ignore[no-untyped-call]
 
     def _claim_safely(self) -> int:
         """Claim what dead consumers left pending (a partition's consumer has nothing to)."""
@@ -599,7 +613,19 @@ class Worker:
         self.rt.note_error(exc)
         time.sleep(0.1)
         for p, c in list(self.consumers.items()):
-            self._guard_fence(p, c.resync)
+            self._guard_fence(p, partial(self._resync, c))
+
+    def _resync(self, c: Consumer) -> None:
+        """A consumer's resync; a group that a failover lost (its creation had not reached
+        the promoted replica) is created again after the entries the state learned."""
+        try:
+            c.resync()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("consumer group missing, recreating: %s", exc)
+            self.rt.with_retries(partial(c.streams.ensure_groups, c.processed_upto))
+            c.resync()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
