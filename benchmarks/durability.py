@@ -11,7 +11,9 @@ workload's baseline, once asynchronous and once with ``min_replicas_acked=1``, i
 order (paired: same data, same minutes). Reported per mode: events/s (from the first read to
 the last commit), and from the worker's metrics the WAITs (count, mean ms: each is the
 round trip of the write it follows too), the mean batch time and the mean commit time; then
-the durable/asynchronous ratio of events/s per round, median and range.
+the durable/asynchronous ratio of events/s per round, median and range. Before the rounds,
+what one WAIT adds to a small write: ``--probes`` round trips of ``XADD`` alone and of ``XADD``
+plus ``WAIT 1`` in one pipeline, alternated; p50 and p99 of each.
 """
 
 from __future__ import annotations
@@ -68,6 +70,27 @@ def _replicated(client: redis.Redis, replicas: int = 1, timeout_s: float = 30) -
     raise ConfigError(msg)
 
 
+def wait_cost(client: redis.Redis, probes: int) -> list[str]:
+    """p50/p99 round trip of a small XADD, alone and followed by WAIT 1 (same pipeline)."""
+    alone: list[float] = []
+    waited: list[float] = []
+    for i in range(probes):
+        pipe = client.pipeline(transaction=False)
+        pipe.xadd("bench:probe", {"i": str(i)}, maxlen=1000)
+        if i % 2:
+            pipe.execute_command("WAIT", 1, 1000)
+        started = time.perf_counter()
+        pipe.execute()
+        (waited if i % 2 else alone).append(1000 * (time.perf_counter() - started))
+    out = []
+    for name, xs in (("XADD", alone), ("XADD + WAIT 1", waited)):
+        xs.sort()
+        p50, p99 = xs[len(xs) // 2], xs[int(len(xs) * 0.99)]
+        out.append(f"{name:>13}: p50 {p50:.3f} ms, p99 {p99:.3f} ms ({len(xs)} round trips)")
+    client.delete("bench:probe")
+    return out
+
+
 def drain(url: str, stream: str, mode: str, rnd: int, baseline: Path, model: str) -> Drain:
     settings = worker_settings(url, stream, f"g-{mode}-{rnd}", "c1", model, baseline, 1000)
     if mode == "durable":
@@ -87,9 +110,16 @@ def drain(url: str, stream: str, mode: str, rnd: int, baseline: Path, model: str
 @click.option("--history-per-producer", default=150, show_default=True)
 @click.option("--rounds", default=3, show_default=True, help="Paired rounds (both modes each).")
 @click.option("--model", default="stats", show_default=True)
+@click.option("--probes", default=4000, show_default=True, help="Round trips of the WAIT probe.")
 @click.option("--quick", is_flag=True, help="5k events, 1 round.")
 def main(
-    events: int, producers: int, history_per_producer: int, rounds: int, model: str, quick: bool
+    events: int,
+    producers: int,
+    history_per_producer: int,
+    rounds: int,
+    model: str,
+    probes: int,
+    quick: bool,
 ) -> None:
     """Drain a backlog with and without durable writes (WAIT 1), against a primary+replica."""
     exit_on_sigterm()
@@ -109,6 +139,8 @@ def main(
         try:
             client = redis.Redis.from_url(primary.url)
             _replicated(client)
+            for line in wait_cost(client, probes):
+                click.echo(line)
             for rnd in range(rounds):
                 order = MODES if rnd % 2 == 0 else MODES[::-1]
                 for mode in order:

@@ -192,8 +192,9 @@ class Deployment:
         return promoted
 
     def switch(self) -> float:
-        """A failover with the primary alive (``SENTINEL FAILOVER``): it is demoted to a
-        replica of the promoted one; clients still connected get READONLY."""
+        """A failover with the primary alive (``SENTINEL FAILOVER``): once the Sentinels
+        promoted the replica, the old primary is demoted to its replica; clients still
+        connected to it get READONLY."""
         old = self.primary_port
         s = redis.Redis(port=self.sentinel_ports[0], socket_timeout=5)
         started = time.monotonic()
@@ -202,6 +203,11 @@ class Deployment:
         new = self._wait_new_primary(old)
         promoted = time.monotonic() - started
         self.primary_port = new
+        # What the Sentinels do 8-10 s later, now: the tests would otherwise wait for it
+        # (the producer waits for a replica, the new primary has none until then).
+        demoted = redis.Redis(port=old, socket_timeout=5)
+        demoted.replicaof("127.0.0.1", new)
+        demoted.close()
         self._rejoin(old, new)
         self.failovers += 1
         return promoted
