@@ -353,11 +353,12 @@ def check(
 @env_option("--sentinel-users", env="ACL_SENTINEL_USERS", is_flag=True,
             help="Behind Sentinel: also print the Sentinels' user on the data nodes and the "
             "detector's user on the Sentinels.")  # fmt: skip
-@env_option("--sentinel-user", env="ACL_SENTINEL_USER", default="detector-sentinel",
-            show_default=True, help="User the Sentinels monitor the data nodes as.")  # fmt: skip
-@env_option("--sentinel-reader-user", env="ACL_SENTINEL_READER_USER", default="detector-lookup",
+@env_option("--sentinel-monitor-user", env="ACL_SENTINEL_MONITOR_USER",
+            default="detector-sentinel", show_default=True,
+            help="User the Sentinels monitor the data nodes as.")  # fmt: skip
+@env_option("--sentinel-lookup-user", env="ACL_SENTINEL_LOOKUP_USER", default="detector-lookup",
             show_default=True, help="User the detector looks the primary up as, on each "
-            "Sentinel (its --sentinel-user).")  # fmt: skip
+            "Sentinel (run's --sentinel-user).")  # fmt: skip
 def acl(
     streams: tuple[str, ...],
     group: str,
@@ -374,8 +375,8 @@ def acl(
     router_group: str,
     min_replicas_acked: int,
     sentinel_users: bool,
-    sentinel_user: str,
-    sentinel_reader_user: str,
+    sentinel_monitor_user: str,
+    sentinel_lookup_user: str,
 ) -> None:
     """Print least-privilege ACL SETUSER lines: worker, producers, alert readers (and, with
     --partitioned, the router; with --sentinel-users, the Sentinels' and the look-up user).
@@ -402,8 +403,8 @@ def acl(
         router_group=router_group,
         durable=min_replicas_acked > 0,
         sentinel=sentinel_users,
-        sentinel_user=sentinel_user,
-        sentinel_reader_user=sentinel_reader_user,
+        sentinel_user=sentinel_monitor_user,
+        sentinel_reader_user=sentinel_lookup_user,
     )
     passwords = {role: env_secret(f"DETECTOR_ACL_{role.upper()}_PASSWORD") for role in ROLES}
     for line in acl_lines(cfg, passwords):

@@ -78,12 +78,7 @@ class Deployment:
         self._wait_in_sync(primary, replica)
         for port in self.sentinel_ports:
             self.sentinels.append(self._start_sentinel(port, primary))
-        deadline = time.monotonic() + 20
-        while not self._sentinels_agree(primary, replicas=1):
-            if time.monotonic() > deadline:
-                msg = f"the Sentinels did not discover the deployment: {self.sentinel_log()}"
-                raise ConfigError(msg)
-            time.sleep(0.05)
+        self._wait_agree(primary, "discover the deployment")
 
     @staticmethod
     def _node_args(node: EmbeddedRedis) -> list[str]:
@@ -214,10 +209,14 @@ class Deployment:
 
     def _rejoin(self, old: int, new: int) -> None:
         self._wait_in_sync(new, old)
-        deadline = time.monotonic() + 20
-        while not self._sentinels_agree(new, replicas=1):
+        self._wait_agree(new, f"see {old} rejoin")
+
+    def _wait_agree(self, primary: int, what: str, timeout_s: float = 20) -> None:
+        """Until every Sentinel names ``primary`` with a live replica."""
+        deadline = time.monotonic() + timeout_s
+        while not self._sentinels_agree(primary, replicas=1):
             if time.monotonic() > deadline:
-                msg = f"the Sentinels did not see {old} rejoin: {self.sentinel_log()}"
+                msg = f"the Sentinels did not {what}: {self.sentinel_log()}"
                 raise ConfigError(msg)
             time.sleep(0.05)
 
