@@ -13,6 +13,13 @@ keys it touches:
   streams through its group, appends to the partition streams and moves its marks, holds its
   lease, and dead-letters entries without a valid producer.
 
+With durable writes (``--min-replicas-acked``), the worker also sends ``WAIT`` and ``SCRIPT
+EXISTS`` (keyless) and ``XCLAIM … JUSTID`` on its input (the check that a read survived, after a
+short WAIT). Behind Sentinel (``--sentinel``), two more lines: the user the Sentinels monitor
+and reconfigure the data nodes as (``sentinel auth-user`` in their configuration; the command
+list Redis documents for it), and the user the detector's commands look the primary up as, to
+create on each Sentinel (``SENTINEL MASTERS``, what redis-py's ``Sentinel.master_for`` asks).
+
 Rules use Redis 7 selectors (``( … )``): a command is allowed when the root rules or one
 selector allow both the command and every key it names, so each command is granted only on
 the keys it needs, with read (``%R~``) or write (``%W~``) access as its key specs require.
@@ -50,7 +57,9 @@ from detector.core.settings import (
 from detector.gateway import partitions as parts
 
 REDIS_VERSIONS = ("7.0", "7.2+")
-ROLES = ("worker", "producer", "reader", "router")
+ROLES = ("worker", "producer", "reader", "router", "sentinel", "sentinel_reader")
+# Users of the Sentinel deployment: created on the data nodes, and on each Sentinel.
+SENTINEL_ROLES = ("sentinel", "sentinel_reader")
 # Characters that cannot appear in a name: ACL SETUSER splits selectors on spaces and ends a
 # selector at the first argument ending in ")"; quotes would change how redis-cli reads a line.
 _FORBIDDEN = set(string.whitespace) | set("()\"'")
@@ -77,6 +86,10 @@ class AclConfig:
         sources: the unpartitioned streams ``detector route --source`` reads (None: the
             input stream names, as in docker-compose.yml: ``events`` into ``events:{p}``).
         router_group: the router's consumer group (``detector route --group``).
+        durable: the worker runs with ``--min-replicas-acked`` (``WAIT``, the read check).
+        sentinel: the commands reach Redis through Sentinel: print the Sentinels' user on the
+            data nodes, and the detector's user on the Sentinels.
+        sentinel_user, sentinel_reader_user: those two users' names.
     """
 
     streams: tuple[str, ...] = (DEFAULT_STREAM,)
@@ -92,11 +105,17 @@ class AclConfig:
     partitioned: bool = False
     sources: tuple[str, ...] | None = None
     router_group: str = router.DEFAULT_ROUTER_GROUP
+    durable: bool = False
+    sentinel: bool = False
+    sentinel_user: str = "detector-sentinel"
+    sentinel_reader_user: str = "detector-lookup"
 
     @property
     def roles(self) -> tuple[str, ...]:
-        """The users to create: the router only feeds partitioned workers."""
-        return ROLES if self.partitioned else ROLES[:3]
+        """The users to create: the router only feeds partitioned workers; the Sentinels'
+        users only behind Sentinel."""
+        roles = ROLES[:4] if self.partitioned else ROLES[:3]
+        return roles + SENTINEL_ROLES if self.sentinel else roles
 
     @property
     def source_streams(self) -> tuple[str, ...]:
@@ -145,7 +164,9 @@ class AclConfig:
             for name in (*self.streams, self.group, self.alerts_stream, self.dead_letter_stream):
                 parts.check_name("name", name)
         if len({self.user(role) for role in ROLES}) != len(ROLES):
-            msg = "the worker, producer, reader and router users must have different names"
+            msg = (
+                "the worker, producer, reader, router and Sentinel users must have different names"
+            )
             raise ConfigError(msg)
 
 
@@ -216,8 +237,17 @@ def worker_rules(cfg: AclConfig, password: str) -> list[str]:
         "+multi",
         "+exec",
         "+script|load",
+        *_durable(cfg),
         _selector(
-            ["+xreadgroup", "+xpending", "+xinfo|groups", "+xack", "+xautoclaim", "+xgroup|create"],
+            [
+                "+xreadgroup",
+                "+xpending",
+                "+xinfo|groups",
+                "+xack",
+                "+xautoclaim",
+                "+xgroup|create",
+                *_durable_input(cfg),
+            ],
             [f"%RW~{k}" for k in inputs],
         ),
         _selector(["+xadd"], [f"%W~{k}" for k in outputs]),
@@ -227,6 +257,18 @@ def worker_rules(cfg: AclConfig, password: str) -> list[str]:
         _selector(["+hscan", "+hset", "+hdel"], [f"%RW~{checkpoint}"]),
         _selector(["+del"], [f"%W~{checkpoint}", f"%W~{health}"]),
     ]
+
+
+def _durable(cfg: AclConfig) -> list[str]:
+    """``WAIT`` after each durable write (keyless), and ``SCRIPT EXISTS``: redis-py checks a
+    pipeline's scripts with it (a durable write's scripts ride in a pipeline with the WAIT)."""
+    return ["+wait", "+script|exists"] if cfg.durable else []
+
+
+def _durable_input(cfg: AclConfig) -> list[str]:
+    """``XCLAIM … JUSTID`` of the worker's own entry: after a short WAIT, the replicated write
+    that WAIT waits for again, and the check that the read survived a failover."""
+    return ["+xclaim"] if cfg.durable else []
 
 
 def _guards(cfg: AclConfig, inputs: tuple[str, ...]) -> list[str]:
@@ -264,6 +306,7 @@ def partitioned_worker_rules(cfg: AclConfig, password: str) -> list[str]:
     return [
         *_common(cfg, password),
         "+script|load",
+        *_durable(cfg),
         _selector(
             [
                 "+xreadgroup",
@@ -273,6 +316,7 @@ def partitioned_worker_rules(cfg: AclConfig, password: str) -> list[str]:
                 "+xinfo|groups",
                 "+xack",
                 "+xgroup|create",
+                *_durable_input(cfg),
             ],
             [f"%RW~{k}" for k in inputs],
         ),
@@ -362,6 +406,32 @@ def reader_rules(cfg: AclConfig, password: str) -> list[str]:
     ]
 
 
+def sentinel_rules(cfg: AclConfig, password: str) -> list[str]:
+    """The Sentinels' user on the data nodes (``sentinel auth-user`` / ``auth-pass`` in
+    sentinel.conf): the commands Redis documents for monitoring and failover, no keys."""
+    commands = [
+        "+multi",
+        "+slaveof",
+        "+replicaof",
+        "+exec",
+        "+subscribe",
+        "+config|rewrite",
+        "+role",
+        "+publish",
+        "+info",
+        "+client|setname",
+        "+client|kill",
+        "+script|kill",
+    ]
+    return [*_common(cfg, password), "allchannels", *commands]  # fmt: skip
+
+
+def sentinel_reader_rules(cfg: AclConfig, password: str) -> list[str]:
+    """The detector's user on each Sentinel (``--sentinel-user``, the password in
+    ``DETECTOR_SENTINEL_PASSWORD``): redis-py looks the primary up with ``SENTINEL MASTERS``."""
+    return [*_common(cfg, password), "+sentinel|masters", "+sentinel|get-master-addr-by-name"]
+
+
 def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
     """The ``ACL SETUSER`` commands for ``cfg``, with comments (lines starting with ``#``).
 
@@ -375,6 +445,8 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
         "producer": producer_rules,
         "reader": reader_rules,
         "router": router_rules,
+        "sentinel": sentinel_rules,
+        "sentinel_reader": sentinel_reader_rules,
     }
     rules = {
         role: makers[role](cfg, password_rule(passwords.get(role), role)) for role in cfg.roles
@@ -402,10 +474,17 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
         " detector check --consumer).",
         "router": f"# Router (detector route --group {cfg.router_group}): source"
         f" {', '.join(cfg.source_streams)} into the partitions of {', '.join(cfg.streams)}.",
+        "sentinel": "# Sentinel's own user on every data node (sentinel auth-user / auth-pass),"
+        " to run on the primary and each replica (ACLs do not replicate).",
+        "sentinel_reader": "# Run on each Sentinel (they keep their own users): the detector's"
+        " look-up of the primary (--sentinel-user, DETECTOR_SENTINEL_PASSWORD).",
     }
     for role in cfg.roles:
         out.append(comments[role])
         out.append(f"ACL SETUSER {cfg.user(role)} " + " ".join(rules[role]))
+    if cfg.durable or cfg.sentinel:
+        out.append("# ACL SETUSER does not replicate: run the data nodes' lines on the primary"
+                   " and on every replica (a promoted replica must know the users).")  # fmt: skip
     out += [
         "# A URL naming a database other than 0 also needs +select (key patterns then apply"
         " in every database).",

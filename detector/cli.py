@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,20 @@ from detector.core.settings import (
     DEFAULT_STREAM,
     HEALTH_KEY,
     EventFormat,
-    mask_url,
 )
-from detector.gateway.connection import client_options, connect_checked, redis_url_or_embedded
-from detector.gateway.secrets import env_secret, load_checkpoint_secret, redis_password
+from detector.gateway.connection import (
+    command_client,
+    connect_checked,
+    describe,
+    redis_url_or_embedded,
+    sentinel_target,
+)
+from detector.gateway.secrets import (
+    env_secret,
+    load_checkpoint_secret,
+    redis_password,
+    sentinel_password,
+)
 from detector.gateway.streams import connect_kwargs
 from detector.options import (
     Group,
@@ -44,6 +54,7 @@ from detector.options import (
     format_options,
     global_params,
     refuse_password_on_command_line,
+    sentinel_options,
     setting_option,
     setting_options,
     settings_from,
@@ -82,7 +93,7 @@ def run(**kw: Any) -> None:
 
     compiled.warn_if_pure()
 
-    url = kw["redis_url"]
+    url, sentinels = kw["redis_url"], kw["sentinels"]
     refuse_password_on_command_line(click.get_current_context(), url)
     if kw["cluster"] and not url:
         msg = "--cluster needs --redis-url (a node of the cluster)"
@@ -91,12 +102,16 @@ def run(**kw: Any) -> None:
         kw,
         checkpoint_secret=load_checkpoint_secret(),
         # The embedded server has no password: the environment's is for --redis-url.
-        redis_password=redis_password() if url else None,
+        redis_password=redis_password() if url or sentinels else None,
+        sentinel_password=sentinel_password() if sentinels else None,
     )
-    with redis_url_or_embedded(url) as real_url:
+    # Through Sentinel, the URL (optional) gives only scheme, user and database: no embedded.
+    with nullcontext(url) if sentinels else redis_url_or_embedded(url) as real_url:
         settings = replace(settings, redis_url=real_url)
-        log.info("redis %s, streams %s", mask_url(real_url), ", ".join(settings.streams))
-        client = connect_checked(real_url, **connect_kwargs(settings))
+        kwargs = connect_kwargs(settings)
+        where = describe(real_url, kwargs["sentinel"])
+        log.info("redis %s, streams %s", where, ", ".join(settings.streams))
+        client = connect_checked(real_url or "", **kwargs)
         worker = Worker(settings, client)
         if settings.metrics_port is not None:
             worker.metrics.serve(settings.metrics_port)
@@ -161,6 +176,7 @@ def score(**kw: Any) -> None:
             type=click.Path(exists=True, dir_okay=False, path_type=Path),
             help="Learn from a JSONL or CSV file ...")  # fmt: skip
 @setting_option("redis_url", help="... or from a stream on this Redis.")
+@sentinel_options
 @env_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True,
             help="Stream to learn from (with --redis-url).")  # fmt: skip
 @env_option("--from", "start", env="FROM", help="First entry id or time (epoch ms, ISO-8601).")
@@ -180,8 +196,10 @@ def train(**kw: Any) -> None:
 
     url, stream = kw["redis_url"], kw["stream"]
     refuse_password_on_command_line(click.get_current_context(), url)
-    if bool(kw["input_path"]) == bool(url):
-        msg = "give exactly one of --input and --redis-url"
+    sentinel = sentinel_target(kw["sentinels"], kw["sentinel_master"], kw["sentinel_user"])
+    from_redis = bool(url or sentinel)
+    if bool(kw["input_path"]) == from_redis:
+        msg = "give exactly one of --input and --redis-url (or --sentinel)"
         raise click.UsageError(msg)
     path = baselines.baseline_path(kw["baseline"], kw["baselines_dir"])
     signer = Signer(load_checkpoint_secret())
@@ -189,15 +207,15 @@ def train(**kw: Any) -> None:
     decoder = Decoder(event_format(kw))
     entries: Iterator[tuple[str, dict[bytes, bytes]]]
     total: int | None = None
-    if url:
-        tls = (kw["tls_ca_cert"], kw["tls_cert"], kw["tls_key"])
-        client = redis.Redis.from_url(url, socket_timeout=30, **client_options(url, *tls))
+    if from_redis:
+        tls = {k: kw[k] for k in ("tls_ca_cert", "tls_cert", "tls_key")}
+        client = command_client(url, sentinel, tls, socket_timeout=30)
         entries, total = baselines.stream_entries(client, stream, kw["start"], kw["end"])
     else:
         entries = baselines.file_entries(kw["input_path"])
     with _progress(total) as advance:
         done = baselines.train(pipeline, decoder, stream, entries, path, signer,
-                               from_stream=bool(url), progress=advance)  # fmt: skip
+                               from_stream=from_redis, progress=advance)  # fmt: skip
     click.echo(
         f"baseline {path}: learned {done.learned} events from {done.producers} producers "
         f"({done.rejected} rejected), up to entry {done.last_id or '-'} and event "
@@ -222,6 +240,7 @@ def _progress(total: int | None) -> Iterator[Callable[[int], None]]:
 @cli.command()
 @config_option
 @setting_options("redis_url", "alerts_stream")
+@sentinel_options
 @env_option("--follow", "-f", env="FOLLOW", is_flag=True, help="Keep printing new alerts.")
 @env_option("--json", "as_json", env="JSON", is_flag=True, help="One JSON object per line.")
 @env_option("--count", env="COUNT", default=100, show_default=True, help="Latest alerts to show.")
@@ -229,23 +248,26 @@ def _progress(total: int | None) -> Iterator[Callable[[int], None]]:
 def alerts(
     redis_url: str | None,
     alerts_stream: str,
+    sentinels: tuple[str, ...],
+    sentinel_master: str | None,
+    sentinel_user: str | None,
     follow: bool,
     as_json: bool,
     count: int,
     **tls: Path | None,
 ) -> None:
     """Print alerts from the alert stream."""
-    if not redis_url:
-        msg = "alerts needs --redis-url (or DETECTOR_REDIS_URL)"
+    sentinel = sentinel_target(sentinels, sentinel_master, sentinel_user)
+    if not redis_url and not sentinel:
+        msg = "alerts needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
         raise click.UsageError(msg)
     refuse_password_on_command_line(click.get_current_context(), redis_url)
     from detector.console import alert_line
     from detector.gateway.alert_reader import AlertReader
 
-    r = redis.Redis.from_url(
-        redis_url, decode_responses=True, socket_timeout=30, **client_options(redis_url, **tls)
-    )
-    # Through Redis restarts: the reader reconnects and goes on after the last alert shown.
+    r = command_client(redis_url, sentinel, tls, decode_responses=True, socket_timeout=30)
+    # Through Redis restarts and failovers: the reader reconnects (through Sentinel, to the
+    # new primary) and goes on after the last alert shown.
     reader = AlertReader(r, alerts_stream, block_ms=5000)
     for entry in reader.tail(count):
         click.echo(_show(entry.fields, as_json, alert_line))
@@ -265,18 +287,27 @@ def _show(fields: dict[str, str], as_json: bool, line: Callable[[dict[str, str]]
 @cli.command()
 @config_option
 @setting_options("redis_url", "group")
+@sentinel_options
 @env_option("--consumer", env="CONSUMER", default=None,
             help="Check this consumer (default: any live consumer of the group).")  # fmt: skip
 @tls_options
-def check(redis_url: str | None, group: str, consumer: str | None, **tls: Path | None) -> None:
+def check(
+    redis_url: str | None,
+    group: str,
+    sentinels: tuple[str, ...],
+    sentinel_master: str | None,
+    sentinel_user: str | None,
+    consumer: str | None,
+    **tls: Path | None,
+) -> None:
     """Exit 0 if a worker is alive (fresh health key), else 1. For healthchecks."""
-    if not redis_url:
-        msg = "check needs --redis-url (or DETECTOR_REDIS_URL)"
+    sentinel = sentinel_target(sentinels, sentinel_master, sentinel_user)
+    if not redis_url and not sentinel:
+        msg = "check needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
         raise click.UsageError(msg)
     refuse_password_on_command_line(click.get_current_context(), redis_url)
-    options = client_options(redis_url, **tls)
     try:
-        r = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5, **options)
+        r = command_client(redis_url, sentinel, tls, socket_timeout=5, socket_connect_timeout=5)
         if consumer:
             keys = [HEALTH_KEY.format(group=group, consumer=consumer)]
         else:
@@ -318,6 +349,16 @@ def check(redis_url: str | None, group: str, consumer: str | None, **tls: Path |
             "names).")  # fmt: skip
 @env_option("--router-group", env="ACL_ROUTER_GROUP", default="detector-router", show_default=True,
             help="Consumer group of `detector route` on its sources.")  # fmt: skip
+@setting_option("min_replicas_acked", help="Workers run with durable writes (WAIT) if > 0.")
+@env_option("--sentinel-users", env="ACL_SENTINEL_USERS", is_flag=True,
+            help="Behind Sentinel: also print the Sentinels' user on the data nodes and the "
+            "detector's user on the Sentinels.")  # fmt: skip
+@env_option("--sentinel-monitor-user", env="ACL_SENTINEL_MONITOR_USER",
+            default="detector-sentinel", show_default=True,
+            help="User the Sentinels monitor the data nodes as.")  # fmt: skip
+@env_option("--sentinel-lookup-user", env="ACL_SENTINEL_LOOKUP_USER", default="detector-lookup",
+            show_default=True, help="User the detector looks the primary up as, on each "
+            "Sentinel (run's --sentinel-user).")  # fmt: skip
 def acl(
     streams: tuple[str, ...],
     group: str,
@@ -332,13 +373,17 @@ def acl(
     router_user: str,
     sources: tuple[str, ...],
     router_group: str,
+    min_replicas_acked: int,
+    sentinel_users: bool,
+    sentinel_monitor_user: str,
+    sentinel_lookup_user: str,
 ) -> None:
     """Print least-privilege ACL SETUSER lines: worker, producers, alert readers (and, with
-    --partitioned, the router).
+    --partitioned, the router; with --sentinel-users, the Sentinels' and the look-up user).
 
-    Passwords are read from DETECTOR_ACL_{WORKER,PRODUCER,READER,ROUTER}_PASSWORD (or the files
-    named by the same names + _FILE) and printed only as SHA-256 hashes; without them,
-    placeholders that Redis refuses until replaced.
+    Passwords are read from DETECTOR_ACL_{WORKER,PRODUCER,READER,ROUTER,SENTINEL,
+    SENTINEL_READER}_PASSWORD (or the files named by the same names + _FILE) and printed only
+    as SHA-256 hashes; without them, placeholders that Redis refuses until replaced.
     """
     from detector.acl import ROLES, AclConfig, acl_lines
 
@@ -356,6 +401,10 @@ def acl(
         router_user=router_user,
         sources=sources or None,
         router_group=router_group,
+        durable=min_replicas_acked > 0,
+        sentinel=sentinel_users,
+        sentinel_user=sentinel_monitor_user,
+        sentinel_reader_user=sentinel_lookup_user,
     )
     passwords = {role: env_secret(f"DETECTOR_ACL_{role.upper()}_PASSWORD") for role in ROLES}
     for line in acl_lines(cfg, passwords):
@@ -408,6 +457,7 @@ def demo(redis_url: str | None, model: str, threshold: float | None, seed: int, 
 @cli.command()
 @config_option
 @setting_option("redis_url")
+@sentinel_options
 @env_option("--source", env="ROUTE_SOURCE", default=DEFAULT_STREAM, show_default=True,
             help="The unpartitioned stream producers write to.")  # fmt: skip
 @env_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True,
@@ -442,8 +492,9 @@ def route(**kw: Any) -> None:
     from detector.router import Router, RouterConfig
 
     url = kw.pop("redis_url")
-    if not url:
-        msg = "route needs --redis-url (or DETECTOR_REDIS_URL)"
+    sentinel = sentinel_target(kw["sentinels"], kw["sentinel_master"], kw["sentinel_user"])
+    if not url and not sentinel:
+        msg = "route needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
         raise click.UsageError(msg)
     refuse_password_on_command_line(click.get_current_context(), url)
     fmt = EventFormat(
@@ -465,13 +516,14 @@ def route(**kw: Any) -> None:
         lease_ttl_ms=kw["lease_ttl_ms"],
     )
     client = connect_checked(
-        url,
+        url or "",
         block_ms=config.block_ms,
         password=redis_password(),
         tls_ca_cert=kw["tls_ca_cert"],
         tls_cert=kw["tls_cert"],
         tls_key=kw["tls_key"],
         cluster=kw["cluster"],
+        sentinel=sentinel,
     )
     router = Router(config, client)
     stop = threading.Event()

@@ -28,7 +28,7 @@ from detector.core.settings import (
     default_baselines_dir,
     mask_url,
 )
-from detector.gateway.connection import check_redis_url
+from detector.gateway.connection import check_redis_url, check_sentinel_address
 from detector.logs import configure_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,6 +55,19 @@ class RedisUrl(click.types.StringParamType):
             self.fail(str(exc), param, ctx)
 
 
+class SentinelAddress(click.types.StringParamType):
+    """A Sentinel's ``HOST:PORT``, checked while the options are parsed (exit 2)."""
+
+    name = "host:port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        address = super().convert(value, param, ctx)
+        try:
+            return check_sentinel_address(address)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 # -- options generated from the settings' fields ------------------------------------------------
 
 _OPTION_FIELDS: dict[str, Field[Any]] = {
@@ -63,7 +76,11 @@ _OPTION_FIELDS: dict[str, Field[Any]] = {
 _HINTS = {**typing.get_type_hints(EventFormat), **typing.get_type_hints(Settings)}
 # Types the annotation does not say: a checked URL; a baseline's name (or path), which
 # --baselines-dir resolves into Settings.baseline.
-_TYPES: dict[str, click.ParamType[Any]] = {"redis_url": RedisUrl(), "baseline": click.STRING}
+_TYPES: dict[str, click.ParamType[Any]] = {
+    "redis_url": RedisUrl(),
+    "baseline": click.STRING,
+    "sentinels": SentinelAddress(),
+}
 
 
 def _click_type(name: str, spec: OptionSpec) -> dict[str, Any]:
@@ -72,7 +89,8 @@ def _click_type(name: str, spec: OptionSpec) -> dict[str, Any]:
     if isinstance(hint, types.UnionType):  # `int | None`: the option may be absent
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if name in _TYPES:
-        return {"type": _TYPES[name]}
+        multiple = typing.get_origin(hint) is tuple
+        return {"type": _TYPES[name], "multiple": True} if multiple else {"type": _TYPES[name]}
     if hint is bool:
         return {"is_flag": True}
     if typing.get_origin(hint) is tuple:  # tuple[str, ...]: repeat the option
@@ -135,6 +153,12 @@ def format_options(f: F) -> F:
     """Where an entry keeps its producer, time, type and payload; input caps."""
     names = [x.name for x in fields(EventFormat) if x.name in _OPTION_FIELDS]
     return setting_options(*names)(f)
+
+
+def sentinel_options(f: F) -> F:
+    """``--sentinel`` (repeatable), ``--sentinel-master``, ``--sentinel-user``: the primary,
+    found through Sentinel instead of ``--redis-url``'s host."""
+    return setting_options("sentinels", "sentinel_master", "sentinel_user")(f)
 
 
 def tls_options(f: F) -> F:

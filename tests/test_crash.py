@@ -24,11 +24,13 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from detector.core.checkpoint import Signer, decode_fields
 from detector.core.features import FeatureStore
@@ -71,16 +73,25 @@ def _workload(producers: int, per_producer: int, seed: int) -> list[dict[str, st
     return events
 
 
-def _append_paced(url: str, events: list[dict[str, str]], rate: float) -> None:
-    """Append with explicit ids at ``rate`` events/s, riding out Redis restarts.
+def _append_paced(
+    url: str | Callable[[], redis.Redis],
+    events: list[dict[str, str]],
+    rate: float,
+    *,
+    replicas: int = 0,
+) -> None:
+    """Append with explicit ids at ``rate`` events/s, riding out Redis restarts (``url``: a
+    server's, or a function making a client, e.g. through Sentinel).
 
     Explicit ids make a retried XADD harmless: Redis refuses an id it already has. A batch
     whose replies said "added" around a Redis kill was seen missing from the restarted server
     (3 runs in ~60 on a loaded machine: 211-422 entries gone, the stream's own counters saying
     they were never added); so each batch is checked against the stream's last id and the
-    missing part sent again, and the harness delivers every event whatever the cause.
+    missing part sent again, and the harness delivers every event whatever the cause. With
+    ``replicas``, a batch counts as sent once that many replicas hold it (WAIT): a failover
+    cannot take back what the producer moved on from.
     """
-    r = redis.Redis.from_url(url, socket_timeout=5)
+    r = redis.Redis.from_url(url, socket_timeout=5) if isinstance(url, str) else url()
     started = time.monotonic()
     i = 0
     while i < len(events):
@@ -90,12 +101,22 @@ def _append_paced(url: str, events: list[dict[str, str]], rate: float) -> None:
             pipe = r.pipeline(transaction=False)
             for k in range(i, j):
                 pipe.xadd(STREAM, events[k], id=f"{k + 1}-1")  # type: ignore[arg-type]
-            for reply in pipe.execute(raise_on_error=False):
+            if replicas:
+                pipe.execute_command("WAIT", replicas, 1000)
+            replies = pipe.execute(raise_on_error=False)
+            for reply in replies:
                 if isinstance(reply, Exception) and "equal or smaller" not in str(reply):
                     raise reply
+            if replicas and replies[-1] < replicas:
+                # Not replicated yet: send (and wait) again, on the primary Sentinel names now.
+                pool = r.connection_pool
+                if isinstance(pool, SentinelConnectionPool):
+                    pool.get_master_address()
+                continue
             last = r.xinfo_stream(STREAM)["last-generated-id"]
             i = min(j, int(last.split(b"-")[0]))  # ids are k + 1: the next one to send
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                redis.ReadOnlyError):  # fmt: skip
             time.sleep(0.2)
             continue
         time.sleep(max(0.0, i / rate - (time.monotonic() - started)))
@@ -124,10 +145,15 @@ def _outcome(url: str, consumer: str) -> Outcome:
 QUICK = str(Path(__file__).parent / "specs" / "quick.toml")  # warm-up 20: small streams alert
 
 
-def _run_cmd(url: str, consumer: str, idle_ms: int = 1500) -> list[str]:
+def _run_cmd(
+    url: str, consumer: str, idle_ms: int = 1500, where: list[str] | None = None
+) -> list[str]:
+    """``detector run`` on ``url`` (or the connection options ``where``) in the harness's
+    cadence: small batches and frequent commits, so kills land between and during them."""
     model = os.environ.get("HARNESS_MODEL", QUICK)
     return [
-        sys.executable, "-m", "detector.cli", "run", "--redis-url", url, "--consumer", consumer,
+        sys.executable, "-m", "detector.cli", "run", *(where or ["--redis-url", url]),
+        "--consumer", consumer,
         "--model", model,
         "--until-idle", "--idle-timeout-ms", str(idle_ms), "--block-ms", "200",
         "--checkpoint-every", "500", "--checkpoint-interval-ms", "200", "--batch-size", "200",

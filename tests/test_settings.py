@@ -28,8 +28,8 @@ def test_each_run_option_defaults_to_its_settings_field() -> None:
     defaults, options = _field_defaults(), _options("run")
     shared = set(options) & set(defaults)
     # Every settings field but the secrets, the nested format and the resolved baseline path.
-    assert set(defaults) - shared == {"checkpoint_secret", "redis_password", "event_format",
-                                      "max_name_len"}  # fmt: skip
+    assert set(defaults) - shared == {"checkpoint_secret", "redis_password", "sentinel_password",
+                                      "event_format", "max_name_len"}  # fmt: skip
     for name in shared:
         default = options[name].default
         value = default() if callable(default) else default

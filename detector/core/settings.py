@@ -159,6 +159,17 @@ class Settings:
             Shown masked (``redis://user:***@host``) by ``repr``.
         redis_password: Redis password, given to the connection apart from the URL so the URL
             can be logged (never logged, never in ``repr``).
+        sentinels: Sentinel addresses (``HOST:PORT``): the primary is looked up through them
+            and followed across failovers; ``redis_url`` (optional then) gives only the scheme,
+            user and database.
+        sentinel_master: the primary's name in Sentinel.
+        sentinel_user: the user the Sentinels are authenticated as (their own ACL, if any).
+        sentinel_password: the Sentinels' password (never logged, never in ``repr``).
+        min_replicas_acked: durable writes: every read of new entries, alert and dead-letter
+            append and checkpoint commit waits (``WAIT``) until this many replicas hold it
+            before the worker goes on (0: off, replication stays asynchronous).
+        min_replicas_timeout_ms: one ``WAIT``'s timeout; when it passes, the worker logs,
+            counts it and tries again, without going on.
         tls_ca_cert: CA bundle that verifies the server's certificate (``rediss://``; None:
             the system's CAs). Verification is always on.
         tls_cert: client certificate (PEM) for servers that authenticate clients.
@@ -206,6 +217,35 @@ class Settings:
         metadata=option(
             "redis://, rediss:// (TLS) or unix:// URL. Without it, an embedded redis-server is "
             "started."
+        ),
+    )
+    sentinels: tuple[str, ...] = field(
+        default=(),
+        metadata=option(
+            "Sentinel HOST:PORT (repeat for each): find the primary through Sentinel and follow "
+            "it across failovers; --redis-url then gives only the scheme, user and database.",
+            flag="sentinel",
+        ),
+    )
+    sentinel_master: str | None = field(
+        default=None, metadata=option("The primary's name in Sentinel (with --sentinel).")
+    )
+    sentinel_user: str | None = field(
+        default=None,
+        metadata=option("User the Sentinels are authenticated as, if they have ACL users."),
+    )
+    min_replicas_acked: int = field(
+        default=0,
+        metadata=option(
+            "Durable writes: wait (WAIT) until this many replicas hold every read, alert and "
+            "commit before going on (0: off; asynchronous replication).",
+            low=0,
+        ),
+    )
+    min_replicas_timeout_ms: int = field(
+        default=1000,
+        metadata=option(
+            "One WAIT's timeout; past it the worker logs, counts and waits again.", low=1
         ),
     )
     streams: tuple[str, ...] = field(
@@ -337,6 +377,7 @@ class Settings:
     # Secrets: from the environment only (detector.gateway.secrets), never options.
     checkpoint_secret: bytes | None = field(default=None, repr=False)
     redis_password: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
 
     @property
     def assignment(self) -> str | None:

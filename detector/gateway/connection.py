@@ -1,5 +1,6 @@
 """The Redis connection policy of the commands: which URLs are accepted, where the password
-and TLS files come from, the access check before a worker starts, the embedded fallback.
+and TLS files come from, the Sentinels, the access check before a worker starts, the embedded
+fallback.
 
 The worker's client itself (timeouts, no hidden retries, TLS verification always on) is
 :func:`detector.gateway.streams.connect`; this module adds what a command decides around it.
@@ -20,8 +21,15 @@ import redis
 
 from detector.core.errors import ConfigError
 from detector.core.settings import mask_url
-from detector.gateway.secrets import redis_password
-from detector.gateway.streams import Client, connect, connection_options
+from detector.gateway.secrets import redis_password, sentinel_password
+from detector.gateway.streams import (
+    Client,
+    SentinelTarget,
+    connect,
+    connection_options,
+    parse_address,
+    sentinel_primary,
+)
 
 log = logging.getLogger(__name__)
 REDIS_URL_SCHEMES = ("redis", "rediss", "unix")
@@ -66,6 +74,35 @@ def check_redis_url(url: str) -> str:
     return url
 
 
+def check_sentinel_address(address: str) -> str:
+    """A Sentinel's ``HOST:PORT``, checked (the one check of every command's ``--sentinel``)."""
+    parse_address(address)
+    return address
+
+
+def sentinel_target(
+    sentinels: tuple[str, ...], master: str | None, user: str | None
+) -> SentinelTarget | None:
+    """The Sentinels of a command's options, their password from the environment (None
+    without ``--sentinel``)."""
+    password = sentinel_password() if sentinels else None
+    return SentinelTarget.parse(sentinels, master, user, password)
+
+
+def command_client(
+    url: str | None,
+    sentinel: SentinelTarget | None,
+    tls: dict[str, Path | None],
+    **options: Any,
+) -> redis.Redis:
+    """A short-lived command's client (``alerts``, ``check``, ``train``): ``url``'s server or
+    the primary the Sentinels name, with the password from the environment and TLS files."""
+    options.update(client_options(url or "redis://", **tls))
+    if sentinel is None:
+        return redis.Redis.from_url(url or "", **options)
+    return sentinel_primary(url or "", sentinel, options)
+
+
 def client_options(
     url: str,
     tls_ca_cert: Path | None = None,
@@ -91,6 +128,8 @@ def connect_checked(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     cluster: bool = False,
+    sentinel: SentinelTarget | None = None,
+    wait_ms: int = 0,
 ) -> Client:
     """A worker's (or router's) client, its credentials and certificates checked once."""
     client = connect(
@@ -101,12 +140,26 @@ def connect_checked(
         tls_cert=tls_cert,
         tls_key=tls_key,
         cluster=cluster,
+        sentinel=sentinel,
+        wait_ms=wait_ms,
     )
-    check_access(client, url)
+    check_access(client, describe(url, sentinel))
     return client
 
 
-def check_access(client: redis.Redis | redis.RedisCluster, url: str) -> None:
+def describe(url: str | None, sentinel: SentinelTarget | None) -> str:
+    """Where a command connects, for logs and messages: the URL masked, or the Sentinels.
+
+    >>> describe(None, SentinelTarget((("s1", 26379), ("s2", 26379)), "main"))
+    "primary 'main' of Sentinels s1:26379, s2:26379"
+    """
+    if sentinel is None:
+        return str(mask_url(url))
+    where = ", ".join(f"{h}:{p}" for h, p in sentinel.addresses)
+    return f"primary {sentinel.master!r} of Sentinels {where}"
+
+
+def check_access(client: redis.Redis | redis.RedisCluster, where: str) -> None:
     """Fail fast on credentials or certificates the server will never accept (exit 2).
 
     The worker retries connection errors forever (Redis restarts), and redis-py reports a
@@ -116,13 +169,13 @@ def check_access(client: redis.Redis | redis.RedisCluster, url: str) -> None:
     try:
         client.ping()
     except redis.AuthenticationError as exc:
-        msg = f"redis {mask_url(url)} refused the credentials: {exc}"
+        msg = f"redis {where} refused the credentials: {exc}"
         raise ConfigError(msg) from None
     except redis.ConnectionError as exc:
         if not _caused_by_tls(exc):
-            log.warning("redis %s unavailable, retrying: %s", mask_url(url), exc)
+            log.warning("redis %s unavailable, retrying: %s", where, exc)
             return
-        msg = f"TLS with redis {mask_url(url)} failed: {exc}"
+        msg = f"TLS with redis {where} failed: {exc}"
         raise ConfigError(msg) from None
     except redis.ResponseError as exc:  # e.g. a user without +ping: the worker may still run
         log.debug("PING refused: %s", exc)

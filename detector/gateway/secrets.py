@@ -4,7 +4,8 @@ in `ps` or in shell history), never from Redis, never logged.
 The checkpoint secret (the HMAC key that signs checkpoints and baselines) comes from
 ``DETECTOR_CHECKPOINT_KEY``, else the file named by ``DETECTOR_CHECKPOINT_KEY_FILE``, else a
 key generated once into a private file of this user. The Redis password comes from
-``DETECTOR_REDIS_PASSWORD`` or ``DETECTOR_REDIS_PASSWORD_FILE``; `detector acl` reads the
+``DETECTOR_REDIS_PASSWORD`` or ``DETECTOR_REDIS_PASSWORD_FILE``, the Sentinels' from
+``DETECTOR_SENTINEL_PASSWORD`` or ``DETECTOR_SENTINEL_PASSWORD_FILE``; `detector acl` reads the
 passwords whose hashes it prints from ``DETECTOR_ACL_<ROLE>_PASSWORD(_FILE)``.
 """
 
@@ -22,12 +23,15 @@ log = logging.getLogger(__name__)
 # Names of variables, not secrets:
 CHECKPOINT_SECRET_ENVVAR = "DETECTOR_CHECKPOINT_KEY"  # noqa: S105
 REDIS_PASSWORD_ENVVAR = "DETECTOR_REDIS_PASSWORD"  # noqa: S105
+SENTINEL_PASSWORD_ENVVAR = "DETECTOR_SENTINEL_PASSWORD"  # noqa: S105
 # Every variable a secret is read from (the `_FILE` variants name a file holding it).
 SECRET_ENVVARS = (
     CHECKPOINT_SECRET_ENVVAR,
     f"{CHECKPOINT_SECRET_ENVVAR}_FILE",
     REDIS_PASSWORD_ENVVAR,
     f"{REDIS_PASSWORD_ENVVAR}_FILE",
+    SENTINEL_PASSWORD_ENVVAR,
+    f"{SENTINEL_PASSWORD_ENVVAR}_FILE",
     # `detector acl`: passwords whose SHA-256 goes into the printed ACL lines.
     "DETECTOR_ACL_WORKER_PASSWORD",
     "DETECTOR_ACL_WORKER_PASSWORD_FILE",
@@ -37,6 +41,10 @@ SECRET_ENVVARS = (
     "DETECTOR_ACL_READER_PASSWORD_FILE",
     "DETECTOR_ACL_ROUTER_PASSWORD",
     "DETECTOR_ACL_ROUTER_PASSWORD_FILE",
+    "DETECTOR_ACL_SENTINEL_PASSWORD",
+    "DETECTOR_ACL_SENTINEL_PASSWORD_FILE",
+    "DETECTOR_ACL_SENTINEL_READER_PASSWORD",
+    "DETECTOR_ACL_SENTINEL_READER_PASSWORD_FILE",
 )
 
 
@@ -98,3 +106,10 @@ def redis_password() -> str | None:
     """The Redis password: ``DETECTOR_REDIS_PASSWORD``, else the file named by
     ``DETECTOR_REDIS_PASSWORD_FILE``, else None (the URL's user, if any, or no AUTH)."""
     return env_secret(REDIS_PASSWORD_ENVVAR)
+
+
+def sentinel_password() -> str | None:
+    """The Sentinels' password (``requirepass`` or their ACL user's, apart from the data
+    nodes'): ``DETECTOR_SENTINEL_PASSWORD``, else the file named by
+    ``DETECTOR_SENTINEL_PASSWORD_FILE``, else None."""
+    return env_secret(SENTINEL_PASSWORD_ENVVAR)

@@ -22,14 +22,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from detector.core.alerts import Alert
 from detector.core.errors import ConfigError
@@ -47,10 +49,12 @@ HashFields: TypeAlias = Mapping[str, bytes]
 Acks: TypeAlias = Mapping[str, Sequence[str]]
 
 # Appends each entry whose guard key is new. KEYS: (stream, guard key) pairs. ARGV: guard ttl,
-# maxlen (0: no cap), then per entry: the number of field/value items, the items. Returns
-# entries written.
+# maxlen (0: no cap), touch, then per entry: the number of field/value items, the items.
+# Returns entries written. With touch = 1, a call that writes nothing rewrites its first guard
+# (same value and TTL): the call then always reaches the replicas, so a WAIT after it covers
+# an earlier attempt's writes too (WAIT counts from the caller's last replicated write).
 _APPEND_ONCE = """
-local ttl, maxlen, i, written = ARGV[1], ARGV[2], 3, 0
+local ttl, maxlen, i, written = ARGV[1], ARGV[2], 4, 0
 local cap = {'MAXLEN', '~', maxlen}
 if tonumber(maxlen) == 0 then cap = {} end
 for k = 1, #KEYS, 2 do
@@ -66,6 +70,9 @@ for k = 1, #KEYS, 2 do
     written = written + 1
   end
   i = i + n + 1
+end
+if written == 0 and ARGV[3] == '1' and #KEYS > 1 then
+  redis.call('SET', KEYS[2], '1', 'KEEPTTL')
 end
 return written
 """
@@ -121,15 +128,26 @@ return 1
 DEAD_LETTER_COPY_BYTES = 256 * 1024
 DEAD_LETTER_COPY_FIELDS = 1000
 _FALSE = ("", "0", "F", "FALSE", "N", "NO")
+
+
+class NotReplicatedError(redis.RedisError):
+    """Fewer replicas than ``--min-replicas-acked`` acknowledged a write within the WAIT
+    timeout, or a failover lost a read: transient, the step is retried without going on."""
+
+
 # Transient: the worker backs off and retries. A cluster node that is down or failing over
-# shows up as one of the cluster errors until the topology is whole again.
+# shows up as one of the cluster errors until the topology is whole again; a primary demoted
+# by a failover answers READONLY (through Sentinel, redis-py turns that into a connection
+# error and asks the Sentinels again; a plain client reconnects: see Runtime.note_error).
 CONNECTION_ERRORS = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.BusyLoadingError,
+    redis.ReadOnlyError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
+    NotReplicatedError,
 )
 MAX_BACKOFF_S = 5.0
 
@@ -153,11 +171,49 @@ def retry(
             on_error(exc)
             if stop.is_set() and not even_when_stopping:
                 return False
+            # A short WAIT has waited already: retry soon, without growing the backoff.
+            pause = 0.1 if isinstance(exc, NotReplicatedError) else delay
             if even_when_stopping:
-                time.sleep(delay)
+                time.sleep(pause)
             else:
-                stop.wait(delay)  # a stop cuts the wait short
-            delay = min(delay * 2, MAX_BACKOFF_S)
+                stop.wait(pause)  # a stop cuts the wait short
+            if pause is delay:
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """Durable writes (``--min-replicas-acked``): each write the worker goes on from is
+    followed, on the same connection, by ``WAIT replicas timeout_ms``.
+
+    ``WAIT`` counts the replicas holding everything the connection wrote up to its last
+    replicated write, so it rides in the same pipeline as the write it confirms.
+
+    Attributes:
+        replicas: replicas that must acknowledge (N of ``WAIT N``).
+        timeout_ms: one WAIT's timeout.
+        stop: set while a confirmation is awaited: give up (the entries stay pending).
+        observe: called with each WAIT's seconds and whether enough replicas answered.
+    """
+
+    replicas: int
+    timeout_ms: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    observe: Callable[[float, bool], object] = lambda seconds, enough: None
+
+    def wait_command(self) -> tuple[str, int, int]:
+        return ("WAIT", self.replicas, self.timeout_ms)
+
+    def check(self, acked: object, seconds: float, what: str) -> None:
+        """Raise :class:`NotReplicatedError` unless ``acked`` (WAIT's reply) is enough."""
+        enough = int(acked) >= self.replicas  # type: ignore[call-overload]
+        self.observe(seconds, enough)
+        if not enough:
+            msg = (
+                f"{what}: {acked} of {self.replicas} replicas acknowledged within "
+                f"{self.timeout_ms} ms; not going on"
+            )
+            raise NotReplicatedError(msg)
 
 
 class Outage:
@@ -186,6 +242,115 @@ class Outage:
         return seconds
 
 
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    """Where Sentinel finds the primary: the Sentinels, the primary's name, their credentials.
+
+    Attributes:
+        addresses: (host, port) of each Sentinel.
+        master: the primary's name in the Sentinels' configuration.
+        username, password: the Sentinels' own credentials (None: none), apart from the data
+            nodes'.
+    """
+
+    addresses: tuple[tuple[str, int], ...]
+    master: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(
+        cls, sentinels: Sequence[str], master: str | None, user: str | None, password: str | None
+    ) -> SentinelTarget | None:
+        """From the options: ``HOST:PORT`` of each Sentinel, the primary's name, the
+        Sentinels' user and password (None without Sentinels)."""
+        if not sentinels:
+            if master:
+                msg = "--sentinel-master needs --sentinel (the Sentinels' HOST:PORT)"
+                raise ConfigError(msg)
+            return None
+        if not master:
+            msg = "--sentinel needs --sentinel-master (the primary's name in Sentinel)"
+            raise ConfigError(msg)
+        return cls(tuple(parse_address(a) for a in sentinels), master, user, password)
+
+    @classmethod
+    def of(cls, settings: Settings) -> SentinelTarget | None:
+        """A worker's Sentinels (None without ``--sentinel``)."""
+        return cls.parse(settings.sentinels, settings.sentinel_master, settings.sentinel_user,
+                         settings.sentinel_password)  # fmt: skip
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port).
+
+    >>> parse_address("10.0.0.5:26379")
+    ('10.0.0.5', 26379)
+    >>> parse_address("sentinel")
+    Traceback (most recent call last):
+    ...
+    detector.core.errors.ConfigError: 'sentinel' is not HOST:PORT
+    """
+    host, _, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        msg = f"{address!r} is not HOST:PORT"
+        raise ConfigError(msg)
+    return host, int(port)
+
+
+def open_client(
+    url: str,
+    options: dict[str, Any],
+    *,
+    sentinel: SentinelTarget | None = None,
+    cluster: bool = False,
+) -> Client:
+    """The one place a client is made, for every command: ``url``'s server, a Redis Cluster
+    (``url`` names one node), or the primary that ``sentinel`` names.
+
+    Through Sentinel, the client asks the Sentinels for the primary whenever it connects, so
+    it follows a promoted replica without a restart: a failed command raises a connection
+    error (a demoted primary's READONLY too) and the caller's retry reconnects to the new
+    primary. ``url`` (may be empty) then gives only the scheme (``rediss://``: TLS), user and
+    database of the connections to the primary.
+    """
+    if cluster:
+        if sentinel is not None:
+            msg = "--sentinel and --cluster exclude each other (a cluster fails over by itself)"
+            raise ConfigError(msg)
+        return RedisCluster.from_url(url, **options)
+    if sentinel is None:
+        return redis.Redis.from_url(url, **options)
+    return sentinel_primary(url, sentinel, options)
+
+
+def sentinel_primary(url: str, sentinel: SentinelTarget, options: dict[str, Any]) -> redis.Redis:
+    """A client of the primary the Sentinels name now, asking them again at each connect
+    (redis-py's ``Sentinel.master_for``); ``url`` gives scheme, user and database."""
+    parts = urlsplit(url or "redis://")
+    db = int(parts.path.strip("/") or 0)
+    kwargs: dict[str, Any] = {"db": db, "ssl": parts.scheme == "rediss"}
+    if parts.username:
+        kwargs["username"] = unquote(parts.username)
+    if parts.password:
+        kwargs["password"] = unquote(parts.password)
+    kwargs.update(options)
+    watchers = Sentinel(
+        sentinel.addresses,
+        sentinel_kwargs={
+            "username": sentinel.username,
+            "password": sentinel.password,
+            "socket_timeout": 2.0,  # one Sentinel's silence must not stall the lookup long
+            "socket_connect_timeout": 1.0,
+            "decode_responses": False,
+            "protocol": 2,
+        },
+    )
+    primary: redis.Redis = watchers.master_for(sentinel.master, **kwargs)
+    return primary
+
+
 def connect(
     url: str,
     *,
@@ -195,27 +360,30 @@ def connect(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     cluster: bool = False,
+    sentinel: SentinelTarget | None = None,
+    wait_ms: int = 0,
 ) -> Client:
     """A client for the worker: bytes replies, RESP2, no hidden retries.
 
     ``socket_timeout`` exceeds the blocking read time, else redis-py aborts a healthy BLOCK.
     The password and TLS files are checked and passed by :func:`connection_options`. With
-    ``cluster``, ``url`` names one node and the client discovers the others.
+    ``cluster``, ``url`` names one node and the client discovers the others; with
+    ``sentinel``, the Sentinels name the primary (:func:`open_client`). ``wait_ms``: the
+    longest ``WAIT`` sent after a blocking read, which the socket timeout must cover too.
     """
     options = dict(
         decode_responses=False,
         protocol=2,
-        socket_timeout=max(10.0, 2 * block_ms / 1000),
+        socket_timeout=max(10.0, 2 * (block_ms + wait_ms) / 1000),
         socket_connect_timeout=5.0,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
         **connection_options(
-            url, password=password, tls_ca_cert=tls_ca_cert, tls_cert=tls_cert, tls_key=tls_key
+            url or "redis://", password=password, tls_ca_cert=tls_ca_cert, tls_cert=tls_cert,
+            tls_key=tls_key,
         ),
-    )
-    if cluster:
-        return RedisCluster.from_url(url, **options)
-    return redis.Redis.from_url(url, **options)
+    )  # fmt: skip
+    return open_client(url, options, sentinel=sentinel, cluster=cluster)
 
 
 def connect_kwargs(settings: Settings) -> dict[str, Any]:
@@ -227,6 +395,8 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
         "tls_cert": settings.tls_cert,
         "tls_key": settings.tls_key,
         "cluster": settings.cluster,
+        "sentinel": SentinelTarget.of(settings),
+        "wait_ms": settings.min_replicas_timeout_ms if settings.min_replicas_acked else 0,
     }
 
 
@@ -332,6 +502,9 @@ class Streams:
         group, consumer: the consumer group and this consumer's name in it.
         alerts_stream, dead_letter_stream: where alerts and rejected entries go.
         maxlen: approximate cap on those two streams.
+        replication: durable writes (``--min-replicas-acked``): every read that delivers
+            entries, append and commit is confirmed by ``WAIT`` before it returns (None:
+            asynchronous replication).
     """
 
     fence: Fence | NoFence = NO_FENCE
@@ -346,8 +519,10 @@ class Streams:
         alerts_stream: str,
         dead_letter_stream: str,
         maxlen: int,
+        replication: Replication | None = None,
     ) -> None:
         self.r = client
+        self.replication = replication
         self.streams = tuple(streams)
         self.group = group
         self.consumer = consumer
@@ -363,7 +538,12 @@ class Streams:
         for stream in self.streams:
             start_id = (starts or {}).get(stream, "0")
             try:
-                self.r.xgroup_create(stream, self.group, id=start_id, mkstream=True)
+                if self.replication is None:
+                    self.r.xgroup_create(stream, self.group, id=start_id, mkstream=True)
+                else:  # durable: a failover must not lose the group (reads would fail)
+                    create = partial(_create_group, stream, self.group, start_id)
+                    _, acked, seconds = self._waited(create)
+                    self._check(acked, seconds, "group creation")
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -372,14 +552,99 @@ class Streams:
 
     def read(self, cursors: Mapping[str, str], count: int, block_ms: int | None) -> list[Entry]:
         """XREADGROUP: ``>`` for new entries, an id for this consumer's own pending ones."""
-        reply = self.r.xreadgroup(
-            self.group,
-            self.consumer,
-            dict(cursors),  # type: ignore[arg-type]
-            count=count,
-            block=block_ms,
+        args = (self.group, self.consumer, dict(cursors))
+        if self.replication is None:
+            reply = self.r.xreadgroup(*args, count=count, block=block_ms)  # type: ignore[arg-type]
+            return _flatten(reply)  # type: ignore[arg-type]
+        reply, acked, seconds = self._waited(
+            lambda pipe: pipe.xreadgroup(*args, count=count, block=block_ms)
         )
-        return _flatten(reply)  # type: ignore[arg-type]
+        entries = _flatten(reply)
+        self.confirm_read(entries, acked, seconds)
+        return entries
+
+    def _waited(self, queue: Callable[[Any], object]) -> tuple[Any, Any, float]:
+        """What ``queue`` puts in a pipeline, then WAIT on the same connection: (the first
+        command's reply, WAIT's reply, seconds). Requires :attr:`replication`."""
+        assert self.replication is not None  # noqa: S101 (callers check)
+        pipe = self.r.pipeline(transaction=False)
+        queue(pipe)
+        pipe.execute_command(*self.replication.wait_command())
+        started = time.perf_counter()
+        replies = pipe.execute()
+        return replies[0], replies[-1], time.perf_counter() - started
+
+    def _check(self, acked: Any, seconds: float, what: str) -> None:
+        """A durable write's WAIT reply: enough replicas, or :class:`NotReplicatedError`
+        (after :meth:`recheck_primary`)."""
+        assert self.replication is not None  # noqa: S101 (callers check)
+        try:
+            self.replication.check(acked, seconds, what)
+        except NotReplicatedError:
+            self.recheck_primary()
+            raise
+
+    def recheck_primary(self) -> None:
+        """A WAIT came back short: through Sentinel, ask which node is the primary now.
+
+        A primary that Sentinel replaced while it stayed up (a failover without a crash, or
+        a partition) keeps serving its clients, without replicas, until Sentinel demotes it
+        (8 s or more later): asking ends that early. If it changed, the pool drops its idle
+        connections, so the retry connects to the new primary.
+
+        Raises:
+            NotReplicatedError: the Sentinels name another primary now.
+        """
+        pool = getattr(self.r, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool):
+            before = pool.master_address
+            if pool.get_master_address() != before:  # type: ignore[no-untyped-call]
+                msg = "the Sentinels promoted another primary; reconnecting to it"
+                raise NotReplicatedError(msg)
+
+    def confirm_read(self, entries: Sequence[Entry], acked: Any, seconds: float) -> None:
+        """Return once the replicas hold the delivery of ``entries`` (a read moves them into
+        this consumer's pending list: a failover that lost that would deliver them again,
+        and they would be learned twice).
+
+        Past a WAIT timeout, waits again after an ``XCLAIM … JUSTID`` of each stream's last
+        entry to this consumer (a replicated write that changes nothing, not even delivery
+        counts): WAIT needs a write on its connection, and the claim checks that the
+        primary still holds the delivery.
+
+        Raises:
+            NotReplicatedError: the delivery was lost (a failover): the entries come again;
+                or the worker is stopping.
+        """
+        rep = self.replication
+        if rep is None or not entries:
+            return
+        last = {stream: entry_id for stream, entry_id, _ in entries}
+        while int(acked) < rep.replicas:
+            rep.observe(seconds, False)
+            log.warning(
+                "read of %d entries: %s of %d replicas acknowledged within %d ms; waiting again",
+                len(entries), acked, rep.replicas, rep.timeout_ms,
+            )  # fmt: skip
+            self.recheck_primary()
+            if rep.stop.is_set():
+                msg = "stopping before the replicas acknowledged a read; its entries stay pending"
+                raise NotReplicatedError(msg)
+
+            def probe(pipe: Any) -> None:
+                for stream, entry_id in last.items():
+                    pipe.xclaim(stream, self.group, self.consumer, 0, [entry_id], justid=True)
+
+            pipe = self.r.pipeline(transaction=False)
+            probe(pipe)
+            pipe.execute_command(*rep.wait_command())
+            started = time.perf_counter()
+            *claimed, acked = pipe.execute()
+            seconds = time.perf_counter() - started
+            if not all(claimed):
+                msg = "a failover lost the delivery of entries read; they are read again"
+                raise NotReplicatedError(msg)
+        rep.observe(seconds, True)
 
     def read_new(self, count: int, block_ms: int | None) -> tuple[list[Entry], dict[str, str]]:
         """New entries, waiting up to ``block_ms`` for some; and the ids to :meth:`wait` after
@@ -400,12 +665,19 @@ class Streams:
         self, stream: str, min_idle_ms: int, start: str, count: int
     ) -> tuple[str, list[Entry], int]:
         """XAUTOCLAIM idle entries of other consumers: (next cursor, entries, deleted)."""
-        reply = self.r.xautoclaim(stream, self.group, self.consumer, min_idle_ms, start, count)
+        args = (stream, self.group, self.consumer, min_idle_ms, start, count)
+        acked: Any = None
+        if self.replication is None:
+            reply = self.r.xautoclaim(*args)
+        else:
+            reply, acked, seconds = self._waited(lambda pipe: pipe.xautoclaim(*args))
         cursor = _text(reply[0])
         entries = [
             (stream, _text(eid), dict(fields or {})) for eid, fields in reply[1] if eid is not None
         ]
         deleted = len(reply[2]) if len(reply) > 2 else 0
+        if acked is not None:
+            self.confirm_read(entries, acked, seconds)
         return cursor, entries, deleted
 
     def emit(self, out: Output) -> int:
@@ -415,10 +687,11 @@ class Streams:
         call stays in one cluster slot.
         """
         now_ms = int(time.time() * 1000)
-        written = 0
+        touch = int(self.replication is not None)
+        calls: list[tuple[list[str], list[str | bytes | int]]] = []
         if out.alerts:
             keys: list[str] = []
-            args: list[str | bytes | int] = [GUARD_TTL_S, self.maxlen]
+            args: list[str | bytes | int] = [GUARD_TTL_S, self.maxlen, touch]
             for alert in out.alerts:
                 guard = ALERT_GUARD_KEY.format(
                     alerts_stream=self.alerts_stream, alert_id=alert.alert_id
@@ -426,9 +699,9 @@ class Streams:
                 keys += [self.alerts_stream, guard]
                 items = [x for kv in alert.to_fields(now_ms).items() for x in kv]
                 args += [len(items), *items]
-            written += int(self._append_once(keys=keys, args=args))
+            calls.append((keys, args))
         if out.dead_letters:
-            keys, args = [], [GUARD_TTL_S, self.maxlen]
+            keys, args = [], [GUARD_TTL_S, self.maxlen, touch]
             for letter in out.dead_letters:
                 guard = DEAD_LETTER_GUARD_KEY.format(
                     dead_letter_stream=self.dead_letter_stream,
@@ -438,20 +711,49 @@ class Streams:
                 keys += [self.dead_letter_stream, guard]
                 items = [x for kv in letter.to_fields(now_ms).items() for x in kv]
                 args += [len(items), *items]
-            written += int(self._append_once(keys=keys, args=args))
-        return written
+            calls.append((keys, args))
+        if self.replication is None or not calls:
+            return sum(int(self._append_once(keys=k, args=a)) for k, a in calls)
+        # Durable: the appends and their WAIT in one pipeline (one connection).
+        pipe = self.r.pipeline(transaction=False)
+        for k, a in calls:
+            self._append_once(keys=k, args=a, client=pipe)
+        pipe.execute_command(*self.replication.wait_command())
+        started = time.perf_counter()
+        *written, acked = pipe.execute()
+        self._check(acked, time.perf_counter() - started, "append")
+        return sum(int(w) for w in written)
 
     def commit(self, key: str, fields: HashFields, removed: Sequence[str], acks: Acks) -> None:
-        """One transaction: write the checkpoint's changed fields, drop evicted ones, XACK."""
-        pipe = self.r.pipeline(transaction=True)
+        """One transaction: write the checkpoint's changed fields, drop evicted ones, XACK.
+
+        Durable (:attr:`replication`): the ``MULTI … EXEC`` is sent by hand in a plain
+        pipeline, followed by its ``WAIT`` (redis-py's transaction pipeline cannot carry a
+        command after ``EXEC``, and ``WAIT`` inside ``MULTI`` does not wait).
+
+        Raises:
+            NotReplicatedError: (durable) too few replicas acknowledged it in time; it is
+                idempotent, and retried (the meta's ``HSET`` always replicates).
+        """
+        durable = self.replication is not None
+        pipe = self.r.pipeline(transaction=not durable)
+        if durable:
+            pipe.execute_command("MULTI")
         if fields:
-            pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
+            pipe.execute_command("HSET", key, *(x for kv in fields.items() for x in kv))
         if removed:
-            pipe.hdel(key, *removed)
+            pipe.execute_command("HDEL", key, *removed)
         for stream, ids in acks.items():
             if ids:
-                pipe.xack(stream, self.group, *ids)
-        pipe.execute()
+                pipe.execute_command("XACK", stream, self.group, *ids)
+        if self.replication is None:
+            pipe.execute()
+            return
+        pipe.execute_command("EXEC")
+        pipe.execute_command(*self.replication.wait_command())
+        started = time.perf_counter()
+        acked = pipe.execute()[-1]
+        self._check(acked, time.perf_counter() - started, "commit")
 
     def load_checkpoint(self, key: str) -> dict[bytes, bytes]:
         """Every field of a checkpoint hash (HSCAN: no single huge reply)."""
@@ -516,7 +818,14 @@ class FencedStreams(Streams):
         self, cursors: Mapping[str, str], count: int
     ) -> tuple[list[Entry], dict[str, str]]:
         kw = self._fenced_read_args(cursors, count)
-        return self.parse_fenced(self._fenced_read(keys=kw["keys"], args=kw["args"]))
+        if self.replication is None:
+            return self.parse_fenced(self._fenced_read(keys=kw["keys"], args=kw["args"]))
+        reply, acked, seconds = self._waited(
+            lambda pipe: self._fenced_read(keys=kw["keys"], args=kw["args"], client=pipe)
+        )
+        entries, tails = self.parse_fenced(reply)
+        self.confirm_read(entries, acked, seconds)
+        return entries, tails
 
     def _fenced_read_args(self, cursors: Mapping[str, str], count: int) -> dict[str, list[Any]]:
         streams = list(cursors)
@@ -566,9 +875,18 @@ class FencedStreams(Streams):
         for stream in streams:
             args += [len(acks[stream]), *acks[stream]]
         keys = [self.fence.lease_key, key, *streams]
-        if not int(self._fenced_commit(keys=keys, args=args)):
+        acked: Any = None
+        if self.replication is None:
+            done = self._fenced_commit(keys=keys, args=args)
+        else:
+            done, acked, seconds = self._waited(
+                lambda pipe: self._fenced_commit(keys=keys, args=args, client=pipe)
+            )
+        if not int(done):
             msg = f"partition {self.fence.partition}: commit refused, the lease is lost"
             raise FencedError(msg)
+        if self.replication is not None:
+            self._check(acked, seconds, "commit")
 
 
 def sweep(
@@ -586,7 +904,15 @@ def sweep(
     for owner in owners:
         sha, args = owner.sweep_command(count)
         pipe.execute_command("EVALSHA", sha, *args)  # a cluster pipeline blocks .evalsha()
+    replication = owners[0].replication
+    if replication is not None:  # durable: one WAIT after all the reads, same connection
+        pipe.execute_command(*replication.wait_command())
+    started = time.perf_counter()
     replies = pipe.execute(raise_on_error=False)
+    seconds = time.perf_counter() - started
+    acked = replies.pop() if replication is not None else None
+    if isinstance(acked, Exception):
+        raise acked
     out: list[tuple[list[Entry], dict[str, str]] | Exception] = []
     for owner, reply in zip(owners, replies, strict=True):
         if isinstance(reply, redis.exceptions.NoScriptError):
@@ -595,10 +921,17 @@ def sweep(
             out.append(reply)
             continue
         try:
-            out.append(owner.parse_fenced(reply))
-        except FencedError as exc:
+            entries, tails = owner.parse_fenced(reply)
+            if acked is not None:
+                owner.confirm_read(entries, acked, seconds)
+            out.append((entries, tails))
+        except (FencedError, *CONNECTION_ERRORS) as exc:
             out.append(exc)
     return out
+
+
+def _create_group(stream: str, group: str, start_id: str, pipe: Any) -> None:
+    pipe.xgroup_create(stream, group, id=start_id, mkstream=True)
 
 
 def _text(value: bytes | str) -> str:

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import redis
+
 from detector.core.checkpoint import BaselineEnd, Signer, Snapshot, decode_fields
 from detector.core.checkpoint import load_file as load_baseline
 from detector.core.errors import InvalidEventError
@@ -74,6 +76,8 @@ class Runtime:
     stop: threading.Event = field(default_factory=threading.Event)
     on_verdicts: Callable[[list[Verdict]], None] | None = None
     started: float = field(default_factory=time.monotonic)
+    # Drops the client's connections (after a READONLY reply: see note_error).
+    reconnect: Callable[[], object] = lambda: None
 
     def with_retries(self, step: Callable[[], object], even_when_stopping: bool = False) -> None:
         """Run ``step`` until it gets through connection errors (not once stopping, unless
@@ -84,6 +88,8 @@ class Runtime:
         self.stats.redis_errors += 1
         self.metrics.redis_errors.inc()
         log.warning("redis error: %s: %s", type(exc).__name__, exc)
+        if isinstance(exc, redis.ReadOnlyError):
+            self.reconnect()  # still connected to a demoted primary: connect anew
 
 
 class Consumer:

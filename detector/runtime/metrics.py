@@ -142,6 +142,18 @@ class Metrics:
             "Changes of this worker's target partitions (members joined or left)",
             registry=registry,
         )
+        # Durable writes (--min-replicas-acked): each WAIT, and those that timed out.
+        self.replication_wait_seconds = Histogram(
+            "detector_replication_wait_seconds",
+            "Time from sending a read, append or commit to its WAIT's reply (durable writes)",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.replication_timeouts = Counter(
+            "detector_replication_timeouts",
+            "WAITs that timed out before enough replicas acknowledged; the worker waited again",
+            registry=registry,
+        )
         info = Info("detector", "Detector build and model", registry=registry)
         info.info({"version": __version__, "model": model})
 
@@ -150,6 +162,12 @@ class Metrics:
         self.refused.set(refused)
         self.admitted_when_full.set(admitted_when_full)
         self.alerts_capped.set(alerts_capped)
+
+    def waited(self, seconds: float, enough: bool) -> None:
+        """One WAIT of a durable write (:class:`~detector.gateway.streams.Replication`)."""
+        self.replication_wait_seconds.observe(seconds)
+        if not enough:
+            self.replication_timeouts.inc()
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside
         start_http_server(port, addr=addr, registry=self.registry)

@@ -29,6 +29,7 @@ from typing import Protocol
 import orjson
 import redis
 from prometheus_client import CollectorRegistry
+from redis.sentinel import SentinelConnectionPool
 
 from detector.core.checkpoint import Signer
 from detector.core.errors import ConfigError
@@ -44,6 +45,7 @@ from detector.gateway.streams import (
     Entry,
     FencedStreams,
     Outage,
+    Replication,
     Streams,
     connect,
     connect_kwargs,
@@ -59,6 +61,10 @@ log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 1.0
 GROUP_INFO_INTERVAL_S = 5.0
+# Through Sentinel: ask which node is the primary this often. A primary replaced while it
+# stayed up keeps serving its clients until Sentinel demotes it, 8 s or more later; a worker
+# that reads nothing from it would not notice before.
+PRIMARY_CHECK_INTERVAL_S = 1.0
 CLAIM_INTERVAL_S = 30.0
 # A worker missing some of its target partitions retries their leases this often.
 ACQUIRE_RETRY_S = 0.2
@@ -218,8 +224,8 @@ class Worker:
         metrics: Metrics | None = None,
         on_verdicts: Callable[[list[Verdict]], None] | None = None,
     ) -> None:
-        if settings.redis_url is None and client is None:
-            msg = "a worker needs a redis_url or a client"
+        if settings.redis_url is None and not settings.sentinels and client is None:
+            msg = "a worker needs a redis_url, sentinels or a client"
             raise ValueError(msg)
         if settings.checkpoint_secret is None:
             msg = "a worker needs a checkpoint key (DETECTOR_CHECKPOINT_KEY)"
@@ -240,6 +246,17 @@ class Worker:
         )
         self.metrics = self.rt.metrics
         self.stats: RunStats = self.rt.stats
+        # A primary demoted under a plain client answers READONLY: drop the connections, so
+        # the retry reconnects (through a name that now points at the new primary).
+        pool = getattr(self.client, "connection_pool", None)  # a cluster client has none
+        if pool is not None:
+            self.rt.reconnect = pool.disconnect
+        self.replication = (
+            Replication(settings.min_replicas_acked, settings.min_replicas_timeout_ms,
+                        stop=self.rt.stop, observe=self.metrics.waited)
+            if settings.min_replicas_acked
+            else None
+        )  # fmt: skip
         self.assignment: Assignment = (
             Unpartitioned(settings, self._streams)
             if settings.partitions is None
@@ -248,7 +265,7 @@ class Worker:
         # Partition -> its consumer.
         self.consumers: dict[int, Consumer] = {}
         self._health_key = HEALTH_KEY.format(group=settings.group, consumer=settings.consumer)
-        self._next = {"health": 0.0, "info": 0.0, "claim": 0.0, "own": 0.0}
+        self._next = {"health": 0.0, "info": 0.0, "claim": 0.0, "own": 0.0, "primary": 0.0}
         self._signals = 0
         self._rotation = 0
         self._tails: dict[int, dict[str, str]] = {}
@@ -314,8 +331,14 @@ class Worker:
             except CONNECTION_ERRORS as exc:
                 self._outage.failed()
                 self._recover_connection(exc)
+                last_activity = time.monotonic()  # an outage is not quiet: --until-idle waits
                 continue
             except redis.ResponseError as exc:
+                if str(exc).startswith("UNBLOCKED"):  # a blocked read on a demoted primary
+                    self._outage.failed()
+                    self._recover_connection(exc)
+                    last_activity = time.monotonic()
+                    continue
                 if "NOGROUP" not in str(exc):
                     raise
                 # The group (or stream) was deleted under us: recreate it and carry on.
@@ -347,6 +370,7 @@ class Worker:
             alerts_stream=s.alerts_stream,
             dead_letter_stream=s.dead_letter_stream,
             maxlen=s.alerts_maxlen,
+            replication=self.replication,
             **view,  # type: ignore[arg-type]
         )
 
@@ -512,6 +536,15 @@ class Worker:
         if now >= self._next["claim"]:
             self._next["claim"] = now + CLAIM_INTERVAL_S
             self._claim_safely()
+        if now >= self._next["primary"] and self.settings.sentinels:
+            self._next["primary"] = now + PRIMARY_CHECK_INTERVAL_S
+            self._guarded(self._check_primary)
+
+    def _check_primary(self) -> None:
+        """Through Sentinel: the pool drops its idle connections if the primary changed."""
+        pool = self.client.connection_pool  # type: ignore[union-attr]
+        if isinstance(pool, SentinelConnectionPool):
+            pool.get_master_address()  # type: ignore[no-untyped-call]
 
     def _claim_safely(self) -> int:
         """Claim what dead consumers left pending (a partition's consumer has nothing to)."""
@@ -580,7 +613,19 @@ class Worker:
         self.rt.note_error(exc)
         time.sleep(0.1)
         for p, c in list(self.consumers.items()):
-            self._guard_fence(p, c.resync)
+            self._guard_fence(p, partial(self._resync, c))
+
+    def _resync(self, c: Consumer) -> None:
+        """A consumer's resync; a group that a failover lost (its creation had not reached
+        the promoted replica) is created again after the entries the state learned."""
+        try:
+            c.resync()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("consumer group missing, recreating: %s", exc)
+            self.rt.with_retries(partial(c.streams.ensure_groups, c.processed_upto))
+            c.resync()
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -598,7 +643,12 @@ class Worker:
 
 
 def _check_partitioning(s: Settings) -> None:
-    """Refuse partition settings that cannot work (exit code 2 from the CLI)."""
+    """Refuse partition (and durability) settings that cannot work (exit code 2 from the CLI)."""
+    if s.min_replicas_acked and s.cluster:
+        # WAIT must follow its write on the same connection, which a cluster pipeline does
+        # not promise (it routes a keyless WAIT to any node).
+        msg = "--min-replicas-acked is not supported with --cluster yet"
+        raise ConfigError(msg)
     if s.partitions is None:
         if s.worker_count is not None or s.worker_index is not None or s.assign is not None:
             msg = "--assign, --worker-index and --worker-count need --partitions"
