@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import sys
+from array import array
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,12 +28,31 @@ import numpy.typing as npt
 _I64 = struct.Struct("<q")
 _F64 = struct.Struct("<d")
 _U32 = struct.Struct("<I")
+# Bound once: a record is dozens of fields, each one call of these.
+_pack_i64, _pack_f64, _pack_u32 = _I64.pack, _F64.pack, _U32.pack
+# array('q'/'d'/'Q') and numpy arrays hold native byte order: their bytes are the record's
+# as they are on a little-endian machine; elsewhere they are converted first.
+_NATIVE_LE = sys.byteorder == "little"
+_TYPECODES = {"<i8": "q", "<f8": "d", "<u8": "Q"}
+_DTYPES = {code: np.dtype(code) for code in _TYPECODES}
 
 
 def fingerprint(text: str) -> int:
     """A 64-bit fingerprint of ``text``, the same in every process (blake2b, not ``hash()``:
     fingerprints are kept in checkpoints and must survive a restart and a replay)."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _le_bytes(values: Iterable[Any], dtype: str) -> tuple[int, bytes]:
+    """(length, little-endian bytes) of ``values`` as ``dtype``: an array of that type as it
+    is (no numpy call: most of a record's arrays are a few dozen numbers)."""
+    if _NATIVE_LE:
+        if isinstance(values, array) and values.typecode == _TYPECODES[dtype]:
+            return len(values), values.tobytes()
+        if isinstance(values, np.ndarray) and values.dtype == _DTYPES[dtype]:
+            return len(values), values.tobytes()
+    a = np.asarray(values, dtype=dtype)
+    return len(a), a.tobytes()
 
 
 class Writer:
@@ -42,34 +64,33 @@ class Writer:
         self._buf = bytearray()
 
     def i64(self, v: int) -> None:
-        self._buf += _I64.pack(v)
+        self._buf += _pack_i64(v)
 
     def f64(self, v: float) -> None:
-        self._buf += _F64.pack(v)
+        self._buf += _pack_f64(v)
 
     def count(self, v: int) -> None:
         """A length or small count (unsigned 32 bits)."""
-        self._buf += _U32.pack(v)
+        self._buf += _pack_u32(v)
 
     def text(self, s: str) -> None:
         raw = s.encode()
-        self._buf += _U32.pack(len(raw))
+        self._buf += _pack_u32(len(raw))
+        self._buf += raw
+
+    def _many(self, values: Iterable[Any], dtype: str) -> None:
+        n, raw = _le_bytes(values, dtype)
+        self._buf += _pack_u32(n)
         self._buf += raw
 
     def f64s(self, values: Iterable[float] | npt.NDArray[np.float64]) -> None:
-        a = np.asarray(values, dtype="<f8")
-        self._buf += _U32.pack(len(a))
-        self._buf += a.tobytes()
+        self._many(values, "<f8")
 
     def i64s(self, values: Iterable[int] | npt.NDArray[np.int64]) -> None:
-        a = np.asarray(values, dtype="<i8")
-        self._buf += _U32.pack(len(a))
-        self._buf += a.tobytes()
+        self._many(values, "<i8")
 
     def u64s(self, values: Iterable[int] | npt.NDArray[np.uint64]) -> None:
-        a = np.asarray(values, dtype="<u8")
-        self._buf += _U32.pack(len(a))
-        self._buf += a.tobytes()
+        self._many(values, "<u8")
 
     def bytes(self) -> bytes:
         return bytes(self._buf)
