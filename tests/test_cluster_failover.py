@@ -32,12 +32,15 @@ from pathlib import Path
 import pytest
 import redis
 
+from detector.acl import AclConfig, acl_lines
 from detector.gateway import partitions
 from detector.gateway.embedded import EmbeddedRedis
 from detector.gateway.streams import CONNECTION_ERRORS, NotReplicatedError, Replication, Streams
+from detector.runtime.worker import Worker
 from tests import partitioned as h
 from tests.cluster import LocalCluster, healed, replicated_cluster  # noqa: F401
 from tests.test_cli import clean_env
+from tests.test_security import apply_acl
 
 P = 4
 # The keys whose primaries the faults hit in turn: the partitions' and the alerts'.
@@ -201,6 +204,40 @@ def test_durable_writes_wait_on_the_node_of_their_key(
     assert client.hget(key, "f") == b"3"
     assert _calls(cluster, cluster.node_of(stream), "wait") >= 1
     client.close()
+
+
+def test_durable_cluster_worker_under_the_acl_user_of_detector_acl(
+    replicated_cluster: LocalCluster,  # noqa: F811
+) -> None:
+    """`detector acl --partitioned --cluster --min-replicas-acked 1` on every node: a durable
+    cluster worker runs as its user before and after a takeover; no node refuses anything."""
+    cluster = replicated_cluster
+    healed(cluster)
+    password = "w-Pa55-c1u5"  # noqa: S105 (a test user's)
+    cfg = AclConfig(streams=(h.BASE,), group=h.GROUP, alerts_stream=h.ALERTS, partitioned=True,
+                    durable=True, cluster=True)  # fmt: skip
+    lines = [line for line in acl_lines(cfg, {"worker": password}) if " detector-worker " in line]
+    for i in cluster.live():  # ACL SETUSER is per node (not replicated)
+        with cluster.node_client(i) as c:
+            apply_acl(c, lines)
+            c.acl_log_reset()
+    events = h.workload(producers=30, per_producer=40, seed=4)
+    admin = cluster.client()
+    url = f"redis://detector-worker@127.0.0.1:{cluster.ports[0]}"
+    s = h.settings(url, "w1", P, cluster=True, min_replicas_acked=1, redis_password=password,
+                   until_idle=True, worker_count=1, worker_index=0)  # fmt: skip
+    h.append(admin, events, P, replicas=1)
+    first = Worker(s).run(max_events=len(events) // 2)
+    cluster.takeover(partitions.partition_stream(h.BASE, 0))
+    second = Worker(s).run()
+    assert first.events + second.events == len(events)
+    assert h.outcome(admin, P).pending == 0
+    refused = {}
+    for i in cluster.live():
+        with cluster.node_client(i) as c:
+            refused[i] = [(e["reason"], e["object"]) for e in c.acl_log()]
+    assert not any(refused.values()), refused
+    admin.close()
 
 
 def _committed(view: Streams, key: str, fields: dict[str, bytes]) -> bool:
