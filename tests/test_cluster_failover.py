@@ -33,6 +33,7 @@ import pytest
 import redis
 
 from detector.acl import AclConfig, acl_lines
+from detector.core.settings import HEALTH_KEY
 from detector.gateway import partitions
 from detector.gateway.embedded import EmbeddedRedis
 from detector.gateway.streams import CONNECTION_ERRORS, NotReplicatedError, Replication, Streams
@@ -84,6 +85,9 @@ def _run(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=log)
         try:
+            # Up first: it connects through one startup node (--redis-url), which a fault may hit.
+            health = HEALTH_KEY.format(group=h.GROUP, consumer="w1")
+            h.wait_for(lambda: proc.poll() is not None or client.exists(health), 60, "the worker")
             for n, fault in enumerate(faults):
                 time.sleep(rng.uniform(1.0, 2.0))
                 assert proc.poll() is None, "the worker stopped"
