@@ -25,8 +25,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,21 +39,12 @@ from detector.runtime.worker import Worker
 from tests import partitioned as h
 from tests.cluster import LocalCluster, healed, replicated_cluster  # noqa: F401
 from tests.test_cli import clean_env
+from tests.test_failover import Failovers, repeats, report
 from tests.test_security import apply_acl
 
 P = 4
 # The keys whose primaries the faults hit in turn: the partitions' and the alerts'.
 TARGETS = [h.ALERTS, *(partitions.partition_stream(h.BASE, p) for p in range(P))]
-
-
-@dataclass
-class Failovers:
-    """A run under failovers: its outcome, the seconds from each fault to a promotion, and
-    the worker's log."""
-
-    outcome: h.Outcome
-    promoted_s: list[float]
-    log: str
 
 
 def _run(
@@ -139,30 +128,8 @@ def _reference(events: list[dict[str, str]]) -> h.Outcome:
 
 def _measure(reference: h.Outcome, got: h.Outcome, total: int) -> dict[str, int]:
     """What a run without durable writes lost or repeated, against the reference."""
-    learned = sum(got.learned.values())
-    per_producer = [n - reference.learned.get(p, 0) for p, n in got.learned.items()]
-    counts = Counter(got.alerts)
-    return {
-        "entries": total,
-        "not learned": max(0, total - learned),
-        "learned twice": sum(n for n in per_producer if n > 0),
-        "learned too few": -sum(n for n in per_producer if n < 0),
-        "duplicate alerts": sum(c - 1 for c in counts.values() if c > 1),
-        "alerts missing": len(set(reference.alerts) - set(counts)),
-        "alerts extra": len(set(counts) - set(reference.alerts)),
-        "pending at the end": got.pending,
-        "undelivered at the end": got.undelivered,
-    }
-
-
-def _report(what: str, run: Failovers, figures: dict[str, int] | None) -> None:
-    promoted = sorted(run.promoted_s)
-    print(
-        f"\n{what}: {len(promoted)} failovers, promotion after {promoted[0]:.1f}-"
-        f"{promoted[-1]:.1f}s; worker redis errors logged: {run.log.count('redis error')}; "
-        f"WAIT timeouts logged: {run.log.count('replicas acknowledged within')}"
-        + (f"; {figures}" if figures else "; 0 lost, 0 learned twice, 0 duplicate alerts")
-    )
+    return {**repeats(reference, got, total), "pending at the end": got.pending,
+            "undelivered at the end": got.undelivered}  # fmt: skip
 
 
 def test_durable_writes_wait_on_the_node_of_their_key(
@@ -269,7 +236,7 @@ def test_durable_worker_survives_cluster_failovers(
     run = _run(replicated_cluster, events, tmp_path, faults=["kill", "takeover"], durable=True,
                seed=9, rate=600)  # fmt: skip
     h.check(reference, run.outcome, len(events))
-    _report("cluster, durable, short", run, None)
+    report("cluster, durable, short", run, None)
 
 
 @pytest.mark.slow
@@ -292,7 +259,7 @@ def test_cluster_failover_long(
     assert replicated_cluster.failovers - before == len(faults)
     if durable:
         h.check(reference, run.outcome, len(events))
-        _report("cluster, durable, long", run, None)
+        report("cluster, durable, long", run, None)
     else:
-        _report("cluster, asynchronous, long", run,
+        report("cluster, asynchronous, long", run,
                 _measure(reference, run.outcome, len(events)))  # fmt: skip
