@@ -15,7 +15,9 @@ keys it touches:
 
 With durable writes (``--min-replicas-acked``), the worker also sends ``WAIT`` and ``SCRIPT
 EXISTS`` (keyless) and ``XCLAIM … JUSTID`` on its input (the check that a read survived, after a
-short WAIT). Behind Sentinel (``--sentinel``), two more lines: the user the Sentinels monitor
+short WAIT); on a cluster, to the node of the key written. On a cluster (``--cluster``), every
+user also reads the command table (``COMMAND``) and the slot map (``CLUSTER SLOTS``). Behind
+Sentinel (``--sentinel``), two more lines: the user the Sentinels monitor
 and reconfigure the data nodes as (``sentinel auth-user`` in their configuration; the command
 list Redis documents for it), and the user the detector's commands look the primary up as, to
 create on each Sentinel (``SENTINEL MASTERS``, what redis-py's ``Sentinel.master_for`` asks).
@@ -87,6 +89,9 @@ class AclConfig:
             input stream names, as in docker-compose.yml: ``events`` into ``events:{p}``).
         router_group: the router's consumer group (``detector route --group``).
         durable: the worker runs with ``--min-replicas-acked`` (``WAIT``, the read check).
+        cluster: the commands run with ``--cluster``: every user may read the command table
+            and the slot map (``COMMAND``, ``CLUSTER SLOTS``); create the users on every node
+            (ACLs are per node).
         sentinel: the commands reach Redis through Sentinel: print the Sentinels' user on the
             data nodes, and the detector's user on the Sentinels.
         sentinel_user, sentinel_reader_user: those two users' names.
@@ -106,6 +111,7 @@ class AclConfig:
     sources: tuple[str, ...] | None = None
     router_group: str = router.DEFAULT_ROUTER_GROUP
     durable: bool = False
+    cluster: bool = False
     sentinel: bool = False
     sentinel_user: str = "detector-sentinel"
     sentinel_reader_user: str = "detector-lookup"
@@ -201,6 +207,9 @@ def _common(cfg: AclConfig, password: str) -> list[str]:
     rules = ["reset", "on", password, "resetchannels", "-@all", "+ping"]
     if cfg.redis_version == "7.2+":
         rules.append("+client|setinfo")
+    if cfg.cluster:  # a cluster client reads the command table (COMMAND, for the keys of
+        # each command) at start, and the slot map at start and after each failover
+        rules += ["+command", "+cluster|slots"]
     return rules
 
 

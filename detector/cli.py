@@ -350,6 +350,8 @@ def check(
 @env_option("--router-group", env="ACL_ROUTER_GROUP", default="detector-router", show_default=True,
             help="Consumer group of `detector route` on its sources.")  # fmt: skip
 @setting_option("min_replicas_acked", help="Workers run with durable writes (WAIT) if > 0.")
+@setting_option("cluster", help="The commands run with --cluster (COMMAND and CLUSTER SLOTS "
+                "for every user; create the users on every node).")  # fmt: skip
 @env_option("--sentinel-users", env="ACL_SENTINEL_USERS", is_flag=True,
             help="Behind Sentinel: also print the Sentinels' user on the data nodes and the "
             "detector's user on the Sentinels.")  # fmt: skip
@@ -374,6 +376,7 @@ def acl(
     sources: tuple[str, ...],
     router_group: str,
     min_replicas_acked: int,
+    cluster: bool,
     sentinel_users: bool,
     sentinel_monitor_user: str,
     sentinel_lookup_user: str,
@@ -402,6 +405,7 @@ def acl(
         sources=sources or None,
         router_group=router_group,
         durable=min_replicas_acked > 0,
+        cluster=cluster,
         sentinel=sentinel_users,
         sentinel_user=sentinel_monitor_user,
         sentinel_reader_user=sentinel_lookup_user,

@@ -22,6 +22,7 @@ from detector.core.checkpoint import Signer, decode_fields
 from detector.core.features import FeatureStore
 from detector.core.settings import Settings
 from detector.gateway import partitions
+from detector.gateway.streams import CONNECTION_ERRORS, by_node, execute_pinned, pinned_pipeline
 from detector.runtime.worker import Worker
 from tests.conftest import TEST_KEY
 from tests.test_crash import QUICK, _workload
@@ -38,29 +39,68 @@ def workload(producers: int = 120, per_producer: int = 60, seed: int = 3) -> lis
 
 
 def append(
-    client: Client, events: list[dict[str, str]], p_count: int, rate: float | None = None
+    client: Client,
+    events: list[dict[str, str]],
+    p_count: int,
+    rate: float | None = None,
+    *,
+    replicas: int = 0,
 ) -> None:
     """XADD each event to its producer's partition with explicit ids (``k+1``-1, increasing
-    in every partition), so every run sees the same entry ids, hence the same alert ids."""
+    in every partition), so every run sees the same entry ids, hence the same alert ids.
+
+    With ``replicas``, a batch counts as sent once that many replicas of each node written
+    hold it (``WAIT`` on the node's connection, :func:`pinned_pipeline`), riding out
+    failovers: a batch not confirmed is sent again (an id the stream has is refused), so
+    a failover cannot take back what the producer moved on from."""
     started = time.monotonic()
     i = 0
     while i < len(events):
         j = min(len(events), i + 200)
         if rate is not None:
             j = min(j, max(i + 1, int((time.monotonic() - started) * rate) + 1))
-        pipe = client.pipeline(transaction=False)
-        for k in range(i, j):
-            e = events[k]
-            stream = partitions.partition_stream(
-                BASE, partitions.partition_of(e["producer"], p_count)
-            )
-            pipe.xadd(stream, e, id=f"{k + 1}-1")  # type: ignore[arg-type]
-        for reply in pipe.execute(raise_on_error=False):
-            if isinstance(reply, Exception) and "equal or smaller" not in str(reply):
-                raise reply
+        batch = [(partitions.partition_stream(BASE, partitions.partition_of(events[k]["producer"],
+                  p_count)), k) for k in range(i, j)]  # fmt: skip
+        if replicas and not _sent_durably(client, events, batch, replicas):
+            time.sleep(0.1)
+            continue
+        if not replicas:
+            pipe = client.pipeline(transaction=False)
+            for stream, k in batch:
+                pipe.xadd(stream, events[k], id=f"{k + 1}-1")  # type: ignore[arg-type]
+            for reply in pipe.execute(raise_on_error=False):
+                if isinstance(reply, Exception) and "equal or smaller" not in str(reply):
+                    raise reply
         i = j
         if rate is not None:
             time.sleep(max(0.0, i / rate - (time.monotonic() - started)))
+
+
+def _sent_durably(
+    client: Client, events: list[dict[str, str]], batch: list[tuple[str, int]], replicas: int
+) -> bool:
+    """One batch, node by node, each confirmed by WAIT; False to send it again."""
+    try:
+        groups = by_node(client, batch, lambda item: item[0])
+    except CONNECTION_ERRORS:  # a slot no node serves, mid-failover
+        return False
+    for group in groups:
+        pipe = pinned_pipeline(client, group[0][0])
+        for stream, k in group:
+            pipe.xadd(stream, events[k], id=f"{k + 1}-1")  # type: ignore[arg-type]
+        pipe.execute_command("WAIT", replicas, 1000)
+        try:
+            *replies, acked = execute_pinned(client, pipe, raise_on_error=False)
+        except CONNECTION_ERRORS:
+            return False
+        for reply in replies:
+            if isinstance(reply, CONNECTION_ERRORS):
+                return False
+            if isinstance(reply, Exception) and "equal or smaller" not in str(reply):
+                raise reply
+        if isinstance(acked, Exception) or int(acked) < replicas:
+            return False
+    return True
 
 
 @dataclass

@@ -30,6 +30,7 @@ import redis
 
 from detector.acl import AclConfig, acl_lines
 from detector.runtime.worker import Worker
+from tests import partitioned
 from tests.failover import MASTER, Deployment, deployment  # noqa: F401
 from tests.helpers import append
 from tests.test_cli import clean_env
@@ -57,9 +58,10 @@ from tests.test_security import (
 
 @dataclass
 class Failovers:
-    """A run under failovers: its outcome and the seconds from each fault to a promotion."""
+    """A run under failovers (here, or on a cluster: tests/test_cluster_failover.py): its
+    outcome, the seconds from each fault to a promotion, and the worker's log."""
 
-    outcome: Outcome
+    outcome: Outcome | partitioned.Outcome
     promoted_s: list[float]
     log: str
 
@@ -110,6 +112,14 @@ def _run(
 
 def _measure(reference: Outcome, faulty: Outcome, total: int) -> dict[str, int]:
     """What a run without durable writes lost or repeated, against the reference."""
+    return {**repeats(reference, faulty, total), "pending at the end": faulty.pending,
+            "dead letters": sum(faulty.dead_letters.values())}  # fmt: skip
+
+
+def repeats(
+    reference: Outcome | partitioned.Outcome, faulty: Outcome | partitioned.Outcome, total: int
+) -> dict[str, int]:
+    """The entries and alerts a run lost or repeated, against the reference."""
     learned = sum(faulty.learned.values())
     per_producer = [n - reference.learned.get(p, 0) for p, n in faulty.learned.items()]
     counts = Counter(faulty.alerts)
@@ -121,12 +131,10 @@ def _measure(reference: Outcome, faulty: Outcome, total: int) -> dict[str, int]:
         "duplicate alerts": sum(c - 1 for c in counts.values() if c > 1),
         "alerts missing": len(set(reference.alerts) - set(counts)),
         "alerts extra": len(set(counts) - set(reference.alerts)),
-        "pending at the end": faulty.pending,
-        "dead letters": sum(faulty.dead_letters.values()),
     }
 
 
-def _report(what: str, run: Failovers, figures: dict[str, int] | None) -> None:
+def report(what: str, run: Failovers, figures: dict[str, int] | None) -> None:
     promoted = sorted(run.promoted_s)
     print(
         f"\n{what}: {len(promoted)} failovers, promotion after {promoted[0]:.1f}-"
@@ -143,7 +151,7 @@ def test_durable_worker_survives_failovers(deployment: Deployment, tmp_path: Pat
     run = _run(deployment, events, tmp_path, faults=["kill", "switch"], durable=True, seed=19,
                rate=700)  # fmt: skip
     _check(reference, run.outcome, len(events))
-    _report("durable, short", run, None)
+    report("durable, short", run, None)
 
 
 @pytest.mark.slow
@@ -159,9 +167,9 @@ def test_failover_long(deployment: Deployment, tmp_path: Path, durable: bool) ->
     assert deployment.failovers == len(faults)
     if durable:
         _check(reference, run.outcome, len(events))
-        _report("durable, long", run, None)
+        report("durable, long", run, None)
     else:
-        _report("asynchronous, long", run, _measure(reference, run.outcome, len(events)))
+        report("asynchronous, long", run, _measure(reference, run.outcome, len(events)))
 
 
 def test_worker_and_sentinels_under_the_acl_users_of_detector_acl(

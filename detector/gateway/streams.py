@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
@@ -41,6 +41,7 @@ from detector.gateway.ownership import NO_FENCE, Fence, FencedError, NoFence
 log = logging.getLogger(__name__)
 
 Client: TypeAlias = "redis.Redis | RedisCluster"
+_T = TypeVar("_T")
 
 # Raw entry as read: (stream, entry id, fields).
 Entry = tuple[str, str, dict[bytes, bytes]]
@@ -136,9 +137,11 @@ class NotReplicatedError(redis.RedisError):
 
 
 # Transient: the worker backs off and retries. A cluster node that is down or failing over
-# shows up as one of the cluster errors until the topology is whole again; a primary demoted
-# by a failover answers READONLY (through Sentinel, redis-py turns that into a connection
-# error and asks the Sentinels again; a plain client reconnects: see Runtime.note_error).
+# shows up as one of the cluster errors until the topology is whole again (MOVED only from a
+# durable write's node pipeline, :func:`pinned_pipeline`, after its slot's replica was
+# promoted); a primary demoted by a failover answers READONLY (through Sentinel, redis-py
+# turns that into a connection error and asks the Sentinels again; a plain client
+# reconnects: see Runtime.note_error).
 CONNECTION_ERRORS = (
     redis.ConnectionError,
     redis.TimeoutError,
@@ -146,7 +149,9 @@ CONNECTION_ERRORS = (
     redis.ReadOnlyError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
+    redis.exceptions.MovedError,
     redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.RedisClusterUnreachableError,
     NotReplicatedError,
 )
 MAX_BACKOFF_S = 5.0
@@ -179,6 +184,58 @@ def retry(
                 stop.wait(pause)  # a stop cuts the wait short
             if pause is delay:
                 delay = min(delay * 2, MAX_BACKOFF_S)
+
+
+def pinned_pipeline(client: Client, key: str) -> Any:
+    """A plain pipeline (one connection) to the node that serves ``key``: the client's own
+    on a single Redis or through Sentinel, the node's on a cluster.
+
+    ``WAIT`` counts the replicas of its connection's node holding that connection's writes,
+    so a durable write and its ``WAIT`` ride on one connection to the key's node; a cluster
+    pipeline would send the keyless ``WAIT`` to any node. Run it with :func:`execute_pinned`.
+    """
+    if isinstance(client, RedisCluster):
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        return client.get_redis_connection(node).pipeline(transaction=False)
+    return client.pipeline(transaction=False)
+
+
+def execute_pinned(client: Client, pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
+    """Execute a :func:`pinned_pipeline`. On a cluster, a redirection (MOVED: the slot's
+    replica was promoted), a node that fails or a cluster that is down first refresh the
+    client's slot map, then go to the caller's retry, which reaches the new primary."""
+    try:
+        replies: list[Any] = pipe.execute(raise_on_error=raise_on_error)
+    except CONNECTION_ERRORS:
+        refresh_slots(client)
+        raise
+    if any(isinstance(r, redis.exceptions.MovedError) for r in replies):
+        refresh_slots(client)
+    return replies
+
+
+def by_node(client: Client, items: Sequence[_T], key: Callable[[_T], str]) -> list[list[_T]]:
+    """``items`` grouped by the node that serves their ``key``, in order (one group off a
+    cluster): one :func:`pinned_pipeline` each."""
+    if not isinstance(client, RedisCluster):
+        return [list(items)] if items else []
+    groups: dict[str, list[_T]] = {}
+    for item in items:
+        node = client.get_node_from_key(key(item))  # type: ignore[no-untyped-call]
+        groups.setdefault(node.name, []).append(item)
+    return list(groups.values())
+
+
+def refresh_slots(client: Client) -> None:
+    """A cluster client's slot map read again (CLUSTER SLOTS), for the node pipelines that
+    bypass its own redirections. A cluster still failing over may not answer: the next
+    attempt refreshes again."""
+    if not isinstance(client, RedisCluster):
+        return
+    try:
+        client.nodes_manager.initialize()
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+        log.debug("cluster slot map not refreshed: %s", exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,7 +599,7 @@ class Streams:
                     self.r.xgroup_create(stream, self.group, id=start_id, mkstream=True)
                 else:  # durable: a failover must not lose the group (reads would fail)
                     create = partial(_create_group, stream, self.group, start_id)
-                    _, acked, seconds = self._waited(create)
+                    _, acked, seconds = self._waited(stream, create)
                     self._check(acked, seconds, "group creation")
             except redis.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
@@ -557,21 +614,22 @@ class Streams:
             reply = self.r.xreadgroup(*args, count=count, block=block_ms)  # type: ignore[arg-type]
             return _flatten(reply)  # type: ignore[arg-type]
         reply, acked, seconds = self._waited(
-            lambda pipe: pipe.xreadgroup(*args, count=count, block=block_ms)
+            self.streams[0], lambda pipe: pipe.xreadgroup(*args, count=count, block=block_ms)
         )
         entries = _flatten(reply)
         self.confirm_read(entries, acked, seconds)
         return entries
 
-    def _waited(self, queue: Callable[[Any], object]) -> tuple[Any, Any, float]:
-        """What ``queue`` puts in a pipeline, then WAIT on the same connection: (the first
-        command's reply, WAIT's reply, seconds). Requires :attr:`replication`."""
+    def _waited(self, key: str, queue: Callable[[Any], object]) -> tuple[Any, Any, float]:
+        """What ``queue`` puts in a pipeline to ``key``'s node, then WAIT on the same
+        connection: (the first command's reply, WAIT's reply, seconds). Requires
+        :attr:`replication`."""
         assert self.replication is not None  # noqa: S101 (callers check)
-        pipe = self.r.pipeline(transaction=False)
+        pipe = pinned_pipeline(self.r, key)
         queue(pipe)
         pipe.execute_command(*self.replication.wait_command())
         started = time.perf_counter()
-        replies = pipe.execute()
+        replies = execute_pinned(self.r, pipe)
         return replies[0], replies[-1], time.perf_counter() - started
 
     def _check(self, acked: Any, seconds: float, what: str) -> None:
@@ -635,11 +693,11 @@ class Streams:
                 for stream, entry_id in last.items():
                     pipe.xclaim(stream, self.group, self.consumer, 0, [entry_id], justid=True)
 
-            pipe = self.r.pipeline(transaction=False)
+            pipe = pinned_pipeline(self.r, next(iter(last)))  # one slot (see the module doc)
             probe(pipe)
             pipe.execute_command(*rep.wait_command())
             started = time.perf_counter()
-            *claimed, acked = pipe.execute()
+            *claimed, acked = execute_pinned(self.r, pipe)
             seconds = time.perf_counter() - started
             if not all(claimed):
                 msg = "a failover lost the delivery of entries read; they are read again"
@@ -670,7 +728,7 @@ class Streams:
         if self.replication is None:
             reply = self.r.xautoclaim(*args)
         else:
-            reply, acked, seconds = self._waited(lambda pipe: pipe.xautoclaim(*args))
+            reply, acked, seconds = self._waited(stream, lambda pipe: pipe.xautoclaim(*args))
         cursor = _text(reply[0])
         entries = [
             (stream, _text(eid), dict(fields or {})) for eid, fields in reply[1] if eid is not None
@@ -714,15 +772,19 @@ class Streams:
             calls.append((keys, args))
         if self.replication is None or not calls:
             return sum(int(self._append_once(keys=k, args=a)) for k, a in calls)
-        # Durable: the appends and their WAIT in one pipeline (one connection).
-        pipe = self.r.pipeline(transaction=False)
-        for k, a in calls:
-            self._append_once(keys=k, args=a, client=pipe)
-        pipe.execute_command(*self.replication.wait_command())
-        started = time.perf_counter()
-        *written, acked = pipe.execute()
-        self._check(acked, time.perf_counter() - started, "append")
-        return sum(int(w) for w in written)
+        # Durable: the appends and their WAIT in one pipeline (one connection); on a cluster,
+        # one per node holding an output stream.
+        written = 0
+        for node_calls in by_node(self.r, calls, lambda call: call[0][0]):
+            pipe = pinned_pipeline(self.r, node_calls[0][0][0])
+            for k, a in node_calls:
+                self._append_once(keys=k, args=a, client=pipe)
+            pipe.execute_command(*self.replication.wait_command())
+            started = time.perf_counter()
+            *replies, acked = execute_pinned(self.r, pipe)
+            self._check(acked, time.perf_counter() - started, "append")
+            written += sum(int(w) for w in replies)
+        return written
 
     def commit(self, key: str, fields: HashFields, removed: Sequence[str], acks: Acks) -> None:
         """One transaction: write the checkpoint's changed fields, drop evicted ones, XACK.
@@ -736,7 +798,7 @@ class Streams:
                 idempotent, and retried (the meta's ``HSET`` always replicates).
         """
         durable = self.replication is not None
-        pipe = self.r.pipeline(transaction=not durable)
+        pipe = pinned_pipeline(self.r, key) if durable else self.r.pipeline(transaction=True)
         if durable:
             pipe.execute_command("MULTI")
         if fields:
@@ -752,7 +814,7 @@ class Streams:
         pipe.execute_command("EXEC")
         pipe.execute_command(*self.replication.wait_command())
         started = time.perf_counter()
-        acked = pipe.execute()[-1]
+        acked = execute_pinned(self.r, pipe)[-1]
         self._check(acked, time.perf_counter() - started, "commit")
 
     def load_checkpoint(self, key: str) -> dict[bytes, bytes]:
@@ -821,7 +883,8 @@ class FencedStreams(Streams):
         if self.replication is None:
             return self.parse_fenced(self._fenced_read(keys=kw["keys"], args=kw["args"]))
         reply, acked, seconds = self._waited(
-            lambda pipe: self._fenced_read(keys=kw["keys"], args=kw["args"], client=pipe)
+            kw["keys"][0],
+            lambda pipe: self._fenced_read(keys=kw["keys"], args=kw["args"], client=pipe),
         )
         entries, tails = self.parse_fenced(reply)
         self.confirm_read(entries, acked, seconds)
@@ -880,7 +943,7 @@ class FencedStreams(Streams):
             done = self._fenced_commit(keys=keys, args=args)
         else:
             done, acked, seconds = self._waited(
-                lambda pipe: self._fenced_commit(keys=keys, args=args, client=pipe)
+                keys[0], lambda pipe: self._fenced_commit(keys=keys, args=args, client=pipe)
             )
         if not int(done):
             msg = f"partition {self.fence.partition}: commit refused, the lease is lost"
@@ -895,24 +958,53 @@ def sweep(
     """New entries of many fenced consumers in one round trip (non-blocking).
 
     One fenced read per consumer, pipelined; a cluster client splits the pipeline by node,
-    each script staying in its partition's slot. Per consumer: (entries, last ids when
-    empty), or the exception its read raised (``FencedError``, ``NoScriptError`` ...).
+    each script staying in its partition's slot. Durable, one pipeline per node, each with
+    its ``WAIT`` on its connection (on one Redis, a single one). Per consumer: (entries,
+    last ids when empty), or the exception its read raised (``FencedError``,
+    ``NoScriptError`` ...).
     """
     if not owners:
         return []
-    pipe = client.pipeline(transaction=False)
-    for owner in owners:
-        sha, args = owner.sweep_command(count)
-        pipe.execute_command("EVALSHA", sha, *args)  # a cluster pipeline blocks .evalsha()
     replication = owners[0].replication
-    if replication is not None:  # durable: one WAIT after all the reads, same connection
+    if replication is None:
+        pipe = client.pipeline(transaction=False)
+        for owner in owners:
+            pipe.execute_command("EVALSHA", *_sweep_args(owner, count))
+        return _swept(client, owners, pipe.execute(raise_on_error=False), None, 0.0)
+    out: dict[int, tuple[list[Entry], dict[str, str]] | Exception] = {}
+    # Each owner's keys share a slot: its lease key names the node.
+    for group in by_node(client, list(enumerate(owners)), lambda o: o[1].fence.lease_key):
+        pipe = pinned_pipeline(client, group[0][1].fence.lease_key)
+        for _, owner in group:
+            pipe.execute_command("EVALSHA", *_sweep_args(owner, count))
         pipe.execute_command(*replication.wait_command())
-    started = time.perf_counter()
-    replies = pipe.execute(raise_on_error=False)
-    seconds = time.perf_counter() - started
-    acked = replies.pop() if replication is not None else None
-    if isinstance(acked, Exception):
-        raise acked
+        started = time.perf_counter()
+        try:
+            *replies, acked = execute_pinned(client, pipe, raise_on_error=False)
+        except CONNECTION_ERRORS as exc:  # this node only: the others' reads go on
+            replies, acked = [exc] * len(group), exc
+        seconds = time.perf_counter() - started
+        if isinstance(acked, Exception):
+            replies = [acked if not isinstance(r, Exception) else r for r in replies]
+            acked = None
+        swept = _swept(client, [o for _, o in group], replies, acked, seconds)
+        out.update(zip((i for i, _ in group), swept, strict=True))
+    return [out[i] for i in range(len(owners))]
+
+
+def _sweep_args(owner: FencedStreams, count: int) -> list[Any]:
+    sha, args = owner.sweep_command(count)
+    return [sha, *args]  # a cluster pipeline blocks .evalsha(): sent as EVALSHA
+
+
+def _swept(
+    client: Client,
+    owners: Sequence[FencedStreams],
+    replies: list[Any],
+    acked: Any,
+    seconds: float,
+) -> list[tuple[list[Entry], dict[str, str]] | Exception]:
+    """Swept replies, per owner: its read (confirmed by ``acked`` when durable), or its error."""
     out: list[tuple[list[Entry], dict[str, str]] | Exception] = []
     for owner, reply in zip(owners, replies, strict=True):
         if isinstance(reply, redis.exceptions.NoScriptError):

@@ -643,12 +643,7 @@ class Worker:
 
 
 def _check_partitioning(s: Settings) -> None:
-    """Refuse partition (and durability) settings that cannot work (exit code 2 from the CLI)."""
-    if s.min_replicas_acked and s.cluster:
-        # WAIT must follow its write on the same connection, which a cluster pipeline does
-        # not promise (it routes a keyless WAIT to any node).
-        msg = "--min-replicas-acked is not supported with --cluster yet"
-        raise ConfigError(msg)
+    """Refuse partition settings that cannot work (exit code 2 from the CLI)."""
     if s.partitions is None:
         if s.worker_count is not None or s.worker_index is not None or s.assign is not None:
             msg = "--assign, --worker-index and --worker-count need --partitions"
