@@ -17,7 +17,7 @@ from detector.gateway import partitions
 from detector.gateway.embedded import EmbeddedRedis
 from tests import partitioned as h
 from tests.cluster import LocalCluster, cluster_url, redis_cluster  # noqa: F401
-from tests.test_cli import clean_env
+from tests.test_cli import clean_env, cli
 from tests.test_partitions import figures
 
 P = 4
@@ -107,3 +107,25 @@ def test_cluster_kill_minus_9_long(
                          pause_s=(1.0, 4.0), drain_s=180)  # fmt: skip
     print(f"\ncluster kill -9: {figures(ref, got, len(events))}, kills 8, "
           f"epochs {got.epochs}, wall {time.monotonic() - started_at:.0f}s")  # fmt: skip
+
+
+def test_unpartitioned_worker_commits_on_cluster(
+    redis_cluster: LocalCluster,  # noqa: F811
+    cluster_url: str,  # noqa: F811
+) -> None:
+    """One input stream without --partitions: the commit (checkpoint + acks, one transaction)
+    stays in the stream's slot, wherever the stream hashes."""
+    stream = "orders"
+    events = h.workload(producers=20, per_producer=30, seed=3)
+    client = redis_cluster.client()
+    for fields in events:
+        client.xadd(stream, fields)  # type: ignore[arg-type]
+    out = cli("run", "--redis-url", cluster_url, "--cluster", "--stream", stream,
+              "--model", h.QUICK, "--until-idle", "--block-ms", "100", timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    groups = client.xinfo_groups(stream)
+    assert [(g["entries-read"], g["pending"]) for g in groups] == [(len(events), 0)]
+    keys = [k.decode() for k in client.scan_iter(match="*checkpoint*", count=1000)]
+    assert len(keys) == 1 and keys[0].endswith("{orders}"), keys
+    assert redis_cluster.node_of(keys[0]) == redis_cluster.node_of(stream)
+    client.close()

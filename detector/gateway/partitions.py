@@ -106,7 +106,7 @@ def _weight(member: str, p: int) -> int:
 def check_name(kind: str, name: str) -> None:
     """Names inside partitioned keys must not hold braces: they would move the hash tag."""
     if "{" in name or "}" in name:
-        msg = f"{kind} {name!r} must not contain '{{' or '}}' when partitions are used"
+        msg = f"{kind} {name!r} must not contain '{{' or '}}' with partitions or on Redis Cluster"
         raise ConfigError(msg)
 
 

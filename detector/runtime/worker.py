@@ -135,6 +135,11 @@ class Unpartitioned:
     def view(self, p: int, fence: Fence | NoFence) -> tuple[Streams, str]:
         s = self.settings
         key = CHECKPOINT_KEY.format(group=s.group, consumer=s.consumer)
+        if s.cluster:
+            # A commit writes the checkpoint and acks the input stream in one transaction:
+            # on a cluster both must hash to one slot, so the checkpoint takes the stream's
+            # name as its hash tag (one input stream, without braces: checked at start).
+            key += "{" + s.streams[0] + "}"
         return self._make(Streams, streams=s.streams, consumer=s.consumer), key
 
     def leave(self) -> None:
@@ -654,6 +659,7 @@ def _check_partitioning(s: Settings) -> None:
             if len(s.streams) > 1:
                 msg = "on Redis Cluster, several input streams need --partitions (one slot each)"
                 raise ConfigError(msg)
+            partitions.check_name("stream", s.streams[0])  # the checkpoint's hash tag
         return
     partitions.check_partitions(s.partitions)
     for kind, names in (
