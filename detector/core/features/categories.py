@@ -1,167 +1,451 @@
-"""Counts of categorical values (event types, payload shapes, categorical fields) and the
-novelty bursts they take part in."""
+# cython: wraparound=False
+"""Counts of categorical values (event types, payload shapes, categorical fields) as rows of
+typed columns shared by all producers, and the novelty bursts they take part in.
+
+A *row* is one producer's counts of one thing (its event types, its shapes, one of its
+categorical fields). A row's values are *entries* in one block of the entry columns (a block of
+2, 4, 8... entries from :class:`Pool`, moved to a block twice as large when full): each
+entry is a value's 64-bit fingerprint, its count and, for a value seen twice or more, the id
+of its string in :class:`Vocab` (interned: shared among rows and producers). A value seen
+once is only its fingerprint (8 bytes): most of a field's values before it saturates are ids
+seen once. The entries of a row keep their order of arrival, the values seen twice or more in
+the order they were first seen twice: a row's record lists them in that order.
+"""
 
 from __future__ import annotations
 
 import math
 import sys
 from array import array
+from collections.abc import Callable
 
 from detector.core.codec import Reader, Writer, fingerprint
 from detector.core.features.surprise import MAX_SURPRISE
 
 
-class Categories:
-    """Counts of a categorical field's values, until it shows id-like cardinality (then it
-    is saturated: its counts are dropped and it no longer changes; see ``ID_FIELD``).
+def resized(old: object, code: str, size: int) -> array[int]:
+    """A copy of the typed column ``old`` (an array, or compiled its typed memoryview) with
+    ``size`` items, zeros after the old ones."""
+    new = array(code)
+    new.frombytes(bytes(old))  # type: ignore[call-overload]
+    missing = size - len(new)
+    if missing > 0:
+        new.frombytes(bytes(new.itemsize * missing))
+    return new
 
-    Values seen twice or more are kept by name (interned: shared among producers); values
-    seen once only as 64-bit fingerprints (8 bytes each, in ``once``): most of a field's
-    values before it saturates are ids seen once, and as strings in a dict they cost ~100 bytes
-    each, most of a producer's memory. The reasons list the usual values (seen twice or more).
+
+class Pool:
+    """Blocks of 2, 4, 8... consecutive indices of some columns, freed blocks reused.
+
+    ``top`` is the end of the indices given so far: the owner grows its columns past it.
     """
 
-    __slots__ = ("counts", "n", "once", "saturated")
+    __slots__ = ("free", "top")
 
     def __init__(self) -> None:
-        self.counts: dict[str, int] = {}  # values seen at least twice
-        self.once = array("Q")  # fingerprints of the values seen once
-        self.n = 0
-        self.saturated = False
+        self.free: list[list[int]] = [[] for _ in range(64)]  # free blocks by log2 size
+        self.top = 0
 
-    def count(self, value: str) -> int:
-        """How often ``value`` was seen."""
-        count = self.counts.get(value)
-        if count is not None:
-            return count
-        return 1 if self.once and find(self.once, fingerprint(value)) >= 0 else 0
+    def alloc(self, size: int) -> int:
+        """The first index of a free block of ``size`` (a power of two) indices."""
+        free = self.free[size.bit_length() - 1]
+        if free:
+            start: int = free.pop()
+            return start
+        start = self.top
+        self.top += size
+        return start
 
-    def surprise(self, value: str, prior: float, burst: float = 0.0, min_count: int = 1) -> float:
+    def release(self, start: int, size: int) -> None:
+        if size:
+            self.free[size.bit_length() - 1].append(start)
+
+
+def block_size(n: int) -> int:
+    """The smallest block (a power of two, at least 2) holding ``n`` entries."""
+    size = 2
+    while size < n:
+        size *= 2
+    return size
+
+
+class Vocab:
+    """Strings by small int id, shared by the rows that hold them (counted: an id is freed,
+    and its string let go, when no row holds it any more)."""
+
+    __slots__ = ("free", "ids", "refs", "strs")
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+        self.strs: list[str | None] = []
+        self.refs: list[int] = []
+        self.free: list[int] = []
+
+    def add(self, s: str) -> int:
+        """The id of ``s`` (interned when new), held once more."""
+        i = self.ids.get(s)
+        if i is None:
+            # Interned: the reasons and records read these strings, and producers share them.
+            s = sys.intern(s)
+            if self.free:
+                i = self.free.pop()
+                self.strs[i], self.refs[i] = s, 0
+            else:
+                i = len(self.strs)
+                self.strs.append(s)
+                self.refs.append(0)
+            self.ids[s] = i
+        self.refs[i] += 1
+        return i
+
+    def release(self, i: int) -> bool:
+        """Hold ``i`` once less; True when that freed it."""
+        self.refs[i] -= 1
+        if self.refs[i]:
+            return False
+        del self.ids[self.strs[i]]  # type: ignore[arg-type]
+        self.strs[i] = None
+        self.free.append(i)
+        return True
+
+    def text(self, i: int) -> str:
+        s = self.strs[i]
+        assert s is not None  # noqa: S101 (a held id)
+        return s
+
+
+class Counts:
+    """Rows of counts of categorical values, until a row shows id-like cardinality (more
+    than ``cap`` values: it is then *saturated*, holds nothing and no longer changes).
+
+    Row columns: ``n`` (values counted), ``sat`` (saturated), ``start``/``size`` (its block
+    of entries), ``used`` (entries), ``multi`` (entries seen twice or more). Entry columns:
+    ``fp`` (fingerprint), ``cnt`` (count), ``vid`` (the string's id in :attr:`values`, -1
+    for a value seen once).
+    """
+
+    def __init__(self) -> None:
+        self.values = Vocab()
+        self.vfp = array("Q")  # the fingerprint of each string of `values`, by id
+        self.rows = 0
+        self.free_rows: list[int] = []
+        self.n = array("q")
+        self.sat = array("i")
+        self.start = array("q")
+        self.size = array("i")
+        self.used = array("i")
+        self.multi = array("i")
+        self.pool = Pool()
+        self.fp = array("Q")
+        self.cnt = array("q")
+        self.vid = array("i")
+        self.qfp = 0  # the fingerprint :meth:`index` computed last (update appends it)
+
+    # -- rows --------------------------------------------------------------------------------
+
+    def add_row(self) -> int:
+        """A row for new counts (a freed one if any)."""
+        if self.free_rows:
+            r: int = self.free_rows.pop()
+            return r
+        r = self.rows
+        if r == len(self.n):
+            size = max(2 * r, 16)
+            self.n = resized(self.n, "q", size)
+            self.sat = resized(self.sat, "i", size)
+            self.start = resized(self.start, "q", size)
+            self.size = resized(self.size, "i", size)
+            self.used = resized(self.used, "i", size)
+            self.multi = resized(self.multi, "i", size)
+        self.rows += 1
+        return r
+
+    def clear(self, r: int) -> None:
+        """Drop row ``r``'s values (its strings let go, its block freed)."""
+        start = self.start[r]
+        for i in range(start, start + self.used[r]):
+            if self.vid[i] >= 0:
+                self.values.release(self.vid[i])
+        self.pool.release(start, self.size[r])
+        self.start[r] = 0
+        self.size[r] = 0
+        self.used[r] = 0
+        self.multi[r] = 0
+
+    def reset(self, r: int) -> None:
+        """Row ``r`` afresh: nothing counted."""
+        self.clear(r)
+        self.n[r] = 0
+        self.sat[r] = 0
+
+    def drop(self, r: int) -> None:
+        """Free row ``r`` for another use."""
+        self.reset(r)
+        self.free_rows.append(r)
+
+    def _block(self, r: int, size: int) -> None:
+        """Move row ``r``'s entries to a new block of ``size``."""
+        pool = self.pool
+        start = pool.alloc(size)
+        if pool.top > len(self.fp):
+            total = max(2 * len(self.fp), pool.top, 64)
+            self.fp = resized(self.fp, "Q", total)
+            self.cnt = resized(self.cnt, "q", total)
+            self.vid = resized(self.vid, "i", total)
+        old = self.start[r]
+        for k in range(self.used[r]):
+            self.fp[start + k] = self.fp[old + k]
+            self.cnt[start + k] = self.cnt[old + k]
+            self.vid[start + k] = self.vid[old + k]
+        pool.release(old, self.size[r])
+        self.start[r] = start
+        self.size[r] = size
+
+    def _intern(self, value: str, fp: int) -> int:
+        vid = self.values.add(value)
+        if vid == len(self.vfp):
+            self.vfp = resized(self.vfp, "Q", max(2 * vid, 64))
+        self.vfp[vid] = fp
+        return vid
+
+    def _append(self, r: int, fp: int, count: int, vid: int) -> None:
+        if self.used[r] == self.size[r]:
+            self._block(r, max(2 * self.size[r], 2))
+        i = self.start[r] + self.used[r]
+        self.fp[i] = fp
+        self.cnt[i] = count
+        self.vid[i] = vid
+        self.used[r] += 1
+        if vid >= 0:
+            self.multi[r] += 1
+
+    # -- judging and learning ----------------------------------------------------------------
+
+    def index(self, r: int, value: str) -> int:
+        """The entry of ``value`` in row ``r``, or -1 (its fingerprint then in ``qfp`` if the
+        row has values seen once)."""
+        start, end = self.start[r], self.start[r] + self.used[r]
+        vid = self.values.ids.get(value)
+        if vid is not None:  # a string some row holds: no fingerprint to compute
+            q = vid
+            for i in range(start, end):
+                if self.vid[i] == q:
+                    return i
+            fp = self.vfp[q]
+        elif self.used[r] == self.multi[r]:
+            return -1
+        else:
+            fp = fingerprint(value)
+        self.qfp = fp
+        for i in range(start, end):
+            if self.fp[i] == fp and self.vid[i] < 0:
+                return i
+        return -1
+
+    def count(self, r: int, value: str) -> int:
+        """How often ``value`` was seen in row ``r``."""
+        i = self.index(r, value)
+        return 0 if i < 0 else self.cnt[i]
+
+    def surprise(
+        self, r: int, value: str, prior: float, burst: float = 0.0, min_count: int = 1
+    ) -> float:
         """``-log10`` of the chance of a value this rare (Good-Turing for unseen ones; an
         unseen one counts ``1 + burst`` times, ``burst`` being the recent novelties). Not
         judged before ``min_count`` values: a young vocabulary is still growing."""
-        if self.saturated or self.n < max(min_count, 1):
+        n = self.n[r]
+        if self.sat[r] or n < max(min_count, 1):
             return 0.0
-        count = self.count(value)
-        if count == 0:
-            p = (len(self.once) + prior) / (self.n + 1)
+        once = self.used[r] - self.multi[r]
+        i = self.index(r, value)
+        if i < 0:
+            p = (once + prior) / (n + 1)
             return min(-(1.0 + burst) * math.log10(min(p, 1.0)), MAX_SURPRISE)
-        elif count * 20 >= self.n:
+        count = self.cnt[i]
+        if count * 20 >= n:
             return 0.0  # common value: skip the tail sum
-        else:
-            below = 0  # a loop, not sum() over a generator: compiled, it runs on C integers
-            for c in self.counts.values():
-                if c <= count:
-                    below += c
-            p = (below + len(self.once) + 1) / (self.n + 1)
+        below = 0
+        start = self.start[r]
+        for j in range(start, start + self.used[r]):
+            if self.vid[j] >= 0 and self.cnt[j] <= count:
+                below += self.cnt[j]
+        p = (below + once + 1) / (n + 1)
         return min(-math.log10(min(p, 1.0)), MAX_SURPRISE)
 
-    def is_new(self, value: str, min_count: int) -> bool:
-        """A value never seen in a field judged (``min_count`` values, not saturated)."""
-        return self.n >= max(min_count, 1) and not self.saturated and self.count(value) == 0
+    def is_new(self, r: int, value: str, min_count: int) -> bool:
+        """A value never seen in a row judged (``min_count`` values, not saturated)."""
+        return self.n[r] >= max(min_count, 1) and not self.sat[r] and self.index(r, value) < 0
 
-    def update(self, value: str, cap: int) -> None:
-        if self.saturated:
+    def update(self, r: int, value: str, cap: int) -> None:
+        """Count ``value`` in row ``r`` (saturating it beyond ``cap`` values)."""
+        if self.sat[r]:
             return
-        self.n += 1
-        counts = self.counts
-        count = counts.get(value)
-        if count is not None:
-            counts[value] = count + 1
+        self.n[r] += 1
+        i = self.index(r, value)
+        if i >= 0 and self.vid[i] >= 0:
+            self.cnt[i] += 1
             return
-        fp = fingerprint(value)
-        i = find(self.once, fp)
         if i >= 0:
             # Seen again: a categorical value, shared among producers from now on. An id is
             # seen once and never interned: the interpreter's table of interned strings would
             # grow with every id held and never shrink.
-            del self.once[i]
-            counts[sys.intern(value)] = 2
-        elif len(counts) + len(self.once) >= cap:
-            self.saturated = True
-            counts.clear()
-            self.once = array("Q")
+            fp = self.fp[i]
+            end = self.start[r] + self.used[r] - 1
+            for j in range(i, end):  # the entries after it move up: the order is kept
+                self.fp[j] = self.fp[j + 1]
+                self.cnt[j] = self.cnt[j + 1]
+                self.vid[j] = self.vid[j + 1]
+            self.fp[end] = fp
+            self.cnt[end] = 2
+            self.vid[end] = self._intern(value, fp)
+            self.multi[r] += 1
+        elif self.used[r] >= cap:
+            self.clear(r)
+            self.sat[r] = 1
         else:
-            self.once.append(fp)
+            vid = self.values.ids.get(value)
+            if vid is not None:
+                fp = self.vfp[vid]
+            elif self.used[r] == self.multi[r]:  # index did not need it
+                fp = fingerprint(value)
+            else:
+                fp = self.qfp
+            self._append(r, fp, 1, -1)
 
-    def expected(self) -> str:
-        top = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    # -- reading -----------------------------------------------------------------------------
+
+    def counts(self, r: int) -> dict[str, int]:
+        """The values seen twice or more and their counts, in the order they were."""
+        start = self.start[r]
+        return {
+            self.values.text(self.vid[i]): self.cnt[i]
+            for i in range(start, start + self.used[r])
+            if self.vid[i] >= 0
+        }
+
+    def once(self, r: int) -> array[int]:
+        """The fingerprints of the values seen once, in the order they came."""
+        start = self.start[r]
+        fps = [self.fp[i] for i in range(start, start + self.used[r]) if self.vid[i] < 0]
+        return array("Q", fps)
+
+    def expected(self, r: int) -> str:
+        top = sorted(self.counts(r).items(), key=lambda kv: (-kv[1], kv[0]))[:5]
         return ",".join(v for v, _ in top)
 
-    def dump(self, w: Writer) -> None:
-        w.i64(self.n)
-        w.count(int(self.saturated))
-        w.count(len(self.counts))
-        for value, count in self.counts.items():
+    def dump(self, r: int, w: Writer) -> None:
+        w.i64(self.n[r])
+        w.count(self.sat[r])
+        counts = self.counts(r)
+        w.count(len(counts))
+        for value, count in counts.items():
             w.text(value)
             w.i64(count)
-        w.u64s(self.once)
+        w.u64s(self.once(r))
 
-    @classmethod
-    def load(cls, r: Reader) -> Categories:
-        c = cls()
-        c.n, c.saturated = r.i64(), bool(r.count())
-        for _ in range(r.count()):
-            value, count = r.text(), r.i64()
-            c.counts[sys.intern(value)] = count
-        c.once = array("Q", r.u64s().tolist())
-        return c
-
-
-def find(once: array[int], fp: int) -> int:
-    """The index of the fingerprint ``fp`` in ``once``, or -1.
-
-    ``fp in once`` compares each element as a Python int; compiled, this loop reads the
-    array's buffer as C integers (``once`` holds up to ``max_categories`` of them).
-    """
-    view = once
-    for i in range(len(view)):
-        if view[i] == fp:
-            return i
-    return -1
+    def load(self, r: int, rd: Reader) -> None:
+        """Row ``r`` (fresh) from its record; a saturated one keeps nothing but its count."""
+        self.n[r], self.sat[r] = rd.i64(), int(bool(rd.count()))
+        counts = [(rd.text(), rd.i64()) for _ in range(rd.count())]
+        once = rd.u64s().tolist()
+        if self.sat[r]:
+            return
+        total = len(counts) + len(once)
+        if total:
+            self._block(r, block_size(total))
+        for value, count in counts:
+            vid = self.values.ids.get(value)
+            fp = self.vfp[vid] if vid is not None else fingerprint(value)
+            self._append(r, fp, count, self._intern(value, fp))
+        for fp in once:
+            self._append(r, fp, 1, -1)
 
 
-# The one saturated table every producer's id-like categorical fields share: it holds nothing
-# and never changes, and a producer has several (event and order ids, per event type).
-ID_FIELD = Categories()
-ID_FIELD.saturated = True
+def dump_saturated(w: Writer) -> None:
+    """The record of a saturated row that counted nothing (an id field's)."""
+    w.i64(0)
+    w.count(1)
+    w.count(0)
+    w.u64s([])
 
 
-class Novelties:
-    """Recent never-seen values per key (a type, a shape, a field), decayed over a burst.
+class Categories:
+    """A read-only view of one row of :class:`Counts`, read live (tests, inspection)."""
 
-    Each novelty in a burst multiplies the evidence of the next (independent rare events
-    multiply; a broken producer repeats itself). One entry per key: at most one per tracked
-    field.
-    """
+    __slots__ = ("_row", "_table")
 
-    __slots__ = ("recent",)
+    def __init__(self, table: Counts | None, row: Callable[[], int]) -> None:
+        self._table = table
+        self._row = row  # the row now, -1 for a saturated one that holds nothing
 
-    def __init__(self) -> None:
-        self.recent: dict[str, tuple[float, int]] = {}
+    @property
+    def n(self) -> int:
+        r = self._row()
+        return 0 if r < 0 or self._table is None else self._table.n[r]
 
-    def burst(self, key: str, t_ms: int, burst_ms: float) -> float:
-        """Recent novelties of ``key``, decayed to ``t_ms``."""
-        seen = self.recent.get(key)
-        if seen is None:
+    @property
+    def saturated(self) -> bool:
+        r = self._row()
+        return r < 0 or self._table is None or bool(self._table.sat[r])
+
+    @property
+    def counts(self) -> dict[str, int]:
+        r = self._row()
+        return {} if r < 0 or self._table is None else self._table.counts(r)
+
+    @property
+    def once(self) -> array[int]:
+        r = self._row()
+        return array("Q") if r < 0 or self._table is None else self._table.once(r)
+
+
+# Every producer's id-like categorical fields read as this one saturated view: they hold
+# nothing and never change, and a producer has several (event and order ids, per event type).
+ID_FIELD = Categories(None, lambda: -1)
+
+
+class Novelty:
+    """Per slot, the recent never-seen values of one key (a type, a shape), decayed over a
+    burst: each novelty in a burst multiplies the evidence of the next (independent rare
+    events multiply; a broken producer repeats itself)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key  # the name the records give it
+        self.has = array("i")
+        self.recent = array("d")
+        self.last_ms = array("q")
+
+    def reset(self, slot: int) -> None:
+        if slot >= len(self.has):
+            size = max(2 * len(self.has), slot + 1, 16)
+            self.has = resized(self.has, "i", size)
+            self.recent = resized(self.recent, "d", size)
+            self.last_ms = resized(self.last_ms, "q", size)
+        self.has[slot] = 0
+        self.recent[slot] = 0.0
+        self.last_ms[slot] = 0
+
+    def burst(self, slot: int, t_ms: int, burst_ms: float) -> float:
+        """Recent novelties, decayed to ``t_ms``."""
+        if not self.has[slot]:
             return 0.0
-        count, last_ms = seen
-        return count * math.exp(-max(t_ms - last_ms, 0) / burst_ms)
+        return self.recent[slot] * math.exp(-max(t_ms - self.last_ms[slot], 0) / burst_ms)
 
-    def note(self, key: str, t_ms: int, burst_ms: float) -> None:
-        self.recent[sys.intern(key)] = (self.burst(key, t_ms, burst_ms) + 1.0, t_ms)
+    def note(self, slot: int, t_ms: int, burst_ms: float) -> None:
+        self.recent[slot] = self.burst(slot, t_ms, burst_ms) + 1.0
+        self.last_ms[slot] = t_ms
+        self.has[slot] = 1
 
-    def dump(self, w: Writer) -> None:
-        w.count(len(self.recent))
-        for key, (count, last_ms) in self.recent.items():
-            w.text(key)
-            w.f64(count)
-            w.i64(last_ms)
+    def dump(self, slot: int, w: Writer) -> None:
+        w.count(self.has[slot])
+        if self.has[slot]:
+            w.text(self.key)
+            w.f64(self.recent[slot])
+            w.i64(self.last_ms[slot])
 
-    @classmethod
-    def load(cls, r: Reader) -> Novelties:
-        nov = cls()
+    def load(self, slot: int, r: Reader) -> None:
+        self.reset(slot)
         for _ in range(r.count()):
-            key = r.text()
-            nov.recent[sys.intern(key)] = (r.f64(), r.i64())
-        return nov
+            key, recent, last_ms = r.text(), r.f64(), r.i64()
+            if key == self.key:
+                self.has[slot], self.recent[slot], self.last_ms[slot] = 1, recent, last_ms
