@@ -18,12 +18,13 @@ import math
 import sys
 from array import array
 from collections.abc import Callable
+from typing import Any
 
 from detector.core.codec import Reader, Writer, fingerprint
 from detector.core.features.surprise import MAX_SURPRISE
 
 
-def resized(old: object, code: str, size: int) -> array[int]:
+def resized(old: object, code: str, size: int) -> array[Any]:
     """A copy of the typed column ``old`` (an array, or compiled its typed memoryview) with
     ``size`` items, zeros after the old ones."""
     new = array(code)
@@ -32,6 +33,22 @@ def resized(old: object, code: str, size: int) -> array[int]:
     if missing > 0:
         new.frombytes(bytes(new.itemsize * missing))
     return new
+
+
+def pickled(obj: object, columns: dict[str, str], others: tuple[str, ...]) -> dict[str, object]:
+    """The state of a class of typed columns (``columns``: name -> array type code) and other
+    attributes, to pickle (a pipeline is pickled whole; compiled, the columns are memoryviews,
+    which Cython does not pickle)."""
+    state: dict[str, object] = {n: getattr(obj, n) for n in others}
+    for name, code in columns.items():
+        column = getattr(obj, name)
+        state[name] = resized(column, code, len(column))
+    return state
+
+
+def unpickled(obj: object, state: dict[str, object]) -> None:
+    for name, value in state.items():
+        setattr(obj, name, value)
 
 
 class Pool:
@@ -140,6 +157,15 @@ class Counts:
         self.cnt = array("q")
         self.vid = array("i")
         self.qfp = 0  # the fingerprint :meth:`index` computed last (update appends it)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        columns = {"vfp": "Q", "n": "q", "sat": "i", "start": "q", "size": "i", "used": "i",
+                   "multi": "i", "fp": "Q", "cnt": "q", "vid": "i"}  # fmt: skip
+        others = ("values", "rows", "free_rows", "pool", "qfp")
+        return (Counts, (), pickled(self, columns, others))
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        unpickled(self, state)
 
     # -- rows --------------------------------------------------------------------------------
 
@@ -414,6 +440,13 @@ class Novelty:
         self.has = array("i")
         self.recent = array("d")
         self.last_ms = array("q")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        columns = {"has": "i", "recent": "d", "last_ms": "q"}
+        return (Novelty, (self.key,), pickled(self, columns, ()))
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        unpickled(self, state)
 
     def reset(self, slot: int) -> None:
         if slot >= len(self.has):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import sys
 from array import array
+from collections.abc import Callable
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
@@ -17,7 +18,9 @@ from detector.core.features.categories import (
     Pool,
     Vocab,
     dump_saturated,
+    pickled,
     resized,
+    unpickled,
 )
 from detector.core.features.clock import Clock
 from detector.core.features.config import FeatureConfig
@@ -48,6 +51,14 @@ class Fields:
         self.size = array("i")
         self.used = array("i")
         self.novel: list[dict[str, tuple[float, int]] | None] = []
+
+    def __reduce__(self) -> tuple[object, ...]:
+        columns = {"key": "i", "row": "i", "start": "q", "size": "i", "used": "i"}
+        others = ("counts", "keys", "by_type", "pairs", "pool", "novel")
+        return (Fields, (), pickled(self, columns, others))
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        unpickled(self, state)
 
     def reset(self, slot: int) -> None:
         """Slot ``slot`` afresh: its rows, keys and block freed."""
@@ -234,13 +245,14 @@ class CategoryFeature(Feature[None]):
     def view(self, slot: int) -> dict[str, Categories]:
         """The slot's fields by type-prefixed name, read live (ID_FIELD: saturated)."""
         f = self.fields
+
+        def row(key: str) -> Callable[[], int]:
+            return lambda: max(f.row_of(slot, key), SATURATED)  # gone: reads as saturated
+
         out: dict[str, Categories] = {}
         for i in range(f.start[slot], f.start[slot] + f.used[slot]):
             key = f.keys.text(f.key[i])
-            if f.row[i] < 0:
-                out[key] = ID_FIELD
-            else:
-                out[key] = Categories(f.counts, lambda key=key: max(f.row_of(slot, key), -1))
+            out[key] = ID_FIELD if f.row[i] < 0 else Categories(f.counts, row(key))
         return out
 
 

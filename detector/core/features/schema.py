@@ -57,9 +57,12 @@ class SchemaFeature(Feature[None]):
 
     def advance(self, slot: int, event: Event) -> None:
         cfg = self.cfg
-        if cfg.novelty_burst and self.clock.n[slot] > 1:
-            if self.counts.is_new(slot, shape_of(event)[0], cfg.min_count):
-                self.novel.note(slot, event.event_time_ms, cfg.burst_s * 1000)
+        if (
+            cfg.novelty_burst
+            and self.clock.n[slot] > 1
+            and self.counts.is_new(slot, shape_of(event)[0], cfg.min_count)
+        ):
+            self.novel.note(slot, event.event_time_ms, cfg.burst_s * 1000)
 
     def learn(self, slot: int, event: Event) -> None:
         cfg = self.cfg

@@ -46,9 +46,13 @@ class TypeFeature(Feature[None]):
 
     def advance(self, slot: int, event: Event) -> None:
         cfg = self.cfg
-        if cfg.novelty_burst and self.clock.n[slot] > 1 and event.type is not None:
-            if self.counts.is_new(slot, event.type, cfg.min_count):
-                self.novel.note(slot, event.event_time_ms, cfg.burst_s * 1000)
+        if (
+            cfg.novelty_burst
+            and self.clock.n[slot] > 1
+            and event.type is not None
+            and self.counts.is_new(slot, event.type, cfg.min_count)
+        ):
+            self.novel.note(slot, event.event_time_ms, cfg.burst_s * 1000)
 
     def learn(self, slot: int, event: Event) -> None:
         if event.type is not None:
