@@ -7,6 +7,7 @@ cpdef object resized(object old, str code, Py_ssize_t size)
 cdef class Pool:
     cdef public list free
     cdef public Py_ssize_t top
+    @cython.locals(k=Py_ssize_t, j=Py_ssize_t, start=Py_ssize_t)
     cpdef Py_ssize_t alloc(self, Py_ssize_t size)
     cpdef void release(self, Py_ssize_t start, Py_ssize_t size)
 
@@ -28,10 +29,9 @@ cdef class Counts:
     cdef public unsigned long long[:] vfp, fp
     cdef public Py_ssize_t rows
     cdef public list free_rows
-    cdef public long long[:] n, start, cnt
-    cdef public int[:] sat, size, used, multi, vid
-    cdef public Pool pool
-    cdef public unsigned long long qfp
+    cdef public long long[:] n, ostart, mstart, cnt
+    cdef public int[:] sat, osize, oused, msize, mused, vid
+    cdef public Pool once_pool, multi_pool
 
     @cython.locals(r=Py_ssize_t, size=Py_ssize_t)
     cpdef Py_ssize_t add_row(self)
@@ -39,17 +39,22 @@ cdef class Counts:
     cpdef void clear(self, Py_ssize_t r)
     cpdef void reset(self, Py_ssize_t r)
     cpdef void drop(self, Py_ssize_t r)
+    @cython.locals(pool=Pool, start=Py_ssize_t, old=Py_ssize_t, k=Py_ssize_t)
+    cdef void _grow_once(self, Py_ssize_t r, Py_ssize_t size)
     @cython.locals(pool=Pool, start=Py_ssize_t, old=Py_ssize_t, k=Py_ssize_t, total=Py_ssize_t)
-    cdef void _block(self, Py_ssize_t r, Py_ssize_t size)
+    cdef void _grow_multi(self, Py_ssize_t r, Py_ssize_t size)
     @cython.locals(vid=Py_ssize_t)
     cdef int _intern(self, str value, unsigned long long fp)
+    cdef void _add_once(self, Py_ssize_t r, unsigned long long fp)
     @cython.locals(i=Py_ssize_t)
-    cdef void _append(self, Py_ssize_t r, unsigned long long fp, long long count, int vid)
-    @cython.locals(start=Py_ssize_t, end=Py_ssize_t, i=Py_ssize_t, q=int, fp="unsigned long long", vid=object)
-    cpdef Py_ssize_t index(self, Py_ssize_t r, str value)
-    @cython.locals(i=Py_ssize_t)
+    cdef void _add_multi(self, Py_ssize_t r, int vid, long long count)
+    @cython.locals(start=Py_ssize_t, i=Py_ssize_t)
+    cpdef Py_ssize_t find_multi(self, Py_ssize_t r, int vid)
+    @cython.locals(start=Py_ssize_t, i=Py_ssize_t)
+    cpdef Py_ssize_t find_once(self, Py_ssize_t r, unsigned long long fp)
+    @cython.locals(i=Py_ssize_t, fp="unsigned long long", vid=object)
     cpdef long long count(self, Py_ssize_t r, str value)
-    @cython.locals(n=cython.longlong, once=cython.longlong, i=Py_ssize_t, j=Py_ssize_t, start=Py_ssize_t, count=cython.longlong, below=cython.longlong, p=double)
+    @cython.locals(n=cython.longlong, once=cython.longlong, j=Py_ssize_t, start=Py_ssize_t, count=cython.longlong, below=cython.longlong, p=double)
     cpdef double surprise(self, Py_ssize_t r, str value, double prior, double burst=*, long long min_count=*)
     cpdef bint is_new(self, Py_ssize_t r, str value, long long min_count)
     @cython.locals(i=Py_ssize_t, j=Py_ssize_t, end=Py_ssize_t, fp="unsigned long long", vid=object)

@@ -3,13 +3,12 @@
 typed columns shared by all producers, and the novelty bursts they take part in.
 
 A *row* is one producer's counts of one thing (its event types, its shapes, one of its
-categorical fields). A row's values are *entries* in one block of the entry columns (a block of
-2, 4, 8... entries from :class:`Pool`, moved to a block twice as large when full): each
-entry is a value's 64-bit fingerprint, its count and, for a value seen twice or more, the id
-of its string in :class:`Vocab` (interned: shared among rows and producers). A value seen
-once is only its fingerprint (8 bytes): most of a field's values before it saturates are ids
-seen once. The entries of a row keep their order of arrival, the values seen twice or more in
-the order they were first seen twice: a row's record lists them in that order.
+categorical fields). A row's values are in two blocks of typed columns (blocks of 2, 4, 8...
+from a :class:`Pool`, moved to a block twice as large when full): a value seen once is only
+its 64-bit fingerprint (8 bytes: most of a field's values before it saturates are ids seen
+once); a value seen twice or more is the id of its string in :class:`Vocab` (interned: shared
+among rows and producers) and its count. Each block keeps its order (arrival; first seen
+twice): a row's record lists them in that order.
 """
 
 from __future__ import annotations
@@ -64,13 +63,21 @@ class Pool:
         self.top = 0
 
     def alloc(self, size: int) -> int:
-        """The first index of a free block of ``size`` (a power of two) indices."""
-        free = self.free[size.bit_length() - 1]
-        if free:
-            start: int = free.pop()
+        """The first index of a free block of ``size`` (a power of two) indices: a freed one,
+        or half of a larger freed one split (rows that saturate free large blocks, growing
+        rows want small ones), or a new one at the top."""
+        k = size.bit_length() - 1
+        j = k
+        while j < len(self.free) and not self.free[j]:
+            j += 1
+        if j == len(self.free):
+            start = self.top
+            self.top += size
             return start
-        start = self.top
-        self.top += size
+        start = self.free[j].pop()
+        while j > k:
+            j -= 1
+            self.free[j].append(start + (1 << j))
         return start
 
     def release(self, start: int, size: int) -> None:
@@ -135,10 +142,11 @@ class Counts:
     """Rows of counts of categorical values, until a row shows id-like cardinality (more
     than ``cap`` values: it is then *saturated*, holds nothing and no longer changes).
 
-    Row columns: ``n`` (values counted), ``sat`` (saturated), ``start``/``size`` (its block
-    of entries), ``used`` (entries), ``multi`` (entries seen twice or more). Entry columns:
-    ``fp`` (fingerprint), ``cnt`` (count), ``vid`` (the string's id in :attr:`values`, -1
-    for a value seen once).
+    A row has two blocks: the fingerprints of its values seen once (``fp``, from
+    :attr:`once_pool`), and its values seen twice or more (``vid``: the string's id in
+    :attr:`values`; ``cnt``: its count; from :attr:`multi_pool`), each in order of arrival.
+    Row columns: ``n`` (values counted), ``sat`` (saturated), and per block its ``*start``,
+    ``*size`` and ``*used`` (``o``: once, ``m``: multi).
     """
 
     def __init__(self) -> None:
@@ -148,20 +156,23 @@ class Counts:
         self.free_rows: list[int] = []
         self.n = array("q")
         self.sat = array("i")
-        self.start = array("q")
-        self.size = array("i")
-        self.used = array("i")
-        self.multi = array("i")
-        self.pool = Pool()
+        self.ostart = array("q")
+        self.osize = array("i")
+        self.oused = array("i")
+        self.mstart = array("q")
+        self.msize = array("i")
+        self.mused = array("i")
+        self.once_pool = Pool()
+        self.multi_pool = Pool()
         self.fp = array("Q")
         self.cnt = array("q")
         self.vid = array("i")
-        self.qfp = 0  # the fingerprint :meth:`index` computed last (update appends it)
 
     def __reduce__(self) -> tuple[object, ...]:
-        columns = {"vfp": "Q", "n": "q", "sat": "i", "start": "q", "size": "i", "used": "i",
-                   "multi": "i", "fp": "Q", "cnt": "q", "vid": "i"}  # fmt: skip
-        others = ("values", "rows", "free_rows", "pool", "qfp")
+        columns = {"vfp": "Q", "n": "q", "sat": "i", "ostart": "q", "osize": "i", "oused": "i",
+                   "mstart": "q", "msize": "i", "mused": "i", "fp": "Q", "cnt": "q",
+                   "vid": "i"}  # fmt: skip
+        others = ("values", "rows", "free_rows", "once_pool", "multi_pool")
         return (Counts, (), pickled(self, columns, others))
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -179,24 +190,28 @@ class Counts:
             size = max(2 * r, 16)
             self.n = resized(self.n, "q", size)
             self.sat = resized(self.sat, "i", size)
-            self.start = resized(self.start, "q", size)
-            self.size = resized(self.size, "i", size)
-            self.used = resized(self.used, "i", size)
-            self.multi = resized(self.multi, "i", size)
+            self.ostart = resized(self.ostart, "q", size)
+            self.osize = resized(self.osize, "i", size)
+            self.oused = resized(self.oused, "i", size)
+            self.mstart = resized(self.mstart, "q", size)
+            self.msize = resized(self.msize, "i", size)
+            self.mused = resized(self.mused, "i", size)
         self.rows += 1
         return r
 
     def clear(self, r: int) -> None:
-        """Drop row ``r``'s values (its strings let go, its block freed)."""
-        start = self.start[r]
-        for i in range(start, start + self.used[r]):
-            if self.vid[i] >= 0:
-                self.values.release(self.vid[i])
-        self.pool.release(start, self.size[r])
-        self.start[r] = 0
-        self.size[r] = 0
-        self.used[r] = 0
-        self.multi[r] = 0
+        """Drop row ``r``'s values (its strings let go, its blocks freed)."""
+        start = self.mstart[r]
+        for i in range(start, start + self.mused[r]):
+            self.values.release(self.vid[i])
+        self.multi_pool.release(start, self.msize[r])
+        self.once_pool.release(self.ostart[r], self.osize[r])
+        self.ostart[r] = 0
+        self.osize[r] = 0
+        self.oused[r] = 0
+        self.mstart[r] = 0
+        self.msize[r] = 0
+        self.mused[r] = 0
 
     def reset(self, r: int) -> None:
         """Row ``r`` afresh: nothing counted."""
@@ -209,23 +224,34 @@ class Counts:
         self.reset(r)
         self.free_rows.append(r)
 
-    def _block(self, r: int, size: int) -> None:
-        """Move row ``r``'s entries to a new block of ``size``."""
-        pool = self.pool
+    def _grow_once(self, r: int, size: int) -> None:
+        """Move row ``r``'s once block to a new one of ``size``."""
+        pool = self.once_pool
         start = pool.alloc(size)
         if pool.top > len(self.fp):
-            total = max(2 * len(self.fp), pool.top, 64)
-            self.fp = resized(self.fp, "Q", total)
+            self.fp = resized(self.fp, "Q", max(pool.top + pool.top // 4, 64))
+        old = self.ostart[r]
+        for k in range(self.oused[r]):
+            self.fp[start + k] = self.fp[old + k]
+        pool.release(old, self.osize[r])
+        self.ostart[r] = start
+        self.osize[r] = size
+
+    def _grow_multi(self, r: int, size: int) -> None:
+        """Move row ``r``'s multi block to a new one of ``size``."""
+        pool = self.multi_pool
+        start = pool.alloc(size)
+        if pool.top > len(self.cnt):
+            total = max(pool.top + pool.top // 4, 64)
             self.cnt = resized(self.cnt, "q", total)
             self.vid = resized(self.vid, "i", total)
-        old = self.start[r]
-        for k in range(self.used[r]):
-            self.fp[start + k] = self.fp[old + k]
+        old = self.mstart[r]
+        for k in range(self.mused[r]):
             self.cnt[start + k] = self.cnt[old + k]
             self.vid[start + k] = self.vid[old + k]
-        pool.release(old, self.size[r])
-        self.start[r] = start
-        self.size[r] = size
+        pool.release(old, self.msize[r])
+        self.mstart[r] = start
+        self.msize[r] = size
 
     def _intern(self, value: str, fp: int) -> int:
         vid = self.values.add(value)
@@ -234,44 +260,51 @@ class Counts:
         self.vfp[vid] = fp
         return vid
 
-    def _append(self, r: int, fp: int, count: int, vid: int) -> None:
-        if self.used[r] == self.size[r]:
-            self._block(r, max(2 * self.size[r], 2))
-        i = self.start[r] + self.used[r]
-        self.fp[i] = fp
-        self.cnt[i] = count
+    def _add_once(self, r: int, fp: int) -> None:
+        if self.oused[r] == self.osize[r]:
+            self._grow_once(r, max(2 * self.osize[r], 2))
+        self.fp[self.ostart[r] + self.oused[r]] = fp
+        self.oused[r] += 1
+
+    def _add_multi(self, r: int, vid: int, count: int) -> None:
+        if self.mused[r] == self.msize[r]:
+            self._grow_multi(r, max(2 * self.msize[r], 2))
+        i = self.mstart[r] + self.mused[r]
         self.vid[i] = vid
-        self.used[r] += 1
-        if vid >= 0:
-            self.multi[r] += 1
+        self.cnt[i] = count
+        self.mused[r] += 1
 
     # -- judging and learning ----------------------------------------------------------------
 
-    def index(self, r: int, value: str) -> int:
-        """The entry of ``value`` in row ``r``, or -1 (its fingerprint then in ``qfp`` if the
-        row has values seen once)."""
-        start, end = self.start[r], self.start[r] + self.used[r]
-        vid = self.values.ids.get(value)
-        if vid is not None:  # a string some row holds: no fingerprint to compute
-            q = vid
-            for i in range(start, end):
-                if self.vid[i] == q:
-                    return i
-            fp = self.vfp[q]
-        elif self.used[r] == self.multi[r]:
-            return -1
-        else:
-            fp = fingerprint(value)
-        self.qfp = fp
-        for i in range(start, end):
-            if self.fp[i] == fp and self.vid[i] < 0:
+    def find_multi(self, r: int, vid: int) -> int:
+        """The index of the string ``vid`` among row ``r``'s values seen twice, or -1."""
+        start = self.mstart[r]
+        for i in range(start, start + self.mused[r]):
+            if self.vid[i] == vid:
+                return i
+        return -1
+
+    def find_once(self, r: int, fp: int) -> int:
+        """The index of the fingerprint ``fp`` among row ``r``'s values seen once, or -1."""
+        start = self.ostart[r]
+        for i in range(start, start + self.oused[r]):
+            if self.fp[i] == fp:
                 return i
         return -1
 
     def count(self, r: int, value: str) -> int:
         """How often ``value`` was seen in row ``r``."""
-        i = self.index(r, value)
-        return 0 if i < 0 else self.cnt[i]
+        vid = self.values.ids.get(value)
+        if vid is not None:  # a string some row holds: no fingerprint to compute
+            i = self.find_multi(r, vid)
+            if i >= 0:
+                return self.cnt[i]
+            fp = self.vfp[vid]
+        elif not self.oused[r]:
+            return 0
+        else:
+            fp = fingerprint(value)
+        return 1 if self.find_once(r, fp) >= 0 else 0
 
     def surprise(
         self, r: int, value: str, prior: float, burst: float = 0.0, min_count: int = 1
@@ -282,78 +315,68 @@ class Counts:
         n = self.n[r]
         if self.sat[r] or n < max(min_count, 1):
             return 0.0
-        once = self.used[r] - self.multi[r]
-        i = self.index(r, value)
-        if i < 0:
+        once = self.oused[r]
+        count = self.count(r, value)
+        if count == 0:
             p = (once + prior) / (n + 1)
             return min(-(1.0 + burst) * math.log10(min(p, 1.0)), MAX_SURPRISE)
-        count = self.cnt[i]
         if count * 20 >= n:
             return 0.0  # common value: skip the tail sum
         below = 0
-        start = self.start[r]
-        for j in range(start, start + self.used[r]):
-            if self.vid[j] >= 0 and self.cnt[j] <= count:
+        start = self.mstart[r]
+        for j in range(start, start + self.mused[r]):
+            if self.cnt[j] <= count:
                 below += self.cnt[j]
         p = (below + once + 1) / (n + 1)
         return min(-math.log10(min(p, 1.0)), MAX_SURPRISE)
 
     def is_new(self, r: int, value: str, min_count: int) -> bool:
         """A value never seen in a row judged (``min_count`` values, not saturated)."""
-        return self.n[r] >= max(min_count, 1) and not self.sat[r] and self.index(r, value) < 0
+        return self.n[r] >= max(min_count, 1) and not self.sat[r] and self.count(r, value) == 0
 
     def update(self, r: int, value: str, cap: int) -> None:
         """Count ``value`` in row ``r`` (saturating it beyond ``cap`` values)."""
         if self.sat[r]:
             return
         self.n[r] += 1
-        i = self.index(r, value)
-        if i >= 0 and self.vid[i] >= 0:
-            self.cnt[i] += 1
-            return
+        vid = self.values.ids.get(value)
+        if vid is not None:
+            i = self.find_multi(r, vid)
+            if i >= 0:
+                self.cnt[i] += 1
+                return
+            fp = self.vfp[vid]
+        else:
+            fp = fingerprint(value)
+        i = self.find_once(r, fp)
         if i >= 0:
             # Seen again: a categorical value, shared among producers from now on. An id is
             # seen once and never interned: the interpreter's table of interned strings would
             # grow with every id held and never shrink.
-            fp = self.fp[i]
-            end = self.start[r] + self.used[r] - 1
-            for j in range(i, end):  # the entries after it move up: the order is kept
+            end = self.ostart[r] + self.oused[r] - 1
+            for j in range(i, end):  # the values after it move up: the order is kept
                 self.fp[j] = self.fp[j + 1]
-                self.cnt[j] = self.cnt[j + 1]
-                self.vid[j] = self.vid[j + 1]
-            self.fp[end] = fp
-            self.cnt[end] = 2
-            self.vid[end] = self._intern(value, fp)
-            self.multi[r] += 1
-        elif self.used[r] >= cap:
+            self.oused[r] -= 1
+            self._add_multi(r, self._intern(value, fp), 2)
+        elif self.oused[r] + self.mused[r] >= cap:
             self.clear(r)
             self.sat[r] = 1
         else:
-            vid = self.values.ids.get(value)
-            if vid is not None:
-                fp = self.vfp[vid]
-            elif self.used[r] == self.multi[r]:  # index did not need it
-                fp = fingerprint(value)
-            else:
-                fp = self.qfp
-            self._append(r, fp, 1, -1)
+            self._add_once(r, fp)
 
     # -- reading -----------------------------------------------------------------------------
 
     def counts(self, r: int) -> dict[str, int]:
         """The values seen twice or more and their counts, in the order they were."""
-        start = self.start[r]
+        start = self.mstart[r]
         return {
-            self.values.text(self.vid[i]): self.cnt[i]
-            for i in range(start, start + self.used[r])
-            if self.vid[i] >= 0
+            self.values.text(self.vid[i]): self.cnt[i] for i in range(start, start + self.mused[r])
         }
 
     def once(self, r: int) -> array[int]:
         """The fingerprints of the values seen once, in the order they came."""
-        start = self.start[r]
-        fps = [self.fp[i] for i in range(start, start + self.used[r]) if self.vid[i] < 0]
-        return array("Q", fps)
+        start = self.ostart[r]
+        return array("Q", [self.fp[i] for i in range(start, start + self.oused[r])])
 
     def expected(self, r: int) -> str:
         top = sorted(self.counts(r).items(), key=lambda kv: (-kv[1], kv[0]))[:5]
@@ -376,15 +399,16 @@ class Counts:
         once = rd.u64s().tolist()
         if self.sat[r]:
             return
-        total = len(counts) + len(once)
-        if total:
-            self._block(r, block_size(total))
+        if counts:
+            self._grow_multi(r, block_size(len(counts)))
+        if once:
+            self._grow_once(r, block_size(len(once)))
         for value, count in counts:
             vid = self.values.ids.get(value)
             fp = self.vfp[vid] if vid is not None else fingerprint(value)
-            self._append(r, fp, count, self._intern(value, fp))
+            self._add_multi(r, self._intern(value, fp), count)
         for fp in once:
-            self._append(r, fp, 1, -1)
+            self._add_once(r, fp)
 
 
 def dump_saturated(w: Writer) -> None:
