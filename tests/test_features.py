@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies
 from detector.core.codec import Reader, Writer
 from detector.core.events import Decoder, Event
 from detector.core.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig, FeatureStore
-from detector.core.features.categories import ID_FIELD, Categories
+from detector.core.features.categories import ID_FIELD, Categories, Counts
 from detector.core.features.moments import Moments
 from detector.core.features.replay import BYTES_PER_ID, IdWindow, ReplayFeature, fingerprint
 
@@ -348,18 +348,20 @@ def test_high_cardinality_field_saturates_and_is_not_judged() -> None:
     assert back.categorical["paid\x1forder_id"] is ID_FIELD
     assert back.categorical["paid\x1fcur"].counts == st.categorical["paid\x1fcur"].counts
     # Also from a record whose saturated table still counted: read past, and shared.
-    stale = Categories()
-    stale.n, stale.saturated, stale.counts = 200, True, {"o-1": 2, "o-2": 2}
-    stale.once.append(7)
     w = Writer()
     w.count(1)  # one field
     w.text("paid\x1forder_id")
-    stale.dump(w)
+    w.i64(200)  # its counts: n, saturated, two values seen twice, one seen once
+    w.count(1)
+    w.count(2)
+    for value in ("o-1", "o-2"):
+        w.text(value)
+        w.i64(2)
+    w.u64s([7])
     w.count(0)  # no recent novelties
     r, empty = Reader(w.bytes()), FeatureStore(CFG)
-    feature = empty.by_name["category"]
-    feature.load(empty.overflow, r)
-    assert r.done() and feature.slots[empty.overflow].values["paid\x1forder_id"] is ID_FIELD
+    empty.by_name["category"].load(empty.overflow, r)
+    assert r.done() and empty.categories.view(empty.overflow)["paid\x1forder_id"] is ID_FIELD
     evidence = store.observe(ev(200 * SECOND, strings={"order_id": "o-new", "cur": "EUR"}), False)
     assert evidence.surprise["category"] == 0.0
     # A low-cardinality field of the same producer is still judged.
@@ -387,15 +389,18 @@ def test_repeated_values_are_interned_ids_are_not() -> None:
 
 def test_producers_share_field_names_and_shapes() -> None:
     # Producers of one service learn the same field names and payload shapes: one copy of
-    # each, also once restored from their records.
+    # each, also once restored from their records (a shape's field list: one per store).
     store = FeatureStore(FeatureConfig(drift_horizon_s=3600.0))
     feed(store, (normal(i, p) for i in range(30) for p in ("pay-1", "pay-2")))
     a, b = store.view("pay-1"), store.view("pay-2")
-    back = restored(store, "pay-2").view("pay-2")
+    copy = FeatureStore(store.cfg)
+    records = {p: store.record(slot(store, p)) for p in ("pay-1", "pay-2")}
+    copy.restore(records, store.counters(), shared=store.shared(full=True))
+    back, back_a = copy.view("pay-2"), copy.view("pay-1")
     assert a.drifts
-    for st in (b, back):
+    for first, st in ((a, b), (back_a, back)):
         assert a.schema_fields.keys() == st.schema_fields.keys()
-        for key, names in a.schema_fields.items():
+        for key, names in first.schema_fields.items():
             assert st.schema_fields[key] is names
         for table in ("numeric", "categorical", "drifts"):
             keys, own = list(getattr(a, table)), list(getattr(st, table))
@@ -498,7 +503,7 @@ def test_store_memory_stays_bounded_with_ten_times_max_producers() -> None:
     size = len(pickle.dumps(store))  # everything the store holds, freed slots too
     burst(store, 10 * cap, 20 * cap)
     assert len(store.clock.n) == slots
-    assert all(len(f.slots) == slots for f in store.features)
+    assert all(len(f.slots) == slots for f in store.features if f.slots)  # columnar: none
     assert len(pickle.dumps(store)) <= size * 1.05
 
 
@@ -869,8 +874,7 @@ def test_state_with_every_part_round_trips_its_record() -> None:
     st = store.view("pay-1")
     assert st.ids is not None and st.drifts and st.arrivals is not None
     assert st.seasonal and st.windows and ID_FIELD in st.categorical.values()
-    novel = store.by_name["category"].slots[st.slot].novel
-    assert novel.recent
+    assert store.categories.fields.novel[st.slot]  # recent novelties
     copy = restored(store)
     assert copy.record(slot(copy)) == store.record(st.slot)
     probe = with_id(303, "id-250")
@@ -920,10 +924,12 @@ def test_categories_count_as_a_plain_counter_would(values: list[str]) -> None:
     # Values seen once are kept as fingerprints, the others by name: the surprises, novelty
     # and saturation are those of a plain count of every value.
     cap, prior = 10, 0.01
-    c, seen = Categories(), Counter[str]()
+    table, seen = Counts(), Counter[str]()
+    row = table.add_row()
+    c = Categories(table, lambda: row)  # the row, read live
     for value in values:
         expected_new = not seen[value] and not c.saturated and c.n >= 3
-        assert c.is_new(value, 3) == expected_new
+        assert table.is_new(row, value, 3) == expected_new
         if not c.saturated and c.n >= 3:
             count, n = seen[value], c.n
             if count == 0:
@@ -934,16 +940,16 @@ def test_categories_count_as_a_plain_counter_would(values: list[str]) -> None:
             else:
                 p = (sum(k for k in seen.values() if k <= count) + 1) / (n + 1)
                 want = min(-math.log10(min(p, 1.0)), MAX_SURPRISE)
-            assert c.surprise(value, prior, 0.0, 3) == pytest.approx(want, rel=1e-12)
+            assert table.surprise(row, value, prior, 0.0, 3) == pytest.approx(want, rel=1e-12)
         if not c.saturated and value not in seen and len(seen) >= cap:
             seen.clear()
-            c.update(value, cap)
+            table.update(row, value, cap)
             assert c.saturated and c.counts == {} and not c.once
             continue
-        c.update(value, cap)
+        table.update(row, value, cap)
         if not c.saturated:
             seen[value] += 1
-            assert c.count(value) == seen[value] and c.n == seen.total()
+            assert table.count(row, value) == seen[value] and c.n == seen.total()
 
 
 def test_the_id_window_forgets_the_oldest_beyond_its_bound() -> None:

@@ -1,22 +1,71 @@
 import cython
+# libm for the .py's math.log10 and math.exp (see surprise.pxd)
+from libc cimport math
 
-cdef class Categories:
-    cdef public dict counts
-    cdef public object once  # array('Q'): read through a typed memoryview in find()
-    cdef public long long n
-    cdef public bint saturated
-    cpdef long long count(self, str value)
-    @cython.locals(count=cython.longlong, c=cython.longlong, below=cython.longlong, p=cython.double)
-    cpdef double surprise(self, str value, double prior, double burst=*, long long min_count=*)
-    cpdef bint is_new(self, str value, long long min_count)
-    @cython.locals(count=object, i=Py_ssize_t)
-    cpdef void update(self, str value, long long cap)
+cpdef object resized(object old, str code, Py_ssize_t size)
 
-cdef class Novelties:
-    cdef public dict recent
-    @cython.locals(count=cython.double, last_ms=cython.longlong)
-    cpdef double burst(self, str key, long long t_ms, double burst_ms)
-    cpdef void note(self, str key, long long t_ms, double burst_ms)
+cdef class Pool:
+    cdef public list free
+    cdef public Py_ssize_t top
+    @cython.locals(k=Py_ssize_t, j=Py_ssize_t, start=Py_ssize_t)
+    cpdef Py_ssize_t alloc(self, Py_ssize_t size)
+    cpdef void release(self, Py_ssize_t start, Py_ssize_t size)
 
-@cython.locals(view="unsigned long long[:]", i=Py_ssize_t)
-cpdef Py_ssize_t find(object once, unsigned long long fp)
+@cython.locals(size=Py_ssize_t)
+cpdef Py_ssize_t block_size(Py_ssize_t n)
+
+cdef class Vocab:
+    cdef public dict ids
+    cdef public list strs, refs, free
+    @cython.locals(i=object)
+    cpdef Py_ssize_t add(self, str s)
+    cpdef bint release(self, Py_ssize_t i)
+    cpdef str text(self, Py_ssize_t i)
+
+# The columns as typed memoryviews over array('q'), array('Q'), array('i'): C reads and
+# writes; resized() replaces them when they grow.
+cdef class Counts:
+    cdef public Vocab values
+    cdef public unsigned long long[:] vfp, fp
+    cdef public Py_ssize_t rows
+    cdef public list free_rows
+    cdef public long long[:] n, ostart, mstart, cnt
+    cdef public int[:] sat, osize, oused, msize, mused, vid
+    cdef public Pool once_pool, multi_pool
+
+    @cython.locals(r=Py_ssize_t, size=Py_ssize_t)
+    cpdef Py_ssize_t add_row(self)
+    @cython.locals(start=Py_ssize_t, i=Py_ssize_t)
+    cpdef void clear(self, Py_ssize_t r)
+    cpdef void reset(self, Py_ssize_t r)
+    cpdef void drop(self, Py_ssize_t r)
+    @cython.locals(pool=Pool, start=Py_ssize_t, old=Py_ssize_t, k=Py_ssize_t)
+    cdef void _grow_once(self, Py_ssize_t r, Py_ssize_t size)
+    @cython.locals(pool=Pool, start=Py_ssize_t, old=Py_ssize_t, k=Py_ssize_t, total=Py_ssize_t)
+    cdef void _grow_multi(self, Py_ssize_t r, Py_ssize_t size)
+    @cython.locals(vid=Py_ssize_t)
+    cdef int _intern(self, str value, unsigned long long fp)
+    cdef void _add_once(self, Py_ssize_t r, unsigned long long fp)
+    @cython.locals(i=Py_ssize_t)
+    cdef void _add_multi(self, Py_ssize_t r, int vid, long long count)
+    @cython.locals(start=Py_ssize_t, i=Py_ssize_t)
+    cpdef Py_ssize_t find_multi(self, Py_ssize_t r, int vid)
+    @cython.locals(start=Py_ssize_t, i=Py_ssize_t)
+    cpdef Py_ssize_t find_once(self, Py_ssize_t r, unsigned long long fp)
+    @cython.locals(i=Py_ssize_t, fp="unsigned long long", vid=object)
+    cpdef long long count(self, Py_ssize_t r, str value)
+    @cython.locals(n=cython.longlong, once=cython.longlong, j=Py_ssize_t, start=Py_ssize_t, count=cython.longlong, below=cython.longlong, p=double)
+    cpdef double surprise(self, Py_ssize_t r, str value, double prior, double burst=*, long long min_count=*)
+    cpdef bint is_new(self, Py_ssize_t r, str value, long long min_count)
+    @cython.locals(i=Py_ssize_t, j=Py_ssize_t, end=Py_ssize_t, fp="unsigned long long", vid=object)
+    cpdef void update(self, Py_ssize_t r, str value, long long cap)
+
+cdef class Novelty:
+    cdef public str key
+    cdef public int[:] has
+    cdef public double[:] recent
+    cdef public long long[:] last_ms
+    @cython.locals(size=Py_ssize_t)
+    cpdef void reset(self, Py_ssize_t slot)
+    cpdef double burst(self, Py_ssize_t slot, long long t_ms, double burst_ms)
+    cpdef void note(self, Py_ssize_t slot, long long t_ms, double burst_ms)

@@ -1,12 +1,41 @@
 import cython
+# libm for the .py's math.exp (see surprise.pxd)
+from libc cimport math
 
-from detector.core.features.categories cimport Categories, Novelties
+from detector.core.features.categories cimport Counts, Pool, Vocab
+from detector.core.features.surprise cimport type_prefix
 
-@cython.locals(c=Categories, s=cython.double, best=cython.double, burst=cython.double, bursts=cython.bint)
-cpdef tuple best_category(dict values, Novelties novel, str prefix, dict strings, long long t_ms, double burst_ms, double prior, long long min_count)
+cdef class Fields:
+    cdef public Counts counts
+    cdef public Vocab keys
+    cdef public dict by_type
+    cdef public list pairs, novel
+    cdef public Pool pool
+    cdef public int[:] key, row, size, used
+    cdef public long long[:] start
 
-@cython.locals(c=Categories)
-cpdef void note_novelties(dict values, Novelties novel, str prefix, dict strings, long long t_ms, double burst_ms, long long min_count)
+    @cython.locals(size=Py_ssize_t, start=Py_ssize_t, i=Py_ssize_t)
+    cpdef void reset(self, Py_ssize_t slot)
+    @cython.locals(kid=Py_ssize_t)
+    cpdef int hold(self, str key)
+    @cython.locals(names=dict, kid=object, found=object)
+    cpdef int kid_of(self, object etype, str name)
+    @cython.locals(names=dict)
+    cpdef void _release_key(self, Py_ssize_t kid)
+    @cython.locals(size=Py_ssize_t, start=Py_ssize_t, total=Py_ssize_t, old=Py_ssize_t, k=Py_ssize_t, i=Py_ssize_t)
+    cpdef void add(self, Py_ssize_t slot, int kid, int row)
+    @cython.locals(start=Py_ssize_t, i=Py_ssize_t)
+    cpdef Py_ssize_t find(self, Py_ssize_t slot, int kid)
+    @cython.locals(count=double, last_ms=cython.longlong, novel=dict)
+    cpdef double burst(self, Py_ssize_t slot, str name, long long t_ms, double burst_ms)
+    @cython.locals(novel=dict)
+    cpdef void note(self, Py_ssize_t slot, str name, long long t_ms, double burst_ms)
 
-@cython.locals(c=Categories)
-cpdef void learn_categories(dict values, str prefix, dict strings, long long max_fields, long long cap)
+@cython.locals(counts=Counts, kid=int, i=Py_ssize_t, row=int, s=double, best=double, burst=double, bursts=cython.bint, best_row=int)
+cpdef tuple best_category(Fields f, Py_ssize_t slot, object etype, dict strings, long long t_ms, double burst_ms, double prior, long long min_count)
+
+@cython.locals(counts=Counts, kid=int, i=Py_ssize_t)
+cpdef void note_novelties(Fields f, Py_ssize_t slot, object etype, dict strings, long long t_ms, double burst_ms, long long min_count)
+
+@cython.locals(counts=Counts, kid=int, i=Py_ssize_t, row=int)
+cpdef void learn_categories(Fields f, Py_ssize_t slot, object etype, dict strings, long long max_fields, long long cap)

@@ -1,37 +1,184 @@
+# cython: wraparound=False
 """Category: a categorical field's value (per event type) the producer rarely or never sent.
 Fields with id-like cardinality (more than ``max_categories`` values) are not judged."""
 
 from __future__ import annotations
 
+import math
 import sys
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Callable
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
-from detector.core.features.categories import ID_FIELD, Categories, Novelties
+from detector.core.features.categories import (
+    ID_FIELD,
+    Categories,
+    Counts,
+    Pool,
+    Vocab,
+    dump_saturated,
+    pickled,
+    resized,
+    unpickled,
+)
+from detector.core.features.clock import Clock
+from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
 from detector.core.features.surprise import Reason, type_prefix
 
+SATURATED = -1  # the row of a field with id-like cardinality: it holds nothing
+MISSING = -2  # a field the producer does not track
 
-@dataclass(slots=True)
+
 class Fields:
-    """One producer's categorical fields (by type-prefixed name), and the recent novelties
-    per field name (a field's novelties count together over event types)."""
+    """Every producer's categorical fields: per slot, its (field, row) pairs in the order it
+    first sent them (a block of the ``key``/``row`` columns), each field a type-prefixed name
+    interned in :attr:`keys` (shared by all producers) and its counts a row of
+    :attr:`counts`; and per slot, the recent novelties per field name (a field's novelties
+    count together over event types), a dict only for the few slots that have any."""
 
-    values: dict[str, Categories] = field(default_factory=dict)
-    novel: Novelties = field(default_factory=Novelties)
+    def __init__(self) -> None:
+        self.counts = Counts()
+        self.keys = Vocab()
+        # Key ids by event type and field name: no `prefix + name` string per event.
+        self.by_type: dict[str | None, dict[str, int]] = {}
+        self.pairs: list[list[tuple[str | None, str]]] = []  # by key id: its (type, name)s
+        self.pool = Pool()
+        self.key = array("i")
+        self.row = array("i")
+        self.start = array("q")
+        self.size = array("i")
+        self.used = array("i")
+        self.novel: list[dict[str, tuple[float, int]] | None] = []
+
+    def __reduce__(self) -> tuple[object, ...]:
+        columns = {"key": "i", "row": "i", "start": "q", "size": "i", "used": "i"}
+        others = ("counts", "keys", "by_type", "pairs", "pool", "novel")
+        return (Fields, (), pickled(self, columns, others))
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        unpickled(self, state)
+
+    def reset(self, slot: int) -> None:
+        """Slot ``slot`` afresh: its rows, keys and block freed."""
+        if slot >= len(self.used):
+            size = max(2 * len(self.used), slot + 1, 16)
+            self.start = resized(self.start, "q", size)
+            self.size = resized(self.size, "i", size)
+            self.used = resized(self.used, "i", size)
+        while len(self.novel) <= slot:
+            self.novel.append(None)
+        start = self.start[slot]
+        for i in range(start, start + self.used[slot]):
+            if self.row[i] >= 0:
+                self.counts.drop(self.row[i])
+            self._release_key(self.key[i])
+        self.pool.release(start, self.size[slot])
+        self.start[slot] = 0
+        self.size[slot] = 0
+        self.used[slot] = 0
+        self.novel[slot] = None
+
+    def hold(self, key: str) -> int:
+        """The id of the type-prefixed field ``key``, held once more (by a slot)."""
+        kid = self.keys.add(key)
+        if self.keys.refs[kid] == 1:
+            while len(self.pairs) <= kid:
+                self.pairs.append([])
+            self.pairs[kid] = []
+        return kid
+
+    def kid_of(self, etype: str | None, name: str) -> int:
+        """The id of the (type, field) pair's key, -1 if no slot holds it."""
+        names = self.by_type.get(etype)
+        if names is not None:
+            kid = names.get(name)
+            if kid is not None:
+                return kid
+        found = self.keys.ids.get(type_prefix(etype) + name)
+        if found is None:
+            return -1
+        if names is None:
+            names = self.by_type[etype] = {}
+        names[sys.intern(name)] = found  # the pair's key without a string built next time
+        self.pairs[found].append((etype, name))
+        return found
+
+    def _release_key(self, kid: int) -> None:
+        if self.keys.release(kid):
+            for etype, name in self.pairs[kid]:
+                names = self.by_type[etype]
+                del names[name]
+                if not names:
+                    del self.by_type[etype]
+            self.pairs[kid] = []
+
+    def add(self, slot: int, kid: int, row: int) -> None:
+        """Append the (field, row) pair to the slot's."""
+        if self.used[slot] == self.size[slot]:
+            size = max(2 * self.size[slot], 4)
+            start = self.pool.alloc(size)
+            if self.pool.top > len(self.key):
+                total = max(2 * len(self.key), self.pool.top, 64)
+                self.key = resized(self.key, "i", total)
+                self.row = resized(self.row, "i", total)
+            old = self.start[slot]
+            for k in range(self.used[slot]):
+                self.key[start + k] = self.key[old + k]
+                self.row[start + k] = self.row[old + k]
+            self.pool.release(old, self.size[slot])
+            self.start[slot] = start
+            self.size[slot] = size
+        i = self.start[slot] + self.used[slot]
+        self.key[i] = kid
+        self.row[i] = row
+        self.used[slot] += 1
+
+    def find(self, slot: int, kid: int) -> int:
+        """The index of the field ``kid`` among the slot's pairs, or -1."""
+        start = self.start[slot]
+        for i in range(start, start + self.used[slot]):
+            if self.key[i] == kid:
+                return i
+        return -1
+
+    def row_of(self, slot: int, key: str) -> int:
+        """The row of the slot's field ``key`` (type-prefixed): SATURATED, or MISSING."""
+        kid = self.keys.ids.get(key)
+        i = -1 if kid is None else self.find(slot, kid)
+        return MISSING if i < 0 else self.row[i]
+
+    def burst(self, slot: int, name: str, t_ms: int, burst_ms: float) -> float:
+        """Recent novelties of the field ``name``, decayed to ``t_ms``."""
+        novel = self.novel[slot]
+        seen = None if novel is None else novel.get(name)
+        if seen is None:
+            return 0.0
+        count, last_ms = seen
+        return count * math.exp(-max(t_ms - last_ms, 0) / burst_ms)
+
+    def note(self, slot: int, name: str, t_ms: int, burst_ms: float) -> None:
+        novel = self.novel[slot]
+        if novel is None:
+            novel = self.novel[slot] = {}
+        novel[sys.intern(name)] = (self.burst(slot, name, t_ms, burst_ms) + 1.0, t_ms)
 
 
-class CategoryFeature(Feature[Fields]):
+class CategoryFeature(Feature[None]):
     name = "category"
 
-    def new(self) -> Fields:
-        return Fields()
+    def __init__(self, cfg: FeatureConfig, clock: Clock) -> None:
+        super().__init__(cfg, clock)
+        self.fields = Fields()
 
-    def _best(self, slot: int, event: Event) -> tuple[float, str, Categories | None]:
-        cfg, f = self.cfg, self.slots[slot]
+    def reset(self, slot: int) -> None:
+        self.fields.reset(slot)
+
+    def _best(self, slot: int, event: Event) -> tuple[float, str, int]:
+        cfg = self.cfg
         return best_category(
-            f.values, f.novel, type_prefix(event.type), event.strings, event.event_time_ms,
+            self.fields, slot, event.type, event.strings, event.event_time_ms,
             cfg.burst_s * 1000, cfg.novelty_prior, cfg.min_count,
         )  # fmt: skip
 
@@ -39,90 +186,138 @@ class CategoryFeature(Feature[Fields]):
         return self._best(slot, event)[0]
 
     def explain(self, slot: int, event: Event) -> Reason | None:
-        s, name, c = self._best(slot, event)
-        if c is None:
+        s, name, row = self._best(slot, event)
+        if row < 0:
             return None
-        return Reason("category", name, event.strings[name], c.expected(), s)
+        expected = self.fields.counts.expected(row)
+        return Reason("category", name, event.strings[name], expected, s)
 
     def advance(self, slot: int, event: Event) -> None:
         cfg = self.cfg
         if cfg.novelty_burst and self.clock.n[slot] > 1:
-            f = self.slots[slot]
             note_novelties(
-                f.values, f.novel, type_prefix(event.type), event.strings, event.event_time_ms,
+                self.fields, slot, event.type, event.strings, event.event_time_ms,
                 cfg.burst_s * 1000, cfg.min_count,
             )  # fmt: skip
 
     def learn(self, slot: int, event: Event) -> None:
         cfg = self.cfg
         learn_categories(
-            self.slots[slot].values, type_prefix(event.type), event.strings,
-            cfg.max_categorical_fields, cfg.max_categories,
+            self.fields, slot, event.type, event.strings, cfg.max_categorical_fields,
+            cfg.max_categories,
         )  # fmt: skip
 
     def dump(self, slot: int, w: Writer) -> None:
-        f = self.slots[slot]
-        w.count(len(f.values))
-        for key, c in f.values.items():
-            w.text(key)
-            c.dump(w)
-        f.novel.dump(w)
+        f = self.fields
+        start, used = f.start[slot], f.used[slot]
+        w.count(used)
+        for i in range(start, start + used):
+            w.text(f.keys.text(f.key[i]))
+            if f.row[i] < 0:
+                dump_saturated(w)
+            else:
+                f.counts.dump(f.row[i], w)
+        novel = f.novel[slot] or {}
+        w.count(len(novel))
+        for name, (count, last_ms) in novel.items():
+            w.text(name)
+            w.f64(count)
+            w.i64(last_ms)
 
     def load(self, slot: int, r: Reader) -> None:
-        values = {}
+        f = self.fields
+        f.reset(slot)
         for _ in range(r.count()):
-            key, c = sys.intern(r.text()), Categories.load(r)
-            values[key] = ID_FIELD if c.saturated else c  # the one shared id table
-        self.slots[slot] = Fields(values, Novelties.load(r))
+            key = r.text()
+            kid = f.hold(key)
+            row = f.counts.add_row()
+            f.counts.load(row, r)
+            if f.counts.sat[row]:  # the one shared id table
+                f.counts.drop(row)
+                row = -1
+            f.add(slot, kid, row)
+        novel = {}
+        for _ in range(r.count()):
+            name = sys.intern(r.text())
+            novel[name] = (r.f64(), r.i64())
+        f.novel[slot] = novel or None
+
+    def view(self, slot: int) -> dict[str, Categories]:
+        """The slot's fields by type-prefixed name, read live (ID_FIELD: saturated)."""
+        f = self.fields
+
+        def row(key: str) -> Callable[[], int]:
+            return lambda: max(f.row_of(slot, key), SATURATED)  # gone: reads as saturated
+
+        out: dict[str, Categories] = {}
+        for i in range(f.start[slot], f.start[slot] + f.used[slot]):
+            key = f.keys.text(f.key[i])
+            out[key] = ID_FIELD if f.row[i] < 0 else Categories(f.counts, row(key))
+        return out
 
 
 # The per-event loops over an event's categorical fields, as functions of plain arguments:
-# compiled, they run over the typed Categories (category.pxd) with C calls to its methods.
+# compiled, they run over the typed columns (category.pxd, categories.pxd) with C calls.
 
 
 def best_category(
-    values: dict[str, Categories], novel: Novelties, prefix: str, strings: dict[str, str],
-    t_ms: int, burst_ms: float, prior: float, min_count: int,
-) -> tuple[float, str, Categories | None]:  # fmt: skip
-    """(surprise, field, its counts) of the field whose value is the most surprising."""
-    best, best_field, best_c = 0.0, "", None
-    bursts = bool(novel.recent)  # no novelty yet (most producers): no burst to look up
+    f: Fields, slot: int, etype: str | None, strings: dict[str, str], t_ms: int,
+    burst_ms: float, prior: float, min_count: int,
+) -> tuple[float, str, int]:  # fmt: skip
+    """(surprise, field, its row) of the field whose value is the most surprising (row -1:
+    none)."""
+    best, best_field, best_row = 0.0, "", -1
+    if not f.used[slot]:
+        return best, best_field, best_row
+    bursts = f.novel[slot] is not None  # no novelty yet (most producers): no burst to look up
+    counts = f.counts
     for name, value in strings.items():
-        c = values.get(prefix + name)
-        if c is None or c.saturated:  # an id field: never judged, skip the burst
+        kid = f.kid_of(etype, name)
+        i = -1 if kid < 0 else f.find(slot, kid)
+        if i < 0:
             continue
-        burst = novel.burst(name, t_ms, burst_ms) if bursts else 0.0
-        s = c.surprise(value, prior, burst, min_count)
+        row = f.row[i]
+        if row < 0:  # an id field: never judged, skip the burst
+            continue
+        burst = f.burst(slot, name, t_ms, burst_ms) if bursts else 0.0
+        s = counts.surprise(row, value, prior, burst, min_count)
         if s > best:
-            best, best_field, best_c = s, name, c
-    return best, best_field, best_c
+            best, best_field, best_row = s, name, row
+    return best, best_field, best_row
 
 
 def note_novelties(
-    values: dict[str, Categories], novel: Novelties, prefix: str, strings: dict[str, str],
-    t_ms: int, burst_ms: float, min_count: int,
+    f: Fields, slot: int, etype: str | None, strings: dict[str, str], t_ms: int,
+    burst_ms: float, min_count: int,
 ) -> None:  # fmt: skip
     """Note each judged field's never-seen value among the field's recent novelties."""
+    counts = f.counts
     for name, value in strings.items():
-        c = values.get(prefix + name)
-        if c is not None and c.is_new(value, min_count):
-            novel.note(name, t_ms, burst_ms)
+        kid = f.kid_of(etype, name)
+        i = -1 if kid < 0 else f.find(slot, kid)
+        if i >= 0 and f.row[i] >= 0 and counts.is_new(f.row[i], value, min_count):
+            f.note(slot, name, t_ms, burst_ms)
 
 
 def learn_categories(
-    values: dict[str, Categories], prefix: str, strings: dict[str, str], max_fields: int,
+    f: Fields, slot: int, etype: str | None, strings: dict[str, str], max_fields: int,
     cap: int,
 ) -> None:  # fmt: skip
     """Count each field's value (a new field while fewer than ``max_fields`` are tracked)."""
+    counts = f.counts
     for name, value in strings.items():
-        key = prefix + name
-        c = values.get(key)
-        if c is None:
-            if len(values) >= max_fields:
+        kid = f.kid_of(etype, name)
+        i = -1 if kid < 0 else f.find(slot, kid)
+        if i < 0:
+            if f.used[slot] >= max_fields:
                 continue
-            c = values[sys.intern(key)] = Categories()
-        elif c.saturated:
+            kid = f.hold(type_prefix(etype) + name)
+            f.add(slot, kid, counts.add_row())
+            i = f.start[slot] + f.used[slot] - 1
+        row = f.row[i]
+        if row < 0:
             continue  # an id field: nothing left to count
-        c.update(value, cap)
-        if c.saturated:
-            values[key] = ID_FIELD
+        counts.update(row, value, cap)
+        if counts.sat[row]:
+            counts.drop(row)
+            f.row[i] = SATURATED

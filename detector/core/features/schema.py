@@ -4,76 +4,125 @@ from __future__ import annotations
 
 import sys
 import zlib
-from dataclasses import dataclass, field
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
-from detector.core.features.categories import Categories, Novelties
+from detector.core.features.categories import Categories, Counts, Novelty, Vocab
+from detector.core.features.clock import Clock
+from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
 from detector.core.features.surprise import Reason
 
 KEY = "schema"  # the one key of the schema feature's novelty burst
 
 
-@dataclass(slots=True)
-class Shapes:
-    """Counts of a producer's shapes, their field lists (for the reasons) and recent novelties."""
+class SchemaFeature(Feature[None]):
+    """Per slot, one row of :attr:`counts` (row = slot): the shapes it sent; the field lists
+    of the first ``max_schemas`` of them (for the reasons: a tuple of shape ids, each shape's
+    key and field list held once in :attr:`shapes` for all producers); its recent novelties."""
 
-    counts: Categories = field(default_factory=Categories)
-    fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    novel: Novelties = field(default_factory=Novelties)
-
-
-class SchemaFeature(Feature[Shapes]):
     name = "schema"
 
-    def new(self) -> Shapes:
-        return Shapes()
+    def __init__(self, cfg: FeatureConfig, clock: Clock) -> None:
+        super().__init__(cfg, clock)
+        self.counts = Counts()
+        self.shapes = Vocab()
+        self.names: list[tuple[str, ...]] = []  # the field list of each shape id
+        self.fields: list[tuple[int, ...]] = []  # per slot: its shape ids, in learned order
+        self.novel = Novelty(KEY)
+
+    def reset(self, slot: int) -> None:
+        if slot == self.counts.rows:
+            self.counts.add_row()
+            self.fields.append(())
+        else:
+            self.counts.reset(slot)
+            for sid in self.fields[slot]:
+                if self.shapes.release(sid):
+                    self.names[sid] = ()
+            self.fields[slot] = ()
+        self.novel.reset(slot)
 
     def judge(self, slot: int, event: Event) -> float:
-        cfg, shapes = self.cfg, self.slots[slot]
+        cfg = self.cfg
         key, _ = shape_of(event)
-        burst = shapes.novel.burst(KEY, event.event_time_ms, cfg.burst_s * 1000)
-        return shapes.counts.surprise(key, cfg.novelty_prior, burst, cfg.min_count)
+        burst = self.novel.burst(slot, event.event_time_ms, cfg.burst_s * 1000)
+        return self.counts.surprise(slot, key, cfg.novelty_prior, burst, cfg.min_count)
 
     def explain(self, slot: int, event: Event) -> Reason | None:
         s = self.judge(slot, event)
         if not s > 0:
             return None
-        return Reason("schema", "", _diff(self.slots[slot], shape_of(event)[1]), "usual shape", s)
+        return Reason("schema", "", self._diff(slot, shape_of(event)[1]), "usual shape", s)
 
     def advance(self, slot: int, event: Event) -> None:
         cfg = self.cfg
-        if cfg.novelty_burst and self.clock.n[slot] > 1:
-            shapes = self.slots[slot]
-            if shapes.counts.is_new(shape_of(event)[0], cfg.min_count):
-                shapes.novel.note(KEY, event.event_time_ms, cfg.burst_s * 1000)
+        if (
+            cfg.novelty_burst
+            and self.clock.n[slot] > 1
+            and self.counts.is_new(slot, shape_of(event)[0], cfg.min_count)
+        ):
+            self.novel.note(slot, event.event_time_ms, cfg.burst_s * 1000)
 
     def learn(self, slot: int, event: Event) -> None:
-        cfg, shapes = self.cfg, self.slots[slot]
+        cfg = self.cfg
         key, names = shape_of(event)
-        shapes.counts.update(key, cfg.max_schemas)
-        if key not in shapes.fields and len(shapes.fields) < cfg.max_schemas:
-            shapes.fields[sys.intern(key)] = _field_list(names)
+        self.counts.update(slot, key, cfg.max_schemas)
+        held = self.fields[slot]
+        if len(held) < cfg.max_schemas:
+            sid = self.shapes.ids.get(key)
+            if sid is None or sid not in held:
+                self._hold(slot, key, names)
+
+    def _hold(self, slot: int, key: str, names: tuple[str, ...]) -> None:
+        sid = self.shapes.add(key)
+        if self.shapes.refs[sid] == 1:
+            while len(self.names) <= sid:
+                self.names.append(())
+            self.names[sid] = tuple(map(sys.intern, names))
+        self.fields[slot] += (sid,)
 
     def dump(self, slot: int, w: Writer) -> None:
-        shapes = self.slots[slot]
-        shapes.counts.dump(w)
-        w.count(len(shapes.fields))
-        for key, names in shapes.fields.items():
-            w.text(key)
+        self.counts.dump(slot, w)
+        held = self.fields[slot]
+        w.count(len(held))
+        for sid in held:
+            w.text(self.shapes.text(sid))
+            names = self.names[sid]
             w.count(len(names))
             for name in names:
                 w.text(name)
-        shapes.novel.dump(w)
+        self.novel.dump(slot, w)
 
     def load(self, slot: int, r: Reader) -> None:
-        counts = Categories.load(r)
-        fields = {}
+        self.reset(slot)
+        self.counts.load(slot, r)
         for _ in range(r.count()):
-            key = sys.intern(r.text())
-            fields[key] = _field_list(tuple(r.text() for _ in range(r.count())))
-        self.slots[slot] = Shapes(counts, fields, Novelties.load(r))
+            key = r.text()
+            self._hold(slot, key, tuple(r.text() for _ in range(r.count())))
+        self.novel.load(slot, r)
+
+    def view(self, slot: int) -> tuple[Categories, dict[str, tuple[str, ...]]]:
+        """The slot's shape counts (read live) and field lists by shape key."""
+        fields = {self.shapes.text(sid): self.names[sid] for sid in self.fields[slot]}
+        return Categories(self.counts, lambda: slot), fields
+
+    def _diff(self, slot: int, names: tuple[str, ...]) -> str:
+        """Added and missing fields against the producer's most common shape."""
+        counts = self.counts.counts(slot)
+        if not counts:
+            return "unusual shape"
+        usual_key = max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        sid = self.shapes.ids.get(usual_key)
+        usual = set(self.names[sid] if sid is not None and sid in self.fields[slot] else ())
+        added = sorted(set(names) - usual)[:5]
+        missing = sorted(usual - set(names))[:5]
+        parts = []
+        if added:
+            parts.append("+" + ",".join(added))
+        if missing:
+            parts.append("-" + ",".join(missing))
+        return " ".join(parts) or "known fields, unusual combination"
 
 
 def shape_of(event: Event) -> tuple[str, tuple[str, ...]]:
@@ -95,35 +144,3 @@ def shape_of(event: Event) -> tuple[str, tuple[str, ...]]:
 
 _SHAPES: dict[tuple[str | None, ...], tuple[str, tuple[str, ...]]] = {}
 _MAX_SHAPES = 4096
-
-# One copy of each schema's field list among producers: every producer learns (and a
-# checkpoint restores) its own, though most producers of a service send the same shapes.
-# Shared lists live as long as the process, so they are bounded (~1.5 MB; hostile producers'
-# shapes must not grow it without end): beyond, lists are kept unshared.
-_FIELD_LISTS: dict[tuple[str, ...], tuple[str, ...]] = {}
-_MAX_FIELD_LISTS = 10_000
-
-
-def _field_list(names: tuple[str, ...]) -> tuple[str, ...]:
-    shared = _FIELD_LISTS.get(names)
-    if shared is None:
-        shared = tuple(map(sys.intern, names))
-        if len(_FIELD_LISTS) < _MAX_FIELD_LISTS:
-            _FIELD_LISTS[shared] = shared
-    return shared
-
-
-def _diff(shapes: Shapes, names: tuple[str, ...]) -> str:
-    """Added and missing fields against the producer's most common shape."""
-    if not shapes.counts.counts:
-        return "unusual shape"
-    usual_key = max(shapes.counts.counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
-    usual = set(shapes.fields.get(usual_key, ()))
-    added = sorted(set(names) - usual)[:5]
-    missing = sorted(usual - set(names))[:5]
-    parts = []
-    if added:
-        parts.append("+" + ",".join(added))
-    if missing:
-        parts.append("-" + ",".join(missing))
-    return " ".join(parts) or "known fields, unusual combination"

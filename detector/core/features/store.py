@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from detector.core.admission import OVERFLOW, Admission
 from detector.core.codec import Reader, Writer
@@ -51,7 +51,7 @@ class ProducerView:
         self._store = store
         f = store.by_name
         rate = f["rate"].slots[slot]
-        values, shapes = f["value"].slots[slot], f["schema"].slots[slot]
+        values = f["value"].slots[slot]
         self.gap: Moments = store.clock.gap[slot]
         self.rate: Moments | None = rate if isinstance(rate, Moments) else None
         self.arrivals: Drift | None = rate if isinstance(rate, Drift) else None
@@ -60,10 +60,10 @@ class ProducerView:
         self.seasonal: dict[str, Seasonal] = values.seasonal
         self.windows: dict[str, ValueWindow] = values.windows
         self.drifts: dict[str, Drift] = f["drift"].slots[slot]
-        self.types: Categories = f["type"].slots[slot].values
-        self.categorical: dict[str, Categories] = f["category"].slots[slot].values
-        self.schemas: Categories = shapes.counts
-        self.schema_fields: dict[str, tuple[str, ...]] = shapes.fields
+        # The categorical features' rows, through views that read them live.
+        self.types: Categories = store.types.view(slot)
+        self.categorical: dict[str, Categories] = store.categories.view(slot)
+        self.schemas, self.schema_fields = store.schemas.view(slot)
 
     @property
     def n(self) -> int:
@@ -88,6 +88,14 @@ def _named(records: Mapping[str, bytes], name: str) -> dict[str, bytes]:
     """The records a feature named ``name`` wrote: ``name`` and ``name.<part>``."""
     prefix = name + "."
     return {k: v for k, v in records.items() if k == name or k.startswith(prefix)}
+
+
+T = TypeVar("T")
+
+
+def _typed(feature: Feature[Any], cls: type[T]) -> T:
+    assert isinstance(feature, cls)  # noqa: S101 (the registry's)
+    return feature
 
 
 def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature[Any]]:
@@ -160,6 +168,18 @@ class FeatureStore:
         rate = self.features[0]
         assert isinstance(rate, RateFeature)  # noqa: S101 (the registry's first)
         return rate
+
+    @property
+    def types(self) -> TypeFeature:
+        return _typed(self.by_name["type"], TypeFeature)
+
+    @property
+    def categories(self) -> CategoryFeature:
+        return _typed(self.by_name["category"], CategoryFeature)
+
+    @property
+    def schemas(self) -> SchemaFeature:
+        return _typed(self.by_name["schema"], SchemaFeature)
 
     def __len__(self) -> int:
         return len(self.producers)
