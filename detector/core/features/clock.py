@@ -8,7 +8,7 @@ from array import array
 from typing import Any
 
 from detector.core.codec import Reader, Writer
-from detector.core.features.columns import capacity, column, grown
+from detector.core.features.columns import capacity, column, grown, restored
 from detector.core.features.moments import MomentsTable
 
 
@@ -21,15 +21,19 @@ class Clock:
     def __init__(self, gap_fading: float) -> None:
         self.gap_fading = gap_fading
         self.gap = MomentsTable(gap_fading)
-        self.n: array[Any] = column("q", 0)
-        self.last_ms: array[Any] = column("q", 0)
-        self.seq: array[Any] = column("q", 0)
-        self.silenced: array[Any] = column("b", 0)
+        self.n: array[int] = column("q", 0)
+        self.last_ms: array[int] = column("q", 0)
+        self.seq: array[int] = column("q", 0)
+        self.silenced: array[int] = column("b", 0)
         self._bind()
 
     def _bind(self) -> None:
         # clock.pxd types these as memoryviews of the columns (the .py: the same arrays).
         self._n, self._last_ms, self._silenced = self.n, self.last_ms, self.silenced
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        names = ("gap_fading", "gap", "n", "last_ms", "seq", "silenced")
+        return restored, (Clock, {name: getattr(self, name) for name in names})
 
     def reset(self, slot: int) -> None:
         if slot >= len(self.n):

@@ -5,7 +5,9 @@ code holds typed memoryviews of it, which pin its buffer)."""
 from __future__ import annotations
 
 from array import array
-from typing import Any
+from typing import Any, TypeVar
+
+C = TypeVar("C")
 
 
 def column(typecode: str, n: int) -> array[Any]:
@@ -18,6 +20,16 @@ def grown(old: array[Any], n: int) -> array[Any]:
     new = column(old.typecode, n)
     new[: len(old)] = old
     return new
+
+
+def restored(cls: type[C], state: dict[str, Any]) -> C:
+    """An object of ``cls`` with the attributes ``state`` (its ``__reduce__``'s), its columns
+    bound again (compiled, its typed memoryviews do not pickle)."""
+    obj = cls.__new__(cls)
+    for name, value in state.items():
+        setattr(obj, name, value)
+    obj._bind()  # type: ignore[attr-defined]
+    return obj
 
 
 def capacity(have: int, need: int) -> int:

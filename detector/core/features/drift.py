@@ -10,9 +10,9 @@ from typing import Any
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
 from detector.core.features.clock import Clock
+from detector.core.features.columns import capacity, column, grown, restored
 from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
-from detector.core.features.columns import capacity, column, grown
 from detector.core.features.surprise import (
     LOG10,
     MAX_SURPRISE,
@@ -45,14 +45,14 @@ class DriftTable:
     """
 
     def __init__(self) -> None:
-        self.count: array[Any] = column("q", 0)
-        self.first_ms: array[Any] = column("q", 0)
-        self.last_ms: array[Any] = column("q", 0)
-        self.mean: array[Any] = column("d", 0)
-        self.var: array[Any] = column("d", 0)
-        self.hi: array[Any] = column("d", 0)
-        self.lo: array[Any] = column("d", 0)
-        self.seen: array[Any] = column("b", 0)
+        self.count: array[int] = column("q", 0)
+        self.first_ms: array[int] = column("q", 0)
+        self.last_ms: array[int] = column("q", 0)
+        self.mean: array[float] = column("d", 0)
+        self.var: array[float] = column("d", 0)
+        self.hi: array[float] = column("d", 0)
+        self.lo: array[float] = column("d", 0)
+        self.seen: array[int] = column("b", 0)
         self._bind()
 
     def _bind(self) -> None:
@@ -60,6 +60,10 @@ class DriftTable:
         self._count, self._first_ms, self._last_ms = self.count, self.first_ms, self.last_ms
         self._mean, self._var, self._hi, self._lo = self.mean, self.var, self.hi, self.lo
         self._seen = self.seen
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        names = ("count", "first_ms", "last_ms", "mean", "var", "hi", "lo", "seen")
+        return restored, (DriftTable, {name: getattr(self, name) for name in names})
 
     def reserve(self, rows: int) -> None:
         """Room for ``rows`` rows."""
@@ -242,7 +246,6 @@ class DriftFeature(Feature[None]):
         s, name = self._best(slot, event)
         if not name:
             return None
-        x = event.numbers[name]
         rows = self.value.rows
         row = rows.row_of(slot, type_prefix(event.type) + name)
         level = unlog(rows.moments.mean[row])
@@ -313,7 +316,9 @@ def best_drift(
     return best, best_name
 
 
-def drift_row(rows: FieldRows, drifts: DriftTable, slot: int, kid: int | None, min_count: int) -> int:
+def drift_row(
+    rows: FieldRows, drifts: DriftTable, slot: int, kid: int | None, min_count: int
+) -> int:
     """The row of key ``kid`` in ``slot`` if its drift is judged (``min_count`` values), or -1."""
     if kid is None:
         return -1

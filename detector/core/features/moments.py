@@ -9,7 +9,7 @@ from array import array
 from typing import Any
 
 from detector.core.codec import Reader, Writer
-from detector.core.features.columns import capacity, column, grown
+from detector.core.features.columns import capacity, column, grown, restored
 from detector.core.features.surprise import unlog
 
 
@@ -24,20 +24,28 @@ class MomentsTable:
 
     def __init__(self, fading_factor: float) -> None:
         self.fading = fading_factor
-        self.count: array[Any] = column("q", 0)
-        self.mean: array[Any] = column("d", 0)
-        self.sq: array[Any] = column("d", 0)
+        self.count: array[int] = column("q", 0)
+        self.mean: array[float] = column("d", 0)
+        self.sq: array[float] = column("d", 0)
         self._bind()
 
     def _bind(self) -> None:
         # moments.pxd types these as memoryviews of the columns (the .py: the same arrays).
         self._count, self._mean, self._sq = self.count, self.mean, self.sq
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = {"fading": self.fading, "count": self.count, "mean": self.mean, "sq": self.sq}
+        return restored, (MomentsTable, state)
+
     def reserve(self, rows: int) -> None:
         """Room for ``rows`` rows."""
         if rows > len(self.count):
             n = capacity(len(self.count), rows)
-            self.count, self.mean, self.sq = grown(self.count, n), grown(self.mean, n), grown(self.sq, n)
+            self.count, self.mean, self.sq = (
+                grown(self.count, n),
+                grown(self.mean, n),
+                grown(self.sq, n),
+            )
             self._bind()
 
     def clear(self, row: int) -> None:

@@ -57,7 +57,9 @@ class ProducerView:
         # Views of the rows, built now: live, as the rows they read.
         gap = store.clock.gap
         self.gap = Moments(gap.fading, gap, slot)
-        self.rate = None if rate.moments is None else Moments(rate.cfg.fading_factor, rate.moments, slot)
+        self.rate = (
+            None if rate.moments is None else Moments(rate.cfg.fading_factor, rate.moments, slot)
+        )
         self.arrivals = None if rate.drifts is None else Drift(rate.drifts, slot)
         self.size = Moments(size.moments.fading, size.moments, slot)
         rows = value.rows

@@ -13,10 +13,10 @@ import numpy.typing as npt
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
+from detector.core.features.clock import Clock
+from detector.core.features.columns import capacity, column, grown, restored
 from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
-from detector.core.features.clock import Clock
-from detector.core.features.columns import capacity, column, grown
 from detector.core.features.moments import MomentsTable
 from detector.core.features.surprise import (
     MAX_SURPRISE,
@@ -192,22 +192,33 @@ class FieldRows:
         self.keys = Keys()
         self.moments = MomentsTable(cfg.fading_factor)
         self.attached: list[Any] = []
-        self.key: array[Any] = column("i", 0)
-        self.next: array[Any] = column("i", 0)
+        self.key: array[int] = column("i", 0)
+        self.next: array[int] = column("i", 0)
         self.seasonal: list[Seasonal | None] = []
         self.windows: list[ValueWindow | None] = []
         # Per slot: first and last row, and how many rows, profiles and windows it has.
-        self.head: array[Any] = column("i", 0)
-        self.tail: array[Any] = column("i", 0)
-        self.fields: array[Any] = column("i", 0)
-        self.profiles: array[Any] = column("i", 0)
-        self.windowed: array[Any] = column("i", 0)
+        self.head: array[int] = column("i", 0)
+        self.tail: array[int] = column("i", 0)
+        self.fields: array[int] = column("i", 0)
+        self.profiles: array[int] = column("i", 0)
+        self.windowed: array[int] = column("i", 0)
         self.used = 0  # rows ever given (the free ones chained from free)
         self.free = -1
         self.min_count, self.min_sd = cfg.min_count, cfg.min_sd
         self.cap, self.profiled_cap = cfg.max_numeric_fields, cfg.max_profiled_fields
         self.buckets, self.window_values = cfg.seasonal_buckets, cfg.window_values
         self.profiled = bool(cfg.seasonal_buckets or cfg.window_values)
+        self._bind()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        names = (
+            "cfg", "keys", "moments", "attached", "key", "next", "seasonal", "windows", "head",
+            "tail", "fields", "profiles", "windowed", "used", "free", "min_count", "min_sd",
+            "cap", "profiled_cap", "buckets", "window_values", "profiled",
+        )  # fmt: skip
+        return restored, (FieldRows, {name: getattr(self, name) for name in names})
+
+    def _bind(self) -> None:
         self._bind_rows()
         self._bind_slots()
 
@@ -228,7 +239,11 @@ class FieldRows:
         """Free ``slot``'s rows (a new producer takes it)."""
         if slot >= len(self.head):
             have, n = len(self.head), capacity(len(self.head), slot + 1)
-            self.head, self.tail, self.fields = grown(self.head, n), grown(self.tail, n), grown(self.fields, n)
+            self.head, self.tail, self.fields = (
+                grown(self.head, n),
+                grown(self.tail, n),
+                grown(self.fields, n),
+            )
             for c in (self.head, self.tail):
                 for i in range(have, n):
                     c[i] = -1  # no rows
