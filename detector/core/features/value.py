@@ -421,10 +421,12 @@ class FieldRows:
             row = self.add(slot, self.keys.id_of(r.text()))
             self.moments.load(row, r)
         for _ in range(r.count()):
-            self.seasonal[self._known_row(slot, r.text())] = Seasonal.load(r)
+            row = self._known_row(slot, r.text())  # the key comes first
+            self.seasonal[row] = Seasonal.load(r)
             self._profiles[slot] += 1
         for _ in range(r.count()):
-            self.windows[self._known_row(slot, r.text())] = ValueWindow.load(r)
+            row = self._known_row(slot, r.text())
+            self.windows[row] = ValueWindow.load(r)
             self._windowed[slot] += 1
 
     def _known_row(self, slot: int, key: str) -> int:
