@@ -152,8 +152,9 @@ def test_restored_and_committed_state_is_out_of_the_cyclic_gc(
     w.run()
     collected = {id(o) for o in gc.get_objects()}  # frozen objects are not among them
     store = w.pipeline.store
-    states = [store.by_name["value"].slots[slot] for slot in store.producers.values()]
-    assert len(states) == 3 and not any(id(st) in collected for st in states)
+    states = [store.by_name["category"].slots[slot] for slot in store.producers.values()]
+    states.append(store.by_name["value"].rows)  # every producer's numeric fields, as rows
+    assert len(states) == 4 and not any(id(st) in collected for st in states)
     assert all(gc.is_tracked(st) for st in states)  # tracked, but frozen
 
 

@@ -355,7 +355,7 @@ class Pipeline:
             last_ms = clock.last_ms[slot]
             if clock.silenced[slot] or last_ms < 0 or clock.n[slot] < d.warmup_events:
                 continue
-            usual_ms = max(math.expm1(clock.gap[slot].mean), 1.0)  # smoothed inter-arrival
+            usual_ms = max(math.expm1(clock.gap.mean[slot]), 1.0)  # smoothed inter-arrival
             quiet_ms = now - last_ms
             if quiet_ms < max(d.silence_after * usual_ms, d.silence_min_ms):
                 continue

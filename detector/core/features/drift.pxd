@@ -2,25 +2,34 @@ import cython
 # libm for the .py's math.sqrt and math.expm1 (see surprise.pxd)
 from libc cimport math
 
-from detector.core.features.surprise cimport signed_log, type_prefix
+from detector.core.features.surprise cimport signed_log
+from detector.core.features.value cimport FieldRows
 
-cdef class Drift:
-    cdef public long long count, first_ms, last_ms
-    cdef public double mean, var, hi, lo
-    cpdef double z(self, double y, double min_sd)
-    cpdef double clipped_z(self, double y, double min_sd, double clip)
-    cpdef double statistic(self, double y, double k, double min_sd, double clip)
-    cpdef double statistic_of(self, double z, double k)
-    cpdef void step(self, double y, double k, double min_sd, double clip)
-    cpdef void step_by(self, double z, double k)
-    @cython.locals(dt=cython.longlong, covered=double, w=double, d=double)
-    cpdef void learn(self, double y, long long t_ms, double horizon_ms, double restart)
+# The columns are arrays (Python attributes: dump, views); the per-event methods index typed
+# memoryviews of them.
+cdef class DriftTable:
+    cdef public object count, first_ms, last_ms, mean, var, hi, lo, seen
+    cdef long long[:] _count, _first_ms, _last_ms
+    cdef double[:] _mean, _var, _hi, _lo
+    cdef signed char[:] _seen
+    cpdef void reserve(self, Py_ssize_t rows)
+    cpdef void clear(self, Py_ssize_t row)
+    cpdef double z(self, Py_ssize_t row, double y, double min_sd)
+    @cython.locals(z=double)
+    cpdef double clipped_z(self, Py_ssize_t row, double y, double min_sd, double clip)
+    cpdef double statistic_of(self, Py_ssize_t row, double z, double k)
+    cpdef void step_by(self, Py_ssize_t row, double z, double k)
+    @cython.locals(count=cython.longlong, last=cython.longlong, dt=cython.longlong, covered=double, w=double, d=double, mean=double)
+    cpdef void learn(self, Py_ssize_t row, double y, long long t_ms, double horizon_ms, double restart)
 
-@cython.locals(d=Drift, x=double, z=double, s=double, best=double)
-cpdef tuple best_drift(dict drifts, str prefix, dict numbers, long long min_count, double min_sd, double clip, double k)
+@cython.locals(known=dict, row=Py_ssize_t, x=double, z=double, s=double, best=double)
+cpdef tuple best_drift(FieldRows rows, DriftTable drifts, Py_ssize_t slot, object etype, dict numbers, long long min_count, double min_sd, double clip, double k)
 
-@cython.locals(d=Drift, x=double)
-cpdef void step_drifts(dict drifts, str prefix, dict numbers, long long min_count, double min_sd, double clip, double k)
+@cython.locals(row=Py_ssize_t)
+cpdef Py_ssize_t drift_row(FieldRows rows, DriftTable drifts, Py_ssize_t slot, object kid, long long min_count)
 
-@cython.locals(d=Drift, x=double)
-cpdef void learn_drifts(dict drifts, dict numeric, str prefix, dict numbers, long long t_ms, double horizon_ms, double restart)
+@cython.locals(known=dict, row=Py_ssize_t, x=double)
+cpdef void step_drifts(FieldRows rows, DriftTable drifts, Py_ssize_t slot, object etype, dict numbers, long long min_count, double min_sd, double clip, double k)
+
+@cython.locals(known=dict, row=Py_ssize_t, x=double)
+cpdef void learn_drifts(FieldRows rows, DriftTable drifts, Py_ssize_t slot, object etype, dict numbers, long long t_ms, double horizon_ms, double restart)

@@ -4,14 +4,15 @@ the ~100-event baselines of the value feature follow unnoticed."""
 from __future__ import annotations
 
 import math
-import sys
+from array import array
+from typing import Any
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
 from detector.core.features.clock import Clock
+from detector.core.features.columns import capacity, column, grown, restored
 from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
-from detector.core.features.moments import Moments
 from detector.core.features.surprise import (
     LOG10,
     MAX_SURPRISE,
@@ -20,11 +21,11 @@ from detector.core.features.surprise import (
     type_prefix,
     unlog,
 )
-from detector.core.features.value import ValueFeature
+from detector.core.features.value import FieldRows, ValueFeature
 
 
-class Drift:
-    """A slow reference level of one numeric field and a two-sided CUSUM against it.
+class DriftTable:
+    """Per row, a slow reference level of one numeric field and a two-sided CUSUM against it.
 
     The reference is an exponentially weighted mean and variance whose memory is a span of
     event time (``horizon_ms``), not a count of events, so a busy producer's reference is as
@@ -34,9 +35,121 @@ class Drift:
     ``S`` stays small (P(S > s) ~ exp(-2ks)); a level creeping away by a fraction of a
     standard deviation per hour makes it climb without bound.
 
-    The CUSUM advances with every event (:meth:`step`: how far values are from the reference
-    is a fact), the reference only with accepted ones (:meth:`learn`), so a drift keeps
-    accumulating evidence while its events are held back from the baselines.
+    The CUSUM advances with every event (:meth:`step_by`: how far values are from the
+    reference is a fact), the reference only with accepted ones (:meth:`learn`), so a drift
+    keeps accumulating evidence while its events are held back from the baselines.
+
+    Columns (a row per producer slot, or per producer and field): ``count``, ``first_ms``,
+    ``last_ms`` (int64), ``mean``, ``var``, ``hi``, ``lo`` (float64) and ``seen`` (int8: the
+    row has learned a value since it was cleared). :class:`Drift` is one row.
+    """
+
+    def __init__(self) -> None:
+        self.count: array[int] = column("q", 0)
+        self.first_ms: array[int] = column("q", 0)
+        self.last_ms: array[int] = column("q", 0)
+        self.mean: array[float] = column("d", 0)
+        self.var: array[float] = column("d", 0)
+        self.hi: array[float] = column("d", 0)
+        self.lo: array[float] = column("d", 0)
+        self.seen: array[int] = column("b", 0)
+        self._bind()
+
+    def _bind(self) -> None:
+        # drift.pxd types these as memoryviews of the columns (the .py: the same arrays).
+        self._count, self._first_ms, self._last_ms = self.count, self.first_ms, self.last_ms
+        self._mean, self._var, self._hi, self._lo = self.mean, self.var, self.hi, self.lo
+        self._seen = self.seen
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        names = ("count", "first_ms", "last_ms", "mean", "var", "hi", "lo", "seen")
+        return restored, (DriftTable, {name: getattr(self, name) for name in names})
+
+    def reserve(self, rows: int) -> None:
+        """Room for ``rows`` rows."""
+        if rows > len(self.count):
+            n = capacity(len(self.count), rows)
+            self.count, self.first_ms = grown(self.count, n), grown(self.first_ms, n)
+            self.last_ms, self.mean = grown(self.last_ms, n), grown(self.mean, n)
+            self.var, self.hi, self.lo = grown(self.var, n), grown(self.hi, n), grown(self.lo, n)
+            self.seen = grown(self.seen, n)
+            self._bind()
+
+    def clear(self, row: int) -> None:
+        self._count[row] = 0
+        self._mean[row] = self._var[row] = self._hi[row] = self._lo[row] = 0.0
+        self._first_ms[row] = self._last_ms[row] = -1
+        self._seen[row] = 0
+
+    def dump(self, row: int, w: Writer) -> None:
+        w.i64(self.count[row])
+        for v in (self.mean[row], self.var[row], self.hi[row], self.lo[row]):
+            w.f64(v)
+        w.i64(self.first_ms[row])
+        w.i64(self.last_ms[row])
+
+    def load(self, row: int, r: Reader) -> None:
+        self.count[row], self.mean[row], self.var[row] = r.i64(), r.f64(), r.f64()
+        self.hi[row], self.lo[row] = r.f64(), r.f64()
+        self.first_ms[row], self.last_ms[row] = r.i64(), r.i64()
+        self.seen[row] = 1
+
+    def z(self, row: int, y: float, min_sd: float) -> float:
+        """Standardised distance of ``y`` from the reference."""
+        return (y - self._mean[row]) / max(math.sqrt(max(self._var[row], 0.0)), min_sd)
+
+    def clipped_z(self, row: int, y: float, min_sd: float, clip: float) -> float:
+        """:meth:`z` clipped to ``±clip`` (inlined: per numeric field per event)."""
+        z = (y - self._mean[row]) / max(math.sqrt(max(self._var[row], 0.0)), min_sd)
+        return min(max(z, -clip), clip)
+
+    def statistic_of(self, row: int, z: float, k: float) -> float:
+        """The CUSUM statistic a value of :meth:`clipped_z` ``z`` would give, without the
+        step."""
+        return max(self._hi[row] + z - k, self._lo[row] - z - k, 0.0)
+
+    def step_by(self, row: int, z: float, k: float) -> None:
+        """Advance the CUSUM by a value of :meth:`clipped_z` ``z`` (every event, whatever its
+        verdict)."""
+        self._hi[row] = max(self._hi[row] + z - k, 0.0)
+        self._lo[row] = max(self._lo[row] - z - k, 0.0)
+
+    def learn(self, row: int, y: float, t_ms: int, horizon_ms: float, restart: float) -> None:
+        """Fold an accepted value into the reference."""
+        self._seen[row] = 1
+        count = self._count[row]
+        if count == 0:  # first value, or a restart: the variance is kept
+            self._mean[row] = y
+            self._first_ms[row] = self._last_ms[row] = t_ms
+            self._count[row] = 1
+            return
+        if max(self._hi[row], self._lo[row]) > restart:
+            # Accepting a large statistic means a new normal (or a drift the calibration finds
+            # usual): the reference starts afresh from here.
+            self._count[row] = 0
+            self._hi[row] = self._lo[row] = 0.0
+            return
+        # Each value stands for the time since the previous one (a flood's hundred events in
+        # a second weigh one second), relative to the time covered so far: a young reference
+        # is a time-weighted average from its start, an old one forgets over the horizon.
+        last = self._last_ms[row]
+        dt = max(t_ms - last, 0)
+        covered = -math.expm1(-max(t_ms - self._first_ms[row], 0) / horizon_ms)
+        w = -math.expm1(-dt / horizon_ms) / covered if covered > 0 else 1.0 / (count + 1)
+        # At most 1: event time may go backwards (late or hostile timestamps), and a weight
+        # above 1 would overshoot and make the reference diverge.
+        w = min(w, 1.0)
+        mean = self._mean[row]
+        d = y - mean
+        self._mean[row] = mean + w * d
+        self._var[row] = (1.0 - w) * (self._var[row] + w * d * d)
+        self._count[row] = count + 1
+        self._last_ms[row] = max(last, t_ms)
+
+
+class Drift:
+    """One row of a :class:`DriftTable`, read and moved live (a view for inspection and tests;
+    without a table, a table of its own with one row).
 
     Examples:
         >>> d = Drift()
@@ -51,104 +164,79 @@ class Drift:
         True
     """
 
-    __slots__ = ("count", "first_ms", "hi", "last_ms", "lo", "mean", "var")
+    __slots__ = ("row", "table")
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.mean = 0.0
-        self.var = 0.0
-        self.hi = 0.0
-        self.lo = 0.0
-        self.first_ms = -1
-        self.last_ms = -1
+    def __init__(self, table: DriftTable | None = None, row: int = 0) -> None:
+        if table is None:
+            table = DriftTable()
+            table.reserve(1)
+            table.clear(0)
+        self.table, self.row = table, row
 
-    def dump(self, w: Writer) -> None:
-        w.i64(self.count)
-        for v in (self.mean, self.var, self.hi, self.lo):
-            w.f64(v)
-        w.i64(self.first_ms)
-        w.i64(self.last_ms)
+    @property
+    def count(self) -> int:
+        return int(self.table.count[self.row])
 
-    @classmethod
-    def load(cls, r: Reader) -> Drift:
-        d = cls()
-        d.count, d.mean, d.var, d.hi, d.lo = r.i64(), r.f64(), r.f64(), r.f64(), r.f64()
-        d.first_ms, d.last_ms = r.i64(), r.i64()
-        return d
+    @property
+    def first_ms(self) -> int:
+        return int(self.table.first_ms[self.row])
+
+    @property
+    def last_ms(self) -> int:
+        return int(self.table.last_ms[self.row])
+
+    @property
+    def mean(self) -> float:
+        return float(self.table.mean[self.row])
+
+    @property
+    def var(self) -> float:
+        return float(self.table.var[self.row])
+
+    @property
+    def hi(self) -> float:
+        return float(self.table.hi[self.row])
+
+    @property
+    def lo(self) -> float:
+        return float(self.table.lo[self.row])
 
     def z(self, y: float, min_sd: float) -> float:
-        """Standardised distance of ``y`` from the reference."""
-        return (y - self.mean) / max(math.sqrt(max(self.var, 0.0)), min_sd)
-
-    def clipped_z(self, y: float, min_sd: float, clip: float) -> float:
-        """:meth:`z` clipped to ``±clip`` (inlined: per numeric field per event)."""
-        z = (y - self.mean) / max(math.sqrt(max(self.var, 0.0)), min_sd)
-        return min(max(z, -clip), clip)
+        return self.table.z(self.row, y, min_sd)
 
     def statistic(self, y: float, k: float, min_sd: float, clip: float) -> float:
         """The CUSUM statistic this value would give, without taking the step."""
-        return self.statistic_of(self.clipped_z(y, min_sd, clip), k)
-
-    def statistic_of(self, z: float, k: float) -> float:
-        """:meth:`statistic` from the value's :meth:`clipped_z`."""
-        return max(self.hi + z - k, self.lo - z - k, 0.0)
+        return self.table.statistic_of(self.row, self.table.clipped_z(self.row, y, min_sd, clip), k)
 
     def step(self, y: float, k: float, min_sd: float, clip: float) -> None:
-        """Advance the CUSUM by one value (every event, whatever its verdict)."""
-        self.step_by(self.clipped_z(y, min_sd, clip), k)
-
-    def step_by(self, z: float, k: float) -> None:
-        """:meth:`step` from the value's :meth:`clipped_z`."""
-        self.hi = max(self.hi + z - k, 0.0)
-        self.lo = max(self.lo - z - k, 0.0)
+        """Advance the CUSUM by one value."""
+        self.table.step_by(self.row, self.table.clipped_z(self.row, y, min_sd, clip), k)
 
     def learn(self, y: float, t_ms: int, horizon_ms: float, restart: float) -> None:
-        """Fold an accepted value into the reference."""
-        if self.count == 0:  # first value, or a restart: the variance is kept
-            self.mean, self.first_ms, self.last_ms, self.count = y, t_ms, t_ms, 1
-            return
-        if max(self.hi, self.lo) > restart:
-            # Accepting a large statistic means a new normal (or a drift the calibration finds
-            # usual): the reference starts afresh from here.
-            self.count, self.hi, self.lo = 0, 0.0, 0.0
-            return
-        # Each value stands for the time since the previous one (a flood's hundred events in
-        # a second weigh one second), relative to the time covered so far: a young reference
-        # is a time-weighted average from its start, an old one forgets over the horizon.
-        dt = max(t_ms - self.last_ms, 0)
-        covered = -math.expm1(-max(t_ms - self.first_ms, 0) / horizon_ms)
-        w = -math.expm1(-dt / horizon_ms) / covered if covered > 0 else 1.0 / (self.count + 1)
-        # At most 1: event time may go backwards (late or hostile timestamps), and a weight
-        # above 1 would overshoot and make the reference diverge.
-        w = min(w, 1.0)
-        d = y - self.mean
-        self.mean += w * d
-        self.var = (1.0 - w) * (self.var + w * d * d)
-        self.count += 1
-        self.last_ms = max(self.last_ms, t_ms)
+        self.table.learn(self.row, y, t_ms, horizon_ms, restart)
 
 
-class DriftFeature(Feature[dict[str, Drift]]):
-    """Per numeric field (per event type), a :class:`Drift`; the surprise is the largest
-    CUSUM statistic among the event's fields. Tracks the fields the value feature tracks."""
+class DriftFeature(Feature[None]):
+    """Per numeric field (per event type), a drift row (:class:`DriftTable`) beside the value
+    feature's row of the field; the surprise is the largest CUSUM statistic among the event's
+    fields. Tracks the fields the value feature tracks."""
 
     name = "drift"
 
     def __init__(self, cfg: FeatureConfig, clock: Clock, value: ValueFeature) -> None:
         super().__init__(cfg, clock)
         self.value = value
+        self.drifts = DriftTable()
+        value.rows.attach(self.drifts)
 
-    def new(self) -> dict[str, Drift]:
-        return {}
+    def reset(self, slot: int) -> None:
+        """The value feature's rows are the drift rows: it frees them."""
 
     def _best(self, slot: int, event: Event) -> tuple[float, str]:
         cfg = self.cfg
-        drifts = self.slots[slot]
-        if not drifts:
-            return 0.0, ""
         return best_drift(
-            drifts, type_prefix(event.type), event.numbers, cfg.min_count, cfg.min_sd,
-            cfg.drift_clip, cfg.drift_slack,
+            self.value.rows, self.drifts, slot, event.type, event.numbers, cfg.min_count,
+            cfg.min_sd, cfg.drift_clip, cfg.drift_slack,
         )  # fmt: skip
 
     def judge(self, slot: int, event: Event) -> float:
@@ -158,86 +246,113 @@ class DriftFeature(Feature[dict[str, Drift]]):
         s, name = self._best(slot, event)
         if not name:
             return None
-        x = event.numbers[name]
-        d = self.slots[slot][type_prefix(event.type) + name]
-        m = self.value.slots[slot].get(type_prefix(event.type) + name)
-        level = unlog(m.mean) if m is not None else x
+        rows = self.value.rows
+        row = rows.row_of(slot, type_prefix(event.type) + name)
+        level = unlog(rows.moments.mean[row])
         hours = self.cfg.drift_horizon_s / 3600
         return Reason(
             "drift", name, f"recent level {level:.4g}",
-            f"{unlog(d.mean):.4g} (reference over ~{hours:g} h)", s,
+            f"{unlog(self.drifts.mean[row]):.4g} (reference over ~{hours:g} h)", s,
         )  # fmt: skip
 
     def advance(self, slot: int, event: Event) -> None:
         """The CUSUMs of judged fields advance with every event."""
         cfg = self.cfg
-        drifts = self.slots[slot]
-        if drifts:
-            step_drifts(
-                drifts, type_prefix(event.type), event.numbers, cfg.min_count, cfg.min_sd,
-                cfg.drift_clip, cfg.drift_slack,
-            )  # fmt: skip
+        step_drifts(
+            self.value.rows, self.drifts, slot, event.type, event.numbers, cfg.min_count,
+            cfg.min_sd, cfg.drift_clip, cfg.drift_slack,
+        )  # fmt: skip
 
     def learn(self, slot: int, event: Event) -> None:
         cfg = self.cfg
         if cfg.drift_horizon_s <= 0:
             return
         learn_drifts(
-            self.slots[slot], self.value.slots[slot].numeric, type_prefix(event.type),
-            event.numbers, event.event_time_ms, cfg.drift_horizon_s * 1000, cfg.drift_restart,
+            self.value.rows, self.drifts, slot, event.type, event.numbers, event.event_time_ms,
+            cfg.drift_horizon_s * 1000, cfg.drift_restart,
         )  # fmt: skip
 
+    def rows(self, slot: int) -> list[int]:
+        """``slot``'s rows that have a drift, in the order they came."""
+        seen = self.drifts.seen
+        return [row for row in self.value.rows.rows(slot) if seen[row]]
+
     def dump(self, slot: int, w: Writer) -> None:
-        drifts = self.slots[slot]
-        w.count(len(drifts))
-        for key, d in drifts.items():
-            w.text(key)
-            d.dump(w)
+        rows = self.rows(slot)
+        names, key = self.value.rows.keys.names, self.value.rows.key
+        w.count(len(rows))
+        for row in rows:
+            w.text(names[key[row]])
+            self.drifts.dump(row, w)
 
     def load(self, slot: int, r: Reader) -> None:
-        self.slots[slot] = {sys.intern(r.text()): Drift.load(r) for _ in range(r.count())}
+        for _ in range(r.count()):
+            key = r.text()
+            row = self.value.rows.row_of(slot, key)
+            if row < 0:
+                msg = f"record has a drift for the untracked numeric field {key!r}"
+                raise ValueError(msg)
+            self.drifts.load(row, r)
 
 
 def best_drift(
-    drifts: dict[str, Drift], prefix: str, numbers: dict[str, float], min_count: int,
-    min_sd: float, clip: float, k: float,
+    rows: FieldRows, drifts: DriftTable, slot: int, etype: str | None,
+    numbers: dict[str, float], min_count: int, min_sd: float, clip: float, k: float,
 ) -> tuple[float, str]:  # fmt: skip
     """(surprise, field) of the field whose CUSUM statistic this event would raise most."""
     best, best_name = 0.0, ""
+    known = rows.keys.by_type.get(etype)
+    if known is None:
+        return best, best_name
     for name, x in numbers.items():
-        d = drifts.get(prefix + name)
-        if d is None or d.count < min_count:
+        row = drift_row(rows, drifts, slot, known.get(name), min_count)
+        if row < 0:
             continue
-        z = d.clipped_z(signed_log(x), min_sd, clip)
+        z = drifts.clipped_z(row, signed_log(x), min_sd, clip)
         # P(S > s) ~ exp(-2 k s) for a CUSUM under no change: -log10 of that.
-        s = min(2.0 * k * d.statistic_of(z, k) / LOG10, MAX_SURPRISE)
+        s = min(2.0 * k * drifts.statistic_of(row, z, k) / LOG10, MAX_SURPRISE)
         if s > 0 and (not best_name or s > best):
             best, best_name = s, name
     return best, best_name
 
 
+def drift_row(
+    rows: FieldRows, drifts: DriftTable, slot: int, kid: int | None, min_count: int
+) -> int:
+    """The row of key ``kid`` in ``slot`` if its drift is judged (``min_count`` values), or -1."""
+    if kid is None:
+        return -1
+    row = rows.find(slot, kid)
+    if row < 0 or not drifts._seen[row] or drifts._count[row] < min_count:
+        return -1
+    return row
+
+
 def step_drifts(
-    drifts: dict[str, Drift], prefix: str, numbers: dict[str, float], min_count: int,
-    min_sd: float, clip: float, k: float,
+    rows: FieldRows, drifts: DriftTable, slot: int, etype: str | None,
+    numbers: dict[str, float], min_count: int, min_sd: float, clip: float, k: float,
 ) -> None:  # fmt: skip
     """Advance the CUSUM of every judged field by the event's value."""
+    known = rows.keys.by_type.get(etype)
+    if known is None:
+        return
     for name, x in numbers.items():
-        d = drifts.get(prefix + name)
-        if d is not None and d.count >= min_count:
-            d.step_by(d.clipped_z(signed_log(x), min_sd, clip), k)
+        row = drift_row(rows, drifts, slot, known.get(name), min_count)
+        if row >= 0:
+            drifts.step_by(row, drifts.clipped_z(row, signed_log(x), min_sd, clip), k)
 
 
 def learn_drifts(
-    drifts: dict[str, Drift], numeric: dict[str, Moments], prefix: str, numbers: dict[str, float],
-    t_ms: int, horizon_ms: float, restart: float,
+    rows: FieldRows, drifts: DriftTable, slot: int, etype: str | None,
+    numbers: dict[str, float], t_ms: int, horizon_ms: float, restart: float,
 ) -> None:  # fmt: skip
     """Fold an accepted event's values into the references of its fields, for the fields the
-    value feature tracks (``numeric``: its moments)."""
+    value feature tracks (a row in ``rows``)."""
+    known = rows.keys.by_type.get(etype)
+    if known is None:
+        return
     for name, x in numbers.items():
-        key = prefix + name
-        d = drifts.get(key)
-        if d is None:
-            if key not in numeric:
-                continue  # the value feature's cap: untracked field
-            d = drifts[sys.intern(key)] = Drift()
-        d.learn(signed_log(x), t_ms, horizon_ms, restart)
+        kid = known.get(name)
+        row = -1 if kid is None else rows.find(slot, kid)
+        if row >= 0:  # else the value feature's cap: untracked field
+            drifts.learn(row, signed_log(x), t_ms, horizon_ms, restart)

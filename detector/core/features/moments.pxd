@@ -1,8 +1,19 @@
+import cython
 # libm for the .py's math.sqrt (see surprise.pxd)
 from libc cimport math
 
-cdef class Moments:
-    cdef public long long count
-    cdef public double fading, mean, sq
-    cpdef void update(self, double x)
-    cpdef double z(self, double x, double min_sd)
+# The columns are arrays (Python attributes: dump, views); the per-event methods index typed
+# memoryviews of them.
+cdef class MomentsTable:
+    cdef public double fading
+    cdef public object count, mean, sq
+    cdef long long[:] _count
+    cdef double[:] _mean, _sq
+    cpdef void reserve(self, Py_ssize_t rows)
+    cpdef void clear(self, Py_ssize_t row)
+    @cython.locals(a=double)
+    cpdef void update(self, Py_ssize_t row, double x)
+    @cython.locals(m=double)
+    cpdef double var(self, Py_ssize_t row)
+    @cython.locals(m=double, sd=double)
+    cpdef double z(self, Py_ssize_t row, double x, double min_sd)

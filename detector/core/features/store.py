@@ -28,7 +28,7 @@ from detector.core.features.schema import SchemaFeature
 from detector.core.features.size import SizeFeature
 from detector.core.features.surprise import Evidence, Reason
 from detector.core.features.types import TypeFeature
-from detector.core.features.value import Seasonal, ValueFeature, ValueWindow
+from detector.core.features.value import ValueFeature
 
 
 class Part(Protocol):
@@ -50,16 +50,24 @@ class ProducerView:
         self.slot = slot
         self._store = store
         f = store.by_name
-        rate = f["rate"].slots[slot]
-        values = f["value"].slots[slot]
-        self.gap: Moments = store.clock.gap[slot]
-        self.rate: Moments | None = rate if isinstance(rate, Moments) else None
-        self.arrivals: Drift | None = rate if isinstance(rate, Drift) else None
-        self.size: Moments = f["size"].slots[slot]
-        self.numeric: dict[str, Moments] = values.numeric
-        self.seasonal: dict[str, Seasonal] = values.seasonal
-        self.windows: dict[str, ValueWindow] = values.windows
-        self.drifts: dict[str, Drift] = f["drift"].slots[slot]
+        rate, size, value, drift = f["rate"], f["size"], f["value"], f["drift"]
+        assert isinstance(rate, RateFeature) and isinstance(size, SizeFeature)  # noqa: S101
+        assert isinstance(value, ValueFeature) and isinstance(drift, DriftFeature)  # noqa: S101
+        # Views of the rows, built now: live, as the rows they read.
+        gap = store.clock.gap
+        self.gap = Moments(gap.fading, gap, slot)
+        self.rate = (
+            None if rate.moments is None else Moments(rate.cfg.fading_factor, rate.moments, slot)
+        )
+        self.arrivals = None if rate.drifts is None else Drift(rate.drifts, slot)
+        self.size = Moments(size.moments.fading, size.moments, slot)
+        rows = value.rows
+        keyed = [(rows.keys.names[rows.key[row]], row) for row in rows.rows(slot)]
+        self.numeric = {key: Moments(rows.moments.fading, rows.moments, row) for key, row in keyed}
+        self.seasonal = {k: s for k, row in keyed if (s := rows.seasonal[row]) is not None}
+        self.windows = {k: w for k, row in keyed if (w := rows.windows[row]) is not None}
+        seen = drift.drifts.seen
+        self.drifts = {k: Drift(drift.drifts, row) for k, row in keyed if seen[row]}
         # The categorical features' rows, through views that read them live.
         self.types: Categories = store.types.view(slot)
         self.categorical: dict[str, Categories] = store.categories.view(slot)

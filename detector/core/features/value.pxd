@@ -2,7 +2,7 @@ import cython
 # libm for the .py's math.f on C doubles (see surprise.pxd)
 from libc cimport math
 
-from detector.core.features.moments cimport Moments
+from detector.core.features.moments cimport MomentsTable
 from detector.core.features.surprise cimport signed_log, two_sided, type_prefix
 
 # The arrays stay numpy objects (checkpoints, the window's numpy judgement); the methods run
@@ -20,15 +20,35 @@ cdef class ValueWindow:
     @cython.locals(values="double[:]")
     cpdef void update(self, double x)
 
-@cython.locals(numeric=dict, m=Moments, x=double, y=double, s=double, best=double, best_x=double,
-               min_count=cython.longlong, min_sd=double, profiled=cython.bint)
-cpdef tuple best_value(object f, str prefix, dict numbers, long long b, object cfg)
+cdef class Keys:
+    cdef public dict ids, by_type
+    cdef public list names
 
-@cython.locals(ss=double, ws=double)
-cpdef tuple judge_profiles(object f, str key, double y, long long b, double s, str source, object cfg)
+# The columns are arrays (Python attributes: dump, views); the per-event methods index typed
+# memoryviews of them.
+cdef class FieldRows:
+    cdef public object cfg
+    cdef public Keys keys
+    cdef public MomentsTable moments
+    cdef public list attached, seasonal, windows
+    cdef public object key, next, head, tail, fields, profiles, windowed
+    cdef int[:] _key, _next, _head, _tail, _fields, _profiles, _windowed
+    cdef public Py_ssize_t used, free, cap, profiled_cap, buckets, window_values
+    cdef public long long min_count
+    cdef public double min_sd
+    cdef public bint profiled
 
-@cython.locals(numeric=dict, m=Moments, x=double, y=double, fading=double, cap=Py_ssize_t,
-               profiles=cython.bint)
-cpdef void learn_values(object f, str prefix, dict numbers, long long b, object cfg)
-
-cpdef void learn_profiles(object f, str key, double y, long long b, object cfg)
+    @cython.locals(row=Py_ssize_t, after=Py_ssize_t)
+    cpdef void reset(self, Py_ssize_t slot)
+    @cython.locals(row=Py_ssize_t)
+    cpdef Py_ssize_t find(self, Py_ssize_t slot, Py_ssize_t kid)
+    @cython.locals(row=Py_ssize_t, last=Py_ssize_t)
+    cpdef Py_ssize_t add(self, Py_ssize_t slot, Py_ssize_t kid)
+    @cython.locals(known=dict, moments=MomentsTable, row=Py_ssize_t, x=double, y=double, s=double,
+                   best=double, best_x=double, profiled=cython.bint)
+    cpdef tuple best(self, Py_ssize_t slot, object etype, dict numbers, long long b)
+    @cython.locals(ss=double, ws=double)
+    cpdef tuple judge_profiles(self, Py_ssize_t row, double y, long long b, double s, str source)
+    @cython.locals(known=dict, row=Py_ssize_t, x=double, y=double)
+    cpdef void learn(self, Py_ssize_t slot, object etype, dict numbers, long long b)
+    cpdef void learn_profiles(self, Py_ssize_t slot, Py_ssize_t row, double y, long long b)

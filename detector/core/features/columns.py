@@ -1,0 +1,37 @@
+"""Typed columns of per-producer state: ``array`` rows indexed by a producer slot or by a
+(slot, field) row, grown by doubling (a column is replaced, never resized in place: compiled
+code holds typed memoryviews of it, which pin its buffer)."""
+
+from __future__ import annotations
+
+from array import array
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+def column(typecode: str, n: int) -> array[Any]:
+    """``n`` zeros of ``typecode`` ("q": int64, "i": int32, "b": int8, "d": float64)."""
+    return array(typecode, bytes(n * array(typecode).itemsize))
+
+
+def grown(old: array[Any], n: int) -> array[Any]:
+    """A copy of ``old`` with room for ``n`` rows (the new rows zero)."""
+    new = column(old.typecode, n)
+    new[: len(old)] = old
+    return new
+
+
+def restored(cls: type[C], state: dict[str, Any]) -> C:
+    """An object of ``cls`` with the attributes ``state`` (its ``__reduce__``'s), its columns
+    bound again (compiled, its typed memoryviews do not pickle)."""
+    obj = cls.__new__(cls)
+    for name, value in state.items():
+        setattr(obj, name, value)
+    obj._bind()  # type: ignore[attr-defined]
+    return obj
+
+
+def capacity(have: int, need: int) -> int:
+    """The size to grow a column of ``have`` rows to so that it holds ``need``: doubling."""
+    return max(need, 2 * have, 8)
