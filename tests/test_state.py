@@ -152,9 +152,10 @@ def test_restored_and_committed_state_is_out_of_the_cyclic_gc(
     w.run()
     collected = {id(o) for o in gc.get_objects()}  # frozen objects are not among them
     store = w.pipeline.store
-    states = [store.by_name["category"].slots[slot] for slot in store.producers.values()]
-    states.append(store.by_name["value"].rows)  # every producer's numeric fields, as rows
-    assert len(states) == 4 and not any(id(st) in collected for st in states)
+    # Every producer's state is in the features' tables (columns), not an object per producer:
+    # the tables holding the categorical fields' and the numeric fields' rows.
+    states = [store.by_name["category"].fields, store.by_name["value"].rows]
+    assert not any(id(st) in collected for st in states)
     assert all(gc.is_tracked(st) for st in states)  # tracked, but frozen
 
 
