@@ -49,6 +49,7 @@ from detector.core.errors import ConfigError
 from detector.core.settings import (
     ALERT_GUARD_KEY,
     CHECKPOINT_KEY,
+    CLUSTER_CHECKPOINT_KEY,
     DEAD_LETTER_GUARD_KEY,
     DEFAULT_ALERTS_STREAM,
     DEFAULT_DEAD_LETTER_STREAM,
@@ -239,7 +240,9 @@ def worker_rules(cfg: AclConfig, password: str) -> list[str]:
     inputs = [glob_escape(s) for s in cfg.streams]
     outputs = [glob_escape(cfg.alerts_stream), glob_escape(cfg.dead_letter_stream)]
     guards = _guards(cfg, cfg.streams)
-    checkpoint = key_pattern(CHECKPOINT_KEY, group=cfg.group, consumer=cfg.consumer)
+    template = CLUSTER_CHECKPOINT_KEY if cfg.cluster and len(cfg.streams) == 1 else CHECKPOINT_KEY
+    checkpoint = key_pattern(template, group=cfg.group, consumer=cfg.consumer,
+                             stream=cfg.streams[0] if cfg.streams else None)  # fmt: skip
     health = key_pattern(HEALTH_KEY, group=cfg.group, consumer=cfg.consumer)
     return [
         *_common(cfg, password),

@@ -12,6 +12,7 @@ import time
 import pytest
 import redis
 
+from detector.acl import AclConfig, worker_rules
 from detector.core.settings import HEALTH_KEY
 from detector.gateway import partitions
 from detector.gateway.embedded import EmbeddedRedis
@@ -129,3 +130,12 @@ def test_unpartitioned_worker_commits_on_cluster(
     assert len(keys) == 1 and keys[0].endswith("{orders}"), keys
     assert redis_cluster.node_of(keys[0]) == redis_cluster.node_of(stream)
     client.close()
+
+
+def test_acl_of_an_unpartitioned_cluster_worker_covers_its_checkpoint_key() -> None:
+    """`detector acl --cluster` for a named consumer grants the key the worker writes (the
+    checkpoint with the stream's hash tag; the plain key would be refused)."""
+    cfg = AclConfig(streams=("orders",), group="detector", consumer="w1", cluster=True)
+    rules = " ".join(worker_rules(cfg, "#x")).replace("(", " ").replace(")", " ").split()
+    keys = {rule.split("~", 1)[1] for rule in rules if "~detector:checkpoint" in rule}
+    assert keys == {"detector:checkpoint:detector:w1{orders}"}

@@ -25,6 +25,9 @@ DEAD_LETTER_GUARD_KEY = "{{{dead_letter_stream}}}:guard:{stream}:{entry_id}"
 GUARD_TTL_S = 7 * 24 * 3600
 # The worker's state and offsets (signed blobs, see detector.core.checkpoint).
 CHECKPOINT_KEY = "detector:checkpoint:{group}:{consumer}"
+# Unpartitioned on Redis Cluster: a commit writes the checkpoint and acks the one input stream
+# in one transaction, so the checkpoint takes the stream's name as hash tag (one slot).
+CLUSTER_CHECKPOINT_KEY = CHECKPOINT_KEY + "{{{stream}}}"
 # Refreshed by a live worker; `detector check` reads it.
 HEALTH_KEY = "detector:health:{group}:{consumer}"
 

@@ -36,7 +36,7 @@ from detector.core.errors import ConfigError
 from detector.core.events import Decoder
 from detector.core.pipeline import Pipeline, Verdict
 from detector.core.scoring import ModelSpec, load_spec
-from detector.core.settings import CHECKPOINT_KEY, HEALTH_KEY, Settings
+from detector.core.settings import CHECKPOINT_KEY, CLUSTER_CHECKPOINT_KEY, HEALTH_KEY, Settings
 from detector.gateway import partitions
 from detector.gateway.ownership import NO_FENCE, Fence, FencedError, Leases, Membership, NoFence
 from detector.gateway.streams import (
@@ -134,12 +134,9 @@ class Unpartitioned:
 
     def view(self, p: int, fence: Fence | NoFence) -> tuple[Streams, str]:
         s = self.settings
-        key = CHECKPOINT_KEY.format(group=s.group, consumer=s.consumer)
-        if s.cluster:
-            # A commit writes the checkpoint and acks the input stream in one transaction:
-            # on a cluster both must hash to one slot, so the checkpoint takes the stream's
-            # name as its hash tag (one input stream, without braces: checked at start).
-            key += "{" + s.streams[0] + "}"
+        # On a cluster: one input stream, without braces (checked at start).
+        template = CLUSTER_CHECKPOINT_KEY if s.cluster else CHECKPOINT_KEY
+        key = template.format(group=s.group, consumer=s.consumer, stream=s.streams[0])
         return self._make(Streams, streams=s.streams, consumer=s.consumer), key
 
     def leave(self) -> None:
