@@ -21,6 +21,7 @@ import pytest
 
 from benchmarks.workloads import as_entry, shop_workload
 from detector.core.events import Decoder, Event
+from detector.core.features.judgements import Judgements
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import load_spec
 
@@ -51,6 +52,17 @@ def _fresh(data: dict[str, Any], model: str) -> Pipeline:
     return p
 
 
+def _judged(p: Pipeline, events: list[Event]) -> list[Judgements]:
+    """Each event's judgement against the trained state, as a batch of one."""
+    out = []
+    for e in events:
+        j = Judgements()
+        j.start((e,))
+        p.store.judge(p.store.state(e.producer), e, j, 0)
+        out.append(j)
+    return out
+
+
 def _events(data: dict[str, Any]) -> Iterator[Event]:
     return cycle(data["live"])
 
@@ -73,28 +85,29 @@ def test_evidence_one(benchmark: Any, data: dict[str, Any], model: str) -> None:
     p = _fresh(data, model)
     events = _events(data)
 
-    def one() -> object:
+    judged = Judgements()
+    judged.reserve(1)
+
+    def one() -> None:
         e = next(events)
-        return p.store.evidence(p.store.state(e.producer), e)
+        p.store.judge(p.store.state(e.producer), e, judged, 0)
 
     benchmark(one)
 
 
 @pytest.mark.parametrize("model", ["stats", "hst"])
 def test_raw_score_one(benchmark: Any, data: dict[str, Any], model: str) -> None:
-    """Model: evidence -> raw score."""
+    """Model: judgements -> raw score."""
     p = _fresh(data, model)
-    evidence = [p.store.evidence(p.store.state(e.producer), e) for e in data["live"][:BATCH]]
-    it = cycle(evidence)
-    benchmark(lambda: p.model.raw_score(next(it)))
+    it = cycle(_judged(p, data["live"][:BATCH]))
+    benchmark(lambda: p.model.score(next(it), 0))
 
 
 def test_hst_learn_one(benchmark: Any, data: dict[str, Any]) -> None:
     """Model learning (the shared HalfSpaceTrees; the stats model learns nothing)."""
     p = _fresh(data, "hst")
-    evidence = [p.store.evidence(p.store.state(e.producer), e) for e in data["live"][:BATCH]]
-    it = cycle(evidence)
-    benchmark(lambda: p.model.learn(next(it)))
+    it = cycle(_judged(p, data["live"][:BATCH]))
+    benchmark(lambda: p.model.learn(next(it), 0))
 
 
 @pytest.mark.parametrize("model", ["stats", "hst"])
@@ -102,10 +115,7 @@ def test_calibrate_one(benchmark: Any, data: dict[str, Any], model: str) -> None
     """Calibration: raw score -> calibrated score (histogram tail + exponential fit)."""
     p = _fresh(data, model)
     states = [p.view(e.producer) for e in data["live"][:BATCH]]
-    raws = [
-        p.model.raw_score(p.store.evidence(st.slot, e))
-        for st, e in zip(states, data["live"][:BATCH], strict=True)
-    ]
+    raws = [p.model.score(j, 0) for j in _judged(p, data["live"][:BATCH])]
     pairs = cycle(list(zip(states, raws, strict=True)))
 
     def one() -> float:

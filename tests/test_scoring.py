@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import pickle
 import random
@@ -13,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from detector.core.errors import ConfigError
-from detector.core.features import FEATURES, Evidence, FeatureConfig, Reason
+from detector.core.features import FEATURES, FeatureConfig
+from detector.core.features.judgements import Judgements
 from detector.core.scoring import (
     MODELS,
     CalibrationSpec,
     Decision,
+    Model,
     ModelSpec,
     SurpriseModel,
     TreesModel,
@@ -36,18 +37,15 @@ SHIPPED = sorted(
 MINIMAL = 'kind = "surprise"\n'
 
 
-def evidence_stream(n: int, seed: int = 3) -> list[Evidence]:
-    """Mostly quiet evidence with occasional large surprises."""
+def evidence_stream(n: int, seed: int = 3) -> list[Judgements]:
+    """Mostly quiet judgements (batches of one) with occasional large surprises."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
         surprise = {f: rng.expovariate(3.0) for f in FEATURES}
-        reasons = []
         if rng.random() < 0.05:
-            f = rng.choice(FEATURES)
-            surprise[f] = rng.uniform(5.0, 64.0)
-            reasons.append(Reason(f, "x", "1", "0..1", surprise[f]))
-        out.append(Evidence(surprise, i, reasons))
+            surprise[rng.choice(FEATURES)] = rng.uniform(5.0, 64.0)
+        out.append(Judgements.of(surprise, i))
     return out
 
 
@@ -282,22 +280,22 @@ def test_wrongly_typed_setting_raises_config_error() -> None:
 # The model contract, over every shipped spec
 
 
-def scores(model: object, stream: list[Evidence], learn: bool = True) -> list[float]:
+def scores(model: Model, stream: list[Judgements], learn: bool = True) -> list[float]:
     out = []
-    for e in stream:
-        out.append(model.raw_score(e))  # type: ignore[attr-defined]
+    for j in stream:
+        out.append(model.score(j, 0))
         if learn:
-            model.learn(e)  # type: ignore[attr-defined]
+            model.learn(j, 0)
     return out
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_finite_score_before_learning(name: str) -> None:
     model = load_spec(name).build()
-    quiet = Evidence(dict.fromkeys(FEATURES, 0.0), 0)
-    loud = Evidence(dict.fromkeys(FEATURES, 64.0), 0)
-    for e in (quiet, loud, Evidence({}, 0)):
-        raw = model.raw_score(e)
+    quiet = Judgements.of(dict.fromkeys(FEATURES, 0.0), 0)
+    loud = Judgements.of(dict.fromkeys(FEATURES, 64.0), 0)
+    for j in (quiet, loud, Judgements.of({}, 0)):
+        raw = model.score(j, 0)
         assert isinstance(raw, float)
         assert math.isfinite(raw)
         assert raw >= 0.0
@@ -315,9 +313,9 @@ def test_scores_finite_and_non_negative_while_learning(name: str) -> None:
 def test_input_evidence_not_mutated(name: str) -> None:
     model = load_spec(name).build()
     stream = evidence_stream(400)
-    before = copy.deepcopy(stream)
+    before = [list(j.surprise) for j in stream]
     scores(model, stream)
-    assert stream == before
+    assert [list(j.surprise) for j in stream] == before
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -355,10 +353,10 @@ def test_deterministic_for_the_seed(name: str) -> None:
 def test_anomalous_evidence_scores_higher(name: str) -> None:
     model = load_spec(name).build()
     scores(model, evidence_stream(800))
-    quiet = Evidence(dict.fromkeys(FEATURES, 0.1), 800)
-    loud = Evidence({**dict.fromkeys(FEATURES, 0.1), "value": 40.0}, 800)
-    assert model.raw_score(loud) > model.raw_score(quiet)
-    assert model.raw_score(loud) <= max(model.max_raw, 64.0)
+    quiet = Judgements.of(dict.fromkeys(FEATURES, 0.1), 800)
+    loud = Judgements.of({**dict.fromkeys(FEATURES, 0.1), "value": 40.0}, 800)
+    assert model.score(loud, 0) > model.score(quiet, 0)
+    assert model.score(loud, 0) <= max(model.max_raw, 64.0)
 
 
 def test_trees_seed_matters() -> None:
@@ -370,8 +368,8 @@ def test_trees_seed_matters() -> None:
 
 def test_surprise_model_is_the_largest_surprise() -> None:
     m = SurpriseModel()
-    assert m.raw_score(Evidence({"rate": 0.2, "value": 7.5, "size": 3.0}, 1)) == 7.5
-    assert m.raw_score(Evidence({}, 0)) == 0.0
+    assert m.score(Judgements.of({"rate": 0.2, "value": 7.5, "size": 3.0}, 1), 0) == 7.5
+    assert m.score(Judgements.of({}, 0), 0) == 0.0
 
 
 def test_build_gives_independent_models() -> None:

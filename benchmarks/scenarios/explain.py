@@ -19,6 +19,7 @@ from benchmarks.scenarios.matching import GRACE_MS
 from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
 from detector.core.features import Evidence
+from detector.core.features.judgements import Judgements
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import load_spec
 from detector.shop.simulator import INCIDENT_KINDS, Incident, iter_events
@@ -43,15 +44,14 @@ def main(model: str, seed: int, hours: float, producer: str) -> None:
     mine = [i for i in incidents if i.producer == producer]
     pipeline = Pipeline(load_spec(model))
     noted: list[Evidence] = []
-    compute, explain = pipeline.store.evidence, pipeline.store.explain
+    judge, explain = pipeline.store.judge, pipeline.store.explain
 
-    def note(slot: int, event: Event) -> Evidence:
-        ev = compute(slot, event)
-        ev.reasons = explain(slot, event)  # every event's, to show the incidents' best
-        noted.append(ev)
-        return ev
+    def note(slot: int, event: Event, out: Judgements, i: int) -> None:
+        judge(slot, event, out, i)
+        # Every event's reasons, to show the incidents' best.
+        noted.append(Evidence(out.surprises(i), out.history[i], explain(slot, event)))
 
-    pipeline.store.evidence = note  # type: ignore[method-assign]
+    pipeline.store.judge = note  # type: ignore[method-assign]
     best: dict[Incident, tuple[float, float, Evidence]] = {}
     alerted: set[Incident] = set()
     decoder = Decoder()
@@ -84,7 +84,8 @@ def main(model: str, seed: int, hours: float, producer: str) -> None:
         why = ", ".join(f"{r.feature}({r.field}) {r.surprise:.3g}" for r in ev.reasons[:3])
         click.echo(
             f"  best rarity {_rarity(score):.2f} vs threshold {_rarity(threshold):.2f}; "
-            f"raw {pipeline.model.raw_score(ev):.3g}; surprises: {why}"
+            f"raw {pipeline.model.score(Judgements.of(ev.surprise, ev.history), 0):.3g}; "
+            f"surprises: {why}"
         )
     tc = pipeline.view(producer).calibration
     if tc is not None:

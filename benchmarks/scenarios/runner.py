@@ -25,7 +25,7 @@ from benchmarks.scenarios.matching import Hit, Score, score
 from detector.core.alerts import Alert
 from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
-from detector.core.features import Evidence
+from detector.core.features.judgements import Judgements
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import ModelSpec
 from detector.shop.simulator import iter_events
@@ -58,14 +58,13 @@ class _Sweep:
 
     def evidence_of(self, pipeline: Pipeline) -> None:
         """Note each event's reasons as the pipeline computes them (for the top reason)."""
-        compute, explain = pipeline.store.evidence, pipeline.store.explain
+        judge, explain = pipeline.store.judge, pipeline.store.explain
 
-        def noted(slot: int, event: Event) -> Evidence:
-            ev = compute(slot, event)
+        def noted(slot: int, event: Event, out: Judgements, i: int) -> None:
+            judge(slot, event, out, i)
             self.reasons = tuple(r.feature for r in explain(slot, event))
-            return ev
 
-        pipeline.store.evidence = noted  # type: ignore[method-assign]
+        pipeline.store.judge = noted  # type: ignore[method-assign]
 
     def see(
         self, pipeline: Pipeline, event: Event, score: float | None, side: Sequence[Hit]

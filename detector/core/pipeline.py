@@ -4,8 +4,8 @@ The one place where an event becomes a score and maybe an alert. ``detector run`
 and ``detector score`` (on a file) both call :meth:`Pipeline.process`, so the same events in
 the same order give the same scores either way.
 
-Order per event: evidence from the producer's past, raw score, calibrated score, decision,
-then learning, unless the event is suspect (protected learning; see ``Decision``).
+Order per event: the features' judgement from the producer's past, raw score, calibrated score,
+decision, then learning, unless the event is suspect (protected learning; see ``Decision``).
 
 Examples:
     >>> from detector.core.events import Event
@@ -42,6 +42,7 @@ from detector.core.codec import Reader, Writer
 from detector.core.errors import IncompatibleCheckpointError
 from detector.core.events import Event
 from detector.core.features import FeatureStore, Reason, new_producer_reason
+from detector.core.features.judgements import Judgements
 from detector.core.features.store import ProducerView
 from detector.core.scoring import ModelSpec
 
@@ -181,27 +182,29 @@ class Pipeline:
         # established", kept as a flag (a scan per new producer is quadratic at a cold start).
         self.established = False
         self.first_ms: int | None = None  # the first event time seen (new_producer settling)
+        self.judged = Judgements()  # the current batch's judgements, reused batch after batch
 
     def process(self, events: Sequence[Event]) -> list[Verdict]:
         """Score, decide and learn, in order. One failing event never stops the others."""
         out = []
-        for event in events:
+        self.judged.start(events)
+        for i, event in enumerate(events):
             try:
-                out.append(self._one(event))
+                out.append(self._one(event, i))
             except Exception as exc:  # a bug must cost one event, not the worker
                 log.exception("scoring failed for %s %s", event.stream, event.entry_id)
                 out.append(Verdict(event, None, False, None, f"{type(exc).__name__}: {exc}"))
         return out
 
-    def _one(self, event: Event) -> Verdict:
-        store, ds, t = self.store, self.decisions, event.event_time_ms
+    def _one(self, event: Event, i: int) -> Verdict:
+        store, ds, t, judged = self.store, self.decisions, event.event_time_ms, self.judged
         slot = store.state(event.producer, t)
         overflowed = slot == store.overflow
         n = store.clock.n[slot]
         now = max(store.watermark_ms, t)
         capped = self.budget.roll(now)  # first: this event's alerts count in its minute
-        evidence = store.evidence(slot, event)
-        raw = self.model.raw_score(evidence)
+        store.judge(slot, event, judged, i)
+        raw = self.model.score(judged, i)
         calibration = ds.calibration[slot]
         if calibration is None:
             calibration = ds.calibration[slot] = self.calibrator.new()
@@ -257,7 +260,7 @@ class Pipeline:
             self.calibrator.learn(calibration, raw)
         if accept:
             store.learn(slot, event)
-            self.model.learn(evidence)
+            self.model.learn(judged, i)
         store.expire(t)
         self.events_seen += 1
         side = self._side_alerts(event, overflowed, now, capped)

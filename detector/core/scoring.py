@@ -4,8 +4,10 @@ A spec is a TOML file in ``models/`` (shipped as ``detector.models``) or any pat
 model ``kind`` from :data:`MODELS`, its parameters, the feature settings, the calibration and
 the decision rules. Users add detectors by writing a spec, not code.
 
-Every model turns an event's :class:`~detector.core.features.Evidence` into a raw score (higher is
-more anomalous); :mod:`detector.core.calibration` puts raw scores on one [0, 1] scale.
+Every model turns an event's row of the features' judgements
+(:class:`~detector.core.features.judgements.Judgements`: a batch's surprises, slots and events,
+read by index) into a raw score (higher is more anomalous); :mod:`detector.core.calibration` puts
+raw scores on one [0, 1] scale.
 """
 
 from __future__ import annotations
@@ -23,20 +25,23 @@ from typing import Any, Protocol, get_type_hints
 import orjson
 
 from detector.core.errors import ConfigError
-from detector.core.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig
+from detector.core.features import FEATURES, MAX_SURPRISE, FeatureConfig
+from detector.core.features.judgements import Judgements
 from detector.core.trees import HalfSpaceTrees
 
 
 class Model(Protocol):
-    """What the pipeline needs from a model. ``learn`` returns None, as in River."""
+    """What the pipeline needs from a model: the raw score of event ``i`` of a batch's
+    judgements, and learning it (each event is scored, then maybe learned, before the next
+    one of the batch is judged). ``learn`` returns None, as in River."""
 
     max_raw: float
     # Whether learning changes it: a stateless model is rebuilt from its spec, not checkpointed.
     stateful: bool
 
-    def raw_score(self, evidence: Evidence) -> float: ...
+    def score(self, judged: Judgements, i: int) -> float: ...
 
-    def learn(self, evidence: Evidence) -> None: ...
+    def learn(self, judged: Judgements, i: int) -> None: ...
 
 
 class SurpriseModel:
@@ -47,17 +52,17 @@ class SurpriseModel:
 
     Examples:
         >>> m = SurpriseModel()
-        >>> m.raw_score(Evidence({"rate": 0.2, "value": 7.5}, 100))
+        >>> m.score(Judgements.of({"rate": 0.2, "value": 7.5}, 100), 0)
         7.5
     """
 
     max_raw = MAX_SURPRISE / 2  # histogram range; higher raw scores are extrapolated
     stateful = False
 
-    def raw_score(self, evidence: Evidence) -> float:
-        return max(evidence.surprise.values(), default=0.0)
+    def score(self, judged: Judgements, i: int) -> float:
+        return judged.largest(i)
 
-    def learn(self, evidence: Evidence) -> None:
+    def learn(self, judged: Judgements, i: int) -> None:
         return None
 
 
@@ -71,10 +76,10 @@ class TreesModel:
 
     Examples:
         >>> m = TreesModel(n_trees=5, height=6, window_size=50, seed=1)
+        >>> usual = Judgements.of({"value": 0.1, "rate": 0.2}, 10)
         >>> for _ in range(200):
-        ...     m.learn(Evidence({"value": 0.1, "rate": 0.2}, 10))
-        >>> m.raw_score(Evidence({"value": 9.0, "rate": 0.2}, 10)) > m.raw_score(
-        ...     Evidence({"value": 0.1, "rate": 0.2}, 10))
+        ...     m.learn(usual, 0)
+        >>> m.score(Judgements.of({"value": 9.0, "rate": 0.2}, 10), 0) > m.score(usual, 0)
         True
     """
 
@@ -95,16 +100,17 @@ class TreesModel:
         self.scale = scale
         self.trees = HalfSpaceTrees(self.inputs, n_trees, height, window_size, seed=seed)
 
-    def _x(self, evidence: Evidence) -> list[float]:
-        # 1 - exp(-s/scale): monotone, 0 for usual, approaches 1 for extreme surprise.
-        s = evidence.surprise
-        return [1.0 - math.exp(-s.get(f, 0.0) / self.scale) for f in self.inputs]
+    def _x(self, judged: Judgements, i: int) -> list[float]:
+        # 1 - exp(-s/scale): monotone, 0 for usual, approaches 1 for extreme surprise. The
+        # inputs are the first columns of the judgements (FEATURES order).
+        scale = self.scale
+        return [1.0 - math.exp(-judged.get(i, k) / scale) for k in range(len(self.inputs))]
 
-    def raw_score(self, evidence: Evidence) -> float:
-        return self.trees.score_one(self._x(evidence))
+    def score(self, judged: Judgements, i: int) -> float:
+        return self.trees.score_one(self._x(judged, i))
 
-    def learn(self, evidence: Evidence) -> None:
-        self.trees.learn_one(self._x(evidence))
+    def learn(self, judged: Judgements, i: int) -> None:
+        self.trees.learn_one(self._x(judged, i))
 
 
 MODELS: dict[str, Callable[..., Model]] = {

@@ -21,6 +21,7 @@ from detector.core.features.clock import Clock
 from detector.core.features.config import FEATURES, FeatureConfig
 from detector.core.features.drift import Drift, DriftFeature
 from detector.core.features.feature import Feature
+from detector.core.features.judgements import Judgements
 from detector.core.features.moments import Moments
 from detector.core.features.rate import RateFeature
 from detector.core.features.replay import IdCounts, ReplayFeature
@@ -151,7 +152,8 @@ class FeatureStore:
         self.clock = Clock(cfg.rate_fading_factor)
         self.features = build_features(cfg, self.clock)
         self.by_name = {f.name: f for f in self.features}
-        self._judges = [f for f in self.features if f.name not in cfg.disabled]
+        # (column, feature) of the features that judge: a feature's column in Judgements.
+        self._judges = [(k, f) for k, f in enumerate(self.features) if f.name not in cfg.disabled]
         self._parts: list[Part] = [self.clock, *self.features, *parts]
         self.producers: OrderedDict[str, int] = OrderedDict()  # producer -> slot, LRU order
         self._free: list[int] = []
@@ -378,24 +380,30 @@ class FeatureStore:
         self.expire(event.event_time_ms)
         return evidence
 
-    def evidence(self, slot: int, event: Event) -> Evidence:
-        """Surprise per feature, from the slot's state before this event (no reasons: see
-        :meth:`explain`)."""
-        surprise = dict.fromkeys(FEATURES, 0.0)
+    def judge(self, slot: int, event: Event, out: Judgements, i: int) -> None:
+        """Row ``i`` of ``out``: each feature's surprise about ``event`` from the slot's state
+        before it (no reasons: see :meth:`explain`)."""
         n = self.clock.n[slot]
+        out.clear(i, slot, n)
         if n:
-            for feature in self._judges:
+            for k, feature in self._judges:
                 s = feature.judge(slot, event)
                 if s > 0:
-                    surprise[feature.name] = s
-        return Evidence(surprise, n)
+                    out.put(i, k, s)
+
+    def evidence(self, slot: int, event: Event) -> Evidence:
+        """One event's judgement as an object (tests and tools; the pipeline reads rows)."""
+        j = Judgements()
+        j.start((event,))
+        self.judge(slot, event, j, 0)
+        return Evidence(j.surprises(0), j.history[0])
 
     def explain(self, slot: int, event: Event) -> list[Reason]:
         """Every surprising feature's reason, largest surprise first (call it before the
         state moves on: :meth:`advance`, :meth:`learn`)."""
         if not self.clock.n[slot]:
             return []
-        reasons = [r for f in self._judges if (r := f.explain(slot, event)) is not None]
+        reasons = [r for _, f in self._judges if (r := f.explain(slot, event)) is not None]
         reasons.sort(key=lambda r: -r.surprise)
         return reasons
 
