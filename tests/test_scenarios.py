@@ -54,6 +54,20 @@ def test_alert_on_another_producer_or_before_start_is_false() -> None:
     assert math.isnan(s.kinds["value_outlier"].recall) is False
 
 
+def test_a_stream_pause_is_caught_by_the_detectors_alert_and_counts_producers_alerts() -> None:
+    pause = Incident("stream_pause", "", 10 * MIN, 12 * MIN, "p")
+    flood = Incident("flood", "cart-1", 14 * MIN, 15 * MIN, "f")
+    hits = [
+        Hit("", 12 * MIN + 1, ("stream",)),  # the detector's alert as the traffic resumes
+        Hit("cart-2", 12 * MIN + 2, ("drift",)),  # a producer's alert caused by the pause
+        Hit("cart-1", 14 * MIN, ("rate",)),  # inside the grace, but a real incident's
+        Hit("cart-3", 12 * MIN + GRACE_MS["stream_pause"] + 1, ("value",)),  # after: false
+    ]
+    s = score([pause, flood], hits, producer_days=1.0)
+    assert s.kinds["stream_pause"].caught == 1 and s.kinds["stream_pause"].top_reason_matches
+    assert (s.true, s.false, s.during_pauses) == (2, 2, 1)
+
+
 def test_scores_add_up_over_seeds() -> None:
     inc = Incident("flood", "cart-1", 0, MIN, "f")
     a = score([inc], [Hit("cart-1", 1000, ("rate",))], producer_days=1.0)

@@ -280,6 +280,45 @@ def test_foreign_type(stream: shop.ShopStream, by_producer: dict[str, list[Entry
         assert all(e["type"].startswith(own) for e in _clean_before(entries, inc, stream.incidents))
 
 
+def test_new_type(stream: shop.ShopStream, by_producer: dict[str, list[Entry]]) -> None:
+    for kind in ("new_type", "new_type_shape"):
+        for inc in _incidents(stream, kind):
+            assert inc.start_ms == inc.end_ms
+            entries = by_producer[inc.producer]
+            (event,) = [e for e in _between(entries, inc.start_ms, inc.end_ms) if e["type"]
+                        not in shop.SERVICES[_service(inc.producer)].types]  # fmt: skip
+            assert event["type"] in inc.detail
+            seen = {e["type"] for e in stream.events if e is not event}
+            assert event["type"] not in seen  # never sent by anyone else, before or after
+            fields = set(_data(event))
+            usual = {frozenset(shop._KEYS[t]) for t in shop._KEYS}
+            assert (frozenset(fields) in usual) == (kind == "new_type")
+            if kind == "new_type_shape":  # only the event id is a field the shop knows
+                assert fields & {k for t in shop._KEYS for k in shop._KEYS[t]} == {"event_id"}
+
+
+def test_stream_pause(stream: shop.ShopStream) -> None:
+    times = [int(e["ts"]) for e in stream.events]
+    for inc in _incidents(stream, "stream_pause"):
+        assert inc.producer == ""
+        assert 2 * MINUTE <= inc.end_ms - inc.start_ms <= 5 * MINUTE
+        assert bisect_left(times, inc.start_ms) == bisect_right(times, inc.end_ms)  # no event
+        before = {e["producer"] for e in stream.events
+                  if inc.start_ms - 5 * MINUTE <= int(e["ts"]) < inc.start_ms}  # fmt: skip
+        after = {e["producer"] for e in stream.events
+                 if inc.end_ms < int(e["ts"]) <= inc.end_ms + 5 * MINUTE}  # fmt: skip
+        assert before == after and len(before) >= 14  # everyone stops, everyone comes back
+        near = [
+            i
+            for i in stream.incidents
+            if i.kind != "slow_poisoning"
+            and i is not inc
+            and i.start_ms - 10 * MINUTE < inc.end_ms
+            and inc.start_ms < i.end_ms + 10 * MINUTE
+        ]
+        assert near == []  # fmt: skip
+
+
 def test_value_outlier(stream: shop.ShopStream, by_producer: dict[str, list[Entry]]) -> None:
     for inc in _incidents(stream, "value_outlier"):
         entries = by_producer[inc.producer]

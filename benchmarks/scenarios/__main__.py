@@ -84,7 +84,8 @@ def main(
             swept[t].add(sc)
         console.print(
             f"seed {seed}: {run.events:,} events, {run.score.alerts} alerts "
-            f"({run.score.false} false), pipeline {run.events_per_s:,.0f} events/s"
+            f"({run.score.false} false, {run.score.during_pauses} during pauses), pipeline "
+            f"{run.events_per_s:,.0f} events/s"
         )
     console.print(_table(total, f"{spec.name} at {used:g}, seeds {seeds}, {hours:g} h each"))
     if swept:
@@ -147,7 +148,8 @@ def _table(total: Score, title: str) -> Table:
         f"alerts {total.alerts}: true {total.true}, false {total.false}, precision "
         f"{_fmt(total.precision, '.1%')}; {total.producer_days:.1f} producer-days, "
         f"{_fmt(total.false_per_producer_day, '.2f')} false alerts per producer per day; "
-        f"false by top reason {dict(sorted(total.false_by_reason.items()))}"
+        f"false by top reason {dict(sorted(total.false_by_reason.items()))}; producers' alerts "
+        f"during stream pauses {total.during_pauses}"
     )
     return t
 
@@ -210,6 +212,7 @@ def _json(
         "producer_days": round(total.producer_days, 3),
         "false_per_producer_day": num(total.false_per_producer_day),
         "false_by_top_reason": total.false_by_reason,
+        "during_pauses": total.during_pauses,
         "simulated": [
             {
                 "threshold": t,

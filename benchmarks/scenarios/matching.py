@@ -8,6 +8,11 @@ is the first such alert's time minus the incident start (event time). Every othe
 *false alert*. The *top-reason match* asks whether the first matching alert's first reason is
 one of :data:`CAUSES` for the kind.
 
+A ``stream_pause`` is no producer's incident (its producer is ``""``): the detector's
+``stream_pause`` alert (producer ``""``) catches it, and any producer's alert inside it or its
+grace that no incident explains is false and also counts in :attr:`Score.during_pauses`
+(there must be none).
+
 Examples:
     >>> from detector.shop.simulator import Incident
     >>> inc = Incident("flood", "cart-1", 10_000, 20_000, "")
@@ -31,6 +36,7 @@ GRACE_MS: dict[str, int] = {
     # slow poisoning, are consequences of the incident, not new ones.
     "silence": 300_000,
     "slow_poisoning": 900_000,
+    "stream_pause": 300_000,  # every producer's traffic coming back
 }
 """Grace after each kind's end during which an alert on its producer still belongs to it."""
 
@@ -47,6 +53,9 @@ CAUSES: dict[str, frozenset[str]] = {
     "off_hours_burst": frozenset({"rate"}),
     "silence": frozenset({"silence"}),
     "slow_poisoning": frozenset({"drift", "value"}),
+    "new_type": frozenset({"type"}),
+    "new_type_shape": frozenset({"type", "schema"}),
+    "stream_pause": frozenset({"stream"}),
 }
 """Reason features that name each kind's injected cause."""
 
@@ -96,6 +105,7 @@ class Score:
     producer_days: float = 0.0
     false_by_reason: dict[str, int] = field(default_factory=dict)
     false_hits: list[Hit] = field(default_factory=list)
+    during_pauses: int = 0  # producers' false alerts inside a stream_pause or its grace
 
     @property
     def precision(self) -> float:
@@ -119,6 +129,7 @@ class Score:
         self.false += other.false
         self.producer_days += other.producer_days
         self.false_hits += other.false_hits
+        self.during_pauses += other.during_pauses
         for reason, n in other.false_by_reason.items():
             self.false_by_reason[reason] = self.false_by_reason.get(reason, 0) + n
 
@@ -127,11 +138,15 @@ def score(incidents: Sequence[Incident], hits: Iterable[Hit], producer_days: flo
     """Match ``hits`` (in event-time order) to ``incidents`` under the rule above."""
     out = Score(producer_days=producer_days)
     first: dict[Incident, Hit] = {}
+    grace = GRACE_MS["stream_pause"]
+    pauses = [(i.start_ms, i.end_ms + grace) for i in incidents if i.kind == "stream_pause"]
     for hit in sorted(hits, key=lambda h: h.event_time_ms):
         out.alerts += 1
         inc = incident_for(hit.producer, hit.event_time_ms, incidents, GRACE_MS)
         if inc is None:
             out.false += 1
+            if hit.producer and any(a <= hit.event_time_ms <= b for a, b in pauses):
+                out.during_pauses += 1
             top = hit.features[0] if hit.features else ""
             out.false_by_reason[top] = out.false_by_reason.get(top, 0) + 1
             out.false_hits.append(hit)

@@ -66,6 +66,9 @@ INCIDENT_KINDS: tuple[str, ...] = (
     "off_hours_burst",
     "silence",
     "slow_poisoning",
+    "new_type",
+    "new_type_shape",
+    "stream_pause",
 )
 """Every incident kind :func:`generate` can inject.
 
@@ -84,6 +87,13 @@ INCIDENT_KINDS: tuple[str, ...] = (
 - ``silence``: no event at all from the producer for 10-30 minutes.
 - ``slow_poisoning``: ``latency_ms`` creeps up by about 1%/minute for two to three hours (x4-x8
   at the end), then recovers.
+- ``new_type``: one event of a type the producer (and its service) never sent, carrying the
+  fields of one of its usual types (``cart.price_overridden``...).
+- ``new_type_shape``: one event of a type no producer ever sent, with fields never seen either
+  (``admin.drop_table`` with ``table``, ``database``, ``actor``, ``rows_affected``...).
+- ``stream_pause``: *not* an incident of any producer: every producer stops for two to five
+  minutes (a deploy, a network cut), then resumes as before. Its producer is ``""``, like the
+  detector's own alerts: the stream going quiet is news, but no producer did anything.
 """
 
 DEMO_KINDS: tuple[str, ...] = (
@@ -736,6 +746,9 @@ _EXTENT_S: dict[str, tuple[float, float]] = {
     "off_hours_burst": (600, 1200),
     "silence": (600, 1800),
     "slow_poisoning": (7200, 10800),
+    "new_type": (10, 30),  # one event at the start; the rest keeps the producer clear
+    "new_type_shape": (10, 30),
+    "stream_pause": (120, 300),
 }
 
 
@@ -792,12 +805,16 @@ class _Planner:
         self.hi = start_ms + duration_ms - _MINUTE_MS
         self._counter = 0
         self.novel_used: set[tuple[str, str, str]] = set()
+        self.pauses: list[tuple[int, int]] = []  # stream-wide pauses (absolute ms, inclusive)
+        # Reservations a pause may overlap: hours-long creeps (a pause inside one is no clue).
+        self.pausable: set[tuple[str, int, int]] = set()
 
     # -- placement ---------------------------------------------------------------------------
 
     def _free(self, producer: str, a: int, b: int) -> bool:
         gap = _SAME_PRODUCER_GAP_MS
-        return all(b + gap <= s or e + gap <= a for s, e in self.reserved.get(producer, []))
+        taken = (*self.reserved.get(producer, ()), *self.pauses)  # a pause is everyone's
+        return all(b + gap <= s or e + gap <= a for s, e in taken)
 
     def _extent_ms(self, kind: str, r: random.Random) -> int:
         lo, hi = _EXTENT_S[kind]
@@ -833,8 +850,21 @@ class _Planner:
         msg = "cannot place the incidents without overlap: fewer incidents or a longer stream"
         raise ValueError(msg)
 
+    def _pausable(self, producer: str, a: int, b: int) -> bool:
+        """Whether every producer may pause in [a, b]: no incident near it but a creep."""
+        gap = _SAME_PRODUCER_GAP_MS
+        taken = [(s, e) for s, e in self.reserved.get(producer, ()) if (producer, s, e) not in
+                 self.pausable]  # fmt: skip
+        return all(b + gap <= s or e + gap <= a for s, e in (*taken, *self.pauses))
+
     def reserve(self, producer: str, a: int, b: int) -> None:
         self.reserved.setdefault(producer, []).append((a, b))
+
+    def pause_everyone(self) -> None:
+        """Silence every producer (the new ones too) during the stream-wide pauses."""
+        for p in self.producers:
+            for a, b in self.pauses:
+                p.rate_mods.append(_RateMod(self.rel(a), self.rel(b) + 1, 0.0, 0.0))
 
     def rel(self, abs_ms: int) -> int:
         return abs_ms - self.start_ms
@@ -909,6 +939,7 @@ class _Planner:
         del slot  # hours long: anywhere it fits
         ext = self._extent_ms("slow_poisoning", r)
         p, start = self.place(ext, None, self.regular)
+        self.pausable.add((p.name, start, start + ext))
         final = r.uniform(4.0, 8.0)
         minutes = ext / _MINUTE_MS
         growth = final ** (1.0 / minutes)
@@ -1019,6 +1050,47 @@ class _Planner:
         )
         return Incident("oversized_payload", p.name, times[0], times[-1], detail)
 
+    def new_type(self, r: random.Random, slot: tuple[int, int] | None) -> Incident:
+        ext = self._extent_ms("new_type", r)
+        p, start = self.place(ext, slot, self.regular)
+        svc = p.service
+        etype, k = _NEW_TYPES[svc.name]
+
+        def make() -> Fields:
+            return _fields(p.name, start, etype, svc.builders[k](r, p.next_event_id()))
+
+        self.inject(p, start, make)
+        detail = f"one {etype} event (never sent, the fields of {svc.types[k]}) from {p.name}"
+        return Incident("new_type", p.name, start, start, detail)
+
+    def new_type_shape(self, r: random.Random, slot: tuple[int, int] | None) -> Incident:
+        ext = self._extent_ms("new_type_shape", r)
+        p, start = self.place(ext, slot, self.regular)
+        etype, build = r.choice(_ROGUE_TYPES)
+
+        def make() -> Fields:
+            return _fields(p.name, start, etype, build(r, p.next_event_id()))
+
+        self.inject(p, start, make)
+        fields = ",".join(_ROGUE_KEYS[etype][1:])
+        detail = f"one {etype} event (never seen, with new fields {fields}) from {p.name}"
+        return Incident("new_type_shape", p.name, start, start, detail)
+
+    def stream_pause(self, r: random.Random, slot: tuple[int, int] | None) -> Incident:
+        """No event from any producer for a while, then the same traffic as before: placed
+        where every producer is free of incidents (which then keep clear of it)."""
+        ext = self._extent_ms("stream_pause", r)
+        for attempt in range(50):
+            lo, hi = slot if slot is not None and attempt == 0 else (self.lo, self.hi)
+            top = min(self.hi - ext, max(lo, hi - ext))
+            start = r.randint(min(max(self.lo, lo), top), top)
+            if all(self._pausable(p.name, start, start + ext) for p in self.producers):
+                self.pauses.append((start, start + ext))
+                detail = f"every producer paused for {ext // 1000} s, then resumed (no incident)"
+                return Incident("stream_pause", "", start, start + ext, detail)
+        msg = "cannot place a stream_pause clear of the other incidents: a longer stream"
+        raise ValueError(msg)
+
     def replayed_ids(self, r: random.Random, slot: tuple[int, int] | None) -> Incident:
         ext = self._extent_ms("replayed_ids", r)
         back = int(r.uniform(5, 30) * _MINUTE_MS)
@@ -1056,9 +1128,61 @@ _KINDS: dict[str, _Kind] = {
     "off_hours_burst": _Planner.off_hours_burst,
     "silence": _Planner.silence,
     "slow_poisoning": _Planner.slow_poisoning,
+    "new_type": _Planner.new_type,
+    "new_type_shape": _Planner.new_type_shape,
+    "stream_pause": _Planner.stream_pause,
 }
 # Placed first and outside the even spread: they need hours, or a night.
 _UNSLOTTED = ("slow_poisoning", "off_hours_burst")
+# Placed next, where every producer is still free: the others keep clear of them.
+_STREAM_WIDE = ("stream_pause",)
+
+# ``new_type``: per service, a type name it never sends and the usual type whose fields it has.
+_NEW_TYPES: dict[str, tuple[str, int]] = {
+    "cart": ("cart.price_overridden", 0),
+    "payment": ("payment.refund_forced", 1),
+    "inventory": ("inventory.stock_zeroed", 2),
+    "shipping": ("shipping.address_changed", 0),
+    "auth": ("auth.password_reset_forced", 0),
+}
+
+
+def _admin_drop_table(r: random.Random, eid: str) -> Payload:
+    return {
+        "event_id": eid,
+        "table": r.choice(("orders", "users", "payments")),
+        "database": "shop",
+        "actor": f"svc-admin-{r.randint(1, 9)}",
+        "rows_affected": r.randint(100_000, 9_000_000),
+    }
+
+
+def _debug_env_dumped(r: random.Random, eid: str) -> Payload:
+    return {
+        "event_id": eid,
+        "host": f"ip-10-0-{r.randint(0, 255)}-{r.randint(0, 255)}",
+        "variables": r.randint(80, 400),
+        "secrets_included": "true",
+    }
+
+
+def _user_bulk_exported(r: random.Random, eid: str) -> Payload:
+    return {
+        "event_id": eid,
+        "export_id": f"x{r.getrandbits(40):010x}",
+        "requested_by": _user_id(r),
+        "records": r.randint(500_000, 2_000_000),
+        "format": r.choice(("csv", "jsonl")),
+    }
+
+
+# ``new_type_shape``: types no service sends, with fields no service sends.
+_ROGUE_TYPES: tuple[tuple[str, Builder], ...] = (
+    ("admin.drop_table", _admin_drop_table),
+    ("debug.env_dumped", _debug_env_dumped),
+    ("user.bulk_exported", _user_bulk_exported),
+)
+_ROGUE_KEYS = {t: tuple(b(random.Random(0), "0")) for t, b in _ROGUE_TYPES}  # noqa: S311
 
 
 def _override_maker(p: _Producer, r: random.Random, ts: int, k: int, changes: Payload) -> Maker:
@@ -1185,6 +1309,7 @@ def iter_events(
     _check(kinds, incidents_per_kind, duration_ms, rate_scale, instances)
     planner = _Planner(seed, start_ms, duration_ms, int(warmup_s * 1000), rate_scale, instances)
     incidents = _plan(planner, kinds, incidents_per_kind)
+    planner.pause_everyone()
     minutes = -(-duration_ms // _MINUTE_MS)
     jitter = {s: _service_jitter(seed, s, minutes) for s in SERVICES}
     for p in planner.producers:
@@ -1301,8 +1426,8 @@ def _check(
 def _plan(planner: _Planner, kinds: Sequence[str], per_kind: int) -> list[Incident]:
     """Place ``per_kind`` incidents of each kind; the short ones get one even slot each."""
     jobs = [(kind, k) for kind in dict.fromkeys(kinds) for k in range(per_kind)]
-    first = [j for j in jobs if j[0] in _UNSLOTTED]
-    rest = [j for j in jobs if j[0] not in _UNSLOTTED]
+    first = [j for j in jobs if j[0] in _UNSLOTTED] + [j for j in jobs if j[0] in _STREAM_WIDE]
+    rest = [j for j in jobs if j[0] not in (*_UNSLOTTED, *_STREAM_WIDE)]
     planner.rng.shuffle(rest)
     incidents = []
     for kind, k in first:
