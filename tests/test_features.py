@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 import random
@@ -1054,3 +1055,66 @@ def test_the_id_window_answers_as_a_dict_through_growth_evictions_and_restores(
     assert live == list(oracle.order)
     again = IdWindow.load(w.records("r", full=True), "r", horizon_ms, max_ids)
     assert sorted(again.table.tolist()) == sorted(w.table.tolist())
+
+
+# --------------------------------------------------------------------------------------------
+# What a reference covers, and the usual rate (issue 17)
+
+
+def test_a_drift_reason_states_the_time_its_reference_covers() -> None:
+    # 25 s of data (ten a second) is not "~4 h" of reference; four hours and more are.
+    store = FeatureStore(DRIFT)
+    fast = [ev(i * 100, numbers={"latency_ms": 100.0 + 10.0 * (i * 7 % 5 - 2)}) for i in range(251)]
+    feed(store, fast)
+    probe = ev(25_100, numbers={"latency_ms": 400.0})
+    (reason,) = [r for r in store.explain(slot(store), probe) if r.feature == "drift"]
+    assert reason.expected.endswith("(reference over 25 s)")
+    feed(store, (latency(i) for i in range(26, 5 * 3600)))
+    (reason,) = [
+        r for r in store.explain(slot(store), latency(5 * 3600, 4.0)) if r.feature == "drift"
+    ]
+    assert reason.expected.endswith("(reference over ~4 h)")
+
+
+TIMED = FeatureConfig(rate_fading_factor=0.03, rate_horizon_s=1800.0)
+
+
+@pytest.mark.parametrize("arrivals", ["pairs", "poisson"])
+def test_the_usual_rate_is_events_per_second(arrivals: str) -> None:
+    # One event a second: in pairs sharing a timestamp every 2 s, or Poisson. The smoothed
+    # inter-arrival is a mean of logs (0 for the second of a pair): ~22/s and ~1.8/s.
+    rng = random.Random(4)
+    times = (
+        [(i // 2) * 2 * SECOND for i in range(2 * 3600)]
+        if arrivals == "pairs"
+        else list(itertools.accumulate(int(rng.expovariate(1 / SECOND)) for _ in range(7200)))
+    )
+    store = FeatureStore(TIMED)
+    feed(store, (ev(t) for t in times))
+    flood = [ev(times[-1] + k) for k in range(1, 40)]
+    reason = feed(store, flood, learn=False)[-1].reasons[0]
+    assert reason.feature == "rate"
+    assert float(reason.expected.removesuffix("/s")) == pytest.approx(1.0, rel=0.1)
+    assert float(reason.observed.removesuffix("/s")) > 5.0  # smoothed over ~30 events
+    rate = store.rate
+    assert rate.usual_ms(slot(store)) == restored(store).rate.usual_ms(slot(restored(store)))
+
+
+def test_a_pause_of_the_stream_is_time_that_did_not_happen() -> None:
+    cfg = FeatureConfig(drift_horizon_s=4 * 3600.0, rate_horizon_s=1800.0)
+    store = FeatureStore(cfg, track_changes=True)
+    for i in range(300):  # as the pipeline does: the pause first, then the event
+        assert store.paused(i * SECOND, 20.0, 60_000) == 0
+        store.observe(latency(i), learn=True)
+    s = slot(store)
+    (drift,) = store.view("pay-1").drifts.values()
+    rate = store.rate.drifts
+    assert rate is not None
+    before = (store.clock.last_ms[s], drift.first_ms, drift.last_ms, rate.first_ms[s])
+    usual_ms = store.rate.usual_ms(s)
+    store.committed()
+    assert store.paused(299 * SECOND + 5 * 60 * SECOND, 20.0, 60_000) == 5 * 60 * SECOND
+    after = (store.clock.last_ms[s], drift.first_ms, drift.last_ms, rate.first_ms[s])
+    assert after == tuple(t + 5 * 60 * SECOND for t in before)
+    assert store.rate.usual_ms(s) == usual_ms
+    assert "pay-1" in store.dirty  # every producer's time moved: the next commit writes it

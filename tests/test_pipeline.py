@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import math
 import pickle
 import random
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from detector.core.alerts import alert_id
+from detector.core.alerts import Alert, alert_id
 from detector.core.events import Decoder, Event
 from detector.core.features.store import ProducerView
 from detector.core.pipeline import Pipeline, Verdict
@@ -447,7 +449,7 @@ def test_producer_cap_and_ttl_reach_the_store() -> None:
     p = Pipeline(load_spec("stats"), max_producers=2, idle_ttl_ms=60 * SECOND)
     p.process([ev(0, "a"), ev(0, "b"), ev(1, "c")])
     assert list(p.store.producers) == ["b", "c"]
-    p.process([ev(200, "c")])
+    p.process([ev(i, "c") for i in range(2, 201)])  # not a pause of the stream: c goes on
     assert list(p.store.producers) == ["c"]
     assert p.store.evicted == 2
 
@@ -562,7 +564,9 @@ def test_a_producer_that_stops_raises_one_silence_alert() -> None:
 
 
 def test_silence_is_raised_again_after_the_producer_resumes_and_stops_again() -> None:
-    p = Pipeline(spec_with("stats", silence_after=10.0, silence_min_ms=20 * SECOND))
+    # Beyond the cooldown the first silence started (inside it, counted: as every alert).
+    spec = spec_with("stats", silence_after=10.0, silence_min_ms=20 * SECOND, cooldown_ms=60_000)
+    p = Pipeline(spec)
     first = p.process(two_producers(400, 300))
     back = [ev(i, "b", t0=500) for i in range(400, 420)]
     again = p.process([e for i in range(400, 600) for e in (ev(i, "a"), *back[i - 400 : i - 399])])
@@ -711,7 +715,8 @@ def test_rarity_horizon_raises_the_threshold_of_busy_producers() -> None:
     # 1 event/s, and one every 10 s: the same per-event threshold would alert the busy one
     # ten times as often per day; the horizon asks both for the same rarity per day.
     day = 24 * HOUR
-    p = Pipeline(spec_with("stats", threshold=0.999, rarity_horizon_ms=10 * day))
+    # (No silence: p1 is quiet while p2 goes on, and its silence would start a cooldown.)
+    p = Pipeline(spec_with("stats", threshold=0.999, rarity_horizon_ms=10 * day, silence_after=0.0))
     p.process(history() + [ev(i, "p2", t=i * 10 * SECOND) for i in range(N)])
     busy, quiet = p.view("p1").slot, p.view("p2").slot
     assert p.threshold_for(busy) == pytest.approx(1 - SECOND / (10 * day), rel=0.05)
@@ -723,3 +728,185 @@ def test_rarity_horizon_raises_the_threshold_of_busy_producers() -> None:
     (v,) = p.process([ev(N, v=5000.0)])
     assert v.alert is not None
     assert v.alert.threshold == p.threshold_for(busy)
+
+
+# --------------------------------------------------------------------------------------------
+# A pause of the whole stream (issue 17): one alert, then a continuation
+
+
+def fleet(producers: int, t0: int, seconds: int, seed: int, step_ms: int = 100) -> list[Event]:
+    """Stationary traffic: each producer one event per ~``step_ms`` (jittered), with a small
+    count ``items`` (mean 2.5), a log-normal ``amount`` and a currency, from ``t0``."""
+    rng = random.Random(seed)
+    out = []
+    for k in range(producers):
+        t = t0 + rng.randrange(step_ms)
+        while t < t0 + seconds * SECOND:
+            numbers = {"items": 1.0 + sum(rng.random() < 0.3 for _ in range(5)),
+                       "amount": round(2.0 ** rng.gauss(4.0, 0.7), 2)}  # fmt: skip
+            strings = {"cur": rng.choice(("EUR", "USD"))}
+            out.append(Event("orders", f"{t}-{k}", f"p{k}", t, "order", numbers, strings, 90))
+            t += rng.randint(step_ms // 2, 3 * step_ms // 2)
+    return sorted(out, key=lambda e: (e.event_time_ms, e.producer))
+
+
+def alerts_of(verdicts: list[Verdict]) -> list[Alert]:
+    return [a for v in verdicts for a in (v.alert, *v.side_alerts) if a is not None]
+
+
+def test_a_pause_of_every_producer_is_one_alert_and_the_resumption_a_continuation() -> None:
+    # 20 producers, 30 s of stationary traffic (past warm-up, references 30 s young), two
+    # minutes without any event, the same traffic again. Each producer's view of the pause
+    # was a silence (20 alerts), and its first value after it a third of its drift reference
+    # (weighted by the two minutes it stood for): drift alerts against a wrong reference.
+    before, after = fleet(20, 0, 30, seed=5), fleet(20, 150 * SECOND, 120, seed=6)
+    p = Pipeline(load_spec("stats"))
+    assert alerts_of(p.process(before)) == []
+    alerts = alerts_of(p.process(after))
+    assert [(a.kind, a.producer) for a in alerts] == [("stream_pause", "")]
+    pause = alerts[0].reasons[0]
+    gap_s = (after[0].event_time_ms - before[-1].event_time_ms) / SECOND
+    assert (pause.feature, pause.observed) == ("stream", f"no event for {gap_s:.4g}s")
+    assert pause.expected.endswith("from 20 producers")
+    assert alerts[0].source_id == after[0].entry_id
+    for k in range(20):  # the references learned over the traffic's time, not the pause's
+        view = p.view(f"p{k}")
+        covered = [d.last_ms - d.first_ms for d in view.drifts.values()]
+        assert covered and max(covered) < 151 * SECOND
+        assert view.gap.mean < math.log1p(200)  # smoothed inter-arrival ~100 ms, no 2-min gap
+
+
+def test_a_pause_is_relative_to_the_streams_usual_pace() -> None:
+    # One producer, one event every ~30 s: gaps of minutes are its usual pace, not a pause;
+    # an hour without it is one (the whole stream went quiet: no silence of its own).
+    rng = random.Random(3)
+    times = list(itertools.accumulate(int(rng.expovariate(1 / 30_000)) for _ in range(400)))
+    events = [ev(k, t=t, v=10.0 + k % 5) for k, t in enumerate(times)]
+    p = Pipeline(load_spec("stats"))
+    out = p.process(events)
+    assert max(b - a for a, b in itertools.pairwise(times)) > 120 * SECOND
+    assert alerts_of(out) == []
+    late = [ev(400 + k, t=times[-1] + HOUR + k * 30_000) for k in range(3)]
+    assert [a.kind for a in alerts_of(p.process(late))] == ["stream_pause"]
+
+
+def test_a_pause_is_judged_the_same_after_a_restore() -> None:
+    before, after = fleet(4, 0, 30, seed=1), fleet(4, 150 * SECOND, 20, seed=2)
+    spec = load_spec("stats")
+    whole = Pipeline(spec)
+    expected = summary(whole.process(before) + whole.process(after))
+    p = Pipeline(spec)
+    head = p.process(before)
+    snap = p.snapshot({}, full=True)
+    assert (snap.meta["steps"], snap.meta["step_ms"]) == (p.store.steps, p.store.step_ms)
+    resumed = Pipeline(spec)
+    resumed.restore(snap)
+    out = resumed.process(after)
+    assert summary(head + out) == expected
+    assert [a.kind for a in alerts_of(out)] == ["stream_pause"]
+
+
+# --------------------------------------------------------------------------------------------
+# One cooldown for every kind of alert (issue 17)
+
+
+def test_the_cooldown_covers_silence_alerts() -> None:
+    # b goes quiet while a goes on (a silence alert), then comes back 16 s later with an
+    # outlier: inside the cooldown the silence started, counted in b's next alert.
+    p = Pipeline(spec_with("stats", silence_after=10.0, silence_min_ms=20 * SECOND))
+    events = [ev(i, "a") for i in range(700)]
+    events += [ev(i, "b", t0=500) for i in range(300)]
+    out_alert = ev(340, "b", t0=500, v=5000.0)
+    events += [out_alert, *(ev(i, "b", t0=500) for i in range(341, 680))]
+    events += [ev(680, "b", t0=500, v=6000.0)]
+    out = p.process(sorted(events, key=lambda e: e.event_time_ms))
+    alerts = alerts_of(out)
+    assert [(a.kind, a.producer) for a in alerts] == [("silence", "b"), ("anomaly", "b")]
+    silence, last = alerts
+    assert silence.event_time < out_alert.event_time_ms < silence.event_time + 300 * SECOND
+    (held,) = [v for v in out if v.event is out_alert]
+    assert held.flagged and held.held and held.alert is None
+    assert last.event_time == 680 * SECOND + 500 and last.suppressed == 1
+
+
+def test_the_silence_reason_and_thresholds_use_the_true_usual_rate() -> None:
+    # p1 sends events in pairs sharing a timestamp, every 2 s: one a second (a mean of log
+    # gaps, 0 for the second of each pair, put it at ~22 a second); then it stops, b goes on.
+    pairs = [ev(i, t=(i // 2) * 2 * SECOND) for i in range(2 * 1800)]
+    other = [ev(k, "b", t=k * 2 * SECOND + 1) for k in range(1900)]
+    p = Pipeline(spec_with("stats", silence_after=10.0))
+    out = p.process(sorted(pairs + other, key=lambda e: e.event_time_ms))
+    slot = p.view("p1").slot
+    assert p.threshold_for(slot) == pytest.approx(1 - SECOND / p.decision.rarity_horizon_ms)
+    (silence,) = alerts_of(out)
+    assert (silence.kind, silence.producer) == ("silence", "p1")
+    usual_s = silence.reasons[0].expected.removeprefix("one every ~").removesuffix("s")
+    assert float(usual_s) == pytest.approx(1.0, rel=0.02)
+
+
+# --------------------------------------------------------------------------------------------
+# First-time behaviour: a never-seen type of an established producer (issue 17)
+
+
+def shop_history(n: int, seed: int = 3) -> list[Event]:
+    """An established producer's ``n`` events of a handful of types, each with its fields."""
+    rng = random.Random(seed)
+    types = {"order.created": ("amount", "items"), "order.paid": ("amount",),
+             "order.shipped": ("weight",), "user.login": ("latency",)}  # fmt: skip
+    out, t = [], 0
+    for i in range(n):
+        t += rng.randint(200, 1800)
+        etype = rng.choices(list(types), weights=[5, 4, 3, 2])[0]
+        numbers = {f: round(2.0 ** rng.gauss(5.0, 0.6), 2) for f in types[etype]}
+        strings = {"cur": rng.choice(("EUR", "USD"))}
+        out.append(Event("s", f"{t}-{i}", "svc", t, etype, numbers, strings, 100 + i % 20))
+    return out
+
+
+def drop_table(t: int, k: int = 0) -> Event:
+    return Event("s", f"{t}-x{k}", "svc", t, "admin.drop_table", {"rows_affected": 182734.0},
+                 {"table": "orders", "actor": "root"}, 140)  # fmt: skip
+
+
+def test_a_first_seen_type_of_an_established_producer_alerts_at_its_first_event() -> None:
+    history_ = shop_history(2600)
+    p = Pipeline(load_spec("stats"))
+    assert alerts_of(p.process(history_)) == []
+    t = history_[-1].event_time_ms
+    (v,) = p.process([drop_table(t + 500)])
+    assert v.alert is not None and v.flagged and not v.held
+    top, *others = v.alert.reasons
+    assert (top.feature, top.observed) == ("type", "admin.drop_table")
+    assert top.expected.startswith("never sent in 2") and "order.created" in top.expected
+    assert any(r.feature == "schema" and "+actor,rows_affected,table" in r.observed for r in others)
+    assert not any(r.feature == "type" for r in others)  # the decisive reason, once
+
+
+def test_only_the_first_event_of_a_new_type_goes_through_the_cooldown() -> None:
+    p = Pipeline(load_spec("stats"))
+    history_ = shop_history(2600)
+    p.process(history_)
+    t = history_[-1].event_time_ms
+    outlier = dataclasses.replace(history_[-1], entry_id="o", event_time_ms=t + 100,
+                                  numbers={"amount": 1e6})  # fmt: skip
+    out = p.process([outlier, drop_table(t + 10 * SECOND), drop_table(t + 20 * SECOND, 1)])
+    assert [v.alert is not None for v in out] == [True, True, False]
+    assert out[1].alert is not None and out[1].alert.reasons[0].observed == "admin.drop_table"
+    assert out[2].held  # its second event: a rare type, inside the cooldown
+
+
+def test_minted_types_are_bounded_and_their_overflow_alerts_once() -> None:
+    p = Pipeline(load_spec("stats"))
+    history_ = shop_history(2600)
+    p.process(history_)
+    t = history_[-1].event_time_ms
+    minted = [dataclasses.replace(history_[-1], entry_id=f"m{k}", event_time_ms=t + k * SECOND,
+                                  type=f"admin.t{k}") for k in range(1, 200)]  # fmt: skip
+    out = p.process(minted)
+    leads = [v.alert.reasons[0] for v in out if v.alert is not None]
+    overflow = [r for r in leads if r.expected.startswith("more than ")]
+    assert len(overflow) == 1  # once, not per event
+    assert len(leads) <= 5  # the first new types while new types were rare, then the overflow
+    assert overflow[0].expected.startswith(f"more than {p.spec.features.max_types} types")
+    types = p.view("svc").types
+    assert types.saturated and types.counts == {}  # bounded: nothing more is learned

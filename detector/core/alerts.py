@@ -20,6 +20,7 @@ ANOMALY = "anomaly"  # one event of a producer
 SILENCE = "silence"  # a producer stopped sending
 PRODUCER_EXPLOSION = "producer_explosion"  # producers refused: the store is full (producer "")
 ALERT_STORM = "alert_storm"  # alerts held back by the global cap (producer "")
+STREAM_PAUSE = "stream_pause"  # no producer sent anything for a while (producer "")
 MINUTE_MS = 60_000
 
 
@@ -48,8 +49,9 @@ class Alert:
         reasons: top contributing features, largest surprise first.
         suppressed: anomalous events of this producer held back by the cooldown (or the
             global cap) since its previous alert; for ``alert_storm``, the alerts held back.
-        kind: what the alert is about: ``anomaly``, ``silence``, ``producer_explosion`` or
-            ``alert_storm`` (the last two concern the detector, with producer ``""``).
+        kind: what the alert is about: ``anomaly``, ``silence``, ``producer_explosion``,
+            ``alert_storm`` or ``stream_pause`` (the last three concern the detector or the
+            stream as a whole, with producer ``""``).
     """
 
     alert_id: str

@@ -32,6 +32,7 @@ from detector.core.alerts import (
     ALERT_STORM,
     PRODUCER_EXPLOSION,
     SILENCE,
+    STREAM_PAUSE,
     Alert,
     AlertBudget,
     alert_id,
@@ -57,18 +58,21 @@ class Verdict:
     Attributes:
         event: the event.
         score: calibrated score in [0, 1]; None while the producer is warming up.
-        flagged: the score crossed the threshold.
+        flagged: the score crossed the threshold, or a decisive reason (a never-seen type,
+            ``Feature.decisive``) flagged the event whatever its score.
         alert: the alert to emit (None when not flagged, or held back by the cooldown).
         error: set when scoring raised; the worker dead-letters the event with it.
-        held: the event came inside its producer's cooldown after an alert: whatever its
-            score, it could not raise an alert of its own (flagged ones are counted in the
+        held: the event came inside its producer's cooldown after an alert (with no decisive
+            reason, which goes through it): whatever its score, it could not raise an alert
+            of its own (flagged ones are counted in the
             next alert's ``suppressed``). Benchmarks that score alerts, not raw scores, read
             held events as "no detection".
         side_alerts: alerts this event revealed that are not about the event itself: other
             producers gone silent (its event time moved the watermark past their deadline;
-            see ``Decision``), and the detector's own ``producer_explosion`` and
-            ``alert_storm`` alerts. The worker appends them like ``alert``; their ids derive
-            from this entry, the kind and the producer, so a replay never writes them twice.
+            see ``Decision``), the whole stream resuming after a pause (``stream_pause``), and
+            the detector's own ``producer_explosion`` and ``alert_storm`` alerts. The worker
+            appends them like ``alert``; their ids derive from this entry, the kind and the
+            producer, so a replay never writes them twice.
     """
 
     event: Event
@@ -198,6 +202,7 @@ class Pipeline:
 
     def _one(self, event: Event, i: int) -> Verdict:
         store, ds, t, judged = self.store, self.decisions, event.event_time_ms, self.judged
+        pause = self._paused(t)  # first: a pause moves every producer's clock past it
         slot = store.state(event.producer, t)
         overflowed = slot == store.overflow
         n = store.clock.n[slot]
@@ -213,6 +218,7 @@ class Pipeline:
         flagged = suspect = False
         alert = None
         lead: Reason | None = None  # a reason ahead of the features' own (likelihood)
+        decisive: Reason | None = None  # one that alerts whatever the score (Feature.decisive)
         threshold = self.threshold
         if n >= d.warmup_events:
             self.established = True
@@ -223,6 +229,9 @@ class Pipeline:
                 score, lead = self._likelihood(slot, score)
             threshold = self.threshold_for(slot)
             flagged = score >= threshold
+            decisive = store.decisive(slot, event)
+            if decisive is not None:
+                lead, flagged, suspect = decisive, True, True
         elif (
             n == 0
             and d.new_producer
@@ -240,10 +249,10 @@ class Pipeline:
             ds.suspect_ms[slot] = t
         elif not d.suspect_run_gap_ms:
             ds.flagged_streak[slot] = 0
-        held = t < ds.cooldown_until_ms[slot]
+        held = t < ds.cooldown_until_ms[slot] and decisive is None
         if flagged:
             reasons = self._reasons(slot, event, lead)
-            alert = self._decide(slot, event, score or 0.0, threshold, reasons)
+            alert = self._decide(slot, event, score or 0.0, threshold, reasons, decisive)
             held = held or alert is None  # the cooldown or the global cap held it back
         store.advance(slot, event)
         streak = ds.flagged_streak[slot]
@@ -263,7 +272,7 @@ class Pipeline:
             self.model.learn(judged, i)
         store.expire(t)
         self.events_seen += 1
-        side = self._side_alerts(event, overflowed, now, capped)
+        side = self._side_alerts(event, overflowed, now, capped, pause)
         return Verdict(event, score, flagged, alert, held=held, side_alerts=side)
 
     def view(self, producer: str) -> DecidedView:
@@ -275,11 +284,14 @@ class Pipeline:
 
     def _reasons(self, slot: int, event: Event, lead: Reason | None) -> list[Reason]:
         """A flagged event's reasons, explained before the producer's state moves on (only
-        flagged events need them): ``lead`` (likelihood, new producer) first."""
+        flagged events need them): ``lead`` (likelihood, new producer, a decisive reason)
+        first, in place of its feature's own."""
         if lead is not None and lead.feature == "new_producer":
             return [lead]  # a first event: no past to explain it against
         reasons = self.store.explain(slot, event)
-        return reasons if lead is None else [lead, *reasons]
+        return (
+            reasons if lead is None else [lead, *(r for r in reasons if r.feature != lead.feature)]
+        )
 
     def threshold_for(
         self, slot: int, threshold: float | None = None, horizon_ms: int | None = None
@@ -293,8 +305,13 @@ class Pipeline:
         horizon = self.decision.rarity_horizon_ms if horizon_ms is None else horizon_ms
         if not horizon:
             return t
-        usual = self.store.rate.usual(slot)
-        return max(t, 1.0 - max(math.expm1(usual), 1.0) / horizon)
+        return max(t, 1.0 - max(self.store.rate.usual_ms(slot), 1.0) / horizon)
+
+    def _paused(self, t: int) -> int:
+        """The pause of the whole stream an event at ``t`` ends (``FeatureStore.paused``),
+        judged as a producer's silence is; 0 when the spec does not judge silences."""
+        d = self.decision
+        return self.store.paused(t, d.silence_after, d.silence_min_ms) if d.silence_after else 0
 
     def _may_be_new_producer(self, event: Event) -> bool:
         """May a never-seen producer be news: others established, and the detector settled."""
@@ -309,9 +326,12 @@ class Pipeline:
         overflowed: bool,
         now: int,
         capped: tuple[int, int, tuple[str, ...]] | None,
+        pause: int,
     ) -> tuple[Alert, ...]:
         """Alerts this event revealed that are not about it (``Verdict.side_alerts``)."""
         out = [] if capped is None else [self._storm_alert(event, *capped)]
+        if pause:
+            out.append(self._pause_alert(event, pause))
         if overflowed:
             report = self.admission.take_report(now, self.decision.cooldown_ms)
             if report is not None:
@@ -345,35 +365,52 @@ class Pipeline:
 
         Checked at most every ``silence_min_ms / 2`` of event time, over every tracked
         producer (O(producers) per check, like the idle sweep). Deterministic: event time
-        only, and the ids derive from this entry and the silent producer.
+        only, and the ids derive from this entry and the silent producer. A silence is the
+        producer's alert like any other: inside its cooldown it is counted, not sent, and it
+        starts one.
         """
-        store, d = self.store, self.decision
+        store, d, ds = self.store, self.decision, self.decisions
         now = store.watermark_ms
         if now < store.next_silence_ms:
             return []
         store.next_silence_ms = now + max(d.silence_min_ms // 2, 1000)
         out = []
-        clock = store.clock
+        clock, rate = store.clock, store.rate
         for producer, slot in store.producers.items():
             last_ms = clock.last_ms[slot]
             if clock.silenced[slot] or last_ms < 0 or clock.n[slot] < d.warmup_events:
                 continue
-            usual_ms = max(math.expm1(clock.gap.mean[slot]), 1.0)  # smoothed inter-arrival
+            usual_ms = max(rate.usual_ms(slot), 1.0)
             quiet_ms = now - last_ms
             if quiet_ms < max(d.silence_after * usual_ms, d.silence_min_ms):
                 continue
             store.changing(producer)
             clock.silenced[slot] = True
-            if not self.budget.allow(producer):
+            if now < ds.cooldown_until_ms[slot]:
+                ds.suppressed[slot] += 1
                 continue
+            ds.cooldown_until_ms[slot] = now + d.cooldown_ms
+            if not self.budget.allow(producer):
+                ds.suppressed[slot] += 1  # as _decide: the next alert reports it
+                continue
+            suppressed, ds.suppressed[slot] = ds.suppressed[slot], 0
             surprise = min(quiet_ms / usual_ms / math.log(10.0), 64.0)  # exponential gaps
             reason = Reason(
                 "silence", "", f"no event for {quiet_ms / 1000:.4g}s",
                 f"one every ~{usual_ms / 1000:.3g}s", surprise,
             )  # fmt: skip
             tag = f"silence\0{producer}"
-            out.append(self._side_alert(event, SILENCE, tag, producer, now, 0, reason))
+            out.append(self._side_alert(event, SILENCE, tag, producer, now, suppressed, reason))
         return out
+
+    def _pause_alert(self, event: Event, pause_ms: int) -> Alert:
+        """The whole stream resumed after ``pause_ms`` without any event (this one ends it)."""
+        step_s, producers = self.store.step_ms / 1000, len(self.store)
+        return self._detector_alert(
+            event, STREAM_PAUSE, event.event_time_ms, 0,
+            Reason("stream", "quiet", f"no event for {pause_ms / 1000:.4g}s",
+                   f"one every ~{step_s:.3g}s from {producers} producers", 0.0),
+        )  # fmt: skip
 
     def _explosion_alert(self, event: Event, refused: int, distinct: int, admitted: int) -> Alert:
         """The store is full and producers were refused (counts since the previous one)."""
@@ -475,10 +512,19 @@ class Pipeline:
         return dict(snap.meta.get("offsets", {}))
 
     def _decide(
-        self, slot: int, event: Event, score: float, threshold: float, reasons: list[Reason]
+        self,
+        slot: int,
+        event: Event,
+        score: float,
+        threshold: float,
+        reasons: list[Reason],
+        decisive: Reason | None = None,
     ) -> Alert | None:
+        """The alert of a flagged event, unless the producer's cooldown (which every kind of
+        its alerts starts, and only a ``decisive`` reason goes through) or the global cap
+        holds it back."""
         ds = self.decisions
-        if event.event_time_ms < ds.cooldown_until_ms[slot]:
+        if event.event_time_ms < ds.cooldown_until_ms[slot] and decisive is None:
             ds.suppressed[slot] += 1
             return None
         ds.cooldown_until_ms[slot] = event.event_time_ms + self.decision.cooldown_ms
@@ -497,8 +543,9 @@ class Pipeline:
             score=score,
             threshold=threshold,
             model=self.spec.name,
-            # Reasons that explain something (p < 0.1), at least the top one.
-            reasons=tuple([r for r in reasons[:MAX_REASONS] if r.surprise >= 1.0] or reasons[:1]),
+            # The top reason (a lead may explain little as a p-value), and the others that
+            # explain something (p < 0.1).
+            reasons=(*reasons[:1], *[r for r in reasons[1:MAX_REASONS] if r.surprise >= 1.0]),
             suppressed=suppressed,
         )
 

@@ -330,6 +330,10 @@ class Counts:
         p = (below + once + 1) / (n + 1)
         return min(-math.log10(min(p, 1.0)), MAX_SURPRISE)
 
+    def distinct(self, r: int) -> int:
+        """Values row ``r`` holds (seen once or more; 0 once saturated)."""
+        return self.oused[r] + self.mused[r]
+
     def is_new(self, r: int, value: str, min_count: int) -> bool:
         """A value never seen in a row judged (``min_count`` values, not saturated)."""
         return self.n[r] >= max(min_count, 1) and not self.sat[r] and self.count(r, value) == 0

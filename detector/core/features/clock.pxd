@@ -16,3 +16,6 @@ cdef class Clock:
 
     @cython.locals(last=cython.longlong)
     cpdef void advance(self, Py_ssize_t slot, long long t_ms)
+
+    @cython.locals(last=cython.longlong[:], slot=Py_ssize_t)
+    cpdef void skip(self, long long gap_ms)

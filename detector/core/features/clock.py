@@ -63,6 +63,14 @@ class Clock:
         self._n[slot] += 1
         self._silenced[slot] = 0
 
+    def skip(self, gap_ms: int) -> None:
+        """A pause of the whole stream: ``gap_ms`` did not happen for any producer (their next
+        inter-arrival and their silence leave it out)."""
+        last = self._last_ms
+        for slot in range(len(last)):
+            if last[slot] >= 0:
+                last[slot] += gap_ms
+
     def dump(self, slot: int, w: Writer) -> None:
         w.i64(self.n[slot])
         w.i64(self.last_ms[slot])

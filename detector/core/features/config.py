@@ -24,6 +24,14 @@ class FeatureConfig:
         max_numeric_fields: numeric (type, field) pairs tracked per producer.
         max_categorical_fields: categorical (type, field) pairs tracked per producer.
         max_categories: distinct values per field before it counts as an id (not judged).
+        max_types: distinct event types per producer; one more and its types are no longer
+            judged (an attacker can mint types), which ``first_type_rarity`` reports once.
+        first_type_rarity: a type the producer never sent is decisive (alerts at that event
+            once the producer is past warm-up, whatever the calibrated score, even inside its
+            cooldown) when its past made a new type at least this rare (Good-Turing,
+            ``-log10 p``: 3 is less likely than 1 in 1,000); so is the type that overflows
+            ``max_types``. Its first occurrence is then counted whatever the verdict, so only
+            the first event of a type is news. 0: off, new types are judged by their surprise.
         max_schemas: distinct payload shapes tracked per producer.
         novelty_prior: pseudo-count of "new value" observations (Good-Turing smoothing).
         disabled: features never computed (their surprise stays 0), e.g. ``("rate", "size")``
@@ -76,6 +84,8 @@ class FeatureConfig:
     max_numeric_fields: int = 64
     max_categorical_fields: int = 64
     max_categories: int = 64
+    max_types: int = 64
+    first_type_rarity: float = 0.0
     max_schemas: int = 32
     novelty_prior: float = 0.1
     disabled: tuple[str, ...] = ()
@@ -109,6 +119,9 @@ class FeatureConfig:
             raise ValueError(msg)
         if self.seasonal_buckets and self.seasonal_period_s * 1000 < self.seasonal_buckets:
             msg = "seasonal_period_s is shorter than one millisecond per bucket"
+            raise ValueError(msg)
+        if self.first_type_rarity < 0 or self.max_types < 1:
+            msg = "first_type_rarity must be >= 0 and max_types >= 1"
             raise ValueError(msg)
         if min(self.replay_horizon_s, self.drift_horizon_s, self.rate_horizon_s) < 0:
             msg = "replay_horizon_s, drift_horizon_s and rate_horizon_s must be >= 0"

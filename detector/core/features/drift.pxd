@@ -14,6 +14,9 @@ cdef class DriftTable:
     cdef signed char[:] _seen
     cpdef void reserve(self, Py_ssize_t rows)
     cpdef void clear(self, Py_ssize_t row)
+    @cython.locals(first=cython.longlong[:], last=cython.longlong[:], row=Py_ssize_t)
+    cpdef void skip(self, long long gap_ms)
+    cpdef long long covered_ms(self, Py_ssize_t row)
     cpdef double z(self, Py_ssize_t row, double y, double min_sd)
     @cython.locals(z=double)
     cpdef double clipped_z(self, Py_ssize_t row, double y, double min_sd, double clip)

@@ -17,6 +17,7 @@ from detector.core.features.surprise import (
     LOG10,
     MAX_SURPRISE,
     Reason,
+    duration,
     signed_log,
     type_prefix,
     unlog,
@@ -93,6 +94,21 @@ class DriftTable:
         self.hi[row], self.lo[row] = r.f64(), r.f64()
         self.first_ms[row], self.last_ms[row] = r.i64(), r.i64()
         self.seen[row] = 1
+
+    def skip(self, gap_ms: int) -> None:
+        """A pause of the whole stream: ``gap_ms`` did not happen for any reference (the next
+        value stands for the time since the last one less the pause, and the time covered
+        leaves it out)."""
+        first, last = self._first_ms, self._last_ms
+        for row in range(len(first)):
+            if first[row] >= 0:
+                first[row] += gap_ms
+                last[row] += gap_ms
+
+    def covered_ms(self, row: int) -> int:
+        """Event time the reference has learned over since it (re)started."""
+        first = self._first_ms[row]
+        return max(self._last_ms[row] - first, 0) if first >= 0 else 0
 
     def z(self, row: int, y: float, min_sd: float) -> float:
         """Standardised distance of ``y`` from the reference."""
@@ -232,6 +248,9 @@ class DriftFeature(Feature[None]):
     def reset(self, slot: int) -> None:
         """The value feature's rows are the drift rows: it frees them."""
 
+    def skip(self, gap_ms: int) -> None:
+        self.drifts.skip(gap_ms)
+
     def _best(self, slot: int, event: Event) -> tuple[float, str]:
         cfg = self.cfg
         return best_drift(
@@ -249,10 +268,13 @@ class DriftFeature(Feature[None]):
         rows = self.value.rows
         row = rows.row_of(slot, type_prefix(event.type) + name)
         level = unlog(rows.moments.mean[row])
-        hours = self.cfg.drift_horizon_s / 3600
+        # The time the reference has really learned over: its horizon only once it spans it.
+        horizon_ms = self.cfg.drift_horizon_s * 1000
+        covered = self.drifts.covered_ms(row)
+        span = f"~{duration(horizon_ms)}" if covered >= horizon_ms else duration(covered)
         return Reason(
             "drift", name, f"recent level {level:.4g}",
-            f"{unlog(self.drifts.mean[row]):.4g} (reference over ~{hours:g} h)", s,
+            f"{unlog(self.drifts.mean[row]):.4g} (reference over {span})", s,
         )  # fmt: skip
 
     def advance(self, slot: int, event: Event) -> None:

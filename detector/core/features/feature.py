@@ -53,11 +53,29 @@ class Feature(Generic[S]):
         """The reason behind :meth:`judge`'s surprise (None when it is 0)."""
         raise NotImplementedError
 
+    def decisive(self, slot: int, event: Event) -> Reason | None:
+        """A reason that alerts by itself, whatever the calibrated score and even inside the
+        producer's cooldown: a first occurrence that the producer's own past makes news (a
+        never-seen event type). Asked, before the state moves on, for producers past warm-up
+        only. None by default.
+
+        The place for knowledge beyond the producer's own past, too: a feature that knows
+        which kind of producer usually sends a type (peer groups) would answer here.
+        """
+        return None
+
     def advance(self, slot: int, event: Event) -> None:
         """Facts of every event (after the clock advanced)."""
 
     def learn(self, slot: int, event: Event) -> None:
         """Fold an accepted event into the baselines."""
+
+    def skip(self, gap_ms: int) -> None:
+        """A pause of the whole stream (every producer quiet, :meth:`FeatureStore.paused`):
+        ``gap_ms`` of event time that did not happen for any producer. Time-weighted state
+        moves past it (a reference whose next value would stand for the pause); memories that
+        could only grow less sensitive across it (novelty bursts, the replayed-id window) need
+        not. None by default."""
 
     def dump(self, slot: int, w: Writer) -> None:
         raise NotImplementedError

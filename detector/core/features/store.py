@@ -154,6 +154,8 @@ class FeatureStore:
         self.by_name = {f.name: f for f in self.features}
         # (column, feature) of the features that judge: a feature's column in Judgements.
         self._judges = [(k, f) for k, f in enumerate(self.features) if f.name not in cfg.disabled]
+        # The features that may find a reason decisive (Feature.decisive).
+        self._decisive = [f for _, f in self._judges if type(f).decisive is not Feature.decisive]
         self._parts: list[Part] = [self.clock, *self.features, *parts]
         self.producers: OrderedDict[str, int] = OrderedDict()  # producer -> slot, LRU order
         self._free: list[int] = []
@@ -165,6 +167,10 @@ class FeatureStore:
         self.watermark_ms = 0
         self.next_sweep_ms = 0
         self.next_silence_ms = 0  # next silence check, in event time (see Pipeline)
+        # The stream as a whole (:meth:`paused`): events seen, and the usual advance of the
+        # watermark per event (an EW mean over ~1 / rate_fading_factor events).
+        self.steps = 0
+        self.step_ms = 0.0
         # Changed and evicted since the last checkpoint commit (if tracking): only those are
         # written. Untracked stores (offline scoring, training) keep no such sets.
         self.dirty: set[str] = set()
@@ -270,6 +276,32 @@ class FeatureStore:
             self.dirty.discard(producer)
             self.removed.add(producer)
 
+    def paused(self, t_ms: int, after: float, min_ms: int) -> int:
+        """The pause of the whole stream that an event at ``t_ms`` ends, else 0.
+
+        A pause: no event of any producer for at least ``after`` times the stream's usual
+        step (the watermark's mean advance per event) and ``min_ms`` (the silence of the
+        stream as a whole, judged as a producer's is). It is time that did not happen for the
+        producers: their clocks and time-weighted references skip it (:meth:`Feature.skip`),
+        so their next inter-arrival, the weight of their next value and their silence leave
+        it out. Call it before the event is judged; a step that is no pause is learned.
+        """
+        n = self.steps
+        self.steps = n + 1
+        if n == 0:
+            return 0  # the first event: no step yet
+        step = max(t_ms - self.watermark_ms, 0)  # an event behind the watermark moves nothing
+        if n > 1 and step >= max(after * self.step_ms, min_ms):
+            for producer in (*self.producers, OVERFLOW):
+                self.changing(producer)  # every producer's time moves
+            self.clock.skip(step)
+            for feature in self.features:
+                feature.skip(step)
+            return step
+        a = max(self.cfg.rate_fading_factor, 1.0 / n)  # a plain mean of the first steps
+        self.step_ms += a * (step - self.step_ms)
+        return 0
+
     def record(self, slot: int) -> bytes:
         """The slot's state as a typed record (the checkpoint's producer entry)."""
         w = Writer()
@@ -337,6 +369,8 @@ class FeatureStore:
         self.watermark_ms = counters.get("watermark_ms", 0)
         self.next_sweep_ms = counters.get("next_sweep_ms", 0)
         self.next_silence_ms = counters.get("next_silence_ms", 0)
+        self.steps = counters.get("steps", 0)
+        self.step_ms = counters.get("step_ms", 0.0)
         self.dirty.clear()
         self.removed.clear()
 
@@ -355,13 +389,15 @@ class FeatureStore:
         for feature in self.features:
             feature.committed()
 
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> dict[str, int | float]:
         return {
             "evicted": self.evicted,
             "tick": self.tick,
             "watermark_ms": self.watermark_ms,
             "next_sweep_ms": self.next_sweep_ms,
             "next_silence_ms": self.next_silence_ms,
+            "steps": self.steps,
+            "step_ms": self.step_ms,
         }
 
     def observe(self, event: Event, learn: bool) -> Evidence:
@@ -397,6 +433,15 @@ class FeatureStore:
         j.start((event,))
         self.judge(slot, event, j, 0)
         return Evidence(j.surprises(0), j.history[0])
+
+    def decisive(self, slot: int, event: Event) -> Reason | None:
+        """The first reason that alerts by itself (:meth:`Feature.decisive`), if any; ask it
+        before the state moves on, for producers past warm-up."""
+        for feature in self._decisive:
+            reason = feature.decisive(slot, event)
+            if reason is not None:
+                return reason
+        return None
 
     def explain(self, slot: int, event: Event) -> list[Reason]:
         """Every surprising feature's reason, largest surprise first (call it before the

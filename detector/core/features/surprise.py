@@ -71,6 +71,21 @@ def two_sided(z: float) -> float:
     return min((x * x + math.log(x * _SQRT_PI)) / LOG10, MAX_SURPRISE)
 
 
+def duration(ms: float) -> str:
+    """A span of event time as a reason states it.
+
+    Examples:
+        >>> duration(25_300), duration(12 * 60_000), duration(4 * 3_600_000)
+        ('25.3 s', '12 min', '4 h')
+    """
+    s = ms / 1000
+    if s < 120:
+        return f"{s:.3g} s"
+    if s < 7200:
+        return f"{s / 60:.3g} min"
+    return f"{s / 3600:.3g} h"
+
+
 def type_prefix(etype: str | None) -> str:
     """Payload statistics are kept per event type: one type's fields say little of another's."""
     return f"{etype}\x1f" if etype is not None else ""

@@ -14,8 +14,15 @@ KEY = "type"  # the one key of the type feature's novelty burst
 
 
 class TypeFeature(Feature[None]):
-    """Per slot, one row of :attr:`counts` (row = slot): the types it sent; and its recent
-    novelties among them."""
+    """Per slot, one row of :attr:`counts` (row = slot): the types it sent, at most
+    ``max_types`` (beyond: saturated, no longer judged); and its recent novelties among them.
+
+    With ``first_type_rarity``, a type the producer never sent is decisive
+    (:meth:`decisive`) when its past made a new type that rare, and so is the type that
+    overflows the bound (an attacker can mint types: that is news once, then types are no
+    longer judged). Its first occurrence is then counted whatever the verdict (a fact, as
+    the clock is), so only the first event of a type is news and minted types fill the row.
+    """
 
     name = "type"
 
@@ -23,6 +30,7 @@ class TypeFeature(Feature[None]):
         super().__init__(cfg, clock)
         self.counts = Counts()
         self.novel = Novelty(KEY)
+        self._counted = -1  # the slot whose event advance() counted (learn() must not again)
 
     def reset(self, slot: int) -> None:
         if slot == self.counts.rows:
@@ -44,19 +52,40 @@ class TypeFeature(Feature[None]):
             return None
         return Reason("type", "type", event.type, self.counts.expected(slot), s)
 
+    def decisive(self, slot: int, event: Event) -> Reason | None:
+        cfg, counts, etype = self.cfg, self.counts, event.type
+        if not cfg.first_type_rarity or etype is None:
+            return None
+        if not counts.is_new(slot, etype, cfg.min_count):
+            return None
+        s = counts.surprise(slot, etype, cfg.novelty_prior, 0.0, cfg.min_count)
+        if counts.distinct(slot) >= cfg.max_types:
+            bound = f"more than {cfg.max_types} types: no longer judged for this producer"
+            return Reason("type", "type", etype, bound, s)
+        if s < cfg.first_type_rarity:
+            return None
+        usual = f"never sent in {counts.n[slot]} events (usually {counts.expected(slot)})"
+        return Reason("type", "type", etype, usual, s)
+
     def advance(self, slot: int, event: Event) -> None:
-        cfg = self.cfg
-        if (
-            cfg.novelty_burst
-            and self.clock.n[slot] > 1
-            and event.type is not None
-            and self.counts.is_new(slot, event.type, cfg.min_count)
-        ):
+        cfg, etype = self.cfg, event.type
+        self._counted = -1
+        burst = cfg.novelty_burst and self.clock.n[slot] > 1
+        if etype is None or not (burst or cfg.first_type_rarity):
+            return
+        if not self.counts.is_new(slot, etype, cfg.min_count):
+            return
+        if burst:
             self.novel.note(slot, event.event_time_ms, cfg.burst_s * 1000)
+        if cfg.first_type_rarity:
+            self.counts.update(slot, etype, cfg.max_types)
+            self._counted = slot
 
     def learn(self, slot: int, event: Event) -> None:
-        if event.type is not None:
-            self.counts.update(slot, event.type, self.cfg.max_categories)
+        if self._counted == slot:
+            self._counted = -1  # its first occurrence: counted already
+        elif event.type is not None:
+            self.counts.update(slot, event.type, self.cfg.max_types)
 
     def dump(self, slot: int, w: Writer) -> None:
         self.counts.dump(slot, w)
