@@ -446,6 +446,7 @@ class Pipeline:
         model = self.model if self.model.stateful else None
         # The shared state (the replayed-id window) changes with every event: encoded now.
         shared = store.shared(full)
+        store.freeze(names)  # its records are read later, as they are now
         return Snapshot(meta, model, Records(store, names), sorted(store.removed), shared)
 
     def committed(self) -> None:
@@ -532,19 +533,16 @@ class DecidedView(ProducerView):
 
 
 class Records(Mapping[str, bytes]):
-    """Producers' checkpoint records, each encoded when read: a commit in progress reads a
-    producer's just before it changes (see ``checkpoint.FrozenCommit``), the rest between
-    reads."""
+    """Producers' checkpoint records as they were at the snapshot, each encoded when read
+    (between reads: see ``checkpoint.FrozenCommit``), or kept by the store just before the
+    producer changed (:meth:`FeatureStore.freeze`)."""
 
     def __init__(self, store: FeatureStore, names: list[str]) -> None:
         self._store = store
         self._names = names
 
     def __getitem__(self, producer: str) -> bytes:
-        slot = self._store.slot_of(producer)
-        if slot is None:
-            raise KeyError(producer)
-        return self._store.record(slot)
+        return self._store.frozen_record(producer)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
