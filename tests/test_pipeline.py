@@ -8,6 +8,7 @@ import logging
 import math
 import pickle
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -589,7 +590,7 @@ def test_silence_survives_a_checkpoint_mid_stream() -> None:
     head = p.process(events[:610])
     restored = pickle.loads(pickle.dumps(p))  # noqa: S301 (our own bytes)
     tail = restored.process(events[610:])
-    assert summary(head + tail) == summary(whole)
+    assert summary([*head, *tail]) == summary(whole)
     snap = p.snapshot({}, full=True)
     assert snap.meta["next_silence_ms"] == p.store.next_silence_ms
 
@@ -750,7 +751,7 @@ def fleet(producers: int, t0: int, seconds: int, seed: int, step_ms: int = 100) 
     return sorted(out, key=lambda e: (e.event_time_ms, e.producer))
 
 
-def alerts_of(verdicts: list[Verdict]) -> list[Alert]:
+def alerts_of(verdicts: Sequence[Verdict]) -> list[Alert]:
     return [a for v in verdicts for a in (v.alert, *v.side_alerts) if a is not None]
 
 
@@ -794,7 +795,7 @@ def test_a_pause_is_judged_the_same_after_a_restore() -> None:
     before, after = fleet(4, 0, 30, seed=1), fleet(4, 150 * SECOND, 20, seed=2)
     spec = load_spec("stats")
     whole = Pipeline(spec)
-    expected = summary(whole.process(before) + whole.process(after))
+    expected = summary([*whole.process(before), *whole.process(after)])
     p = Pipeline(spec)
     head = p.process(before)
     snap = p.snapshot({}, full=True)
@@ -802,7 +803,7 @@ def test_a_pause_is_judged_the_same_after_a_restore() -> None:
     resumed = Pipeline(spec)
     resumed.restore(snap)
     out = resumed.process(after)
-    assert summary(head + out) == expected
+    assert summary([*head, *out]) == expected
     assert [a.kind for a in alerts_of(out)] == ["stream_pause"]
 
 
