@@ -896,6 +896,19 @@ def test_only_the_first_event_of_a_new_type_goes_through_the_cooldown() -> None:
     assert out[2].held  # its second event: a rare type, inside the cooldown
 
 
+def test_a_burst_of_new_types_is_one_alert_a_later_new_type_another() -> None:
+    p = Pipeline(load_spec("stats"))
+    history_ = shop_history(2600)
+    p.process(history_)
+    t = history_[-1].event_time_ms
+    burst = int(p.spec.features.burst_s * SECOND)
+    times = (t + SECOND, t + 2 * SECOND + burst // 3, t + 3 * SECOND + burst // 3 + burst)
+    out = p.process([dataclasses.replace(drop_table(s, k), type=f"admin.t{k}")
+                     for k, s in enumerate(times)])  # fmt: skip
+    assert [v.alert is not None for v in out] == [True, False, True]  # all in one cooldown
+    assert out[1].flagged and out[1].held
+
+
 def test_minted_types_are_bounded_and_their_overflow_alerts_once() -> None:
     p = Pipeline(load_spec("stats"))
     history_ = shop_history(2600)
@@ -907,7 +920,7 @@ def test_minted_types_are_bounded_and_their_overflow_alerts_once() -> None:
     leads = [v.alert.reasons[0] for v in out if v.alert is not None]
     overflow = [r for r in leads if r.expected.startswith("more than ")]
     assert len(overflow) == 1  # once, not per event
-    assert len(leads) <= 5  # the first new types while new types were rare, then the overflow
+    assert len(leads) == 2  # the burst's first new type (the rest: one incident), the overflow
     assert overflow[0].expected.startswith(f"more than {p.spec.features.max_types} types")
     types = p.view("svc").types
     assert types.saturated and types.counts == {}  # bounded: nothing more is learned

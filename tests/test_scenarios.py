@@ -104,10 +104,24 @@ def test_short_run_catches_each_short_kind_with_its_named_cause() -> None:
     assert s.true > s.false, s.false_by_reason
 
 
+def test_short_run_catches_first_seen_types_and_raises_nothing_on_a_pause() -> None:
+    # Issue 17: one event of a never-seen type (with usual or new fields) alerts at once;
+    # a pause of every producer is the detector's one alert, no producer's.
+    kinds = ("new_type", "new_type_shape", "stream_pause")
+    s = run_seed(load_spec("stats"), seed=7, hours=3.0, kinds=kinds).score
+    assert {k: (ks.caught, ks.injected) for k, ks in s.kinds.items()} == dict.fromkeys(
+        kinds, (1, 1)
+    )
+    assert all(ks.top_reason_matches == ks.caught for ks in s.kinds.values())
+    assert all(ks.delays_ms == [0] for k, ks in s.kinds.items() if k != "stream_pause")
+    assert s.during_pauses == 0
+
+
 def test_sweep_at_the_used_setting_equals_the_real_alerts() -> None:
     spec = load_spec("stats")
     used = (0.9999, spec.decision.rarity_horizon_ms)
-    run = run_seed(spec, 7, 2.0, ("flood", "replayed_ids"), 0.9999, sweep=[used, (0.9999, 0)])
+    kinds = ("flood", "replayed_ids", "new_type", "silence")
+    run = run_seed(spec, 7, 2.0, kinds, 0.9999, sweep=[used, (0.9999, 0)])
     same, plain = run.sweep[used], run.sweep[0.9999, 0]
     assert (same.alerts, same.true, same.false) == (
         run.score.alerts,
@@ -125,5 +139,5 @@ def test_explain_replays_one_producer_and_names_its_incidents() -> None:
     args = ["--seed", "7", "--hours", "3", "--producer", "inventory-1"]
     out = CliRunner().invoke(main, args)
     assert out.exit_code == 0, out.output
-    assert "oversized_payload (caught)" in out.output
+    assert "new_type_shape (caught)" in out.output and "off_hours_burst (caught)" in out.output
     assert "best rarity" in out.output and "calibration:" in out.output

@@ -1,8 +1,10 @@
 """``python -m benchmarks.scenarios.explain``: why one producer's incidents were (not) caught.
 
 A producer's scores depend only on its own events (its state, calibration and decision are
-per producer; the other producers move the watermark, which only drives silence and
-expiry), so replaying its events alone gives the scores of the full run, ~14x faster. For
+per producer; the other producers move the watermark, which only drives silence, expiry and
+the stream's pauses), so replaying its events alone gives the scores of the full run, ~14x
+faster, except after a pause of the whole stream (a ``stream_pause``: the full run skips
+it, one producer alone may see only a gap of its own) and a silence's cooldown. For
 each incident on the producer: the best calibrated score inside ``[start, end + grace]``,
 its rarity ``-log10(1 - score)`` next to the producer's threshold then, the raw score and the
 top feature surprises, and whether an alert matched; then the top of the producer's

@@ -9,9 +9,11 @@ the alerts are the ones the worker would append.
 Other decision settings (``sweep``: thresholds and rarity horizons) are simulated in the same
 pass, as the pipeline decides: an event alerts when its calibrated score reaches the threshold
 (raised per producer by the rarity horizon, as ``Pipeline.threshold_for``) and its producer is
-out of the cooldown. Learning depends on neither as long as the threshold is at or above the
-spec's ``protect_threshold`` (suspect events are judged against the lower of the two), so one
-pass serves them all; silence alerts do not depend on them.
+out of the cooldown, or when a reason is decisive (``FeatureStore.decisive``: whatever the
+threshold, through the cooldown). Learning depends on neither as long as the threshold is at
+or above the spec's ``protect_threshold`` (suspect events are judged against the lower of the
+two), so one pass serves them all; side alerts (silences, pauses) are taken as they really
+were, and a silence starts its producer's cooldown in every setting.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from benchmarks.scenarios.matching import Hit, Score, score
 from detector.core.alerts import Alert
 from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
+from detector.core.features import Reason
 from detector.core.features.judgements import Judgements
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import ModelSpec
@@ -55,29 +58,48 @@ class _Sweep:
         self.until: dict[Setting, dict[str, int]] = {s: {} for s in settings}
         self.cooldown_ms = cooldown_ms
         self.reasons: tuple[str, ...] = ()
+        self.decisive: Reason | None = None
 
     def evidence_of(self, pipeline: Pipeline) -> None:
-        """Note each event's reasons as the pipeline computes them (for the top reason)."""
-        judge, explain = pipeline.store.judge, pipeline.store.explain
+        """Note each event's reasons as the pipeline computes them (for the top reason), and
+        its decisive reason if any."""
+        store = pipeline.store
+        judge, explain, decisive = store.judge, store.explain, store.decisive
 
         def noted(slot: int, event: Event, out: Judgements, i: int) -> None:
             judge(slot, event, out, i)
             self.reasons = tuple(r.feature for r in explain(slot, event))
+            self.decisive = None
 
-        pipeline.store.judge = noted  # type: ignore[method-assign]
+        def decided(slot: int, event: Event) -> Reason | None:
+            self.decisive = decisive(slot, event)
+            return self.decisive
+
+        store.judge = noted  # type: ignore[method-assign]
+        store.decisive = decided  # type: ignore[method-assign]
 
     def see(
         self, pipeline: Pipeline, event: Event, score: float | None, side: Sequence[Hit]
     ) -> None:
         slot = pipeline.store.slot_of(event.producer)
+        decisive = self.decisive
         for (t, horizon_ms), hits in self.hits.items():
             hits.extend(side)
-            if score is None or slot is None or score < pipeline.threshold_for(slot, t, horizon_ms):
-                continue
             until = self.until[t, horizon_ms]
-            if event.event_time_ms >= until.get(event.producer, -1):
+            for h in side:  # a silence starts its producer's cooldown too (as it really did)
+                if h.producer:
+                    until[h.producer] = h.event_time_ms + self.cooldown_ms
+            if score is None or slot is None:
+                continue
+            if decisive is None and score < pipeline.threshold_for(slot, t, horizon_ms):
+                continue
+            if event.event_time_ms >= until.get(event.producer, -1) or decisive is not None:
                 until[event.producer] = event.event_time_ms + self.cooldown_ms
-                hits.append(Hit(event.producer, event.event_time_ms, self.reasons))
+                reasons = self.reasons
+                if decisive is not None:  # it leads, in place of its feature's own
+                    rest = (f for f in reasons if f != decisive.feature)
+                    reasons = (decisive.feature, *rest)
+                hits.append(Hit(event.producer, event.event_time_ms, reasons))
 
 
 def run_seed(

@@ -492,6 +492,10 @@ class Novelty:
             return 0.0
         return self.recent[slot] * math.exp(-max(t_ms - self.last_ms[slot], 0) / burst_ms)
 
+    def within(self, slot: int, t_ms: int, burst_ms: float) -> bool:
+        """Whether the last novelty came less than ``burst_ms`` before ``t_ms``."""
+        return bool(self.has[slot]) and t_ms - self.last_ms[slot] < burst_ms
+
     def note(self, slot: int, t_ms: int, burst_ms: float) -> None:
         self.recent[slot] = self.burst(slot, t_ms, burst_ms) + 1.0
         self.last_ms[slot] = t_ms

@@ -94,12 +94,12 @@ class RateFeature(Feature[None]):
             return None
         table = self.moments if self.drifts is None else self.drifts
         assert table is not None  # noqa: S101 (one of the two)
-        usual_ms = self.usual_ms(slot)
-        # The smoothed inter-arrivals are geometric means: the present rate is the usual one
-        # times how much shorter the smoothed inter-arrival is than its usual level.
-        geometric = math.expm1(min(table.mean[slot], 700.0))
+        usual_ms = geometric = math.expm1(min(table.mean[slot], 700.0))
         now_ms = math.expm1(min(smoothed, 700.0))
-        if usual_ms != geometric:  # the timed reference's arrivals: scale the present alike
+        if self.drifts is not None:
+            # Smoothed inter-arrivals are geometric means: the usual rate is the arrivals per
+            # time, and the present one that times how much shorter the smoothed gap now is.
+            usual_ms = self.usual_ms(slot)
             now_ms = usual_ms * now_ms / geometric if geometric > 0 else 0.0
         return Reason("rate", "", f"{_per_s(now_ms):.3g}/s", f"{_per_s(usual_ms):.3g}/s", s)
 

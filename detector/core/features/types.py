@@ -18,10 +18,12 @@ class TypeFeature(Feature[None]):
     ``max_types`` (beyond: saturated, no longer judged); and its recent novelties among them.
 
     With ``first_type_rarity``, a type the producer never sent is decisive
-    (:meth:`decisive`) when its past made a new type that rare, and so is the type that
-    overflows the bound (an attacker can mint types: that is news once, then types are no
-    longer judged). Its first occurrence is then counted whatever the verdict (a fact, as
-    the clock is), so only the first event of a type is news and minted types fill the row.
+    (:meth:`decisive`) when its past made a new type that rare and no other new type came
+    within ``burst_s`` before it (with ``novelty_burst``: a burst of them is one incident),
+    and so is the type that overflows the bound (an attacker can mint types: that is news
+    once, then types are no longer judged). Its first occurrence is then counted whatever
+    the verdict (a fact, as the clock is), so only the first event of a type is news and
+    minted types fill the row.
     """
 
     name = "type"
@@ -62,7 +64,10 @@ class TypeFeature(Feature[None]):
         if counts.distinct(slot) >= cfg.max_types:
             bound = f"more than {cfg.max_types} types: no longer judged for this producer"
             return Reason("type", "type", etype, bound, s)
-        if s < cfg.first_type_rarity:
+        # One burst of new types is one incident: its first one alerted (the others are
+        # judged by their surprise, which the burst multiplies, inside that cooldown).
+        burst = self.novel.within(slot, event.event_time_ms, cfg.burst_s * 1000)
+        if s < cfg.first_type_rarity or burst:
             return None
         usual = f"never sent in {counts.n[slot]} events (usually {counts.expected(slot)})"
         return Reason("type", "type", etype, usual, s)
