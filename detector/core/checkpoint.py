@@ -41,8 +41,8 @@ from detector.core.events import Event
 # 2: running moments as floats, not River objects; 3: producer states pickled as flat tuples;
 # 4: producer states as typed records, stateless models not written. An older detector
 # refuses a newer format by this number, and this one refuses older ones (retrain or reset).
-FORMAT_VERSION = 4
-READABLE_FORMATS = (4,)
+FORMAT_VERSION = 5  # 5: the rate's accepted arrivals in the record (issue 17)
+READABLE_FORMATS = (5,)
 _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
 PRODUCER_PREFIX = "p:"
@@ -189,7 +189,7 @@ def check_format(meta: dict[str, Any]) -> None:
     if isinstance(found, int) and found < min(READABLE_FORMATS):
         msg = (
             f"incompatible checkpoint: format {found} was written by an older detector (this "
-            f"one reads format {readable}: producer state is now typed records). Retrain a "
+            f"one reads format {readable}: producer records have another layout). Retrain a "
             "baseline with `detector train` (then `detector run --baseline NAME --reset-state`), "
             "or start over with --reset-state (the state is relearned). See the README's "
             "upgrade notes."
