@@ -84,7 +84,9 @@ def test_a_store_full_of_established_producers_admits_only_after_the_idle_ttl() 
     assert list(p.store.producers) == ["a", "b"]
     assert p.admission.refused == 50 and p.store.evicted == 0
     assert [a.kind for a in alerts_of(out)] == [PRODUCER_EXPLOSION]  # one, at the first refusal
-    p.process([ev("b", t + 11 * MINUTE, 30), ev("c", t + 12 * MINUTE, 0)])  # "a" idle > TTL
+    # "a" idle > TTL while "b" goes on (no pause of the whole stream, which would not count)
+    b = [ev("b", t + k * 30 * SECOND, 30 + k) for k in range(1, 23)]
+    p.process([*b, ev("c", t + 12 * MINUTE, 0)])
     assert list(p.store.producers) == ["b", "c"]
 
 
