@@ -352,6 +352,15 @@ def check(
 @setting_option("min_replicas_acked", help="Workers run with durable writes (WAIT) if > 0.")
 @setting_option("cluster", help="The commands run with --cluster (COMMAND and CLUSTER SLOTS "
                 "for every user; create the users on every node).")  # fmt: skip
+@env_option("--notifier", env="ACL_NOTIFIER", is_flag=True,
+            help="Also print the user of `detector notify`.")  # fmt: skip
+@env_option("--notifier-user", env="ACL_NOTIFIER_USER", default="detector-notifier",
+            show_default=True, help="ACL user of `detector notify` (with --notifier).")  # fmt: skip
+@env_option("--notify-group", env="NOTIFY_GROUP", default=NOTIFY_GROUP, show_default=True,
+            help="`detector notify --group`.")  # fmt: skip
+@env_option("--notify-dead-letter-stream", env="NOTIFY_DEAD_LETTER_STREAM",
+            default=NOTIFY_DEAD_LETTER_STREAM, show_default=True,
+            help="`detector notify --dead-letter-stream`.")  # fmt: skip
 @env_option("--sentinel-users", env="ACL_SENTINEL_USERS", is_flag=True,
             help="Behind Sentinel: also print the Sentinels' user on the data nodes and the "
             "detector's user on the Sentinels.")  # fmt: skip
@@ -377,14 +386,19 @@ def acl(
     router_group: str,
     min_replicas_acked: int,
     cluster: bool,
+    notifier: bool,
+    notifier_user: str,
+    notify_group: str,
+    notify_dead_letter_stream: str,
     sentinel_users: bool,
     sentinel_monitor_user: str,
     sentinel_lookup_user: str,
 ) -> None:
     """Print least-privilege ACL SETUSER lines: worker, producers, alert readers (and, with
-    --partitioned, the router; with --sentinel-users, the Sentinels' and the look-up user).
+    --partitioned, the router; with --notifier, the notifier; with --sentinel-users, the
+    Sentinels' and the look-up user).
 
-    Passwords are read from DETECTOR_ACL_{WORKER,PRODUCER,READER,ROUTER,SENTINEL,
+    Passwords are read from DETECTOR_ACL_{WORKER,PRODUCER,READER,ROUTER,NOTIFIER,SENTINEL,
     SENTINEL_READER}_PASSWORD (or the files named by the same names + _FILE) and printed only
     as SHA-256 hashes; without them, placeholders that Redis refuses until replaced.
     """
@@ -406,6 +420,10 @@ def acl(
         router_group=router_group,
         durable=min_replicas_acked > 0,
         cluster=cluster,
+        notifier=notifier,
+        notifier_user=notifier_user,
+        notify_group=notify_group,
+        notify_dead_letter_stream=notify_dead_letter_stream,
         sentinel=sentinel_users,
         sentinel_user=sentinel_monitor_user,
         sentinel_reader_user=sentinel_lookup_user,

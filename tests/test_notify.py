@@ -21,9 +21,14 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from detector.gateway.embedded import free_port
+from detector.acl import AclConfig, acl_lines
+from detector.core.errors import ConfigError
+from detector.gateway.embedded import EmbeddedRedis, free_port
 from detector.notifier import Notifier, NotifierConfig, Webhook
 from detector.runtime.metrics import NotifierMetrics
+from detector.runtime.worker import Worker
+from tests import test_security as sec
+from tests.helpers import append, outlier
 from tests.test_alert_reader import STREAM, _add, _alert
 from tests.test_cli import clean_env, cli, invoke
 
@@ -232,3 +237,69 @@ def test_the_webhook_url_comes_only_from_the_environment(redis_url: str, hook: H
     assert bad.returncode == 2 and "pw" not in bad.stderr
     option = invoke(*base, "--webhook-url", hook.url)
     assert option.exit_code == 2 and "No such option" in option.output
+
+
+def test_the_notifier_runs_fully_under_its_acl_user(tmp_path: Path) -> None:
+    """A worker under its user writes alerts; `detector notify` under the notifier's user
+    posts them, dead-letters a refusal, counts alerts trimmed unread (the script moves the
+    group's counter) and claims: nothing it does is refused, and it can do nothing else."""
+    passwords = {**sec.PASSWORDS, "notifier": "n-Pa55-4c5d6e"}
+    server = EmbeddedRedis()
+    server.start()
+    hook = Hook(lambda n, payload: (403, {}, b"gone", 0.0) if n == 1 else OK)
+    try:
+        cfg = AclConfig(streams=(sec.STREAM,), consumer="c1", notifier=True)
+        admin = sec.secure_server(server, acl_lines(cfg, passwords))
+        events = sec.workload()
+        events.append(outlier("svc-0", int(events[-1]["ts"]) + 3000))
+        append(sec.user_client(server, "producer"), sec.STREAM, events)
+        Worker(sec.worker_settings(sec.user_url(server, "worker"))).run()
+        written = [f["alert_id"] for _, f in admin.xrange("detector:alerts")]
+        assert len(written) == 2
+        url = f"redis://detector-notifier@127.0.0.1:{server.port}/0"
+        env = {"DETECTOR_REDIS_PASSWORD": passwords["notifier"], "DETECTOR_WEBHOOK_URL": hook.url}
+        args = ("notify", "--redis-url", url, "--until-idle", "--idle-timeout-ms", "300",
+                "--claim-idle-ms", "0")  # fmt: skip
+        out = cli(*args, env=env)
+        assert out.returncode == 0, out.stderr
+        assert hook.accepted() == written[:1] and admin.xlen(DEAD) == 1
+        # Alerts trimmed before the notifier read them: the script moves the group's counter.
+        for n in range(3):
+            admin.xadd("detector:alerts", _alert(n).to_fields(0))  # type: ignore[arg-type]
+        admin.xtrim("detector:alerts", maxlen=1, approximate=False)
+        out = cli(*args, env=env)
+        assert out.returncode == 0 and "2 trimmed before delivery" in out.stderr, out.stderr
+        assert hook.accepted() == [written[0], _alert(2).alert_id]
+        assert admin.acl_log() == [], "a command of the notifier was refused"
+
+        n = redis.Redis(port=server.port, username="detector-notifier",
+                        password=passwords["notifier"], decode_responses=True)  # fmt: skip
+        sec.refused(lambda: n.xadd("detector:alerts", {"forged": "alert"}))
+        sec.refused(lambda: n.xtrim("detector:alerts", maxlen=0))
+        sec.refused(lambda: n.xrange(sec.STREAM))
+        sec.refused(lambda: n.xadd(sec.DEAD, {"a": "1"}))
+        sec.refused(lambda: n.xrange(DEAD))  # its dead letters are write-only for it
+        sec.refused(lambda: n.hgetall("detector:checkpoint:detector:c1"))
+        sec.refused(lambda: n.keys("*"))
+        n.close()
+        assert admin.xlen(DEAD) == 1
+        admin.close()
+    finally:
+        hook.close()
+        server.stop()
+
+
+def test_acl_prints_the_notifier_user_when_asked() -> None:
+    password = "n-Pa55-0a1b2c"
+    out = cli("acl", "--notifier", "--notify-dead-letter-stream", "nd", "--alerts-stream", "al",
+              env={"DETECTOR_ACL_NOTIFIER_PASSWORD": password})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    users = [x for x in out.stdout.splitlines() if x.startswith("ACL SETUSER")]
+    assert [x.split()[2] for x in users] == [*sec.USERS.values(), "detector-notifier"]
+    notifier = users[-1]
+    assert "(+xadd %W~nd)" in notifier and "%RW~al)" in notifier and "%R~al)" in notifier
+    assert password not in out.stdout and "#" + "0" * 10 not in notifier
+    plain = cli("acl")
+    assert "detector-notifier" not in plain.stdout
+    with pytest.raises(ConfigError, match="cannot be the alerts stream"):
+        AclConfig(notifier=True, notify_dead_letter_stream="detector:alerts")
