@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -236,3 +237,27 @@ def test_reading_alerts_imports_neither_river_nor_numpy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60)  # fmt: skip
     assert out.stdout.strip() == "[]"
+
+
+def test_the_readme_example_runs_as_written(r: redis.Redis, redis_url: str) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Python API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    _add(r, 0, 1)
+    paged: list[tuple[str, str, str]] = []
+
+    class Stop(Exception):
+        pass
+
+    def page(producer: str, why: str, dedupe_key: str) -> None:
+        paged.append((producer, why, dedupe_key))
+        if len(paged) == 2:
+            raise Stop  # the handling of the second alert fails: it stays unacknowledged
+
+    printed: list[tuple[object, ...]] = []
+    names = {"page": page, "print": lambda *a: printed.append(a)}
+    with pytest.raises(Stop):
+        exec(code.replace("redis://localhost:6379/0", redis_url), names)  # noqa: S102
+    assert [p[0] for p in printed] == [1_767_225_600_000, 1_767_225_600_001]
+    assert [p[2] for p in paged] == [_alert(0).alert_id, _alert(1).alert_id]
+    assert r.xpending(STREAM, "pager")["pending"] == 1  # the first acknowledged, not the second
