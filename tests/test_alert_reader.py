@@ -177,6 +177,22 @@ def test_a_group_counts_alerts_trimmed_before_it_read_them_across_restarts(
     assert third.trimmed == 2 and r.xpending(STREAM, "n")["pending"] == 0
 
 
+def test_a_group_another_tool_created_counts_a_gap_only_when_there_is_one(
+    r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    _add(r, 0, 1)
+    r.xgroup_create(STREAM, "made", id="0")  # no ENTRIESREAD: Redis knows no read counter
+    made = GroupAlertReader(r, STREAM, group="made", consumer="c")
+    assert len(made.batch(None)) == 2 and made.trimmed == 0
+    assert "trimmed" not in caplog.text  # nothing was ever trimmed: no gap
+    _add(r, 2, 3)
+    r.xtrim(STREAM, maxlen=1, approximate=False)
+    r.xgroup_create(STREAM, "late", id="0")
+    late = GroupAlertReader(r, STREAM, group="late", consumer="c")
+    assert [e.fields["producer"] for e in late.batch(None)] == ["svc-3"]
+    assert late.trimmed == 0 and "how many is unknown" in caplog.text
+
+
 def test_a_group_claims_what_a_gone_consumer_left_and_rereads_its_own_after_an_error(
     r: redis.Redis,
 ) -> None:

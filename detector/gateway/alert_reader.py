@@ -45,10 +45,11 @@ CLAIM_INTERVAL_S = 30.0
 # Every entry ever added has a number (XINFO STREAM's entries-added counts them); the group's
 # entries-read is the number of the last one it read. When the group's position is older than
 # the stream's first entry, the entries between were trimmed unread: their count is the first
-# entry's number - 1 - entries-read. Redis (7.0) then counts on from entries-read as if nothing
-# were missing, so the script moves the counter over the gap (XGROUP SETID, same position),
-# keeping it exact for the next gap, across restarts and consumers. Exact under MAXLEN/MINID
-# trimming; XDEL holes are not counted.
+# entry's number - 1 - entries-read (unknown if another tool created the group without
+# ENTRIESREAD; none if nothing was ever trimmed). Redis (7.0) then counts on from entries-read
+# as if nothing were missing, so the script moves the counter over the gap (XGROUP SETID, same
+# position), keeping it exact for the next gap, across restarts and consumers. Exact under
+# MAXLEN/MINID trimming; XDEL holes are not counted.
 _READ_NEW = """
 local s, group, consumer, count, start = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local function map(flat)
@@ -82,7 +83,7 @@ if not mine then
 end
 local last, read, trimmed = mine['last-delivered-id'], mine['entries-read'], 0
 local first = info['first-entry']
-if first and older(last, first[1]) then
+if first and older(last, first[1]) and before > 0 then
   if read then trimmed = before - read else trimmed = -1 end
   if trimmed ~= 0 then
     redis.call('XGROUP', 'SETID', s, group, last, 'ENTRIESREAD', before)
