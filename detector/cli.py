@@ -12,7 +12,9 @@ Exit codes: 0 ok, 1 runtime or health failure, 2 usage or config, 3 checkpoint r
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
@@ -47,7 +49,7 @@ from detector.gateway.secrets import (
     redis_password,
     sentinel_password,
 )
-from detector.gateway.streams import connect_kwargs
+from detector.gateway.streams import Client, connect_kwargs
 from detector.options import (
     Group,
     baseline_options,
@@ -508,17 +510,8 @@ def demo(redis_url: str | None, model: str, threshold: float | None, seed: int, 
 @tls_options
 def route(**kw: Any) -> None:
     """Re-key an unpartitioned stream into the partition streams, by producer."""
-    import signal
-    import threading
-
     from detector.router import Router, RouterConfig
 
-    url = kw.pop("redis_url")
-    sentinel = sentinel_target(kw["sentinels"], kw["sentinel_master"], kw["sentinel_user"])
-    if not url and not sentinel:
-        msg = "route needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
-        raise click.UsageError(msg)
-    refuse_password_on_command_line(click.get_current_context(), url)
     fmt = EventFormat(
         producer_field=kw["producer_field"],
         max_entry_bytes=kw["max_entry_bytes"],
@@ -537,25 +530,8 @@ def route(**kw: Any) -> None:
         maxlen=kw["maxlen"],
         lease_ttl_ms=kw["lease_ttl_ms"],
     )
-    client = connect_checked(
-        url or "",
-        block_ms=config.block_ms,
-        password=redis_password(),
-        tls_ca_cert=kw["tls_ca_cert"],
-        tls_cert=kw["tls_cert"],
-        tls_key=kw["tls_key"],
-        cluster=kw["cluster"],
-        sentinel=sentinel,
-    )
-    router = Router(config, client)
-    stop = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        log.info("stopping after the current batch (signal %d)", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    router = Router(config, _service_client("route", kw, config.block_ms, cluster=kw["cluster"]))
+    stop = _stop_on_signals("the current batch")
     log.info("routing %s into %s:{0..%d}", config.source, config.base, config.partitions - 1)
     stats = router.run(until_idle=kw["until_idle"], idle_timeout_ms=kw["idle_timeout_ms"],
                           stop=stop)  # fmt: skip
@@ -601,19 +577,12 @@ def notify(**kw: Any) -> None:
     --dead-letter-stream with the status and response. The URL is a secret: it comes from
     DETECTOR_WEBHOOK_URL or the file named by DETECTOR_WEBHOOK_URL_FILE, never an option.
     """
-    import signal
-    import threading
+    from prometheus_client import CollectorRegistry
 
     from detector.gateway.secrets import webhook_url
     from detector.notifier import Notifier, NotifierConfig, Webhook
     from detector.runtime.metrics import NotifierMetrics
 
-    url = kw["redis_url"]
-    sentinel = sentinel_target(kw["sentinels"], kw["sentinel_master"], kw["sentinel_user"])
-    if not url and not sentinel:
-        msg = "notify needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
-        raise click.UsageError(msg)
-    refuse_password_on_command_line(click.get_current_context(), url)
     webhook = Webhook(webhook_url(), kw["timeout_s"])
     config = NotifierConfig(
         stream=kw["alerts_stream"],
@@ -626,28 +595,11 @@ def notify(**kw: Any) -> None:
         claim_idle_ms=kw["claim_idle_ms"],
         max_backoff_s=kw["max_backoff_s"],
     )
-    client = connect_checked(
-        url or "",
-        block_ms=config.block_ms,
-        password=redis_password(),
-        tls_ca_cert=kw["tls_ca_cert"],
-        tls_cert=kw["tls_cert"],
-        tls_key=kw["tls_key"],
-        sentinel=sentinel,
-    )
-    from prometheus_client import CollectorRegistry
-
+    client = _service_client("notify", kw, config.block_ms)
     metrics = NotifierMetrics(CollectorRegistry())
     if kw["metrics_port"] is not None:
         metrics.serve(kw["metrics_port"])
-    stop = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        log.info("stopping after the current attempt (signal %d)", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    stop = _stop_on_signals("the current attempt")
     log.info("posting alerts of %s (group %s) to %s", config.stream, config.group, webhook.host)
     # Without --cluster, connect_checked makes a plain client.
     notifier = Notifier(config, cast(redis.Redis, client), webhook, metrics=metrics, stop=stop)
@@ -657,6 +609,42 @@ def notify(**kw: Any) -> None:
         f"({stats.dead_lettered} dead-lettered, {stats.trimmed} trimmed before delivery)",
         err=True,
     )
+
+
+def _service_client(
+    command: str, kw: dict[str, Any], block_ms: int, *, cluster: bool = False
+) -> Client:
+    """The client of a long-running command other than `run` (`route`, `notify`): its
+    --redis-url or Sentinels, password from the environment, TLS files, checked once."""
+    url = kw["redis_url"]
+    sentinel = sentinel_target(kw["sentinels"], kw["sentinel_master"], kw["sentinel_user"])
+    if not url and not sentinel:
+        msg = f"{command} needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
+        raise click.UsageError(msg)
+    refuse_password_on_command_line(click.get_current_context(), url)
+    return connect_checked(
+        url or "",
+        block_ms=block_ms,
+        password=redis_password(),
+        tls_ca_cert=kw["tls_ca_cert"],
+        tls_cert=kw["tls_cert"],
+        tls_key=kw["tls_key"],
+        cluster=cluster,
+        sentinel=sentinel,
+    )
+
+
+def _stop_on_signals(after: str) -> threading.Event:
+    """An event SIGTERM and SIGINT set: the command stops after ``after``."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("stopping after %s (signal %d)", after, signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
 
 
 def main() -> None:
