@@ -9,8 +9,8 @@ the answer and the ack (receivers drop repeats by ``alert_id``).
 
 - Connection errors, timeouts, 5xx, 429, 408 and 425 are retried, the same alert again, with
   capped exponential backoff (0.5 s doubling up to ``max_backoff_s``), or after the
-  ``Retry-After`` the server asks for (at most :data:`MAX_RETRY_AFTER_S`). Alerts wait behind it:
-  they are posted in order.
+  ``Retry-After`` the server asks for (0.5 s at least, :data:`MAX_RETRY_AFTER_S` at most).
+  Alerts wait behind it: they are posted in order.
 - Any other answer (4xx, and 3xx: redirects are not followed, a POST must not turn into a GET)
   is permanent: the alert goes to the dead-letter stream with the status and the start of the
   response, and is acknowledged in the same transaction. So does an entry that is no alert.
@@ -225,7 +225,7 @@ class Notifier:
         except ValueError as exc:
             return self._dead_letter(entry, "not_an_alert", str(exc), None)
         body = orjson.dumps({**alert_json(entry.fields), "text": chat_text(entry.fields)})
-        backoff = min(FIRST_BACKOFF_S, self.config.max_backoff_s)
+        backoff = floor = min(FIRST_BACKOFF_S, self.config.max_backoff_s)
         host, failing_since = self.webhook.host, None
         while not self.stop.is_set():
             answer = self._post(body)
@@ -242,7 +242,8 @@ class Notifier:
                 failing_since = time.monotonic()
                 log.warning("webhook %s failed (%s), retrying alert %s", host,
                             answer.status or answer.body, alert.alert_id)  # fmt: skip
-            self.stop.wait(answer.retry_after_s if answer.retry_after_s is not None else backoff)
+            asked = answer.retry_after_s  # honoured, but never a retry at once ("0")
+            self.stop.wait(backoff if asked is None else max(asked, floor))
             backoff = min(backoff * 2, self.config.max_backoff_s)
         return False
 

@@ -137,8 +137,13 @@ def test_notify_posts_each_alert_once_as_json_with_an_escaped_text(
 def test_server_errors_timeouts_and_throttling_are_retried_until_accepted(
     r: redis.Redis, redis_url: str
 ) -> None:
-    failing = {0: (503, {}, b"down", 0.0), 1: (502, {}, b"", 0.0), 2: (0, {}, b"", 1.0),
-               3: (429, {"Retry-After": "1"}, b"wait", 0.0), 4: (500, {}, b"", 0.0)}  # fmt: skip
+    failing: dict[int, Reply] = {
+        0: (503, {}, b"down", 0.0),
+        1: (502, {}, b"", 0.0),
+        2: (0, {}, b"", 1.0),  # no answer within the timeout
+        3: (429, {"Retry-After": "1"}, b"wait", 0.0),
+        4: (503, {"Retry-After": "0"}, b"", 0.0),
+    }
     hook = Hook(lambda n, payload: failing.get(n, OK))
     _add(r, 0, 1, 2)
     notifier = _notifier(redis_url, hook)
@@ -149,6 +154,7 @@ def test_server_errors_timeouts_and_throttling_are_retried_until_accepted(
     assert [p["alert_id"] for _, p, _ in hook.requests[:6]] == _ids(0) * 6  # the first waited
     times = [t for t, _, _ in hook.requests]
     assert times[4] - times[3] >= 0.95  # Retry-After: 1 honoured
+    assert times[5] - times[4] >= 0.45  # Retry-After: 0 is no retry at once
     # Backoff from 0.5 s, doubling, capped (here at 0.8 s).
     assert 0.45 <= times[1] - times[0] < 0.75 and times[2] - times[1] >= 0.75
     sample = notifier.metrics.registry.get_sample_value
