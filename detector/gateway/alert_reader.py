@@ -386,7 +386,7 @@ def read_alerts(
             ``ssl_ca_certs``, ...).
 
     Example:
-        >>> from detector import read_alerts  # doctest: +SKIP
+        >>> from detector import read_alerts
         >>> for alert in read_alerts("redis://localhost:6379/0", group="pager",
         ...                          follow=True):  # doctest: +SKIP
         ...     if alert.kind == "anomaly" and alert.score > 0.99999:
