@@ -1,7 +1,7 @@
 """ACL: the least-privilege Redis users for one detector configuration (``detector acl``).
 
-Three users (four for partitioned workers), each limited to the commands it sends and the
-keys it touches:
+Three users (four for partitioned workers, one more for ``detector notify``), each limited to
+the commands it sends and the keys it touches:
 
 - the **worker** reads and acks its input streams through its group (never writes entries to
   them), appends to the alert and dead-letter streams (never reads them), sets the guard keys
@@ -11,7 +11,9 @@ keys it touches:
   alert and dead-letter streams, through groups too, and the workers' health keys;
 - partitioned, a **router** (``detector route``) reads and acks the unpartitioned source
   streams through its group, appends to the partition streams and moves its marks, holds its
-  lease, and dead-letters entries without a valid producer.
+  lease, and dead-letters entries without a valid producer;
+- with ``--notifier``, the **notifier** (``detector notify``) reads and acks the alert stream
+  through its group and appends to its own dead-letter stream.
 
 With durable writes (``--min-replicas-acked``), the worker also sends ``WAIT`` and ``SCRIPT
 EXISTS`` (keyless) and ``XCLAIM … JUSTID`` on its input (the check that a read survived, after a
@@ -56,11 +58,13 @@ from detector.core.settings import (
     DEFAULT_GROUP,
     DEFAULT_STREAM,
     HEALTH_KEY,
+    NOTIFY_DEAD_LETTER_STREAM,
+    NOTIFY_GROUP,
 )
 from detector.gateway import partitions as parts
 
 REDIS_VERSIONS = ("7.0", "7.2+")
-ROLES = ("worker", "producer", "reader", "router", "sentinel", "sentinel_reader")
+ROLES = ("worker", "producer", "reader", "router", "notifier", "sentinel", "sentinel_reader")
 # Users of the Sentinel deployment: created on the data nodes, and on each Sentinel.
 SENTINEL_ROLES = ("sentinel", "sentinel_reader")
 # Characters that cannot appear in a name: ACL SETUSER splits selectors on spaces and ends a
@@ -96,6 +100,11 @@ class AclConfig:
         sentinel: the commands reach Redis through Sentinel: print the Sentinels' user on the
             data nodes, and the detector's user on the Sentinels.
         sentinel_user, sentinel_reader_user: those two users' names.
+        notifier: print the user of ``detector notify`` too.
+        notifier_user: its name.
+        notify_group: its consumer group on the alert stream (named in the comment: ACL rules
+            cannot tell one group of a stream from another).
+        notify_dead_letter_stream: where it writes the alerts its webhook refused.
     """
 
     streams: tuple[str, ...] = (DEFAULT_STREAM,)
@@ -116,12 +125,18 @@ class AclConfig:
     sentinel: bool = False
     sentinel_user: str = "detector-sentinel"
     sentinel_reader_user: str = "detector-lookup"
+    notifier: bool = False
+    notifier_user: str = "detector-notifier"
+    notify_group: str = NOTIFY_GROUP
+    notify_dead_letter_stream: str = NOTIFY_DEAD_LETTER_STREAM
 
     @property
     def roles(self) -> tuple[str, ...]:
-        """The users to create: the router only feeds partitioned workers; the Sentinels'
-        users only behind Sentinel."""
-        roles = ROLES[:4] if self.partitioned else ROLES[:3]
+        """The users to create: the router only feeds partitioned workers; the notifier only
+        on request; the Sentinels' users only behind Sentinel."""
+        roles: tuple[str, ...] = ("worker", "producer", "reader")
+        roles += ("router",) if self.partitioned else ()
+        roles += ("notifier",) if self.notifier else ()
         return roles + SENTINEL_ROLES if self.sentinel else roles
 
     @property
@@ -146,6 +161,8 @@ class AclConfig:
             "dead-letter stream": (self.dead_letter_stream,),
             "router source": self.source_streams,
             "router group": (self.router_group,),
+            "notify group": (self.notify_group,),
+            "notify dead-letter stream": (self.notify_dead_letter_stream,),
             "user": tuple(self.user(role) for role in ROLES),
         }
         for what, values in names.items():
@@ -159,21 +176,30 @@ class AclConfig:
         if not self.source_streams:
             msg = "at least one router source stream is needed"
             raise ConfigError(msg)
-        inputs = set(self.streams) | set(self.source_streams)
-        for what, name in (
-            ("alerts", self.alerts_stream),
-            ("dead-letter", self.dead_letter_stream),
-        ):
-            if name in inputs:
-                msg = f"the {what} stream {name!r} is also an input stream"
-                raise ConfigError(msg)
+        self._check_outputs()
         if self.partitioned:  # braces would move the hash tags of the partition keys
             for name in (*self.streams, self.group, self.alerts_stream, self.dead_letter_stream):
                 parts.check_name("name", name)
         if len({self.user(role) for role in ROLES}) != len(ROLES):
             msg = (
-                "the worker, producer, reader, router and Sentinel users must have different names"
+                "the worker, producer, reader, router, notifier and Sentinel users must have "
+                "different names"
             )
+            raise ConfigError(msg)
+
+    def _check_outputs(self) -> None:
+        """No stream written is one read (an input; the alerts, for the notifier)."""
+        inputs = set(self.streams) | set(self.source_streams)
+        for what, name in (
+            ("alerts", self.alerts_stream),
+            ("dead-letter", self.dead_letter_stream),
+            ("notifier's dead-letter", self.notify_dead_letter_stream),
+        ):
+            if name in inputs:
+                msg = f"the {what} stream {name!r} is also an input stream"
+                raise ConfigError(msg)
+        if self.notify_dead_letter_stream == self.alerts_stream:
+            msg = "the notifier's dead-letter stream cannot be the alerts stream"
             raise ConfigError(msg)
 
 
@@ -418,6 +444,35 @@ def reader_rules(cfg: AclConfig, password: str) -> list[str]:
     ]
 
 
+def notifier_rules(cfg: AclConfig, password: str) -> list[str]:
+    """The notifier (``detector notify``): exactly the commands of
+    :class:`~detector.gateway.alert_reader.GroupAlertReader` and :mod:`detector.notifier`.
+
+    - the alert stream: its read script (``EVALSHA``; inside it ``EXISTS``, ``XINFO STREAM``,
+      ``XINFO GROUPS``, ``XGROUP CREATE``, ``XGROUP SETID``, ``XREADGROUP``), ``XREADGROUP``
+      of its pending entries, ``XAUTOCLAIM``, ``XACK``, and ``XREAD`` (the wait, which
+      consumes nothing); no ``XADD``, ``XDEL``, ``XTRIM``;
+    - its dead-letter stream: ``XADD`` only, in ``MULTI``/``EXEC`` with the ``XACK``;
+    - ``SCRIPT LOAD`` (after a Redis restart empties the script cache).
+
+    ACL rules cannot name a consumer group: the user could read, ack or move other groups of
+    the alert stream too (as the reader user can).
+    """
+    alerts = glob_escape(cfg.alerts_stream)
+    return [
+        *_common(cfg, password),
+        "+multi",
+        "+exec",
+        "+script|load",
+        _selector(
+            ["+evalsha", "+xreadgroup", "+xautoclaim", "+xack", "+xgroup|create", "+xgroup|setid"],
+            [f"%RW~{alerts}"],
+        ),
+        _selector(["+exists", "+xinfo|stream", "+xinfo|groups", "+xread"], [f"%R~{alerts}"]),
+        _selector(["+xadd"], [f"%W~{glob_escape(cfg.notify_dead_letter_stream)}"]),
+    ]
+
+
 def sentinel_rules(cfg: AclConfig, password: str) -> list[str]:
     """The Sentinels' user on the data nodes (``sentinel auth-user`` / ``auth-pass`` in
     sentinel.conf): the commands Redis documents for monitoring and failover, no keys."""
@@ -457,6 +512,7 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
         "producer": producer_rules,
         "reader": reader_rules,
         "router": router_rules,
+        "notifier": notifier_rules,
         "sentinel": sentinel_rules,
         "sentinel_reader": sentinel_reader_rules,
     }
@@ -486,6 +542,8 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
         " detector check --consumer).",
         "router": f"# Router (detector route --group {cfg.router_group}): source"
         f" {', '.join(cfg.source_streams)} into the partitions of {', '.join(cfg.streams)}.",
+        "notifier": f"# Notifier (detector notify --group {cfg.notify_group}): read and ack"
+        f" {cfg.alerts_stream}, append to {cfg.notify_dead_letter_stream}.",
         "sentinel": "# Sentinel's own user on every data node (sentinel auth-user / auth-pass),"
         " to run on the primary and each replica (ACLs do not replicate).",
         "sentinel_reader": "# Run on each Sentinel (they keep their own users): the detector's"

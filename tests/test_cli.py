@@ -53,7 +53,7 @@ def test_help_shows_every_option_with_its_env_var() -> None:
         ("--until-idle", "DETECTOR_UNTIL_IDLE"),
     ]:  # fmt: skip
         assert option in out.stdout and env in out.stdout, option
-    for command in ("score", "alerts", "check", "demo", "models"):
+    for command in ("score", "alerts", "notify", "check", "demo", "models"):
         assert cli(command, "--help").returncode == 0
 
 

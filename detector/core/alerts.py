@@ -20,6 +20,7 @@ ANOMALY = "anomaly"  # one event of a producer
 SILENCE = "silence"  # a producer stopped sending
 PRODUCER_EXPLOSION = "producer_explosion"  # producers refused: the store is full (producer "")
 ALERT_STORM = "alert_storm"  # alerts held back by the global cap (producer "")
+KINDS = (ANOMALY, SILENCE, PRODUCER_EXPLOSION, ALERT_STORM)
 MINUTE_MS = 60_000
 
 

@@ -30,6 +30,10 @@ CHECKPOINT_KEY = "detector:checkpoint:{group}:{consumer}"
 CLUSTER_CHECKPOINT_KEY = CHECKPOINT_KEY + "{{{stream}}}"
 # Refreshed by a live worker; `detector check` reads it.
 HEALTH_KEY = "detector:health:{group}:{consumer}"
+# `detector notify`: its consumer group on the alert stream, and where the alerts its webhook
+# refused for good go (with the HTTP status and response).
+NOTIFY_GROUP = "detector-notify"
+NOTIFY_DEAD_LETTER_STREAM = "detector:notify:dead-letter"
 
 
 def mask_url(url: str | None) -> str | None:

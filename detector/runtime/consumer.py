@@ -360,7 +360,8 @@ class Consumer:
         m.events.labels("invalid").inc(len(out.dead_letters))
         for letter in out.dead_letters:
             m.dead_lettered.labels(letter.reason).inc()
-        m.alerts.inc(len(out.alerts))
+        for alert in out.alerts:
+            m.alerts.labels(alert.kind).inc()
         m.suppressed.inc(suppressed)
         m.batch_seconds.observe(seconds)
         m.event_seconds.observe(seconds / max(len(entries), 1))  # once per batch: see metrics
