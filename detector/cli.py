@@ -390,7 +390,7 @@ def check(
 @env_option("--consumer", env="CONSUMER", default=None,
             help="Pin the checkpoint and health keys to this consumer (default: any consumer "
             "of the group).")  # fmt: skip
-@setting_options("alerts_stream", "dead_letter_stream")
+@setting_options("alerts_stream", "dead_letter_stream", "scores_stream")
 @env_option("--worker-user", env="ACL_WORKER_USER", default="detector-worker", show_default=True,
             help="ACL user of the workers.")  # fmt: skip
 @env_option("--producer-user", env="ACL_PRODUCER_USER", default="detector-producer",
@@ -428,6 +428,7 @@ def acl(
     consumer: str | None,
     alerts_stream: str,
     dead_letter_stream: str,
+    scores_stream: str | None,
     worker_user: str,
     producer_user: str,
     reader_user: str,
@@ -457,6 +458,7 @@ def acl(
         consumer=consumer,
         alerts_stream=alerts_stream,
         dead_letter_stream=dead_letter_stream,
+        scores_stream=scores_stream,
         worker_user=worker_user,
         producer_user=producer_user,
         reader_user=reader_user,

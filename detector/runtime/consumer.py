@@ -274,6 +274,9 @@ class Consumer:
             elif v.alert is not None:
                 out.alerts.append(v.alert)
             out.alerts.extend(v.side_alerts)  # producers this event's time revealed as silent
+        if self.streams.scores_stream is not None:  # with the alerts, before the acks
+            out.scores = [v for v in verdicts if v.error is None]
+            out.model = self.pipeline.spec.name
         if not claimed:
             # A read returns each stream's entries in id order: its last one is its highest.
             last = {stream: entry_id for stream, entry_id, _ in entries}
