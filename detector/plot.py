@@ -218,32 +218,13 @@ def _png_novelties(ax: Any, timeline: Timeline, when: list[datetime]) -> None:
                 fontsize=6,
                 color=COLORS["novel"],
             )
-    ax.plot(
-        marks["new"],
-        [1] * len(marks["new"]),
-        "D",
-        color=COLORS["novel"],
-        ms=4,
-        label="never seen (judged surprising)",
-    )
-    young = marks["young"]
-    ax.plot(
-        young,
-        [1] * len(young),
-        "o",
-        mfc="none",
-        color=COLORS["novel"],
-        ms=4,
-        label="never seen (not judged yet)",
-    )
-    ax.plot(
-        marks["rare"],
-        [0] * len(marks["rare"]),
-        "|",
-        color=COLORS["seen"],
-        ms=6,
-        label="rare type / value / shape",
-    )
+    looks = {  # kind: row, marker, style, label
+        "new": (1, "D", {"color": COLORS["novel"]}, "never seen (judged surprising)"),
+        "young": (1, "o", {"mfc": "none", "color": COLORS["novel"]}, "never seen (not judged yet)"),
+        "rare": (0, "|", {"color": COLORS["seen"]}, "rare type / value / shape"),
+    }
+    for kind, (row, marker, style, label) in looks.items():
+        ax.plot(marks[kind], [row] * len(marks[kind]), marker, ms=4, label=label, **style)
     ax.set_ylim(-0.6, 1.9)
     ax.set_yticks([0, 1], ["rare", "new"], fontsize=6)
     ax.set_ylabel("novelty", fontsize=7)

@@ -149,6 +149,20 @@ def _verdict(n: int, score: float | None) -> Verdict:
     return Verdict(event, score, score is not None and score > 0.9, None)
 
 
+def test_scores_keep_any_producer_id_and_score_exactly(redis_url: str) -> None:
+    client = connect(redis_url, block_ms=100)
+    s = Streams(client, streams=["in"], group="g", consumer="c", alerts_stream="al",
+                dead_letter_stream="dl", maxlen=0, scores_stream="sc")  # fmt: skip
+    odd = 'pay "7"\\ é\t\u2603 [x]'
+    tiny, event = 1e-300, Event("in", "5-0", odd, 5, None, {}, {}, 10)
+    scores = [Verdict(event, tiny, False, None), _verdict(6, 1.0 - 2**-52)]
+    assert s.emit(Output(scores=scores, model="m")) == 0  # only alerts and dead letters count
+    rows = [f for _, f in client.xrange("sc")]
+    assert rows[0][b"producer"].decode() == odd and float(rows[0][b"score"]) == tiny
+    assert rows[1][b"score"] == repr(1.0 - 2**-52).encode() and rows[1][b"flagged"] == b"1"
+    client.close()
+
+
 def test_durable_scores_wait_for_the_replica(tmp_path: Path) -> None:
     primary = EmbeddedRedis(
         directory=tmp_path / "primary", extra_args=["--repl-diskless-sync-delay", "0"]
