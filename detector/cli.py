@@ -128,6 +128,13 @@ def run(**kw: Any) -> None:
     )
 
 
+input_option = env_option(
+    "--input", "input_path", env="INPUT", required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSONL (one entry's fields per line) or CSV (header = field names).",
+)  # fmt: skip
+
+
 def scoring_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options of offline scoring (``score``, ``plot``): model, threshold, stream,
     bounds, ``--baseline`` and the event format."""
@@ -160,9 +167,7 @@ def scoring_from(kw: dict[str, Any]) -> Scoring:
 
 @cli.command()
 @config_option
-@env_option("--input", "input_path", env="INPUT", required=True,
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="JSONL (one entry's fields per line) or CSV (header = field names).")  # fmt: skip
+@input_option
 @env_option("--output", "output_path", env="OUTPUT", required=True,
             type=click.Path(dir_okay=False, writable=True, path_type=Path),
             help="CSV: producer,event_time,score,alert (one row per input event).")  # fmt: skip
@@ -193,9 +198,7 @@ def _picture_path(ctx: click.Context, param: click.Parameter, value: Path | None
 
 @cli.command()
 @config_option
-@env_option("--input", "input_path", env="INPUT", required=True,
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="JSONL (one entry's fields per line) or CSV (header = field names).")  # fmt: skip
+@input_option
 @env_option("--producer", env="PLOT_PRODUCER", required=True, help="The producer to draw.")
 @env_option("--output", "output_path", env="PLOT_OUTPUT", required=True,
             type=click.Path(dir_okay=False, writable=True, path_type=Path),

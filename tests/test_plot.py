@@ -227,7 +227,7 @@ def test_the_command_draws_a_window_from_a_baseline(tmp_path: Path) -> None:
     ]
 
 
-def test_the_output_must_be_a_png_or_html_file(tmp_path: Path) -> None:
+def test_the_output_and_the_window_are_checked_before_anything_runs(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from detector.cli import cli
@@ -235,3 +235,5 @@ def test_the_output_must_be_a_png_or_html_file(tmp_path: Path) -> None:
     args = ["plot", "--input", str(shop_file(tmp_path)), "--producer", "svc-0", "--output"]
     out = CliRunner().invoke(cli, [*args, "x.svg"])
     assert out.exit_code == 2 and "x.svg: give a .png or .html file" in out.output
+    out = CliRunner().invoke(cli, [*args, "x.html", "--from", "yesterday"])
+    assert out.exit_code == 2 and "'yesterday' is neither epoch ms nor ISO-8601" in out.output
