@@ -311,6 +311,11 @@ def test_the_scores_stream_is_granted_only_when_configured(
     assert "%R~detector:scores" in reader
     with pytest.raises(ConfigError, match="input stream"):
         AclConfig(streams=(STREAM,), scores_stream=STREAM)
+    partitioned = AclConfig(streams=(STREAM,), partitioned=True, scores_stream=scores)
+    lines = acl_lines(partitioned, PASSWORDS)
+    assert "(+xadd %W~detector:alerts %W~detector:dead-letter %W~detector:scores)" in next(
+        line for line in lines if line.startswith("ACL SETUSER detector-worker")
+    )
 
     server = EmbeddedRedis()
     server.start()
