@@ -202,7 +202,7 @@ def normal_band(mean: float, var: float, min_sd: float) -> Band:
 
     >>> b = normal_band(math.log1p(100.0), 0.0, 0.05)
     >>> round(b.low, 1), round(b.mean, 1), round(b.high, 1)
-    (86.4, 100.0, 117.2)
+    (85.9, 100.0, 116.3)
     """
     sd = max(math.sqrt(max(var, 0.0)), min_sd)
     return Band(unlog(mean - BAND_SD * sd), unlog(mean), unlog(mean + BAND_SD * sd))
