@@ -6,9 +6,11 @@ the commands it sends and the keys it touches:
 - the **worker** reads and acks its input streams through its group (never writes entries to
   them), appends to the alert and dead-letter streams (never reads them), sets the guard keys
   that make those appends happen at most once, and owns its checkpoint hash and health key;
+  with a scores stream (``--scores-stream``), it also appends to that one (only then);
 - a **producer** may only ``XADD`` to the input streams;
-- a **reader** (``detector alerts``, ``detector check --consumer``, alert consumers) reads the
-  alert and dead-letter streams, through groups too, and the workers' health keys;
+- a **reader** (``detector alerts``, ``detector check --consumer``, alert consumers,
+  dashboards) reads the alert and dead-letter streams (and the scores stream, if any),
+  through groups too, and the workers' health keys;
 - partitioned, a **router** (``detector route``) reads and acks the unpartitioned source
   streams through its group, appends to the partition streams and moves its marks, holds its
   lease, and dead-letters entries without a valid producer;
@@ -84,6 +86,8 @@ class AclConfig:
             checkpoint and health keys), e.g. one user for several workers.
         alerts_stream: where alerts go.
         dead_letter_stream: where rejected entries go.
+        scores_stream: where the workers append every event's score (``--scores-stream``;
+            None: no scores stream, and no right on one).
         worker_user, producer_user, reader_user, router_user: ACL user names.
         redis_version: ``"7.0"`` or ``"7.2+"`` (which has ``CLIENT SETINFO``; redis-py sends
             it on connect and ignores a refusal, but each refusal lands in ``ACL LOG``).
@@ -112,6 +116,7 @@ class AclConfig:
     consumer: str | None = None
     alerts_stream: str = DEFAULT_ALERTS_STREAM
     dead_letter_stream: str = DEFAULT_DEAD_LETTER_STREAM
+    scores_stream: str | None = None
     worker_user: str = "detector-worker"
     producer_user: str = "detector-producer"
     reader_user: str = "detector-reader"
@@ -146,6 +151,19 @@ class AclConfig:
     def user(self, role: str) -> str:
         return str(getattr(self, f"{role}_user"))
 
+    @property
+    def output_streams(self) -> dict[str, str]:
+        """The streams the workers append to, by what they carry."""
+        out = {"alerts": self.alerts_stream, "dead-letter": self.dead_letter_stream}
+        if self.scores_stream is not None:
+            out["scores"] = self.scores_stream
+        return out
+
+    @property
+    def outputs(self) -> list[str]:
+        """:attr:`output_streams`, glob-escaped (key patterns)."""
+        return [glob_escape(name) for name in self.output_streams.values()]
+
     def __post_init__(self) -> None:
         if not self.streams:
             msg = "at least one input stream is needed"
@@ -159,6 +177,7 @@ class AclConfig:
             "consumer": (self.consumer,) if self.consumer is not None else (),
             "alerts stream": (self.alerts_stream,),
             "dead-letter stream": (self.dead_letter_stream,),
+            "scores stream": (self.scores_stream,) if self.scores_stream is not None else (),
             "router source": self.source_streams,
             "router group": (self.router_group,),
             "notify group": (self.notify_group,),
@@ -188,13 +207,14 @@ class AclConfig:
             raise ConfigError(msg)
 
     def _check_outputs(self) -> None:
-        """No stream written is one read (an input; the alerts, for the notifier)."""
+        """No stream written is one read (an input; the alerts, for the notifier); the scores
+        go to a stream of their own."""
         inputs = set(self.streams) | set(self.source_streams)
-        for what, name in (
-            ("alerts", self.alerts_stream),
-            ("dead-letter", self.dead_letter_stream),
-            ("notifier's dead-letter", self.notify_dead_letter_stream),
-        ):
+        if self.scores_stream in (self.alerts_stream, self.dead_letter_stream):
+            msg = f"the scores stream {self.scores_stream!r} is the alert or dead-letter stream"
+            raise ConfigError(msg)
+        written = {**self.output_streams, "notifier's dead-letter": self.notify_dead_letter_stream}
+        for what, name in written.items():
             if name in inputs:
                 msg = f"the {what} stream {name!r} is also an input stream"
                 raise ConfigError(msg)
@@ -249,10 +269,11 @@ def worker_rules(cfg: AclConfig, password: str) -> list[str]:
 
     - input streams: ``XREADGROUP``, ``XPENDING``, ``XINFO GROUPS`` (read), ``XACK``,
       ``XAUTOCLAIM``, ``XGROUP CREATE … MKSTREAM`` (write); no ``XADD``, ``XDEL``, ``XTRIM``;
-    - alert and dead-letter streams: ``XADD`` only (write-only: no reads);
-    - the append script: ``EVALSHA`` (read and write on every declared key: the two streams
+    - alert and dead-letter streams, and the scores stream if configured: ``XADD`` only
+      (write-only: no reads);
+    - the append scripts: ``EVALSHA`` (read and write on every declared key: those streams
       and the guard keys) and ``SCRIPT LOAD`` (after a Redis restart empties the script
-      cache); inside it, ``EXISTS`` on a guard, ``XADD``, then ``SET … EX`` on the guard,
+      cache); inside them, ``EXISTS`` on a guard, ``XADD``, then ``SET … EX`` on the guard,
       each checked again;
     - guard keys: ``EXISTS``, ``SET``; dead-letter guards only for the input streams;
     - checkpoint hash: ``HSCAN``, ``HSET``, ``HDEL`` in ``MULTI``/``EXEC`` with the ``XACK``,
@@ -264,7 +285,7 @@ def worker_rules(cfg: AclConfig, password: str) -> list[str]:
     if cfg.partitioned:
         return partitioned_worker_rules(cfg, password)
     inputs = [glob_escape(s) for s in cfg.streams]
-    outputs = [glob_escape(cfg.alerts_stream), glob_escape(cfg.dead_letter_stream)]
+    outputs = cfg.outputs
     guards = _guards(cfg, cfg.streams)
     template = CLUSTER_CHECKPOINT_KEY if cfg.cluster and len(cfg.streams) == 1 else CHECKPOINT_KEY
     checkpoint = key_pattern(template, group=cfg.group, consumer=cfg.consumer,
@@ -333,7 +354,7 @@ def partitioned_worker_rules(cfg: AclConfig, password: str) -> list[str]:
     """
     group = glob_escape(cfg.group)
     inputs = [parts.STREAM.format(base=glob_escape(s), p="*") for s in cfg.streams]
-    outputs = [glob_escape(cfg.alerts_stream), glob_escape(cfg.dead_letter_stream)]
+    outputs = cfg.outputs
     guards = _guards(cfg, tuple(inputs))
     checkpoint = parts.CHECKPOINT.format(group=group, p="*")
     lease = parts.LEASE.format(group=group, p="*")
@@ -426,9 +447,9 @@ def router_rules(cfg: AclConfig, password: str) -> list[str]:
 
 
 def reader_rules(cfg: AclConfig, password: str) -> list[str]:
-    """A reader: the alert and dead-letter streams (directly or through its own groups), and
-    the workers' health keys (``detector check --consumer``)."""
-    outputs = [glob_escape(cfg.alerts_stream), glob_escape(cfg.dead_letter_stream)]
+    """A reader: the alert, dead-letter and scores streams (directly or through its own
+    groups), and the workers' health keys (``detector check --consumer``)."""
+    outputs = cfg.outputs
     health = key_pattern(HEALTH_KEY, group=cfg.group, consumer=None)
     return [
         *_common(cfg, password),
@@ -523,7 +544,8 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
     out = [
         f"# detector ACL users (Redis {cfg.redis_version}) for input {', '.join(cfg.streams)}; "
         f"group {cfg.group}; consumer {consumer};",
-        f"# alerts {cfg.alerts_stream}; dead letters {cfg.dead_letter_stream}.",
+        f"# alerts {cfg.alerts_stream}; dead letters {cfg.dead_letter_stream}"
+        + (f"; scores {cfg.scores_stream}." if cfg.scores_stream else "."),
         "# Each line starts with `reset`, so re-running it replaces the user (ACL SETUSER is",
         "# additive otherwise). Passwords appear only as SHA-256 hashes (#<hex>).",
     ]
@@ -534,12 +556,14 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
             ' with `#` + the output of: printf %s "$PASSWORD" | sha256sum'
         )
     comments = {
-        "worker": "# Worker: read and ack the input, append alerts and dead letters, own its"
-        " checkpoint and health keys.",
+        "worker": "# Worker: read and ack the input, append alerts and dead letters"
+        + (" and scores" if cfg.scores_stream else "")
+        + ", own its checkpoint and health keys.",
         "producer": "# Producers: XADD to the input streams only"
         + (" (partition streams, and the router's sources)." if cfg.partitioned else "."),
-        "reader": "# Readers: alerts, dead letters, health keys (detector alerts,"
-        " detector check --consumer).",
+        "reader": "# Readers: alerts, dead letters"
+        + (", scores" if cfg.scores_stream else "")
+        + ", health keys (detector alerts, detector check --consumer).",
         "router": f"# Router (detector route --group {cfg.router_group}): source"
         f" {', '.join(cfg.source_streams)} into the partitions of {', '.join(cfg.streams)}.",
         "notifier": f"# Notifier (detector notify --group {cfg.notify_group}): read and ack"

@@ -1,4 +1,5 @@
-"""Command line: ``detector run | train | score | alerts | notify | check | acl | demo | route |
+"""Command line: ``detector run | train | score | plot | alerts | notify | check | acl | demo
+| route |
 models``.
 
 The commands only parse options (detector.options: generated from the settings' fields, also
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 import orjson
@@ -51,6 +52,7 @@ from detector.gateway.secrets import (
 )
 from detector.gateway.streams import Client, connect_kwargs
 from detector.options import (
+    EventTime,
     Group,
     baseline_options,
     baselines_dir_option,
@@ -68,6 +70,9 @@ from detector.options import (
     tls_options,
 )
 from detector.options import baseline_path as resolve_baseline
+
+if TYPE_CHECKING:
+    from detector.offline import Scoring
 
 log = logging.getLogger(__name__)
 EXIT_CHECKPOINT = 3
@@ -129,41 +134,57 @@ def run(**kw: Any) -> None:
     )
 
 
+input_option = env_option(
+    "--input", "input_path", env="INPUT", required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSONL (one entry's fields per line) or CSV (header = field names).",
+)  # fmt: skip
+
+
+def scoring_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of offline scoring (``score``, ``plot``): model, threshold, stream,
+    bounds, ``--baseline`` and the event format."""
+    f = format_options(f)
+    f = baseline_options(f)
+    f = setting_options("max_producers", "producer_idle_ttl_s")(f)
+    f = env_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True,
+                   help="Stream the events count as coming from (producer fallback, alert "
+                   "ids).")(f)  # fmt: skip
+    return setting_options("model", "threshold")(f)
+
+
+def scoring_from(kw: dict[str, Any]) -> Scoring:
+    """How to score, from the options of :func:`scoring_options` (taken out of ``kw``)."""
+    from detector.core.checkpoint import Signer
+    from detector.offline import Scoring
+
+    baseline = resolve_baseline(kw)
+    return Scoring(
+        model=kw.pop("model"),
+        threshold=kw.pop("threshold"),
+        stream=kw.pop("stream"),
+        event_format=event_format(kw),
+        max_producers=kw.pop("max_producers"),
+        idle_ttl_ms=int(kw.pop("producer_idle_ttl_s") * 1000),
+        baseline=baseline,
+        signer=Signer(load_checkpoint_secret()) if baseline else None,
+    )
+
+
 @cli.command()
 @config_option
-@env_option("--input", "input_path", env="INPUT", required=True,
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="JSONL (one entry's fields per line) or CSV (header = field names).")  # fmt: skip
+@input_option
 @env_option("--output", "output_path", env="OUTPUT", required=True,
             type=click.Path(dir_okay=False, writable=True, path_type=Path),
             help="CSV: producer,event_time,score,alert (one row per input event).")  # fmt: skip
-@setting_options("model", "threshold")
-@env_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True,
-            help="Stream the events count as coming from (producer fallback, alert "
-            "ids).")  # fmt: skip
-@setting_options("max_producers", "producer_idle_ttl_s")
-@baseline_options
-@format_options
+@scoring_options
 def score(**kw: Any) -> None:
     """Score a file offline with exactly the code `run` uses (a backtest with --baseline)."""
-    from detector.core.checkpoint import Signer
     from detector.offline import score_file
 
     compiled.warn_if_pure()
 
-    baseline = resolve_baseline(kw)
-    counts = score_file(
-        kw["input_path"],
-        kw["output_path"],
-        model=kw["model"],
-        threshold=kw["threshold"],
-        stream=kw["stream"],
-        event_format=event_format(kw),
-        max_producers=kw["max_producers"],
-        idle_ttl_ms=int(kw["producer_idle_ttl_s"] * 1000),
-        baseline=baseline,
-        signer=Signer(load_checkpoint_secret()) if baseline else None,
-    )
+    counts = score_file(kw["input_path"], kw["output_path"], scoring_from(kw))
     click.echo(
         f"scored {counts.events} events: {counts.alerts} alerts, {counts.warmup} in warm-up, "
         f"{counts.invalid} invalid",
@@ -172,6 +193,49 @@ def score(**kw: Any) -> None:
     click.echo("alerts each threshold would have produced (cooldown included):", err=True)
     for t, n in counts.by_threshold.items():
         click.echo(f"  {t:<9} {n}", err=True)
+
+
+def _picture_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None and value.suffix.lower() not in (".png", ".html"):
+        msg = f"{value}: give a .png or .html file"
+        raise click.BadParameter(msg, ctx, param)
+    return value
+
+
+@cli.command()
+@config_option
+@input_option
+@env_option("--producer", env="PLOT_PRODUCER", required=True, help="The producer to draw.")
+@env_option("--output", "output_path", env="PLOT_OUTPUT", required=True,
+            type=click.Path(dir_okay=False, writable=True, path_type=Path),
+            callback=_picture_path, help="A .png (needs the `plot` extra: matplotlib) or a "
+            "self-contained .html file.")  # fmt: skip
+@env_option("--from", "start_ms", env="PLOT_FROM", type=EventTime(),
+            help="Draw from this event time (epoch ms or ISO-8601); everything before is "
+            "still scored.")  # fmt: skip
+@env_option("--to", "end_ms", env="PLOT_TO", type=EventTime(),
+            help="Draw up to this event time.")  # fmt: skip
+@scoring_options
+def plot(**kw: Any) -> None:
+    """Draw what the detector saw of one producer: values and expected bands, novelties,
+    scores against the threshold, alerts and their reasons (scored as `score` does)."""
+    from detector.plot import write_plot
+    from detector.timeline import trace
+
+    compiled.warn_if_pure()
+
+    output: Path = kw["output_path"]
+    timeline = trace(kw["input_path"], scoring_from(kw), kw["producer"], kw["start_ms"],
+                     kw["end_ms"])  # fmt: skip
+    if not timeline.points:
+        msg = f"no event of producer {kw['producer']!r} in {kw['input_path']} (in that window)"
+        raise click.UsageError(msg)
+    write_plot(timeline, output)
+    click.echo(
+        f"{output}: {len(timeline.points)} events of {timeline.producer}, "
+        f"{len(timeline.alerts)} alerts, {timeline.novelties} novelties",
+        err=True,
+    )
 
 
 @cli.command()
@@ -331,7 +395,7 @@ def check(
 @env_option("--consumer", env="CONSUMER", default=None,
             help="Pin the checkpoint and health keys to this consumer (default: any consumer "
             "of the group).")  # fmt: skip
-@setting_options("alerts_stream", "dead_letter_stream")
+@setting_options("alerts_stream", "dead_letter_stream", "scores_stream")
 @env_option("--worker-user", env="ACL_WORKER_USER", default="detector-worker", show_default=True,
             help="ACL user of the workers.")  # fmt: skip
 @env_option("--producer-user", env="ACL_PRODUCER_USER", default="detector-producer",
@@ -378,6 +442,7 @@ def acl(
     consumer: str | None,
     alerts_stream: str,
     dead_letter_stream: str,
+    scores_stream: str | None,
     worker_user: str,
     producer_user: str,
     reader_user: str,
@@ -412,6 +477,7 @@ def acl(
         consumer=consumer,
         alerts_stream=alerts_stream,
         dead_letter_stream=dead_letter_stream,
+        scores_stream=scores_stream,
         worker_user=worker_user,
         producer_user=producer_user,
         reader_user=reader_user,

@@ -47,11 +47,14 @@ def test_throughput_runs(tmp_path: Path) -> None:
         *TINY,
         "--json-out",
         str(tmp_path / "t.json"),
+        "--variant",
+        "scores=--scores-stream {group}:scores",
     )
-    for name in ("raw", "river", "detector-stats", "detector-hst"):
+    for name in ("raw", "river", "detector-stats", "detector-hst", "detector-stats+scores"):
         assert f"round 0 {name}" in out
     assert "detector-stats / raw" in out
     assert "detector-stats / river" in out
+    assert "detector-stats+scores / detector-stats" in out  # with the variant / without
     assert (tmp_path / "t.json").exists()
 
 

@@ -22,8 +22,8 @@ GATEWAY = ("streams", "ownership", "partitions", "connection", "secrets", "embed
 RUNTIME = ("worker", "consumer", "checkpointer", "status", "metrics")
 # Loaded by the package itself (detector/__init__.py); imports nothing of the package.
 PACKAGE = ("compiled",)
-APPS = ("cli", "options", "offline", "baselines", "router", "producer", "acl", "demo", "logs",
-        "console", "notifier", "shop.simulator")  # fmt: skip
+APPS = ("cli", "options", "offline", "timeline", "plot", "baselines", "router", "producer", "acl",
+        "demo", "logs", "console", "notifier", "shop.simulator")  # fmt: skip
 
 
 def _loaded_after(imports: list[str], watched: list[str], *, block_redis: bool) -> list[str]:
