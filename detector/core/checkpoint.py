@@ -40,10 +40,12 @@ from detector.core.errors import CheckpointError, IncompatibleCheckpointError
 from detector.core.events import Event
 
 # 2: running moments as floats, not River objects; 3: producer states pickled as flat tuples;
-# 4: producer states as typed records, stateless models not written. An older detector
-# refuses a newer format by this number, and this one refuses older ones (retrain or reset).
-FORMAT_VERSION = 4
-READABLE_FORMATS = (4,)
+# 4: producer states as typed records, stateless models not written; 5: spec digests of the
+# settings only (not the description), River estimators per producer in their records, meta
+# "river_objects". An older detector refuses a newer format by this number, and this one
+# refuses older ones (retrain or reset).
+FORMAT_VERSION = 5
+READABLE_FORMATS = (5,)
 _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
 PRODUCER_PREFIX = "p:"
@@ -223,7 +225,7 @@ def check_format(meta: dict[str, Any]) -> None:
     if isinstance(found, int) and found < min(READABLE_FORMATS):
         msg = (
             f"incompatible checkpoint: format {found} was written by an older detector (this "
-            f"one reads format {readable}: producer state is now typed records). Retrain a "
+            f"one reads format {readable}; what changed: the README's upgrade notes). Retrain a "
             "baseline with `detector train` (then `detector run --baseline NAME --reset-state`), "
             "or start over with --reset-state (the state is relearned). See the README's "
             "upgrade notes."

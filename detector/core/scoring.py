@@ -228,9 +228,9 @@ class ModelSpec:
         features: feature settings.
         calibration: calibration settings.
         decision: threshold, warm-up, cooldown, protection.
-        description: one line for ``detector models``.
-        digest: sha256 of the parsed spec (goes into alerts and checkpoints): comments and
-            layout of the TOML file do not change it, a value does.
+        description: one line for ``detector models``: when to use it.
+        digest: sha256 of the parsed spec's settings (goes into checkpoints): comments, the
+            layout of the TOML file and the description do not change it, a value does.
     """
 
     name: str
@@ -289,9 +289,11 @@ def _section(cls: Any, data: object, where: str) -> Any:
 
 
 def spec_digest(data: dict[str, Any], name: str) -> str:
-    """The digest of a parsed spec under its name: its values, not its text (a comment or the
-    layout of the file does not change it; checkpoints are refused when it changes)."""
-    canonical = orjson.dumps({**data, "name": name}, option=orjson.OPT_SORT_KEYS)
+    """The digest of a parsed spec under its name: its settings, not its text (a comment, the
+    layout of the file or the ``description`` does not change it; checkpoints are refused when
+    it changes)."""
+    settings = {k: v for k, v in data.items() if k != "description"}
+    canonical = orjson.dumps({**settings, "name": name}, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
 
 
