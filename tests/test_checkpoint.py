@@ -283,6 +283,12 @@ def test_a_pickled_model_reaches_only_model_classes() -> None:
 
     assert load("detector.core.scoring", "TreesModel") is TreesModel
     assert load("detector.core.trees", "HalfSpaceTrees") is HalfSpaceTrees
+    assert load("detector.core.estimators", "RiverModel").__name__ == "RiverModel"
+    # River's model packages, its Rust statistics and the distance LocalOutlierFactor keeps.
+    assert load("river.anomaly.svm", "OneClassSVM").__name__ == "OneClassSVM"
+    assert load("river.time_series.holt_winters", "HoltWinters").__name__ == "HoltWinters"
+    assert load("river._river_rust.stats", "RsQuantile").__name__ == "RsQuantile"
+    assert callable(load("river._river_rust.vectordict", "euclidean_distance_tuple"))
     for module, name in [
         ("detector.core.features.store", "FeatureStore"),  # producer state is never pickled
         ("detector.core.features", "FeatureStore"),
@@ -292,6 +298,10 @@ def test_a_pickled_model_reaches_only_model_classes() -> None:
         ("detector.core.events", "Event"),
         ("detector.core.pipeline", "Pipeline"),
         ("os", "system"),
+        ("river.datasets.phishing", "Phishing"),  # River's data and I/O are no model
+        ("river.stream.iter_csv", "iter_csv"),
+        ("river.utils.math", "sigmoid"),  # River's functions: only its distances
+        ("river.anomaly", "OneClassSVM"),  # re-exported there, defined in river.anomaly.svm
     ]:
         with pytest.raises(CheckpointError, match="not allowed"):
             load(module, name)
@@ -301,7 +311,7 @@ def test_a_pickled_model_reaches_only_model_classes() -> None:
     ("model", "change", "message"),
     [
         ("stats", {"format": FORMAT_VERSION + 1}, "format"),
-        ("hst", {"river": "0.1.0"}, "River 0.1.0"),  # a pickled model: River must match
+        ("forecast", {"river": "0.1.0"}, "River 0.1.0"),  # River objects: River must match
         ("stats", {"spec_digest": "0" * 64}, "model spec"),
     ],
 )
@@ -321,7 +331,7 @@ def test_another_river_release_restores_a_checkpoint_without_a_river_object() ->
     original, rest, fields = _half_learned("stats")
     signer = Signer(KEY)
     meta = orjson.loads(signer.verify("meta", fields[b"meta"]))
-    assert meta["stateful_model"] is False
+    assert meta["river_objects"] is False
     fields[b"meta"] = signer.sign("meta", orjson.dumps({**meta, "river": "0.26.9"}))
     restored = Pipeline(load_spec("stats"))
     restored.restore(decode_fields(signer, fields))
