@@ -24,6 +24,7 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +36,7 @@ from detector.core.pipeline import Pipeline
 from detector.core.scoring import load_spec
 
 
-class Detector(base.AnomalyDetector):  # type: ignore[misc]  # River has no types
+class Detector(base.AnomalyDetector):
     """A detector spec as a River anomaly detector (River's ``base.AnomalyDetector``):
     ``learn_one(x)``, ``score_one(x)``.
 
@@ -69,9 +70,9 @@ class Detector(base.AnomalyDetector):  # type: ignore[misc]  # River has no type
         self.alerts = 0  # alerts the worker would have sent (cooldown included)
         self._decoder = Decoder()
         self._seq = 0
-        self._last: tuple[dict[str, Any], Event, float | None] | None = None  # x, event, raw
+        self._last: tuple[dict[Hashable, Any], Event, float | None] | None = None  # x, event, raw
 
-    def _event(self, x: dict[str, Any]) -> Event:
+    def _event(self, x: dict[Hashable, Any]) -> Event:
         """``x`` as the stream entry the worker would read, decoded as it decodes one."""
         fields: dict[bytes, bytes] = {}
         for key, value in x.items():
@@ -83,13 +84,13 @@ class Detector(base.AnomalyDetector):  # type: ignore[misc]  # River has no type
         self._seq += 1
         return self._decoder.decode("river", f"0-{self._seq}", fields)
 
-    def score_one(self, x: dict[str, Any]) -> float:
+    def score_one(self, x: dict[Hashable, Any]) -> float:
         event = self._event(x)
         judged = self.pipeline.preview(event)
         self._last = dict(x), event, None if judged is None else judged[0]
         return 0.0 if judged is None or judged[1] is None else judged[1]
 
-    def learn_one(self, x: dict[str, Any]) -> None:
+    def learn_one(self, x: dict[Hashable, Any]) -> None:
         last, self._last = self._last, None
         if last is not None and last[0] == x:  # just scored: its judgement stands
             verdict = self.pipeline.conclude(last[1], last[2])

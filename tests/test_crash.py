@@ -291,9 +291,7 @@ def test_kill_minus_9_short(
     [(12, 0, None), (10, 6, None), (12, 0, RIVER), (10, 6, RIVER)],
     ids=["worker", "worker+redis", "river-worker", "river-worker+redis"],
 )
-def test_kill_minus_9_long(
-    tmp_path: Path, kills: int, redis_kills: int, model: str | None
-) -> None:
+def test_kill_minus_9_long(tmp_path: Path, kills: int, redis_kills: int, model: str | None) -> None:
     events = _workload(producers=250, per_producer=240, seed=int(os.environ.get("SEED", "5")))
     # 60k events; with HARNESS_MODEL=stats use more per producer (its warm-up is 200).
     reference = _reference(events, tmp_path, model)

@@ -33,14 +33,18 @@ SPECS = Path(__file__).parent / "specs"
 PRODUCER = str(SPECS / "river_producer.toml")
 SHARED = str(SPECS / "river_shared.toml")
 
+QUANTILE_FILTER = (
+    '{ class = "river.anomaly.QuantileFilter", q = 0.995, '
+    'anomaly_detector = { class = "river.anomaly.OneClassSVM", nu = 0.02 } }'
+)
 # The issue's example, as one line per step (TOML 1.0 inline tables are one line) ...
-OCSVM_INLINE = """
+OCSVM_INLINE = f"""
 name = "ocsvm"
 kind = "river"
 [river]
 pipeline = [
-  { class = "river.preprocessing.StandardScaler" },
-  { class = "river.anomaly.QuantileFilter", q = 0.995, anomaly_detector = { class = "river.anomaly.OneClassSVM", nu = 0.02 } },
+  {{ class = "river.preprocessing.StandardScaler" }},
+  {QUANTILE_FILTER},
 ]
 scope = "producer"     # one clone per producer
 inputs = ["fields"]
@@ -72,8 +76,11 @@ target = "latency_ms"
 [[river.pipeline]]
 class = "river.anomaly.PredictiveAnomalyDetection"
 horizon = 1
-predictive_model = { class = "river.time_series.SNARIMAX", p = 2, d = 1, q = 1, regressor = { class = "river.compose.Pipeline", args = [{ class = "river.preprocessing.StandardScaler" }, { class = "river.linear_model.LinearRegression" }] } }
-"""
+predictive_model = """ + (
+    '{ class = "river.time_series.SNARIMAX", p = 2, d = 1, q = 1, regressor = '
+    '{ class = "river.compose.Pipeline", args = [{ class = "river.preprocessing.StandardScaler" '
+    '}, { class = "river.linear_model.LinearRegression" }] } }\n'
+)
 
 
 def _events(
@@ -132,29 +139,62 @@ PAD = '{ class = "river.anomaly.PredictiveAnomalyDetection" }'
         (_river('pipeline = [{ class = "os.system" }]'), "not a River estimator"),
         (_river('pipeline = [{ class = "river.stream.iter_csv" }]'), "not a River estimator"),
         (_river('pipeline = [{ class = "river.anomaly.hst._walk_score" }]'), "not a River estim"),
-        (_river('pipeline = [{ class = "river.anomaly.HalfSpaceTrees", seed = { class = '
-                '"river.datasets.Phishing" } }]'), "not a River estimator"),  # fmt: skip
+        (
+            _river(
+                'pipeline = [{ class = "river.anomaly.HalfSpaceTrees", seed = { class = '
+                '"river.datasets.Phishing" } }]'
+            ),
+            "not a River estimator",
+        ),
         (_river('pipeline = [{ class = "river.anomaly.NoSuchDetector" }]'), "no class"),
-        (_river('pipeline = [{ class = "river.preprocessing.StandardScaler" }]'),
-         "last step must be an anomaly detector"),  # fmt: skip
+        (
+            _river('pipeline = [{ class = "river.preprocessing.StandardScaler" }]'),
+            "last step must be an anomaly detector",
+        ),
         (_river("pipeline = []"), "non-empty array"),
-        (_river('pipeline = [{ class = "river.anomaly.HalfSpaceTrees", trees = 3 }]'),
-         "unexpected keyword"),  # fmt: skip
+        (
+            _river('pipeline = [{ class = "river.anomaly.HalfSpaceTrees", trees = 3 }]'),
+            "unexpected keyword",
+        ),
         (_river(f"pipeline = [{PAD}]"), "needs a target"),
-        (_river('pipeline = [{ class = "river.anomaly.HalfSpaceTrees" }]\ntarget = "x"'),
-         "target is for supervised"),  # fmt: skip
-        (_river('pipeline = [{ class = "river.preprocessing.StandardScaler" }, '
-                f'{PAD}]\ntarget = "x"'), "must be the only step"),  # fmt: skip
-        (_river('pipeline = [{ class = "river.anomaly.HalfSpaceTrees" }]\nscope = "fleet"'),
-         "scope must be one of"),  # fmt: skip
-        (_river('pipeline = [{ class = "river.anomaly.HalfSpaceTrees" }]\ninputs = ["x"]'),
-         "inputs must be some of"),  # fmt: skip
-        (_river('pipeline = [{ class = "river.anomaly.HalfSpaceTrees" }]\n'
-                'features = ["colour"]'), "unknown features"),  # fmt: skip
-        (_river('pipeline = [{ class = "river.anomaly.HalfSpaceTrees" }]\n'
-                'inputs = ["fields"]\nfeatures = ["rate"]'), "add \"surprises\""),  # fmt: skip
-        (_river('pipeline = [{ class = "river.anomaly.HalfSpaceTrees" }]\n'
-                "score_range = [1.0, 0.0]"), "score_range"),  # fmt: skip
+        (
+            _river('pipeline = [{ class = "river.anomaly.HalfSpaceTrees" }]\ntarget = "x"'),
+            "target is for supervised",
+        ),
+        (
+            _river(
+                'pipeline = [{ class = "river.preprocessing.StandardScaler" }, '
+                f'{PAD}]\ntarget = "x"'
+            ),
+            "must be the only step",
+        ),
+        (
+            _river('pipeline = [{ class = "river.anomaly.HalfSpaceTrees" }]\nscope = "fleet"'),
+            "scope must be one of",
+        ),
+        (
+            _river('pipeline = [{ class = "river.anomaly.HalfSpaceTrees" }]\ninputs = ["x"]'),
+            "inputs must be some of",
+        ),
+        (
+            _river(
+                'pipeline = [{ class = "river.anomaly.HalfSpaceTrees" }]\nfeatures = ["colour"]'
+            ),
+            "unknown features",
+        ),
+        (
+            _river(
+                'pipeline = [{ class = "river.anomaly.HalfSpaceTrees" }]\n'
+                'inputs = ["fields"]\nfeatures = ["rate"]'
+            ),
+            'add "surprises"',
+        ),
+        (
+            _river(
+                'pipeline = [{ class = "river.anomaly.HalfSpaceTrees" }]\nscore_range = [1.0, 0.0]'
+            ),
+            "score_range",
+        ),
         ('kind = "river"\n[params]\nn_trees = 3\n', r"\[params\] is not for kind 'river'"),
         ('kind = "surprise"\n[river]\nscope = "shared"\n', r"\[river\] is not for kind"),
     ],
@@ -193,9 +233,12 @@ def _hst_as_a_river_spec() -> ModelSpec:
     }  # fmt: skip
     text = "\n".join(
         [f"{k} = {orjson.dumps(v).decode()}" for k, v in data.items() if not isinstance(v, dict)]
-        + [f"[{k}]\n" + "\n".join(f"{a} = {_toml(b)}" for a, b in v.items())
-           for k, v in data.items() if isinstance(v, dict)]
-    )  # fmt: skip
+        + [
+            f"[{k}]\n" + "\n".join(f"{a} = {_toml(b)}" for a, b in v.items())
+            for k, v in data.items()
+            if isinstance(v, dict)
+        ]
+    )
     return parse_spec(text, "hst_river.toml")
 
 
@@ -239,8 +282,12 @@ def test_per_producer_clones_learn_apart_and_go_with_their_producer() -> None:
 
 def test_an_event_no_feature_finds_surprising_is_explained_by_the_models_score() -> None:
     """Every feature off: the forecaster alone flags the spike, and says why."""
-    text = (SPECS / "river_producer.toml").read_text().replace(
-        "[features]\n", f"[features]\ndisabled = {orjson.dumps(list(FEATURES)).decode()}\n"
+    text = (
+        (SPECS / "river_producer.toml")
+        .read_text()
+        .replace(
+            "[features]\n", f"[features]\ndisabled = {orjson.dumps(list(FEATURES)).decode()}\n"
+        )
     )
     p = Pipeline(parse_spec(text, "forecaster_only.toml"))
     verdicts = p.process(_events(per_producer=300))
@@ -260,8 +307,10 @@ def test_the_features_still_explain_what_they_find_surprising() -> None:
 
 def test_a_forecaster_not_ready_in_warm_up_scores_zero_and_no_event_errs() -> None:
     verdicts = Pipeline(load_spec("forecast")).process(
-        [Event("s", f"{i}-0", "m", i * 300_000, None, {"value": float(i % 5)}, {}, 10)
-         for i in range(1, 400)]  # fmt: skip
+        [
+            Event("s", f"{i}-0", "m", i * 300_000, None, {"value": float(i % 5)}, {}, 10)
+            for i in range(1, 400)
+        ]
     )
     assert not [v.error for v in verdicts if v.error]
     assert verdicts[0].score is None and verdicts[-1].score is not None
@@ -348,7 +397,7 @@ def test_river_objects_are_restored_by_their_river_release_only() -> None:
         fields[b"meta"] = signer.sign("meta", orjson.dumps({**meta, "river": "0.26.9"}))
         restored = Pipeline(load_spec(spec))
         if refused:
-            with pytest.raises(IncompatibleCheckpointError, match="River 0.26.9"):
+            with pytest.raises(IncompatibleCheckpointError, match=r"River 0\.26\.9"):
                 restored.restore(decode_fields(signer, fields))
         else:  # a patch release in range restores what holds no River object
             restored.restore(decode_fields(signer, fields))

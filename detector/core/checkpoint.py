@@ -63,11 +63,9 @@ _RIVER_PACKAGES = ("_river_rust", "active", "anomaly", "bandit", "base", "cluste
     "model_selection", "multiclass", "multioutput", "naive_bayes", "neighbors", "neural_net",
     "optim", "preprocessing", "proba", "reco", "rules", "sketch", "stats", "time_series",
     "tree", "utils")  # fmt: skip
-_ALLOWED_GLOBALS = {
-    ("builtins", name)
-    for name in ("tuple", "list", "dict", "set", "frozenset", "bytearray", "complex", "slice",
-                 "float", "int", "bool", "str", "bytes")  # fmt: skip
-} | {
+_BUILTINS = ("tuple", "list", "dict", "set", "frozenset", "bytearray", "complex", "slice",
+             "float", "int", "bool", "str", "bytes")  # fmt: skip
+_ALLOWED_GLOBALS = {("builtins", name) for name in _BUILTINS} | {
     ("collections", "defaultdict"),
     ("collections", "OrderedDict"),
     ("collections", "Counter"),

@@ -256,7 +256,7 @@ class RiverModel:
         self.target = target
         self.surprise_scale = float(surprise_scale)
         if features is not None and "surprises" not in inputs:
-            msg = f"{where}: features choose surprises: add \"surprises\" to inputs"
+            msg = f'{where}: features choose surprises: add "surprises" to inputs'
             raise ConfigError(msg)
         names = (features or FEATURES) if "surprises" in inputs else ()
         self.columns = [(name, FEATURES.index(name)) for name in names]

@@ -44,12 +44,15 @@ class Model(Protocol):
     # Whether learning changes the model object itself: a stateless one is rebuilt from its
     # spec, not checkpointed (its state per producer, if any, is in ``per_slot``).
     stateful: bool
-    # State per producer slot (a store part: bounded, evicted and checkpointed with the
-    # producer), or None.
-    per_slot: Part | None
     # Whether its checkpoints hold River objects (only the River release that wrote them
     # restores them for sure).
     river_objects: bool
+
+    @property
+    def per_slot(self) -> Part | None:
+        """State per producer slot (a store part: bounded, evicted and checkpointed with the
+        producer), or None."""
+        ...
 
     def score(self, judged: Judgements, i: int) -> float: ...
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 # River's HalfSpaceTrees.learn_one grows its trees with this padding of the split range.
 _RIVER_PADDING = 0.15
 
