@@ -24,7 +24,7 @@ from rich.text import Text
 from detector.console import event_time_text
 from detector.core.alerts import Alert
 from detector.core.errors import ConfigError
-from detector.core.pipeline import Verdict
+from detector.core.pipeline import Verdicts
 from detector.core.settings import CHECKPOINT_KEY, Settings
 from detector.runtime.worker import Worker
 from detector.shop.simulator import DEMO_KINDS, Incident, generate, incident_for
@@ -155,8 +155,8 @@ def run_demo(
     board = Scoreboard(shop.incidents)
     progress = Progress(out, len(shop.events), board)
 
-    def show(verdicts: list[Verdict]) -> None:
-        for alert in (a for v in verdicts for a in (v.alert, *v.side_alerts) if a is not None):
+    def show(verdicts: Verdicts) -> None:
+        for alert in verdicts.emitted():
             incident = board.record(alert)
             mark = f"[green]{incident.kind}[/]" if incident else "[red]false alert[/]"
             out.print(

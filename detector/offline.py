@@ -10,6 +10,7 @@ key ``_id`` holds an entry id (e.g. from an export of a stream); otherwise ids a
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from detector.baselines import load_into
 from detector.core.checkpoint import Signer
 from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
-from detector.core.pipeline import Pipeline, Verdict
+from detector.core.pipeline import Pipeline
 from detector.core.scoring import load_spec
 from detector.core.settings import EventFormat
 
@@ -159,21 +160,21 @@ def _flush(
     counts: ScoreCounts,
     backtest: _Backtest,
 ) -> None:
-    verdicts = iter(pipeline.process([e for e in slots if e is not None]))
+    verdicts = pipeline.process([e for e in slots if e is not None])
+    i = 0
     for event in slots:
         if event is None:
             counts.invalid += 1
             writer.writerow(("", "", "", 0))
             continue
-        v: Verdict = next(verdicts)
-        if v.error is not None:
+        score, alerted, failed = verdicts.score[i], i in verdicts.alerts, i in verdicts.errors
+        i += 1
+        if failed:
             counts.invalid += 1
-        if v.score is None:
-            counts.warmup += v.error is None
+        if math.isnan(score):  # warming up, or failed
+            counts.warmup += not failed
             writer.writerow((event.producer, event.event_time_ms, "", 0))
             continue
-        counts.alerts += v.alert is not None
-        backtest.add(event.producer, event.event_time_ms, v.score)
-        writer.writerow(
-            (event.producer, event.event_time_ms, repr(v.score), int(v.alert is not None))
-        )
+        counts.alerts += alerted
+        backtest.add(event.producer, event.event_time_ms, score)
+        writer.writerow((event.producer, event.event_time_ms, repr(score), int(alerted)))

@@ -111,13 +111,12 @@ def test_incremental_commits_of_the_id_window_resume_identically() -> None:
         at_freeze = encode_fields(signer, snap)
         frozen = FrozenCommit(signer, snap)
         p.committed()
-        p.store.before_change = frozen.keep
         if n == 4:  # the state moves on before the frozen commit is encoded
             chunk = events[done : done + 700]
             done += len(chunk)
             got += _written(p.process(chunk))
         assert frozen.advance() and frozen.fields == at_freeze
-        p.store.before_change = None
+        p.store.thaw()
         checkpoint.update(frozen.fields)
         for name in frozen.removed:
             checkpoint.pop(name, None)
@@ -172,7 +171,6 @@ def test_a_frozen_commit_writes_the_state_of_its_freeze_while_the_state_moves_on
     at_freeze = encode_fields(signer, snap)  # what a commit in one go writes
     frozen = FrozenCommit(signer, snap)
     p.committed()
-    p.store.before_change = frozen.keep
     assert not frozen.advance(deadline=0.0)  # one state encoded, two left
     p.process(events[600:])  # changes every producer and the model
     assert frozen.advance()

@@ -585,7 +585,7 @@ def test_silence_survives_a_checkpoint_mid_stream() -> None:
     head = p.process(events[:610])
     restored = pickle.loads(pickle.dumps(p))  # noqa: S301 (our own bytes)
     tail = restored.process(events[610:])
-    assert summary(head + tail) == summary(whole)
+    assert summary([*head, *tail]) == summary(whole)
     snap = p.snapshot({}, full=True)
     assert snap.meta["next_silence_ms"] == p.store.next_silence_ms
 

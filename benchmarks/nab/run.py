@@ -62,7 +62,7 @@ from benchmarks.nab.scorer import (
 )
 from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
-from detector.core.pipeline import Pipeline, Verdict
+from detector.core.pipeline import Pipeline, Verdicts
 from detector.core.scoring import ModelSpec, load_spec
 from detector.core.settings import Settings
 from detector.gateway.embedded import EmbeddedRedis
@@ -302,7 +302,7 @@ def _run_redis(series: Sequence[Series], spec: ModelSpec, settings: Settings, ur
     seen: set[str] = set()
     duplicates = 0
 
-    def collect(verdicts: list[Verdict]) -> None:
+    def collect(verdicts: Verdicts) -> None:
         nonlocal duplicates
         for v in verdicts:
             entry_id = v.event.entry_id

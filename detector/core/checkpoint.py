@@ -266,11 +266,11 @@ class FrozenCommit:
 
     Encoding ~1000 changed producers takes milliseconds; a worker that did it in one go read
     nothing meanwhile, which set its latency p99. A frozen commit encodes the meta and the
-    model at once and reads the changed producers' records from the live state later; the
-    store calls :meth:`keep` before it changes one (which encodes it as it was), and
-    :meth:`advance` encodes the rest between reads. The shared records, which every event
-    changes, come encoded in the snapshot and are signed at once. Complete, its fields are
-    exactly those of the state at the freeze.
+    model at once and signs the changed producers' records later, between reads
+    (:meth:`advance`); the snapshot's records are those of the state at the freeze (the store
+    keeps a producer's record just before it changes: ``FeatureStore.freeze``). The shared
+    records, which every event changes, come encoded in the snapshot and are signed at once.
+    Complete, its fields are exactly those of the state at the freeze.
     """
 
     def __init__(self, signer: Signer, snap: Snapshot) -> None:
@@ -290,14 +290,6 @@ class FrozenCommit:
         self._records = snap.producers
         self._left = dict.fromkeys(snap.producers)
         self.seconds = time.perf_counter() - started  # spent encoding so far
-
-    def keep(self, producer: str) -> None:
-        """Encode ``producer``'s frozen state now (if not yet): it is about to change."""
-        if producer in self._left:
-            started = time.perf_counter()
-            del self._left[producer]
-            self._encode(producer)
-            self.seconds += time.perf_counter() - started
 
     def advance(self, deadline: float | None = None) -> bool:
         """Encode the states left until ``time.perf_counter()`` passes ``deadline`` (None: all

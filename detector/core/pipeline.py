@@ -25,7 +25,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from detector.core.admission import OVERFLOW, Admission
 from detector.core.alerts import (
@@ -42,6 +42,7 @@ from detector.core.codec import Reader, Writer
 from detector.core.errors import IncompatibleCheckpointError
 from detector.core.events import Event
 from detector.core.features import FeatureStore, Reason, new_producer_reason
+from detector.core.features.columns import column
 from detector.core.features.judgements import Judgements
 from detector.core.features.store import ProducerView
 from detector.core.scoring import ModelSpec
@@ -81,6 +82,88 @@ class Verdict:
     side_alerts: tuple[Alert, ...] = ()
 
 
+class Verdicts(Sequence[Verdict]):
+    """A batch's outcomes as columns: per event its score (NaN while its producer warms up),
+    whether it was flagged, whether a cooldown held it; the rare objects (alerts, errors, side
+    alerts) by event index. Indexing builds a :class:`Verdict` (tests, tools, callbacks); the
+    worker reads the columns, so a batch makes no object per event."""
+
+    __slots__ = ("alerts", "errors", "events", "flagged", "held", "score", "side")
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        n = len(events)
+        self.events = events
+        self.score = column("d", n)
+        self.flagged = bytearray(n)
+        self.held = bytearray(n)
+        self.alerts: dict[int, Alert] = {}
+        self.errors: dict[int, str] = {}
+        self.side: dict[int, tuple[Alert, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    @overload
+    def __getitem__(self, i: int) -> Verdict: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Verdict]: ...
+
+    def __getitem__(self, i: int | slice) -> Verdict | list[Verdict]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        event = self.events[i]  # IndexError beyond the batch
+        score = self.score[i]
+        return Verdict(
+            event, None if math.isnan(score) else score, bool(self.flagged[i]),
+            self.alerts.get(i), self.errors.get(i), bool(self.held[i]), self.side.get(i, ()),
+        )  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence):
+            return NotImplemented
+        return list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def put(
+        self,
+        i: int,
+        score: float | None,
+        flagged: bool,
+        held: bool,
+        alert: Alert | None,
+        side: tuple[Alert, ...],
+    ) -> None:
+        """Event ``i``'s outcome."""
+        self.score[i] = math.nan if score is None else score
+        self.flagged[i], self.held[i] = flagged, held
+        if alert is not None:
+            self.alerts[i] = alert
+        if side:
+            self.side[i] = side
+
+    def scored(self) -> int:
+        """Events with a score (past their producer's warm-up, not failed)."""
+        return sum(1 for s in self.score if not math.isnan(s))
+
+    def held_back(self) -> int:
+        """Flagged events that raised no alert (a cooldown or the global cap held it)."""
+        return sum(self.flagged) - len(self.alerts)
+
+    def emitted(self) -> list[Alert]:
+        """Every alert of the batch, in event order: an event's own, then its side alerts."""
+        out: list[Alert] = []
+        for i in sorted({*self.alerts, *self.side}):
+            alert = self.alerts.get(i)
+            if alert is not None:
+                out.append(alert)
+            out.extend(self.side.get(i, ()))
+        return out
+
+
 class Decisions:
     """The decision state of each producer slot (a part of the store's slots, so it is
     bounded, evicted and checkpointed with the producer): its cooldown, held-back alerts,
@@ -109,15 +192,15 @@ class Decisions:
 
     def reset(self, slot: int) -> None:
         fresh = (-1, 0, 0, -1, -(2**62), None, None)
-        for column, value in zip(self._columns(), fresh, strict=True):
-            if slot == len(column):
-                column.append(value)
+        for col, value in zip(self._columns(), fresh, strict=True):
+            if slot == len(col):
+                col.append(value)
             else:
-                column[slot] = value
+                col[slot] = value
 
     def dump(self, slot: int, w: Writer) -> None:
-        for column in self._columns()[:5]:
-            w.i64(column[slot])
+        for col in self._columns()[:5]:
+            w.i64(col[slot])
         tc, rt = self.calibration[slot], self.likelihood[slot]
         w.count(tc is not None)
         if tc is not None:
@@ -127,8 +210,8 @@ class Decisions:
             rt.dump(w)
 
     def load(self, slot: int, r: Reader) -> None:
-        for column in self._columns()[:5]:
-            column[slot] = r.i64()
+        for col in self._columns()[:5]:
+            col[slot] = r.i64()
         self.calibration[slot] = TailCounts.load(r, self.bins) if r.count() else None
         self.likelihood[slot] = RarityTrend.load(r) if r.count() else None
 
@@ -188,21 +271,22 @@ class Pipeline:
         self.first_ms: int | None = None  # the first event time seen (new_producer settling)
         self.judged = Judgements()  # the current batch's judgements, reused batch after batch
 
-    def process(self, events: Sequence[Event]) -> list[Verdict]:
+    def process(self, events: Sequence[Event]) -> Verdicts:
         """Score, decide and learn, in order. One failing event never stops the others."""
-        out = []
+        out = Verdicts(events)
         self.judged.start(events)
         for i, event in enumerate(events):
             try:
-                out.append(self._one(event, i))
+                self._one(event, i, out)
             except Exception as exc:  # a bug must cost one event, not the worker
                 log.exception("scoring failed for %s %s", event.stream, event.entry_id)
-                out.append(Verdict(event, None, False, None, f"{type(exc).__name__}: {exc}"))
+                out.put(i, None, False, False, None, ())
+                out.errors[i] = f"{type(exc).__name__}: {exc}"
         return out
 
-    def _one(self, event: Event, i: int, raw: float | None = None) -> Verdict:
-        """Event ``i`` of the batch; ``raw``: its raw score, already judged into row ``i``
-        (:meth:`preview`)."""
+    def _one(self, event: Event, i: int, out: Verdicts, raw: float | None = None) -> None:
+        """Event ``i`` of the batch into ``out``; ``raw``: its raw score, already judged into
+        row ``i`` (:meth:`preview`)."""
         store, ds, t, judged = self.store, self.decisions, event.event_time_ms, self.judged
         slot = store.state(event.producer, t)
         overflowed = slot == store.overflow
@@ -270,8 +354,7 @@ class Pipeline:
             self.model.learn(judged, i)
         store.expire(t)
         self.events_seen += 1
-        side = self._side_alerts(event, overflowed, now, capped)
-        return Verdict(event, score, flagged, alert, held=held, side_alerts=side)
+        out.put(i, score, flagged, held, alert, self._side_alerts(event, overflowed, now, capped))
 
     def _raw(self, i: int, n: int) -> float:
         """The model's raw score of row ``i`` (a producer with ``n`` events before it). A
@@ -305,7 +388,9 @@ class Pipeline:
         """The verdict on ``event`` (decided and learned), from the raw score :meth:`preview`
         gave just before (None: judged now)."""
         self.judged.start((event,))
-        return self._one(event, 0, raw)
+        out = Verdicts((event,))
+        self._one(event, 0, out, raw)
+        return out[0]
 
     def view(self, producer: str) -> DecidedView:
         """What the pipeline holds about ``producer`` (KeyError if not tracked)."""
@@ -492,6 +577,7 @@ class Pipeline:
         model = self.model if self.model.stateful else None
         # The shared state (the replayed-id window) changes with every event: encoded now.
         shared = store.shared(full)
+        store.freeze(names)  # its records are read later, as they are now
         return Snapshot(meta, model, Records(store, names), sorted(store.removed), shared)
 
     def committed(self) -> None:
@@ -581,19 +667,16 @@ class DecidedView(ProducerView):
 
 
 class Records(Mapping[str, bytes]):
-    """Producers' checkpoint records, each encoded when read: a commit in progress reads a
-    producer's just before it changes (see ``checkpoint.FrozenCommit``), the rest between
-    reads."""
+    """Producers' checkpoint records as they were at the snapshot, each encoded when read
+    (between reads: see ``checkpoint.FrozenCommit``), or kept by the store just before the
+    producer changed (:meth:`FeatureStore.freeze`)."""
 
     def __init__(self, store: FeatureStore, names: list[str]) -> None:
         self._store = store
         self._names = names
 
     def __getitem__(self, producer: str) -> bytes:
-        slot = self._store.slot_of(producer)
-        if slot is None:
-            raise KeyError(producer)
-        return self._store.record(slot)
+        return self._store.frozen_record(producer)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)

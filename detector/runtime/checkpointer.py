@@ -131,9 +131,8 @@ class Checkpointer:
         pipeline = self.pipeline
         snap = pipeline.snapshot(self.offsets, full=self.full_next)
         snap.meta.update(self.gateway.fence.stamp())  # which owner wrote it
-        self.frozen = frozen = FrozenCommit(self.rt.signer, snap)
+        self.frozen = FrozenCommit(self.rt.signer, snap)
         pipeline.committed()  # changes from now on belong to the next commit
-        pipeline.store.before_change = frozen.keep
         self.frozen_acks, self.to_ack = self.to_ack, {}
         self.since_commit = 0
         self.full_next = False
@@ -168,7 +167,7 @@ class Checkpointer:
             even_when_stopping=True,
         )
         self.frozen, self.frozen_acks = None, {}
-        self.pipeline.store.before_change = None
+        self.pipeline.store.thaw()
         rt.stats.checkpoints += 1
         rt.metrics.checkpoint_seconds.observe(frozen.seconds + time.perf_counter() - started)
         rt.metrics.checkpoint_bytes.set(sum(len(v) for v in frozen.fields.values()))

@@ -27,7 +27,7 @@ from detector.core.checkpoint import BaselineEnd, Signer, Snapshot, decode_field
 from detector.core.checkpoint import load_file as load_baseline
 from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
-from detector.core.pipeline import Pipeline, Verdict
+from detector.core.pipeline import Pipeline, Verdicts
 from detector.core.scoring import ModelSpec
 from detector.core.settings import Settings
 from detector.gateway.partitions import partition_of
@@ -74,7 +74,7 @@ class Runtime:
     metrics: Metrics
     stats: RunStats = field(default_factory=RunStats)
     stop: threading.Event = field(default_factory=threading.Event)
-    on_verdicts: Callable[[list[Verdict]], None] | None = None
+    on_verdicts: Callable[[Verdicts], None] | None = None
     started: float = field(default_factory=time.monotonic)
     # Drops the client's connections (after a READONLY reply: see note_error).
     reconnect: Callable[[], object] = lambda: None
@@ -267,13 +267,11 @@ class Consumer:
         started = time.perf_counter()
         events, out = self._decode_all(entries, claimed, poison or {})
         verdicts = self.pipeline.process(events)
-        for v in verdicts:
-            if v.error is not None:
-                e = v.event
-                out.dead_letters.append(DeadLetter(e.stream, e.entry_id, {}, "error", v.error))
-            elif v.alert is not None:
-                out.alerts.append(v.alert)
-            out.alerts.extend(v.side_alerts)  # producers this event's time revealed as silent
+        for i, error in verdicts.errors.items():
+            e = events[i]
+            out.dead_letters.append(DeadLetter(e.stream, e.entry_id, {}, "error", error))
+        # Alerts in event order; side alerts: producers an event's time revealed as silent.
+        out.alerts.extend(verdicts.emitted())
         if not claimed:
             # A read returns each stream's entries in id order: its last one is its highest.
             last = {stream: entry_id for stream, entry_id, _ in entries}
@@ -345,19 +343,17 @@ class Consumer:
         """
         self.checkpointer.tick(deadline)
 
-    def _count(
-        self, entries: list[Entry], verdicts: list[Verdict], out: Output, seconds: float
-    ) -> None:
+    def _count(self, entries: list[Entry], verdicts: Verdicts, out: Output, seconds: float) -> None:
         m, s = self.rt.metrics, self.rt.stats
         s.batches += 1
         s.events += len(entries)
-        scored = sum(1 for v in verdicts if v.score is not None)
-        warmup = len(verdicts) - scored
+        scored = verdicts.scored()
+        warmup = len(verdicts) - scored - len(verdicts.errors)
         s.scored += scored
         s.warmup += warmup
         s.invalid += len(out.dead_letters)
         s.alerts += len(out.alerts)
-        suppressed = sum(1 for v in verdicts if v.flagged and v.alert is None)
+        suppressed = verdicts.held_back()
         s.suppressed += suppressed
         m.events.labels("scored").inc(scored)
         m.events.labels("warmup").inc(warmup)

@@ -34,7 +34,7 @@ from redis.sentinel import SentinelConnectionPool
 from detector.core.checkpoint import Signer
 from detector.core.errors import ConfigError
 from detector.core.events import Decoder
-from detector.core.pipeline import Pipeline, Verdict
+from detector.core.pipeline import Pipeline, Verdicts
 from detector.core.scoring import ModelSpec, load_spec
 from detector.core.settings import CHECKPOINT_KEY, CLUSTER_CHECKPOINT_KEY, HEALTH_KEY, Settings
 from detector.gateway import partitions
@@ -224,7 +224,7 @@ class Worker:
         *,
         spec: ModelSpec | None = None,
         metrics: Metrics | None = None,
-        on_verdicts: Callable[[list[Verdict]], None] | None = None,
+        on_verdicts: Callable[[Verdicts], None] | None = None,
     ) -> None:
         if settings.redis_url is None and not settings.sentinels and client is None:
             msg = "a worker needs a redis_url, sentinels or a client"

@@ -9,7 +9,7 @@ time; beyond the cap, an admission policy decides (see :mod:`detector.core.admis
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from detector.core.admission import OVERFLOW, Admission
@@ -169,9 +169,11 @@ class FeatureStore:
         # written. Untracked stores (offline scoring, training) keep no such sets.
         self.dirty: set[str] = set()
         self.removed: set[str] = set()
-        # Called before a producer's state changes or its slot is cleared while a commit is
-        # being encoded from the live state (see checkpoint.FrozenCommit).
-        self.before_change: Callable[[str], None] | None = None
+        # A commit is encoded from the live state a slice at a time (checkpoint.FrozenCommit):
+        # the producers of the last snapshot whose records were not read yet, and the records
+        # of those that changed since, taken just before they did (copy on write).
+        self._frozen: set[str] = set()
+        self._kept: dict[str, bytes] = {}
 
     @property
     def rate(self) -> RateFeature:
@@ -245,8 +247,8 @@ class FeatureStore:
         """Note, before it happens, that ``producer``'s state changes (tracking stores: the
         next commit writes it)."""
         if self.track_changes:
-            if self.before_change is not None:
-                self.before_change(producer)
+            if self._frozen:
+                self._keep(producer)
             self.dirty.add(producer)
             self.removed.discard(producer)  # evicted, then back before the commit
 
@@ -257,8 +259,8 @@ class FeatureStore:
         return self.overflow
 
     def _evict(self, producer: str) -> None:
-        if self.before_change is not None:
-            self.before_change(producer)  # a commit in progress encodes it before it goes
+        if self._frozen:
+            self._keep(producer)  # a commit being encoded still needs its record
         slot = self.producers.pop(producer)
         for part in self._parts:
             part.reset(slot)  # free its memory now; the slot is reused
@@ -276,6 +278,38 @@ class FeatureStore:
         for part in self._parts:
             part.dump(slot, w)
         return w.bytes()
+
+    def freeze(self, producers: Iterable[str]) -> None:
+        """Records of ``producers`` as they are now will be read (:meth:`frozen_record`) while
+        the state moves on, until :meth:`thaw` or the next freeze: each is kept just before
+        its producer changes or leaves."""
+        self._frozen = set(producers)
+        self._kept = {}
+
+    def thaw(self) -> None:
+        """The frozen records were written: keep none any more."""
+        self._frozen, self._kept = set(), {}
+
+    def _keep(self, producer: str) -> None:
+        if producer in self._frozen:
+            self._frozen.discard(producer)
+            slot = self.slot_of(producer)
+            assert slot is not None  # noqa: S101 (frozen producers are tracked until kept)
+            self._kept[producer] = self.record(slot)
+
+    def frozen_record(self, producer: str) -> bytes:
+        """``producer``'s record as it was at the last :meth:`freeze` (if not thawed since).
+
+        Raises:
+            KeyError: neither tracked nor kept.
+        """
+        kept = self._kept.get(producer)
+        if kept is not None:
+            return kept
+        slot = self.slot_of(producer)
+        if slot is None:
+            raise KeyError(producer)
+        return self.record(slot)
 
     @staticmethod
     def events_in(record: bytes) -> int:
@@ -339,6 +373,7 @@ class FeatureStore:
         self.next_silence_ms = counters.get("next_silence_ms", 0)
         self.dirty.clear()
         self.removed.clear()
+        self.thaw()
 
     def shared(self, full: bool = False) -> dict[str, bytes]:
         """The features' shared state as named records: those changed since the last
