@@ -23,28 +23,10 @@ from tests.conftest import TEST_KEY
 from tests.helpers import append, order_events, outlier
 from tests.test_cli import cli
 
-# What a user writes: one forecaster per producer on the orders' amount ...
-PER_PRODUCER = """\
-# Each service's order amounts, forecast by its own Holt-Winters.
-name = "amounts"
-kind = "river"
-description = "A forecaster per producer on amount"
-
-[river]
-scope = "producer"
-inputs = ["fields"]
-target = "amount"
-
-[[river.pipeline]]
-class = "river.anomaly.PredictiveAnomalyDetection"
-n_std = 30.0
-predictive_model = { class = "river.time_series.HoltWinters", alpha = 0.5 }
-
-[decision]
-warmup_events = 50
-cooldown_ms = 60000
-"""
-# ... or one detector for the whole fleet, over fields and the features' surprises.
+# What a user writes: one forecaster per producer on the orders' amount (the kill -9
+# harness's spec, with a warm-up of 20) ...
+PER_PRODUCER = (Path(__file__).parent / "specs" / "river_producer.toml").read_text()
+# ... or one detector for the whole fleet, over the features' surprises.
 SHARED = """\
 name = "fleet"
 kind = "river"
