@@ -503,12 +503,13 @@ def acl(
 
 @cli.command()
 def models() -> None:
-    """List the shipped model specs."""
+    """List the shipped model specs, each with when to use it."""
     from detector.core.scoring import available_models
 
     for name, description in available_models().items():
         mark = " (default)" if name == DEFAULT_MODEL else ""
         click.echo(f"{name}{mark}: {description}")
+    click.echo("your own: --model PATH.toml, e.g. any River detector (README, 'Models')")
 
 
 @cli.command()

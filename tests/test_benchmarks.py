@@ -119,6 +119,15 @@ def test_latency_runs(tmp_path: Path) -> None:
     assert "50%" in out
 
 
+def test_river_state_runs(tmp_path: Path) -> None:
+    out = _run(tmp_path, "benchmarks.river_state", "--producers", "20", "--events", "30")
+    rows = [line for line in out.splitlines() if line.startswith("| `")]
+    assert [r.split("|")[1].strip() for r in rows] == ["`forecast`"]  # every shipped one
+    heap, pickled = (int(r.split("|")[k].strip(" B").replace(",", "")) for r in rows[:1]
+                     for k in (3, 4))  # fmt: skip
+    assert heap > pickled > 100  # a clone per producer, measured both ways
+
+
 def test_memory_runs(tmp_path: Path) -> None:
     out = _run(
         tmp_path,

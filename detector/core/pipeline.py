@@ -48,6 +48,7 @@ from detector.core.features.store import ProducerView
 from detector.core.scoring import ModelSpec
 
 MAX_REASONS = 3
+EXPLAINS = 1.0  # a reason explains something from this surprise on (p < 0.1)
 log = logging.getLogger(__name__)
 
 
@@ -249,9 +250,12 @@ class Pipeline:
         self.admission = Admission(spec.decision.warmup_events, admit_per_min)
         c = spec.calibration
         self.decisions = Decisions(c.bins)
+        # A model's state per producer (a River spec of scope "producer") is a part of the
+        # slots too: bounded, evicted and checkpointed with its producer.
+        per_slot = self.model.per_slot
         self.store = FeatureStore(
             spec.features, max_producers, idle_ttl_ms, track_changes, self.admission,
-            parts=[self.decisions],
+            parts=[self.decisions] if per_slot is None else [self.decisions, per_slot],
         )  # fmt: skip
         self.budget = AlertBudget(max_alerts_per_min)
         self.calibrator = Calibrator(self.model.max_raw, c.bins, c.tail_points, c.min_excess)
@@ -280,15 +284,18 @@ class Pipeline:
                 out.errors[i] = f"{type(exc).__name__}: {exc}"
         return out
 
-    def _one(self, event: Event, i: int, out: Verdicts) -> None:
+    def _one(self, event: Event, i: int, out: Verdicts, raw: float | None = None) -> None:
+        """Event ``i`` of the batch into ``out``; ``raw``: its raw score, already judged into
+        row ``i`` (:meth:`preview`)."""
         store, ds, t, judged = self.store, self.decisions, event.event_time_ms, self.judged
         slot = store.state(event.producer, t)
         overflowed = slot == store.overflow
         n = store.clock.n[slot]
         now = max(store.watermark_ms, t)
         capped = self.budget.roll(now)  # first: this event's alerts count in its minute
-        store.judge(slot, event, judged, i)
-        raw = self.model.score(judged, i)
+        if raw is None:
+            store.judge(slot, event, judged, i)
+            raw = self._raw(i, n)
         calibration = ds.calibration[slot]
         if calibration is None:
             calibration = ds.calibration[slot] = self.calibrator.new()
@@ -326,7 +333,7 @@ class Pipeline:
             ds.flagged_streak[slot] = 0
         held = t < ds.cooldown_until_ms[slot]
         if flagged:
-            reasons = self._reasons(slot, event, lead)
+            reasons = self._reasons(slot, event, lead, i, raw, score or 0.0)
             alert = self._decide(slot, event, score or 0.0, threshold, reasons)
             held = held or alert is None  # the cooldown or the global cap held it back
         store.advance(slot, event)
@@ -349,6 +356,42 @@ class Pipeline:
         self.events_seen += 1
         out.put(i, score, flagged, held, alert, self._side_alerts(event, overflowed, now, capped))
 
+    def _raw(self, i: int, n: int) -> float:
+        """The model's raw score of row ``i`` (a producer with ``n`` events before it). A
+        model that cannot score yet while the producer warms up (a River forecaster before
+        its first values raises) scores 0: no warm-up event alerts anyway."""
+        try:
+            return self.model.score(self.judged, i)
+        except Exception:
+            if n >= self.decision.warmup_events:
+                raise
+            return 0.0
+
+    def preview(self, event: Event) -> tuple[float, float | None] | None:
+        """Judge and score ``event`` (row 0 of the judgements) without deciding or learning
+        anything: its raw and calibrated score (None while its producer warms up); None for a
+        producer not tracked (nothing to judge it against). :meth:`conclude` then goes on with
+        the same judgement (the River adapter: ``score_one``, then ``learn_one``)."""
+        slot = self.store.slot_of(event.producer)
+        if slot is None:
+            return None
+        self.judged.start((event,))
+        self.store.judge(slot, event, self.judged, 0)
+        n = self.store.clock.n[slot]
+        raw = self._raw(0, n)
+        calibration = self.decisions.calibration[slot]
+        if n < self.decision.warmup_events or calibration is None:
+            return raw, None
+        return raw, self.calibrator.score(calibration, raw)
+
+    def conclude(self, event: Event, raw: float | None) -> Verdict:
+        """The verdict on ``event`` (decided and learned), from the raw score :meth:`preview`
+        gave just before (None: judged now)."""
+        self.judged.start((event,))
+        out = Verdicts((event,))
+        self._one(event, 0, out, raw)
+        return out[0]
+
     def view(self, producer: str) -> DecidedView:
         """What the pipeline holds about ``producer`` (KeyError if not tracked)."""
         slot = self.store.slot_of(producer)
@@ -356,12 +399,17 @@ class Pipeline:
             raise KeyError(producer)
         return DecidedView(self.store, self.decisions, slot)
 
-    def _reasons(self, slot: int, event: Event, lead: Reason | None) -> list[Reason]:
+    def _reasons(
+        self, slot: int, event: Event, lead: Reason | None, i: int, raw: float, score: float
+    ) -> list[Reason]:
         """A flagged event's reasons, explained before the producer's state moves on (only
-        flagged events need them): ``lead`` (likelihood, new producer) first."""
+        flagged events need them): ``lead`` (likelihood, new producer) first; when no feature
+        finds the event surprising, the model's own (its score and inputs)."""
         if lead is not None and lead.feature == "new_producer":
             return [lead]  # a first event: no past to explain it against
         reasons = self.store.explain(slot, event)
+        if lead is None and not any(r.surprise >= EXPLAINS for r in reasons):
+            lead = self.model.reason(self.judged, i, raw, score)
         return reasons if lead is None else [lead, *reasons]
 
     def threshold_for(
@@ -523,7 +571,7 @@ class Pipeline:
         meta = new_meta(
             self.spec.name, self.spec.digest, dict(offsets),
             events_seen=self.events_seen, established=self.established, first_ms=self.first_ms,
-            producers=len(store), stateful_model=self.model.stateful, **store.counters(),
+            producers=len(store), river_objects=self.model.river_objects, **store.counters(),
             **self.admission.to_meta(), **self.budget.to_meta(),
         )  # fmt: skip
         model = self.model if self.model.stateful else None
@@ -543,7 +591,8 @@ class Pipeline:
             IncompatibleCheckpointError: another format, River version or model spec.
         """
         check_compatible(snap.meta, self.spec.name, self.spec.digest)
-        self.model = self.spec.build() if snap.model is None else snap.model  # type: ignore[assignment]
+        if snap.model is not None:  # else stateless: this one is as good as a new one
+            self.model = snap.model  # type: ignore[assignment]
         try:
             self.store.restore(dict(snap.producers), snap.meta, baseline, snap.shared)
         except ValueError as exc:  # a record of another layout under the same format number
@@ -582,7 +631,9 @@ class Pipeline:
             threshold=threshold,
             model=self.spec.name,
             # Reasons that explain something (p < 0.1), at least the top one.
-            reasons=tuple([r for r in reasons[:MAX_REASONS] if r.surprise >= 1.0] or reasons[:1]),
+            reasons=tuple(
+                [r for r in reasons[:MAX_REASONS] if r.surprise >= EXPLAINS] or reasons[:1]
+            ),
             suppressed=suppressed,
         )
 
