@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 
@@ -313,6 +314,7 @@ def _cleanup(client: redis.Redis, group: str) -> None:
     with contextlib.suppress(redis.ResponseError):
         client.xgroup_destroy(STREAM, group)
     client.delete(f"{group}:alerts", f"{group}:dead")
+    delete_matching(client, f"{group}:*")  # what a --variant wrote under its group's name
     delete_matching(client, f"detector:checkpoint:{group}:*")
     delete_matching(client, f"detector:health:{group}:*")
     # The guards would refuse the next round's alerts (same entries, same alert ids).
@@ -380,17 +382,21 @@ def summarise(results: list[Result], reference: str, others: list[str]) -> list[
                     f"  {name} / {ref}: {statistics.median(ratios):.3f} "
                     f"[{min(ratios):.3f}, {max(ratios):.3f}]"
                 )
-    for name in others:  # this tree against another one (--against), round by round
-        plain = name.partition("@")[0]
+    for name in others:  # against another tree (--against), or a --variant, round by round
+        plain = name.partition("@")[0].partition("+")[0]
+        if name == plain:
+            continue
+        # This tree / that tree; with the variant / without.
+        first, second = (plain, name) if "@" in name else (name, plain)
         ratios = [
             a.rate / b.rate
-            for a in by.get(plain, [])
-            for b in by.get(name, [])
-            if "@" in name and a.round == b.round and b.rate > 0
+            for a in by.get(first, [])
+            for b in by.get(second, [])
+            if a.round == b.round and b.rate > 0
         ]
         if ratios:
             lines.append(
-                f"  {plain} / {name}: {statistics.median(ratios):.3f} "
+                f"  {first} / {second}: {statistics.median(ratios):.3f} "
                 f"[{min(ratios):.3f}, {max(ratios):.3f}]"
             )
     return lines
@@ -444,6 +450,15 @@ def foreign_baseline(tree: Path, sizes: tuple[int, int, int], model: str, tmp: P
     help="Another detector tree (a benchmarks.snapshot): its `detector run` joins the same "
     "rounds, for paired this/that ratios of the same data and the same minutes.",
 )
+@click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    help="NAME=ARGS: the first model's detector again with these more `detector run` options, "
+    "in the same rounds, as detector-<model>+NAME, with its paired ratio to the plain one; "
+    "{group} in ARGS is the round's group (its keys are deleted after it), e.g. "
+    "'scores=--scores-stream {group}:scores'.",
+)
 @click.option("--no-cache", is_flag=True, help="Retrain the baselines even if cached.")
 @click.option("--quick", is_flag=True, help="20k events, 150 history/producer, one round.")
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path))
@@ -456,6 +471,7 @@ def main(
     cold: bool,
     detector_args: str,
     against: Path | None,
+    variants: tuple[str, ...],
     no_cache: bool,
     quick: bool,
     json_out: Path | None,
@@ -481,6 +497,7 @@ def main(
             not no_cache,
             shlex.split(detector_args),
             (against.resolve(), (events, producers, history_per_producer)) if against else None,
+            dict(_variant(v) for v in variants),
         )
     lines = summarise(
         results,
@@ -512,6 +529,15 @@ def main(
         )
 
 
+def _variant(text: str) -> tuple[str, list[str]]:
+    """``NAME=ARGS`` as (name, arguments)."""
+    name, sep, args = text.partition("=")
+    if not sep or not name:
+        msg = f"--variant {text!r}: write NAME=ARGS"
+        raise click.BadParameter(msg)
+    return name, shlex.split(args)
+
+
 def run_rounds(
     url: str,
     workload: Workload,
@@ -522,6 +548,7 @@ def run_rounds(
     use_cache: bool,
     extra: list[str] | None = None,
     against: tuple[Path, tuple[int, int, int]] | None = None,
+    variants: dict[str, list[str]] | None = None,
 ) -> list[Result]:
     client = connect(url, block_ms=1000)
     baselines: dict[str, Path] = {}
@@ -559,6 +586,14 @@ def run_rounds(
                     ),
                 )  # type: ignore[misc]
             )
+
+    def variant_run(name: str, args: list[str], g: str) -> Result:
+        more = [*(extra or []), *(x.replace("{group}", g) for x in args)]
+        result = detector_consumer(url, g, models[0], baselines[models[0]], total, more)
+        return _renamed(result, f"+{name}")
+
+    for name, args in (variants or {}).items():
+        runs.append((f"detector-{models[0]}+{name}", partial(variant_run, name, args)))
     if cold and models:
         runs.append(
             (
@@ -568,9 +603,18 @@ def run_rounds(
                 ),
             )
         )
+    results = _play(client, runs, rounds, total)
+    client.close()
+    return results
+
+
+def _play(
+    client: redis.Redis, runs: list[tuple[str, Callable[[str], Result]]], rounds: int, total: int
+) -> list[Result]:
+    """Every run in every round, in an order rotating with the round (they share the noise)."""
     results = []
     for rnd in range(rounds):
-        order = runs[rnd % len(runs) :] + runs[: rnd % len(runs)]  # rotate: share the noise
+        order = runs[rnd % len(runs) :] + runs[: rnd % len(runs)]
         for name, run in order:
             group = f"g-{name}-{rnd}"
             result = run(group)
@@ -586,7 +630,6 @@ def run_rounds(
                 f"({result.events:,} in {result.seconds:.2f}s, {result.alerts} alerts)"
             )
             results.append(result)
-    client.close()
     return results
 
 

@@ -1,7 +1,13 @@
 """detector: real-time anomaly detection for Redis Streams.
 
 The public names are imported when first used (PEP 562), so ``import detector`` stays light
-and the pure core can be imported without the runtime or a Redis client.
+and the pure core can be imported without the runtime or a Redis client; reading alerts
+(:func:`read_alerts`) needs neither River nor numpy.
+
+Example:
+    >>> from detector import read_alerts
+    >>> for alert in read_alerts("redis://localhost:6379/0", follow=True):  # doctest: +SKIP
+    ...     print(alert.producer, alert.kind, alert.score, alert.why)
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ if TYPE_CHECKING:
     from detector.core.pipeline import Pipeline
     from detector.core.scoring import load_spec
     from detector.core.settings import Settings
+    from detector.gateway.alert_reader import read_alerts
     from detector.runtime.worker import Worker
 
 _HOMES = {
@@ -34,6 +41,7 @@ _HOMES = {
     "load_spec": "detector.core.scoring",
     "Settings": "detector.core.settings",
     "Worker": "detector.runtime.worker",
+    "read_alerts": "detector.gateway.alert_reader",
 }
 
 __all__ = [
@@ -45,6 +53,7 @@ __all__ = [
     "Worker",
     "__version__",
     "load_spec",
+    "read_alerts",
 ]
 
 

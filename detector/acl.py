@@ -1,17 +1,21 @@
 """ACL: the least-privilege Redis users for one detector configuration (``detector acl``).
 
-Three users (four for partitioned workers), each limited to the commands it sends and the
-keys it touches:
+Three users (four for partitioned workers, one more for ``detector notify``), each limited to
+the commands it sends and the keys it touches:
 
 - the **worker** reads and acks its input streams through its group (never writes entries to
   them), appends to the alert and dead-letter streams (never reads them), sets the guard keys
   that make those appends happen at most once, and owns its checkpoint hash and health key;
+  with a scores stream (``--scores-stream``), it also appends to that one (only then);
 - a **producer** may only ``XADD`` to the input streams;
-- a **reader** (``detector alerts``, ``detector check --consumer``, alert consumers) reads the
-  alert and dead-letter streams, through groups too, and the workers' health keys;
+- a **reader** (``detector alerts``, ``detector check --consumer``, alert consumers,
+  dashboards) reads the alert and dead-letter streams (and the scores stream, if any),
+  through groups too, and the workers' health keys;
 - partitioned, a **router** (``detector route``) reads and acks the unpartitioned source
   streams through its group, appends to the partition streams and moves its marks, holds its
-  lease, and dead-letters entries without a valid producer.
+  lease, and dead-letters entries without a valid producer;
+- with ``--notifier``, the **notifier** (``detector notify``) reads and acks the alert stream
+  through its group and appends to its own dead-letter stream.
 
 With durable writes (``--min-replicas-acked``), the worker also sends ``WAIT`` and ``SCRIPT
 EXISTS`` (keyless) and ``XCLAIM … JUSTID`` on its input (the check that a read survived, after a
@@ -56,11 +60,13 @@ from detector.core.settings import (
     DEFAULT_GROUP,
     DEFAULT_STREAM,
     HEALTH_KEY,
+    NOTIFY_DEAD_LETTER_STREAM,
+    NOTIFY_GROUP,
 )
 from detector.gateway import partitions as parts
 
 REDIS_VERSIONS = ("7.0", "7.2+")
-ROLES = ("worker", "producer", "reader", "router", "sentinel", "sentinel_reader")
+ROLES = ("worker", "producer", "reader", "router", "notifier", "sentinel", "sentinel_reader")
 # Users of the Sentinel deployment: created on the data nodes, and on each Sentinel.
 SENTINEL_ROLES = ("sentinel", "sentinel_reader")
 # Characters that cannot appear in a name: ACL SETUSER splits selectors on spaces and ends a
@@ -80,6 +86,8 @@ class AclConfig:
             checkpoint and health keys), e.g. one user for several workers.
         alerts_stream: where alerts go.
         dead_letter_stream: where rejected entries go.
+        scores_stream: where the workers append every event's score (``--scores-stream``;
+            None: no scores stream, and no right on one).
         worker_user, producer_user, reader_user, router_user: ACL user names.
         redis_version: ``"7.0"`` or ``"7.2+"`` (which has ``CLIENT SETINFO``; redis-py sends
             it on connect and ignores a refusal, but each refusal lands in ``ACL LOG``).
@@ -96,6 +104,11 @@ class AclConfig:
         sentinel: the commands reach Redis through Sentinel: print the Sentinels' user on the
             data nodes, and the detector's user on the Sentinels.
         sentinel_user, sentinel_reader_user: those two users' names.
+        notifier: print the user of ``detector notify`` too.
+        notifier_user: its name.
+        notify_group: its consumer group on the alert stream (named in the comment: ACL rules
+            cannot tell one group of a stream from another).
+        notify_dead_letter_stream: where it writes the alerts its webhook refused.
     """
 
     streams: tuple[str, ...] = (DEFAULT_STREAM,)
@@ -103,6 +116,7 @@ class AclConfig:
     consumer: str | None = None
     alerts_stream: str = DEFAULT_ALERTS_STREAM
     dead_letter_stream: str = DEFAULT_DEAD_LETTER_STREAM
+    scores_stream: str | None = None
     worker_user: str = "detector-worker"
     producer_user: str = "detector-producer"
     reader_user: str = "detector-reader"
@@ -116,12 +130,18 @@ class AclConfig:
     sentinel: bool = False
     sentinel_user: str = "detector-sentinel"
     sentinel_reader_user: str = "detector-lookup"
+    notifier: bool = False
+    notifier_user: str = "detector-notifier"
+    notify_group: str = NOTIFY_GROUP
+    notify_dead_letter_stream: str = NOTIFY_DEAD_LETTER_STREAM
 
     @property
     def roles(self) -> tuple[str, ...]:
-        """The users to create: the router only feeds partitioned workers; the Sentinels'
-        users only behind Sentinel."""
-        roles = ROLES[:4] if self.partitioned else ROLES[:3]
+        """The users to create: the router only feeds partitioned workers; the notifier only
+        on request; the Sentinels' users only behind Sentinel."""
+        roles: tuple[str, ...] = ("worker", "producer", "reader")
+        roles += ("router",) if self.partitioned else ()
+        roles += ("notifier",) if self.notifier else ()
         return roles + SENTINEL_ROLES if self.sentinel else roles
 
     @property
@@ -130,6 +150,19 @@ class AclConfig:
 
     def user(self, role: str) -> str:
         return str(getattr(self, f"{role}_user"))
+
+    @property
+    def output_streams(self) -> dict[str, str]:
+        """The streams the workers append to, by what they carry."""
+        out = {"alerts": self.alerts_stream, "dead-letter": self.dead_letter_stream}
+        if self.scores_stream is not None:
+            out["scores"] = self.scores_stream
+        return out
+
+    @property
+    def outputs(self) -> list[str]:
+        """:attr:`output_streams`, glob-escaped (key patterns)."""
+        return [glob_escape(name) for name in self.output_streams.values()]
 
     def __post_init__(self) -> None:
         if not self.streams:
@@ -144,8 +177,11 @@ class AclConfig:
             "consumer": (self.consumer,) if self.consumer is not None else (),
             "alerts stream": (self.alerts_stream,),
             "dead-letter stream": (self.dead_letter_stream,),
+            "scores stream": (self.scores_stream,) if self.scores_stream is not None else (),
             "router source": self.source_streams,
             "router group": (self.router_group,),
+            "notify group": (self.notify_group,),
+            "notify dead-letter stream": (self.notify_dead_letter_stream,),
             "user": tuple(self.user(role) for role in ROLES),
         }
         for what, values in names.items():
@@ -159,21 +195,31 @@ class AclConfig:
         if not self.source_streams:
             msg = "at least one router source stream is needed"
             raise ConfigError(msg)
-        inputs = set(self.streams) | set(self.source_streams)
-        for what, name in (
-            ("alerts", self.alerts_stream),
-            ("dead-letter", self.dead_letter_stream),
-        ):
-            if name in inputs:
-                msg = f"the {what} stream {name!r} is also an input stream"
-                raise ConfigError(msg)
+        self._check_outputs()
         if self.partitioned:  # braces would move the hash tags of the partition keys
             for name in (*self.streams, self.group, self.alerts_stream, self.dead_letter_stream):
                 parts.check_name("name", name)
         if len({self.user(role) for role in ROLES}) != len(ROLES):
             msg = (
-                "the worker, producer, reader, router and Sentinel users must have different names"
+                "the worker, producer, reader, router, notifier and Sentinel users must have "
+                "different names"
             )
+            raise ConfigError(msg)
+
+    def _check_outputs(self) -> None:
+        """No stream written is one read (an input; the alerts, for the notifier); the scores
+        go to a stream of their own."""
+        inputs = set(self.streams) | set(self.source_streams)
+        if self.scores_stream in (self.alerts_stream, self.dead_letter_stream):
+            msg = f"the scores stream {self.scores_stream!r} is the alert or dead-letter stream"
+            raise ConfigError(msg)
+        written = {**self.output_streams, "notifier's dead-letter": self.notify_dead_letter_stream}
+        for what, name in written.items():
+            if name in inputs:
+                msg = f"the {what} stream {name!r} is also an input stream"
+                raise ConfigError(msg)
+        if self.notify_dead_letter_stream == self.alerts_stream:
+            msg = "the notifier's dead-letter stream cannot be the alerts stream"
             raise ConfigError(msg)
 
 
@@ -223,10 +269,11 @@ def worker_rules(cfg: AclConfig, password: str) -> list[str]:
 
     - input streams: ``XREADGROUP``, ``XPENDING``, ``XINFO GROUPS`` (read), ``XACK``,
       ``XAUTOCLAIM``, ``XGROUP CREATE … MKSTREAM`` (write); no ``XADD``, ``XDEL``, ``XTRIM``;
-    - alert and dead-letter streams: ``XADD`` only (write-only: no reads);
-    - the append script: ``EVALSHA`` (read and write on every declared key: the two streams
+    - alert and dead-letter streams, and the scores stream if configured: ``XADD`` only
+      (write-only: no reads);
+    - the append scripts: ``EVALSHA`` (read and write on every declared key: those streams
       and the guard keys) and ``SCRIPT LOAD`` (after a Redis restart empties the script
-      cache); inside it, ``EXISTS`` on a guard, ``XADD``, then ``SET … EX`` on the guard,
+      cache); inside them, ``EXISTS`` on a guard, ``XADD``, then ``SET … EX`` on the guard,
       each checked again;
     - guard keys: ``EXISTS``, ``SET``; dead-letter guards only for the input streams;
     - checkpoint hash: ``HSCAN``, ``HSET``, ``HDEL`` in ``MULTI``/``EXEC`` with the ``XACK``,
@@ -238,7 +285,7 @@ def worker_rules(cfg: AclConfig, password: str) -> list[str]:
     if cfg.partitioned:
         return partitioned_worker_rules(cfg, password)
     inputs = [glob_escape(s) for s in cfg.streams]
-    outputs = [glob_escape(cfg.alerts_stream), glob_escape(cfg.dead_letter_stream)]
+    outputs = cfg.outputs
     guards = _guards(cfg, cfg.streams)
     template = CLUSTER_CHECKPOINT_KEY if cfg.cluster and len(cfg.streams) == 1 else CHECKPOINT_KEY
     checkpoint = key_pattern(template, group=cfg.group, consumer=cfg.consumer,
@@ -307,7 +354,7 @@ def partitioned_worker_rules(cfg: AclConfig, password: str) -> list[str]:
     """
     group = glob_escape(cfg.group)
     inputs = [parts.STREAM.format(base=glob_escape(s), p="*") for s in cfg.streams]
-    outputs = [glob_escape(cfg.alerts_stream), glob_escape(cfg.dead_letter_stream)]
+    outputs = cfg.outputs
     guards = _guards(cfg, tuple(inputs))
     checkpoint = parts.CHECKPOINT.format(group=group, p="*")
     lease = parts.LEASE.format(group=group, p="*")
@@ -400,9 +447,9 @@ def router_rules(cfg: AclConfig, password: str) -> list[str]:
 
 
 def reader_rules(cfg: AclConfig, password: str) -> list[str]:
-    """A reader: the alert and dead-letter streams (directly or through its own groups), and
-    the workers' health keys (``detector check --consumer``)."""
-    outputs = [glob_escape(cfg.alerts_stream), glob_escape(cfg.dead_letter_stream)]
+    """A reader: the alert, dead-letter and scores streams (directly or through its own
+    groups), and the workers' health keys (``detector check --consumer``)."""
+    outputs = cfg.outputs
     health = key_pattern(HEALTH_KEY, group=cfg.group, consumer=None)
     return [
         *_common(cfg, password),
@@ -415,6 +462,35 @@ def reader_rules(cfg: AclConfig, password: str) -> list[str]:
             [f"%RW~{k}" for k in outputs],
         ),
         _selector(["+get"], [f"%R~{health}"]),
+    ]
+
+
+def notifier_rules(cfg: AclConfig, password: str) -> list[str]:
+    """The notifier (``detector notify``): exactly the commands of
+    :class:`~detector.gateway.alert_reader.GroupAlertReader` and :mod:`detector.notifier`.
+
+    - the alert stream: its read script (``EVALSHA``; inside it ``EXISTS``, ``XINFO STREAM``,
+      ``XINFO GROUPS``, ``XGROUP CREATE``, ``XGROUP SETID``, ``XREADGROUP``), ``XREADGROUP``
+      of its pending entries, ``XAUTOCLAIM``, ``XACK``, and ``XREAD`` (the wait, which
+      consumes nothing); no ``XADD``, ``XDEL``, ``XTRIM``;
+    - its dead-letter stream: ``XADD`` only, in ``MULTI``/``EXEC`` with the ``XACK``;
+    - ``SCRIPT LOAD`` (after a Redis restart empties the script cache).
+
+    ACL rules cannot name a consumer group: the user could read, ack or move other groups of
+    the alert stream too (as the reader user can).
+    """
+    alerts = glob_escape(cfg.alerts_stream)
+    return [
+        *_common(cfg, password),
+        "+multi",
+        "+exec",
+        "+script|load",
+        _selector(
+            ["+evalsha", "+xreadgroup", "+xautoclaim", "+xack", "+xgroup|create", "+xgroup|setid"],
+            [f"%RW~{alerts}"],
+        ),
+        _selector(["+exists", "+xinfo|stream", "+xinfo|groups", "+xread"], [f"%R~{alerts}"]),
+        _selector(["+xadd"], [f"%W~{glob_escape(cfg.notify_dead_letter_stream)}"]),
     ]
 
 
@@ -457,6 +533,7 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
         "producer": producer_rules,
         "reader": reader_rules,
         "router": router_rules,
+        "notifier": notifier_rules,
         "sentinel": sentinel_rules,
         "sentinel_reader": sentinel_reader_rules,
     }
@@ -467,7 +544,8 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
     out = [
         f"# detector ACL users (Redis {cfg.redis_version}) for input {', '.join(cfg.streams)}; "
         f"group {cfg.group}; consumer {consumer};",
-        f"# alerts {cfg.alerts_stream}; dead letters {cfg.dead_letter_stream}.",
+        f"# alerts {cfg.alerts_stream}; dead letters {cfg.dead_letter_stream}"
+        + (f"; scores {cfg.scores_stream}." if cfg.scores_stream else "."),
         "# Each line starts with `reset`, so re-running it replaces the user (ACL SETUSER is",
         "# additive otherwise). Passwords appear only as SHA-256 hashes (#<hex>).",
     ]
@@ -478,14 +556,18 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
             ' with `#` + the output of: printf %s "$PASSWORD" | sha256sum'
         )
     comments = {
-        "worker": "# Worker: read and ack the input, append alerts and dead letters, own its"
-        " checkpoint and health keys.",
+        "worker": "# Worker: read and ack the input, append alerts and dead letters"
+        + (" and scores" if cfg.scores_stream else "")
+        + ", own its checkpoint and health keys.",
         "producer": "# Producers: XADD to the input streams only"
         + (" (partition streams, and the router's sources)." if cfg.partitioned else "."),
-        "reader": "# Readers: alerts, dead letters, health keys (detector alerts,"
-        " detector check --consumer).",
+        "reader": "# Readers: alerts, dead letters"
+        + (", scores" if cfg.scores_stream else "")
+        + ", health keys (detector alerts, detector check --consumer).",
         "router": f"# Router (detector route --group {cfg.router_group}): source"
         f" {', '.join(cfg.source_streams)} into the partitions of {', '.join(cfg.streams)}.",
+        "notifier": f"# Notifier (detector notify --group {cfg.notify_group}): read and ack"
+        f" {cfg.alerts_stream}, append to {cfg.notify_dead_letter_stream}.",
         "sentinel": "# Sentinel's own user on every data node (sentinel auth-user / auth-pass),"
         " to run on the primary and each replica (ACLs do not replicate).",
         "sentinel_reader": "# Run on each Sentinel (they keep their own users): the detector's"

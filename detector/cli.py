@@ -1,4 +1,6 @@
-"""Command line: ``detector run | train | score | alerts | check | acl | demo | route | models``.
+"""Command line: ``detector run | train | score | plot | alerts | notify | check | acl | demo
+| route |
+models``.
 
 The commands only parse options (detector.options: generated from the settings' fields, also
 from ``DETECTOR_*`` variables and a ``--config`` TOML file), call the package and print.
@@ -11,12 +13,14 @@ Exit codes: 0 ok, 1 runtime or health failure, 2 usage or config, 3 checkpoint r
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 import orjson
@@ -28,7 +32,10 @@ from detector.core.settings import (
     DEFAULT_MODEL,
     DEFAULT_STREAM,
     HEALTH_KEY,
+    NOTIFY_DEAD_LETTER_STREAM,
+    NOTIFY_GROUP,
     EventFormat,
+    default_consumer,
 )
 from detector.gateway.connection import (
     command_client,
@@ -43,8 +50,9 @@ from detector.gateway.secrets import (
     redis_password,
     sentinel_password,
 )
-from detector.gateway.streams import connect_kwargs
+from detector.gateway.streams import Client, connect_kwargs
 from detector.options import (
+    EventTime,
     Group,
     baseline_options,
     baselines_dir_option,
@@ -62,6 +70,9 @@ from detector.options import (
     tls_options,
 )
 from detector.options import baseline_path as resolve_baseline
+
+if TYPE_CHECKING:
+    from detector.offline import Scoring
 
 log = logging.getLogger(__name__)
 EXIT_CHECKPOINT = 3
@@ -123,41 +134,57 @@ def run(**kw: Any) -> None:
     )
 
 
+input_option = env_option(
+    "--input", "input_path", env="INPUT", required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSONL (one entry's fields per line) or CSV (header = field names).",
+)  # fmt: skip
+
+
+def scoring_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of offline scoring (``score``, ``plot``): model, threshold, stream,
+    bounds, ``--baseline`` and the event format."""
+    f = format_options(f)
+    f = baseline_options(f)
+    f = setting_options("max_producers", "producer_idle_ttl_s")(f)
+    f = env_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True,
+                   help="Stream the events count as coming from (producer fallback, alert "
+                   "ids).")(f)  # fmt: skip
+    return setting_options("model", "threshold")(f)
+
+
+def scoring_from(kw: dict[str, Any]) -> Scoring:
+    """How to score, from the options of :func:`scoring_options` (taken out of ``kw``)."""
+    from detector.core.checkpoint import Signer
+    from detector.offline import Scoring
+
+    baseline = resolve_baseline(kw)
+    return Scoring(
+        model=kw.pop("model"),
+        threshold=kw.pop("threshold"),
+        stream=kw.pop("stream"),
+        event_format=event_format(kw),
+        max_producers=kw.pop("max_producers"),
+        idle_ttl_ms=int(kw.pop("producer_idle_ttl_s") * 1000),
+        baseline=baseline,
+        signer=Signer(load_checkpoint_secret()) if baseline else None,
+    )
+
+
 @cli.command()
 @config_option
-@env_option("--input", "input_path", env="INPUT", required=True,
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="JSONL (one entry's fields per line) or CSV (header = field names).")  # fmt: skip
+@input_option
 @env_option("--output", "output_path", env="OUTPUT", required=True,
             type=click.Path(dir_okay=False, writable=True, path_type=Path),
             help="CSV: producer,event_time,score,alert (one row per input event).")  # fmt: skip
-@setting_options("model", "threshold")
-@env_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True,
-            help="Stream the events count as coming from (producer fallback, alert "
-            "ids).")  # fmt: skip
-@setting_options("max_producers", "producer_idle_ttl_s")
-@baseline_options
-@format_options
+@scoring_options
 def score(**kw: Any) -> None:
     """Score a file offline with exactly the code `run` uses (a backtest with --baseline)."""
-    from detector.core.checkpoint import Signer
     from detector.offline import score_file
 
     compiled.warn_if_pure()
 
-    baseline = resolve_baseline(kw)
-    counts = score_file(
-        kw["input_path"],
-        kw["output_path"],
-        model=kw["model"],
-        threshold=kw["threshold"],
-        stream=kw["stream"],
-        event_format=event_format(kw),
-        max_producers=kw["max_producers"],
-        idle_ttl_ms=int(kw["producer_idle_ttl_s"] * 1000),
-        baseline=baseline,
-        signer=Signer(load_checkpoint_secret()) if baseline else None,
-    )
+    counts = score_file(kw["input_path"], kw["output_path"], scoring_from(kw))
     click.echo(
         f"scored {counts.events} events: {counts.alerts} alerts, {counts.warmup} in warm-up, "
         f"{counts.invalid} invalid",
@@ -166,6 +193,49 @@ def score(**kw: Any) -> None:
     click.echo("alerts each threshold would have produced (cooldown included):", err=True)
     for t, n in counts.by_threshold.items():
         click.echo(f"  {t:<9} {n}", err=True)
+
+
+def _picture_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None and value.suffix.lower() not in (".png", ".html"):
+        msg = f"{value}: give a .png or .html file"
+        raise click.BadParameter(msg, ctx, param)
+    return value
+
+
+@cli.command()
+@config_option
+@input_option
+@env_option("--producer", env="PLOT_PRODUCER", required=True, help="The producer to draw.")
+@env_option("--output", "output_path", env="PLOT_OUTPUT", required=True,
+            type=click.Path(dir_okay=False, writable=True, path_type=Path),
+            callback=_picture_path, help="A .png (needs the `plot` extra: matplotlib) or a "
+            "self-contained .html file.")  # fmt: skip
+@env_option("--from", "start_ms", env="PLOT_FROM", type=EventTime(),
+            help="Draw from this event time (epoch ms or ISO-8601); everything before is "
+            "still scored.")  # fmt: skip
+@env_option("--to", "end_ms", env="PLOT_TO", type=EventTime(),
+            help="Draw up to this event time.")  # fmt: skip
+@scoring_options
+def plot(**kw: Any) -> None:
+    """Draw what the detector saw of one producer: values and expected bands, novelties,
+    scores against the threshold, alerts and their reasons (scored as `score` does)."""
+    from detector.plot import write_plot
+    from detector.timeline import trace
+
+    compiled.warn_if_pure()
+
+    output: Path = kw["output_path"]
+    timeline = trace(kw["input_path"], scoring_from(kw), kw["producer"], kw["start_ms"],
+                     kw["end_ms"])  # fmt: skip
+    if not timeline.points:
+        msg = f"no event of producer {kw['producer']!r} in {kw['input_path']} (in that window)"
+        raise click.UsageError(msg)
+    write_plot(timeline, output)
+    click.echo(
+        f"{output}: {len(timeline.points)} events of {timeline.producer}, "
+        f"{len(timeline.alerts)} alerts, {timeline.novelties} novelties",
+        err=True,
+    )
 
 
 @cli.command()
@@ -262,7 +332,6 @@ def alerts(
         msg = "alerts needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
         raise click.UsageError(msg)
     refuse_password_on_command_line(click.get_current_context(), redis_url)
-    from detector.console import alert_line
     from detector.gateway.alert_reader import AlertReader
 
     r = command_client(redis_url, sentinel, tls, decode_responses=True, socket_timeout=30)
@@ -270,18 +339,15 @@ def alerts(
     # new primary) and goes on after the last alert shown.
     reader = AlertReader(r, alerts_stream, block_ms=5000)
     for entry in reader.tail(count):
-        click.echo(_show(entry.fields, as_json, alert_line))
+        click.echo(_show(entry.fields, as_json))
     for entry in reader.read(follow=follow):
-        click.echo(_show(entry.fields, as_json, alert_line))
+        click.echo(_show(entry.fields, as_json))
 
 
-def _show(fields: dict[str, str], as_json: bool, line: Callable[[dict[str, str]], str]) -> str:
-    if not as_json:
-        return line(fields)
-    out: dict[str, Any] = dict(fields)
-    with suppress(orjson.JSONDecodeError):
-        out["reasons"] = orjson.loads(fields.get("reasons", "[]"))
-    return orjson.dumps(out).decode()
+def _show(fields: dict[str, str], as_json: bool) -> str:
+    from detector.console import alert_json, alert_line
+
+    return orjson.dumps(alert_json(fields)).decode() if as_json else alert_line(fields)
 
 
 @cli.command()
@@ -329,7 +395,7 @@ def check(
 @env_option("--consumer", env="CONSUMER", default=None,
             help="Pin the checkpoint and health keys to this consumer (default: any consumer "
             "of the group).")  # fmt: skip
-@setting_options("alerts_stream", "dead_letter_stream")
+@setting_options("alerts_stream", "dead_letter_stream", "scores_stream")
 @env_option("--worker-user", env="ACL_WORKER_USER", default="detector-worker", show_default=True,
             help="ACL user of the workers.")  # fmt: skip
 @env_option("--producer-user", env="ACL_PRODUCER_USER", default="detector-producer",
@@ -352,6 +418,15 @@ def check(
 @setting_option("min_replicas_acked", help="Workers run with durable writes (WAIT) if > 0.")
 @setting_option("cluster", help="The commands run with --cluster (COMMAND and CLUSTER SLOTS "
                 "for every user; create the users on every node).")  # fmt: skip
+@env_option("--notifier", env="ACL_NOTIFIER", is_flag=True,
+            help="Also print the user of `detector notify`.")  # fmt: skip
+@env_option("--notifier-user", env="ACL_NOTIFIER_USER", default="detector-notifier",
+            show_default=True, help="ACL user of `detector notify` (with --notifier).")  # fmt: skip
+@env_option("--notify-group", env="NOTIFY_GROUP", default=NOTIFY_GROUP, show_default=True,
+            help="`detector notify --group`.")  # fmt: skip
+@env_option("--notify-dead-letter-stream", env="NOTIFY_DEAD_LETTER_STREAM",
+            default=NOTIFY_DEAD_LETTER_STREAM, show_default=True,
+            help="`detector notify --dead-letter-stream`.")  # fmt: skip
 @env_option("--sentinel-users", env="ACL_SENTINEL_USERS", is_flag=True,
             help="Behind Sentinel: also print the Sentinels' user on the data nodes and the "
             "detector's user on the Sentinels.")  # fmt: skip
@@ -367,6 +442,7 @@ def acl(
     consumer: str | None,
     alerts_stream: str,
     dead_letter_stream: str,
+    scores_stream: str | None,
     worker_user: str,
     producer_user: str,
     reader_user: str,
@@ -377,14 +453,19 @@ def acl(
     router_group: str,
     min_replicas_acked: int,
     cluster: bool,
+    notifier: bool,
+    notifier_user: str,
+    notify_group: str,
+    notify_dead_letter_stream: str,
     sentinel_users: bool,
     sentinel_monitor_user: str,
     sentinel_lookup_user: str,
 ) -> None:
     """Print least-privilege ACL SETUSER lines: worker, producers, alert readers (and, with
-    --partitioned, the router; with --sentinel-users, the Sentinels' and the look-up user).
+    --partitioned, the router; with --notifier, the notifier; with --sentinel-users, the
+    Sentinels' and the look-up user).
 
-    Passwords are read from DETECTOR_ACL_{WORKER,PRODUCER,READER,ROUTER,SENTINEL,
+    Passwords are read from DETECTOR_ACL_{WORKER,PRODUCER,READER,ROUTER,NOTIFIER,SENTINEL,
     SENTINEL_READER}_PASSWORD (or the files named by the same names + _FILE) and printed only
     as SHA-256 hashes; without them, placeholders that Redis refuses until replaced.
     """
@@ -396,6 +477,7 @@ def acl(
         consumer=consumer,
         alerts_stream=alerts_stream,
         dead_letter_stream=dead_letter_stream,
+        scores_stream=scores_stream,
         worker_user=worker_user,
         producer_user=producer_user,
         reader_user=reader_user,
@@ -406,6 +488,10 @@ def acl(
         router_group=router_group,
         durable=min_replicas_acked > 0,
         cluster=cluster,
+        notifier=notifier,
+        notifier_user=notifier_user,
+        notify_group=notify_group,
+        notify_dead_letter_stream=notify_dead_letter_stream,
         sentinel=sentinel_users,
         sentinel_user=sentinel_monitor_user,
         sentinel_reader_user=sentinel_lookup_user,
@@ -417,12 +503,13 @@ def acl(
 
 @cli.command()
 def models() -> None:
-    """List the shipped model specs."""
+    """List the shipped model specs, each with when to use it."""
     from detector.core.scoring import available_models
 
     for name, description in available_models().items():
         mark = " (default)" if name == DEFAULT_MODEL else ""
         click.echo(f"{name}{mark}: {description}")
+    click.echo("your own: --model PATH.toml, e.g. any River detector (README, 'Models')")
 
 
 @cli.command()
@@ -490,17 +577,8 @@ def demo(redis_url: str | None, model: str, threshold: float | None, seed: int, 
 @tls_options
 def route(**kw: Any) -> None:
     """Re-key an unpartitioned stream into the partition streams, by producer."""
-    import signal
-    import threading
-
     from detector.router import Router, RouterConfig
 
-    url = kw.pop("redis_url")
-    sentinel = sentinel_target(kw["sentinels"], kw["sentinel_master"], kw["sentinel_user"])
-    if not url and not sentinel:
-        msg = "route needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
-        raise click.UsageError(msg)
-    refuse_password_on_command_line(click.get_current_context(), url)
     fmt = EventFormat(
         producer_field=kw["producer_field"],
         max_entry_bytes=kw["max_entry_bytes"],
@@ -519,25 +597,8 @@ def route(**kw: Any) -> None:
         maxlen=kw["maxlen"],
         lease_ttl_ms=kw["lease_ttl_ms"],
     )
-    client = connect_checked(
-        url or "",
-        block_ms=config.block_ms,
-        password=redis_password(),
-        tls_ca_cert=kw["tls_ca_cert"],
-        tls_cert=kw["tls_cert"],
-        tls_key=kw["tls_key"],
-        cluster=kw["cluster"],
-        sentinel=sentinel,
-    )
-    router = Router(config, client)
-    stop = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        log.info("stopping after the current batch (signal %d)", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    router = Router(config, _service_client("route", kw, config.block_ms, cluster=kw["cluster"]))
+    stop = _stop_on_signals("the current batch")
     log.info("routing %s into %s:{0..%d}", config.source, config.base, config.partitions - 1)
     stats = router.run(until_idle=kw["until_idle"], idle_timeout_ms=kw["idle_timeout_ms"],
                           stop=stop)  # fmt: skip
@@ -546,6 +607,111 @@ def route(**kw: Any) -> None:
         f"{stats.dead_lettered} dead-lettered, {stats.trimmed} trimmed before routing)",
         err=True,
     )
+
+
+@cli.command()
+@config_option
+@setting_option("redis_url")
+@sentinel_options
+@setting_option("alerts_stream")
+@env_option("--group", env="NOTIFY_GROUP", default=NOTIFY_GROUP, show_default=True,
+            help="The notifier's consumer group on the alert stream.")  # fmt: skip
+@env_option("--consumer", env="NOTIFY_CONSUMER", default=default_consumer,
+            show_default="hostname", help="This notifier's name in its group; keep it stable "
+            "across restarts.")  # fmt: skip
+@env_option("--dead-letter-stream", env="NOTIFY_DEAD_LETTER_STREAM",
+            default=NOTIFY_DEAD_LETTER_STREAM, show_default=True,
+            help="Where alerts the webhook refused for good go, with its answer.")  # fmt: skip
+@env_option("--start", env="NOTIFY_START", type=click.Choice(["oldest", "newest"]),
+            default="oldest", show_default=True,
+            help="Where a new group starts: at the oldest alert in the stream (every alert is "
+            "posted), or after the newest.")  # fmt: skip
+@env_option("--timeout-s", env="WEBHOOK_TIMEOUT_S", type=click.FloatRange(0.1), default=10.0,
+            show_default=True, help="Limit of each socket operation of a webhook "
+            "request.")  # fmt: skip
+@env_option("--max-backoff-s", env="NOTIFY_MAX_BACKOFF_S", type=click.FloatRange(0.5),
+            default=60.0, show_default=True,
+            help="Longest wait between two attempts at one alert.")  # fmt: skip
+@setting_options("claim_idle_ms", "block_ms", "alerts_maxlen", "metrics_port")
+@setting_option("until_idle", help="Exit 0 once no alert arrives for --idle-timeout-ms.")
+@setting_option("idle_timeout_ms")
+@tls_options
+def notify(**kw: Any) -> None:
+    """Post each alert to a webhook (URL in DETECTOR_WEBHOOK_URL), at least once.
+
+    The JSON body is the alert's fields (reasons parsed) and a Slack-compatible `text`.
+    Connection errors, timeouts, 5xx and 429 are retried with backoff; other 4xx go to
+    --dead-letter-stream with the status and response. The URL is a secret: it comes from
+    DETECTOR_WEBHOOK_URL or the file named by DETECTOR_WEBHOOK_URL_FILE, never an option.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from detector.gateway.secrets import webhook_url
+    from detector.notifier import Notifier, NotifierConfig, Webhook
+    from detector.runtime.metrics import NotifierMetrics
+
+    webhook = Webhook(webhook_url(), kw["timeout_s"])
+    config = NotifierConfig(
+        stream=kw["alerts_stream"],
+        group=kw["group"],
+        consumer=kw["consumer"],
+        dead_letter_stream=kw["dead_letter_stream"],
+        dead_letter_maxlen=kw["alerts_maxlen"],
+        start="0" if kw["start"] == "oldest" else "$",
+        block_ms=kw["block_ms"],
+        claim_idle_ms=kw["claim_idle_ms"],
+        max_backoff_s=kw["max_backoff_s"],
+    )
+    client = _service_client("notify", kw, config.block_ms)
+    metrics = NotifierMetrics(CollectorRegistry())
+    if kw["metrics_port"] is not None:
+        metrics.serve(kw["metrics_port"])
+    stop = _stop_on_signals("the current attempt")
+    log.info("posting alerts of %s (group %s) to %s", config.stream, config.group, webhook.host)
+    # Without --cluster, connect_checked makes a plain client.
+    notifier = Notifier(config, cast(redis.Redis, client), webhook, metrics=metrics, stop=stop)
+    stats = notifier.run(until_idle=kw["until_idle"], idle_timeout_ms=kw["idle_timeout_ms"])
+    click.echo(
+        f"delivered {stats.delivered} alerts in {stats.attempts} requests "
+        f"({stats.dead_lettered} dead-lettered, {stats.trimmed} trimmed before delivery)",
+        err=True,
+    )
+
+
+def _service_client(
+    command: str, kw: dict[str, Any], block_ms: int, *, cluster: bool = False
+) -> Client:
+    """The client of a long-running command other than `run` (`route`, `notify`): its
+    --redis-url or Sentinels, password from the environment, TLS files, checked once."""
+    url = kw["redis_url"]
+    sentinel = sentinel_target(kw["sentinels"], kw["sentinel_master"], kw["sentinel_user"])
+    if not url and not sentinel:
+        msg = f"{command} needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
+        raise click.UsageError(msg)
+    refuse_password_on_command_line(click.get_current_context(), url)
+    return connect_checked(
+        url or "",
+        block_ms=block_ms,
+        password=redis_password(),
+        tls_ca_cert=kw["tls_ca_cert"],
+        tls_cert=kw["tls_cert"],
+        tls_key=kw["tls_key"],
+        cluster=cluster,
+        sentinel=sentinel,
+    )
+
+
+def _stop_on_signals(after: str) -> threading.Event:
+    """An event SIGTERM and SIGINT set: the command stops after ``after``."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("stopping after %s (signal %d)", after, signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
 
 
 def main() -> None:

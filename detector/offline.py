@@ -1,4 +1,5 @@
-"""Offline scoring: events from a JSONL or CSV file through the same pipeline as ``run``.
+"""Offline scoring: events from a JSONL or CSV file through the same pipeline as ``run``
+(``detector score``; ``detector plot`` scores through :func:`scored` too).
 
 Each input record becomes the bytes a Redis entry would hold (strings as they are, other JSON values
 as compact JSON, so ``{"qty": 3}`` is the field ``qty=3``), then goes through the same
@@ -10,8 +11,7 @@ key ``_id`` holds an entry id (e.g. from an export of a stream); otherwise ids a
 from __future__ import annotations
 
 import csv
-import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +23,9 @@ from detector.baselines import load_into
 from detector.core.checkpoint import Signer
 from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
-from detector.core.pipeline import Pipeline
+from detector.core.pipeline import Pipeline, Verdict
 from detector.core.scoring import load_spec
-from detector.core.settings import EventFormat
+from detector.core.settings import DEFAULT_MODEL, DEFAULT_STREAM, EventFormat
 
 HEADER = ("producer", "event_time", "score", "alert")
 CHUNK = 500
@@ -107,74 +107,99 @@ def read_records(path: Path) -> Iterator[tuple[str | None, dict[bytes, bytes] | 
             yield (str(entry_id) if entry_id is not None else None), to_entry(record)
 
 
-def score_file(
-    input_path: Path,
-    output_path: Path,
-    *,
-    model: str,
-    threshold: float | None = None,
-    stream: str = "events",
-    event_format: EventFormat | None = None,
-    max_producers: int = 100_000,
-    idle_ttl_ms: int = 24 * 3600 * 1000,
-    baseline: Path | None = None,
-    signer: Signer | None = None,
-) -> ScoreCounts:
-    """Score every record of ``input_path`` into ``output_path`` (CSV, input order).
+@dataclass(frozen=True, slots=True)
+class Scoring:
+    """How a file is scored: the options ``detector score`` and ``detector plot`` share.
 
-    With ``baseline`` (and its ``signer``), start from that state: a backtest.
+    Attributes:
+        baseline: start from this baseline (verified with ``signer``): a backtest.
     """
-    spec = load_spec(model)
-    pipeline = Pipeline(
-        spec, threshold=threshold, max_producers=max_producers, idle_ttl_ms=idle_ttl_ms
-    )
-    if baseline is not None and signer is not None:
-        load_into(pipeline, baseline, signer)
-    decoder = Decoder(event_format)
+
+    model: str = DEFAULT_MODEL
+    threshold: float | None = None
+    stream: str = DEFAULT_STREAM
+    event_format: EventFormat | None = None
+    max_producers: int = 100_000
+    idle_ttl_ms: int = 24 * 3600 * 1000
+    baseline: Path | None = None
+    signer: Signer | None = None
+
+    def pipeline(self) -> Pipeline:
+        """A fresh pipeline for the model, from the baseline if there is one."""
+        pipeline = Pipeline(
+            load_spec(self.model),
+            threshold=self.threshold,
+            max_producers=self.max_producers,
+            idle_ttl_ms=self.idle_ttl_ms,
+        )
+        if self.baseline is not None and self.signer is not None:
+            load_into(pipeline, self.baseline, self.signer)
+        return pipeline
+
+
+def scored(
+    input_path: Path,
+    scoring: Scoring,
+    pipeline: Pipeline,
+    before: Callable[[Event], None] | None = None,
+) -> Iterator[tuple[Event | None, Verdict | None]]:
+    """Every record of ``input_path`` in order, with its verdict: ``(None, None)`` for a
+    record that is not a valid event.
+
+    ``before(event)`` (optional) is called right before each event is scored, while
+    ``pipeline`` holds the state of everything before it (events are then scored one by
+    one: the same verdicts, as the pipeline scores event by event anyway).
+    """
+    decoder = Decoder(scoring.event_format)
+    chunk = 1 if before is not None else CHUNK
+    # Records wait in `slots` so invalid ones keep their place between scored ones.
+    slots: list[Event | None] = []
+    for n, (entry_id, fields) in enumerate(read_records(input_path)):
+        event: Event | None = None
+        if not isinstance(fields, str):
+            with suppress(InvalidEventError):
+                event = decoder.decode(scoring.stream, entry_id or f"0-{n}", fields)
+        slots.append(event)
+        if len(slots) >= chunk:
+            yield from _scored(pipeline, slots, before)
+            slots = []
+    yield from _scored(pipeline, slots, before)
+
+
+def _scored(
+    pipeline: Pipeline, slots: list[Event | None], before: Callable[[Event], None] | None
+) -> Iterator[tuple[Event | None, Verdict | None]]:
+    events = [e for e in slots if e is not None]
+    if before is not None:
+        for e in events:  # one at most (see scored)
+            before(e)
+    verdicts = iter(pipeline.process(events))
+    for slot in slots:
+        yield slot, None if slot is None else next(verdicts)
+
+
+def score_file(input_path: Path, output_path: Path, scoring: Scoring) -> ScoreCounts:
+    """Score every record of ``input_path`` into ``output_path`` (CSV, input order)."""
+    pipeline = scoring.pipeline()
     counts = ScoreCounts()
-    backtest = _Backtest(spec.decision.cooldown_ms)
+    backtest = _Backtest(pipeline.decision.cooldown_ms)
     with output_path.open("w", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(HEADER)
-        # Rows wait in `slots` so invalid records keep their place between scored ones.
-        slots: list[Event | None] = []
-        for n, (entry_id, fields) in enumerate(read_records(input_path)):
+        for e, v in scored(input_path, scoring, pipeline):
             counts.events += 1
-            event: Event | None = None
-            if not isinstance(fields, str):
-                with suppress(InvalidEventError):
-                    event = decoder.decode(stream, entry_id or f"0-{n}", fields)
-            slots.append(event)
-            if len(slots) >= CHUNK:
-                _flush(pipeline, slots, writer, counts, backtest)
-                slots = []
-        _flush(pipeline, slots, writer, counts, backtest)
+            if e is None or v is None:
+                counts.invalid += 1
+                writer.writerow(("", "", "", 0))
+                continue
+            if v.error is not None:
+                counts.invalid += 1
+            if v.score is None:
+                counts.warmup += v.error is None
+                writer.writerow((e.producer, e.event_time_ms, "", 0))
+                continue
+            counts.alerts += v.alert is not None
+            backtest.add(e.producer, e.event_time_ms, v.score)
+            writer.writerow((e.producer, e.event_time_ms, repr(v.score), int(v.alert is not None)))
     counts.by_threshold = backtest.counts
     return counts
-
-
-def _flush(
-    pipeline: Pipeline,
-    slots: list[Event | None],
-    writer: Any,
-    counts: ScoreCounts,
-    backtest: _Backtest,
-) -> None:
-    verdicts = pipeline.process([e for e in slots if e is not None])
-    i = 0
-    for event in slots:
-        if event is None:
-            counts.invalid += 1
-            writer.writerow(("", "", "", 0))
-            continue
-        score, alerted, failed = verdicts.score[i], i in verdicts.alerts, i in verdicts.errors
-        i += 1
-        if failed:
-            counts.invalid += 1
-        if math.isnan(score):  # warming up, or failed
-            counts.warmup += not failed
-            writer.writerow((event.producer, event.event_time_ms, "", 0))
-            continue
-        counts.alerts += alerted
-        backtest.add(event.producer, event.event_time_ms, score)
-        writer.writerow((event.producer, event.event_time_ms, repr(score), int(alerted)))

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
-from detector.core.errors import ConfigError
+from detector.core.errors import ConfigError, InvalidEventError
 from detector.core.settings import (
     EventFormat,
     OptionSpec,
@@ -66,6 +66,23 @@ class SentinelAddress(click.types.StringParamType):
             return check_sentinel_address(address)
         except ConfigError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class EventTime(click.types.StringParamType):
+    """An event time, epoch ms or ISO-8601 (naive: UTC), as epoch ms; a bad one is a usage
+    error."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        from detector.core.events import parse_time_ms  # not at start-up: compiled core
+
+        try:
+            return parse_time_ms(str(super().convert(value, param, ctx)).encode())
+        except InvalidEventError:
+            self.fail(f"{value!r} is neither epoch ms nor ISO-8601", param, ctx)
 
 
 # -- options generated from the settings' fields ------------------------------------------------

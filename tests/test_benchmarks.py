@@ -47,11 +47,14 @@ def test_throughput_runs(tmp_path: Path) -> None:
         *TINY,
         "--json-out",
         str(tmp_path / "t.json"),
+        "--variant",
+        "scores=--scores-stream {group}:scores",
     )
-    for name in ("raw", "river", "detector-stats", "detector-hst"):
+    for name in ("raw", "river", "detector-stats", "detector-hst", "detector-stats+scores"):
         assert f"round 0 {name}" in out
     assert "detector-stats / raw" in out
     assert "detector-stats / river" in out
+    assert "detector-stats+scores / detector-stats" in out  # with the variant / without
     assert (tmp_path / "t.json").exists()
 
 
@@ -114,6 +117,15 @@ def test_latency_runs(tmp_path: Path) -> None:
     )
     assert "capacity (stats" in out
     assert "50%" in out
+
+
+def test_river_state_runs(tmp_path: Path) -> None:
+    out = _run(tmp_path, "benchmarks.river_state", "--producers", "20", "--events", "30")
+    rows = [line for line in out.splitlines() if line.startswith("| `")]
+    assert [r.split("|")[1].strip() for r in rows] == ["`forecast`"]  # every shipped one
+    heap, pickled = (int(r.split("|")[k].strip(" B").replace(",", "")) for r in rows[:1]
+                     for k in (3, 4))  # fmt: skip
+    assert heap > pickled > 100  # a clone per producer, measured both ways
 
 
 def test_memory_runs(tmp_path: Path) -> None:

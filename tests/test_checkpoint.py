@@ -240,10 +240,11 @@ def test_an_older_format_is_refused_before_any_of_it_is_decoded() -> None:
     signer = Signer(KEY)
     fields = _fields(Pipeline(load_spec("stats")), signer)
     meta = orjson.loads(signer.verify("meta", fields[b"meta"]))
-    fields[b"meta"] = signer.sign("meta", orjson.dumps({**meta, "format": 3}))
-    # Format 3 pickled producer states: nothing of them may be read, not even unpickled.
+    fields[b"meta"] = signer.sign("meta", orjson.dumps({**meta, "format": FORMAT_VERSION - 1}))
+    # An older format may hold anything (format 3 pickled producer states): nothing of it
+    # may be read, not even unpickled.
     fields[b"p:x"] = signer.sign("p:x", _global("os", "system"))
-    with pytest.raises(IncompatibleCheckpointError, match="format 3") as info:
+    with pytest.raises(IncompatibleCheckpointError, match=f"format {FORMAT_VERSION - 1}") as info:
         decode_fields(signer, fields)
     assert "detector train" in str(info.value) and "--reset-state" in str(info.value)
 
@@ -280,6 +281,12 @@ def test_a_pickled_model_reaches_only_model_classes() -> None:
 
     assert load("detector.core.scoring", "TreesModel") is TreesModel
     assert load("detector.core.trees", "HalfSpaceTrees") is HalfSpaceTrees
+    assert load("detector.core.estimators", "RiverModel").__name__ == "RiverModel"
+    # River's model packages, its Rust statistics and the distance LocalOutlierFactor keeps.
+    assert load("river.anomaly.svm", "OneClassSVM").__name__ == "OneClassSVM"
+    assert load("river.time_series.holt_winters", "HoltWinters").__name__ == "HoltWinters"
+    assert load("river._river_rust.stats", "RsQuantile").__name__ == "RsQuantile"
+    assert callable(load("river._river_rust.vectordict", "euclidean_distance_tuple"))
     for module, name in [
         ("detector.core.features.store", "FeatureStore"),  # producer state is never pickled
         ("detector.core.features", "FeatureStore"),
@@ -289,6 +296,10 @@ def test_a_pickled_model_reaches_only_model_classes() -> None:
         ("detector.core.events", "Event"),
         ("detector.core.pipeline", "Pipeline"),
         ("os", "system"),
+        ("river.datasets.phishing", "Phishing"),  # River's data and I/O are no model
+        ("river.stream.iter_csv", "iter_csv"),
+        ("river.utils.math", "sigmoid"),  # River's functions: only its distances
+        ("river.anomaly", "OneClassSVM"),  # re-exported there, defined in river.anomaly.svm
     ]:
         with pytest.raises(CheckpointError, match="not allowed"):
             load(module, name)
@@ -298,7 +309,7 @@ def test_a_pickled_model_reaches_only_model_classes() -> None:
     ("model", "change", "message"),
     [
         ("stats", {"format": FORMAT_VERSION + 1}, "format"),
-        ("hst", {"river": "0.1.0"}, "River 0.1.0"),  # a pickled model: River must match
+        ("forecast", {"river": "0.1.0"}, "River 0.1.0"),  # River objects: River must match
         ("stats", {"spec_digest": "0" * 64}, "model spec"),
     ],
 )
@@ -318,7 +329,7 @@ def test_another_river_release_restores_a_checkpoint_without_a_river_object() ->
     original, rest, fields = _half_learned("stats")
     signer = Signer(KEY)
     meta = orjson.loads(signer.verify("meta", fields[b"meta"]))
-    assert meta["stateful_model"] is False
+    assert meta["river_objects"] is False
     fields[b"meta"] = signer.sign("meta", orjson.dumps({**meta, "river": "0.26.9"}))
     restored = Pipeline(load_spec("stats"))
     restored.restore(decode_fields(signer, fields))

@@ -53,7 +53,7 @@ def test_help_shows_every_option_with_its_env_var() -> None:
         ("--until-idle", "DETECTOR_UNTIL_IDLE"),
     ]:  # fmt: skip
         assert option in out.stdout and env in out.stdout, option
-    for command in ("score", "alerts", "check", "demo", "models"):
+    for command in ("score", "alerts", "notify", "check", "demo", "models"):
         assert cli(command, "--help").returncode == 0
 
 
@@ -301,3 +301,13 @@ def test_the_distribution_name_is_not_detector_and_every_hint_uses_it(
     texts += [*(ROOT / "detector").rglob("*.py"), *(ROOT / "docs").rglob("*.md")]
     wrong = re.compile(r"""install\b[^\n]*?['"\s]detector\[""")
     assert [str(p) for p in texts if wrong.search(p.read_text())] == []
+
+
+def test_models_lists_every_shipped_spec_with_when_to_use_it() -> None:
+    out = cli("models")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    shipped = sorted(p.stem for p in (ROOT / "models").glob("*.toml"))
+    assert [line.split(":")[0].removesuffix(" (default)") for line in lines[:-1]] == shipped
+    assert "stats (default): " in out.stdout and "forecast: Metric streams" in out.stdout
+    assert lines[-1].startswith("your own: --model PATH.toml")

@@ -1053,13 +1053,14 @@ def test_grafana_is_provisioned_from_the_repository(services: dict[str, dict[str
 
 
 def exported_series() -> dict[str, set[str]]:
-    """Series name -> label names, as the worker's registry exports them."""
+    """Series name -> label names, as the worker's and the notifier's registries export them."""
     from prometheus_client import CollectorRegistry
 
-    from detector.runtime.metrics import Metrics
+    from detector.runtime.metrics import Metrics, NotifierMetrics
 
     registry = CollectorRegistry()
     Metrics(registry, ("events:{0}",), "stats")
+    NotifierMetrics(registry)
     suffixes = {
         "counter": ("_total", "_created"),
         "histogram": ("_bucket", "_count", "_sum", "_created"),
@@ -1101,8 +1102,11 @@ def test_every_metric_the_dashboard_queries_exists() -> None:
         "detector_batch_seconds_bucket",
         "detector_alerts_total",
         "detector_producers_tracked",
+        "detector_notify_requests_total",
     ):
         assert needed in queried, needed
+    # Alerts per kind (a closed set of label values, never producer ids).
+    assert any("by (kind)" in e and "detector_alerts_total" in e for _, e in dashboard_queries())
 
 
 def test_dashboard_panels_do_not_overlap() -> None:

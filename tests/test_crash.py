@@ -143,14 +143,22 @@ def _outcome(url: str, consumer: str) -> Outcome:
 
 
 QUICK = str(Path(__file__).parent / "specs" / "quick.toml")  # warm-up 20: small streams alert
+# A River spec of scope "producer" (a forecaster per producer, pickled in each producer's
+# record), also with warm-up 20.
+RIVER = str(Path(__file__).parent / "specs" / "river_producer.toml")
 
 
 def _run_cmd(
-    url: str, consumer: str, idle_ms: int = 1500, where: list[str] | None = None
+    url: str,
+    consumer: str,
+    idle_ms: int = 1500,
+    where: list[str] | None = None,
+    model: str | None = None,
 ) -> list[str]:
     """``detector run`` on ``url`` (or the connection options ``where``) in the harness's
-    cadence: small batches and frequent commits, so kills land between and during them."""
-    model = os.environ.get("HARNESS_MODEL", QUICK)
+    cadence: small batches and frequent commits, so kills land between and during them.
+    ``model``: the spec (default: ``$HARNESS_MODEL``, else ``quick``)."""
+    model = model or os.environ.get("HARNESS_MODEL", QUICK)
     return [
         sys.executable, "-m", "detector.cli", "run", *(where or ["--redis-url", url]),
         "--consumer", consumer,
@@ -160,23 +168,24 @@ def _run_cmd(
     ]  # fmt: skip
 
 
-def _reference(events: list[dict[str, str]], tmp: Path) -> Outcome:
+def _reference(events: list[dict[str, str]], tmp: Path, model: str | None = None) -> Outcome:
     with EmbeddedRedis(directory=tmp / "ref") as server:
         _append_paced(server.url, events, rate=10**9)
-        proc = subprocess.run(_run_cmd(server.url, "ref", 300), env=clean_env(),
+        proc = subprocess.run(_run_cmd(server.url, "ref", 300, model=model), env=clean_env(),
                               capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         return _outcome(server.url, "ref")
 
 
-def _spawn(url: str) -> subprocess.Popen[bytes]:
+def _spawn(url: str, model: str | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        _run_cmd(url, "w1"), env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+        _run_cmd(url, "w1", model=model), env=clean_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
 
 
 def _faulty(events: list[dict[str, str]], tmp: Path, kills: int, redis_kills: int,
-            seed: int, rate: float) -> Outcome:  # fmt: skip
+            seed: int, rate: float, model: str | None = None) -> Outcome:  # fmt: skip
     """Events arrive at ``rate`` while the worker and Redis are killed at random moments."""
     rng = random.Random(seed)
     directory = tmp / "faulty"
@@ -193,7 +202,7 @@ def _faulty(events: list[dict[str, str]], tmp: Path, kills: int, redis_kills: in
     health = HEALTH_KEY.format(group="detector", consumer="w1")
     r = redis.Redis.from_url(server.url, socket_timeout=5)
     try:
-        proc = _spawn(server.url)
+        proc = _spawn(server.url, model)
         for fault in faults:
             time.sleep(rng.uniform(1.0, 2.5))  # start-up takes ~1 s: die while processing
             assert proc.poll() is None, "the worker finished before the faults: slow the input"
@@ -211,7 +220,7 @@ def _faulty(events: list[dict[str, str]], tmp: Path, kills: int, redis_kills: in
             killed_at = time.monotonic()
             r.delete(health)  # the dead worker's key would otherwise live on for 10 s
             replayed.append(_pending(r))
-            proc = _spawn(server.url)
+            proc = _spawn(server.url, model)
             # The health key is first written after the checkpoint is loaded and the pending
             # entries are replayed, right before the first read of new entries.
             while not r.exists(health) and time.monotonic() - killed_at < 60:
@@ -259,29 +268,41 @@ def _check(reference: Outcome, faulty: Outcome, total: int) -> None:
     assert len(reference.alerts) > 10  # there were alerts to compare
 
 
-@pytest.mark.parametrize(("kills", "redis_kills"), [(4, 0), (2, 2)])
-def test_kill_minus_9_short(tmp_path: Path, kills: int, redis_kills: int) -> None:
+@pytest.mark.parametrize(
+    ("kills", "redis_kills", "model"),
+    [(4, 0, None), (2, 2, None), (4, 0, RIVER)],
+    ids=["worker", "worker+redis", "river-worker"],
+)
+def test_kill_minus_9_short(
+    tmp_path: Path, kills: int, redis_kills: int, model: str | None
+) -> None:
     events = _workload(producers=200, per_producer=100, seed=11)
-    reference = _reference(events, tmp_path)
+    reference = _reference(events, tmp_path, model)
     faulty = _faulty(events, tmp_path, kills, redis_kills, seed=kills * 10 + redis_kills,
-                     rate=800)  # fmt: skip
+                     rate=800, model=model)  # fmt: skip
     assert faulty.kills == kills and faulty.redis_kills == redis_kills
     _check(reference, faulty, len(events))
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-@pytest.mark.parametrize(("kills", "redis_kills"), [(12, 0), (10, 6)])
-def test_kill_minus_9_long(tmp_path: Path, kills: int, redis_kills: int) -> None:
+@pytest.mark.parametrize(
+    ("kills", "redis_kills", "model"),
+    [(12, 0, None), (10, 6, None), (12, 0, RIVER), (10, 6, RIVER)],
+    ids=["worker", "worker+redis", "river-worker", "river-worker+redis"],
+)
+def test_kill_minus_9_long(tmp_path: Path, kills: int, redis_kills: int, model: str | None) -> None:
     events = _workload(producers=250, per_producer=240, seed=int(os.environ.get("SEED", "5")))
     # 60k events; with HARNESS_MODEL=stats use more per producer (its warm-up is 200).
-    reference = _reference(events, tmp_path)
+    reference = _reference(events, tmp_path, model)
     started = time.monotonic()
-    faulty = _faulty(events, tmp_path, kills, redis_kills, seed=kills + redis_kills, rate=1000)
+    faulty = _faulty(events, tmp_path, kills, redis_kills, seed=kills + redis_kills, rate=1000,
+                     model=model)  # fmt: skip
     _check(reference, faulty, len(events))
     rec = sorted(faulty.recovery_s)
     print(
-        f"\nkill -9 harness: {len(events)} events, 250 producers, {faulty.kills} worker kills, "
+        f"\nkill -9 harness ({Path(model or os.environ.get('HARNESS_MODEL', QUICK)).stem}): "
+        f"{len(events)} events, 250 producers, {faulty.kills} worker kills, "
         f"{faulty.redis_kills} redis kills, {time.monotonic() - started:.0f}s; lost 0, "
         f"learned twice 0, duplicate alerts 0, alerts {len(reference.alerts)} = reference; "
         f"kill -> first new read: median {rec[len(rec) // 2]:.2f}s max {rec[-1]:.2f}s; "

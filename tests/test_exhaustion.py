@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from detector.core.admission import OVERFLOW
-from detector.core.alerts import ALERT_STORM, ANOMALY, PRODUCER_EXPLOSION, Alert
+from detector.core.alerts import ALERT_STORM, ANOMALY, KINDS, PRODUCER_EXPLOSION, Alert
 from detector.core.checkpoint import PRODUCER_PREFIX, Signer, decode_fields, encode_fields
 from detector.core.events import Decoder, Event
 from detector.core.pipeline import Pipeline, Verdict
@@ -317,6 +317,9 @@ def _run_explosion(
         "legit_alerts_as_without_flood": legit_alerts == expected,
         "legit_tracked": sum(f"svc-{k}" in p.store.producers for k in range(legit)),
         "refused_metric": m.registry.get_sample_value("detector_producers_refused"),
+        "kinds_metric": {
+            k: m.registry.get_sample_value("detector_alerts_total", {"kind": k}) for k in KINDS
+        },
         "rss_before_kb": rss_before,
         "rss_after_kb": _rss_kb(),
         "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -332,6 +335,7 @@ def _check_explosion(fig: dict[str, Any], legit: int, cap: int) -> None:
     assert fig["tracked"] == cap and fig["legit_tracked"] == legit
     assert fig["legit_alerts_as_without_flood"]
     assert fig["kinds"].get(PRODUCER_EXPLOSION, 0) >= 1
+    assert fig["kinds_metric"] == {k: fig["kinds"].get(k, 0) for k in KINDS}  # alerts by kind
     assert fig["refused_metric"] == fig["refused"] > 0
 
 
@@ -370,11 +374,17 @@ def test_worker_reports_held_back_alerts_in_the_stream_and_the_metrics(
     _append(r, stream_name, iter(warm + storm))
     worker = worker_factory()
     worker.run()
-    alerts = [f for _, f in r.xrange(worker.settings.alerts_stream) if f["kind"] == ANOMALY]
+    written = [f for _, f in r.xrange(worker.settings.alerts_stream)]
+    alerts = [f for f in written if f["kind"] == ANOMALY]
     cooldown = worker.spec.decision.cooldown_ms
     assert 1 <= len(alerts) <= 800 * SECOND // cooldown + 1
     assert all(f["producer"] == "p1" for f in alerts)
     held = sum(int(f["suppressed"]) for f in alerts) + worker.pipeline.view("p1").suppressed
     sample = worker.metrics.registry.get_sample_value
     assert sample("detector_alerts_suppressed_total") == held > 0
-    assert sample("detector_alerts_total") == len(alerts)
+    # Counted by kind (every kind's series exists from the start, at 0).
+    for kind in KINDS:
+        assert sample("detector_alerts_total", {"kind": kind}) == sum(
+            f["kind"] == kind for f in written
+        ), kind
+    assert sample("detector_alerts_total", {"kind": ANOMALY}) == len(alerts)

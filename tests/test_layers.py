@@ -15,15 +15,15 @@ FEATURES = ("store", "feature", "config", "surprise", "judgements", "columns", "
             "categories", "rate", "value", "size", "types", "category", "schema", "replay",
             "drift")  # fmt: skip
 CORE = ("settings", "errors", "events", *(f"features.{m}" for m in FEATURES), "codec",
-        "admission", "calibration", "scoring", "trees", "pipeline", "alerts",
+        "admission", "calibration", "scoring", "estimators", "trees", "pipeline", "alerts",
         "checkpoint")  # fmt: skip
 GATEWAY = ("streams", "ownership", "partitions", "connection", "secrets", "embedded",
            "alert_reader")  # fmt: skip
 RUNTIME = ("worker", "consumer", "checkpointer", "status", "metrics")
 # Loaded by the package itself (detector/__init__.py); imports nothing of the package.
 PACKAGE = ("compiled",)
-APPS = ("cli", "options", "offline", "baselines", "router", "producer", "acl", "demo", "logs",
-        "console", "shop.simulator")  # fmt: skip
+APPS = ("cli", "options", "offline", "timeline", "plot", "baselines", "router", "producer", "acl",
+        "demo", "logs", "console", "notifier", "river", "shop.simulator")  # fmt: skip
 
 
 def _loaded_after(imports: list[str], watched: list[str], *, block_redis: bool) -> list[str]:

@@ -151,7 +151,8 @@ def test_acl_command_prints_rules_for_the_configuration_without_passwords() -> N
     }
     out = cli(
         "acl", "--stream", "orders", "--stream", "pay*", "--group", "g", "--consumer", "w1",
-        "--alerts-stream", "al", "--dead-letter-stream", "dl", "--worker-user", "wu",
+        "--alerts-stream", "al", "--dead-letter-stream", "dl", "--scores-stream", "sc",
+        "--worker-user", "wu",
         "--producer-user", "pu", "--redis-version", "7.2+", env=env,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -161,7 +162,7 @@ def test_acl_command_prints_rules_for_the_configuration_without_passwords() -> N
     worker, producer, reader = setusers
     assert worker.startswith("ACL SETUSER wu reset on #") and "+client|setinfo" in worker
     assert "%RW~orders %RW~pay\\*)" in worker  # glob characters of names are escaped
-    assert "(+xadd %W~al %W~dl)" in worker
+    assert "(+xadd %W~al %W~dl %W~sc)" in worker and "%R~sc" in reader
     assert "%RW~detector:checkpoint:g:w1)" in worker and "%W~detector:health:g:w1" in worker
     assert producer.endswith("+xadd %W~orders %W~pay\\*")
     assert "#READER_PASSWORD_SHA256" in reader  # no password given: a placeholder
@@ -294,6 +295,49 @@ def test_worker_user_is_refused_everything_else(
     refused(lambda: w.evalsha(peek, 1, ALERTS))
     assert admin.xlen(STREAM) == 3 and admin.get("other") == "secret"
     w.close()
+
+
+def test_the_scores_stream_is_granted_only_when_configured(
+    acl_server: EmbeddedRedis, admin: redis.Redis
+) -> None:
+    scores = "detector:scores"
+    # The module's users (no --scores-stream): the worker may not append scores.
+    w = user_client(acl_server, "worker")
+    refused(lambda: w.xadd(scores, {"score": "1"}))
+    w.close()
+    cfg = AclConfig(streams=(STREAM,), group=GROUP, consumer=CONSUMER, scores_stream=scores)
+    worker, _, reader = (line for line in acl_lines(cfg, PASSWORDS) if line.startswith("ACL"))
+    assert "(+xadd %W~detector:alerts %W~detector:dead-letter %W~detector:scores)" in worker
+    assert "%R~detector:scores" in reader
+    with pytest.raises(ConfigError, match="input stream"):
+        AclConfig(streams=(STREAM,), scores_stream=STREAM)
+    partitioned = AclConfig(streams=(STREAM,), partitioned=True, scores_stream=scores)
+    lines = acl_lines(partitioned, PASSWORDS)
+    assert "(+xadd %W~detector:alerts %W~detector:dead-letter %W~detector:scores)" in next(
+        line for line in lines if line.startswith("ACL SETUSER detector-worker")
+    )
+
+    server = EmbeddedRedis()
+    server.start()
+    try:
+        admin2 = secure_server(server, acl_lines(cfg, PASSWORDS))
+        admin2.acl_log_reset()
+        producer = user_client(server, "producer")
+        ids = append(producer, STREAM, workload())
+        settings = worker_settings(user_url(server, "worker"), scores_stream=scores)
+        stats = Worker(settings).run()
+        assert stats.events == len(ids) and stats.alerts == 1 and stats.redis_errors == 0
+        assert admin2.xlen(scores) == len(ids) - 1  # every event but the invalid one
+        r = user_client(server, "reader")  # dashboards read the scores
+        assert [f["source_id"] for _, f in r.xrevrange(scores, count=1)] == [ids[-2]]
+        assert denied_log(admin2) == []  # the worker ran as its user, nothing refused
+        w = user_client(server, "worker")
+        refused(lambda: w.xrange(scores))  # write-only for the worker
+        refused(lambda: w.delete(scores))
+        for client in (producer, r, w, admin2):
+            client.close()
+    finally:
+        server.stop()
 
 
 def test_producer_may_only_append_to_the_input(

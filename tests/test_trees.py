@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import pickle
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -147,3 +149,15 @@ def test_deterministic() -> None:
         scores.append([model.score_one(vector(x)) for x in points])
     assert scores[:2] == scores[2:]
     assert pickle.dumps(a) == pickle.dumps(b)
+
+
+def test_the_arrays_import_nothing_of_river() -> None:
+    """The trees are grown by the module's own code (River's algorithm and random calls, held
+    equal to River above), not by a private River helper."""
+    code = (
+        "import sys, detector.core.trees\n"
+        "print(sorted(m for m in sys.modules if m == 'river' or m.startswith('river.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)  # fmt: skip
+    assert out.stdout.strip() == "[]"

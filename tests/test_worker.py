@@ -17,7 +17,7 @@ from detector.core.checkpoint import FrozenCommit
 from detector.core.pipeline import Verdict
 from detector.core.settings import CHECKPOINT_KEY, Settings
 from detector.gateway.embedded import free_port
-from detector.offline import score_file
+from detector.offline import Scoring, score_file
 from detector.runtime.checkpointer import Checkpointer
 from detector.runtime.metrics import Metrics
 from detector.runtime.worker import Worker
@@ -200,7 +200,7 @@ def test_offline_score_equals_run_scores(
     jsonl = tmp_path / "events.jsonl"
     jsonl.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
     out = tmp_path / "scores.csv"
-    score_file(jsonl, out, model="stats", stream=stream_name)
+    score_file(jsonl, out, Scoring(model="stats", stream=stream_name))
     rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
 
     append(r, stream_name, events)

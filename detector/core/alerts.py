@@ -21,6 +21,7 @@ SILENCE = "silence"  # a producer stopped sending
 PRODUCER_EXPLOSION = "producer_explosion"  # producers refused: the store is full (producer "")
 ALERT_STORM = "alert_storm"  # alerts held back by the global cap (producer "")
 STREAM_PAUSE = "stream_pause"  # no producer sent anything for a while (producer "")
+KINDS = (ANOMALY, SILENCE, PRODUCER_EXPLOSION, ALERT_STORM, STREAM_PAUSE)
 MINUTE_MS = 60_000
 
 

@@ -3,7 +3,8 @@
 Every blob carries an HMAC-SHA256 over its name and content, with a key that never enters
 Redis, and is verified before it is read. Producer state is typed records
 (:mod:`detector.core.codec`), never pickled; only a stateful model (the trees, River models) is
-pickled, and its unpickler resolves classes from an allow-list (defence in depth). A checkpoint
+pickled, and its unpickler resolves classes from an allow-list (defence in depth); so is a
+River spec's estimator per producer, inside the producer's record. A checkpoint
 from another format, River version or model spec is refused, never loaded.
 
 Layout (one Redis hash per group and consumer, see :mod:`detector.gateway.streams`):
@@ -39,9 +40,11 @@ from detector.core.errors import CheckpointError, IncompatibleCheckpointError
 from detector.core.events import Event
 
 # 2: running moments as floats, not River objects; 3: producer states pickled as flat tuples;
-# 4: producer states as typed records, stateless models not written. An older detector
+# 4: producer states as typed records, stateless models not written; 5: spec digests of the
+# settings only (not the description), River estimators per producer in their records, meta
+# "river_objects", the rate's accepted arrivals in the records (issue 17). An older detector
 # refuses a newer format by this number, and this one refuses older ones (retrain or reset).
-FORMAT_VERSION = 5  # 5: the rate's accepted arrivals in the record (issue 17)
+FORMAT_VERSION = 5
 READABLE_FORMATS = (5,)
 _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
@@ -49,16 +52,20 @@ PRODUCER_PREFIX = "p:"
 SHARED_PREFIX = "s:"
 
 # What a pickled model may contain: classes defined in the detector's model modules and in
-# River's model packages, plus a few exact (module, name) pairs. Dotted names are refused:
+# River's model packages (``estimators.river_module``: not its datasets or I/O), a few of
+# River's distance functions, plus a few exact (module, name) pairs. Dotted names are refused:
 # pickle would resolve them attribute by attribute
 # (``detector.gateway.embedded.subprocess.check_output``).
-_STATE_MODULES = ("detector.core.scoring", "detector.core.trees")
-_RIVER_PREFIXES = ("river.stats.", "river.anomaly.", "river.tree.", "river.preprocessing.",
-                   "river.utils.", "river._river_rust.")  # fmt: skip
-_ALLOWED_GLOBALS = {
-    ("builtins", name)
-    for name in ("tuple", "list", "dict", "set", "frozenset", "bytearray", "complex", "slice")
-} | {
+_STATE_MODULES = ("detector.core.scoring", "detector.core.trees", "detector.core.estimators")
+_RIVER_PACKAGES = ("_river_rust", "active", "anomaly", "bandit", "base", "cluster", "compose",
+    "covariance", "drift", "dummy", "ensemble", "facto", "feature_extraction",
+    "feature_selection", "forest", "imblearn", "linear_model", "metrics", "misc",
+    "model_selection", "multiclass", "multioutput", "naive_bayes", "neighbors", "neural_net",
+    "optim", "preprocessing", "proba", "reco", "rules", "sketch", "stats", "time_series",
+    "tree", "utils")  # fmt: skip
+_BUILTINS = ("tuple", "list", "dict", "set", "frozenset", "bytearray", "complex", "slice",
+             "float", "int", "bool", "str", "bytes")  # fmt: skip
+_ALLOWED_GLOBALS = {("builtins", name) for name in _BUILTINS} | {
     ("collections", "defaultdict"),
     ("collections", "OrderedDict"),
     ("collections", "Counter"),
@@ -74,7 +81,21 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "scalar"),
     ("numpy.core.multiarray", "scalar"),
+    # Distances River's neighbour searches keep (LocalOutlierFactor): pure arithmetic.
+    ("river._river_rust.vectordict", "euclidean_distance_tuple"),
+    ("river.utils.math", "minkowski_distance"),
 }
+
+
+def river_module(module: str) -> bool:
+    """Whether ``module`` is one of River's model packages (or inside one): not its datasets,
+    streams or evaluation helpers (data and I/O, not models).
+
+    >>> river_module("river.anomaly.hst"), river_module("river.datasets"), river_module("os")
+    (True, False, False)
+    """
+    parts = module.split(".")
+    return len(parts) > 1 and parts[0] == "river" and parts[1] in _RIVER_PACKAGES
 
 
 def river_version() -> str:
@@ -86,13 +107,33 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if "." not in name:
             if (module, name) in _ALLOWED_GLOBALS:
                 return super().find_class(module, name)
-            if module in _STATE_MODULES or module.startswith(_RIVER_PREFIXES):
+            if module in _STATE_MODULES or river_module(module):
                 obj = super().find_class(module, name)
                 # Only classes defined right there: no functions, no re-exported names.
                 if isinstance(obj, type) and obj.__module__ == module:
                     return obj
-        msg = f"checkpoint refers to {module}.{name}, which is not allowed"
+        msg = (
+            f"checkpoint refers to {module}.{name}, which is not allowed (only River's and the "
+            "detector's model classes are restored); if this key wrote it, start over with "
+            "--reset-state"
+        )
         raise CheckpointError(msg)
+
+
+def restricted_loads(blob: bytes, name: str) -> Any:
+    """Unpickle a model (the checkpoint's ``name`` entry) through the allow-list above.
+
+    Raises:
+        CheckpointError: a class outside the allow-list.
+        IncompatibleCheckpointError: a pickle this code does not load.
+    """
+    try:
+        return _RestrictedUnpickler(io.BytesIO(blob)).load()
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a signed blob that does not load: incompatible code
+        msg = f"checkpoint entry {name!r} does not load with this version: {exc}"
+        raise IncompatibleCheckpointError(msg) from None
 
 
 class Signer:
@@ -130,14 +171,7 @@ class Signer:
         return self.sign(name, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
     def loads(self, name: str, signed: bytes) -> Any:
-        blob = self.verify(name, signed)
-        try:
-            return _RestrictedUnpickler(io.BytesIO(blob)).load()
-        except CheckpointError:
-            raise
-        except Exception as exc:  # a signed blob that does not load: incompatible code
-            msg = f"checkpoint entry {name!r} does not load with this version: {exc}"
-            raise IncompatibleCheckpointError(msg) from None
+        return restricted_loads(self.verify(name, signed), name)
 
 
 @dataclass(slots=True)
@@ -189,7 +223,7 @@ def check_format(meta: dict[str, Any]) -> None:
     if isinstance(found, int) and found < min(READABLE_FORMATS):
         msg = (
             f"incompatible checkpoint: format {found} was written by an older detector (this "
-            f"one reads format {readable}: producer records have another layout). Retrain a "
+            f"one reads format {readable}; what changed: the README's upgrade notes). Retrain a "
             "baseline with `detector train` (then `detector run --baseline NAME --reset-state`), "
             "or start over with --reset-state (the state is relearned). See the README's "
             "upgrade notes."
@@ -210,9 +244,12 @@ def check_compatible(meta: dict[str, Any], spec_name: str, spec_digest: str) -> 
     """
     check_format(meta)
     problems = []
-    # A pickled model may hold River objects, which only the River version that wrote them
-    # reads for sure; a checkpoint without one (the default model's) holds nothing of River.
-    if meta.get("stateful_model", True) and meta.get("river") != river_version():
+    # A model holding River objects (a River spec's, shared or per producer) is read for sure
+    # only by the River version that wrote it; a checkpoint without one (the default model's,
+    # the trees on arrays) holds nothing of River, and any River release in range reads it.
+    # (Before "river_objects", meta said "stateful_model", true for the trees too.)
+    holds_river = meta.get("river_objects", meta.get("stateful_model", True))
+    if holds_river and meta.get("river") != river_version():
         problems.append(f"River {meta.get('river')} (installed: {river_version()})")
     if meta.get("spec_digest") != spec_digest:
         problems.append(f"model spec {meta.get('spec')!r} with other settings than {spec_name!r}")

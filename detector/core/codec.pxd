@@ -6,6 +6,7 @@ cdef class Writer:
     cpdef void f64(self, double v)
     cpdef void count(self, unsigned int v)
     cpdef void text(self, str s)
+    cpdef void blob(self, bytes raw)
     cdef void _many(self, object values, str dtype)
     cpdef void f64s(self, object values)
     cpdef void i64s(self, object values)

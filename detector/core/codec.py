@@ -78,6 +78,11 @@ class Writer:
         self._buf += _pack_u32(len(raw))
         self._buf += raw
 
+    def blob(self, raw: bytes) -> None:
+        """Opaque bytes (a River estimator's pickle), length-prefixed."""
+        self._buf += _pack_u32(len(raw))
+        self._buf += raw
+
     def _many(self, values: Iterable[Any], dtype: str) -> None:
         n, raw = _le_bytes(values, dtype)
         self._buf += _pack_u32(n)
@@ -130,6 +135,9 @@ class Reader:
 
     def text(self) -> str:
         return str(self._take(self.count()), "utf-8")
+
+    def blob(self) -> bytes:
+        return bytes(self._take(self.count()))
 
     def f64s(self) -> npt.NDArray[np.float64]:
         n = self.count()

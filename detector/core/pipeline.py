@@ -49,6 +49,7 @@ from detector.core.features.store import ProducerView
 from detector.core.scoring import ModelSpec
 
 MAX_REASONS = 3
+EXPLAINS = 1.0  # a reason explains something from this surprise on (p < 0.1)
 log = logging.getLogger(__name__)
 
 
@@ -253,9 +254,12 @@ class Pipeline:
         self.admission = Admission(spec.decision.warmup_events, admit_per_min)
         c = spec.calibration
         self.decisions = Decisions(c.bins)
+        # A model's state per producer (a River spec of scope "producer") is a part of the
+        # slots too: bounded, evicted and checkpointed with its producer.
+        per_slot = self.model.per_slot
         self.store = FeatureStore(
             spec.features, max_producers, idle_ttl_ms, track_changes, self.admission,
-            parts=[self.decisions],
+            parts=[self.decisions] if per_slot is None else [self.decisions, per_slot],
         )  # fmt: skip
         self.budget = AlertBudget(max_alerts_per_min)
         self.calibrator = Calibrator(self.model.max_raw, c.bins, c.tail_points, c.min_excess)
@@ -284,7 +288,9 @@ class Pipeline:
                 out.errors[i] = f"{type(exc).__name__}: {exc}"
         return out
 
-    def _one(self, event: Event, i: int, out: Verdicts) -> None:
+    def _one(self, event: Event, i: int, out: Verdicts, raw: float | None = None) -> None:
+        """Event ``i`` of the batch into ``out``; ``raw``: its raw score, already judged into
+        row ``i`` (:meth:`preview`)."""
         store, ds, t, judged = self.store, self.decisions, event.event_time_ms, self.judged
         pause = self._paused(t)  # first: a pause moves every producer's clock past it
         slot = store.state(event.producer, t)
@@ -292,8 +298,9 @@ class Pipeline:
         n = store.clock.n[slot]
         now = max(store.watermark_ms, t)
         capped = self.budget.roll(now)  # first: this event's alerts count in its minute
-        store.judge(slot, event, judged, i)
-        raw = self.model.score(judged, i)
+        if raw is None:
+            store.judge(slot, event, judged, i)
+            raw = self._raw(i, n)
         calibration = ds.calibration[slot]
         if calibration is None:
             calibration = ds.calibration[slot] = self.calibrator.new()
@@ -324,18 +331,10 @@ class Pipeline:
         ):
             lead = new_producer_reason(event.producer, len(store) - 1)
             score, flagged = 1.0, True
-        if suspect:
-            gap = d.suspect_run_gap_ms
-            if ds.flagged_streak[slot] == 0 or (gap and t - ds.suspect_ms[slot] >= gap):
-                ds.flagged_streak[slot] = 0
-                ds.flagged_since_ms[slot] = t
-            ds.flagged_streak[slot] += 1
-            ds.suspect_ms[slot] = t
-        elif not d.suspect_run_gap_ms:
-            ds.flagged_streak[slot] = 0
+        self._suspect_run(slot, t, suspect)
         held = t < ds.cooldown_until_ms[slot] and decisive is None
         if flagged:
-            reasons = self._reasons(slot, event, lead)
+            reasons = self._reasons(slot, event, lead, i, raw, score or 0.0)
             alert = self._decide(slot, event, score or 0.0, threshold, reasons, decisive)
             held = held or alert is None  # the cooldown or the global cap held it back
         store.advance(slot, event)
@@ -359,6 +358,56 @@ class Pipeline:
         side = self._side_alerts(event, overflowed, now, capped, pause)
         out.put(i, score, flagged, held, alert, side)
 
+    def _suspect_run(self, slot: int, t: int, suspect: bool) -> None:
+        """The producer's current run of suspect events, with this one (see ``Decision``)."""
+        ds, gap = self.decisions, self.decision.suspect_run_gap_ms
+        if suspect:
+            if ds.flagged_streak[slot] == 0 or (gap and t - ds.suspect_ms[slot] >= gap):
+                ds.flagged_streak[slot] = 0
+                ds.flagged_since_ms[slot] = t
+            ds.flagged_streak[slot] += 1
+            ds.suspect_ms[slot] = t
+        elif not gap:
+            ds.flagged_streak[slot] = 0
+
+    def _raw(self, i: int, n: int) -> float:
+        """The model's raw score of row ``i`` (a producer with ``n`` events before it). A
+        model that cannot score yet while the producer warms up (a River forecaster before
+        its first values raises) scores 0: no warm-up event alerts anyway."""
+        try:
+            return self.model.score(self.judged, i)
+        except Exception:
+            if n >= self.decision.warmup_events:
+                raise
+            return 0.0
+
+    def preview(self, event: Event) -> tuple[float, float | None] | None:
+        """Judge and score ``event`` (row 0 of the judgements) without deciding or learning
+        anything: its raw and calibrated score (None while its producer warms up); None for a
+        producer not tracked (nothing to judge it against). :meth:`conclude` then goes on with
+        the same judgement (the River adapter: ``score_one``, then ``learn_one``). A pause of
+        the whole stream that the event ends is noted by :meth:`conclude`: the preview judges
+        against the clocks before it."""
+        slot = self.store.slot_of(event.producer)
+        if slot is None:
+            return None
+        self.judged.start((event,))
+        self.store.judge(slot, event, self.judged, 0)
+        n = self.store.clock.n[slot]
+        raw = self._raw(0, n)
+        calibration = self.decisions.calibration[slot]
+        if n < self.decision.warmup_events or calibration is None:
+            return raw, None
+        return raw, self.calibrator.score(calibration, raw)
+
+    def conclude(self, event: Event, raw: float | None) -> Verdict:
+        """The verdict on ``event`` (decided and learned), from the raw score :meth:`preview`
+        gave just before (None: judged now)."""
+        self.judged.start((event,))
+        out = Verdicts((event,))
+        self._one(event, 0, out, raw)
+        return out[0]
+
     def view(self, producer: str) -> DecidedView:
         """What the pipeline holds about ``producer`` (KeyError if not tracked)."""
         slot = self.store.slot_of(producer)
@@ -366,16 +415,21 @@ class Pipeline:
             raise KeyError(producer)
         return DecidedView(self.store, self.decisions, slot)
 
-    def _reasons(self, slot: int, event: Event, lead: Reason | None) -> list[Reason]:
+    def _reasons(
+        self, slot: int, event: Event, lead: Reason | None, i: int, raw: float, score: float
+    ) -> list[Reason]:
         """A flagged event's reasons, explained before the producer's state moves on (only
         flagged events need them): ``lead`` (likelihood, new producer, a decisive reason)
-        first, in place of its feature's own."""
+        first, in place of its feature's own; when no feature finds the event surprising, the
+        model's own (its score and inputs)."""
         if lead is not None and lead.feature == "new_producer":
             return [lead]  # a first event: no past to explain it against
         reasons = self.store.explain(slot, event)
-        return (
-            reasons if lead is None else [lead, *(r for r in reasons if r.feature != lead.feature)]
-        )
+        if lead is None and not any(r.surprise >= EXPLAINS for r in reasons):
+            lead = self.model.reason(self.judged, i, raw, score)
+        if lead is None:
+            return reasons
+        return [lead, *(r for r in reasons if r.feature != lead.feature)]
 
     def threshold_for(
         self, slot: int, threshold: float | None = None, horizon_ms: int | None = None
@@ -561,7 +615,7 @@ class Pipeline:
         meta = new_meta(
             self.spec.name, self.spec.digest, dict(offsets),
             events_seen=self.events_seen, established=self.established, first_ms=self.first_ms,
-            producers=len(store), stateful_model=self.model.stateful, **store.counters(),
+            producers=len(store), river_objects=self.model.river_objects, **store.counters(),
             **self.admission.to_meta(), **self.budget.to_meta(),
         )  # fmt: skip
         model = self.model if self.model.stateful else None
@@ -581,7 +635,8 @@ class Pipeline:
             IncompatibleCheckpointError: another format, River version or model spec.
         """
         check_compatible(snap.meta, self.spec.name, self.spec.digest)
-        self.model = self.spec.build() if snap.model is None else snap.model  # type: ignore[assignment]
+        if snap.model is not None:  # else stateless: this one is as good as a new one
+            self.model = snap.model  # type: ignore[assignment]
         try:
             self.store.restore(dict(snap.producers), snap.meta, baseline, snap.shared)
         except ValueError as exc:  # a record of another layout under the same format number
@@ -630,7 +685,7 @@ class Pipeline:
             model=self.spec.name,
             # The top reason (a lead may explain little as a p-value), and the others that
             # explain something (p < 0.1).
-            reasons=(*reasons[:1], *[r for r in reasons[1:MAX_REASONS] if r.surprise >= 1.0]),
+            reasons=(*reasons[:1], *[r for r in reasons[1:MAX_REASONS] if r.surprise >= EXPLAINS]),
             suppressed=suppressed,
         )
 

@@ -1,8 +1,10 @@
 """Scoring: declarative model specs, the registry that builds them, and the models.
 
 A spec is a TOML file in ``models/`` (shipped as ``detector.models``) or any path. It names a
-model ``kind`` from :data:`MODELS`, its parameters, the feature settings, the calibration and
-the decision rules. Users add detectors by writing a spec, not code.
+model ``kind`` from :data:`MODELS`, its parameters (``[params]``; a River spec's ``[river]``
+table names any River anomaly detector or pipeline: :mod:`detector.core.estimators`), the
+feature settings, the calibration and the decision rules. Users add detectors by writing a
+spec, not code.
 
 Every model turns an event's row of the features' judgements
 (:class:`~detector.core.features.judgements.Judgements`: a batch's surprises, slots and events,
@@ -25,8 +27,11 @@ from typing import Any, Protocol, get_type_hints
 import orjson
 
 from detector.core.errors import ConfigError
+from detector.core.estimators import RiverModel
 from detector.core.features import FEATURES, MAX_SURPRISE, FeatureConfig
 from detector.core.features.judgements import Judgements
+from detector.core.features.store import Part
+from detector.core.features.surprise import Reason
 from detector.core.trees import HalfSpaceTrees
 
 
@@ -36,12 +41,27 @@ class Model(Protocol):
     one of the batch is judged). ``learn`` returns None, as in River."""
 
     max_raw: float
-    # Whether learning changes it: a stateless model is rebuilt from its spec, not checkpointed.
+    # Whether learning changes the model object itself: a stateless one is rebuilt from its
+    # spec, not checkpointed (its state per producer, if any, is in ``per_slot``).
     stateful: bool
+    # Whether its checkpoints hold River objects (only the River release that wrote them
+    # restores them for sure).
+    river_objects: bool
+
+    @property
+    def per_slot(self) -> Part | None:
+        """State per producer slot (a store part: bounded, evicted and checkpointed with the
+        producer), or None."""
+        ...
 
     def score(self, judged: Judgements, i: int) -> float: ...
 
     def learn(self, judged: Judgements, i: int) -> None: ...
+
+    def reason(self, judged: Judgements, i: int, raw: float, score: float) -> Reason | None:
+        """Why the model flagged event ``i`` (calibrated ``score``) when no feature finds it
+        surprising, or None when its score is the features' own."""
+        ...
 
 
 class SurpriseModel:
@@ -58,12 +78,17 @@ class SurpriseModel:
 
     max_raw = MAX_SURPRISE / 2  # histogram range; higher raw scores are extrapolated
     stateful = False
+    per_slot = None
+    river_objects = False
 
     def score(self, judged: Judgements, i: int) -> float:
         return judged.largest(i)
 
     def learn(self, judged: Judgements, i: int) -> None:
         return None
+
+    def reason(self, judged: Judgements, i: int, raw: float, score: float) -> Reason | None:
+        return None  # the score is the largest surprise: the features explain it
 
 
 class TreesModel:
@@ -85,6 +110,8 @@ class TreesModel:
 
     max_raw = 1.0
     stateful = True
+    per_slot = None
+    river_objects = False  # River's trees on arrays: plain values and bytes
     # The trees' inputs: the six per-event features they were measured with (the replay and
     # drift features are off in the hst spec; new inputs would change every seeded split).
     inputs = FEATURES[:6]
@@ -112,10 +139,14 @@ class TreesModel:
     def learn(self, judged: Judgements, i: int) -> None:
         self.trees.learn_one(self._x(judged, i))
 
+    def reason(self, judged: Judgements, i: int, raw: float, score: float) -> Reason | None:
+        return None  # as measured (the hst verdicts): the features' reasons alone
+
 
 MODELS: dict[str, Callable[..., Model]] = {
     "surprise": SurpriseModel,
     "trees": TreesModel,
+    "river": RiverModel,
 }
 
 
@@ -195,13 +226,14 @@ class ModelSpec:
     Attributes:
         name: the name users pass to ``--model``.
         kind: key in :data:`MODELS`.
-        params: keyword arguments of the model's factory.
+        params: keyword arguments of the model's factory (``[params]``, or a River spec's
+            ``[river]`` table).
         features: feature settings.
         calibration: calibration settings.
         decision: threshold, warm-up, cooldown, protection.
-        description: one line for ``detector models``.
-        digest: sha256 of the parsed spec (goes into alerts and checkpoints): comments and
-            layout of the TOML file do not change it, a value does.
+        description: one line for ``detector models``: when to use it.
+        digest: sha256 of the parsed spec's settings (goes into checkpoints): comments, the
+            layout of the TOML file and the description do not change it, a value does.
     """
 
     name: str
@@ -219,6 +251,9 @@ class ModelSpec:
             return MODELS[self.kind](**self.params)
         except TypeError as exc:
             msg = f"model {self.name!r}: bad params for kind {self.kind!r}: {exc}"
+            raise ConfigError(msg) from None
+        except ConfigError as exc:
+            msg = f"model {self.name!r}: {exc}"
             raise ConfigError(msg) from None
 
 
@@ -257,9 +292,11 @@ def _section(cls: Any, data: object, where: str) -> Any:
 
 
 def spec_digest(data: dict[str, Any], name: str) -> str:
-    """The digest of a parsed spec under its name: its values, not its text (a comment or the
-    layout of the file does not change it; checkpoints are refused when it changes)."""
-    canonical = orjson.dumps({**data, "name": name}, option=orjson.OPT_SORT_KEYS)
+    """The digest of a parsed spec under its name: its settings, not its text (a comment, the
+    layout of the file or the ``description`` does not change it; checkpoints are refused when
+    it changes)."""
+    settings = {k: v for k, v in data.items() if k != "description"}
+    canonical = orjson.dumps({**settings, "name": name}, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
 
 
@@ -270,7 +307,8 @@ def parse_spec(text: str, origin: str) -> ModelSpec:
     except tomllib.TOMLDecodeError as exc:
         msg = f"{origin}: {exc}"
         raise ConfigError(msg) from None
-    allowed = {"name", "kind", "description", "params", "features", "calibration", "decision"}
+    allowed = {"name", "kind", "description", "params", "river", "features", "calibration",
+               "decision"}  # fmt: skip
     unknown = set(data) - allowed
     if unknown:
         msg = f"{origin}: unknown sections {sorted(unknown)}"
@@ -279,9 +317,15 @@ def parse_spec(text: str, origin: str) -> ModelSpec:
     if not isinstance(kind, str) or kind not in MODELS:
         msg = f"{origin}: kind must be one of {sorted(MODELS)}, not {kind!r}"
         raise ConfigError(msg)
-    params = data.get("params", {})
+    # A River spec's parameters are its [river] table; the others' their [params].
+    section = "river" if kind == "river" else "params"
+    other = "params" if kind == "river" else "river"
+    if other in data:
+        msg = f"{origin}: [{other}] is not for kind {kind!r} (its settings go in [{section}])"
+        raise ConfigError(msg)
+    params = data.get(section, {})
     if not isinstance(params, dict):
-        msg = f"{origin} [params]: must be a table"
+        msg = f"{origin} [{section}]: must be a table"
         raise ConfigError(msg)
     spec = ModelSpec(
         name=str(data.get("name", Path(origin).stem)),

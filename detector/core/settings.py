@@ -30,6 +30,10 @@ CHECKPOINT_KEY = "detector:checkpoint:{group}:{consumer}"
 CLUSTER_CHECKPOINT_KEY = CHECKPOINT_KEY + "{{{stream}}}"
 # Refreshed by a live worker; `detector check` reads it.
 HEALTH_KEY = "detector:health:{group}:{consumer}"
+# `detector notify`: its consumer group on the alert stream, and where the alerts its webhook
+# refused for good go (with the HTTP status and response).
+NOTIFY_GROUP = "detector-notify"
+NOTIFY_DEAD_LETTER_STREAM = "detector:notify:dead-letter"
 
 
 def mask_url(url: str | None) -> str | None:
@@ -193,6 +197,10 @@ class Settings:
         max_producers: producers tracked at once; least recently seen are evicted beyond it.
         producer_idle_ttl_s: evict a producer silent this long (event time).
         alerts_maxlen: approximate cap on the alert and dead-letter streams.
+        scores_stream: where each scored event's score is appended, with the batch's alerts
+            (None: nowhere). At least once: a replay after a crash appends its entries'
+            scores again (docs/design.md, *The scores stream*).
+        scores_maxlen: approximate cap on the scores stream.
         checkpoint_every: commit a checkpoint (state + acks) after this many entries ...
         checkpoint_interval_ms: ... or after this long, whichever comes first.
         commit_slice_ms: a due commit's changed producer states are encoded this long at a
@@ -304,6 +312,17 @@ class Settings:
     alerts_maxlen: int = field(
         default=1_000_000,
         metadata=option("Approximate cap on the alert and dead-letter streams (XADD MAXLEN ~)."),
+    )
+    scores_stream: str | None = field(
+        default=None,
+        metadata=option(
+            "Also append every scored event's score to this stream (producer, source stream and "
+            "id, event time, score, flagged, model), for dashboards (default: off)."
+        ),
+    )
+    scores_maxlen: int = field(
+        default=1_000_000,
+        metadata=option("Approximate cap on the scores stream (XADD MAXLEN ~).", low=1),
     )
     checkpoint_every: int = field(
         default=5000, metadata=option("Commit state and acks after this many entries ...")

@@ -6,11 +6,13 @@ are arrays in heap order (node ``i`` has children ``2i+1`` and ``2i+2``), all tr
 level at a time together, the window swap exchanges two arrays, and the pickled state is a
 few byte strings.
 
-Equivalence with River (``tests/test_trees.py`` holds River as the oracle): the trees are
-built by River's own ``make_padded_tree`` with River's random calls; River accumulates each
-score as a float sum of integers below 2**53, which is exact, so the integer sum here gives
-the same float. One restriction: every event carries every feature, as a vector in the order
-of ``features`` (River also takes events with missing features; the detector never sends any).
+Equivalence with River (``tests/test_trees.py`` holds River as the oracle, score for score
+and mass for mass): the trees are grown as River grows them at its first ``learn_one``, with
+the same random calls in the same order (River's algorithm, written here for arrays: nothing
+of River is imported); River accumulates each score as a float sum of integers below 2**53,
+which is exact, so the integer sum here gives the same float. One restriction: every event
+carries every feature, as a vector in the order of ``features`` (River also takes events with
+missing features; the detector never sends any).
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from river.tree.padded import PaddedBranch, make_padded_tree
 
-# River's HalfSpaceTrees.learn_one builds its trees with this padding of the split range.
+# River's HalfSpaceTrees.learn_one grows its trees with this padding of the split range.
 _RIVER_PADDING = 0.15
 
 Indices = npt.NDArray[np.intp]
@@ -61,22 +62,21 @@ class HalfSpaceTrees:
     ) -> None:
         bounds = dict.fromkeys(features, (0.0, 1.0)) | dict(limits or {})
         rng = random.Random(seed)  # noqa: S311 - River's seeded split choice, not security
-        trees = [
-            make_padded_tree(  # type: ignore[no-untyped-call]
-                limits={f: bounds[f] for f in sorted(features)},
-                height=height,
-                padding=_RIVER_PADDING,
-                rng=rng,
-                r_mass=0,
-                l_mass=0,
-            )
-            for _ in range(n_trees)
-        ]
-        self._load(tuple(features), height, window_size, trees, counter=0, first_window=True)
+        n_nodes = 2 ** (height + 1) - 1
+        position = {f: i for i, f in enumerate(features)}
+        feature = np.zeros((n_trees, n_nodes), np.intp)  # leaves keep 0: one index for all
+        threshold = np.zeros((n_trees, n_nodes))
+        for t in range(n_trees):
+            # River: limits={i: self.limits[i] for i in sorted(x)}, one tree after the other.
+            limits_t = {f: bounds[f] for f in sorted(features)}
+            _grow(feature[t], threshold[t], 0, height, limits_t, position, rng)
+        mass = np.zeros((n_trees, n_nodes), np.min_scalar_type(window_size))
+        self._set(tuple(features), height, window_size, 0, True, feature, threshold, mass, mass)
 
     @classmethod
     def from_river(cls, hst: Any, features: Sequence[str]) -> HalfSpaceTrees:
-        """The same model as River's ``hst`` (trees, masses, window position) on arrays."""
+        """The same model as River's ``hst`` (trees, masses, window position) on arrays (the
+        tests' oracle; its nodes are read by their attributes: a branch has ``children``)."""
         if not hst.trees:  # River builds at its first learn_one; its rng is still unused
             return cls(features, hst.n_trees, hst.height, hst.window_size, hst.limits, hst.seed)
         self = cls.__new__(cls)
@@ -95,7 +95,7 @@ class HalfSpaceTrees:
         counter: int,
         first_window: bool,
     ) -> None:
-        """Read River's node graphs into heap-ordered arrays."""
+        """Read River's node graphs into heap-ordered arrays (:meth:`from_river`)."""
         n_nodes = 2 ** (height + 1) - 1
         n = len(trees)
         feature = np.zeros((n, n_nodes), np.intp)  # leaves keep 0: one index for all arrays
@@ -108,9 +108,25 @@ class HalfSpaceTrees:
             while stack:
                 node, i = stack.pop()
                 l_mass[t, i], r_mass[t, i] = node.l_mass, node.r_mass
-                if isinstance(node, PaddedBranch):
+                if hasattr(node, "children"):
                     feature[t, i], threshold[t, i] = position[node.feature], node.threshold
                     stack += [(node.children[0], 2 * i + 1), (node.children[1], 2 * i + 2)]
+        self._set(features, height, window_size, counter, first_window, feature, threshold,
+                  l_mass, r_mass)  # fmt: skip
+
+    def _set(
+        self,
+        features: tuple[str, ...],
+        height: int,
+        window_size: int,
+        counter: int,
+        first_window: bool,
+        feature: npt.NDArray[np.intp],
+        threshold: npt.NDArray[np.float64],
+        l_mass: npt.NDArray[Any],
+        r_mass: npt.NDArray[Any],
+    ) -> None:
+        """The model from its [tree, node] arrays (copied flat)."""
         self.features = features
         self.height = height
         self.window_size = window_size
@@ -118,9 +134,9 @@ class HalfSpaceTrees:
         self.first_window = first_window
         self._feature = feature.ravel()
         self._threshold = threshold.ravel()
-        self._l_mass = l_mass.ravel()
-        self._r_mass = r_mass.ravel()
-        self._prepare(n, n_nodes)
+        self._l_mass = l_mass.flatten()
+        self._r_mass = r_mass.flatten()
+        self._prepare(*feature.shape)
 
     def _prepare(self, n_trees: int, n_nodes: int) -> None:
         """Derived constants and the path cache (not pickled)."""
@@ -216,3 +232,29 @@ class HalfSpaceTrees:
         self._l_mass = np.frombuffer(state["l_mass"], mass).copy()
         self._r_mass = np.frombuffer(state["r_mass"], mass).copy()
         self._prepare(n_trees, n_nodes)
+
+
+def _grow(
+    feature: npt.NDArray[np.intp],
+    threshold: npt.NDArray[np.float64],
+    i: int,
+    height: int,
+    limits: dict[str, tuple[float, float]],
+    position: Mapping[str, int],
+    rng: random.Random,
+) -> None:
+    """Node ``i`` of one tree and its subtrees, in heap order, with River's random calls in
+    River's order (``river.tree.padded.make_padded_tree``: the split feature drawn weighted by
+    the width of its limits, the split point uniform within the padded limits, then the left
+    subtree, then the right one)."""
+    if height == 0:
+        return
+    on = rng.choices(population=list(limits), weights=[hi - lo for lo, hi in limits.values()])[0]
+    a, b = limits[on]
+    at = rng.uniform(a + _RIVER_PADDING * (b - a), b - _RIVER_PADDING * (b - a))
+    feature[i], threshold[i] = position[on], at
+    limits[on] = (a, at)
+    _grow(feature, threshold, 2 * i + 1, height - 1, limits, position, rng)
+    limits[on] = (at, b)
+    _grow(feature, threshold, 2 * i + 2, height - 1, limits, position, rng)
+    limits[on] = (a, b)

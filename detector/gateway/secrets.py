@@ -6,7 +6,9 @@ The checkpoint secret (the HMAC key that signs checkpoints and baselines) comes 
 key generated once into a private file of this user. The Redis password comes from
 ``DETECTOR_REDIS_PASSWORD`` or ``DETECTOR_REDIS_PASSWORD_FILE``, the Sentinels' from
 ``DETECTOR_SENTINEL_PASSWORD`` or ``DETECTOR_SENTINEL_PASSWORD_FILE``; `detector acl` reads the
-passwords whose hashes it prints from ``DETECTOR_ACL_<ROLE>_PASSWORD(_FILE)``.
+passwords whose hashes it prints from ``DETECTOR_ACL_<ROLE>_PASSWORD(_FILE)``. The webhook URL
+of `detector notify` (its path is the credential of Slack-like webhooks) comes from
+``DETECTOR_WEBHOOK_URL`` or ``DETECTOR_WEBHOOK_URL_FILE``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 from pathlib import Path
 from secrets import token_hex
+from urllib.parse import urlsplit
 
 from detector.core.errors import ConfigError
 from detector.core.settings import user_dir
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_SECRET_ENVVAR = "DETECTOR_CHECKPOINT_KEY"  # noqa: S105
 REDIS_PASSWORD_ENVVAR = "DETECTOR_REDIS_PASSWORD"  # noqa: S105
 SENTINEL_PASSWORD_ENVVAR = "DETECTOR_SENTINEL_PASSWORD"  # noqa: S105
+WEBHOOK_URL_ENVVAR = "DETECTOR_WEBHOOK_URL"
 # Every variable a secret is read from (the `_FILE` variants name a file holding it).
 SECRET_ENVVARS = (
     CHECKPOINT_SECRET_ENVVAR,
@@ -32,6 +36,8 @@ SECRET_ENVVARS = (
     f"{REDIS_PASSWORD_ENVVAR}_FILE",
     SENTINEL_PASSWORD_ENVVAR,
     f"{SENTINEL_PASSWORD_ENVVAR}_FILE",
+    WEBHOOK_URL_ENVVAR,
+    f"{WEBHOOK_URL_ENVVAR}_FILE",
     # `detector acl`: passwords whose SHA-256 goes into the printed ACL lines.
     "DETECTOR_ACL_WORKER_PASSWORD",
     "DETECTOR_ACL_WORKER_PASSWORD_FILE",
@@ -45,6 +51,8 @@ SECRET_ENVVARS = (
     "DETECTOR_ACL_SENTINEL_PASSWORD_FILE",
     "DETECTOR_ACL_SENTINEL_READER_PASSWORD",
     "DETECTOR_ACL_SENTINEL_READER_PASSWORD_FILE",
+    "DETECTOR_ACL_NOTIFIER_PASSWORD",
+    "DETECTOR_ACL_NOTIFIER_PASSWORD_FILE",
 )
 
 
@@ -113,3 +121,28 @@ def sentinel_password() -> str | None:
     nodes'): ``DETECTOR_SENTINEL_PASSWORD``, else the file named by
     ``DETECTOR_SENTINEL_PASSWORD_FILE``, else None."""
     return env_secret(SENTINEL_PASSWORD_ENVVAR)
+
+
+def webhook_url() -> str:
+    """The webhook ``detector notify`` posts to: ``DETECTOR_WEBHOOK_URL``, else the file named
+    by ``DETECTOR_WEBHOOK_URL_FILE``; an ``http://`` or ``https://`` URL.
+
+    Raises:
+        ConfigError: neither is set, or the value is not such a URL (the message never
+            shows it: its path is the credential).
+    """
+    url = env_secret(WEBHOOK_URL_ENVVAR)
+    if url is None:
+        msg = f"detector notify needs {WEBHOOK_URL_ENVVAR} or {WEBHOOK_URL_ENVVAR}_FILE"
+        raise ConfigError(msg)
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # raises on a bad port
+    except ValueError:
+        valid = False
+    if not valid:
+        msg = f"{WEBHOOK_URL_ENVVAR} is not an http:// or https:// URL with a host"
+        raise ConfigError(msg)
+    return url

@@ -24,9 +24,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import orjson
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
@@ -37,6 +38,9 @@ from detector.core.alerts import Alert
 from detector.core.errors import ConfigError
 from detector.core.settings import ALERT_GUARD_KEY, DEAD_LETTER_GUARD_KEY, GUARD_TTL_S, Settings
 from detector.gateway.ownership import NO_FENCE, Fence, FencedError, NoFence
+
+if TYPE_CHECKING:  # the pipeline (River, numpy) is not needed to append its verdicts
+    from detector.core.pipeline import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,24 @@ if written == 0 and ARGV[3] == '1' and #KEYS > 1 then
 end
 return written
 """
+# Appends one entry per scored event (the scores stream, --scores-stream), capped. KEYS: the
+# stream. ARGV: maxlen, the field names and the rows of values as JSON arrays (one argument
+# for the batch: redis-py packed seven arguments per event about four times slower). Returns
+# entries written. No guard: a replay appends again (at least once; docs/design.md, *The
+# scores stream*).
+_APPEND_SCORES = """
+local names, rows = cjson.decode(ARGV[2]), cjson.decode(ARGV[3])
+local args = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*'}
+local at = #args
+for j, name in ipairs(names) do args[at + 2 * j - 1] = name end
+for _, row in ipairs(rows) do
+  for j = 1, #names do args[at + 2 * j] = row[j] end
+  redis.call(unpack(args))
+end
+return #rows
+"""
+SCORE_FIELDS = ("producer", "source_stream", "source_id", "event_time", "score", "flagged", "model")
+_SCORE_NAMES = orjson.dumps(SCORE_FIELDS)
 # A partition owner's read. KEYS: lease, then the partition's streams. ARGV: token, group,
 # consumer, count, one cursor per stream. {-1}: fenced; {1, reply}: XREADGROUP's reply;
 # {0, last id per stream}: nothing new (the ids a non-consuming blocking XREAD waits after).
@@ -537,13 +559,35 @@ class DeadLetter:
 
 @dataclass(slots=True)
 class Output:
-    """What one batch appends downstream (alerts and dead letters)."""
+    """What one batch appends downstream: alerts, dead letters and, with a scores stream,
+    the verdicts of its scored events (of the model named ``model``)."""
 
     alerts: list[Alert] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    scores: list[Verdict] = field(default_factory=list)
+    model: str = ""
 
     def __bool__(self) -> bool:
-        return bool(self.alerts or self.dead_letters)
+        return bool(self.alerts or self.dead_letters or self.scores)
+
+    def score_rows(self) -> bytes:
+        """The scores as a JSON array of rows of :data:`SCORE_FIELDS` values, all strings
+        (the score is empty while the producer warms up)."""
+        model = self.model
+        return orjson.dumps(
+            [
+                (
+                    v.event.producer,
+                    v.event.stream,
+                    v.event.entry_id,
+                    str(v.event.event_time_ms),
+                    "" if v.score is None else repr(v.score),
+                    "1" if v.flagged else "0",
+                    model,
+                )
+                for v in self.scores
+            ]
+        )
 
 
 class Streams:
@@ -559,6 +603,8 @@ class Streams:
         group, consumer: the consumer group and this consumer's name in it.
         alerts_stream, dead_letter_stream: where alerts and rejected entries go.
         maxlen: approximate cap on those two streams.
+        scores_stream: where the scores of an :class:`Output` go (None: nowhere);
+            ``scores_maxlen``: its approximate cap.
         replication: durable writes (``--min-replicas-acked``): every read that delivers
             entries, append and commit is confirmed by ``WAIT`` before it returns (None:
             asynchronous replication).
@@ -576,6 +622,8 @@ class Streams:
         alerts_stream: str,
         dead_letter_stream: str,
         maxlen: int,
+        scores_stream: str | None = None,
+        scores_maxlen: int = 1_000_000,
         replication: Replication | None = None,
     ) -> None:
         self.r = client
@@ -586,7 +634,10 @@ class Streams:
         self.alerts_stream = alerts_stream
         self.dead_letter_stream = dead_letter_stream
         self.maxlen = maxlen
+        self.scores_stream = scores_stream
+        self.scores_maxlen = scores_maxlen
         self._append_once = client.register_script(_APPEND_ONCE)
+        self._append_scores = client.register_script(_APPEND_SCORES)
 
     def ensure_groups(self, starts: Mapping[str, str] | None = None) -> None:
         """Create the group on every input stream if missing: right after ``starts[stream]``
@@ -739,14 +790,16 @@ class Streams:
         return cursor, entries, deleted
 
     def emit(self, out: Output) -> int:
-        """Append alerts and dead letters, each at most once ever; returns how many were new.
+        """Append alerts and dead letters, each at most once ever, and the batch's scores (to
+        the scores stream, if any; at least once); returns how many alerts and dead letters
+        were new.
 
         One script call per output stream: its guard keys carry its name as hash tag, so each
         call stays in one cluster slot.
         """
         now_ms = int(time.time() * 1000)
         touch = int(self.replication is not None)
-        calls: list[tuple[list[str], list[str | bytes | int]]] = []
+        calls: list[tuple[Any, list[str], list[str | bytes | int]]] = []
         if out.alerts:
             keys: list[str] = []
             args: list[str | bytes | int] = [GUARD_TTL_S, self.maxlen, touch]
@@ -757,7 +810,7 @@ class Streams:
                 keys += [self.alerts_stream, guard]
                 items = [x for kv in alert.to_fields(now_ms).items() for x in kv]
                 args += [len(items), *items]
-            calls.append((keys, args))
+            calls.append((self._append_once, keys, args))
         if out.dead_letters:
             keys, args = [], [GUARD_TTL_S, self.maxlen, touch]
             for letter in out.dead_letters:
@@ -769,22 +822,33 @@ class Streams:
                 keys += [self.dead_letter_stream, guard]
                 items = [x for kv in letter.to_fields(now_ms).items() for x in kv]
                 args += [len(items), *items]
-            calls.append((keys, args))
+            calls.append((self._append_once, keys, args))
+        if out.scores and self.scores_stream is not None:
+            args = [self.scores_maxlen, _SCORE_NAMES, out.score_rows()]
+            calls.append((self._append_scores, [self.scores_stream], args))
         if self.replication is None or not calls:
-            return sum(int(self._append_once(keys=k, args=a)) for k, a in calls)
+            written = 0
+            for script, k, a in calls:
+                n = int(script(keys=k, args=a))
+                written += n if script is self._append_once else 0  # scores are not counted
+            return written
         # Durable: the appends and their WAIT in one pipeline (one connection); on a cluster,
         # one per node holding an output stream.
-        written = 0
-        for node_calls in by_node(self.r, calls, lambda call: call[0][0]):
-            pipe = pinned_pipeline(self.r, node_calls[0][0][0])
-            for k, a in node_calls:
-                self._append_once(keys=k, args=a, client=pipe)
+        total = 0
+        for node_calls in by_node(self.r, calls, lambda call: call[1][0]):
+            pipe = pinned_pipeline(self.r, node_calls[0][1][0])
+            for script, k, a in node_calls:
+                script(keys=k, args=a, client=pipe)
             pipe.execute_command(*self.replication.wait_command())
             started = time.perf_counter()
             *replies, acked = execute_pinned(self.r, pipe)
             self._check(acked, time.perf_counter() - started, "append")
-            written += sum(int(w) for w in replies)
-        return written
+            total += sum(
+                int(w)
+                for (script, _, _), w in zip(node_calls, replies, strict=True)
+                if script is self._append_once
+            )
+        return total
 
     def commit(self, key: str, fields: HashFields, removed: Sequence[str], acks: Acks) -> None:
         """One transaction: write the checkpoint's changed fields, drop evicted ones, XACK.

@@ -272,6 +272,9 @@ class Consumer:
             out.dead_letters.append(DeadLetter(e.stream, e.entry_id, {}, "error", error))
         # Alerts in event order; side alerts: producers an event's time revealed as silent.
         out.alerts.extend(verdicts.emitted())
+        if self.streams.scores_stream is not None:  # with the alerts, before the acks
+            out.scores = [v for v in verdicts if v.error is None]  # opt-in: objects per event
+            out.model = self.pipeline.spec.name
         if not claimed:
             # A read returns each stream's entries in id order: its last one is its highest.
             last = {stream: entry_id for stream, entry_id, _ in entries}
@@ -360,7 +363,8 @@ class Consumer:
         m.events.labels("invalid").inc(len(out.dead_letters))
         for letter in out.dead_letters:
             m.dead_lettered.labels(letter.reason).inc()
-        m.alerts.inc(len(out.alerts))
+        for alert in out.alerts:
+            m.alerts.labels(alert.kind).inc()
         m.suppressed.inc(suppressed)
         m.batch_seconds.observe(seconds)
         m.event_seconds.observe(seconds / max(len(entries), 1))  # once per batch: see metrics

@@ -1,4 +1,4 @@
-"""Metrics: every Prometheus series the worker exports, on an injected registry.
+"""Metrics: every Prometheus series the worker and the notifier export, on an injected registry.
 
 Labels come from closed sets (outcomes, reject reasons, configured stream names), never from
 producer ids: an attacker who controls producer ids must not control our cardinality.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from detector import __version__
+from detector.core.alerts import KINDS
 
 OUTCOMES = ("scored", "warmup", "invalid", "replayed")
 REJECT_REASONS = (
@@ -41,7 +42,11 @@ class Metrics:
         )
         for outcome in OUTCOMES:
             self.events.labels(outcome)
-        self.alerts = Counter("detector_alerts", "Alerts emitted", registry=registry)
+        self.alerts = Counter(
+            "detector_alerts", "Alerts emitted, by kind", ["kind"], registry=registry
+        )
+        for kind in KINDS:
+            self.alerts.labels(kind)
         self.suppressed = Counter(
             "detector_alerts_suppressed",
             "Anomalous events held back by the per-producer cooldown",
@@ -168,6 +173,57 @@ class Metrics:
         self.replication_wait_seconds.observe(seconds)
         if not enough:
             self.replication_timeouts.inc()
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside
+        start_http_server(port, addr=addr, registry=self.registry)
+
+
+# What came of one webhook request: 2xx; a permanent refusal (other 4xx, 3xx); a request to
+# slow down (429, 408, 425); a server error (5xx); no answer (connection error, timeout).
+NOTIFY_RESULTS = ("ok", "rejected", "throttled", "server_error", "error")
+REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class NotifierMetrics:
+    """The notifier's metrics (``detector notify --metrics-port``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "detector_notify_requests",
+            "Webhook requests by result (ok, rejected, throttled, server_error, error)",
+            ["result"],
+            registry=registry,
+        )
+        for result in NOTIFY_RESULTS:
+            self.requests.labels(result)
+        self.delivered = Counter(
+            "detector_notify_delivered", "Alerts the webhook accepted (2xx)", registry=registry
+        )
+        self.dead_lettered = Counter(
+            "detector_notify_dead_lettered",
+            "Alerts the webhook refused for good (or entries that are no alert), written to the"
+            " notifier's dead-letter stream",
+            registry=registry,
+        )
+        self.trimmed = Counter(
+            "detector_notify_trimmed",
+            "Alerts trimmed from the alert stream before the notifier delivered them",
+            registry=registry,
+        )
+        self.undelivered = Gauge(
+            "detector_notify_undelivered",
+            "Alerts in the stream the notifier's group has not read yet",
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "detector_notify_request_seconds",
+            "Time of one webhook request, answered or not",
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        info = Info("detector_notify", "Detector notifier build", registry=registry)
+        info.info({"version": __version__})
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from outside
         start_http_server(port, addr=addr, registry=self.registry)

@@ -233,6 +233,7 @@ class Worker:
             msg = "a worker needs a checkpoint key (DETECTOR_CHECKPOINT_KEY)"
             raise ConfigError(msg)
         _check_partitioning(settings)
+        _check_scores_stream(settings)
         self.settings = settings
         self.spec = spec or load_spec(settings.model)
         self.client: Client = client or connect(
@@ -372,6 +373,8 @@ class Worker:
             alerts_stream=s.alerts_stream,
             dead_letter_stream=s.dead_letter_stream,
             maxlen=s.alerts_maxlen,
+            scores_stream=s.scores_stream,
+            scores_maxlen=s.scores_maxlen,
             replication=self.replication,
             **view,  # type: ignore[arg-type]
         )
@@ -642,6 +645,18 @@ class Worker:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+
+def _check_scores_stream(s: Settings) -> None:
+    """The scores go to a stream of their own, never one the worker reads (exit code 2)."""
+    if s.scores_stream is None:
+        return
+    if s.scores_stream in s.streams:
+        msg = f"--scores-stream {s.scores_stream}: an input stream (it would score its scores)"
+        raise ConfigError(msg)
+    if s.scores_stream in (s.alerts_stream, s.dead_letter_stream):
+        msg = f"--scores-stream {s.scores_stream}: the alert or dead-letter stream"
+        raise ConfigError(msg)
 
 
 def _check_partitioning(s: Settings) -> None:

@@ -10,8 +10,12 @@ One module per feature (its state, judgement and learning; see
 :func:`~detector.core.features.store.build_features`; the store gives each tracked producer a
 slot in every feature.
 
+The names below load their modules when first used (PEP 562): the alert wire format needs
+:class:`Reason` alone, without the features' state and numpy.
+
 Examples:
     >>> from detector.core.events import Event
+    >>> from detector.core.features import FeatureConfig, FeatureStore
     >>> store = FeatureStore(FeatureConfig())
     >>> def ev(t, amount, cur="EUR"):
     ...     return Event("s", f"{t}-0", "pay-1", t, "paid", {"amount": amount}, {"cur": cur}, 50)
@@ -27,9 +31,28 @@ Examples:
 
 from __future__ import annotations
 
-from detector.core.features.config import FEATURES, FeatureConfig
-from detector.core.features.store import FeatureStore
-from detector.core.features.surprise import MAX_SURPRISE, Evidence, Reason, new_producer_reason
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from detector.core.features.config import FEATURES, FeatureConfig
+    from detector.core.features.store import FeatureStore
+    from detector.core.features.surprise import (
+        MAX_SURPRISE,
+        Evidence,
+        Reason,
+        new_producer_reason,
+    )
+
+_HOMES = {
+    "FEATURES": "detector.core.features.config",
+    "FeatureConfig": "detector.core.features.config",
+    "FeatureStore": "detector.core.features.store",
+    "MAX_SURPRISE": "detector.core.features.surprise",
+    "Evidence": "detector.core.features.surprise",
+    "Reason": "detector.core.features.surprise",
+    "new_producer_reason": "detector.core.features.surprise",
+}
 
 __all__ = [
     "FEATURES",
@@ -40,3 +63,11 @@ __all__ = [
     "Reason",
     "new_producer_reason",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        msg = f"module 'detector.core.features' has no attribute {name!r}"
+        raise AttributeError(msg)
+    return getattr(importlib.import_module(home), name)

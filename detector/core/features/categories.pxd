@@ -2,6 +2,8 @@ import cython
 # libm for the .py's math.log10 and math.exp (see surprise.pxd)
 from libc cimport math
 
+from detector.core.codec cimport Writer
+
 cpdef object resized(object old, str code, Py_ssize_t size)
 
 cdef class Pool:
@@ -59,6 +61,10 @@ cdef class Counts:
     cpdef bint is_new(self, Py_ssize_t r, str value, long long min_count)
     @cython.locals(i=Py_ssize_t, j=Py_ssize_t, end=Py_ssize_t, fp="unsigned long long", vid=object)
     cpdef void update(self, Py_ssize_t r, str value, long long cap)
+    @cython.locals(start=Py_ssize_t, i=Py_ssize_t)
+    cpdef object once(self, Py_ssize_t r)
+    @cython.locals(start=Py_ssize_t, used=Py_ssize_t, i=Py_ssize_t)
+    cpdef void dump(self, Py_ssize_t r, Writer w)
 
 cdef class Novelty:
     cdef public str key

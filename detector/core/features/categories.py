@@ -387,13 +387,15 @@ class Counts:
         return ",".join(v for v, _ in top)
 
     def dump(self, r: int, w: Writer) -> None:
+        # The layout of counts() and once(), written from the columns (a record holds a
+        # dozen rows: no dict or list per row).
         w.i64(self.n[r])
         w.count(self.sat[r])
-        counts = self.counts(r)
-        w.count(len(counts))
-        for value, count in counts.items():
-            w.text(value)
-            w.i64(count)
+        start, used = self.mstart[r], self.mused[r]
+        w.count(used)
+        for i in range(start, start + used):
+            w.text(self.values.text(self.vid[i]))
+            w.i64(self.cnt[i])
         w.u64s(self.once(r))
 
     def load(self, r: int, rd: Reader) -> None:

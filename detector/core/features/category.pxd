@@ -2,6 +2,7 @@ import cython
 # libm for the .py's math.exp (see surprise.pxd)
 from libc cimport math
 
+from detector.core.codec cimport Writer
 from detector.core.features.categories cimport Counts, Pool, Vocab
 from detector.core.features.surprise cimport type_prefix
 
@@ -30,6 +31,8 @@ cdef class Fields:
     cpdef double burst(self, Py_ssize_t slot, str name, long long t_ms, double burst_ms)
     @cython.locals(novel=dict)
     cpdef void note(self, Py_ssize_t slot, str name, long long t_ms, double burst_ms)
+    @cython.locals(start=Py_ssize_t, used=Py_ssize_t, i=Py_ssize_t, novel=dict)
+    cpdef void dump(self, Py_ssize_t slot, Writer w)
 
 @cython.locals(counts=Counts, kid=int, i=Py_ssize_t, row=int, s=double, best=double, burst=double, bursts=cython.bint, best_row=int)
 cpdef tuple best_category(Fields f, Py_ssize_t slot, object etype, dict strings, long long t_ms, double burst_ms, double prior, long long min_count)

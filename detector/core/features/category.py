@@ -164,6 +164,23 @@ class Fields:
             novel = self.novel[slot] = {}
         novel[sys.intern(name)] = (self.burst(slot, name, t_ms, burst_ms) + 1.0, t_ms)
 
+    def dump(self, slot: int, w: Writer) -> None:
+        """Slot ``slot``'s fields and novelties (its part of a producer's record)."""
+        start, used = self.start[slot], self.used[slot]
+        w.count(used)
+        for i in range(start, start + used):
+            w.text(self.keys.text(self.key[i]))
+            if self.row[i] < 0:
+                dump_saturated(w)
+            else:
+                self.counts.dump(self.row[i], w)
+        novel = self.novel[slot] or {}
+        w.count(len(novel))
+        for name, (count, last_ms) in novel.items():
+            w.text(name)
+            w.f64(count)
+            w.i64(last_ms)
+
 
 class CategoryFeature(Feature[None]):
     name = "category"
@@ -208,21 +225,7 @@ class CategoryFeature(Feature[None]):
         )  # fmt: skip
 
     def dump(self, slot: int, w: Writer) -> None:
-        f = self.fields
-        start, used = f.start[slot], f.used[slot]
-        w.count(used)
-        for i in range(start, start + used):
-            w.text(f.keys.text(f.key[i]))
-            if f.row[i] < 0:
-                dump_saturated(w)
-            else:
-                f.counts.dump(f.row[i], w)
-        novel = f.novel[slot] or {}
-        w.count(len(novel))
-        for name, (count, last_ms) in novel.items():
-            w.text(name)
-            w.f64(count)
-            w.i64(last_ms)
+        self.fields.dump(slot, w)
 
     def load(self, slot: int, r: Reader) -> None:
         f = self.fields

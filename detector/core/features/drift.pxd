@@ -2,6 +2,7 @@ import cython
 # libm for the .py's math.sqrt and math.expm1 (see surprise.pxd)
 from libc cimport math
 
+from detector.core.codec cimport Writer
 from detector.core.features.surprise cimport signed_log
 from detector.core.features.value cimport FieldRows
 
@@ -24,6 +25,7 @@ cdef class DriftTable:
     cpdef void step_by(self, Py_ssize_t row, double z, double k)
     @cython.locals(count=cython.longlong, last=cython.longlong, dt=cython.longlong, covered=double, w=double, d=double, mean=double)
     cpdef void learn(self, Py_ssize_t row, double y, long long t_ms, double horizon_ms, double restart)
+    cpdef void dump(self, Py_ssize_t row, Writer w)
 
 @cython.locals(known=dict, row=Py_ssize_t, x=double, z=double, s=double, best=double)
 cpdef tuple best_drift(FieldRows rows, DriftTable drifts, Py_ssize_t slot, object etype, dict numbers, long long min_count, double min_sd, double clip, double k)

@@ -83,11 +83,13 @@ class DriftTable:
         self._seen[row] = 0
 
     def dump(self, row: int, w: Writer) -> None:
-        w.i64(self.count[row])
-        for v in (self.mean[row], self.var[row], self.hi[row], self.lo[row]):
-            w.f64(v)
-        w.i64(self.first_ms[row])
-        w.i64(self.last_ms[row])
+        w.i64(self._count[row])
+        w.f64(self._mean[row])
+        w.f64(self._var[row])
+        w.f64(self._hi[row])
+        w.f64(self._lo[row])
+        w.i64(self._first_ms[row])
+        w.i64(self._last_ms[row])
 
     def load(self, row: int, r: Reader) -> None:
         self.count[row], self.mean[row], self.var[row] = r.i64(), r.f64(), r.f64()

@@ -2,6 +2,8 @@ import cython
 # libm for the .py's math.sqrt (see surprise.pxd)
 from libc cimport math
 
+from detector.core.codec cimport Writer
+
 # The columns are arrays (Python attributes: dump, views); the per-event methods index typed
 # memoryviews of them.
 cdef class MomentsTable:
@@ -17,3 +19,4 @@ cdef class MomentsTable:
     cpdef double var(self, Py_ssize_t row)
     @cython.locals(m=double, sd=double)
     cpdef double z(self, Py_ssize_t row, double x, double min_sd)
+    cpdef void dump(self, Py_ssize_t row, Writer w)

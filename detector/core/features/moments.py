@@ -79,9 +79,9 @@ class MomentsTable:
         return f"{unlog(m - 3 * sd):.4g}..{unlog(m + 3 * sd):.4g}"
 
     def dump(self, row: int, w: Writer) -> None:
-        w.i64(self.count[row])
-        w.f64(self.mean[row])
-        w.f64(self.sq[row])
+        w.i64(self._count[row])
+        w.f64(self._mean[row])
+        w.f64(self._sq[row])
 
     def load(self, row: int, r: Reader) -> None:
         self.count[row], self.mean[row], self.sq[row] = r.i64(), r.f64(), r.f64()
