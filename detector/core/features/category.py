@@ -17,12 +17,15 @@ from detector.core.features.categories import (
     Counts,
     Pool,
     Vocab,
+    compact,
     dump_saturated,
+    grown_block,
     pickled,
     resized,
     unpickled,
 )
 from detector.core.features.clock import Clock
+from detector.core.features.columns import capacity
 from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
 from detector.core.features.surprise import Reason, type_prefix
@@ -63,7 +66,7 @@ class Fields:
     def reset(self, slot: int) -> None:
         """Slot ``slot`` afresh: its rows, keys and block freed."""
         if slot >= len(self.used):
-            size = max(2 * len(self.used), slot + 1, 16)
+            size = capacity(len(self.used), slot + 1)
             self.start = resized(self.start, "q", size)
             self.size = resized(self.size, "i", size)
             self.used = resized(self.used, "i", size)
@@ -117,23 +120,34 @@ class Fields:
     def add(self, slot: int, kid: int, row: int) -> None:
         """Append the (field, row) pair to the slot's."""
         if self.used[slot] == self.size[slot]:
-            size = max(2 * self.size[slot], 4)
-            start = self.pool.alloc(size)
-            if self.pool.top > len(self.key):
-                total = max(2 * len(self.key), self.pool.top, 64)
-                self.key = resized(self.key, "i", total)
-                self.row = resized(self.row, "i", total)
-            old = self.start[slot]
-            for k in range(self.used[slot]):
-                self.key[start + k] = self.key[old + k]
-                self.row[start + k] = self.row[old + k]
-            self.pool.release(old, self.size[slot])
-            self.start[slot] = start
-            self.size[slot] = size
+            self._grow(slot, grown_block(self.size[slot]))
         i = self.start[slot] + self.used[slot]
         self.key[i] = kid
         self.row[i] = row
         self.used[slot] += 1
+
+    def _grow(self, slot: int, size: int) -> None:
+        """Move the slot's block to a new one of ``size`` (compacting the pool first when it
+        is full of garbage)."""
+        if self.pool.full_of_garbage():
+            columns = [(self.key, "i"), (self.row, "i")]
+            self.key, self.row = compact(
+                self.pool, self.start, self.size, self.used, len(self.used), columns
+            )
+            if self.size[slot] > self.used[slot]:
+                return  # room in its block as cut
+        start = self.pool.alloc(size)
+        if self.pool.top > len(self.key):
+            total = max(self.pool.top + (self.pool.top >> 2), 64)
+            self.key = resized(self.key, "i", total)
+            self.row = resized(self.row, "i", total)
+        old = self.start[slot]
+        for k in range(self.used[slot]):
+            self.key[start + k] = self.key[old + k]
+            self.row[start + k] = self.row[old + k]
+        self.pool.release(old, self.size[slot])
+        self.start[slot] = start
+        self.size[slot] = size
 
     def find(self, slot: int, kid: int) -> int:
         """The index of the field ``kid`` among the slot's pairs, or -1."""
