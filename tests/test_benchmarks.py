@@ -86,7 +86,7 @@ def test_same_verdicts_resumes_from_checkpoints(tmp_path: Path) -> None:
 
 def test_replay_window_runs(tmp_path: Path) -> None:
     out = _run(tmp_path, "benchmarks.replay_window", "--ids", "5000", "--memory-producers", "20")
-    assert "window: 5,000 ids, capacity 8,192, 262,144 B (32 B per id of capacity)" in out
+    assert "window: 5,000 ids, capacity 8,192, 196,608 B (24 B per id of capacity)" in out
     assert re.search(r"without it [\d,]+ B per producer", out)
 
 
