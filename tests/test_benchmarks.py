@@ -132,9 +132,13 @@ def test_memory_runs(tmp_path: Path) -> None:
         "2000",
         "--history-per-producer",
         "100",
+        "--traced",
     )
     rows = re.findall(r"^ +(\d+) +[\d,]+ (stats|stats, replay_horizon_s 0) +[\d,]+ ", out, re.M)
     assert len(rows) == 2, out  # with and without the replay window
+    # The traced run's breakdown names the state's structures, the categorical rows among them.
+    assert "bytes per producer by structure" in out
+    assert re.search(r"^ +[\d,.]+  Counts\.fp$", out, re.M), out
     assert "replay window's share: RSS" in out
     assert "100 events:" in out  # checkpoint bytes by history, up to the history fed
     assert "peak RSS" in out
