@@ -874,7 +874,7 @@ def test_state_with_every_part_round_trips_its_record() -> None:
     st = store.view("pay-1")
     assert st.ids is not None and st.drifts and st.arrivals is not None
     assert st.seasonal and st.windows and ID_FIELD in st.categorical.values()
-    assert store.categories.fields.novel[st.slot]  # recent novelties
+    assert store.categories.fields.nused[st.slot]  # recent novelties
     copy = restored(store)
     assert copy.record(slot(copy)) == store.record(st.slot)
     probe = with_id(303, "id-250")

@@ -39,7 +39,8 @@ class Fields:
     first sent them (a block of the ``key``/``row`` columns), each field a type-prefixed name
     interned in :attr:`keys` (shared by all producers) and its counts a row of
     :attr:`counts`; and per slot, the recent novelties per field name (a field's novelties
-    count together over event types), a dict only for the few slots that have any."""
+    count together over event types): a block of the ``name``/``recent``/``last_ms``
+    columns, in the order the names first came, each name interned in :attr:`names`."""
 
     def __init__(self) -> None:
         self.counts = Counts()
@@ -53,11 +54,20 @@ class Fields:
         self.start = array("q")
         self.size = array("i")
         self.used = array("i")
-        self.novel: list[dict[str, tuple[float, int]] | None] = []
+        self.names = Vocab()
+        self.npool = Pool()
+        self.name = array("i")
+        self.recent = array("d")
+        self.last_ms = array("q")
+        self.nstart = array("q")
+        self.nsize = array("i")
+        self.nused = array("i")
 
     def __reduce__(self) -> tuple[object, ...]:
-        columns = {"key": "i", "row": "i", "start": "q", "size": "i", "used": "i"}
-        others = ("counts", "keys", "by_type", "pairs", "pool", "novel")
+        columns = {"key": "i", "row": "i", "start": "q", "size": "i", "used": "i",
+                   "name": "i", "recent": "d", "last_ms": "q", "nstart": "q", "nsize": "i",
+                   "nused": "i"}  # fmt: skip
+        others = ("counts", "keys", "by_type", "pairs", "pool", "names", "npool")
         return (Fields, (), pickled(self, columns, others))
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -70,8 +80,9 @@ class Fields:
             self.start = resized(self.start, "q", size)
             self.size = resized(self.size, "i", size)
             self.used = resized(self.used, "i", size)
-        while len(self.novel) <= slot:
-            self.novel.append(None)
+            self.nstart = resized(self.nstart, "q", size)
+            self.nsize = resized(self.nsize, "i", size)
+            self.nused = resized(self.nused, "i", size)
         start = self.start[slot]
         for i in range(start, start + self.used[slot]):
             if self.row[i] >= 0:
@@ -81,7 +92,13 @@ class Fields:
         self.start[slot] = 0
         self.size[slot] = 0
         self.used[slot] = 0
-        self.novel[slot] = None
+        start = self.nstart[slot]
+        for i in range(start, start + self.nused[slot]):
+            self.names.release(self.name[i])
+        self.npool.release(start, self.nsize[slot])
+        self.nstart[slot] = 0
+        self.nsize[slot] = 0
+        self.nused[slot] = 0
 
     def hold(self, key: str) -> int:
         """The id of the type-prefixed field ``key``, held once more (by a slot)."""
@@ -163,20 +180,63 @@ class Fields:
         i = -1 if kid is None else self.find(slot, kid)
         return MISSING if i < 0 else self.row[i]
 
+    def _find_name(self, slot: int, name: str) -> int:
+        """The index of the field ``name`` among the slot's novelties, or -1."""
+        nid = self.names.ids.get(name)
+        if nid is None:
+            return -1
+        start = self.nstart[slot]
+        for i in range(start, start + self.nused[slot]):
+            if self.name[i] == nid:
+                return i
+        return -1
+
     def burst(self, slot: int, name: str, t_ms: int, burst_ms: float) -> float:
         """Recent novelties of the field ``name``, decayed to ``t_ms``."""
-        novel = self.novel[slot]
-        seen = None if novel is None else novel.get(name)
-        if seen is None:
+        i = self._find_name(slot, name)
+        if i < 0:
             return 0.0
-        count, last_ms = seen
-        return count * math.exp(-max(t_ms - last_ms, 0) / burst_ms)
+        return self.recent[i] * math.exp(-max(t_ms - self.last_ms[i], 0) / burst_ms)
 
     def note(self, slot: int, name: str, t_ms: int, burst_ms: float) -> None:
-        novel = self.novel[slot]
-        if novel is None:
-            novel = self.novel[slot] = {}
-        novel[sys.intern(name)] = (self.burst(slot, name, t_ms, burst_ms) + 1.0, t_ms)
+        self.set_novelty(slot, name, self.burst(slot, name, t_ms, burst_ms) + 1.0, t_ms)
+
+    def set_novelty(self, slot: int, name: str, recent: float, last_ms: int) -> None:
+        """The field ``name``'s recent novelties in the slot (a new name goes last)."""
+        i = self._find_name(slot, name)
+        if i < 0:
+            if self.nused[slot] == self.nsize[slot]:
+                self._grow_novel(slot, grown_block(self.nsize[slot]))
+            i = self.nstart[slot] + self.nused[slot]
+            self.name[i] = self.names.add(name)
+            self.nused[slot] += 1
+        self.recent[i] = recent
+        self.last_ms[i] = last_ms
+
+    def _grow_novel(self, slot: int, size: int) -> None:
+        """Move the slot's novelties to a new block of ``size``."""
+        pool = self.npool
+        if pool.full_of_garbage():
+            columns = [(self.name, "i"), (self.recent, "d"), (self.last_ms, "q")]
+            self.name, self.recent, self.last_ms = compact(
+                pool, self.nstart, self.nsize, self.nused, len(self.nused), columns
+            )
+            if self.nsize[slot] > self.nused[slot]:
+                return  # room in its block as cut
+        start = pool.alloc(size)
+        if pool.top > len(self.name):
+            total = max(pool.top + (pool.top >> 2), 64)
+            self.name = resized(self.name, "i", total)
+            self.recent = resized(self.recent, "d", total)
+            self.last_ms = resized(self.last_ms, "q", total)
+        old = self.nstart[slot]
+        for k in range(self.nused[slot]):
+            self.name[start + k] = self.name[old + k]
+            self.recent[start + k] = self.recent[old + k]
+            self.last_ms[start + k] = self.last_ms[old + k]
+        pool.release(old, self.nsize[slot])
+        self.nstart[slot] = start
+        self.nsize[slot] = size
 
 
 class CategoryFeature(Feature[None]):
@@ -231,12 +291,12 @@ class CategoryFeature(Feature[None]):
                 dump_saturated(w)
             else:
                 f.counts.dump(f.row[i], w)
-        novel = f.novel[slot] or {}
-        w.count(len(novel))
-        for name, (count, last_ms) in novel.items():
-            w.text(name)
-            w.f64(count)
-            w.i64(last_ms)
+        start, used = f.nstart[slot], f.nused[slot]
+        w.count(used)
+        for i in range(start, start + used):
+            w.text(f.names.text(f.name[i]))
+            w.f64(f.recent[i])
+            w.i64(f.last_ms[i])
 
     def load(self, slot: int, r: Reader) -> None:
         f = self.fields
@@ -250,11 +310,9 @@ class CategoryFeature(Feature[None]):
                 f.counts.drop(row)
                 row = -1
             f.add(slot, kid, row)
-        novel = {}
         for _ in range(r.count()):
-            name = sys.intern(r.text())
-            novel[name] = (r.f64(), r.i64())
-        f.novel[slot] = novel or None
+            name = r.text()
+            f.set_novelty(slot, name, r.f64(), r.i64())
 
     def view(self, slot: int) -> dict[str, Categories]:
         """The slot's fields by type-prefixed name, read live (ID_FIELD: saturated)."""
@@ -283,7 +341,7 @@ def best_category(
     best, best_field, best_row = 0.0, "", -1
     if not f.used[slot]:
         return best, best_field, best_row
-    bursts = f.novel[slot] is not None  # no novelty yet (most producers): no burst to look up
+    bursts = f.nused[slot] > 0  # no novelty yet: no burst to look up
     counts = f.counts
     for name, value in strings.items():
         kid = f.kid_of(etype, name)
