@@ -15,6 +15,8 @@ cpdef Py_ssize_t block_size(Py_ssize_t n)
 cpdef Py_ssize_t grown_block(Py_ssize_t size)
 @cython.locals(olds=list, news=list, top=Py_ssize_t, r=Py_ssize_t, s=Py_ssize_t, u=Py_ssize_t, n=Py_ssize_t, k=Py_ssize_t)
 cpdef list compact(Pool pool, long long[:] start, int[:] size, int[:] used, Py_ssize_t rows, list columns)
+@cython.locals(new=list, s=Py_ssize_t, total=Py_ssize_t, old=Py_ssize_t, u=Py_ssize_t)
+cpdef list regrow(Pool pool, long long[:] start, int[:] size, int[:] used, Py_ssize_t rows, Py_ssize_t r, Py_ssize_t new_size, list columns)
 
 cdef class Vocab:
     cdef public dict ids
@@ -41,9 +43,7 @@ cdef class Counts:
     cpdef void clear(self, Py_ssize_t r)
     cpdef void reset(self, Py_ssize_t r)
     cpdef void drop(self, Py_ssize_t r)
-    @cython.locals(pool=Pool, start=Py_ssize_t, old=Py_ssize_t, k=Py_ssize_t)
     cdef void _grow_once(self, Py_ssize_t r, Py_ssize_t size)
-    @cython.locals(pool=Pool, start=Py_ssize_t, old=Py_ssize_t, k=Py_ssize_t, total=Py_ssize_t, columns=list)
     cdef void _grow_multi(self, Py_ssize_t r, Py_ssize_t size)
     @cython.locals(vid=Py_ssize_t)
     cdef int _intern(self, str value, unsigned long long fp)

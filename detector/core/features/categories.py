@@ -117,6 +117,32 @@ def compact(
     return news
 
 
+def regrow(
+    pool: Pool, start: Any, size: Any, used: Any, rows: int, r: int, new_size: int,
+    columns: list[tuple[Any, str]],
+) -> list[Any]:  # fmt: skip
+    """The columns after row ``r``'s block moved to a new one of ``new_size`` (the pool
+    compacted first when it is full of garbage; the row then keeps its cut block if that has
+    room), grown when the pool outgrew them."""
+    if pool.full_of_garbage():
+        new = compact(pool, start, size, used, rows, columns)
+        columns = [(new[k], columns[k][1]) for k in range(len(columns))]
+        if size[r] > used[r]:
+            return new  # room in its block as cut
+    s = pool.alloc(new_size)
+    if pool.top > len(columns[0][0]):
+        total = max(pool.top + (pool.top >> 2), 64)
+        columns = [(resized(column, code, total), code) for column, code in columns]
+    old, u = start[r], used[r]
+    for column, _ in columns:
+        view = memoryview(column)
+        view[s : s + u] = view[old : old + u]
+    pool.release(old, size[r])
+    start[r] = s
+    size[r] = new_size
+    return [column for column, _ in columns]
+
+
 class Vocab:
     """Strings by small int id, shared by the rows that hold them (counted: an id is freed,
     and its string let go, when no row holds it any more)."""
@@ -250,45 +276,17 @@ class Counts:
 
     def _grow_once(self, r: int, size: int) -> None:
         """Move row ``r``'s once block to a new one of ``size``."""
-        pool = self.once_pool
-        if pool.full_of_garbage():
-            self.fp = compact(
-                pool, self.ostart, self.osize, self.oused, self.rows, [(self.fp, "Q")]
-            )[0]
-            if self.osize[r] > self.oused[r]:
-                return  # room in its block as cut
-        start = pool.alloc(size)
-        if pool.top > len(self.fp):
-            self.fp = resized(self.fp, "Q", max(pool.top + (pool.top >> 2), 64))
-        old = self.ostart[r]
-        for k in range(self.oused[r]):
-            self.fp[start + k] = self.fp[old + k]
-        pool.release(old, self.osize[r])
-        self.ostart[r] = start
-        self.osize[r] = size
+        (self.fp,) = regrow(
+            self.once_pool, self.ostart, self.osize, self.oused, self.rows, r, size,
+            [(self.fp, "Q")],
+        )  # fmt: skip
 
     def _grow_multi(self, r: int, size: int) -> None:
         """Move row ``r``'s multi block to a new one of ``size``."""
-        pool = self.multi_pool
-        if pool.full_of_garbage():
-            columns = [(self.cnt, "q"), (self.vid, "i")]
-            self.cnt, self.vid = compact(
-                pool, self.mstart, self.msize, self.mused, self.rows, columns
-            )
-            if self.msize[r] > self.mused[r]:
-                return  # room in its block as cut
-        start = pool.alloc(size)
-        if pool.top > len(self.cnt):
-            total = max(pool.top + (pool.top >> 2), 64)
-            self.cnt = resized(self.cnt, "q", total)
-            self.vid = resized(self.vid, "i", total)
-        old = self.mstart[r]
-        for k in range(self.mused[r]):
-            self.cnt[start + k] = self.cnt[old + k]
-            self.vid[start + k] = self.vid[old + k]
-        pool.release(old, self.msize[r])
-        self.mstart[r] = start
-        self.msize[r] = size
+        self.cnt, self.vid = regrow(
+            self.multi_pool, self.mstart, self.msize, self.mused, self.rows, r, size,
+            [(self.cnt, "q"), (self.vid, "i")],
+        )  # fmt: skip
 
     def _intern(self, value: str, fp: int) -> int:
         vid = self.values.add(value)

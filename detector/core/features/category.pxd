@@ -2,7 +2,7 @@ import cython
 # libm for the .py's math.exp (see surprise.pxd)
 from libc cimport math
 
-from detector.core.features.categories cimport Counts, Pool, Vocab
+from detector.core.features.categories cimport Counts, Pool, Vocab, regrow
 from detector.core.features.surprise cimport type_prefix
 
 cdef class Fields:
@@ -26,7 +26,6 @@ cdef class Fields:
     cpdef void _release_key(self, Py_ssize_t kid)
     @cython.locals(i=Py_ssize_t)
     cpdef void add(self, Py_ssize_t slot, int kid, int row)
-    @cython.locals(start=Py_ssize_t, total=Py_ssize_t, old=Py_ssize_t, k=Py_ssize_t, columns=list)
     cdef void _grow(self, Py_ssize_t slot, Py_ssize_t size)
     @cython.locals(start=Py_ssize_t, i=Py_ssize_t)
     cpdef Py_ssize_t find(self, Py_ssize_t slot, int kid)
@@ -37,7 +36,6 @@ cdef class Fields:
     cpdef void note(self, Py_ssize_t slot, str name, long long t_ms, double burst_ms)
     @cython.locals(i=Py_ssize_t)
     cpdef void set_novelty(self, Py_ssize_t slot, str name, double recent, long long last_ms)
-    @cython.locals(pool=Pool, start=Py_ssize_t, total=Py_ssize_t, old=Py_ssize_t, k=Py_ssize_t, columns=list)
     cdef void _grow_novel(self, Py_ssize_t slot, Py_ssize_t size)
 
 @cython.locals(counts=Counts, kid=int, i=Py_ssize_t, row=int, s=double, best=double, burst=double, bursts=cython.bint, best_row=int)

@@ -17,10 +17,10 @@ from detector.core.features.categories import (
     Counts,
     Pool,
     Vocab,
-    compact,
     dump_saturated,
     grown_block,
     pickled,
+    regrow,
     resized,
     unpickled,
 )
@@ -144,27 +144,11 @@ class Fields:
         self.used[slot] += 1
 
     def _grow(self, slot: int, size: int) -> None:
-        """Move the slot's block to a new one of ``size`` (compacting the pool first when it
-        is full of garbage)."""
-        if self.pool.full_of_garbage():
-            columns = [(self.key, "i"), (self.row, "i")]
-            self.key, self.row = compact(
-                self.pool, self.start, self.size, self.used, len(self.used), columns
-            )
-            if self.size[slot] > self.used[slot]:
-                return  # room in its block as cut
-        start = self.pool.alloc(size)
-        if self.pool.top > len(self.key):
-            total = max(self.pool.top + (self.pool.top >> 2), 64)
-            self.key = resized(self.key, "i", total)
-            self.row = resized(self.row, "i", total)
-        old = self.start[slot]
-        for k in range(self.used[slot]):
-            self.key[start + k] = self.key[old + k]
-            self.row[start + k] = self.row[old + k]
-        self.pool.release(old, self.size[slot])
-        self.start[slot] = start
-        self.size[slot] = size
+        """Move the slot's block to a new one of ``size``."""
+        self.key, self.row = regrow(
+            self.pool, self.start, self.size, self.used, len(self.used), slot, size,
+            [(self.key, "i"), (self.row, "i")],
+        )  # fmt: skip
 
     def find(self, slot: int, kid: int) -> int:
         """The index of the field ``kid`` among the slot's pairs, or -1."""
@@ -215,28 +199,10 @@ class Fields:
 
     def _grow_novel(self, slot: int, size: int) -> None:
         """Move the slot's novelties to a new block of ``size``."""
-        pool = self.npool
-        if pool.full_of_garbage():
-            columns = [(self.name, "i"), (self.recent, "d"), (self.last_ms, "q")]
-            self.name, self.recent, self.last_ms = compact(
-                pool, self.nstart, self.nsize, self.nused, len(self.nused), columns
-            )
-            if self.nsize[slot] > self.nused[slot]:
-                return  # room in its block as cut
-        start = pool.alloc(size)
-        if pool.top > len(self.name):
-            total = max(pool.top + (pool.top >> 2), 64)
-            self.name = resized(self.name, "i", total)
-            self.recent = resized(self.recent, "d", total)
-            self.last_ms = resized(self.last_ms, "q", total)
-        old = self.nstart[slot]
-        for k in range(self.nused[slot]):
-            self.name[start + k] = self.name[old + k]
-            self.recent[start + k] = self.recent[old + k]
-            self.last_ms[start + k] = self.last_ms[old + k]
-        pool.release(old, self.nsize[slot])
-        self.nstart[slot] = start
-        self.nsize[slot] = size
+        self.name, self.recent, self.last_ms = regrow(
+            self.npool, self.nstart, self.nsize, self.nused, len(self.nused), slot, size,
+            [(self.name, "i"), (self.recent, "d"), (self.last_ms, "q")],
+        )  # fmt: skip
 
 
 class CategoryFeature(Feature[None]):
