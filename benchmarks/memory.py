@@ -122,6 +122,47 @@ def _trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _attributes(obj: object) -> Iterator[tuple[str, object]]:
+    """An object's attributes: its ``__dict__``, slots and (compiled) public attributes."""
+    seen: set[str] = set()
+    for klass in type(obj).__mro__:
+        for name, d in vars(klass).items():
+            if name.startswith("__") or name in seen:
+                continue
+            if type(d).__name__ in ("member_descriptor", "getset_descriptor"):
+                seen.add(name)
+                with contextlib.suppress(AttributeError):
+                    yield name, getattr(obj, name)
+    for name, value in getattr(obj, "__dict__", {}).items():
+        if name not in seen:
+            yield name, value
+
+
+def state_sizes(root: object) -> dict[str, int]:
+    """Bytes reachable from ``root`` by the owning attribute (``Class.attr`` of the nearest
+    object of a detector class): ``sys.getsizeof`` of every object reached once (an array's
+    or a numpy array's buffer included; a compiled class's typed memoryview as its array)."""
+    sizes: dict[str, int] = {}
+    seen: set[int] = set()
+    stack: list[tuple[object, str]] = [(root, type(root).__name__)]
+    while stack:
+        obj, label = stack.pop()
+        if type(obj).__name__ == "_memoryviewslice":
+            obj = obj.base  # type: ignore[attr-defined]
+        if id(obj) in seen or isinstance(obj, (type, type(sys), type(_trim))):
+            continue
+        seen.add(id(obj))
+        sizes[label] = sizes.get(label, 0) + sys.getsizeof(obj)
+        if type(obj).__module__.startswith("detector"):
+            name = type(obj).__name__
+            stack += [(v, f"{name}.{a}") for a, v in _attributes(obj)]
+        elif isinstance(obj, dict):
+            stack += [(x, label) for kv in obj.items() for x in kv]
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            stack += [(x, label) for x in obj]
+    return sizes
+
+
 def feed_role(
     model: str, producers: int, history: int, marks: bool, traced: bool, url: str, out: Path
 ) -> None:
@@ -164,6 +205,7 @@ def feed_role(
         Pipeline(spec).process(decoded(first))
         fed = 0
         pipeline = Pipeline(spec, max_producers=max(100_000, 2 * n_producers), track_changes=True)
+        empty = state_sizes(pipeline) if traced else {}
         _trim()
         if traced:
             tracemalloc.start()
@@ -190,6 +232,12 @@ def feed_role(
             grown = tracemalloc.get_traced_memory()[0] - traced0
             result["traced_bytes_per_producer"] = grown / n_producers
             tracemalloc.stop()
+            fed_sizes = state_sizes(pipeline)
+            result["breakdown"] = {
+                k: round((v - empty.get(k, 0)) / n_producers, 1)
+                for k, v in sorted(fed_sizes.items(), key=lambda kv: -kv[1])
+                if v - empty.get(k, 0) >= n_producers  # 1 byte per producer or more
+            }
 
         # Full checkpoint (every producer: the first commit after a baseline start).
         started = time.perf_counter()
@@ -625,6 +673,10 @@ def per_producer(
                 f"{inc['producers']:>9,} {inc['bytes'] / 1e6:>6,.1f} {inc['encode_s']:>6.2f} | "
                 f"{s['feed_us_per_event']:>8.0f}"
             )
+            if "breakdown" in s:
+                click.echo(f"{'':>10} bytes per producer by structure (tracemalloc run):")
+                for key, b in itertools.islice(s["breakdown"].items(), 25):
+                    click.echo(f"{'':>12} {b:>9,.1f}  {key}")
         stores += runs
         if no_replay is not None:
             share = {

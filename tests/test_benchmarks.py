@@ -89,7 +89,7 @@ def test_same_verdicts_resumes_from_checkpoints(tmp_path: Path) -> None:
 
 def test_replay_window_runs(tmp_path: Path) -> None:
     out = _run(tmp_path, "benchmarks.replay_window", "--ids", "5000", "--memory-producers", "20")
-    assert "window: 5,000 ids, capacity 8,192, 262,144 B (32 B per id of capacity)" in out
+    assert "window: 5,000 ids, capacity 8,192, 196,608 B (24 B per id of capacity)" in out
     assert re.search(r"without it [\d,]+ B per producer", out)
 
 
@@ -144,9 +144,13 @@ def test_memory_runs(tmp_path: Path) -> None:
         "2000",
         "--history-per-producer",
         "100",
+        "--traced",
     )
     rows = re.findall(r"^ +(\d+) +[\d,]+ (stats|stats, replay_horizon_s 0) +[\d,]+ ", out, re.M)
     assert len(rows) == 2, out  # with and without the replay window
+    # The traced run's breakdown names the state's structures, the categorical rows among them.
+    assert "bytes per producer by structure" in out
+    assert re.search(r"^ +[\d,.]+  Counts\.fp$", out, re.M), out
     assert "replay window's share: RSS" in out
     assert "100 events:" in out  # checkpoint bytes by history, up to the history fed
     assert "peak RSS" in out

@@ -7,14 +7,18 @@ from detector.core.codec cimport Writer
 cpdef object resized(object old, str code, Py_ssize_t size)
 
 cdef class Pool:
-    cdef public list free
-    cdef public Py_ssize_t top
-    @cython.locals(k=Py_ssize_t, j=Py_ssize_t, start=Py_ssize_t)
+    cdef public Py_ssize_t top, garbage
+    @cython.locals(start=Py_ssize_t)
     cpdef Py_ssize_t alloc(self, Py_ssize_t size)
     cpdef void release(self, Py_ssize_t start, Py_ssize_t size)
+    cpdef bint full_of_garbage(self)
 
-@cython.locals(size=Py_ssize_t)
 cpdef Py_ssize_t block_size(Py_ssize_t n)
+cpdef Py_ssize_t grown_block(Py_ssize_t size)
+@cython.locals(olds=list, news=list, top=Py_ssize_t, r=Py_ssize_t, s=Py_ssize_t, u=Py_ssize_t, n=Py_ssize_t, k=Py_ssize_t)
+cpdef list compact(Pool pool, long long[:] start, int[:] size, int[:] used, Py_ssize_t rows, list columns)
+@cython.locals(new=list, s=Py_ssize_t, total=Py_ssize_t, old=Py_ssize_t, u=Py_ssize_t)
+cpdef list regrow(Pool pool, long long[:] start, int[:] size, int[:] used, Py_ssize_t rows, Py_ssize_t r, Py_ssize_t new_size, list columns)
 
 cdef class Vocab:
     cdef public dict ids
@@ -30,7 +34,7 @@ cdef class Counts:
     cdef public Vocab values
     cdef public unsigned long long[:] vfp, fp
     cdef public Py_ssize_t rows
-    cdef public list free_rows
+    cdef public object free_rows
     cdef public long long[:] n, ostart, mstart, cnt
     cdef public int[:] sat, osize, oused, msize, mused, vid
     cdef public Pool once_pool, multi_pool
@@ -41,9 +45,7 @@ cdef class Counts:
     cpdef void clear(self, Py_ssize_t r)
     cpdef void reset(self, Py_ssize_t r)
     cpdef void drop(self, Py_ssize_t r)
-    @cython.locals(pool=Pool, start=Py_ssize_t, old=Py_ssize_t, k=Py_ssize_t)
     cdef void _grow_once(self, Py_ssize_t r, Py_ssize_t size)
-    @cython.locals(pool=Pool, start=Py_ssize_t, old=Py_ssize_t, k=Py_ssize_t, total=Py_ssize_t)
     cdef void _grow_multi(self, Py_ssize_t r, Py_ssize_t size)
     @cython.locals(vid=Py_ssize_t)
     cdef int _intern(self, str value, unsigned long long fp)

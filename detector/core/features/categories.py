@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from detector.core.codec import Reader, Writer, fingerprint
+from detector.core.features.columns import capacity
 from detector.core.features.surprise import MAX_SURPRISE
 
 
@@ -51,46 +52,95 @@ def unpickled(obj: object, state: dict[str, object]) -> None:
 
 
 class Pool:
-    """Blocks of 2, 4, 8... consecutive indices of some columns, freed blocks reused.
+    """Blocks of consecutive indices of some columns, given from the top; a block given back
+    is garbage until the owner compacts the columns (:func:`compact`), which it does once the
+    garbage passes a quarter of the indices given (a freed block is not reused: saturating
+    rows free large blocks, growing rows want small ones, and reusing split halves left most
+    of the columns unused).
 
     ``top`` is the end of the indices given so far: the owner grows its columns past it.
     """
 
-    __slots__ = ("free", "top")
+    __slots__ = ("garbage", "top")
 
     def __init__(self) -> None:
-        self.free: list[list[int]] = [[] for _ in range(64)]  # free blocks by log2 size
         self.top = 0
+        self.garbage = 0  # indices given back since the last compaction
 
     def alloc(self, size: int) -> int:
-        """The first index of a free block of ``size`` (a power of two) indices: a freed one,
-        or half of a larger freed one split (rows that saturate free large blocks, growing
-        rows want small ones), or a new one at the top."""
-        k = size.bit_length() - 1
-        j = k
-        while j < len(self.free) and not self.free[j]:
-            j += 1
-        if j == len(self.free):
-            start = self.top
-            self.top += size
-            return start
-        start = self.free[j].pop()
-        while j > k:
-            j -= 1
-            self.free[j].append(start + (1 << j))
+        """The first index of a new block of ``size`` indices."""
+        start = self.top
+        self.top += size
         return start
 
     def release(self, start: int, size: int) -> None:
-        if size:
-            self.free[size.bit_length() - 1].append(start)
+        self.garbage += size
+
+    def full_of_garbage(self) -> bool:
+        return self.garbage > max(self.top >> 2, 256)
 
 
 def block_size(n: int) -> int:
-    """The smallest block (a power of two, at least 2) holding ``n`` entries."""
-    size = 2
-    while size < n:
-        size *= 2
-    return size
+    """The block for ``n`` entries: a quarter more, room to grow without a move at once."""
+    return n + (n >> 2)
+
+
+def grown_block(size: int) -> int:
+    """The block a full one of ``size`` entries moves to: half as large again."""
+    return size + (size >> 1) + 2
+
+
+def compact(
+    pool: Pool, start: Any, size: Any, used: Any, rows: int, columns: list[tuple[Any, str]]
+) -> list[array[Any]]:
+    """The columns (``(column, type code)`` pairs) with rows ``0..rows``'s blocks moved down
+    to one after the other, in row order, each cut to :func:`block_size` of its entries;
+    ``start`` and ``size`` rewritten, the pool's garbage gone. The new columns have a
+    quarter more room than the blocks, for the next ones."""
+    olds = [resized(column, code, len(column)) for column, code in columns]
+    news = [array(code) for _, code in columns]
+    top = 0
+    for r in range(rows):
+        if not size[r]:
+            continue
+        s, u = start[r], used[r]
+        n = block_size(u)
+        for k in range(len(news)):
+            news[k].extend(olds[k][s : s + u])
+            news[k].frombytes(bytes((n - u) * news[k].itemsize))
+        start[r] = top if n else 0
+        size[r] = n
+        top += n
+    pool.top, pool.garbage = top, 0
+    for new in news:
+        new.frombytes(bytes((top >> 2) * new.itemsize))
+    return news
+
+
+def regrow(
+    pool: Pool, start: Any, size: Any, used: Any, rows: int, r: int, new_size: int,
+    columns: list[tuple[Any, str]],
+) -> list[Any]:  # fmt: skip
+    """The columns after row ``r``'s block moved to a new one of ``new_size`` (the pool
+    compacted first when it is full of garbage; the row then keeps its cut block if that has
+    room), grown when the pool outgrew them."""
+    if pool.full_of_garbage():
+        new = compact(pool, start, size, used, rows, columns)
+        columns = [(new[k], columns[k][1]) for k in range(len(columns))]
+        if size[r] > used[r]:
+            return new  # room in its block as cut
+    s = pool.alloc(new_size)
+    if pool.top > len(columns[0][0]):
+        total = max(pool.top + (pool.top >> 2), 64)
+        columns = [(resized(column, code, total), code) for column, code in columns]
+    old, u = start[r], used[r]
+    for column, _ in columns:
+        view = memoryview(column)
+        view[s : s + u] = view[old : old + u]
+    pool.release(old, size[r])
+    start[r] = s
+    size[r] = new_size
+    return [column for column, _ in columns]
 
 
 class Vocab:
@@ -153,7 +203,7 @@ class Counts:
         self.values = Vocab()
         self.vfp = array("Q")  # the fingerprint of each string of `values`, by id
         self.rows = 0
-        self.free_rows: list[int] = []
+        self.free_rows = array("i")
         self.n = array("q")
         self.sat = array("i")
         self.ostart = array("q")
@@ -187,7 +237,7 @@ class Counts:
             return r
         r = self.rows
         if r == len(self.n):
-            size = max(2 * r, 16)
+            size = capacity(r, r + 1)
             self.n = resized(self.n, "q", size)
             self.sat = resized(self.sat, "i", size)
             self.ostart = resized(self.ostart, "q", size)
@@ -226,32 +276,17 @@ class Counts:
 
     def _grow_once(self, r: int, size: int) -> None:
         """Move row ``r``'s once block to a new one of ``size``."""
-        pool = self.once_pool
-        start = pool.alloc(size)
-        if pool.top > len(self.fp):
-            self.fp = resized(self.fp, "Q", max(pool.top + pool.top // 4, 64))
-        old = self.ostart[r]
-        for k in range(self.oused[r]):
-            self.fp[start + k] = self.fp[old + k]
-        pool.release(old, self.osize[r])
-        self.ostart[r] = start
-        self.osize[r] = size
+        (self.fp,) = regrow(
+            self.once_pool, self.ostart, self.osize, self.oused, self.rows, r, size,
+            [(self.fp, "Q")],
+        )  # fmt: skip
 
     def _grow_multi(self, r: int, size: int) -> None:
         """Move row ``r``'s multi block to a new one of ``size``."""
-        pool = self.multi_pool
-        start = pool.alloc(size)
-        if pool.top > len(self.cnt):
-            total = max(pool.top + pool.top // 4, 64)
-            self.cnt = resized(self.cnt, "q", total)
-            self.vid = resized(self.vid, "i", total)
-        old = self.mstart[r]
-        for k in range(self.mused[r]):
-            self.cnt[start + k] = self.cnt[old + k]
-            self.vid[start + k] = self.vid[old + k]
-        pool.release(old, self.msize[r])
-        self.mstart[r] = start
-        self.msize[r] = size
+        self.cnt, self.vid = regrow(
+            self.multi_pool, self.mstart, self.msize, self.mused, self.rows, r, size,
+            [(self.cnt, "q"), (self.vid, "i")],
+        )  # fmt: skip
 
     def _intern(self, value: str, fp: int) -> int:
         vid = self.values.add(value)
@@ -262,13 +297,13 @@ class Counts:
 
     def _add_once(self, r: int, fp: int) -> None:
         if self.oused[r] == self.osize[r]:
-            self._grow_once(r, max(2 * self.osize[r], 2))
+            self._grow_once(r, grown_block(self.osize[r]))
         self.fp[self.ostart[r] + self.oused[r]] = fp
         self.oused[r] += 1
 
     def _add_multi(self, r: int, vid: int, count: int) -> None:
         if self.mused[r] == self.msize[r]:
-            self._grow_multi(r, max(2 * self.msize[r], 2))
+            self._grow_multi(r, grown_block(self.msize[r]))
         i = self.mstart[r] + self.mused[r]
         self.vid[i] = vid
         self.cnt[i] = count

@@ -3,17 +3,19 @@ import cython
 from libc cimport math
 
 from detector.core.codec cimport Writer
-from detector.core.features.categories cimport Counts, Pool, Vocab
+from detector.core.features.categories cimport Counts, Pool, Vocab, regrow
 from detector.core.features.surprise cimport type_prefix
 
 cdef class Fields:
     cdef public Counts counts
     cdef public Vocab keys
     cdef public dict by_type
-    cdef public list pairs, novel
-    cdef public Pool pool
-    cdef public int[:] key, row, size, used
-    cdef public long long[:] start
+    cdef public list pairs
+    cdef public Pool pool, npool
+    cdef public Vocab names
+    cdef public int[:] key, row, size, used, name, nsize, nused
+    cdef public long long[:] start, nstart, last_ms
+    cdef public double[:] recent
 
     @cython.locals(size=Py_ssize_t, start=Py_ssize_t, i=Py_ssize_t)
     cpdef void reset(self, Py_ssize_t slot)
@@ -23,15 +25,20 @@ cdef class Fields:
     cpdef int kid_of(self, object etype, str name)
     @cython.locals(names=dict)
     cpdef void _release_key(self, Py_ssize_t kid)
-    @cython.locals(size=Py_ssize_t, start=Py_ssize_t, total=Py_ssize_t, old=Py_ssize_t, k=Py_ssize_t, i=Py_ssize_t)
+    @cython.locals(i=Py_ssize_t)
     cpdef void add(self, Py_ssize_t slot, int kid, int row)
+    cdef void _grow(self, Py_ssize_t slot, Py_ssize_t size)
     @cython.locals(start=Py_ssize_t, i=Py_ssize_t)
     cpdef Py_ssize_t find(self, Py_ssize_t slot, int kid)
-    @cython.locals(count=double, last_ms=cython.longlong, novel=dict)
+    @cython.locals(nid=object, start=Py_ssize_t, i=Py_ssize_t)
+    cpdef Py_ssize_t _find_name(self, Py_ssize_t slot, str name)
+    @cython.locals(i=Py_ssize_t)
     cpdef double burst(self, Py_ssize_t slot, str name, long long t_ms, double burst_ms)
-    @cython.locals(novel=dict)
     cpdef void note(self, Py_ssize_t slot, str name, long long t_ms, double burst_ms)
-    @cython.locals(start=Py_ssize_t, used=Py_ssize_t, i=Py_ssize_t, novel=dict)
+    @cython.locals(i=Py_ssize_t)
+    cpdef void set_novelty(self, Py_ssize_t slot, str name, double recent, long long last_ms)
+    cdef void _grow_novel(self, Py_ssize_t slot, Py_ssize_t size)
+    @cython.locals(start=Py_ssize_t, used=Py_ssize_t, i=Py_ssize_t)
     cpdef void dump(self, Py_ssize_t slot, Writer w)
 
 @cython.locals(counts=Counts, kid=int, i=Py_ssize_t, row=int, s=double, best=double, burst=double, bursts=cython.bint, best_row=int)

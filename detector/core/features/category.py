@@ -18,11 +18,14 @@ from detector.core.features.categories import (
     Pool,
     Vocab,
     dump_saturated,
+    grown_block,
     pickled,
+    regrow,
     resized,
     unpickled,
 )
 from detector.core.features.clock import Clock
+from detector.core.features.columns import capacity
 from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
 from detector.core.features.surprise import Reason, type_prefix
@@ -36,7 +39,8 @@ class Fields:
     first sent them (a block of the ``key``/``row`` columns), each field a type-prefixed name
     interned in :attr:`keys` (shared by all producers) and its counts a row of
     :attr:`counts`; and per slot, the recent novelties per field name (a field's novelties
-    count together over event types), a dict only for the few slots that have any."""
+    count together over event types): a block of the ``name``/``recent``/``last_ms``
+    columns, in the order the names first came, each name interned in :attr:`names`."""
 
     def __init__(self) -> None:
         self.counts = Counts()
@@ -50,11 +54,20 @@ class Fields:
         self.start = array("q")
         self.size = array("i")
         self.used = array("i")
-        self.novel: list[dict[str, tuple[float, int]] | None] = []
+        self.names = Vocab()
+        self.npool = Pool()
+        self.name = array("i")
+        self.recent = array("d")
+        self.last_ms = array("q")
+        self.nstart = array("q")
+        self.nsize = array("i")
+        self.nused = array("i")
 
     def __reduce__(self) -> tuple[object, ...]:
-        columns = {"key": "i", "row": "i", "start": "q", "size": "i", "used": "i"}
-        others = ("counts", "keys", "by_type", "pairs", "pool", "novel")
+        columns = {"key": "i", "row": "i", "start": "q", "size": "i", "used": "i",
+                   "name": "i", "recent": "d", "last_ms": "q", "nstart": "q", "nsize": "i",
+                   "nused": "i"}  # fmt: skip
+        others = ("counts", "keys", "by_type", "pairs", "pool", "names", "npool")
         return (Fields, (), pickled(self, columns, others))
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -63,12 +76,13 @@ class Fields:
     def reset(self, slot: int) -> None:
         """Slot ``slot`` afresh: its rows, keys and block freed."""
         if slot >= len(self.used):
-            size = max(2 * len(self.used), slot + 1, 16)
+            size = capacity(len(self.used), slot + 1)
             self.start = resized(self.start, "q", size)
             self.size = resized(self.size, "i", size)
             self.used = resized(self.used, "i", size)
-        while len(self.novel) <= slot:
-            self.novel.append(None)
+            self.nstart = resized(self.nstart, "q", size)
+            self.nsize = resized(self.nsize, "i", size)
+            self.nused = resized(self.nused, "i", size)
         start = self.start[slot]
         for i in range(start, start + self.used[slot]):
             if self.row[i] >= 0:
@@ -78,7 +92,13 @@ class Fields:
         self.start[slot] = 0
         self.size[slot] = 0
         self.used[slot] = 0
-        self.novel[slot] = None
+        start = self.nstart[slot]
+        for i in range(start, start + self.nused[slot]):
+            self.names.release(self.name[i])
+        self.npool.release(start, self.nsize[slot])
+        self.nstart[slot] = 0
+        self.nsize[slot] = 0
+        self.nused[slot] = 0
 
     def hold(self, key: str) -> int:
         """The id of the type-prefixed field ``key``, held once more (by a slot)."""
@@ -117,23 +137,18 @@ class Fields:
     def add(self, slot: int, kid: int, row: int) -> None:
         """Append the (field, row) pair to the slot's."""
         if self.used[slot] == self.size[slot]:
-            size = max(2 * self.size[slot], 4)
-            start = self.pool.alloc(size)
-            if self.pool.top > len(self.key):
-                total = max(2 * len(self.key), self.pool.top, 64)
-                self.key = resized(self.key, "i", total)
-                self.row = resized(self.row, "i", total)
-            old = self.start[slot]
-            for k in range(self.used[slot]):
-                self.key[start + k] = self.key[old + k]
-                self.row[start + k] = self.row[old + k]
-            self.pool.release(old, self.size[slot])
-            self.start[slot] = start
-            self.size[slot] = size
+            self._grow(slot, grown_block(self.size[slot]))
         i = self.start[slot] + self.used[slot]
         self.key[i] = kid
         self.row[i] = row
         self.used[slot] += 1
+
+    def _grow(self, slot: int, size: int) -> None:
+        """Move the slot's block to a new one of ``size``."""
+        self.key, self.row = regrow(
+            self.pool, self.start, self.size, self.used, len(self.used), slot, size,
+            [(self.key, "i"), (self.row, "i")],
+        )  # fmt: skip
 
     def find(self, slot: int, kid: int) -> int:
         """The index of the field ``kid`` among the slot's pairs, or -1."""
@@ -149,20 +164,45 @@ class Fields:
         i = -1 if kid is None else self.find(slot, kid)
         return MISSING if i < 0 else self.row[i]
 
+    def _find_name(self, slot: int, name: str) -> int:
+        """The index of the field ``name`` among the slot's novelties, or -1."""
+        nid = self.names.ids.get(name)
+        if nid is None:
+            return -1
+        start = self.nstart[slot]
+        for i in range(start, start + self.nused[slot]):
+            if self.name[i] == nid:
+                return i
+        return -1
+
     def burst(self, slot: int, name: str, t_ms: int, burst_ms: float) -> float:
         """Recent novelties of the field ``name``, decayed to ``t_ms``."""
-        novel = self.novel[slot]
-        seen = None if novel is None else novel.get(name)
-        if seen is None:
+        i = self._find_name(slot, name)
+        if i < 0:
             return 0.0
-        count, last_ms = seen
-        return count * math.exp(-max(t_ms - last_ms, 0) / burst_ms)
+        return self.recent[i] * math.exp(-max(t_ms - self.last_ms[i], 0) / burst_ms)
 
     def note(self, slot: int, name: str, t_ms: int, burst_ms: float) -> None:
-        novel = self.novel[slot]
-        if novel is None:
-            novel = self.novel[slot] = {}
-        novel[sys.intern(name)] = (self.burst(slot, name, t_ms, burst_ms) + 1.0, t_ms)
+        self.set_novelty(slot, name, self.burst(slot, name, t_ms, burst_ms) + 1.0, t_ms)
+
+    def set_novelty(self, slot: int, name: str, recent: float, last_ms: int) -> None:
+        """The field ``name``'s recent novelties in the slot (a new name goes last)."""
+        i = self._find_name(slot, name)
+        if i < 0:
+            if self.nused[slot] == self.nsize[slot]:
+                self._grow_novel(slot, grown_block(self.nsize[slot]))
+            i = self.nstart[slot] + self.nused[slot]
+            self.name[i] = self.names.add(name)
+            self.nused[slot] += 1
+        self.recent[i] = recent
+        self.last_ms[i] = last_ms
+
+    def _grow_novel(self, slot: int, size: int) -> None:
+        """Move the slot's novelties to a new block of ``size``."""
+        self.name, self.recent, self.last_ms = regrow(
+            self.npool, self.nstart, self.nsize, self.nused, len(self.nused), slot, size,
+            [(self.name, "i"), (self.recent, "d"), (self.last_ms, "q")],
+        )  # fmt: skip
 
     def dump(self, slot: int, w: Writer) -> None:
         """Slot ``slot``'s fields and novelties (its part of a producer's record)."""
@@ -174,12 +214,12 @@ class Fields:
                 dump_saturated(w)
             else:
                 self.counts.dump(self.row[i], w)
-        novel = self.novel[slot] or {}
-        w.count(len(novel))
-        for name, (count, last_ms) in novel.items():
-            w.text(name)
-            w.f64(count)
-            w.i64(last_ms)
+        start, used = self.nstart[slot], self.nused[slot]
+        w.count(used)
+        for i in range(start, start + used):
+            w.text(self.names.text(self.name[i]))
+            w.f64(self.recent[i])
+            w.i64(self.last_ms[i])
 
 
 class CategoryFeature(Feature[None]):
@@ -239,11 +279,9 @@ class CategoryFeature(Feature[None]):
                 f.counts.drop(row)
                 row = -1
             f.add(slot, kid, row)
-        novel = {}
         for _ in range(r.count()):
-            name = sys.intern(r.text())
-            novel[name] = (r.f64(), r.i64())
-        f.novel[slot] = novel or None
+            name = r.text()
+            f.set_novelty(slot, name, r.f64(), r.i64())
 
     def view(self, slot: int) -> dict[str, Categories]:
         """The slot's fields by type-prefixed name, read live (ID_FIELD: saturated)."""
@@ -272,7 +310,7 @@ def best_category(
     best, best_field, best_row = 0.0, "", -1
     if not f.used[slot]:
         return best, best_field, best_row
-    bursts = f.novel[slot] is not None  # no novelty yet (most producers): no burst to look up
+    bursts = f.nused[slot] > 0  # no novelty yet: no burst to look up
     counts = f.counts
     for name, value in strings.items():
         kid = f.kid_of(etype, name)

@@ -59,9 +59,9 @@ class FeatureConfig:
         replay_horizon_s: event time for which each producer's event ids are remembered (from
             their first send, against the newest event time seen); an id the same producer
             sends again within it is a ``replayed_id``; 0 = off. The ids of all producers
-            share one window (it grows with events, not producers), 32 bytes per id.
+            share one window (it grows with events, not producers), 24 bytes per id.
         replay_max_ids: bound of that window: beyond this many ids the oldest are forgotten
-            first (1,000,000: at most 32 MiB; ~555 ids/s fill it within 30 minutes).
+            first (1,000,000: at most 24 MiB; ~555 ids/s fill it within 30 minutes).
         burst_s: event time over which novelties (never-seen types, values or shapes) and
             repeated ids count as one burst: each one in the burst multiplies the evidence
             of the next (independent rare events multiply; a broken producer repeats itself).

@@ -23,8 +23,9 @@ from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
 from detector.core.features.surprise import MAX_SURPRISE, Reason
 
-# Per id of capacity: 2 table slots of 8 bytes (load <= 1/2) + the ring's fingerprint and time.
-BYTES_PER_ID = 32
+# Per id of capacity: 2 table slots of 4 bytes (a ring index; load <= 1/2) + the ring's
+# fingerprint and time.
+BYTES_PER_ID = 24
 _FIRST_CAPACITY = 1024  # ids; the ring doubles from here up to max_ids (rounded to a power of 2)
 _BLOCK_IDS = 4096  # ids per checkpoint record (64 KB): a commit writes the blocks it filled
 _NEVER = -(2**62)
@@ -34,15 +35,16 @@ class IdWindow:
     """The (producer, event id) pairs sent within ``horizon_ms`` of the newest event time, at
     most ``max_ids`` of them, as 64-bit fingerprints.
 
-    An open-addressing hash table of fingerprints (linear probing, 0 = empty, deletion by
-    backward shift: no tombstones) answers :meth:`seen`; a FIFO ring of (fingerprint, event
-    time) in the order remembered says what to forget: the oldest first, once older than the
+    A FIFO ring of (fingerprint, event time) in the order remembered holds the ids, and an
+    open-addressing hash table of ring indices (plus 1: 0 = empty; linear probing on the
+    fingerprint, deletion by backward shift: no tombstones) answers :meth:`seen`; the ring
+    says what to forget: the oldest first, once older than the
     newest event time remembered less the horizon, or to make room beyond ``max_ids``. An
     id remembered after a newer one (events out of order) waits behind it, so an id is
     remembered for *at least* the horizon. The ring doubles as ids come (from 1024 up to
-    ``max_ids`` rounded up to a power of 2), the table is twice the ring: 32 bytes per id of
+    ``max_ids`` rounded up to a power of 2), the table is twice the ring: 24 bytes per id of
     capacity (:data:`BYTES_PER_ID`), the capacity at most twice the most ids ever held
-    (``max_ids = 1,000,000``: at most 32 MiB).
+    (``max_ids = 1,000,000``: at most 24 MiB).
 
     64 bits: a fresh id collides with one of 10^6 remembered ones about once in 2 * 10^13
     events (and is then taken for a repeat).
@@ -76,7 +78,8 @@ class IdWindow:
     def _allocate(self, capacity: int) -> None:
         self.fps: npt.NDArray[np.uint64] = np.zeros(capacity, dtype=np.uint64)
         self.times: npt.NDArray[np.int64] = np.zeros(capacity, dtype=np.int64)
-        self.table: npt.NDArray[np.uint64] = np.zeros(2 * capacity, dtype=np.uint64)
+        # 4-byte ring indices, not the 8-byte fingerprints: a quarter less per id.
+        self.table: npt.NDArray[np.uint32] = np.zeros(2 * capacity, dtype=np.uint32)
         # Memoryviews read and write single items as Python ints, twice as fast as numpy's
         # scalar indexing; the arrays are never resized (growth allocates new ones).
         self._fv = self.fps.data
@@ -100,7 +103,7 @@ class IdWindow:
             setattr(self, k, v)
         self._allocate(len(fps))
         self.fps[:], self.times[:] = fps, times
-        self.table[:] = _build_table(self._live(), len(self.table))
+        self.table[:] = _build_table(self.fps, self._ring(), len(self.table))
 
     @property
     def capacity(self) -> int:
@@ -137,61 +140,61 @@ class IdWindow:
         i = (self.head + self.count) & self._ring_mask
         self._fv[i] = fp
         self._tv[i] = t_ms
-        self._insert(fp)
+        self._insert(fp, i)
         self.count += 1
         self._fresh += 1
         return False
 
     def _find(self, fp: int) -> int:
-        table, mask = self._table, self._mask
+        """The table slot of the fingerprint, or -1."""
+        table, fv, mask = self._table, self._fv, self._mask
         i = fp & mask
         while True:
             x = table[i]
-            if x == fp:
-                return i
             if x == 0:
                 return -1
+            if fv[x - 1] == fp:
+                return i
             i = (i + 1) & mask
 
-    def _insert(self, fp: int) -> None:
+    def _insert(self, fp: int, at: int) -> None:
+        """Note that ring slot ``at`` holds the fingerprint."""
         table, mask = self._table, self._mask
         i = fp & mask
         while table[i]:
             i = (i + 1) & mask
-        table[i] = fp
+        table[i] = at + 1
 
     def _forget_oldest(self) -> None:
         """Drop the ring's oldest id from the table: the ids after it in its probe run move
         back into the hole, unless their home lies between the hole and them."""
-        table, mask = self._table, self._mask
-        i = self._find(self._fv[self.head])
+        table, fv, mask = self._table, self._fv, self._mask
+        i = self._find(fv[self.head])
         j = i
         while True:
             j = (j + 1) & mask
             x = table[j]
             if x == 0:
                 break
-            if (j - (x & mask)) & mask >= (j - i) & mask:  # its home is not in (i, j]
+            if (j - (fv[x - 1] & mask)) & mask >= (j - i) & mask:  # its home is not in (i, j]
                 table[i] = x
                 i = j
         table[i] = 0
         self.head = (self.head + 1) & self._ring_mask
         self.count -= 1
 
-    def _live(self) -> npt.NDArray[np.uint64]:
-        """The remembered fingerprints, oldest first."""
-        at = (self.head + np.arange(self.count, dtype=np.int64)) & self._ring_mask
-        live: npt.NDArray[np.uint64] = self.fps[at]
-        return live
+    def _ring(self) -> npt.NDArray[np.int64]:
+        """The ring slots of the remembered ids, oldest first."""
+        return (self.head + np.arange(self.count, dtype=np.int64)) & self._ring_mask
 
     def _grow(self) -> None:
         """Twice the capacity: the ring unrolled to start at 0, the table rebuilt (every
         block is rewritten at the next commit)."""
-        at = (self.head + np.arange(self.count, dtype=np.int64)) & self._ring_mask
+        at = self._ring()
         fps, times = self.fps[at], self.times[at]
         self._allocate(2 * len(self.fps))
         self.fps[: self.count], self.times[: self.count] = fps, times
-        self.table[:] = _build_table(fps, len(self.table))
+        self.table[:] = _build_table(self.fps, np.arange(self.count), len(self.table))
         self.head = 0
         self._fresh = self.count
 
@@ -268,7 +271,7 @@ class IdWindow:
                 raise ValueError(msg)
             w.fps[k * size : (k + 1) * size], w.times[k * size : (k + 1) * size] = fps, times
         w.head, w.count, w.newest_ms = head, count, newest_ms
-        w.table[:] = _build_table(w._live(), len(w.table))
+        w.table[:] = _build_table(w.fps, w._ring(), len(w.table))
         return w
 
 
@@ -277,16 +280,20 @@ def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
-def _build_table(fps: npt.NDArray[np.uint64], size: int) -> npt.NDArray[np.uint64]:
-    """A linear-probing table of ``size`` slots holding ``fps`` (distinct, nonzero), built
-    at once: sorted by home slot, each goes to the first slot past its home and its
+def _build_table(
+    ring: npt.NDArray[np.uint64], at: npt.NDArray[np.int64], size: int
+) -> npt.NDArray[np.uint32]:
+    """A linear-probing table of ``size`` slots holding the ring slots ``at`` (plus 1) of
+    the distinct fingerprints ``ring[at]`` (homed by fingerprint), built at once: sorted by
+    home slot, each goes to the first slot past its home and its
     predecessor; those pushed past the end take the first free slots from 0, as a wrapping
     insertion would. (Any layout where every slot from an id's home to the id is full
     answers the same.)"""
-    table = np.zeros(size, dtype=np.uint64)
-    n = len(fps)
+    table = np.zeros(size, dtype=np.uint32)
+    n = len(at)
     if not n:
         return table
+    fps = ring[at]
     home = (fps & np.uint64(size - 1)).astype(np.int64)
     order = np.argsort(home, kind="stable")
     i = np.arange(n, dtype=np.int64)
@@ -296,7 +303,7 @@ def _build_table(fps: npt.NDArray[np.uint64], size: int) -> npt.NDArray[np.uint6
         taken = np.zeros(size, dtype=bool)
         taken[pos[~over]] = True
         pos[over] = np.flatnonzero(~taken)[: int(over.sum())]
-    table[pos] = fps[order]
+    table[pos] = at[order] + 1
     return table
 
 
