@@ -144,9 +144,9 @@ def test_a_worker_refuses_a_scores_stream_it_reads_or_writes_otherwise(
             Worker(settings_factory(scores_stream=name))
 
 
-def _verdict(n: int, score: float | None) -> Verdict:
+def _verdict(n: int, score: float | None) -> tuple[Event, float | None, bool]:
     event = Event("in", f"{n}-0", "p", n, "t", {"v": 1.0}, {}, 10)
-    return Verdict(event, score, score is not None and score > 0.9, None)
+    return event, score, score is not None and score > 0.9
 
 
 def test_scores_keep_any_producer_id_and_score_exactly(redis_url: str) -> None:
@@ -155,7 +155,7 @@ def test_scores_keep_any_producer_id_and_score_exactly(redis_url: str) -> None:
                 dead_letter_stream="dl", maxlen=0, scores_stream="sc")  # fmt: skip
     odd = 'pay "7"\\ é\t\u2603 [x]'
     tiny, event = 1e-300, Event("in", "5-0", odd, 5, None, {}, {}, 10)
-    scores = [Verdict(event, tiny, False, None), _verdict(6, 1.0 - 2**-52)]
+    scores = [(event, tiny, False), _verdict(6, 1.0 - 2**-52)]
     assert s.emit(Output(scores=scores, model="m")) == 0  # only alerts and dead letters count
     rows = [f for _, f in client.xrange("sc")]
     assert rows[0][b"producer"].decode() == odd and float(rows[0][b"score"]) == tiny

@@ -157,6 +157,16 @@ class Verdicts(Sequence[Verdict]):
         """Flagged events that raised no alert (a cooldown or the global cap held it)."""
         return sum(self.flagged) - len(self.alerts)
 
+    def rows(self) -> list[tuple[Event, float | None, bool]]:
+        """Each event's (event, score, flagged), read from the columns (no :class:`Verdict`
+        per event); events that failed are left out (they are dead letters)."""
+        errors, score, flagged = self.errors, self.score, self.flagged
+        return [
+            (event, None if math.isnan(score[i]) else score[i], bool(flagged[i]))
+            for i, event in enumerate(self.events)
+            if i not in errors
+        ]
+
     def emitted(self) -> list[Alert]:
         """Every alert of the batch, in event order: an event's own, then its side alerts."""
         out: list[Alert] = []

@@ -39,8 +39,8 @@ from detector.core.errors import ConfigError
 from detector.core.settings import ALERT_GUARD_KEY, DEAD_LETTER_GUARD_KEY, GUARD_TTL_S, Settings
 from detector.gateway.ownership import NO_FENCE, Fence, FencedError, NoFence
 
-if TYPE_CHECKING:  # the pipeline (River, numpy) is not needed to append its verdicts
-    from detector.core.pipeline import Verdict
+if TYPE_CHECKING:  # only a type here
+    from detector.core.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -560,11 +560,11 @@ class DeadLetter:
 @dataclass(slots=True)
 class Output:
     """What one batch appends downstream: alerts, dead letters and, with a scores stream,
-    the verdicts of its scored events (of the model named ``model``)."""
+    its scored events as (event, score, flagged) (of the model named ``model``)."""
 
     alerts: list[Alert] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    scores: list[Verdict] = field(default_factory=list)
+    scores: list[tuple[Event, float | None, bool]] = field(default_factory=list)
     model: str = ""
 
     def __bool__(self) -> bool:
@@ -577,15 +577,15 @@ class Output:
         return orjson.dumps(
             [
                 (
-                    v.event.producer,
-                    v.event.stream,
-                    v.event.entry_id,
-                    str(v.event.event_time_ms),
-                    "" if v.score is None else repr(v.score),
-                    "1" if v.flagged else "0",
+                    event.producer,
+                    event.stream,
+                    event.entry_id,
+                    str(event.event_time_ms),
+                    "" if score is None else repr(score),
+                    "1" if flagged else "0",
                     model,
                 )
-                for v in self.scores
+                for event, score, flagged in self.scores
             ]
         )
 

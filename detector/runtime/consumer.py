@@ -273,7 +273,7 @@ class Consumer:
         # Alerts in event order; side alerts: producers an event's time revealed as silent.
         out.alerts.extend(verdicts.emitted())
         if self.streams.scores_stream is not None:  # with the alerts, before the acks
-            out.scores = [v for v in verdicts if v.error is None]  # opt-in: objects per event
+            out.scores = verdicts.rows()
             out.model = self.pipeline.spec.name
         if not claimed:
             # A read returns each stream's entries in id order: its last one is its highest.
