@@ -61,8 +61,8 @@ from detector.core.settings import (
     DEFAULT_STREAM,
     HEALTH_KEY,
     NOTIFY_DEAD_LETTER_STREAM,
-    PEERS_KEY,
     NOTIFY_GROUP,
+    PEERS_KEY,
 )
 from detector.gateway import partitions as parts
 

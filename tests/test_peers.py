@@ -240,8 +240,10 @@ def test_offline_score_equals_run_with_peers(
 ) -> None:
     history = fleet(per_producer=300)
     t = history[-1].event_time_ms
-    extra = [event("payment-2", t + 100, "cart.item_added"),
-             *(event(f"cart-{i}", t + 1000 * i, "cart.saved_for_later", i) for i in (1, 2, 3))]
+    extra = [
+        event("payment-2", t + 100, "cart.item_added"),
+        *(event(f"cart-{i}", t + 1000 * i, "cart.saved_for_later", i) for i in (1, 2, 3)),
+    ]
     entries = [_fields(e) for e in (*history, *extra)]
     jsonl = tmp_path / "events.jsonl"
     jsonl.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in entries))
@@ -257,4 +259,3 @@ def test_offline_score_equals_run_with_peers(
     online = {v.event.entry_id: v.alert is not None for vs in seen for v in vs}
     assert offline == [str(int(online[i])) for i in ids]
     assert offline.count("1") == 2  # the foreign type, and the release once
-

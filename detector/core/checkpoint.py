@@ -43,8 +43,9 @@ from detector.core.events import Event
 # 4: producer states as typed records, stateless models not written; 5: spec digests of the
 # settings only (not the description), River estimators per producer in their records, meta
 # "river_objects", the rate's accepted arrivals in the records (issue 17); 6: each producer's
-# peer group (its kind and flags) in its record, the peer summary as a shared record. An older detector
-# refuses a newer format by this number, and this one refuses older ones (retrain or reset).
+# peer group (kind, flags, usual gap) in its record, the peer summary as a shared record. An
+# older detector refuses a newer format by this number, and this one refuses older ones
+# (retrain or reset).
 FORMAT_VERSION = 6
 READABLE_FORMATS = (6,)
 _MAGIC = b"DETECTOR-BASELINE-1\n"

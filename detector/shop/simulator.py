@@ -1114,7 +1114,6 @@ class _Planner:
         else:
             msg = "cannot place a release clear of the other incidents: a longer stream"
             raise ValueError(msg)
-        svc = SERVICES[svc_name]
         etype, k = _RELEASE_TYPES[svc_name]
         end, first = start + ext, start + ext
         for p in group:

@@ -151,6 +151,12 @@ class FeatureConfig:
         if min(self.drift_slack, self.drift_clip, self.burst_s) <= 0:
             msg = "drift_slack, drift_clip and burst_s must be > 0"
             raise ValueError(msg)
+        self._check_peers()
+        if self.window_values and self.window_values < 2 * self.window_tail:
+            msg = "window_values must be at least 2 * window_tail"
+            raise ValueError(msg)
+
+    def _check_peers(self) -> None:
         if self.peer_min_events < 1 or self.peer_max_kinds < 1 or self.peer_rate_factor <= 1:
             msg = "peer_min_events and peer_max_kinds must be >= 1, peer_rate_factor > 1"
             raise ValueError(msg)
@@ -161,6 +167,3 @@ class FeatureConfig:
                 except re.error as exc:
                     msg = f"peer_patterns: {p!r}: {exc}"
                     raise ValueError(msg) from None
-        if self.window_values and self.window_values < 2 * self.window_tail:
-            msg = "window_values must be at least 2 * window_tail"
-            raise ValueError(msg)

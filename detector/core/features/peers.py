@@ -43,7 +43,6 @@ from detector.core.features.types import TypeFeature
 
 DEPARTED = 1  # flag: the producer's departure from its kind alerted (once)
 JOINED = 2  # flag: counted among its kind's members
-RATED = 4  # flag: its usual inter-arrival added to its kind's
 DEPARTURE_MIN_EVENTS = 20  # a newcomer's rate is compared once it has this many events
 
 
@@ -55,8 +54,8 @@ class Kind:
     def __init__(self) -> None:
         self.members = 0
         self.types: dict[str, list[int]] = {}
-        self.gap_ms = 0.0  # sum of the members' usual inter-arrivals (ms) ...
-        self.gaps = 0  # ... over this many members
+        self.gap_ms = 0.0  # sum of the members' latest usual inter-arrivals (ms) ...
+        self.gaps = 0  # ... over this many members (each refreshed every peer_min_events)
         self.saturated = False  # more than max_types types: new ones no longer counted
 
     def count(self, etype: str, events: int, senders: int, cap: int) -> None:
@@ -159,6 +158,7 @@ class PeerFeature(Feature[None]):
         self.rate = rate
         self.kind: list[str] = []
         self.flags: list[int] = []
+        self.gap: list[float] = []  # its usual inter-arrival as last added to its kind's
         self.local: Summary = {}
         self.remote: Summary = {}
         self.overflowed = False  # a kind beyond peer_max_kinds was refused (reported once)
@@ -181,8 +181,9 @@ class PeerFeature(Feature[None]):
         if slot == len(self.kind):
             self.kind.append("")
             self.flags.append(0)
+            self.gap.append(0.0)
         else:
-            self.kind[slot], self.flags[slot] = "", 0
+            self.kind[slot], self.flags[slot], self.gap[slot] = "", 0, 0.0
 
     def judge(self, slot: int, event: Event) -> float:
         return 0.0
@@ -193,11 +194,13 @@ class PeerFeature(Feature[None]):
     def dump(self, slot: int, w: Writer) -> None:
         w.text(self.kind[slot])
         w.count(self.flags[slot])
+        w.f64(self.gap[slot])
 
     def load(self, slot: int, r: Reader) -> None:
         self.reset(slot)
         self.kind[slot] = r.text()
         self.flags[slot] = r.count()
+        self.gap[slot] = r.f64()
 
     # -- the summary, local and remote ----------------------------------------------------
 
@@ -324,10 +327,13 @@ class PeerFeature(Feature[None]):
         if etype is not None:
             summary.count(etype, 1, int(first), cfg.max_types)
             self.changed = True
-        if not self.flags[slot] & RATED and self.clock.n[slot] >= cfg.peer_min_events:
-            self.flags[slot] |= RATED
-            summary.gap_ms += self.rate.usual_ms(slot)
-            summary.gaps += 1
+        n = self.clock.n[slot]
+        if n >= cfg.peer_min_events and n % cfg.peer_min_events == 0:
+            # Its latest usual rate stands for it in its kind's (daily cycles move them all).
+            usual_ms, before = self.rate.usual_ms(slot), self.gap[slot]
+            summary.gap_ms += usual_ms - before
+            summary.gaps += before == 0.0
+            self.gap[slot] = usual_ms
 
     def _assign(self, slot: int, event: Event) -> str:
         """The producer's kind, if it can be told now (joined: counted as a member, and the
