@@ -1124,7 +1124,7 @@ class _Planner:
                 self.inject(p, ts, _typed_maker(p, r, ts, etype, k))
                 ts += int(r.uniform(20_000, 90_000))
         detail = (
-            f"{len(group)} {svc_name} instances adopting {etype} within 5 min, for "
+            f"{len(group)} {svc_name} instances ({svc_name}-*) adopting {etype} within 5 min, for "
             f"{ext // 60_000} min (a release: one alert)"
         )
         return Incident("release", f"{svc_name}-*", first, end, detail)
