@@ -62,6 +62,7 @@ from detector.core.settings import (
     HEALTH_KEY,
     NOTIFY_DEAD_LETTER_STREAM,
     NOTIFY_GROUP,
+    PEERS_KEY,
 )
 from detector.gateway import partitions as parts
 
@@ -315,7 +316,15 @@ def worker_rules(cfg: AclConfig, password: str) -> list[str]:
         _selector(["+exists"], [f"%R~{k}" for k in guards]),
         _selector(["+hscan", "+hset", "+hdel"], [f"%RW~{checkpoint}"]),
         _selector(["+del"], [f"%W~{checkpoint}", f"%W~{health}"]),
+        _peers(cfg),
     ]
+
+
+def _peers(cfg: AclConfig) -> str:
+    """The group's peer summaries (:mod:`detector.runtime.peering`): ``HSET`` of the worker's
+    own fields and ``HGETALL`` of the others'."""
+    peers = key_pattern(PEERS_KEY, group=cfg.group)
+    return _selector(["+hset", "+hgetall"], [f"%RW~{peers}"])
 
 
 def _durable(cfg: AclConfig) -> list[str]:
@@ -388,6 +397,7 @@ def partitioned_worker_rules(cfg: AclConfig, password: str) -> list[str]:
         _selector(["+hscan", "+hset", "+hdel"], [f"%RW~{checkpoint}"]),
         _selector(["+del"], [f"%W~{checkpoint}", f"%W~{health}", f"%W~{lease}"]),
         _selector(["+zadd", "+zrangebyscore", "+zremrangebyscore", "+zrem"], [f"%RW~{members}"]),
+        _peers(cfg),
     ]
 
 

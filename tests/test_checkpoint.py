@@ -137,7 +137,8 @@ def test_a_baseline_holds_no_id_window_and_starts_one_afresh(tmp_path: Path) -> 
     signer, p = Signer(KEY), Pipeline(load_spec("stats"))
     p.process(_events_with_ids(per_producer=300))
     snap = p.snapshot({}, full=True)
-    assert set(snap.shared) == {"replayed_id", "replayed_id.0"}  # a header, a block of 1024
+    # the id window: a header, a block of 1024; the peer summary
+    assert set(snap.shared) == {"replayed_id", "replayed_id.0", "peer"}
     save(p, tmp_path / "b.baseline", signer)
     assert load_file(tmp_path / "b.baseline", signer).shared == {}
     started = Pipeline(load_spec("stats"))

@@ -149,7 +149,7 @@ def _table(total: Score, title: str) -> Table:
         f"{_fmt(total.precision, '.1%')}; {total.producer_days:.1f} producer-days, "
         f"{_fmt(total.false_per_producer_day, '.2f')} false alerts per producer per day; "
         f"false by top reason {dict(sorted(total.false_by_reason.items()))}; producers' alerts "
-        f"during stream pauses {total.during_pauses}"
+        f"during stream pauses {total.during_pauses}; a group paging again {total.repeats}"
     )
     return t
 
@@ -213,6 +213,7 @@ def _json(
         "false_per_producer_day": num(total.false_per_producer_day),
         "false_by_top_reason": total.false_by_reason,
         "during_pauses": total.during_pauses,
+        "repeats": total.repeats,
         "simulated": [
             {
                 "threshold": t,

@@ -13,6 +13,10 @@ A ``stream_pause`` is no producer's incident (its producer is ``""``): the detec
 grace that no incident explains is false and also counts in :attr:`Score.during_pauses`
 (there must be none).
 
+A ``release`` is a group's incident (its producer is ``cart-*``): an alert on any instance of
+the group catches it, and it must page once: each further alert belonging to it is false
+(counted in :attr:`Score.repeats` too).
+
 Examples:
     >>> from detector.shop.simulator import Incident
     >>> inc = Incident("flood", "cart-1", 10_000, 20_000, "")
@@ -43,7 +47,7 @@ GRACE_MS: dict[str, int] = {
 CAUSES: dict[str, frozenset[str]] = {
     "flood": frozenset({"rate"}),
     "value_outlier": frozenset({"value"}),
-    "foreign_type": frozenset({"type"}),
+    "foreign_type": frozenset({"type", "peer"}),
     "schema_drift": frozenset({"schema"}),
     # A payload made large by new fields (attributes, dump chunks) is also a new shape.
     "oversized_payload": frozenset({"size", "schema"}),
@@ -56,8 +60,12 @@ CAUSES: dict[str, frozenset[str]] = {
     "new_type": frozenset({"type"}),
     "new_type_shape": frozenset({"type", "schema"}),
     "stream_pause": frozenset({"stream"}),
+    "release": frozenset({"type", "peer"}),
 }
 """Reason features that name each kind's injected cause."""
+
+ONCE = frozenset({"release"})
+"""Kinds that must page once: every alert after the first that belongs to one is false."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +114,7 @@ class Score:
     false_by_reason: dict[str, int] = field(default_factory=dict)
     false_hits: list[Hit] = field(default_factory=list)
     during_pauses: int = 0  # producers' false alerts inside a stream_pause or its grace
+    repeats: int = 0  # a group's incident paging more than once (ONCE kinds): false alerts
 
     @property
     def precision(self) -> float:
@@ -130,6 +139,7 @@ class Score:
         self.producer_days += other.producer_days
         self.false_hits += other.false_hits
         self.during_pauses += other.during_pauses
+        self.repeats += other.repeats
         for reason, n in other.false_by_reason.items():
             self.false_by_reason[reason] = self.false_by_reason.get(reason, 0) + n
 
@@ -143,7 +153,9 @@ def score(incidents: Sequence[Incident], hits: Iterable[Hit], producer_days: flo
     for hit in sorted(hits, key=lambda h: h.event_time_ms):
         out.alerts += 1
         inc = incident_for(hit.producer, hit.event_time_ms, incidents, GRACE_MS)
-        if inc is None:
+        repeat = inc is not None and inc.kind in ONCE and inc in first
+        out.repeats += repeat
+        if inc is None or repeat:
             out.false += 1
             if hit.producer and any(a <= hit.event_time_ms <= b for a, b in pauses):
                 out.during_pauses += 1

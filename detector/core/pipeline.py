@@ -341,6 +341,9 @@ class Pipeline:
         ):
             lead = new_producer_reason(event.producer, len(store) - 1)
             score, flagged = 1.0, True
+        elif n and (decisive := store.early(slot, event)) is not None:
+            # In warm-up but of a known kind: departing from its peers alerts (peer groups).
+            lead, score, flagged, suspect = decisive, 1.0, True, True
         self._suspect_run(slot, t, suspect)
         held = t < ds.cooldown_until_ms[slot] and decisive is None
         if flagged:

@@ -28,6 +28,9 @@ CHECKPOINT_KEY = "detector:checkpoint:{group}:{consumer}"
 # Unpartitioned on Redis Cluster: a commit writes the checkpoint and acks the one input stream
 # in one transaction, so the checkpoint takes the stream's name as hash tag (one slot).
 CLUSTER_CHECKPOINT_KEY = CHECKPOINT_KEY + "{{{stream}}}"
+# Each partition's peer summary (a field per partition), merged by every worker
+# (detector.runtime.peering).
+PEERS_KEY = "detector:peers:{group}"
 # Refreshed by a live worker; `detector check` reads it.
 HEALTH_KEY = "detector:health:{group}:{consumer}"
 # `detector notify`: its consumer group on the alert stream, and where the alerts its webhook

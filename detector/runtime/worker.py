@@ -51,6 +51,7 @@ from detector.gateway.streams import (
     connect_kwargs,
     sweep,
 )
+from detector.runtime import peering
 from detector.runtime.consumer import Consumer, RunStats, Runtime
 from detector.runtime.metrics import Metrics
 from detector.runtime.status import StatusReporter
@@ -268,7 +269,9 @@ class Worker:
         # Partition -> its consumer.
         self.consumers: dict[int, Consumer] = {}
         self._health_key = HEALTH_KEY.format(group=settings.group, consumer=settings.consumer)
-        self._next = {"health": 0.0, "info": 0.0, "claim": 0.0, "own": 0.0, "primary": 0.0}
+        self._next = {
+            "health": 0.0, "info": 0.0, "claim": 0.0, "own": 0.0, "primary": 0.0, "peers": 0.0,
+        }  # fmt: skip
         self._signals = 0
         self._rotation = 0
         self._tails: dict[int, dict[str, str]] = {}
@@ -541,9 +544,21 @@ class Worker:
         if now >= self._next["claim"]:
             self._next["claim"] = now + CLAIM_INTERVAL_S
             self._claim_safely()
+        if now >= self._next["peers"] and self.spec.features.peers:
+            self._next["peers"] = now + peering.PEER_SHARE_INTERVAL_S
+            self._guarded(self._share_peers)
         if now >= self._next["primary"] and self.settings.sentinels:
             self._next["primary"] = now + PRIMARY_CHECK_INTERVAL_S
             self._guarded(self._check_primary)
+
+    def _share_peers(self) -> None:
+        """Publish the owned partitions' peer summaries and merge the others' (peering)."""
+        s = self.settings
+        pipelines = {
+            peering.field_of(None if s.partitions is None else p, s.consumer): c.pipeline
+            for p, c in self.consumers.items()
+        }
+        peering.exchange(self.client, s.group, self.rt.signer, pipelines)
 
     def _check_primary(self) -> None:
         """Through Sentinel: the pool drops its idle connections if the primary changed."""

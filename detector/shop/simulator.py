@@ -69,6 +69,7 @@ INCIDENT_KINDS: tuple[str, ...] = (
     "new_type",
     "new_type_shape",
     "stream_pause",
+    "release",
 )
 """Every incident kind :func:`generate` can inject.
 
@@ -94,6 +95,11 @@ INCIDENT_KINDS: tuple[str, ...] = (
 - ``stream_pause``: *not* an incident of any producer: every producer stops for two to five
   minutes (a deploy, a network cut), then resumes as before. Its producer is ``""``, like the
   detector's own alerts: the stream going quiet is news, but no producer did anything.
+- ``release``: every instance of one service starts sending a type none sent before (a new
+  release rolled out: ``cart.saved_for_later`` with the fields of a usual type), each within
+  five minutes of the first, a few per minute for 20-40 minutes. Its producer is the group,
+  ``cart-*``: one alert on any of its instances catches it, and it must page once (every
+  further alert on the group inside it is false).
 """
 
 DEMO_KINDS: tuple[str, ...] = (
@@ -749,6 +755,7 @@ _EXTENT_S: dict[str, tuple[float, float]] = {
     "new_type": (10, 30),  # one event at the start; the rest keeps the producer clear
     "new_type_shape": (10, 30),
     "stream_pause": (120, 300),
+    "release": (1200, 2400),
 }
 
 
@@ -1091,6 +1098,37 @@ class _Planner:
         msg = "cannot place a stream_pause clear of the other incidents: a longer stream"
         raise ValueError(msg)
 
+    def release(self, r: random.Random, slot: tuple[int, int] | None) -> Incident:
+        """Every instance of one service adopts a new type within minutes (placed where all
+        are free)."""
+        ext = self._extent_ms("release", r)
+        services = sorted(s for s, n in self.instances.items() if n >= 2)
+        for attempt in range(50):
+            svc_name = r.choice(services)
+            group = [p for p in self.regular if p.service.name == svc_name]
+            lo, hi = slot if slot is not None and attempt == 0 else (self.lo, self.hi)
+            top = min(self.hi - ext, max(lo, hi - ext))
+            start = r.randint(min(max(self.lo, lo), top), top)
+            if all(self._free(p.name, start, start + ext) for p in group):
+                break
+        else:
+            msg = "cannot place a release clear of the other incidents: a longer stream"
+            raise ValueError(msg)
+        etype, k = _RELEASE_TYPES[svc_name]
+        end, first = start + ext, start + ext
+        for p in group:
+            self.reserve(p.name, start, end)
+            ts = start + int(r.uniform(0, 300_000))
+            first = min(first, ts)
+            while ts <= end:
+                self.inject(p, ts, _typed_maker(p, r, ts, etype, k))
+                ts += int(r.uniform(20_000, 90_000))
+        detail = (
+            f"{len(group)} {svc_name} instances ({svc_name}-*) adopting {etype} within 5 min, for "
+            f"{ext // 60_000} min (a release: one alert)"
+        )
+        return Incident("release", f"{svc_name}-*", first, end, detail)
+
     def replayed_ids(self, r: random.Random, slot: tuple[int, int] | None) -> Incident:
         ext = self._extent_ms("replayed_ids", r)
         back = int(r.uniform(5, 30) * _MINUTE_MS)
@@ -1131,6 +1169,7 @@ _KINDS: dict[str, _Kind] = {
     "new_type": _Planner.new_type,
     "new_type_shape": _Planner.new_type_shape,
     "stream_pause": _Planner.stream_pause,
+    "release": _Planner.release,
 }
 # Placed first and outside the even spread: they need hours, or a night.
 _UNSLOTTED = ("slow_poisoning", "off_hours_burst")
@@ -1145,6 +1184,27 @@ _NEW_TYPES: dict[str, tuple[str, int]] = {
     "shipping": ("shipping.address_changed", 0),
     "auth": ("auth.password_reset_forced", 0),
 }
+
+
+# ``release``: per service, the new type its instances adopt and the usual type whose fields
+# it has.
+_RELEASE_TYPES: dict[str, tuple[str, int]] = {
+    "cart": ("cart.saved_for_later", 0),
+    "payment": ("payment.installments_offered", 0),
+    "inventory": ("inventory.reservation_extended", 0),
+    "shipping": ("shipping.slot_booked", 0),
+    "auth": ("auth.passkey_registered", 0),
+}
+
+
+def _typed_maker(p: _Producer, r: random.Random, ts: int, etype: str, k: int) -> Maker:
+    """An extra event of type ``etype`` with the fields of the service's type ``k``."""
+    build = p.service.builders[k]
+
+    def make() -> Fields:
+        return _fields(p.name, ts, etype, build(r, p.next_event_id()))
+
+    return make
 
 
 def _admin_drop_table(r: random.Random, eid: str) -> Payload:
@@ -1371,6 +1431,11 @@ def generate(
             gc.enable()
 
 
+def _member(producer: str, of: str) -> bool:
+    """Whether ``producer`` is the incident's producer, or one of its group (``cart-*``)."""
+    return producer == of or (of.endswith("-*") and producer.startswith(of[:-1]))
+
+
 def incident_for(
     producer: str,
     event_time_ms: int,
@@ -1394,7 +1459,9 @@ def incident_for(
     late: Incident | None = None
     for inc in incidents:
         grace = grace_ms if isinstance(grace_ms, int) else grace_ms.get(inc.kind, DEFAULT_GRACE_MS)
-        if inc.producer != producer or not inc.start_ms <= event_time_ms <= inc.end_ms + grace:
+        if not _member(producer, inc.producer) or not (
+            inc.start_ms <= event_time_ms <= inc.end_ms + grace
+        ):
             continue
         if event_time_ms <= inc.end_ms:
             return inc

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # The features, in the order they judge an event (ties among reasons keep this order).
-FEATURES = ("rate", "value", "size", "type", "category", "schema", "replayed_id", "drift")
+FEATURES = ("rate", "value", "size", "type", "category", "schema", "replayed_id", "drift", "peer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,19 @@ class FeatureConfig:
         drift_slack: CUSUM allowance per event, in reference standard deviations: shifts
             smaller than this never accumulate.
         drift_clip: largest standardised distance one value adds (one outlier is no drift).
+        peers: peer groups (:mod:`detector.core.features.peers`): producers of one kind, what
+            each kind sends; a first event of a type other kinds own alerts naming the kind,
+            a type another producer of its kind already sends is no news (a release pages
+            once), a newcomer of a known kind is judged against its kind while it warms up.
+        peer_patterns: producer id globs naming kinds (``"payment-*"``: kind ``payment-*``),
+            or regexes with a ``(?P<kind>...)`` group; producers no pattern matches get the
+            family (before the first ``.``) of the type they send most as their kind.
+        peer_min_events: events of a producer before its kind is learned from its types, and
+            events of a kind's members of a type before the kind owns it.
+        peer_max_kinds: kinds summarised; a producer that would mint one more gets none (its
+            kind's overflow alerts once).
+        peer_rate_factor: a producer in warm-up sending this many times faster than its kind's
+            usual rate alerts (once).
         drift_restart: a CUSUM statistic learned above this (an accepted new normal, or a
             drift the calibration found usual) restarts the reference from the next events.
     """
@@ -108,6 +122,11 @@ class FeatureConfig:
     drift_slack: float = 0.5
     drift_clip: float = 3.0
     drift_restart: float = 30.0
+    peers: bool = False
+    peer_patterns: tuple[str, ...] = ()
+    peer_min_events: int = 200
+    peer_max_kinds: int = 64
+    peer_rate_factor: float = 10.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.disabled) - set(FEATURES))
@@ -132,6 +151,19 @@ class FeatureConfig:
         if min(self.drift_slack, self.drift_clip, self.burst_s) <= 0:
             msg = "drift_slack, drift_clip and burst_s must be > 0"
             raise ValueError(msg)
+        self._check_peers()
         if self.window_values and self.window_values < 2 * self.window_tail:
             msg = "window_values must be at least 2 * window_tail"
             raise ValueError(msg)
+
+    def _check_peers(self) -> None:
+        if self.peer_min_events < 1 or self.peer_max_kinds < 1 or self.peer_rate_factor <= 1:
+            msg = "peer_min_events and peer_max_kinds must be >= 1, peer_rate_factor > 1"
+            raise ValueError(msg)
+        for p in self.peer_patterns:
+            if "(?P<kind>" in p:
+                try:
+                    re.compile(p)
+                except re.error as exc:
+                    msg = f"peer_patterns: {p!r}: {exc}"
+                    raise ValueError(msg) from None

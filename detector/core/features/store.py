@@ -23,6 +23,7 @@ from detector.core.features.drift import Drift, DriftFeature
 from detector.core.features.feature import Feature
 from detector.core.features.judgements import Judgements
 from detector.core.features.moments import Moments
+from detector.core.features.peers import PeerFeature
 from detector.core.features.rate import RateFeature
 from detector.core.features.replay import IdCounts, ReplayFeature
 from detector.core.features.schema import SchemaFeature
@@ -109,16 +110,17 @@ def _typed(feature: Feature[Any], cls: type[T]) -> T:
 
 def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature[Any]]:
     """Every feature, in :data:`FEATURES` order (the registry: one line per feature)."""
-    value = ValueFeature(cfg, clock)
+    rate, value, types = RateFeature(cfg, clock), ValueFeature(cfg, clock), TypeFeature(cfg, clock)
     features: list[Feature[Any]] = [
-        RateFeature(cfg, clock),
+        rate,
         value,
         SizeFeature(cfg, clock),
-        TypeFeature(cfg, clock),
+        types,
         CategoryFeature(cfg, clock),
         SchemaFeature(cfg, clock),
         ReplayFeature(cfg, clock),
         DriftFeature(cfg, clock, value),
+        PeerFeature(cfg, clock, types, rate),
     ]
     assert tuple(f.name for f in features) == FEATURES  # noqa: S101 (the registry's order)
     return features
@@ -154,8 +156,11 @@ class FeatureStore:
         self.by_name = {f.name: f for f in self.features}
         # (column, feature) of the features that judge: a feature's column in Judgements.
         self._judges = [(k, f) for k, f in enumerate(self.features) if f.name not in cfg.disabled]
-        # The features that may find a reason decisive (Feature.decisive).
+        # The features that may find a reason decisive (Feature.decisive); with peers on, the
+        # peer feature stands in for the type feature's (it refines that reason).
         self._decisive = [f for _, f in self._judges if type(f).decisive is not Feature.decisive]
+        stood_in = "type" if cfg.peers and "type" not in cfg.disabled else "peer"
+        self._decisive = [f for f in self._decisive if f.name != stood_in]
         self._parts: list[Part] = [self.clock, *self.features, *parts]
         self.producers: OrderedDict[str, int] = OrderedDict()  # producer -> slot, LRU order
         self._free: list[int] = []
@@ -190,6 +195,10 @@ class FeatureStore:
     @property
     def types(self) -> TypeFeature:
         return _typed(self.by_name["type"], TypeFeature)
+
+    @property
+    def peers(self) -> PeerFeature:
+        return _typed(self.by_name["peer"], PeerFeature)
 
     @property
     def categories(self) -> CategoryFeature:
@@ -477,6 +486,11 @@ class FeatureStore:
             if reason is not None:
                 return reason
         return None
+
+    def early(self, slot: int, event: Event) -> Reason | None:
+        """A reason that alerts by itself for a producer still in warm-up: its departure from
+        its peer group (:meth:`PeerFeature.early`); ask it before the state moves on."""
+        return self.peers.early(slot, event) if self.cfg.peers else None
 
     def explain(self, slot: int, event: Event) -> list[Reason]:
         """Every surprising feature's reason, largest surprise first (call it before the

@@ -33,6 +33,10 @@ class TypeFeature(Feature[None]):
         self.counts = Counts()
         self.novel = Novelty(KEY)
         self._counted = -1  # the slot whose event advance() counted (learn() must not again)
+        # With peers on: the slot whose event advance() found to be its first of that type
+        # (the peer feature, which advances after, counts it among the type's senders).
+        self.track_first = False
+        self.first_slot = -1
 
     def reset(self, slot: int) -> None:
         if slot == self.counts.rows:
@@ -75,6 +79,9 @@ class TypeFeature(Feature[None]):
     def advance(self, slot: int, event: Event) -> None:
         cfg, etype = self.cfg, event.type
         self._counted = -1
+        if self.track_first:
+            first = etype is not None and not self.counts.count(slot, etype)
+            self.first_slot = slot if first else -1
         burst = cfg.novelty_burst and self.clock.n[slot] > 1
         if etype is None or not (burst or cfg.first_type_rarity):
             return

@@ -1,0 +1,412 @@
+"""Peer groups: producers of one kind, and what each kind sends (a bounded summary).
+
+A producer's *kind* comes from the spec's ``peer_patterns`` (an id glob such as ``payment-*``,
+the kind named by the glob, or a regex with a ``kind`` group) or, for producers no pattern
+matches, from its own type profile: the family (the part before the first ``.``) of the
+type it sends most, fixed once it has ``peer_min_events`` events, or at its first event when
+that type's family is already a kind (a newcomer of a known kind starts warm).
+
+Per kind, the summary holds its members, per event type the events of its members and how
+many of them sent it, and the usual inter-arrival of its members: counts only, at most
+``peer_max_kinds`` kinds and ``max_types`` types per kind (an attacker can mint both; the
+kind that overflows alerts once). It is knowledge beyond a producer's own past, so the peer
+feature answers in :meth:`PeerFeature.decisive` (it judges nothing: its surprise stays 0):
+
+- **foreign type**: a producer's first event of a type other kinds own (their members sent it
+  ``peer_min_events`` times) and its own kind does not alerts at that event, naming the type
+  and the kind that usually sends it (never another producer's id);
+- **adoption**: a type new to the producer that another member of its kind already sent is
+  not news (a release adopted by the group pages once, at its first sender; a newcomer
+  sending its kind's types is no news either: the warm start of types);
+- **newcomer departure**: a producer still in warm-up whose kind is known alerts once on a
+  foreign type, or when its rate is ``peer_rate_factor`` times its kind's usual rate.
+
+Partitioned workers each summarise their own producers (:attr:`PeerFeature.local`) and
+share it through Redis (:mod:`detector.runtime.peering`); the others' summaries are merged
+into :attr:`PeerFeature.remote`, which the decisions read beside the local one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+
+from detector.core.codec import Reader, Writer
+from detector.core.events import Event
+from detector.core.features.clock import Clock
+from detector.core.features.config import FeatureConfig
+from detector.core.features.feature import Feature
+from detector.core.features.rate import RateFeature
+from detector.core.features.surprise import Reason
+from detector.core.features.types import TypeFeature
+
+DEPARTED = 1  # flag: the producer's departure from its kind alerted (once)
+JOINED = 2  # flag: counted among its kind's members
+DEPARTURE_MIN_EVENTS = 20  # a newcomer's rate is compared once it has this many events
+
+
+class Kind:
+    """One kind's summary: members, per type ``[events, senders]``, members' usual gaps."""
+
+    __slots__ = ("gap_ms", "gaps", "members", "saturated", "types")
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.types: dict[str, list[int]] = {}
+        self.gap_ms = 0.0  # sum of the members' latest usual inter-arrivals (ms) ...
+        self.gaps = 0  # ... over this many members (each refreshed every peer_min_events)
+        self.saturated = False  # more than max_types types: new ones no longer counted
+
+    def count(self, etype: str, events: int, senders: int, cap: int) -> None:
+        row = self.types.get(etype)
+        if row is None:
+            if len(self.types) >= cap:
+                self.saturated = True
+                return
+            row = self.types[etype] = [0, 0]
+        row[0] += events
+        row[1] += senders
+
+    def merge(self, other: Kind, cap: int) -> None:
+        self.members += other.members
+        self.gap_ms += other.gap_ms
+        self.gaps += other.gaps
+        self.saturated |= other.saturated
+        for etype, (events, senders) in other.types.items():
+            self.count(etype, events, senders, cap)
+
+    def dump(self, w: Writer) -> None:
+        w.i64(self.members)
+        w.f64(self.gap_ms)
+        w.i64(self.gaps)
+        w.count(self.saturated)
+        w.count(len(self.types))
+        for etype in sorted(self.types):  # sorted: the same summary, the same bytes
+            events, senders = self.types[etype]
+            w.text(etype)
+            w.i64(events)
+            w.i64(senders)
+
+    @classmethod
+    def load(cls, r: Reader) -> Kind:
+        k = cls()
+        k.members, k.gap_ms, k.gaps = r.i64(), r.f64(), r.i64()
+        k.saturated = bool(r.count())
+        for _ in range(r.count()):
+            etype = r.text()
+            k.types[etype] = [r.i64(), r.i64()]
+        return k
+
+
+Summary = dict[str, Kind]
+
+
+def dump_summary(summary: Summary) -> bytes:
+    """A summary as bytes (the checkpoint's record, and what a worker shares)."""
+    w = Writer()
+    w.count(len(summary))
+    for name in sorted(summary):
+        w.text(name)
+        summary[name].dump(w)
+    return w.bytes()
+
+
+def load_summary(raw: bytes) -> Summary:
+    """The summary :func:`dump_summary` wrote.
+
+    Raises:
+        ValueError: another layout.
+    """
+    r = Reader(raw)
+    out = {r.text(): Kind.load(r) for _ in range(r.count())}
+    if not r.done():
+        msg = "peer summary is longer than this layout"
+        raise ValueError(msg)
+    return out
+
+
+def merged(summaries: Iterable[Summary], cap: int) -> Summary:
+    """The sum of several workers' summaries (kinds by name)."""
+    out: Summary = {}
+    for summary in summaries:
+        for name, kind in summary.items():
+            out.setdefault(name, Kind()).merge(kind, cap)
+    return out
+
+
+def family(etype: str) -> str:
+    """The kind a type's senders are named after: its part before the first dot."""
+    return etype.split(".", 1)[0]
+
+
+class PeerFeature(Feature[None]):
+    """Per slot: the producer's kind (``""``: none yet) and its flags; shared: the summary of
+    its own producers' kinds (:attr:`local`) and of other workers' (:attr:`remote`).
+
+    It reads the type feature's counts and the rate feature's usual rate (given, as the drift
+    feature is given the value feature), and stands in for the type feature's decisive
+    reason when on (``peers``): see the module's docstring."""
+
+    name = "peer"
+
+    def __init__(
+        self, cfg: FeatureConfig, clock: Clock, types: TypeFeature, rate: RateFeature
+    ) -> None:
+        super().__init__(cfg, clock)
+        self.types = types
+        self.rate = rate
+        self.kind: list[str] = []
+        self.flags: list[int] = []
+        self.gap: list[float] = []  # its usual inter-arrival as last added to its kind's
+        self.local: Summary = {}
+        self.remote: Summary = {}
+        self.overflowed = False  # a kind beyond peer_max_kinds was refused (reported once)
+        self._overflow_slot = -1  # the producer whose next event reports it
+        self.changed = False
+        self._globs: list[tuple[str, str]] = []
+        self._regexes: list[re.Pattern[str]] = []
+        for p in cfg.peer_patterns:
+            if "(?P<kind>" in p:
+                self._regexes.append(re.compile(p))
+            else:
+                self._globs.append((p, fnmatch.translate(p)))
+        self._glob = [(p, re.compile(rx)) for p, rx in self._globs]
+        if cfg.peers:
+            types.track_first = True
+
+    # -- per slot ------------------------------------------------------------------------
+
+    def reset(self, slot: int) -> None:
+        if slot == len(self.kind):
+            self.kind.append("")
+            self.flags.append(0)
+            self.gap.append(0.0)
+        else:
+            self.kind[slot], self.flags[slot], self.gap[slot] = "", 0, 0.0
+
+    def judge(self, slot: int, event: Event) -> float:
+        return 0.0
+
+    def explain(self, slot: int, event: Event) -> Reason | None:
+        return None
+
+    def dump(self, slot: int, w: Writer) -> None:
+        w.text(self.kind[slot])
+        w.count(self.flags[slot])
+        w.f64(self.gap[slot])
+
+    def load(self, slot: int, r: Reader) -> None:
+        self.reset(slot)
+        self.kind[slot] = r.text()
+        self.flags[slot] = r.count()
+        self.gap[slot] = r.f64()
+
+    # -- the summary, local and remote ----------------------------------------------------
+
+    def known(self, name: str) -> bool:
+        return name in self.local or name in self.remote
+
+    def tally(self, name: str, etype: str) -> tuple[int, int]:
+        """Events and senders of ``etype`` in kind ``name``, this worker's and the others'."""
+        events = senders = 0
+        for summary in (self.local, self.remote):
+            kind = summary.get(name)
+            row = None if kind is None else kind.types.get(etype)
+            if row is not None:
+                events, senders = events + row[0], senders + row[1]
+        return events, senders
+
+    def owners(self, etype: str, own: str) -> list[str]:
+        """The kinds other than ``own`` that own ``etype`` (most events first)."""
+        least = self.cfg.peer_min_events
+        names = sorted({*self.local, *self.remote} - {own})
+        owned = [(e, n) for n in names if (e := self.tally(n, etype)[0]) >= least]
+        return [n for _, n in sorted(owned, key=lambda en: -en[0])]
+
+    def usual_gap_ms(self, name: str) -> float:
+        """The mean usual inter-arrival of a kind's members (0: none known)."""
+        total, n = 0.0, 0
+        for summary in (self.local, self.remote):
+            kind = summary.get(name)
+            if kind is not None:
+                total, n = total + kind.gap_ms, n + kind.gaps
+        return total / n if n else 0.0
+
+    def members(self, name: str) -> int:
+        return sum(s[name].members for s in (self.local, self.remote) if name in s)
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def decisive(self, slot: int, event: Event) -> Reason | None:
+        """An established producer's event (see the module's docstring); the type feature's
+        own reason when peers have nothing to say."""
+        own_reason = self.types.decisive(slot, event)
+        if self._overflow_slot == slot:
+            return self._overflow_reason()
+        kind, etype = self.kind[slot], event.type
+        if not kind or etype is None or self.types.counts.count(slot, etype):
+            return own_reason
+        foreign = self._foreign(slot, event, kind, etype)
+        if foreign is not None:
+            return foreign
+        if self.tally(kind, etype)[1] > 0:
+            return None  # another producer of its kind sends it: adopted, no news
+        if own_reason is None:
+            return None
+        return Reason(
+            own_reason.feature, own_reason.field, own_reason.observed,
+            f"{own_reason.expected}; new to every {kind} producer", own_reason.surprise,
+        )  # fmt: skip
+
+    def early(self, slot: int, event: Event) -> Reason | None:
+        """A producer in warm-up whose kind is known departs from it: a foreign type, or a
+        rate ``peer_rate_factor`` times its kind's (once per producer)."""
+        cfg = self.cfg
+        if not cfg.peers:
+            return None
+        if self._overflow_slot == slot:
+            return self._overflow_reason()
+        kind, etype = self.kind[slot], event.type
+        if not kind or self.flags[slot] & DEPARTED:
+            return None
+        if etype is not None and not self.types.counts.count(slot, etype):
+            foreign = self._foreign(slot, event, kind, etype)
+            if foreign is not None:
+                self.flags[slot] |= DEPARTED
+                self.changed = True
+                return foreign
+        usual_ms = self.usual_gap_ms(kind)
+        if self.clock.n[slot] < DEPARTURE_MIN_EVENTS or not usual_ms:
+            return None
+        own_ms = max(self.rate.usual_ms(slot), 1.0)
+        if usual_ms < cfg.peer_rate_factor * own_ms:
+            return None
+        self.flags[slot] |= DEPARTED
+        self.changed = True
+        return Reason(
+            "peer", "rate", f"{1000.0 / own_ms:.3g}/s",
+            f"{kind} producers send ~{1000.0 / usual_ms:.3g}/s each", 2.0 * cfg.first_type_rarity,
+        )  # fmt: skip
+
+    def _foreign(self, slot: int, event: Event, kind: str, etype: str) -> Reason | None:
+        """A type its kind does not own and other kinds do (one burst of them is one alert)."""
+        cfg = self.cfg
+        if self.tally(kind, etype)[0] >= cfg.peer_min_events:
+            return None
+        owners = self.owners(etype, kind)
+        if not owners:
+            return None
+        if self.types.novel.within(slot, event.event_time_ms, cfg.burst_s * 1000):
+            return None  # the burst's first new type alerted
+        usual = f"usually sent by {owners[0]} producers, never by {kind} producers"
+        if len(owners) > 1:
+            usual += f" (also by {', '.join(owners[1:3])})"
+        s = self.types.counts.surprise(slot, etype, cfg.novelty_prior, 0.0, cfg.min_count)
+        return Reason("peer", "type", etype, usual, max(s, cfg.first_type_rarity, 1.0))
+
+    def _overflow_reason(self) -> Reason:
+        self._overflow_slot = -1
+        bound = self.cfg.peer_max_kinds
+        return Reason("peer", "kind", f"more than {bound} kinds", "no new kind is learned", 3.0)
+
+    # -- facts ----------------------------------------------------------------------------
+
+    def advance(self, slot: int, event: Event) -> None:
+        cfg = self.cfg
+        if not cfg.peers:
+            return
+        kind = self.kind[slot] or self._assign(slot, event)
+        if not kind:
+            return
+        first = self.types.first_slot == slot
+        etype = event.type
+        summary = self.local.get(kind)
+        if summary is None:
+            return
+        if etype is not None:
+            summary.count(etype, 1, int(first), cfg.max_types)
+            self.changed = True
+        n = self.clock.n[slot]
+        if n >= cfg.peer_min_events and n % cfg.peer_min_events == 0:
+            # Its latest usual rate stands for it in its kind's (daily cycles move them all).
+            usual_ms, before = self.rate.usual_ms(slot), self.gap[slot]
+            summary.gap_ms += usual_ms - before
+            summary.gaps += before == 0.0
+            self.gap[slot] = usual_ms
+
+    def _assign(self, slot: int, event: Event) -> str:
+        """The producer's kind, if it can be told now (joined: counted as a member, and the
+        types it sent so far counted in the kind)."""
+        name = self._pattern_kind(event.producer) if self.clock.n[slot] == 1 else None
+        if name is None:
+            etype = event.type
+            if self.clock.n[slot] == 1 and etype is not None and self.known(family(etype)):
+                name = family(etype)
+            elif self.clock.n[slot] >= self.cfg.peer_min_events:
+                sent = self.types.counts.counts(slot)
+                if sent:
+                    name = family(min(sent, key=lambda t: (-sent[t], t)))
+        if name is None:
+            return ""
+        kind = self.local.get(name)
+        if kind is None:
+            if len(self.local) >= self.cfg.peer_max_kinds:
+                if not self.overflowed:
+                    self.overflowed, self._overflow_slot = True, slot
+                return ""
+            kind = self.local[name] = Kind()
+        self.kind[slot] = name
+        self.flags[slot] |= JOINED
+        kind.members += 1
+        self.changed = True
+        if self.clock.n[slot] > 1:  # its past types join the kind's (this event: advance)
+            sent = self.types.counts.counts(slot)
+            for etype, count in sent.items():
+                kind.count(etype, count, 1, self.cfg.max_types)
+        return name
+
+    def _pattern_kind(self, producer: str) -> str | None:
+        for rx in self._regexes:
+            m = rx.search(producer)
+            if m is not None and m.group("kind"):
+                return m.group("kind")
+        for glob, rx in self._glob:
+            if rx.match(producer):
+                return glob
+        return None
+
+    # -- shared state ---------------------------------------------------------------------
+
+    def shared(self, full: bool) -> dict[str, bytes]:
+        if not self.cfg.peers or not (full or self.changed):
+            return {}
+        w = Writer()
+        w.blob(dump_summary(self.local))
+        w.blob(dump_summary(self.remote))
+        w.count(self.overflowed)
+        return {self.name: w.bytes()}
+
+    def committed(self) -> None:
+        self.changed = False
+
+    def load_shared(self, records: Mapping[str, bytes]) -> None:
+        self.local, self.remote, self.overflowed, self._overflow_slot = {}, {}, False, -1
+        raw = records.get(self.name)
+        if raw is None:
+            return
+        r = Reader(raw)
+        self.local, self.remote = load_summary(r.blob()), load_summary(r.blob())
+        self.overflowed = bool(r.count())
+        if not r.done():
+            msg = "peer record is longer than this layout"
+            raise ValueError(msg)
+
+    def share(self) -> bytes:
+        """This worker's own summary, to publish for the others."""
+        return dump_summary(self.local)
+
+    def merge(self, others: Iterable[bytes]) -> None:
+        """The other workers' summaries as published (replacing the previous merge)."""
+        self.remote = merged((load_summary(raw) for raw in others), self.cfg.max_types)
+        self.changed = True

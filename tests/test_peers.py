@@ -1,0 +1,261 @@
+"""Peer groups (issue 17): kinds of producers, foreign types, releases, warm starts, and the
+summary shared across partitions through Redis."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from detector.core.checkpoint import Signer, decode_fields, encode_fields
+from detector.core.events import Event
+from detector.core.features.peers import dump_summary, load_summary, merged
+from detector.core.pipeline import Pipeline, Verdicts
+from detector.core.scoring import ModelSpec, load_spec
+from detector.core.settings import PEERS_KEY, Settings
+from detector.gateway import partitions
+from detector.offline import Scoring, score_file
+from detector.runtime import peering
+from detector.runtime.worker import Worker
+from tests.conftest import TEST_KEY
+from tests.partitioned import BASE
+from tests.partitioned import append as append_partitioned
+
+KINDS = {
+    "cart": ("cart.item_added", "cart.item_removed", "cart.checked_out"),
+    "payment": ("payment.authorized", "payment.captured"),
+}
+START = 1_767_225_600_000
+
+
+def fleet(
+    per_producer: int = 400, instances: int = 3, seed: int = 1, start: int = START
+) -> list[Event]:
+    """Interleaved traffic of two kinds of services, ``instances`` producers each."""
+    rng = random.Random(seed)
+    producers = [f"{k}-{i}" for k in KINDS for i in range(1, instances + 1)]
+    out, t = [], start
+    for step in range(per_producer * len(producers)):
+        t += rng.randint(20, 180)
+        producer = producers[step % len(producers)]
+        etype = rng.choice(KINDS[producer.split("-")[0]])
+        out.append(Event("s", f"{t}-{step}", producer, t, etype,
+                         {"amount": round(rng.lognormvariate(3, 0.3), 2)}, {}, 80))  # fmt: skip
+    return out
+
+
+def event(producer: str, t: int, etype: str, k: int = 0) -> Event:
+    return Event("s", f"{t}-x{k}", producer, t, etype, {"amount": 20.0}, {}, 80)
+
+
+def alerts(out: Verdicts) -> list[tuple[str, str, str, str]]:
+    return [(a.producer, a.reasons[0].feature, a.reasons[0].observed, a.reasons[0].expected)
+            for a in out.emitted()]  # fmt: skip
+
+
+def with_features(spec: ModelSpec, **changes: object) -> ModelSpec:
+    return dataclasses.replace(spec, features=dataclasses.replace(spec.features, **changes))
+
+
+def test_a_foreign_type_alerts_at_its_first_event_naming_the_kind_that_sends_it() -> None:
+    p = Pipeline(load_spec("stats"))
+    history = fleet()
+    assert alerts(p.process(history)) == []
+    t = history[-1].event_time_ms
+    out = p.process([event("payment-2", t + 100, "cart.item_added")])
+    (v,) = out
+    assert v.alert is not None and not v.held
+    top = v.alert.reasons[0]
+    assert (top.feature, top.field, top.observed) == ("peer", "type", "cart.item_added")
+    assert top.expected == "usually sent by cart producers, never by payment producers"
+    assert "cart-" not in " ".join(r.expected + r.observed for r in v.alert.reasons)  # no ids
+
+
+def test_a_release_adopted_by_a_kind_pages_once() -> None:
+    p = Pipeline(load_spec("stats"))
+    history = fleet()
+    p.process(history)
+    t = history[-1].event_time_ms
+    rollout = [event(f"cart-{i}", t + 1000 * i + 60_000 * k, "cart.saved_for_later", k)
+               for k in range(3) for i in (1, 2, 3)]  # fmt: skip
+    rollout.sort(key=lambda e: e.event_time_ms)
+    got = [g for g in alerts(p.process(rollout)) if g[1] != "silence"]  # the others paused
+    assert len(got) == 1  # the first adopter's first event; the group adopting it is no news
+    producer, feature, observed, expected = got[0]
+    assert (producer, feature, observed) == ("cart-1", "type", "cart.saved_for_later")
+    assert expected.endswith("new to every cart producer")
+
+
+def test_without_peers_each_adopter_of_a_release_pages() -> None:
+    p = Pipeline(with_features(load_spec("stats"), peers=False))
+    history = fleet()
+    p.process(history)
+    t = history[-1].event_time_ms
+    rollout = [event(f"cart-{i}", t + 1000 * i, "cart.saved_for_later") for i in (1, 2, 3)]
+    assert len(alerts(p.process(rollout))) == 3  # what peers change
+
+
+def test_pattern_groups_name_kinds_by_id() -> None:
+    spec = with_features(load_spec("stats"), peer_patterns=("cart-*", "^(?P<kind>pay)ment-"))
+    p = Pipeline(spec)
+    history = fleet()
+    p.process(history)
+    assert sorted(p.store.peers.local) == ["cart-*", "pay"]
+    assert p.store.peers.kind[p.view("payment-3").slot] == "pay"
+    t = history[-1].event_time_ms
+    (v,) = p.process([event("payment-1", t + 100, "cart.checked_out")])
+    assert v.alert is not None
+    assert v.alert.reasons[0].expected == "usually sent by cart-* producers, never by pay producers"
+
+
+def test_a_newcomer_of_a_known_kind_starts_warm() -> None:
+    p = Pipeline(load_spec("stats"))
+    history = fleet()
+    p.process(history)
+    t = history[-1].event_time_ms
+    warmup = p.decision.warmup_events
+    # A newcomer sending its kind's types at its kind's rate, among the others' traffic:
+    # nothing to say while it warms up (but that it is new).
+    calm = [event("cart-9", t + 600 * k, KINDS["cart"][k % 3], k) for k in range(1, 50)]
+    around = fleet(per_producer=10, seed=2, start=t)
+    out = p.process(sorted([*calm, *around], key=lambda e: e.event_time_ms))
+    assert [a for a in out.emitted() if a.reasons[0].feature != "new_producer"] == []
+    slot = p.view("cart-9").slot
+    assert p.store.clock.n[slot] < warmup and p.store.peers.kind[slot] == "cart"
+    # Still in warm-up: a type only payment producers send is a departure from its kind.
+    t2 = max(calm[-1].event_time_ms, around[-1].event_time_ms) + 100
+    (v,) = p.process([event("cart-9", t2, "payment.captured", 99)])
+    assert v.alert is not None and v.score == 1.0
+    assert v.alert.reasons[0].expected.startswith("usually sent by payment producers")
+    # Another newcomer sending 50x as fast as its kind: one alert, in warm-up.
+    flood = [event("payment-8", t2 + 10 * k, "payment.authorized", k) for k in range(1, 60)]
+    got = [g for g in alerts(p.process(flood)) if g[1] != "new_producer"]
+    assert [g[:2] for g in got] == [("payment-8", "peer")]
+    assert got[0][3].startswith("payment producers send ~")
+
+
+def test_minted_kinds_are_bounded_and_their_overflow_alerts_once() -> None:
+    spec = load_spec("stats")
+    spec = with_features(spec, peer_max_kinds=2, peer_patterns=("^(?P<kind>[a-z0-9]+)-",))
+    p = Pipeline(spec)
+    history = fleet()
+    p.process(history)  # two kinds: the bound
+    t = history[-1].event_time_ms
+    minted = [event(f"rogue{k}-1", t + 1000 * k + j, f"rogue{k}.x", j)
+              for k in range(3) for j in range(2)]  # fmt: skip
+    minted.sort(key=lambda e: e.event_time_ms)
+    got = [g for g in alerts(p.process(minted)) if g[1] == "peer"]
+    assert len(got) == 1 and got[0][2] == "more than 2 kinds"
+    assert sorted(p.store.peers.local) == ["cart", "payment"]
+
+
+def test_the_summary_is_checkpointed() -> None:
+    spec = load_spec("stats")
+    a = Pipeline(spec)
+    history = fleet()
+    a.process(history)
+    b = Pipeline(spec)
+    signer = Signer(TEST_KEY)
+    fields = encode_fields(signer, a.snapshot({}, full=True))
+    b.restore(decode_fields(signer, {k.encode(): v for k, v in fields.items()}))
+    assert dump_summary(b.store.peers.local) == dump_summary(a.store.peers.local)
+    t = history[-1].event_time_ms
+    after = [event("payment-2", t + 100, "cart.item_added"), event("cart-1", t + 200, "x.y")]
+    assert alerts(a.process(after)) == alerts(b.process(after))
+
+
+def test_summaries_merge_as_sums() -> None:
+    p = Pipeline(load_spec("stats"))
+    p.process(fleet())
+    one = load_summary(p.store.peers.share())
+    two = merged([one, one], 64)
+    assert two["cart"].members == 2 * one["cart"].members == 6
+    row = two["cart"].types["cart.item_added"]
+    assert row == [2 * v for v in one["cart"].types["cart.item_added"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Across partitions and processes
+
+
+def _fields(e: Event) -> dict[str, str]:
+    return {"producer": e.producer, "ts": str(e.event_time_ms), "type": e.type or "",
+            "data": orjson.dumps(e.numbers).decode()}  # fmt: skip
+
+
+def _named(p_count: int, p: int, kind: str, n: int) -> list[str]:
+    """``n`` producer ids of ``kind`` that land in partition ``p``."""
+    out, i = [], 1
+    while len(out) < n:
+        name = f"{kind}-{i}"
+        if partitions.partition_of(name, p_count) == p:
+            out.append(name)
+        i += 1
+    return out
+
+
+def test_two_partitioned_workers_share_their_summaries_through_redis(
+    r: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(peering, "PEER_SHARE_INTERVAL_S", 0.0)  # every round: no waiting
+    carts, payments = _named(2, 0, "cart", 3), _named(2, 1, "payment", 3)
+    rename = {f"cart-{i}": c for i, c in enumerate(carts, 1)}
+    rename |= {f"payment-{i}": c for i, c in enumerate(payments, 1)}
+    history = [dataclasses.replace(e, producer=rename[e.producer]) for e in fleet()]
+    append_partitioned(r, [_fields(e) for e in history], 2)
+    base = Settings(redis_url=redis_url, streams=(BASE,), partitions=2, worker_count=2,
+                    until_idle=True, idle_timeout_ms=300, block_ms=100,
+                    checkpoint_secret=TEST_KEY)  # fmt: skip
+
+    def worker(i: int, **kwargs: Any) -> Worker:
+        return Worker(dataclasses.replace(base, consumer=f"w{i}", worker_index=i), **kwargs)
+
+    worker(0).run()  # the cart producers' partition: publishes what cart producers send
+    worker(1).run()  # the payment producers': merges it
+    key = PEERS_KEY.format(group=base.group)
+    raw = redis.Redis.from_url(redis_url).hgetall(key)  # signed bytes, not text
+    assert sorted(raw) == [b"p0", b"p1"]
+    p0 = load_summary(Signer(TEST_KEY).verify(key + "\0p0", raw[b"p0"]))
+    assert sorted(p0) == ["cart"] and p0["cart"].members == 3
+    # A payment producer sends a cart type: its worker never saw a cart producer, yet knows.
+    t = history[-1].event_time_ms + 100
+    foreign = _fields(event(payments[0], t, "cart.item_added"))
+    r.xadd(partitions.partition_stream(BASE, 1), foreign)  # type: ignore[arg-type]
+    seen: list[Verdicts] = []
+    worker(1, on_verdicts=seen.append).run()
+    got = [a for v in seen for a in v.emitted()]
+    assert [a.reasons[0].expected for a in got] == [
+        "usually sent by cart producers, never by payment producers"
+    ]
+
+
+def test_offline_score_equals_run_with_peers(
+    r: redis.Redis, stream_name: str, worker_factory: Callable[..., Worker], tmp_path: Path
+) -> None:
+    history = fleet(per_producer=300)
+    t = history[-1].event_time_ms
+    extra = [
+        event("payment-2", t + 100, "cart.item_added"),
+        *(event(f"cart-{i}", t + 1000 * i, "cart.saved_for_later", i) for i in (1, 2, 3)),
+    ]
+    entries = [_fields(e) for e in (*history, *extra)]
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in entries))
+    out = tmp_path / "scores.csv"
+    score_file(jsonl, out, Scoring(model="stats", stream=stream_name))
+    offline = [line.split(",")[3] for line in out.read_text().splitlines()[1:]]
+    pipe = r.pipeline(transaction=False)
+    for e in entries:
+        pipe.xadd(stream_name, e)  # type: ignore[arg-type]
+    ids = list(pipe.execute())
+    seen: list[Verdicts] = []
+    worker_factory(on_verdicts=seen.append).run()
+    online = {v.event.entry_id: v.alert is not None for vs in seen for v in vs}
+    assert offline == [str(int(online[i])) for i in ids]
+    assert offline.count("1") == 2  # the foreign type, and the release once
