@@ -56,6 +56,7 @@ CAUSES: dict[str, frozenset[str]] = {
     "new_type": frozenset({"type"}),
     "new_type_shape": frozenset({"type", "schema"}),
     "stream_pause": frozenset({"stream"}),
+    "correlation_break": frozenset({"joint"}),
 }
 """Reason features that name each kind's injected cause."""
 
