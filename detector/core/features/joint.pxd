@@ -5,7 +5,7 @@ from libc cimport math
 from detector.core.codec cimport Writer
 from detector.core.features.surprise cimport signed_log
 
-@cython.locals(h=double, term=double, total=double, s=double, tail=double, p=double, i=cython.longlong)
+@cython.locals(h=double, term=double, total=double, s=double, p=double, i=cython.longlong)
 cpdef double chi2_surprise(double x, long long k)
 
 # The columns are arrays (Python attributes: dump, views); the per-event methods index typed

@@ -61,12 +61,9 @@ def chi2_surprise(x: float, k: int) -> float:
         for i in range(1, (k - 1) // 2 + 1):
             total += term
             term *= h / (i + 0.5)
-        tail = math.erfc(math.sqrt(h))
-        p = tail + math.exp(-h) * total
-        if p > 0.0:
-            s = -math.log10(p)
-        else:  # beyond doubles: the largest Poisson term is the order of magnitude
-            s = (h - math.log(max(total, 1e-300))) / LOG10
+        p = math.erfc(math.sqrt(h)) + math.exp(-h) * total
+        # Beyond doubles (p == 0), the largest Poisson term is the order of magnitude.
+        s = -math.log10(p) if p > 0.0 else (h - math.log(max(total, 1e-300))) / LOG10
     return min(max(s, 0.0), MAX_SURPRISE)
 
 
@@ -187,13 +184,11 @@ class JointTable:
     def gather(self, row: int, numbers: dict[str, float]) -> bool:
         """The event's values of the row's fields (signed log) into the scratch ``y``; False
         when the event lacks one of them (it is then neither judged nor learned)."""
-        i = 0
-        for name in self.names[row]:
+        for i, name in enumerate(self.names[row]):
             x = numbers.get(name)
             if x is None:
                 return False
             self._y[i] = signed_log(x)
-            i += 1
         return True
 
     def learn(self, row: int, fading: float) -> None:
@@ -337,7 +332,9 @@ class JointFeature(Feature[None]):
         if s <= 0:
             return None
         row = self.table.find(slot, event.type)
-        return joint_reason(self.table, row, event.numbers, self.cfg.min_sd, self.cfg.joint_ridge, s)
+        return joint_reason(
+            self.table, row, event.numbers, self.cfg.min_sd, self.cfg.joint_ridge, s
+        )
 
     def learn(self, slot: int, event: Event) -> None:
         if self.on:
