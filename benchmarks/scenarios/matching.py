@@ -61,6 +61,7 @@ CAUSES: dict[str, frozenset[str]] = {
     "new_type_shape": frozenset({"type", "schema"}),
     "stream_pause": frozenset({"stream"}),
     "release": frozenset({"type", "peer"}),
+    "correlation_break": frozenset({"joint"}),
 }
 """Reason features that name each kind's injected cause."""
 

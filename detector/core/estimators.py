@@ -208,7 +208,7 @@ class RiverModel:
         target: the numeric field a supervised detector (``PredictiveAnomalyDetection``,
             ``GaussianScorer``) predicts or models as ``y``; an event without it scores 0 and
             teaches nothing.
-        features: the features whose surprises are given (default: all of them).
+        features: the features whose surprises are given (default: all but ``joint``).
         surprise_scale: a surprise ``s`` is given as ``1 - exp(-s / scale)``, in [0, 1), as
             River's bounded-input detectors (HalfSpaceTrees) need; 0 gives ``s`` itself.
         score_range: the [low, high] of the detector's usual scores, for the calibration's
@@ -258,7 +258,9 @@ class RiverModel:
         if features is not None and "surprises" not in inputs:
             msg = f'{where}: features choose surprises: add "surprises" to inputs'
             raise ConfigError(msg)
-        names = (features or FEATURES) if "surprises" in inputs else ()
+        # By default the features as measured before ``joint`` came (a new column would
+        # change every seeded River model); a spec lists ``joint`` to give its surprise.
+        names = (features or FEATURES[: FEATURES.index("joint")]) if "surprises" in inputs else ()
         self.columns = [(name, FEATURES.index(name)) for name in names]
         self.low = float(score_range[0])
         self.max_raw = float(score_range[1]) - self.low

@@ -70,6 +70,7 @@ INCIDENT_KINDS: tuple[str, ...] = (
     "new_type_shape",
     "stream_pause",
     "release",
+    "correlation_break",
 )
 """Every incident kind :func:`generate` can inject.
 
@@ -100,6 +101,9 @@ INCIDENT_KINDS: tuple[str, ...] = (
   five minutes of the first, a few per minute for 20-40 minutes. Its producer is the group,
   ``cart-*``: one alert on any of its instances catches it, and it must page once (every
   further alert on the group inside it is false).
+- ``correlation_break``: for 10-30 minutes a cart's checkout ``total`` stops following its
+  ``items`` (the total of another, independent item count): each field keeps its usual
+  distribution, only their relation breaks (a pricing bug, a tampered basket).
 """
 
 DEMO_KINDS: tuple[str, ...] = (
@@ -285,13 +289,17 @@ def _cart_item_removed(r: random.Random, eid: str) -> Payload:
 
 
 def _cart_checked_out(r: random.Random, eid: str) -> Payload:
+    cart, user, order = _cart_id(r), _user_id(r), _order_id(r)
+    items = _ITEMS[r.getrandbits(8)]
+    # The total follows the item count (about 25 a item): a relation a correlation_break
+    # breaks. The draws are as many and in the same order as with an independent total.
     return {
         "event_id": eid,
-        "cart_id": _cart_id(r),
-        "user_id": _user_id(r),
-        "order_id": _order_id(r),
-        "items": _ITEMS[r.getrandbits(8)],
-        "total": round(_lognormal(r, 70.0, 0.8), 2),
+        "cart_id": cart,
+        "user_id": user,
+        "order_id": order,
+        "items": items,
+        "total": round(items * _lognormal(r, 25.0, 0.25), 2),
         "currency": _CURRENCY[r.getrandbits(8)],
         "region": _REGION[r.getrandbits(8)],
         "latency_ms": int(_lognormal(r, 140.0, 0.35)),
@@ -756,6 +764,7 @@ _EXTENT_S: dict[str, tuple[float, float]] = {
     "new_type_shape": (10, 30),
     "stream_pause": (120, 300),
     "release": (1200, 2400),
+    "correlation_break": (600, 1800),
 }
 
 
@@ -1129,6 +1138,31 @@ class _Planner:
         )
         return Incident("release", f"{svc_name}-*", first, end, detail)
 
+    def correlation_break(self, r: random.Random, slot: tuple[int, int] | None) -> Incident:
+        ext = self._extent_ms("correlation_break", r)
+        carts = [p for p in self.regular if p.service.name == "cart"]
+        if not carts:
+            msg = "a correlation_break needs a cart producer"
+            raise ValueError(msg)
+        p, start = self.place(ext, slot, carts)
+        shuffled = random.Random(r.getrandbits(64))  # noqa: S311 (seeded by the incident's)
+
+        def unrelate(ts: int, etype: str, payload: Payload) -> Payload:
+            del ts
+            items, total = payload.get("items"), payload.get("total")
+            if etype == "cart.checked_out" and isinstance(items, int) and items > 0:
+                assert isinstance(total, float)  # noqa: S101 (the builder's)
+                other = _ITEMS[shuffled.getrandbits(8)]
+                payload["total"] = round(total / items * other, 2)
+            return payload
+
+        p.mutators.append((self.rel(start), self.rel(start + ext) + 1, unrelate))
+        detail = (
+            f"checkout total independent of items for {ext // 60_000} min on {p.name} "
+            "(each field as usual alone)"
+        )
+        return Incident("correlation_break", p.name, start, start + ext, detail)
+
     def replayed_ids(self, r: random.Random, slot: tuple[int, int] | None) -> Incident:
         ext = self._extent_ms("replayed_ids", r)
         back = int(r.uniform(5, 30) * _MINUTE_MS)
@@ -1170,6 +1204,7 @@ _KINDS: dict[str, _Kind] = {
     "new_type_shape": _Planner.new_type_shape,
     "stream_pause": _Planner.stream_pause,
     "release": _Planner.release,
+    "correlation_break": _Planner.correlation_break,
 }
 # Placed first and outside the even spread: they need hours, or a night.
 _UNSLOTTED = ("slow_poisoning", "off_hours_burst")

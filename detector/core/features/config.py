@@ -7,7 +7,9 @@ import re
 from dataclasses import dataclass
 
 # The features, in the order they judge an event (ties among reasons keep this order).
-FEATURES = ("rate", "value", "size", "type", "category", "schema", "replayed_id", "drift", "peer")
+FEATURES = (
+    "rate", "value", "size", "type", "category", "schema", "replayed_id", "drift", "joint", "peer",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,11 @@ class FeatureConfig:
     drift_slack: float = 0.5
     drift_clip: float = 3.0
     drift_restart: float = 30.0
+    joint_fields: int = 0
+    joint_fading: float = 0.005
+    joint_min_count: int = 100
+    joint_ridge: float = 0.05
+    joint_max_types: int = 8
     peers: bool = False
     peer_patterns: tuple[str, ...] = ()
     peer_min_events: int = 200
@@ -150,6 +157,15 @@ class FeatureConfig:
             raise ValueError(msg)
         if min(self.drift_slack, self.drift_clip, self.burst_s) <= 0:
             msg = "drift_slack, drift_clip and burst_s must be > 0"
+            raise ValueError(msg)
+        if self.joint_fields == 1 or not 0 <= self.joint_fields <= 16:
+            msg = "joint_fields must be 0 (off) or 2..16"
+            raise ValueError(msg)
+        if not (0 < self.joint_fading <= 1 and 0 < self.joint_ridge < 1):
+            msg = "joint_fading must be in (0, 1] and joint_ridge in (0, 1)"
+            raise ValueError(msg)
+        if self.joint_max_types < 1 or self.joint_min_count < 2:
+            msg = "joint_max_types must be >= 1 and joint_min_count >= 2"
             raise ValueError(msg)
         self._check_peers()
         if self.window_values and self.window_values < 2 * self.window_tail:

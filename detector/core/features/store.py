@@ -21,6 +21,7 @@ from detector.core.features.clock import Clock
 from detector.core.features.config import FEATURES, FeatureConfig
 from detector.core.features.drift import Drift, DriftFeature
 from detector.core.features.feature import Feature
+from detector.core.features.joint import JointFeature
 from detector.core.features.judgements import Judgements
 from detector.core.features.moments import Moments
 from detector.core.features.peers import PeerFeature
@@ -120,6 +121,7 @@ def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature[Any]]:
         SchemaFeature(cfg, clock),
         ReplayFeature(cfg, clock),
         DriftFeature(cfg, clock, value),
+        JointFeature(cfg, clock),
         PeerFeature(cfg, clock, types, rate),
     ]
     assert tuple(f.name for f in features) == FEATURES  # noqa: S101 (the registry's order)

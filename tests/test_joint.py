@@ -1,0 +1,144 @@
+"""The joint feature (detector/core/features/joint.py): values each usual alone but unusual
+together alert, with a reason naming the fields and their broken relation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+
+import pytest
+
+from detector.core.events import Event
+from detector.core.features import FeatureConfig, FeatureStore
+from detector.core.features.joint import JointFeature, chi2_surprise
+from detector.core.pipeline import Pipeline
+from detector.core.scoring import load_spec
+
+CFG = FeatureConfig(joint_fields=4)
+SECOND = 1000
+
+
+def reading(t: int, flow: float, pressure: float, temp: float, producer: str = "pump-1") -> Event:
+    numbers = {"flow": math.exp(flow), "pressure": math.exp(pressure), "temp": temp}
+    return Event("s", f"{t}-0", producer, t, "reading", numbers, {}, 60)
+
+
+def usual(r: random.Random, t: int, producer: str = "pump-1") -> Event:
+    """Flow and pressure follow one factor (r ~ 0.97); the temperature its own noise."""
+    f = r.gauss(0.0, 1.0)
+    flow = 3.0 + 0.3 * f + 0.05 * r.gauss(0.0, 1.0)
+    pressure = 2.0 + 0.3 * f + 0.05 * r.gauss(0.0, 1.0)
+    return reading(t, flow, pressure, 20.0 + r.gauss(0.0, 1.0), producer)
+
+
+def broken() -> Event:
+    """Flow 1.5 sd up while pressure is 1.2 sd down: each usual alone."""
+    return reading(10**9, 3.0 + 1.5 * 0.3, 2.0 - 1.2 * 0.3, 20.0)
+
+
+def trained(cfg: FeatureConfig = CFG, n: int = 2000) -> FeatureStore:
+    store = FeatureStore(cfg)
+    r = random.Random(1)
+    for i in range(n):
+        store.observe(usual(r, i * SECOND), learn=True)
+    return store
+
+
+def test_a_broken_correlation_is_surprising_and_named() -> None:
+    store = trained()
+    odd = store.observe(broken(), learn=False)
+    assert odd.surprise["value"] < 2.0  # each field usual alone
+    assert odd.surprise["joint"] > 6.0
+    top = odd.reasons[0]
+    assert top.feature == "joint" and top.field in ("flow, pressure", "pressure, flow")
+    assert "what" in top.observed and "predicts" in top.observed
+    assert "usually they move together (r=0.9" in top.expected
+
+
+def test_usual_events_are_not_jointly_surprising() -> None:
+    store = trained()
+    r = random.Random(2)
+    surprises = [
+        store.observe(usual(r, (3000 + i) * SECOND), learn=True).surprise["joint"]
+        for i in range(2000)
+    ]
+    # About chi-square: surprise >= 3 (p <= 0.001) for a few in a thousand at most.
+    assert sum(s >= 3.0 for s in surprises) <= 6
+    assert max(surprises) < 5.0
+
+
+def test_joint_is_off_by_default_and_keeps_no_state() -> None:
+    store = trained(FeatureConfig())
+    assert store.observe(broken(), learn=False).surprise["joint"] == 0.0
+    joint = store.by_name["joint"]
+    assert isinstance(joint, JointFeature) and joint.table.rows(store.slot_of("pump-1") or 0) == []
+
+
+def test_joint_state_round_trips_its_record() -> None:
+    store = trained()
+    slot = store.slot_of("pump-1")
+    assert slot is not None
+    record = store.record(slot)
+    again = FeatureStore(CFG)
+    again.restore({"pump-1": record}, store.counters())
+    slot2 = again.slot_of("pump-1")
+    assert slot2 is not None and again.record(slot2) == record
+    a, b = store.observe(broken(), learn=False), again.observe(broken(), learn=False)
+    assert a.surprise == b.surprise and a.reasons == b.reasons
+
+
+def test_a_missing_field_is_neither_judged_nor_learned() -> None:
+    store = trained()
+    partial = Event("s", "x-0", "pump-1", 10**9, "reading", {"flow": 99.0}, {}, 60)
+    assert store.observe(partial, learn=True).surprise["joint"] == 0.0
+    joint = store.by_name["joint"]
+    assert isinstance(joint, JointFeature)
+    (row,) = joint.table.rows(store.slot_of("pump-1") or 0)
+    assert joint.table.count[row] == 2000
+
+
+def test_types_with_a_joint_model_are_bounded() -> None:
+    store = FeatureStore(dataclasses.replace(CFG, joint_max_types=2))
+    for i in range(5):
+        e = Event("s", f"{i}-0", "p", i, f"t{i}", {"a": 1.0, "b": 2.0}, {}, 10)
+        store.observe(e, learn=True)
+    joint = store.by_name["joint"]
+    assert isinstance(joint, JointFeature) and len(joint.table.rows(store.slot_of("p") or 0)) == 2
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 7, 8])
+def test_chi2_tail_matches_the_closed_forms(k: int) -> None:
+    # The mean (k) of a chi-square: its tail there, from the series in math's terms.
+    x = float(k)
+    h = x / 2
+    if k % 2 == 0:
+        p = math.exp(-h) * sum(h**i / math.factorial(i) for i in range(k // 2))
+    else:
+        p = math.erfc(math.sqrt(h)) + math.exp(-h) * sum(
+            h ** (i - 0.5) / math.gamma(i + 0.5) for i in range(1, (k - 1) // 2 + 1)
+        )
+    assert chi2_surprise(x, k) == pytest.approx(-math.log10(p), rel=1e-9)
+    assert chi2_surprise(1e6, k) == 64.0  # capped, never inf or nan
+
+
+@pytest.mark.parametrize(
+    "change", [{"joint_fields": 1}, {"joint_fields": 17}, {"joint_ridge": 0.0}, {"joint_fading": 0}]
+)
+def test_bad_joint_settings_are_refused(change: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="joint"):
+        dataclasses.replace(CFG, **change)
+
+
+def test_the_stats_spec_alerts_on_a_correlation_break_and_says_why() -> None:
+    spec = load_spec("stats")
+    assert spec.features.joint_fields >= 2
+    pipeline = Pipeline(spec)
+    r = random.Random(3)
+    events = [usual(r, i * 10 * SECOND) for i in range(3000)]
+    verdicts = pipeline.process(events)
+    assert [v.alert for v in verdicts if v.alert is not None] == []  # stationary: no alert
+    (v,) = pipeline.process([reading(30_001 * 10 * SECOND, 3.0 + 0.45, 2.0 - 0.36, 20.0)])
+    assert v.alert is not None, v.score
+    assert v.alert.reasons[0].feature == "joint"
+    assert "joint(" in v.alert.why and "move together" in v.alert.why
