@@ -42,10 +42,11 @@ from detector.core.events import Event
 # 2: running moments as floats, not River objects; 3: producer states pickled as flat tuples;
 # 4: producer states as typed records, stateless models not written; 5: spec digests of the
 # settings only (not the description), River estimators per producer in their records, meta
-# "river_objects", the rate's accepted arrivals in the records (issue 17). An older detector
+# "river_objects", the rate's accepted arrivals in the records (issue 17); 6: each producer's
+# analyst feedback rules at the end of its record (issue 18). An older detector
 # refuses a newer format by this number, and this one refuses older ones (retrain or reset).
-FORMAT_VERSION = 5
-READABLE_FORMATS = (5,)
+FORMAT_VERSION = 6
+READABLE_FORMATS = (6,)
 _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
 PRODUCER_PREFIX = "p:"
