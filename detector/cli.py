@@ -332,14 +332,9 @@ def alerts(
     **tls: Path | None,
 ) -> None:
     """Print alerts from the alert stream."""
-    sentinel = sentinel_target(sentinels, sentinel_master, sentinel_user)
-    if not redis_url and not sentinel:
-        msg = "alerts needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
-        raise click.UsageError(msg)
-    refuse_password_on_command_line(click.get_current_context(), redis_url)
+    r = _alerts_client("alerts", redis_url, (sentinels, sentinel_master, sentinel_user), tls)
     from detector.gateway.alert_reader import AlertReader
 
-    r = command_client(redis_url, sentinel, tls, decode_responses=True, socket_timeout=30)
     # Through Redis restarts and failovers: the reader reconnects (through Sentinel, to the
     # new primary) and goes on after the last alert shown.
     reader = AlertReader(r, alerts_stream, block_ms=5000)
@@ -380,14 +375,9 @@ def feedback(
     """Mark an alert a false positive (its pattern is normal for its producer for 7 days) or
     confirmed (its pattern is never learned as normal): appends to the feedback stream, which
     the worker owning the producer reads like events (exit 1: no such alert)."""
-    sentinel = sentinel_target(sentinels, sentinel_master, sentinel_user)
-    if not redis_url and not sentinel:
-        msg = "feedback needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
-        raise click.UsageError(msg)
-    refuse_password_on_command_line(click.get_current_context(), redis_url)
+    r = _alerts_client("feedback", redis_url, (sentinels, sentinel_master, sentinel_user), tls)
     from detector.gateway import feedback as writer
 
-    r = command_client(redis_url, sentinel, tls, decode_responses=True, socket_timeout=30)
     found = writer.find_alert(r, alerts_stream, alert_id)
     if found is None:
         click.echo(f"no alert {alert_id} in {alerts_stream}", err=True)
@@ -399,6 +389,22 @@ def feedback(
     target, entry_id = writer.append(r, stream, writer.feedback_of(found, verdict, note, by),
                                      partitions)  # fmt: skip
     click.echo(f"{verdict} {alert_id} ({found.producer}: {found.why}) -> {target} {entry_id}")
+
+
+def _alerts_client(
+    command: str,
+    redis_url: str | None,
+    sentinel: tuple[tuple[str, ...], str | None, str | None],
+    tls: dict[str, Path | None],
+) -> redis.Redis:
+    """The client of a command on the alert stream (``alerts``, ``feedback``): a Redis URL or
+    Sentinels (a usage error without either), the password never on the command line."""
+    target = sentinel_target(*sentinel)
+    if not redis_url and not target:
+        msg = f"{command} needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
+        raise click.UsageError(msg)
+    refuse_password_on_command_line(click.get_current_context(), redis_url)
+    return command_client(redis_url, target, tls, decode_responses=True, socket_timeout=30)
 
 
 def _show(fields: dict[str, str], as_json: bool) -> str:

@@ -52,6 +52,13 @@ def _kinds(text: str) -> tuple[str, ...]:
     help="also simulate these rarity horizons in days (0: none) at the threshold, e.g. 0,1,10",
 )
 @click.option(
+    "--rate-scale",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="scale every producer's event rate (a shorter run of the same shop)",
+)
+@click.option(
     "--feedback-first-day",
     is_flag=True,
     help="simulate an analyst marking the first day's false alerts as false positives",
@@ -66,6 +73,7 @@ def main(
     missed: bool,
     sweep: str,
     horizons: str,
+    rate_scale: float,
     feedback_first_day: bool,
 ) -> None:
     """The shop with every incident kind through the worker's path: recall, delay, reasons,
@@ -81,8 +89,10 @@ def main(
     runs = []
     for seed in (int(s) for s in seeds.split(",")):
         try:
-            run = run_seed(spec, seed, hours, wanted, threshold, sweep=sweep_at,
-                           feedback_first_day=feedback_first_day)  # fmt: skip
+            run = run_seed(
+                spec, seed, hours, wanted, threshold, sweep=sweep_at, rate_scale=rate_scale,
+                feedback_first_day=feedback_first_day,
+            )  # fmt: skip
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         runs.append(run)
