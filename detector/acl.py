@@ -15,7 +15,11 @@ the commands it sends and the keys it touches:
   streams through its group, appends to the partition streams and moves its marks, holds its
   lease, and dead-letters entries without a valid producer;
 - with ``--notifier``, the **notifier** (``detector notify``) reads and acks the alert stream
-  through its group and appends to its own dead-letter stream.
+  through its group and appends to its own dead-letter stream;
+- with ``--feedback-stream``, the worker reads and acks the feedback stream (its partitions)
+  like an input, never writing it; with ``--feedback-writer`` too, the **feedback** user
+  (``detector feedback``) reads the alert stream (to look the alert up) and appends to the
+  feedback stream (its partitions), nothing else: readers of alerts may not write feedback.
 
 With durable writes (``--min-replicas-acked``), the worker also sends ``WAIT`` and ``SCRIPT
 EXISTS`` (keyless) and ``XCLAIM … JUSTID`` on its input (the check that a read survived, after a
@@ -67,7 +71,10 @@ from detector.core.settings import (
 from detector.gateway import partitions as parts
 
 REDIS_VERSIONS = ("7.0", "7.2+")
-ROLES = ("worker", "producer", "reader", "router", "notifier", "sentinel", "sentinel_reader")
+ROLES = (
+    "worker", "producer", "reader", "router", "notifier", "feedback", "sentinel",
+    "sentinel_reader",
+)  # fmt: skip
 # Users of the Sentinel deployment: created on the data nodes, and on each Sentinel.
 SENTINEL_ROLES = ("sentinel", "sentinel_reader")
 # Characters that cannot appear in a name: ACL SETUSER splits selectors on spaces and ends a
@@ -110,6 +117,10 @@ class AclConfig:
         notify_group: its consumer group on the alert stream (named in the comment: ACL rules
             cannot tell one group of a stream from another).
         notify_dead_letter_stream: where it writes the alerts its webhook refused.
+        feedback_stream: the workers read analyst feedback from it (``--feedback-stream``;
+            None: no feedback, and no right on it).
+        feedback_writer: print the user of ``detector feedback`` too (needs a feedback stream).
+        feedback_user: its name.
     """
 
     streams: tuple[str, ...] = (DEFAULT_STREAM,)
@@ -135,6 +146,16 @@ class AclConfig:
     notifier_user: str = "detector-notifier"
     notify_group: str = NOTIFY_GROUP
     notify_dead_letter_stream: str = NOTIFY_DEAD_LETTER_STREAM
+    feedback_stream: str | None = None
+    feedback_writer: bool = False
+    feedback_user: str = "detector-feedback"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """What the workers read through their group: the input streams, then the feedback
+        stream if any."""
+        fb = self.feedback_stream
+        return self.streams if fb is None or fb in self.streams else (*self.streams, fb)
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -143,6 +164,7 @@ class AclConfig:
         roles: tuple[str, ...] = ("worker", "producer", "reader")
         roles += ("router",) if self.partitioned else ()
         roles += ("notifier",) if self.notifier else ()
+        roles += ("feedback",) if self.feedback_writer else ()
         return roles + SENTINEL_ROLES if self.sentinel else roles
 
     @property
@@ -183,6 +205,7 @@ class AclConfig:
             "router group": (self.router_group,),
             "notify group": (self.notify_group,),
             "notify dead-letter stream": (self.notify_dead_letter_stream,),
+            "feedback stream": (self.feedback_stream,) if self.feedback_stream else (),
             "user": tuple(self.user(role) for role in ROLES),
         }
         for what, values in names.items():
@@ -196,13 +219,17 @@ class AclConfig:
         if not self.source_streams:
             msg = "at least one router source stream is needed"
             raise ConfigError(msg)
+        if self.feedback_writer and self.feedback_stream is None:
+            msg = "--feedback-writer needs --feedback-stream (the stream it writes)"
+            raise ConfigError(msg)
         self._check_outputs()
         if self.partitioned:  # braces would move the hash tags of the partition keys
-            for name in (*self.streams, self.group, self.alerts_stream, self.dead_letter_stream):
+            for name in (*self.inputs, self.group, self.alerts_stream, self.dead_letter_stream):
                 parts.check_name("name", name)
         if len({self.user(role) for role in ROLES}) != len(ROLES):
             msg = (
-                "the worker, producer, reader, router, notifier and Sentinel users must have "
+                "the worker, producer, reader, router, notifier, feedback and Sentinel users must "
+                "have "
                 "different names"
             )
             raise ConfigError(msg)
@@ -210,7 +237,7 @@ class AclConfig:
     def _check_outputs(self) -> None:
         """No stream written is one read (an input; the alerts, for the notifier); the scores
         go to a stream of their own."""
-        inputs = set(self.streams) | set(self.source_streams)
+        inputs = set(self.inputs) | set(self.source_streams)
         if self.scores_stream in (self.alerts_stream, self.dead_letter_stream):
             msg = f"the scores stream {self.scores_stream!r} is the alert or dead-letter stream"
             raise ConfigError(msg)
@@ -285,9 +312,9 @@ def worker_rules(cfg: AclConfig, password: str) -> list[str]:
     """
     if cfg.partitioned:
         return partitioned_worker_rules(cfg, password)
-    inputs = [glob_escape(s) for s in cfg.streams]
+    inputs = [glob_escape(s) for s in cfg.inputs]
     outputs = cfg.outputs
-    guards = _guards(cfg, cfg.streams)
+    guards = _guards(cfg, cfg.inputs)
     template = CLUSTER_CHECKPOINT_KEY if cfg.cluster and len(cfg.streams) == 1 else CHECKPOINT_KEY
     checkpoint = key_pattern(template, group=cfg.group, consumer=cfg.consumer,
                              stream=cfg.streams[0] if cfg.streams else None)  # fmt: skip
@@ -362,7 +389,7 @@ def partitioned_worker_rules(cfg: AclConfig, password: str) -> list[str]:
     - no ``MULTI``/``EXEC``: every commit is a fenced script.
     """
     group = glob_escape(cfg.group)
-    inputs = [parts.STREAM.format(base=glob_escape(s), p="*") for s in cfg.streams]
+    inputs = [parts.STREAM.format(base=glob_escape(s), p="*") for s in cfg.inputs]
     outputs = cfg.outputs
     guards = _guards(cfg, tuple(inputs))
     checkpoint = parts.CHECKPOINT.format(group=group, p="*")
@@ -504,6 +531,20 @@ def notifier_rules(cfg: AclConfig, password: str) -> list[str]:
     ]
 
 
+def feedback_rules(cfg: AclConfig, password: str) -> list[str]:
+    """The feedback writer (``detector feedback``): ``XREVRANGE`` on the alert stream (the
+    look-up of the alert), ``XADD`` on the feedback stream (partitioned: its partitions)."""
+    assert cfg.feedback_stream is not None  # noqa: S101 (checked in __post_init__)
+    target = glob_escape(cfg.feedback_stream)
+    if cfg.partitioned:
+        target = parts.STREAM.format(base=target, p="*")
+    return [
+        *_common(cfg, password),
+        _selector(["+xrevrange"], [f"%R~{glob_escape(cfg.alerts_stream)}"]),
+        _selector(["+xadd"], [f"%W~{target}"]),
+    ]
+
+
 def sentinel_rules(cfg: AclConfig, password: str) -> list[str]:
     """The Sentinels' user on the data nodes (``sentinel auth-user`` / ``auth-pass`` in
     sentinel.conf): the commands Redis documents for monitoring and failover, no keys."""
@@ -544,6 +585,7 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
         "reader": reader_rules,
         "router": router_rules,
         "notifier": notifier_rules,
+        "feedback": feedback_rules,
         "sentinel": sentinel_rules,
         "sentinel_reader": sentinel_reader_rules,
     }
@@ -555,7 +597,8 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
         f"# detector ACL users (Redis {cfg.redis_version}) for input {', '.join(cfg.streams)}; "
         f"group {cfg.group}; consumer {consumer};",
         f"# alerts {cfg.alerts_stream}; dead letters {cfg.dead_letter_stream}"
-        + (f"; scores {cfg.scores_stream}." if cfg.scores_stream else "."),
+        + (f"; scores {cfg.scores_stream}" if cfg.scores_stream else "")
+        + (f"; feedback {cfg.feedback_stream}." if cfg.feedback_stream else "."),
         "# Each line starts with `reset`, so re-running it replaces the user (ACL SETUSER is",
         "# additive otherwise). Passwords appear only as SHA-256 hashes (#<hex>).",
     ]
@@ -566,7 +609,9 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
             ' with `#` + the output of: printf %s "$PASSWORD" | sha256sum'
         )
     comments = {
-        "worker": "# Worker: read and ack the input, append alerts and dead letters"
+        "worker": "# Worker: read and ack the input"
+        + (" and the feedback" if cfg.feedback_stream else "")
+        + ", append alerts and dead letters"
         + (" and scores" if cfg.scores_stream else "")
         + ", own its checkpoint and health keys.",
         "producer": "# Producers: XADD to the input streams only"
@@ -578,6 +623,8 @@ def acl_lines(cfg: AclConfig, passwords: Mapping[str, str | None]) -> list[str]:
         f" {', '.join(cfg.source_streams)} into the partitions of {', '.join(cfg.streams)}.",
         "notifier": f"# Notifier (detector notify --group {cfg.notify_group}): read and ack"
         f" {cfg.alerts_stream}, append to {cfg.notify_dead_letter_stream}.",
+        "feedback": "# Feedback writers (detector feedback): look alerts up in"
+        f" {cfg.alerts_stream}, append to {cfg.feedback_stream}.",
         "sentinel": "# Sentinel's own user on every data node (sentinel auth-user / auth-pass),"
         " to run on the primary and each replica (ACLs do not replicate).",
         "sentinel_reader": "# Run on each Sentinel (they keep their own users): the detector's"

@@ -1,6 +1,5 @@
-"""Command line: ``detector run | train | score | plot | alerts | notify | check | acl | demo
-| route |
-models``.
+"""Command line: ``detector run | train | score | plot | alerts | feedback | notify | check | acl
+| demo | route | models``.
 
 The commands only parse options (detector.options: generated from the settings' fields, also
 from ``DETECTOR_*`` variables and a ``--config`` TOML file), call the package and print.
@@ -29,6 +28,7 @@ import redis
 from detector import __version__, compiled
 from detector.core.errors import CheckpointError, ConfigError, DetectorError
 from detector.core.settings import (
+    DEFAULT_FEEDBACK_STREAM,
     DEFAULT_MODEL,
     DEFAULT_STREAM,
     HEALTH_KEY,
@@ -147,6 +147,10 @@ def scoring_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = format_options(f)
     f = baseline_options(f)
     f = setting_options("max_producers", "producer_idle_ttl_s")(f)
+    f = env_option("--feedback", env="FEEDBACK_FILE", default=None,
+                   type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                   help="Analyst feedback to apply between the events by entry id (JSONL: one "
+                   "feedback entry's fields and its _id per line).")(f)  # fmt: skip
     f = env_option("--stream", env="STREAM", default=DEFAULT_STREAM, show_default=True,
                    help="Stream the events count as coming from (producer fallback, alert "
                    "ids).")(f)  # fmt: skip
@@ -168,6 +172,7 @@ def scoring_from(kw: dict[str, Any]) -> Scoring:
         idle_ttl_ms=int(kw.pop("producer_idle_ttl_s") * 1000),
         baseline=baseline,
         signer=Signer(load_checkpoint_secret()) if baseline else None,
+        feedback=kw.pop("feedback"),
     )
 
 
@@ -327,14 +332,9 @@ def alerts(
     **tls: Path | None,
 ) -> None:
     """Print alerts from the alert stream."""
-    sentinel = sentinel_target(sentinels, sentinel_master, sentinel_user)
-    if not redis_url and not sentinel:
-        msg = "alerts needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
-        raise click.UsageError(msg)
-    refuse_password_on_command_line(click.get_current_context(), redis_url)
+    r = _alerts_client("alerts", redis_url, (sentinels, sentinel_master, sentinel_user), tls)
     from detector.gateway.alert_reader import AlertReader
 
-    r = command_client(redis_url, sentinel, tls, decode_responses=True, socket_timeout=30)
     # Through Redis restarts and failovers: the reader reconnects (through Sentinel, to the
     # new primary) and goes on after the last alert shown.
     reader = AlertReader(r, alerts_stream, block_ms=5000)
@@ -342,6 +342,69 @@ def alerts(
         click.echo(_show(entry.fields, as_json))
     for entry in reader.read(follow=follow):
         click.echo(_show(entry.fields, as_json))
+
+
+@cli.command()
+@config_option
+@click.argument("alert_id")
+@click.argument("verdict", type=click.Choice(["false-positive", "confirmed"]))
+@env_option("--note", env="FEEDBACK_NOTE", default="", help="Free text kept with the verdict.")
+@env_option("--by", env="FEEDBACK_BY", default="", help="Who gives it (kept with the verdict).")
+@setting_options("redis_url", "alerts_stream")
+@sentinel_options
+@env_option("--stream", env="FEEDBACK_STREAM", default=DEFAULT_FEEDBACK_STREAM, show_default=True,
+            help="The feedback stream (the workers' --feedback-stream).")  # fmt: skip
+@env_option("--partitions", env="PARTITIONS", type=click.IntRange(1), default=None,
+            help="The workers' --partitions: append to the producer's partition of the "
+            "feedback stream.")  # fmt: skip
+@tls_options
+def feedback(
+    alert_id: str,
+    verdict: str,
+    note: str,
+    by: str,
+    redis_url: str | None,
+    alerts_stream: str,
+    sentinels: tuple[str, ...],
+    sentinel_master: str | None,
+    sentinel_user: str | None,
+    stream: str,
+    partitions: int | None,
+    **tls: Path | None,
+) -> None:
+    """Mark an alert a false positive (its pattern is normal for its producer for 7 days) or
+    confirmed (its pattern is never learned as normal): appends to the feedback stream, which
+    the worker owning the producer reads like events (exit 1: no such alert)."""
+    r = _alerts_client("feedback", redis_url, (sentinels, sentinel_master, sentinel_user), tls)
+    from detector.gateway import feedback as writer
+
+    found = writer.find_alert(r, alerts_stream, alert_id)
+    if found is None:
+        click.echo(f"no alert {alert_id} in {alerts_stream}", err=True)
+        sys.exit(1)
+    if not found.producer:
+        click.echo(f"alert {alert_id} is about the detector ({found.kind}), not a producer",
+                   err=True)  # fmt: skip
+        sys.exit(1)
+    target, entry_id = writer.append(r, stream, writer.feedback_of(found, verdict, note, by),
+                                     partitions)  # fmt: skip
+    click.echo(f"{verdict} {alert_id} ({found.producer}: {found.why}) -> {target} {entry_id}")
+
+
+def _alerts_client(
+    command: str,
+    redis_url: str | None,
+    sentinel: tuple[tuple[str, ...], str | None, str | None],
+    tls: dict[str, Path | None],
+) -> redis.Redis:
+    """The client of a command on the alert stream (``alerts``, ``feedback``): a Redis URL or
+    Sentinels (a usage error without either), the password never on the command line."""
+    target = sentinel_target(*sentinel)
+    if not redis_url and not target:
+        msg = f"{command} needs --redis-url (or DETECTOR_REDIS_URL) or --sentinel"
+        raise click.UsageError(msg)
+    refuse_password_on_command_line(click.get_current_context(), redis_url)
+    return command_client(redis_url, target, tls, decode_responses=True, socket_timeout=30)
 
 
 def _show(fields: dict[str, str], as_json: bool) -> str:
@@ -395,7 +458,11 @@ def check(
 @env_option("--consumer", env="CONSUMER", default=None,
             help="Pin the checkpoint and health keys to this consumer (default: any consumer "
             "of the group).")  # fmt: skip
-@setting_options("alerts_stream", "dead_letter_stream", "scores_stream")
+@setting_options("alerts_stream", "dead_letter_stream", "scores_stream", "feedback_stream")
+@env_option("--feedback-writer", env="ACL_FEEDBACK_WRITER", is_flag=True,
+            help="Also print the `detector feedback` user (needs --feedback-stream).")  # fmt: skip
+@env_option("--feedback-user", env="ACL_FEEDBACK_USER", default="detector-feedback",
+            show_default=True, help="ACL user of `detector feedback`.")  # fmt: skip
 @env_option("--worker-user", env="ACL_WORKER_USER", default="detector-worker", show_default=True,
             help="ACL user of the workers.")  # fmt: skip
 @env_option("--producer-user", env="ACL_PRODUCER_USER", default="detector-producer",
@@ -443,6 +510,9 @@ def acl(
     alerts_stream: str,
     dead_letter_stream: str,
     scores_stream: str | None,
+    feedback_stream: str | None,
+    feedback_writer: bool,
+    feedback_user: str,
     worker_user: str,
     producer_user: str,
     reader_user: str,
@@ -462,10 +532,10 @@ def acl(
     sentinel_lookup_user: str,
 ) -> None:
     """Print least-privilege ACL SETUSER lines: worker, producers, alert readers (and, with
-    --partitioned, the router; with --notifier, the notifier; with --sentinel-users, the
-    Sentinels' and the look-up user).
+    --partitioned, the router; with --notifier, the notifier; with --feedback-writer, the
+    feedback writer; with --sentinel-users, the Sentinels' and the look-up user).
 
-    Passwords are read from DETECTOR_ACL_{WORKER,PRODUCER,READER,ROUTER,NOTIFIER,SENTINEL,
+    Passwords are read from DETECTOR_ACL_{WORKER,PRODUCER,READER,ROUTER,NOTIFIER,FEEDBACK,SENTINEL,
     SENTINEL_READER}_PASSWORD (or the files named by the same names + _FILE) and printed only
     as SHA-256 hashes; without them, placeholders that Redis refuses until replaced.
     """
@@ -478,6 +548,9 @@ def acl(
         alerts_stream=alerts_stream,
         dead_letter_stream=dead_letter_stream,
         scores_stream=scores_stream,
+        feedback_stream=feedback_stream,
+        feedback_writer=feedback_writer,
+        feedback_user=feedback_user,
         worker_user=worker_user,
         producer_user=producer_user,
         reader_user=reader_user,

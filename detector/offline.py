@@ -6,11 +6,17 @@ as compact JSON, so ``{"qty": 3}`` is the field ``qty=3``), then goes through th
 :class:`~detector.core.events.Decoder` and :class:`~detector.core.pipeline.Pipeline`. The optional
 key ``_id`` holds an entry id (e.g. from an export of a stream); otherwise ids are synthesised as
 ``0-<line>``, so event time should come from the ``ts`` field.
+
+Analyst feedback (``--feedback FILE.jsonl``: one feedback entry's fields per line, as
+:mod:`detector.core.feedback` defines them, with the ``_id`` it had in the feedback stream) is
+applied between the events by entry id, as the worker applies it: the same events and feedback
+give the same verdicts offline and on Redis.
 """
 
 from __future__ import annotations
 
 import csv
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -21,8 +27,9 @@ import orjson
 
 from detector.baselines import load_into
 from detector.core.checkpoint import Signer
-from detector.core.errors import InvalidEventError
+from detector.core.errors import ConfigError, InvalidEventError
 from detector.core.events import Decoder, Event
+from detector.core.feedback import Feedback, id_key, merge_order
 from detector.core.pipeline import Pipeline, Verdict
 from detector.core.scoring import load_spec
 from detector.core.settings import DEFAULT_MODEL, DEFAULT_STREAM, EventFormat
@@ -123,6 +130,7 @@ class Scoring:
     idle_ttl_ms: int = 24 * 3600 * 1000
     baseline: Path | None = None
     signer: Signer | None = None
+    feedback: Path | None = None
 
     def pipeline(self) -> Pipeline:
         """A fresh pipeline for the model, from the baseline if there is one."""
@@ -151,6 +159,7 @@ def scored(
     one: the same verdicts, as the pipeline scores event by event anyway).
     """
     decoder = Decoder(scoring.event_format)
+    feedback = deque(read_feedback(scoring.feedback) if scoring.feedback is not None else ())
     chunk = 1 if before is not None else CHUNK
     # Records wait in `slots` so invalid ones keep their place between scored ones.
     slots: list[Event | None] = []
@@ -161,19 +170,53 @@ def scored(
                 event = decoder.decode(scoring.stream, entry_id or f"0-{n}", fields)
         slots.append(event)
         if len(slots) >= chunk:
-            yield from _scored(pipeline, slots, before)
+            yield from _scored(pipeline, slots, before, feedback)
             slots = []
-    yield from _scored(pipeline, slots, before)
+    yield from _scored(pipeline, slots, before, feedback)
+
+
+def read_feedback(path: Path) -> list[tuple[str, Feedback]]:
+    """(entry id, feedback) per line of a JSONL file, ids ascending.
+
+    Raises:
+        ConfigError: a line is not valid feedback or has no ``_id``.
+    """
+    out = []
+    with path.open("rb") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+                if not isinstance(record, dict) or ID_KEY not in record:
+                    msg = f"not an object with the {ID_KEY} it had in the feedback stream"
+                    raise ValueError(msg)
+                entry_id = str(record.pop(ID_KEY))
+                id_key(entry_id)
+                out.append((entry_id, Feedback.from_fields(record)))
+            except (orjson.JSONDecodeError, InvalidEventError, ValueError) as exc:
+                msg = f"{path}:{n}: not valid feedback: {exc}"
+                raise ConfigError(msg) from None
+    return sorted(out, key=lambda f: id_key(f[0]))
 
 
 def _scored(
-    pipeline: Pipeline, slots: list[Event | None], before: Callable[[Event], None] | None
+    pipeline: Pipeline,
+    slots: list[Event | None],
+    before: Callable[[Event], None] | None,
+    feedback: deque[tuple[str, Feedback]],
 ) -> Iterator[tuple[Event | None, Verdict | None]]:
     events = [e for e in slots if e is not None]
     if before is not None:
         for e in events:  # one at most (see scored)
             before(e)
-    verdicts = iter(pipeline.process(events))
+    due: list[tuple[str, Feedback]] = []
+    if events:  # the feedback up to the last event's id: the rest may come before later ones
+        last = id_key(events[-1].entry_id)
+        while feedback and id_key(feedback[0][0]) <= last:
+            due.append(feedback.popleft())
+    at = merge_order([e.entry_id for e in events], [i for i, _ in due])
+    verdicts = iter(pipeline.process(events, [(k, fb) for k, (_, fb) in zip(at, due, strict=True)]))
     for slot in slots:
         yield slot, None if slot is None else next(verdicts)
 

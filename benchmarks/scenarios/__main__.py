@@ -51,6 +51,18 @@ def _kinds(text: str) -> tuple[str, ...]:
     default="",
     help="also simulate these rarity horizons in days (0: none) at the threshold, e.g. 0,1,10",
 )
+@click.option(
+    "--rate-scale",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="scale every producer's event rate (a shorter run of the same shop)",
+)
+@click.option(
+    "--feedback-first-day",
+    is_flag=True,
+    help="simulate an analyst marking the first day's false alerts as false positives",
+)
 def main(
     model: str,
     seeds: str,
@@ -61,6 +73,8 @@ def main(
     missed: bool,
     sweep: str,
     horizons: str,
+    rate_scale: float,
+    feedback_first_day: bool,
 ) -> None:
     """The shop with every incident kind through the worker's path: recall, delay, reasons,
     precision and false alerts per producer per day."""
@@ -75,7 +89,10 @@ def main(
     runs = []
     for seed in (int(s) for s in seeds.split(",")):
         try:
-            run = run_seed(spec, seed, hours, wanted, threshold, sweep=sweep_at)
+            run = run_seed(
+                spec, seed, hours, wanted, threshold, sweep=sweep_at, rate_scale=rate_scale,
+                feedback_first_day=feedback_first_day,
+            )  # fmt: skip
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         runs.append(run)
@@ -86,6 +103,12 @@ def main(
             f"seed {seed}: {run.events:,} events, {run.score.alerts} alerts "
             f"({run.score.false} false, {run.score.during_pauses} during pauses), pipeline "
             f"{run.events_per_s:,.0f} events/s"
+        )
+        caught, injected = run.later()
+        console.print(
+            f"seed {seed}: false alerts per day {run.false_by_day()}, incidents after the first "
+            f"day caught {caught}/{injected}, feedback {run.feedback} "
+            f"(applied {run.feedback_applied})"
         )
     console.print(_table(total, f"{spec.name} at {used:g}, seeds {seeds}, {hours:g} h each"))
     if swept:
@@ -232,6 +255,11 @@ def _json(
                 "rejected": r.rejected,
                 "alerts": r.score.alerts,
                 "false": r.score.false,
+                "false_by_day": r.false_by_day(),
+                "caught_after_first_day": r.later()[0],
+                "injected_after_first_day": r.later()[1],
+                "feedback": r.feedback,
+                "feedback_applied": r.feedback_applied,
             }
             for r in runs
         ],

@@ -23,15 +23,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from benchmarks.scenarios.matching import Hit, Score, score
+from benchmarks.scenarios.matching import GRACE_MS, Hit, Score, score
 from detector.core.alerts import Alert
 from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
 from detector.core.features import Reason
 from detector.core.features.judgements import Judgements
-from detector.core.pipeline import Pipeline
+from detector.core.feedback import FALSE_POSITIVE, Feedback, MarkedReason
+from detector.core.pipeline import Pipeline, Verdict
 from detector.core.scoring import ModelSpec
-from detector.shop.simulator import iter_events
+from detector.shop.simulator import Incident, incident_for, iter_events
 
 BATCH = 500  # the worker's default batch_size
 DAY_MS = 86_400_000
@@ -48,6 +49,22 @@ class SeedRun:
     events_per_s: float
     score: Score
     sweep: dict[Setting, Score] = field(default_factory=dict)
+    incidents: Sequence[Incident] = ()
+    hits: Sequence[Hit] = ()
+    feedback: int = 0  # false positives the simulated analyst marked
+    feedback_applied: int = 0  # of which on a producer the pipeline tracked
+    first_ms: int = 0  # the first event's time
+
+    def false_by_day(self) -> list[int]:
+        """False alerts per day of event time from the first event."""
+        days = [(h.event_time_ms - self.first_ms) // DAY_MS for h in self.score.false_hits]
+        return [days.count(d) for d in range(max(days, default=-1) + 1)]
+
+    def later(self, hits: Sequence[Hit] | None = None) -> tuple[int, int]:
+        """(caught, injected) over the incidents that start after the first day."""
+        later = [i for i in self.incidents if i.start_ms >= self.first_ms + DAY_MS]
+        sc = score(later, self.hits if hits is None else hits, 1.0)
+        return sum(k.caught for k in sc.kinds.values()), len(later)
 
 
 class _Sweep:
@@ -111,8 +128,11 @@ def run_seed(
     warmup_h: float = 1.0,
     rate_scale: float = 1.0,
     sweep: Sequence[Setting] = (),
+    feedback_first_day: bool = False,
 ) -> SeedRun:
-    """Generate the shop for ``seed``, score it, and match the alerts to its incidents."""
+    """Generate the shop for ``seed``, score it, and match the alerts to its incidents; with
+    ``feedback_first_day``, a simulated analyst marks the first day's false alerts
+    (:class:`_Analyst`)."""
     low = [t for t, _ in sweep if t < spec.decision.protect_threshold]
     if low:
         msg = f"sweep thresholds {low} are below protect_threshold: learning would differ"
@@ -131,6 +151,7 @@ def run_seed(
         simulated.evidence_of(pipeline)
     hits: list[Hit] = []
     span: dict[str, list[int]] = {}
+    analyst = _Analyst(incidents) if feedback_first_day else None
     n = rejected = 0
     busy_s = 0.0
     it = iter(entries)
@@ -144,21 +165,20 @@ def run_seed(
             except InvalidEventError:
                 rejected += 1  # a dead letter in the worker; never an alert
             n += 1
-        verdicts = pipeline.process(events) if not sweep else []
-        if sweep:  # one at a time, so each verdict pairs with the reasons just computed
-            for e in events:
-                v = pipeline.process([e])[0]
-                verdicts.append(v)
-                side = [_hit(a) for a in v.side_alerts]
-                simulated.see(pipeline, e, v.score, side)
+        # The analyst's verdicts arrive once the first day is over: between two events.
+        cut = len(events) if analyst is None else analyst.cut(events)
+        for part in (events[:cut], events[cut:]) if cut < len(events) else (events,):
+            if analyst is not None and part and part[0].event_time_ms >= analyst.due_ms:
+                analyst.tell(pipeline)
+            verdicts = pipeline.process(part) if not sweep else []
+            if sweep:  # one at a time, so each verdict pairs with the reasons just computed
+                for e in part:
+                    v = pipeline.process([e])[0]
+                    verdicts.append(v)
+                    side = [_hit(a) for a in v.side_alerts]
+                    simulated.see(pipeline, e, v.score, side)
+            _record(verdicts, span, hits, analyst)
         busy_s += time.perf_counter() - started
-        for v in verdicts:
-            e = v.event
-            s = span.setdefault(e.producer, [e.event_time_ms, e.event_time_ms])
-            s[1] = e.event_time_ms
-            if v.alert is not None:
-                hits.append(_hit(v.alert))
-            hits.extend(_hit(a) for a in v.side_alerts)
     producer_days = sum(b - a for a, b in span.values()) / DAY_MS
     return SeedRun(
         seed,
@@ -167,7 +187,70 @@ def run_seed(
         n / busy_s if busy_s else 0.0,
         score(incidents, hits, producer_days),
         {t: score(incidents, h, producer_days) for t, h in simulated.hits.items()},
+        incidents,
+        hits,
+        0 if analyst is None else analyst.told,
+        0 if analyst is None else pipeline.feedback.applied,
+        min((a for a, _ in span.values()), default=0),
     )
+
+
+def _record(
+    verdicts: Sequence[Verdict],
+    span: dict[str, list[int]],
+    hits: list[Hit],
+    analyst: _Analyst | None,
+) -> None:
+    """Each producer's first and last event time, the alerts, and what the analyst sees."""
+    for v in verdicts:
+        e = v.event
+        s = span.setdefault(e.producer, [e.event_time_ms, e.event_time_ms])
+        s[1] = e.event_time_ms
+        if analyst is not None:
+            analyst.see(v)
+        if v.alert is not None:
+            hits.append(_hit(v.alert))
+        hits.extend(_hit(a) for a in v.side_alerts)
+
+
+class _Analyst:
+    """Simulated analyst feedback: at the end of the first day of event time, every false
+    alert of that day (no incident explains it, as the matching rule says) is marked a false
+    positive, in alert order, as ``detector feedback`` would append it."""
+
+    def __init__(self, incidents: Sequence[Incident]) -> None:
+        self.incidents = incidents
+        self.due_ms = -1  # set by the first event: its time plus a day
+        self.alerts: list[tuple[Alert, str]] = []
+        self.told = 0
+        self.done = False
+
+    def cut(self, events: Sequence[Event]) -> int:
+        """Index of the first event at or past the due time (the end: none, or told already)."""
+        if self.done or not events:
+            return len(events)
+        if self.due_ms < 0:
+            self.due_ms = events[0].event_time_ms + DAY_MS
+        due = (k for k, e in enumerate(events) if e.event_time_ms >= self.due_ms)
+        return next(due, len(events))
+
+    def see(self, v: Verdict) -> None:
+        if not self.done and v.alert is not None:
+            self.alerts.append((v.alert, v.event.type or ""))
+
+    def tell(self, pipeline: Pipeline) -> None:
+        if self.done:
+            return
+        self.done = True
+        for alert, event_type in self.alerts:
+            inc = incident_for(alert.producer, alert.event_time, self.incidents, GRACE_MS)
+            if inc is not None or not alert.producer:
+                continue
+            reasons = tuple(MarkedReason(r.feature, r.field, r.observed) for r in alert.reasons)
+            fb = Feedback(alert.alert_id, FALSE_POSITIVE, alert.producer, alert.event_time,
+                          reasons, event_type)  # fmt: skip
+            pipeline.apply_feedback(fb)
+            self.told += 1
 
 
 def _hit(alert: Alert) -> Hit:

@@ -44,9 +44,9 @@ from detector.core.events import Event
 # settings only (not the description), River estimators per producer in their records, meta
 # "river_objects", the rate's accepted arrivals in the records (issue 17); 6: the joint
 # feature's models (per event type) in the producer records, each producer's peer group (kind,
-# flags, usual gap) in its record, the peer summary as a shared record (issue 17). An older
-# detector refuses a newer format by this number, and this one refuses older ones (retrain or
-# reset).
+# flags, usual gap) in its record, the peer summary as a shared record (issue 17), each
+# producer's analyst feedback rules at the end of its record (issue 18). An older detector
+# refuses a newer format by this number, and this one refuses older ones (retrain or reset).
 FORMAT_VERSION = 6
 READABLE_FORMATS = (6,)
 _MAGIC = b"DETECTOR-BASELINE-1\n"

@@ -46,6 +46,7 @@ from detector.core.features import FeatureStore, Reason, new_producer_reason
 from detector.core.features.columns import column
 from detector.core.features.judgements import Judgements
 from detector.core.features.store import ProducerView
+from detector.core.feedback import PROTECT, SUPPRESS, Feedback, FeedbackRules, Rule
 from detector.core.scoring import ModelSpec
 
 MAX_REASONS = 3
@@ -267,9 +268,12 @@ class Pipeline:
         # A model's state per producer (a River spec of scope "producer") is a part of the
         # slots too: bounded, evicted and checkpointed with its producer.
         per_slot = self.model.per_slot
+        # Analyst feedback's rules: per slot too, last in the record.
+        self.feedback = FeedbackRules()
+        parts = [self.decisions] if per_slot is None else [self.decisions, per_slot]
         self.store = FeatureStore(
             spec.features, max_producers, idle_ttl_ms, track_changes, self.admission,
-            parts=[self.decisions] if per_slot is None else [self.decisions, per_slot],
+            parts=[*parts, self.feedback],
         )  # fmt: skip
         self.budget = AlertBudget(max_alerts_per_min)
         self.calibrator = Calibrator(self.model.max_raw, c.bins, c.tail_points, c.min_excess)
@@ -285,18 +289,43 @@ class Pipeline:
         self.first_ms: int | None = None  # the first event time seen (new_producer settling)
         self.judged = Judgements()  # the current batch's judgements, reused batch after batch
 
-    def process(self, events: Sequence[Event]) -> Verdicts:
-        """Score, decide and learn, in order. One failing event never stops the others."""
+    def process(
+        self, events: Sequence[Event], feedback: Sequence[tuple[int, Feedback]] = ()
+    ) -> Verdicts:
+        """Score, decide and learn, in order. One failing event never stops the others.
+
+        ``feedback``: analyst verdicts, each applied right before the event of its index (an
+        index past the last event: after them all), in order (see :func:`merge_order`).
+        """
         out = Verdicts(events)
         self.judged.start(events)
+        pending = iter(feedback)
+        due = next(pending, None)
         for i, event in enumerate(events):
+            while due is not None and due[0] <= i:
+                self.apply_feedback(due[1])
+                due = next(pending, None)
             try:
                 self._one(event, i, out)
             except Exception as exc:  # a bug must cost one event, not the worker
                 log.exception("scoring failed for %s %s", event.stream, event.entry_id)
                 out.put(i, None, False, False, None, ())
                 out.errors[i] = f"{type(exc).__name__}: {exc}"
+        while due is not None:
+            self.apply_feedback(due[1])
+            due = next(pending, None)
         return out
+
+    def apply_feedback(self, fb: Feedback) -> bool:
+        """Teach the producer's state an analyst's verdict (:mod:`detector.core.feedback`);
+        False when the producer is not tracked here (never seen, or evicted since)."""
+        slot = self.store.slot_of(fb.producer)
+        if slot is None:
+            self.feedback.unknown += 1
+            return False
+        self.store.changing(fb.producer)
+        self.feedback.add(slot, fb, self.store.clock.last_ms[slot])
+        return True
 
     def _one(self, event: Event, i: int, out: Verdicts, raw: float | None = None) -> None:
         """Event ``i`` of the batch into ``out``; ``raw``: its raw score, already judged into
@@ -344,16 +373,22 @@ class Pipeline:
         elif n and (decisive := store.early(slot, event)) is not None:
             # In warm-up but of a known kind: departing from its peers alerts (peer groups).
             lead, score, flagged, suspect = decisive, 1.0, True, True
+        reasons, rule = self._taught(slot, event, lead, i, raw, score, flagged or suspect)
+        if rule == SUPPRESS:  # a false positive's repeat: normal (learned, no alert)
+            flagged = suspect = False
+            decisive = None
         self._suspect_run(slot, t, suspect)
         held = t < ds.cooldown_until_ms[slot] and decisive is None
         if flagged:
-            reasons = self._reasons(slot, event, lead, i, raw, score or 0.0)
+            reasons = reasons or self._reasons(slot, event, lead, i, raw, score or 0.0)
             alert = self._decide(slot, event, score or 0.0, threshold, reasons, decisive)
             held = held or alert is None  # the cooldown or the global cap held it back
         store.advance(slot, event)
         streak = ds.flagged_streak[slot]
         accept = not suspect or (
-            streak > d.adapt_after_events and t - ds.flagged_since_ms[slot] >= d.adapt_after_ms
+            streak > d.adapt_after_events
+            and t - ds.flagged_since_ms[slot] >= d.adapt_after_ms
+            and rule != PROTECT  # a confirmed pattern never becomes the new normal
         )
         # The calibration must see rare scores too, or its tail looks thinner than it is; but
         # only the first of a run of suspect events, so one incident cannot teach it that
@@ -370,6 +405,24 @@ class Pipeline:
         self.events_seen += 1
         side = self._side_alerts(event, overflowed, now, capped, pause)
         out.put(i, score, flagged, held, alert, side)
+
+    def _taught(
+        self,
+        slot: int,
+        event: Event,
+        lead: Reason | None,
+        i: int,
+        raw: float,
+        score: float | None,
+        unusual: bool,
+    ) -> tuple[list[Reason] | None, int]:
+        """The analyst feedback rule a flagged or suspect (``unusual``) event matches
+        (:mod:`detector.core.feedback`; 0: none), and its reasons if computed to match them
+        (then reused for its alert). Producers without rules cost one test."""
+        if not unusual or not self.feedback.rules[slot]:
+            return None, 0
+        reasons = self._reasons(slot, event, lead, i, raw, score or 0.0)
+        return reasons, self.feedback.match(slot, reasons, event.type or "", event.event_time_ms)
 
     def _suspect_run(self, slot: int, t: int, suspect: bool) -> None:
         """The producer's current run of suspect events, with this one (see ``Decision``)."""
@@ -426,7 +479,7 @@ class Pipeline:
         slot = self.store.slot_of(producer)
         if slot is None:
             raise KeyError(producer)
-        return DecidedView(self.store, self.decisions, slot)
+        return DecidedView(self.store, self.decisions, slot, self.feedback)
 
     def _reasons(
         self, slot: int, event: Event, lead: Reason | None, i: int, raw: float, score: float
@@ -706,9 +759,12 @@ class Pipeline:
 class DecidedView(ProducerView):
     """A producer's features' state and its decision state, read live (see ProducerView)."""
 
-    def __init__(self, store: FeatureStore, decisions: Decisions, slot: int) -> None:
+    def __init__(
+        self, store: FeatureStore, decisions: Decisions, slot: int, feedback: FeedbackRules
+    ) -> None:
         super().__init__(store, slot)
         self._decisions = decisions
+        self._feedback = feedback
 
     @property
     def calibration(self) -> TailCounts | None:
@@ -729,6 +785,11 @@ class DecidedView(ProducerView):
     @property
     def flagged_streak(self) -> int:
         return self._decisions.flagged_streak[self.slot]
+
+    @property
+    def feedback_rules(self) -> tuple[Rule, ...]:
+        """The analyst feedback's live and expired rules (:mod:`detector.core.feedback`)."""
+        return self._feedback.rules[self.slot]
 
 
 class Records(Mapping[str, bytes]):

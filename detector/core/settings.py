@@ -16,6 +16,7 @@ DEFAULT_STREAM = "events"
 DEFAULT_GROUP = "detector"
 DEFAULT_ALERTS_STREAM = "detector:alerts"
 DEFAULT_DEAD_LETTER_STREAM = "detector:dead-letter"
+DEFAULT_FEEDBACK_STREAM = "detector:feedback"
 DEFAULT_MODEL = "stats"
 # Alert ids and rejected entries already written, so a replayed entry never writes a second
 # alert or dead letter (EXISTS + XADD + SET in one script). The hash tag is the output
@@ -204,6 +205,8 @@ class Settings:
             (None: nowhere). At least once: a replay after a crash appends its entries'
             scores again (docs/design.md, *The scores stream*).
         scores_maxlen: approximate cap on the scores stream.
+        feedback_stream: analyst feedback (:mod:`detector.core.feedback`) read as one more
+            input of the group, partitioned like the events (None: not read).
         checkpoint_every: commit a checkpoint (state + acks) after this many entries ...
         checkpoint_interval_ms: ... or after this long, whichever comes first.
         commit_slice_ms: a due commit's changed producer states are encoded this long at a
@@ -323,6 +326,14 @@ class Settings:
             "id, event time, score, flagged, model), for dashboards (default: off)."
         ),
     )
+    feedback_stream: str | None = field(
+        default=None,
+        metadata=option(
+            "Read analyst feedback (`detector feedback`) from this stream, partitioned like the "
+            "input, as an ordered input in the group (default: off; the usual name is "
+            f"{DEFAULT_FEEDBACK_STREAM})."
+        ),
+    )
     scores_maxlen: int = field(
         default=1_000_000,
         metadata=option("Approximate cap on the scores stream (XADD MAXLEN ~).", low=1),
@@ -412,6 +423,12 @@ class Settings:
         if self.assign is not None:
             return self.assign
         return "static" if self.worker_count is not None else "dynamic"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The streams the group reads: the input streams, then the feedback stream if any."""
+        fb = self.feedback_stream
+        return self.streams if fb is None or fb in self.streams else (*self.streams, fb)
 
     def __repr__(self) -> str:
         """Every field but the secrets, and the URL without its password."""

@@ -27,6 +27,7 @@ from detector.core.checkpoint import BaselineEnd, Signer, Snapshot, decode_field
 from detector.core.checkpoint import load_file as load_baseline
 from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
+from detector.core.feedback import Feedback, id_key, merge_order
 from detector.core.pipeline import Pipeline, Verdicts
 from detector.core.scoring import ModelSpec
 from detector.core.settings import Settings
@@ -128,6 +129,11 @@ class Consumer:
         self.claim_cursor = dict.fromkeys(streams.streams, "0-0")
         # Started from a baseline: skip the events it learned (see detector.baselines).
         self.baseline_end: BaselineEnd | None = None
+        # The feedback stream (the last input, when read), and its entries read but held
+        # until the events before them are read too (see _due_feedback).
+        fb = s.feedback_stream
+        self.feedback_stream = streams.streams[-1] if fb and fb not in s.streams else None
+        self.held: list[tuple[Entry, Feedback]] = []
 
     @property
     def processed_upto(self) -> dict[str, str]:
@@ -265,8 +271,17 @@ class Consumer:
         """
         rt = self.rt
         started = time.perf_counter()
-        events, out = self._decode_all(entries, claimed, poison or {})
-        verdicts = self.pipeline.process(events)
+        events, fresh, out = self._decode_all(entries, claimed, poison or {})
+        feedback, entries = self._due_feedback(entries, fresh)
+        fr = self.pipeline.feedback
+        applied, unknown = fr.applied, fr.unknown
+        positions = merge_order([e.entry_id for e in events], [e[1] for e, _ in feedback])
+        verdicts = self.pipeline.process(
+            events, [(i, fb) for i, (_, fb) in zip(positions, feedback, strict=True)]
+        )
+        rt.metrics.feedback.labels("applied").inc(fr.applied - applied)
+        rt.metrics.feedback.labels("unknown_producer").inc(fr.unknown - unknown)
+        rt.metrics.feedback_rules_evicted.set(fr.evicted)
         for i, error in verdicts.errors.items():
             e = events[i]
             out.dead_letters.append(DeadLetter(e.stream, e.entry_id, {}, "error", error))
@@ -289,12 +304,49 @@ class Consumer:
         if rt.on_verdicts is not None:
             rt.on_verdicts(verdicts)
 
+    def _due_feedback(
+        self, entries: list[Entry], fresh: list[tuple[Entry, Feedback]]
+    ) -> tuple[list[tuple[Entry, Feedback]], list[Entry]]:
+        """The feedback to apply with this batch (ids ascending), and the entries handled now.
+
+        Feedback is ordered against the events by stream id. An input stream that filled the
+        read (``batch_size`` entries) may hold more events before a feedback entry's id: such
+        feedback is held (read, not acked, not in the offsets) until a later read passes it;
+        a crash re-delivers it from the pending list.
+        """
+        if not fresh and not self.held:
+            return [], entries
+        counts: dict[str, int] = {}
+        last: dict[str, str] = {}
+        for stream, entry_id, _ in entries:
+            if stream != self.feedback_stream:
+                counts[stream] = counts.get(stream, 0) + 1
+                last[stream] = entry_id
+        full = [last[s] for s, n in counts.items() if n >= self.rt.settings.batch_size]
+        limit = min((id_key(i) for i in full), default=None)
+        known = {e[1] for e, _ in self.held}
+        pending = sorted(
+            [*self.held, *(f for f in fresh if f[0][1] not in known)], key=lambda f: id_key(f[0][1])
+        )
+        due = [f for f in pending if limit is None or id_key(f[0][1]) <= limit]
+        self.held = pending[len(due) :]
+        fb = self.feedback_stream
+        # Feedback entries past the limit wait (an invalid one stays pending until a restart
+        # re-delivers it: its ack must not move the offset past held feedback).
+        now = [e for e in entries if e[0] == fb and (limit is None or id_key(e[1]) <= limit)]
+        now += [e for e, _ in due if e not in now]
+        now.sort(key=lambda e: id_key(e[1]))
+        handled = [e for e in entries if e[0] != fb] + now
+        return due, handled
+
     def _decode_all(
         self, entries: list[Entry], claimed: bool, poison: dict[str, int]
-    ) -> tuple[list[Event], Output]:
-        """Events to score, and dead letters for what cannot be; every entry is to be acked."""
+    ) -> tuple[list[Event], list[tuple[Entry, Feedback]], Output]:
+        """Events to score, feedback to apply, and dead letters for what cannot be either;
+        every entry is to be acked."""
         out = Output()
         events: list[Event] = []
+        feedback: list[tuple[Entry, Feedback]] = []
         stats = self.rt.stats
         # Per stream, whether the batch starts at or below our offset; ids increase within a
         # stream, so if its first entry is above, all are (the usual case: one compare).
@@ -312,6 +364,14 @@ class Consumer:
                 out.dead_letters.append(DeadLetter(stream, entry_id, fields, "poison", detail))
                 stats.poison += 1
                 continue
+            if stream == self.feedback_stream:
+                try:
+                    feedback.append(((stream, entry_id, fields), Feedback.from_fields(fields)))
+                except InvalidEventError as exc:
+                    letter = DeadLetter(stream, entry_id, fields, exc.reason, exc.detail)
+                    out.dead_letters.append(letter)
+                    self.rt.metrics.feedback.labels("invalid").inc()
+                continue
             try:
                 event = self.rt.decoder.decode(stream, entry_id, fields)
             except InvalidEventError as exc:
@@ -323,7 +383,7 @@ class Consumer:
                 self.rt.metrics.events.labels("replayed").inc()
                 continue
             events.append(event)
-        return events, out
+        return events, feedback, out
 
     def checkpoint(self) -> None:
         """Commit everything handled so far.

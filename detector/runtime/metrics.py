@@ -26,7 +26,9 @@ REJECT_REASONS = (
     "non_finite_number",
     "poison",
     "error",
+    "invalid_feedback",
 )
+FEEDBACK_OUTCOMES = ("applied", "unknown_producer", "invalid")
 # Scoring is sub-millisecond: web-latency default buckets would put everything in the first.
 EVENT_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1)
 BATCH_BUCKETS = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -47,6 +49,20 @@ class Metrics:
         )
         for kind in KINDS:
             self.alerts.labels(kind)
+        self.feedback = Counter(
+            "detector_feedback",
+            "Analyst feedback entries: applied, on a producer not tracked, or invalid "
+            "(dead-lettered)",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in FEEDBACK_OUTCOMES:
+            self.feedback.labels(outcome)
+        self.feedback_rules_evicted = Gauge(
+            "detector_feedback_rules_evicted",
+            "Feedback rules pushed out by newer ones (a bounded number per producer)",
+            registry=registry,
+        )
         self.suppressed = Counter(
             "detector_alerts_suppressed",
             "Anomalous events held back by the per-producer cooldown",

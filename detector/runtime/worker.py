@@ -138,7 +138,7 @@ class Unpartitioned:
         # On a cluster: one input stream, without braces (checked at start).
         template = CLUSTER_CHECKPOINT_KEY if s.cluster else CHECKPOINT_KEY
         key = template.format(group=s.group, consumer=s.consumer, stream=s.streams[0])
-        return self._make(Streams, streams=s.streams, consumer=s.consumer), key
+        return self._make(Streams, streams=s.inputs, consumer=s.consumer), key
 
     def leave(self) -> None:
         pass
@@ -197,7 +197,7 @@ class Leased:
         if not isinstance(fence, Fence):
             msg = "a partition owner reads through its lease"
             raise TypeError(msg)
-        streams = tuple(partitions.partition_stream(b, p) for b in self.settings.streams)
+        streams = tuple(partitions.partition_stream(b, p) for b in self.settings.inputs)
         view = self._make(FencedStreams, streams=streams, consumer=partitions.consumer_name(p),
                           fence=fence)  # fmt: skip
         return view, partitions.checkpoint_key(self.settings.group, p)
@@ -235,6 +235,7 @@ class Worker:
             raise ConfigError(msg)
         _check_partitioning(settings)
         _check_scores_stream(settings)
+        _check_feedback_stream(settings)
         self.settings = settings
         self.spec = spec or load_spec(settings.model)
         self.client: Client = client or connect(
@@ -245,7 +246,7 @@ class Worker:
             spec=self.spec,
             signer=Signer(settings.checkpoint_secret),
             decoder=Decoder(settings.event_format),
-            metrics=metrics or Metrics(CollectorRegistry(), settings.streams, self.spec.name),
+            metrics=metrics or Metrics(CollectorRegistry(), settings.inputs, self.spec.name),
             on_verdicts=on_verdicts,
         )
         self.metrics = self.rt.metrics
@@ -592,7 +593,7 @@ class Worker:
         # Per configured stream: summed over the owned partitions' streams.
         totals: dict[str, tuple[int | None, int]] = {}
         for c in self.consumers.values():
-            bases = dict(zip(c.streams.streams, self.settings.streams, strict=True))
+            bases = dict(zip(c.streams.streams, self.settings.inputs, strict=True))
             for stream, (lag, pending) in c.streams.group_info().items():
                 base = bases[stream]
                 old_lag, old_pending = totals.get(base, (0, 0))
@@ -669,8 +670,16 @@ def _check_scores_stream(s: Settings) -> None:
     if s.scores_stream in s.streams:
         msg = f"--scores-stream {s.scores_stream}: an input stream (it would score its scores)"
         raise ConfigError(msg)
-    if s.scores_stream in (s.alerts_stream, s.dead_letter_stream):
+    if s.scores_stream in (s.alerts_stream, s.dead_letter_stream, s.feedback_stream):
         msg = f"--scores-stream {s.scores_stream}: the alert or dead-letter stream"
+        raise ConfigError(msg)
+
+
+def _check_feedback_stream(s: Settings) -> None:
+    """The feedback is an input of its own: not an event stream, nor one the worker writes."""
+    fb = s.feedback_stream
+    if fb is not None and fb in (*s.streams, s.alerts_stream, s.dead_letter_stream):
+        msg = f"--feedback-stream {fb}: an input, alert or dead-letter stream"
         raise ConfigError(msg)
 
 
@@ -683,7 +692,7 @@ def _check_partitioning(s: Settings) -> None:
         if s.cluster:
             partitions.check_name("alerts stream", s.alerts_stream)
             partitions.check_name("dead-letter stream", s.dead_letter_stream)
-            if len(s.streams) > 1:
+            if len(s.inputs) > 1:
                 msg = "on Redis Cluster, several input streams need --partitions (one slot each)"
                 raise ConfigError(msg)
             partitions.check_name("stream", s.streams[0])  # the checkpoint's hash tag
@@ -694,6 +703,7 @@ def _check_partitioning(s: Settings) -> None:
         ("group", (s.group,)),
         ("alerts stream", (s.alerts_stream,)),
         ("dead-letter stream", (s.dead_letter_stream,)),
+        ("feedback stream", (s.feedback_stream,) if s.feedback_stream else ()),
     ):
         for name in names:
             partitions.check_name(kind, name)
