@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # The features, in the order they judge an event (ties among reasons keep this order).
-FEATURES = ("rate", "value", "size", "type", "category", "schema", "replayed_id", "drift")
+FEATURES = (
+    "rate", "value", "size", "type", "category", "schema", "replayed_id", "drift", "sequence",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,14 @@ class FeatureConfig:
         drift_clip: largest standardised distance one value adds (one outlier is no drift).
         drift_restart: a CUSUM statistic learned above this (an accepted new normal, or a
             drift the calibration found usual) restarts the reference from the next events.
+        sequence_window: values per window of the sequence feature: the shape of a numeric
+            field's last ``sequence_window`` values (z-normalised) against its nearest earlier
+            window among the last ``sequence_history`` values (a "discord" distance, judged
+            against the field's usual distances); 0 = off (no state).
+        sequence_history: values per field the nearest window is searched among (8 bytes
+            each; a per-event cost of about ``sequence_history * sequence_window``).
+        sequence_fading: memory of the usual log-distance, in values.
+        sequence_weight: multiplier of the sequence surprise.
     """
 
     fading_factor: float = 0.01
@@ -108,6 +118,10 @@ class FeatureConfig:
     drift_slack: float = 0.5
     drift_clip: float = 3.0
     drift_restart: float = 30.0
+    sequence_window: int = 0
+    sequence_history: int = 512
+    sequence_fading: float = 0.01
+    sequence_weight: float = 1.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.disabled) - set(FEATURES))
@@ -131,6 +145,11 @@ class FeatureConfig:
             raise ValueError(msg)
         if min(self.drift_slack, self.drift_clip, self.burst_s) <= 0:
             msg = "drift_slack, drift_clip and burst_s must be > 0"
+            raise ValueError(msg)
+        if self.sequence_window < 0 or (
+            self.sequence_window and self.sequence_history < 4 * self.sequence_window
+        ):
+            msg = "sequence_window must be >= 0 and sequence_history >= 4 * sequence_window"
             raise ValueError(msg)
         if self.window_values and self.window_values < 2 * self.window_tail:
             msg = "window_values must be at least 2 * window_tail"

@@ -26,6 +26,7 @@ from detector.core.features.moments import Moments
 from detector.core.features.rate import RateFeature
 from detector.core.features.replay import IdCounts, ReplayFeature
 from detector.core.features.schema import SchemaFeature
+from detector.core.features.sequence import SequenceFeature
 from detector.core.features.size import SizeFeature
 from detector.core.features.surprise import Evidence, Reason
 from detector.core.features.types import TypeFeature
@@ -119,6 +120,7 @@ def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature[Any]]:
         SchemaFeature(cfg, clock),
         ReplayFeature(cfg, clock),
         DriftFeature(cfg, clock, value),
+        SequenceFeature(cfg, clock, value),
     ]
     assert tuple(f.name for f in features) == FEATURES  # noqa: S101 (the registry's order)
     return features
