@@ -79,9 +79,13 @@ class Shapes:
         z = (math.log(d + _EPS) - self.mean) / max(math.sqrt(max(self.var, 0.0)), min_sd)
         return min(two_sided(z) + _LOG10_2, MAX_SURPRISE) if z > 0 else 0.0
 
-    def push(self, y: float, window: int, min_sd: float, fading: float) -> float:
-        """Append ``y``; its window's distance enters the moments. Returns the distance."""
-        d = self.distance(y, window, min_sd)
+    def push(
+        self, y: float, window: int, min_sd: float, fading: float, d: float | None = None
+    ) -> float:
+        """Append ``y``; its window's distance (``d`` if already known) enters the moments.
+        Returns the distance."""
+        if d is None:
+            d = self.distance(y, window, min_sd)
         self.values[self.pos] = y
         self.pos = (self.pos + 1) % len(self.values)
         self.filled = min(self.filled + 1, len(self.values))
@@ -153,6 +157,10 @@ class SequenceFeature(Feature[None]):
         self.on = cfg.sequence_window > 0
         self.table = ShapeTable()
         value.rows.attach(self.table)
+        # The distances of the event judged last, by row: judge, explain and advance see the
+        # same event in a row, and the distance is the costly part.
+        self._event: Event | None = None
+        self._distances: dict[int, float] = {}
 
     def reset(self, slot: int) -> None:
         """The value feature's rows are the rows here: it frees them."""
@@ -179,12 +187,20 @@ class SequenceFeature(Feature[None]):
         if not self.on:
             return best, best_name, best_d, best_s
         cfg = self.cfg
-        for name, _, s, y in self._fields(slot, event):
-            d = s.distance(y, cfg.sequence_window, cfg.min_sd)
+        for name, row, s, y in self._fields(slot, event):
+            d = self._distance(event, row, s, y)
             surprise = s.surprise(d, cfg.min_count, cfg.min_sd) * cfg.sequence_weight
             if surprise > best:
                 best, best_name, best_d, best_s = surprise, name, d, s
         return min(best, MAX_SURPRISE), best_name, best_d, best_s
+
+    def _distance(self, event: Event, row: int, s: Shapes, y: float) -> float:
+        if event is not self._event:
+            self._event, self._distances = event, {}
+        d = self._distances.get(row)
+        if d is None:
+            d = self._distances[row] = s.distance(y, self.cfg.sequence_window, self.cfg.min_sd)
+        return d
 
     def judge(self, slot: int, event: Event) -> float:
         return self._best(slot, event)[0]
@@ -221,7 +237,10 @@ class SequenceFeature(Feature[None]):
                 if sum(shapes[r] is not None for r in rows.rows(slot)) >= cfg.max_profiled_fields:
                     continue
                 s = shapes[row] = Shapes(cfg.sequence_history)
-            s.push(signed_log(x), cfg.sequence_window, cfg.min_sd, cfg.sequence_fading)
+            y = signed_log(x)
+            s.push(y, cfg.sequence_window, cfg.min_sd, cfg.sequence_fading,
+                   self._distance(event, row, s, y))  # fmt: skip
+        self._event = None  # the rings moved on: the distances are stale
 
     def rows(self, slot: int) -> list[int]:
         """``slot``'s rows that have shapes, in the order they came."""
