@@ -174,7 +174,8 @@ def test_reasons_explain_the_judged_surprises_of_every_feature() -> None:
     # Judging (every event) and explaining (flagged events only) are separate code paths:
     # each surprising feature's reason must carry the surprise its judge gave, and only they.
     cfg = FeatureConfig(replay_horizon_s=64.0, drift_horizon_s=600.0, novelty_burst=True,
-                        seasonal_buckets=24, window_values=100, window_tail=10)  # fmt: skip
+                        seasonal_buckets=24, window_values=100, window_tail=10,
+                        sequence_window=8)  # fmt: skip
     store, eager = FeatureStore(cfg), FeatureStore(cfg)
     events = mixed_stream(1500)
     events += [with_id(i, f"id-{i % 50}", t0=2000 * SECOND) for i in range(200)]
