@@ -263,9 +263,5 @@ class SequenceFeature(Feature[None]):
         if not self.on:
             return
         for _ in range(r.count()):
-            key = r.text()
-            row = self.value.rows.row_of(slot, key)
-            if row < 0:
-                msg = f"record has shapes for the untracked numeric field {key!r}"
-                raise ValueError(msg)
+            row = self.value.rows._known_row(slot, r.text())  # ValueError if untracked
             self.table.shapes[row] = Shapes.load(r)
