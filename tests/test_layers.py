@@ -13,13 +13,13 @@ import detector
 
 FEATURES = ("store", "feature", "config", "surprise", "judgements", "columns", "clock", "moments",
             "categories", "rate", "value", "size", "types", "category", "schema", "replay",
-            "drift")  # fmt: skip
+            "drift", "joint", "peers", "sequence")  # fmt: skip
 CORE = ("settings", "errors", "events", *(f"features.{m}" for m in FEATURES), "codec",
         "admission", "calibration", "scoring", "estimators", "trees", "pipeline", "alerts",
-        "checkpoint")  # fmt: skip
+        "checkpoint", "feedback")  # fmt: skip
 GATEWAY = ("streams", "ownership", "partitions", "connection", "secrets", "embedded",
-           "alert_reader")  # fmt: skip
-RUNTIME = ("worker", "consumer", "checkpointer", "status", "metrics")
+           "alert_reader", "feedback")  # fmt: skip
+RUNTIME = ("worker", "consumer", "checkpointer", "status", "metrics", "peering")
 # Loaded by the package itself (detector/__init__.py); imports nothing of the package.
 PACKAGE = ("compiled",)
 APPS = ("cli", "options", "offline", "timeline", "plot", "baselines", "router", "producer", "acl",

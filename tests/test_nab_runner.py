@@ -188,3 +188,39 @@ def test_two_fold_scores_each_half_at_the_other_halfs_threshold(root: Path) -> N
         assert fold in ("odd", "even")
         assert float(own) == float(other) == 1.0
         assert float(own_score) == float(other_score) == 100.0
+
+
+def test_alerts_mode_scores_the_alert_column_as_emitted(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The alerts the pipeline emits (the `alert` column of `detector score`), 1.0 or 0.0 per
+    # row: what NAB scores with --alerts, and what the runner reports beside the sweep.
+    series = run.load_series(root, FILES)
+    offline = run.run_offline(series, load_spec("metrics"))
+    assert sum(map(sum, offline.alerted.values())) > 0
+    for name, flags in offline.alerted.items():
+        held = offline.held[name]
+        assert not any(a and h for a, h in zip(flags, held, strict=True)), name
+    code = run.main(
+        [
+            "--model", "metrics", "--root", str(root), "--files", *FILES, "--alerts",
+            "--write", "--results-dir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "alerts: a row scores 1.0 if the detector alerted on it" in out
+    for name in FILES:
+        category, _, file_name = name.partition("/")
+        with (tmp_path / "metrics" / category / f"metrics_{file_name}").open(newline="") as fh:
+            got = [float(r["anomaly_score"]) for r in csv.DictReader(fh)]
+        assert got == [float(a) for a in offline.alerted[name]]
+
+
+def test_the_alert_column_is_printed_beside_the_sweep(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run.main(["--model", "metrics", "--root", str(root), "--files", *FILES]) == 0
+    assert "the alerts as emitted (the alert column, 1 for an alert; nothing swept):" in (
+        capsys.readouterr().out
+    )

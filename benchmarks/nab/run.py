@@ -2,7 +2,8 @@
 
     python -m benchmarks.nab.run --model stats [--mode offline|redis|both] [--write]
                                  [--plot FILE_NAME ...] [--details] [--files FILE ...]
-                                 [--debounce LEVEL:HOURS] [--cooldown] [--two-fold]
+                                 [--debounce LEVEL:HOURS] [--cooldown] [--alerts]
+                                 [--two-fold]
 
 Each of the 58 series is one producer (producer id = the corpus-relative file name, e.g.
 ``realKnownCause/nyc_taxi.csv``) and each row one event with the fields ``producer``, ``ts``
@@ -19,8 +20,12 @@ series are interleaved by event time into one stream, in the same order in both 
 score is the calibrated score, and 0.0 while its producer warms up (score None) or if the
 entry was rejected. With ``--cooldown``, rows that came inside their producer's alert
 cooldown (``Verdict.held``: the detector could not alert on them) also score 0.0, so NAB
-counts what the detector would have alerted, as CAD OSE's and KNN-CAD's rest periods do. No
-look-ahead: nothing about a file (min, max, length) is given to the detector in advance.
+counts what the detector would have alerted, as CAD OSE's and KNN-CAD's rest periods do. With
+``--alerts``, a row scores 1.0 if the detector emitted an alert for it and 0.0 otherwise (the
+``alert`` column of ``detector score``): the alerts as emitted, at the spec's own threshold,
+cooldown and rules, with nothing for the sweep to choose. Without it, the alert column's
+scores are printed beside the sweep's. No look-ahead: nothing about a file (min, max, length)
+is given to the detector in advance.
 
 Scoring follows NAB v1.1: one corpus-wide threshold per profile from the exhaustive sweep
 (:func:`benchmarks.nab.scorer.optimize_threshold`). The official scoreboard was made with the
@@ -194,7 +199,9 @@ class Run:
 
     ``scores[name][row]`` is the calibrated score, None while warming up or when the entry
     was rejected or failed to score (``invalid``); ``held[name][row]`` is True when the row
-    came inside its producer's alert cooldown (it could not alert).
+    came inside its producer's alert cooldown (it could not alert); ``alerted[name][row]`` is
+    True when the detector emitted an alert for the row (``detector score``'s ``alert``
+    column).
     """
 
     mode: str
@@ -205,6 +212,7 @@ class Run:
     evicted: int = 0
     notes: dict[str, float] = field(default_factory=dict)
     held: Held = field(default_factory=dict)
+    alerted: Held = field(default_factory=dict)
 
     @property
     def events_per_s(self) -> float:
@@ -236,7 +244,7 @@ def run_offline(series: Sequence[Series], spec: ModelSpec, settings: Settings | 
     """Decoder + one Pipeline over the interleaved entries (what ``detector score`` does)."""
     cfg = settings or default_settings(spec)
     scores = _empty_scores(series)
-    held = _empty_held(series)
+    held, alerted = _empty_held(series), _empty_held(series)
     started = time.perf_counter()
     decoder = Decoder(cfg.event_format)
     pipeline = Pipeline(
@@ -259,10 +267,11 @@ def run_offline(series: Sequence[Series], spec: ModelSpec, settings: Settings | 
         invalid += v.error is not None
         scores[series[k].name][row] = v.score
         held[series[k].name][row] = v.held
+        alerted[series[k].name][row] = v.alert is not None
     seconds = time.perf_counter() - started
     return Run(
         "offline", scores, len(slots) + invalid, seconds, invalid, pipeline.store.evicted,
-        held=held,
+        held=held, alerted=alerted,
     )  # fmt: skip
 
 
@@ -298,7 +307,7 @@ def _run_redis(series: Sequence[Series], spec: ModelSpec, settings: Settings, ur
         client.close()
 
     scores = _empty_scores(series)
-    held = _empty_held(series)
+    held, alerted = _empty_held(series), _empty_held(series)
     seen: set[str] = set()
     duplicates = 0
 
@@ -312,6 +321,7 @@ def _run_redis(series: Sequence[Series], spec: ModelSpec, settings: Settings, ur
             k, row = where[entry_id]
             scores[series[k].name][row] = v.score
             held[series[k].name][row] = v.held
+            alerted[series[k].name][row] = v.alert is not None
 
     worker = Worker(cfg, spec=spec, on_verdicts=collect)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -337,6 +347,7 @@ def _run_redis(series: Sequence[Series], spec: ModelSpec, settings: Settings, ur
         worker.pipeline.store.evicted,
         notes={"xadd_s": xadd_s, "alerts": float(stats.alerts), "batches": float(stats.batches)},
         held=held,
+        alerted=alerted,
     )
 
 
@@ -370,13 +381,24 @@ def first_difference(a: Scores, b: Scores) -> str | None:
     return None
 
 
-def _held_difference(a: Held, b: Held) -> str | None:
+def _held_difference(a: Held, b: Held, what: str = "held") -> str | None:
     for name, xs in a.items():
         if xs != b.get(name):
             ys = b.get(name, [])
             row = next((i for i, (x, y) in enumerate(zip(xs, ys, strict=False)) if x != y), -1)
-            return f"{name}: held differs (row {row})"
+            return f"{name}: {what} differs (row {row})"
     return None
+
+
+def alert_scores(alerted: Held) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
+    """NAB anomaly scores of the alerts as emitted: 1.0 where the detector alerted, 0.0
+    elsewhere (``detector score``'s ``alert`` column). Any threshold in (0, 1] scores them
+    alike: nothing is chosen on the corpus.
+
+    >>> alert_scores({"a": [False, True, False]})["a"].tolist()
+    [0.0, 1.0, 0.0]
+    """
+    return {name: np.array(xs, dtype=np.float64) for name, xs in alerted.items()}
 
 
 def nab_scores(
@@ -655,6 +677,11 @@ def _parser() -> argparse.ArgumentParser:
         "score 0: the detector cannot alert on them (off: every row's calibrated score)",
     )  # fmt: skip
     parser.add_argument(
+        "--alerts", action="store_true",
+        help="score the alerts as emitted (1 for a row the detector alerted on, else 0) "
+        "instead of the calibrated scores: the sweep has nothing to choose",
+    )  # fmt: skip
+    parser.add_argument(
         "--debounce", type=_debounce_arg, default=None, metavar="LEVEL:HOURS",
         help="before scoring, zero a producer's rows for HOURS of event time after a row "
         "scoring >= LEVEL (causal; off by default, e.g. 0.999:6)",
@@ -697,8 +724,10 @@ def _replay(
         )
     same: bool | None = None
     if len(runs) == 2:
-        diff = first_difference(runs[0].scores, runs[1].scores) or _held_difference(
-            runs[0].held, runs[1].held
+        diff = (
+            first_difference(runs[0].scores, runs[1].scores)
+            or _held_difference(runs[0].held, runs[1].held)
+            or _held_difference(runs[0].alerted, runs[1].alerted, "alerted")
         )
         same = diff is None
         say(
@@ -717,7 +746,11 @@ def _row_results(
     spec: ModelSpec,
     say: Callable[[str], None],
 ) -> dict[str, np.ndarray[Any, np.dtype[np.float64]]]:
-    """The NAB anomaly score of every row, after ``--debounce`` and ``--cooldown``."""
+    """The NAB anomaly score of every row, after ``--debounce`` and ``--cooldown``; with
+    ``--alerts``, the alert column (1.0 for an alert, else 0.0)."""
+    if args.alerts:
+        say("alerts: a row scores 1.0 if the detector alerted on it, else 0.0 (as emitted)")
+        return alert_scores(run.alerted)
     row_scores = run.scores
     if args.debounce is not None:
         level, hold_ms = args.debounce
@@ -732,16 +765,12 @@ def _row_results(
     return nab_scores(row_scores, run.held if args.cooldown else None)
 
 
-def _at_alert_threshold(
-    results: Mapping[str, np.ndarray[Any, np.dtype[np.float64]]],
-    corpus: Corpus,
-    theta: float,
-    say: Callable[[str], None],
-) -> None:
-    """The scores at the spec's own threshold: with ``--cooldown`` its detections are exactly
-    the alerts the detector emits (no threshold chosen on the corpus)."""
-    fixed = {p: score_detector(results, corpus, p, theta) for p in PROFILE_NAMES}
-    say(f"at the spec's own alert threshold {theta:g} (detections = the alerts it emits):")
+def _alert_column(run: Run, corpus: Corpus, say: Callable[[str], None]) -> None:
+    """The scores of the alerts the detector emitted (``detector score``'s ``alert`` column:
+    the spec's own threshold, cooldown and rules; no threshold chosen on the corpus)."""
+    alerts = alert_scores(run.alerted)
+    fixed = {p: score_detector(alerts, corpus, p, 1.0) for p in PROFILE_NAMES}
+    say("the alerts as emitted (the alert column, 1 for an alert; nothing swept):")
     for line in detail_table(fixed, corpus.n_windows)[1:]:
         say(line)
 
@@ -784,8 +813,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             say("(subset of the corpus: not comparable to the scoreboard)")
         for line in detail_table(scores, corpus.n_windows):
             say(line)
-        if args.cooldown:
-            _at_alert_threshold(results, corpus, spec.decision.threshold, say)
+        if not args.alerts:
+            _alert_column(run, corpus, say)
         official = load_official_scores(root) if whole else {}
         say("")
         for line in scoreboard_table({spec.name: scores}, official):

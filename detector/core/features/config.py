@@ -9,6 +9,7 @@ from dataclasses import dataclass
 # The features, in the order they judge an event (ties among reasons keep this order).
 FEATURES = (
     "rate", "value", "size", "type", "category", "schema", "replayed_id", "drift", "joint", "peer",
+    "sequence",
 )  # fmt: skip
 
 
@@ -90,6 +91,14 @@ class FeatureConfig:
             usual rate alerts (once).
         drift_restart: a CUSUM statistic learned above this (an accepted new normal, or a
             drift the calibration found usual) restarts the reference from the next events.
+        sequence_window: values per window of the sequence feature: the shape of a numeric
+            field's last ``sequence_window`` values (z-normalised) against its nearest earlier
+            window among the last ``sequence_history`` values (a "discord" distance, judged
+            against the field's usual distances); 0 = off (no state).
+        sequence_history: values per field the nearest window is searched among (8 bytes
+            each; a per-event cost of about ``sequence_history * sequence_window``).
+        sequence_fading: memory of the usual log-distance, in values.
+        sequence_weight: multiplier of the sequence surprise.
     """
 
     fading_factor: float = 0.01
@@ -134,6 +143,10 @@ class FeatureConfig:
     peer_min_events: int = 200
     peer_max_kinds: int = 64
     peer_rate_factor: float = 10.0
+    sequence_window: int = 0
+    sequence_history: int = 512
+    sequence_fading: float = 0.01
+    sequence_weight: float = 1.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.disabled) - set(FEATURES))
@@ -158,6 +171,18 @@ class FeatureConfig:
         if min(self.drift_slack, self.drift_clip, self.burst_s) <= 0:
             msg = "drift_slack, drift_clip and burst_s must be > 0"
             raise ValueError(msg)
+        self._check_joint()
+        self._check_peers()
+        if self.sequence_window < 0 or (
+            self.sequence_window and self.sequence_history < 4 * self.sequence_window
+        ):
+            msg = "sequence_window must be >= 0 and sequence_history >= 4 * sequence_window"
+            raise ValueError(msg)
+        if self.window_values and self.window_values < 2 * self.window_tail:
+            msg = "window_values must be at least 2 * window_tail"
+            raise ValueError(msg)
+
+    def _check_joint(self) -> None:
         if self.joint_fields == 1 or not 0 <= self.joint_fields <= 16:
             msg = "joint_fields must be 0 (off) or 2..16"
             raise ValueError(msg)
@@ -166,10 +191,6 @@ class FeatureConfig:
             raise ValueError(msg)
         if self.joint_max_types < 1 or self.joint_min_count < 2:
             msg = "joint_max_types must be >= 1 and joint_min_count >= 2"
-            raise ValueError(msg)
-        self._check_peers()
-        if self.window_values and self.window_values < 2 * self.window_tail:
-            msg = "window_values must be at least 2 * window_tail"
             raise ValueError(msg)
 
     def _check_peers(self) -> None:

@@ -28,6 +28,7 @@ from detector.core.features.peers import PeerFeature
 from detector.core.features.rate import RateFeature
 from detector.core.features.replay import IdCounts, ReplayFeature
 from detector.core.features.schema import SchemaFeature
+from detector.core.features.sequence import SequenceFeature
 from detector.core.features.size import SizeFeature
 from detector.core.features.surprise import Evidence, Reason
 from detector.core.features.types import TypeFeature
@@ -123,6 +124,7 @@ def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature[Any]]:
         DriftFeature(cfg, clock, value),
         JointFeature(cfg, clock),
         PeerFeature(cfg, clock, types, rate),
+        SequenceFeature(cfg, clock, value),
     ]
     assert tuple(f.name for f in features) == FEATURES  # noqa: S101 (the registry's order)
     return features
