@@ -1110,24 +1110,28 @@ class _Planner:
     def release(self, r: random.Random, slot: tuple[int, int] | None) -> Incident:
         """Every instance of one service adopts a new type within minutes (placed where all
         are free)."""
-        ext = self._extent_ms("release", r)
         services = sorted(s for s, n in self.instances.items() if n >= 2)
-        for attempt in range(50):
-            svc_name = r.choice(services)
-            group = [p for p in self.regular if p.service.name == svc_name]
-            lo, hi = slot if slot is not None and attempt == 0 else (self.lo, self.hi)
-            top = min(self.hi - ext, max(lo, hi - ext))
-            start = r.randint(min(max(self.lo, lo), top), top)
-            if all(self._free(p.name, start, start + ext) for p in group):
-                break
-        else:
+        ext, placed = self._extent_ms("release", r), False
+        while not placed and ext >= 2 * _MINUTE_MS:  # a crowded short stream: shorter ones
+            for attempt in range(50):
+                svc_name = r.choice(services)
+                group = [p for p in self.regular if p.service.name == svc_name]
+                lo, hi = slot if slot is not None and attempt == 0 else (self.lo, self.hi)
+                top = min(self.hi - ext, max(lo, hi - ext))
+                start = r.randint(min(max(self.lo, lo), top), top)
+                if all(self._free(p.name, start, start + ext) for p in group):
+                    placed = True
+                    break
+            else:
+                ext //= 2
+        if not placed:
             msg = "cannot place a release clear of the other incidents: a longer stream"
             raise ValueError(msg)
         etype, k = _RELEASE_TYPES[svc_name]
         end, first = start + ext, start + ext
         for p in group:
             self.reserve(p.name, start, end)
-            ts = start + int(r.uniform(0, 300_000))
+            ts = start + int(r.uniform(0, min(300_000, ext // 2)))
             first = min(first, ts)
             while ts <= end:
                 self.inject(p, ts, _typed_maker(p, r, ts, etype, k))
