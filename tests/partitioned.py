@@ -123,8 +123,8 @@ def outcome(client: Client, p_count: int, group: str = GROUP, alerts: str = ALER
         fields = client.hgetall(partitions.checkpoint_key(group, p))
         if fields:
             snap = decode_fields(signer, fields)  # type: ignore[arg-type]
-            for producer, record in snap.producers.items():
-                learned[producer] = learned.get(producer, 0) + FeatureStore.events_in(record)
+            for producer, n in FeatureStore.events_learned(snap.base, snap.producers).items():
+                learned[producer] = learned.get(producer, 0) + n
             epochs[p] = int(snap.meta.get("epoch", 0))
         stream = partitions.partition_stream(BASE, p)
         for g in client.xinfo_groups(stream):  # type: ignore[union-attr]

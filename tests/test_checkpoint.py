@@ -20,8 +20,11 @@ from detector.core.checkpoint import (
     load_file,
     save_file,
 )
+from detector.core.codec import Reader, Writer
 from detector.core.errors import CheckpointError, IncompatibleCheckpointError
 from detector.core.events import Decoder, Event
+from detector.core.features import FeatureConfig, FeatureStore
+from detector.core.features import store as store_module
 from detector.core.features.replay import ReplayFeature
 from detector.core.pipeline import Pipeline, Verdict
 from detector.core.scoring import load_spec
@@ -43,6 +46,18 @@ def _events(n_per_producer: int = 300, seed: int = 1) -> list:  # type: ignore[t
 def _fields(pipeline: Pipeline, signer: Signer) -> dict[bytes, bytes]:
     snap = pipeline.snapshot({"s": "5-0"}, full=True)
     return {k.encode(): v for k, v in encode_fields(signer, snap).items()}
+
+
+def _incremental(pipeline: Pipeline, signer: Signer) -> dict[bytes, bytes]:
+    """A checkpoint hash after a full commit then an incremental one that changed every
+    producer: the base and a record of each."""
+    full = _fields(pipeline, signer)
+    tracking = Pipeline(pipeline.spec, track_changes=True)
+    tracking.restore(decode_fields(signer, full))
+    tracking.store.dirty.update(tracking.store.producers)
+    snap = tracking.snapshot({"s": "5-0"})
+    assert snap.base is None
+    return full | {k.encode(): v for k, v in encode_fields(signer, snap).items()}
 
 
 def _half_learned(model: str) -> tuple[Pipeline, list, dict[bytes, bytes]]:  # type: ignore[type-arg]
@@ -186,12 +201,13 @@ def test_tampered_unsigned_or_foreign_blobs_are_refused() -> None:
     signer = Signer(KEY)
     fields = _fields(p, signer)
 
-    tampered = dict(fields)
-    blob = bytearray(tampered[b"p:svc-1"])
-    blob[-5] ^= 1
-    tampered[b"p:svc-1"] = bytes(blob)
-    with pytest.raises(CheckpointError, match="bad signature"):
-        decode_fields(signer, tampered)
+    for name in (b"b:0", b"p:svc-1"):
+        tampered = _fields(p, signer) if name == b"b:0" else _incremental(p, signer)
+        blob = bytearray(tampered[name])
+        blob[-5] ^= 1
+        tampered[name] = bytes(blob)
+        with pytest.raises(CheckpointError, match="bad signature"):
+            decode_fields(signer, tampered)
 
     unsigned = dict(fields)
     unsigned[b"model"] = pickle.dumps(p.model)
@@ -201,10 +217,14 @@ def test_tampered_unsigned_or_foreign_blobs_are_refused() -> None:
     with pytest.raises(CheckpointError, match="bad signature"):
         decode_fields(Signer(b"another-key-of-32-bytes-........"), fields)
 
-    swapped = dict(fields)  # a valid blob moved to another producer's name
-    swapped[b"p:svc-0"] = fields[b"p:svc-1"]
+    swapped = _incremental(p, signer)  # a valid blob moved to another producer's name
+    swapped[b"p:svc-0"] = swapped[b"p:svc-1"]
     with pytest.raises(CheckpointError, match="bad signature"):
         decode_fields(signer, swapped)
+    incomplete = dict(fields)  # the meta says one base piece
+    del incomplete[b"b:0"]
+    with pytest.raises(CheckpointError, match="incomplete"):
+        decode_fields(signer, incomplete)
 
 
 class _Exploit:
@@ -224,8 +244,9 @@ def test_the_default_models_checkpoint_needs_no_unpickler(monkeypatch: pytest.Mo
     original, rest, fields = _half_learned("stats")
     signer = Signer(KEY)
     assert signer.verify("model", fields[b"model"]) == b""  # stateless: rebuilt from the spec
-    records = [signer.verify(k.decode(), v) for k, v in fields.items() if k.startswith(b"p:")]
-    assert len(records) == 3 and not any(r.startswith(b"\x80") for r in records)  # no pickle
+    assert not any(k.startswith(b"p:") for k in fields)  # a full commit: the base alone
+    base = signer.verify("b:0", fields[b"b:0"])
+    assert b"\x80\x05" not in base[:64] and b"detector.core" not in base  # no pickle
 
     def refuse(*_: object) -> object:
         raise AssertionError("unpickled")
@@ -250,10 +271,13 @@ def test_an_older_format_is_refused_before_any_of_it_is_decoded() -> None:
     assert "detector train" in str(info.value) and "--reset-state" in str(info.value)
 
 
-def test_a_record_of_another_layout_is_refused() -> None:
+@pytest.mark.parametrize("prefix", [b"b:", b"p:"])
+def test_a_record_of_another_layout_is_refused(prefix: bytes) -> None:
     signer = Signer(KEY)
-    _, _, fields = _half_learned("stats")
-    name = next(k for k in fields if k.startswith(b"p:"))
+    original, _, fields = _half_learned("stats")
+    if prefix == b"p:":
+        fields = _incremental(original, signer)
+    name = next(k for k in fields if k.startswith(prefix))
     record = signer.verify(name.decode(), fields[name])
     for broken in (record[:-3], record + b"\0"):
         fields[name] = signer.sign(name.decode(), broken)
@@ -351,7 +375,10 @@ def test_baseline_file_round_trip_and_tampering(tmp_path: Path) -> None:
     path = tmp_path / "b" / "shop.baseline"
     save_file(path, signer, p.snapshot({}, full=True))
     snap = load_file(path, signer)
-    assert isinstance(snap, Snapshot) and set(snap.producers) == {"svc-0", "svc-1", "svc-2"}
+    assert isinstance(snap, Snapshot) and snap.base is not None and not snap.producers
+    started = Pipeline(load_spec("stats"))
+    started.restore(snap, baseline=True)
+    assert set(started.store.producers) == {"svc-0", "svc-1", "svc-2"}
 
     data = bytearray(path.read_bytes())
     data[-3] ^= 1
@@ -367,3 +394,123 @@ def test_baseline_file_round_trip_and_tampering(tmp_path: Path) -> None:
 def test_short_keys_are_refused() -> None:
     with pytest.raises(CheckpointError, match="16 bytes"):
         Signer(b"short")
+
+
+def _later_events() -> list[Event]:
+    """Events of svc-0 and svc-1 only, for ~200 s after :func:`_events` (svc-2 goes idle)."""
+    d = Decoder()
+    raw = order_events(producers=2, per_producer=200, seed=2)
+    shift = 320_000
+    return [
+        d.decode("s", f"{10_000 + i}-0", {k.encode(): v.encode() for k, v in f.items()})
+        for i, f in enumerate({**e, "ts": str(int(e["ts"]) + shift)} for e in raw)
+    ]
+
+
+class _Hash:
+    """A checkpoint hash, as the commits of a pipeline leave it."""
+
+    def __init__(self, signer: Signer) -> None:
+        self.signer, self.fields = signer, dict[str, bytes]()
+
+    def commit(self, p: Pipeline, full: bool = False) -> Snapshot:
+        snap = p.snapshot({"s": "1-0"}, full=full)
+        frozen = FrozenCommit(self.signer, snap)
+        p.committed()
+        assert frozen.advance()
+        p.store.thaw()
+        self.fields.update(frozen.fields)
+        for name in frozen.removed:
+            self.fields.pop(name, None)
+        return snap
+
+    def restore(self, p: Pipeline) -> Pipeline:
+        p.restore(decode_fields(self.signer, {k.encode(): v for k, v in self.fields.items()}))
+        return p
+
+
+def _same_state(a: Pipeline, b: Pipeline) -> None:
+    assert list(a.store.producers) == list(b.store.producers)  # LRU order too
+    for producer, slot in a.store.producers.items():
+        assert a.store.record(slot) == b.store.record(b.store.producers[producer])
+
+
+def test_a_base_and_the_records_since_restore_the_state_exactly() -> None:
+    """A full commit writes the base (no records); later commits add the records of changed
+    producers and an empty one for a producer removed since; restored, the state is the
+    same, record for record; the next full commit deletes the records."""
+    spec, signer = load_spec("stats"), Signer(KEY)
+    events, later = _events(), _later_events()
+
+    def fresh() -> Pipeline:
+        return Pipeline(spec, idle_ttl_ms=60_000, track_changes=True)
+
+    live, ckpt = fresh(), _Hash(Signer(KEY))
+    live.process(events[:450])
+    snap = ckpt.commit(live, full=True)
+    assert snap.base is not None and not snap.producers
+    assert {k for k in ckpt.fields if k.startswith(("b:", "p:"))} == {"b:0"}
+    live.process(events[450:])
+    ckpt.commit(live)
+    assert {k for k in ckpt.fields if k.startswith("p:")} == {"p:svc-0", "p:svc-1", "p:svc-2"}
+    live.process(later[:200])
+    assert "svc-2" not in live.store.producers  # idle for over a minute: evicted
+    ckpt.commit(live)
+    assert signer.verify("p:svc-2", ckpt.fields["p:svc-2"]) == b""  # removed since the base
+    restored = ckpt.restore(fresh())
+    _same_state(live, restored)
+    assert [v.score for v in live.process(later[200:])] == [
+        v.score for v in restored.process(later[200:])
+    ]
+    ckpt.commit(live, full=True)
+    assert {k for k in ckpt.fields if k.startswith(("b:", "p:"))} == {"b:0"}
+    _same_state(live, ckpt.restore(fresh()))
+
+
+def test_records_past_a_share_of_the_producers_are_folded_into_a_new_base(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(store_module, "REBASE_MIN", 0)
+    live, ckpt = Pipeline(load_spec("stats"), track_changes=True), _Hash(Signer(KEY))
+    live.process(_events()[:300])
+    assert ckpt.commit(live).base is None  # no records yet: records
+    live.process(_events()[300:])
+    snap = ckpt.commit(live)  # 3 records > a quarter of 3 producers: a base instead
+    assert snap.base is not None and sorted(snap.removed) == ["svc-0", "svc-1", "svc-2"]
+    assert not any(k.startswith("p:") for k in ckpt.fields)
+    _same_state(live, ckpt.restore(Pipeline(load_spec("stats"))))
+
+
+class _Marks:
+    """Per-slot state with a record of its own and no columns (as a feature still written
+    slot by slot)."""
+
+    def __init__(self) -> None:
+        self.marks: list[int] = []
+
+    def reset(self, slot: int) -> None:
+        if slot == len(self.marks):
+            self.marks.append(0)
+        else:
+            self.marks[slot] = 0
+
+    def dump(self, slot: int, w: Writer) -> None:
+        w.i64(self.marks[slot])
+
+    def load(self, slot: int, r: Reader) -> None:
+        self.marks[slot] = r.i64()
+
+
+def test_a_part_without_columns_is_written_slot_by_slot_in_the_base() -> None:
+    marks, copied = _Marks(), _Marks()
+    store = FeatureStore(FeatureConfig(), parts=[marks])
+    for i, producer in enumerate(("a", "b", "c") * 50):
+        ev = Event("s", f"{i}-0", producer, 1000 * i, "paid", {"amount": 1.0 + i % 7}, {}, 50)
+        store.observe(ev, learn=True)
+    marks.marks[store.producers["b"]] = 7
+    copy = FeatureStore(FeatureConfig(), parts=[copied])
+    copy.restore({}, store.counters(), base=store.base())
+    assert copied.marks[copy.producers["b"]] == 7
+    assert all(
+        copy.record(copy.producers[p]) == store.record(slot) for p, slot in store.producers.items()
+    )

@@ -128,7 +128,7 @@ def _outcome(url: str, consumer: str) -> Outcome:
     alerts = [f[b"alert_id"].decode() for _, f in r.xrange("detector:alerts")]
     fields = r.hgetall(CHECKPOINT_KEY.format(group="detector", consumer=consumer))
     snap = decode_fields(Signer(TEST_KEY), fields)  # type: ignore[arg-type]
-    learned = {p: FeatureStore.events_in(record) for p, record in snap.producers.items()}
+    learned = FeatureStore.events_learned(snap.base, snap.producers)
     (group,) = r.xinfo_groups(STREAM)
     last = group["last-delivered-id"]
     out = Outcome(alerts, learned, snap.meta["offsets"], int(group["pending"]), last.decode())

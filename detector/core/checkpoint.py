@@ -12,8 +12,12 @@ Layout (one Redis hash per group and consumer, see :mod:`detector.gateway.stream
 - ``meta``: JSON (format, versions, spec digest, per-stream offsets, pipeline counters);
 - ``model``: the pickled model (shared by all producers), empty for a stateless one (the
   default ``stats``: its checkpoints need no unpickler at all);
-- ``p:<producer>``: one producer's record; only producers changed since the previous commit
-  are written, evicted ones are deleted;
+- ``b:<k>``: the base, in pieces of at most :data:`PIECE_BYTES` (``meta["base_pieces"]`` of
+  them): every producer's state as of the last full commit, written as the store's columns
+  (``FeatureStore.base``: a typed array per column, no loop over producers);
+- ``p:<producer>``: one producer's record, written by the commits since the base for the
+  producers they changed (an empty record: removed since); a full commit writes a new base and
+  deletes them;
 - ``s:<name>``: state shared by all producers (the replayed-id window: ``s:replayed_id`` and
   its blocks ``s:replayed_id.<k>``), written when changed since the previous commit.
 
@@ -27,7 +31,7 @@ import hmac
 import io
 import pickle
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -45,14 +49,20 @@ from detector.core.events import Event
 # "river_objects", the rate's accepted arrivals in the records (issue 17); 6: the joint
 # feature's models (per event type) in the producer records, each producer's peer group (kind,
 # flags, usual gap) in its record, the peer summary as a shared record (issue 17), each
-# producer's analyst feedback rules at the end of its record (issue 18). An older detector
-# refuses a newer format by this number, and this one refuses older ones (retrain or reset).
+# producer's analyst feedback rules at the end of its record (issue 18), and the producers'
+# state as a base of columns plus the records of those changed since (issue 15). An older
+# detector refuses a newer format by this number, and this one refuses older ones (retrain or
+# reset).
 FORMAT_VERSION = 6
 READABLE_FORMATS = (6,)
 _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
 PRODUCER_PREFIX = "p:"
 SHARED_PREFIX = "s:"
+BASE_PREFIX = "b:"
+#: The base is written in fields of at most this many bytes (Redis takes up to 512 MB in one
+#: value; smaller pieces are signed and written a slice at a time).
+PIECE_BYTES = 16 << 20
 
 # What a pickled model may contain: classes defined in the detector's model modules and in
 # River's model packages (``estimators.river_module``: not its datasets or I/O), a few of
@@ -184,11 +194,15 @@ class Snapshot:
     Attributes:
         meta: format, versions, spec digest, offsets and pipeline counters (JSON-able).
         model: the model object (None: stateless, rebuilt from the spec).
-        producers: producer id -> its record (all of them, or only the changed ones); a
-            pipeline's snapshot encodes each when read.
-        removed: producers evicted since the previous commit (to delete).
+        producers: producer id -> its record, for the producers changed since the base (an
+            empty record: removed since); a pipeline's snapshot encodes each when read.
+        removed: producers whose record is deleted (a full commit: all those written since
+            the previous base).
         shared: records of the state shared by all producers (all of them, or only the
             changed ones), already encoded.
+        base: every producer's state as of a full commit (None: this commit writes no base;
+            restored, none in the checkpoint).
+        dropped: other fields to delete (an older base's pieces beyond the new one's).
     """
 
     meta: dict[str, Any]
@@ -196,6 +210,14 @@ class Snapshot:
     producers: Mapping[str, bytes] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     shared: dict[str, bytes] = field(default_factory=dict)
+    base: bytes | None = None
+    dropped: list[str] = field(default_factory=list)
+
+
+def pieces(base: bytes) -> list[bytes]:
+    """The base cut into fields of at most :data:`PIECE_BYTES` (at least one)."""
+    view = memoryview(base)
+    return [bytes(view[at : at + PIECE_BYTES]) for at in range(0, len(base), PIECE_BYTES)] or [b""]
 
 
 def new_meta(
@@ -278,6 +300,13 @@ class FrozenCommit:
 
     def __init__(self, signer: Signer, snap: Snapshot) -> None:
         started = time.perf_counter()
+        # The base is encoded already (its bytes do not move on): its pieces are signed
+        # between reads, as the records are.
+        self._pieces = (
+            {}
+            if snap.base is None
+            else {BASE_PREFIX + str(k): piece for k, piece in enumerate(pieces(snap.base))}
+        )
         self._signer = signer
         self.fields = {
             "meta": signer.sign("meta", orjson.dumps(snap.meta)),
@@ -289,7 +318,7 @@ class FrozenCommit:
         }
         for name, record in snap.shared.items():
             self.fields[SHARED_PREFIX + name] = signer.sign(SHARED_PREFIX + name, record)
-        self.removed = [PRODUCER_PREFIX + p for p in snap.removed]
+        self.removed = [PRODUCER_PREFIX + p for p in snap.removed] + list(snap.dropped)
         self._records = snap.producers
         self._left = dict.fromkeys(snap.producers)
         self.seconds = time.perf_counter() - started  # spent encoding so far
@@ -298,14 +327,21 @@ class FrozenCommit:
         """Encode the states left until ``time.perf_counter()`` passes ``deadline`` (None: all
         of them); whether every field is encoded."""
         started = now = time.perf_counter()
-        left = self._left
+        left, base = self._left, self._pieces
+        while base:
+            name, piece = base.popitem()
+            self.fields[name] = self._signer.sign(name, piece)
+            now = time.perf_counter()
+            if deadline is not None and now >= deadline:
+                self.seconds += now - started
+                return False
         while left:
             self._encode(left.popitem()[0])
             now = time.perf_counter()
             if deadline is not None and now >= deadline:
                 break
         self.seconds += now - started
-        return not left
+        return not left and not base
 
     def _encode(self, producer: str) -> None:
         name = PRODUCER_PREFIX + producer
@@ -342,7 +378,16 @@ def decode_fields(signer: Signer, fields: dict[bytes, bytes]) -> Snapshot:
             producers[name[len(PRODUCER_PREFIX) :]] = signer.verify(name, value)
         elif name.startswith(SHARED_PREFIX):
             shared[name[len(SHARED_PREFIX) :]] = signer.verify(name, value)
-    return Snapshot(meta, model, producers, shared=shared)
+    base = None
+    count = int(meta.get("base_pieces", 0))
+    if count:
+        names = [BASE_PREFIX + str(k) for k in range(count)]
+        missing = [n for n in names if n.encode() not in fields]
+        if missing:
+            msg = f"checkpoint is incomplete (no {missing[0]!r} of its {count} base pieces)"
+            raise CheckpointError(msg)
+        base = b"".join(signer.verify(n, fields[n.encode()]) for n in names)
+    return Snapshot(meta, model, producers, shared=shared, base=base)
 
 
 def save_file(path: Path, signer: Signer, snap: Snapshot) -> None:
@@ -392,12 +437,15 @@ class BaselineEnd:
     exact: frozenset[str]
 
     @classmethod
-    def of(cls, snap: Snapshot, offsets: dict[str, str]) -> BaselineEnd | None:
-        """The end of a loaded baseline (None: it learned nothing)."""
+    def of(
+        cls, snap: Snapshot, offsets: dict[str, str], producers: Iterable[str]
+    ) -> BaselineEnd | None:
+        """The end of a loaded baseline that gave ``producers`` (None: it learned nothing)."""
         end = snap.meta.get("watermark_ms")
-        if not end or not snap.producers:
+        learned = frozenset(producers)
+        if not end or not learned:
             return None
-        return cls(int(end), frozenset(snap.producers), frozenset(offsets))
+        return cls(int(end), learned, frozenset(offsets))
 
     def covers(self, event: Event) -> bool:
         """The baseline learned this period of this producer already: skip the event.

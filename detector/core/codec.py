@@ -35,6 +35,8 @@ _pack_i64, _pack_f64, _pack_u32 = _I64.pack, _F64.pack, _U32.pack
 _NATIVE_LE = sys.byteorder == "little"
 _TYPECODES = {"<i8": "q", "<f8": "d", "<u8": "Q"}
 _DTYPES = {code: np.dtype(code) for code in _TYPECODES}
+# The array type codes a column may have (its items are fixed-size numbers).
+_COLUMN_CODES = frozenset("bBhHiIlLqQfd")
 
 
 def fingerprint(text: str) -> int:
@@ -97,6 +99,20 @@ class Writer:
     def u64s(self, values: Iterable[int] | npt.NDArray[np.uint64]) -> None:
         self._many(values, "<u8")
 
+    def column(self, values: Any) -> None:
+        """A whole typed column (an ``array``, a numpy array, or compiled code's typed
+        memoryview of one): its type code, length and little-endian items, in one copy."""
+        view = memoryview(values)
+        code = view.format[-1]  # "<d" for numpy's float64: the code is the last letter
+        raw = view.tobytes()
+        if not _NATIVE_LE:
+            swapped = array(code, raw)
+            swapped.byteswap()
+            raw = swapped.tobytes()
+        self.text(code)
+        self._buf += _pack_u32(len(raw) // max(view.itemsize, 1))
+        self._buf += raw
+
     def bytes(self) -> bytes:
         return bytes(self._buf)
 
@@ -150,6 +166,18 @@ class Reader:
     def u64s(self) -> npt.NDArray[np.uint64]:
         n = self.count()
         return np.frombuffer(self._take(8 * n), dtype="<u8").astype(np.uint64)
+
+    def column(self) -> array[Any]:
+        """A column written by :meth:`Writer.column`, as an ``array`` of its type."""
+        code = self.text()
+        if code not in _COLUMN_CODES:
+            msg = f"unknown column type {code!r}"
+            raise ValueError(msg)
+        out = array(code)
+        out.frombytes(self._take(out.itemsize * self.count()))
+        if not _NATIVE_LE:
+            out.byteswap()
+        return out
 
     def done(self) -> bool:
         return self._pos == len(self._buf)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -38,7 +39,7 @@ from detector.core.alerts import (
     alert_id,
 )
 from detector.core.calibration import Calibrator, Likelihood, RarityTrend, TailCounts
-from detector.core.checkpoint import Snapshot, check_compatible, new_meta
+from detector.core.checkpoint import BASE_PREFIX, Snapshot, check_compatible, new_meta, pieces
 from detector.core.codec import Reader, Writer
 from detector.core.errors import IncompatibleCheckpointError
 from detector.core.events import Event
@@ -229,6 +230,43 @@ class Decisions:
             col[slot] = r.i64()
         self.calibration[slot] = TailCounts.load(r, self.bins) if r.count() else None
         self.likelihood[slot] = RarityTrend.load(r) if r.count() else None
+
+    def dump_table(self, w: Writer) -> None:
+        """Every slot's decision state: five int64 columns, the histograms as one column of
+        their bins (each one's length and count in two more), the likelihood trends (only a
+        spec with a likelihood has them) one by one."""
+        for col in self._columns()[:5]:
+            w.column(array("q", col))
+        cal = self.calibration
+        w.column(array("q", [-1 if tc is None else len(tc.counts) for tc in cal]))
+        w.column(array("q", [0 if tc is None else tc.n for tc in cal]))
+        bins = array("q")
+        bins.frombytes(b"".join([tc.counts.tobytes() for tc in cal if tc is not None]))
+        w.column(bins)
+        w.count(len(self.likelihood))
+        for rt in self.likelihood:
+            w.count(rt is not None)
+            if rt is not None:
+                rt.dump(w)
+
+    def load_table(self, r: Reader) -> None:
+        (
+            self.cooldown_until_ms, self.suppressed, self.flagged_streak, self.flagged_since_ms,
+            self.suspect_ms,
+        ) = [r.column().tolist() for _ in range(5)]  # fmt: skip
+        lengths, ns, bins = r.column(), r.column(), r.column()
+        cal: list[TailCounts | None] = []
+        at = 0
+        for length, n in zip(lengths, ns, strict=True):
+            if length < 0:
+                cal.append(None)
+                continue
+            tc = TailCounts(self.bins)
+            tc.counts, tc.n = bins[at : at + length], n
+            at += length
+            cal.append(tc)
+        self.calibration = cal
+        self.likelihood = [RarityTrend.load(r) if r.count() else None for _ in range(r.count())]
 
 
 class Pipeline:
@@ -673,11 +711,25 @@ class Pipeline:
         )
 
     def snapshot(self, offsets: dict[str, str], full: bool = False) -> Snapshot:
-        """The state to checkpoint: every producer if ``full``, else only changed ones."""
+        """The state to checkpoint: a base of every producer if ``full`` (or once the
+        records written since the last base are many: ``FeatureStore.rebase_due``), else the
+        records of the producers changed since the last commit (an empty one for those
+        removed)."""
         store = self.store
-        names = list(store.producers) if full else [n for n in store.dirty if n in store.producers]
-        if store.clock.n[store.overflow] and (full or OVERFLOW in store.dirty):
-            names.append(OVERFLOW)  # key "" cannot be a real producer's
+        full = full or store.rebase_due()
+        base, dropped = None, []
+        if full:
+            base = store.base()  # encoded now: columns copied, no loop over producers
+            count = len(pieces(base))
+            dropped = [BASE_PREFIX + str(k) for k in range(count, store.base_pieces)]
+            removed, names = sorted(store.recorded), []
+            store.base_pieces, store.recorded = count, set()
+        else:
+            names = [n for n in store.dirty if n in store.producers]
+            if store.clock.n[store.overflow] and OVERFLOW in store.dirty:
+                names.append(OVERFLOW)  # key "" cannot be a real producer's
+            removed = []
+            store.recorded.update(names, store.removed)
         meta = new_meta(
             self.spec.name, self.spec.digest, dict(offsets),
             events_seen=self.events_seen, established=self.established, first_ms=self.first_ms,
@@ -688,14 +740,19 @@ class Pipeline:
         # The shared state (the replayed-id window) changes with every event: encoded now.
         shared = store.shared(full)
         store.freeze(names)  # its records are read later, as they are now
-        return Snapshot(meta, model, Records(store, names), sorted(store.removed), shared)
+        gone = [] if full else sorted(store.removed)  # an empty record each: removed
+        records = Records(store, names, gone)
+        return Snapshot(meta, model, records, removed, shared, base, dropped)
 
     def committed(self) -> None:
         """The last snapshot is durable: start tracking changes afresh."""
         self.store.committed()
 
-    def restore(self, snap: Snapshot, baseline: bool = False) -> dict[str, str]:
-        """Resume from a checkpoint (or start from a baseline); returns its offsets.
+    def restore(
+        self, snap: Snapshot, baseline: bool = False, keep: Callable[[str], bool] | None = None
+    ) -> dict[str, str]:
+        """Resume from a checkpoint (or start from a baseline; with ``keep``, only the
+        producers it accepts); returns its offsets.
 
         Raises:
             IncompatibleCheckpointError: another format, River version or model spec.
@@ -704,7 +761,7 @@ class Pipeline:
         if snap.model is not None:  # else stateless: this one is as good as a new one
             self.model = snap.model  # type: ignore[assignment]
         try:
-            self.store.restore(dict(snap.producers), snap.meta, baseline, snap.shared)
+            self.store.restore(snap.producers, snap.meta, baseline, snap.shared, snap.base, keep)
         except ValueError as exc:  # a record of another layout under the same format number
             msg = f"incompatible checkpoint: {exc}; start over with --reset-state"
             raise IncompatibleCheckpointError(msg) from None
@@ -795,13 +852,17 @@ class DecidedView(ProducerView):
 class Records(Mapping[str, bytes]):
     """Producers' checkpoint records as they were at the snapshot, each encoded when read
     (between reads: see ``checkpoint.FrozenCommit``), or kept by the store just before the
-    producer changed (:meth:`FeatureStore.freeze`)."""
+    producer changed (:meth:`FeatureStore.freeze`); an empty one for each of ``gone``
+    (removed since the base)."""
 
-    def __init__(self, store: FeatureStore, names: list[str]) -> None:
+    def __init__(self, store: FeatureStore, names: list[str], gone: Sequence[str] = ()) -> None:
         self._store = store
-        self._names = names
+        self._names = [*names, *gone]
+        self._gone = set(gone)
 
     def __getitem__(self, producer: str) -> bytes:
+        if producer in self._gone:
+            return b""
         return self._store.frozen_record(producer)
 
     def __iter__(self) -> Iterator[str]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from detector.core.checkpoint import BaselineEnd, Signer, Snapshot, decode_fields
+from detector.core.checkpoint import BaselineEnd, Signer, decode_fields
 from detector.core.checkpoint import load_file as load_baseline
 from detector.core.errors import InvalidEventError
 from detector.core.events import Decoder, Event
@@ -166,13 +166,15 @@ class Consumer:
                     rt.settings.baseline, key,
                 )  # fmt: skip
         elif rt.settings.baseline is not None:
-            snap = self._own_producers(load_baseline(rt.settings.baseline, rt.signer))
-            offsets = self.pipeline.restore(snap, baseline=True)
+            snap = load_baseline(rt.settings.baseline, rt.signer)
+            offsets = self.pipeline.restore(snap, baseline=True, keep=self._owns)
             # Where the baseline's data ended: entries up to there are not learned again.
             self.checkpointer.offsets = {
                 s: i for s, i in offsets.items() if s in self.streams.streams
             }
-            self.baseline_end = BaselineEnd.of(snap, self.processed_upto)
+            self.baseline_end = BaselineEnd.of(
+                snap, self.processed_upto, self.pipeline.store.producers
+            )
             self.checkpointer.require_full()  # the checkpoint must hold every baseline producer
             log.info(
                 "started %s from baseline %s: %d producers, learned up to entry %s, event "
@@ -181,11 +183,9 @@ class Consumer:
             )  # fmt: skip
         settle()
 
-    def _own_producers(self, snap: Snapshot) -> Snapshot:
-        """A baseline cut down to this partition's producers."""
-        p, count = self.partition, self.partitions
-        mine = {k: v for k, v in snap.producers.items() if partition_of(k, count) == p}
-        return Snapshot(snap.meta, snap.model, mine)
+    def _owns(self, producer: str) -> bool:
+        """Whether ``producer`` is this partition's (a baseline is cut down to them)."""
+        return partition_of(producer, self.partitions) == self.partition
 
     def drain_own_pending(self, cursors: dict[str, str], *, check_poison: bool = True) -> None:
         """Re-read this consumer's pending entries after ``cursors`` (start or lost reply).

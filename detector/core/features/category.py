@@ -264,6 +264,16 @@ class CategoryFeature(Feature[None]):
             cfg.max_categories,
         )  # fmt: skip
 
+    def dump_table(self, w: Writer) -> None:
+        from detector.core.features import tables  # (it knows the categorical classes)
+
+        tables.dump(w, self, ("fields",))
+
+    def load_table(self, r: Reader) -> None:
+        from detector.core.features import tables
+
+        tables.load(r, self, ("fields",))
+
     def dump(self, slot: int, w: Writer) -> None:
         self.fields.dump(slot, w)
 

@@ -8,8 +8,11 @@ from array import array
 from typing import Any
 
 from detector.core.codec import Reader, Writer
+from detector.core.features import tables
 from detector.core.features.columns import capacity, column, grown, restored
 from detector.core.features.moments import MomentsTable
+
+_COLUMNS = ("n", "last_ms", "seq", "silenced", "gap")  # every slot's, in the checkpoint's base
 
 
 class Clock:
@@ -77,6 +80,12 @@ class Clock:
         self.gap.dump(slot, w)
         w.count(self.silenced[slot])
         w.i64(self.seq[slot])
+
+    def dump_table(self, w: Writer) -> None:
+        tables.dump(w, self, _COLUMNS)
+
+    def load_table(self, r: Reader) -> None:
+        tables.load(r, self, _COLUMNS)
 
     def load(self, slot: int, r: Reader) -> None:
         self.reset(slot)

@@ -318,6 +318,16 @@ class DriftFeature(Feature[None]):
                 raise ValueError(msg)
             self.drifts.load(row, r)
 
+    def dump_table(self, w: Writer) -> None:
+        from detector.core.features import tables  # (it knows this module's classes)
+
+        tables.dump(w, self, ("drifts",))
+
+    def load_table(self, r: Reader) -> None:
+        from detector.core.features import tables
+
+        tables.load(r, self, ("drifts",))
+
 
 def best_drift(
     rows: FieldRows, drifts: DriftTable, slot: int, etype: str | None,

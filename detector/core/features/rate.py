@@ -8,6 +8,7 @@ from array import array
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
+from detector.core.features import tables
 from detector.core.features.clock import Clock
 from detector.core.features.columns import capacity, column, grown
 from detector.core.features.config import FeatureConfig
@@ -126,6 +127,12 @@ class RateFeature(Feature[None]):
         table.load(slot, r)
         if self.drifts is not None:
             self.events[slot] = r.f64()
+
+    def dump_table(self, w: Writer) -> None:
+        tables.dump(w, self, ("moments", "drifts", "events"))
+
+    def load_table(self, r: Reader) -> None:
+        tables.load(r, self, ("moments", "drifts", "events"))
 
 
 def rate_surprise(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from array import array
 from collections.abc import Mapping
 
 import numpy as np
@@ -454,6 +455,28 @@ class ReplayFeature(Feature[IdCounts | None]):
 
     def load(self, slot: int, r: Reader) -> None:
         self.slots[slot] = IdCounts.load(r) if r.count() else None
+
+    def dump_table(self, w: Writer) -> None:
+        """Every slot's counts as columns (-1 events: none yet)."""
+        slots = self.slots
+        w.column(array("q", [-1 if c is None else c.events for c in slots]))
+        w.column(array("q", [0 if c is None else c.repeats for c in slots]))
+        w.column(array("d", [0.0 if c is None else c.recent for c in slots]))
+        w.column(array("q", [0 if c is None else c.last_ms for c in slots]))
+        w.column(array("b", [0 if c is None else c.repeated for c in slots]))
+
+    def load_table(self, r: Reader) -> None:
+        events, repeats, recent, last_ms, repeated = (r.column() for _ in range(5))
+        slots: list[IdCounts | None] = []
+        for k, n in enumerate(events):
+            if n < 0:
+                slots.append(None)
+                continue
+            c = IdCounts()
+            c.events, c.repeats, c.recent, c.last_ms = n, repeats[k], recent[k], last_ms[k]
+            c.repeated = bool(repeated[k])
+            slots.append(c)
+        self.slots = slots
 
     def shared(self, full: bool) -> dict[str, bytes]:
         return {} if self.window is None else self.window.records(self.name, full)

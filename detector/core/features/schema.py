@@ -16,6 +16,9 @@ from detector.core.features.surprise import Reason
 KEY = "schema"  # the one key of the schema feature's novelty burst
 
 
+_COLUMNS = ("counts", "shapes", "names", "fields", "novel")  # in the checkpoint's base
+
+
 class SchemaFeature(Feature[None]):
     """Per slot, one row of :attr:`counts` (row = slot): the shapes it sent; the field lists
     of the first ``max_schemas`` of them (for the reasons: a tuple of shape ids, each shape's
@@ -101,6 +104,16 @@ class SchemaFeature(Feature[None]):
             key = r.text()
             self._hold(slot, key, tuple(r.text() for _ in range(r.count())))
         self.novel.load(slot, r)
+
+    def dump_table(self, w: Writer) -> None:
+        from detector.core.features import tables  # (it knows the categorical classes)
+
+        tables.dump(w, self, _COLUMNS)
+
+    def load_table(self, r: Reader) -> None:
+        from detector.core.features import tables
+
+        tables.load(r, self, _COLUMNS)
 
     def view(self, slot: int) -> tuple[Categories, dict[str, tuple[str, ...]]]:
         """The slot's shape counts (read live) and field lists by shape key."""

@@ -6,6 +6,7 @@ import math
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
+from detector.core.features import tables
 from detector.core.features.clock import Clock
 from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
@@ -45,6 +46,12 @@ class SizeFeature(Feature[None]):
 
     def load(self, slot: int, r: Reader) -> None:
         self.moments.load(slot, r)
+
+    def dump_table(self, w: Writer) -> None:
+        tables.dump(w, self, ("moments",))
+
+    def load_table(self, r: Reader) -> None:
+        tables.load(r, self, ("moments",))
 
 
 def size_surprise(

@@ -8,13 +8,15 @@ time; beyond the cap, an admission policy decides (see :mod:`detector.core.admis
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from detector.core.admission import OVERFLOW, Admission
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
+from detector.core.features import tables
 from detector.core.features.categories import Categories
 from detector.core.features.category import CategoryFeature
 from detector.core.features.clock import Clock
@@ -36,7 +38,12 @@ from detector.core.features.value import ValueFeature
 
 
 class Part(Protocol):
-    """Per-slot state kept beside the features (the clock, the decision state)."""
+    """Per-slot state kept beside the features (the clock, the decision state).
+
+    A part may also write every slot's state at once, as columns (``dump_table(w)`` and
+    ``load_table(r)``: the checkpoint's base, :meth:`FeatureStore.base`); one that does not
+    is written there slot by slot with ``dump``.
+    """
 
     def reset(self, slot: int) -> None: ...
 
@@ -103,6 +110,13 @@ def _named(records: Mapping[str, bytes], name: str) -> dict[str, bytes]:
 
 
 T = TypeVar("T")
+
+#: A commit rewrites the base (every part's columns, :meth:`FeatureStore.base`) instead of
+#: adding producer records once the records written since the last base pass this share of
+#: the producers (a restore reads each record after the base, slot by slot) ...
+REBASE_SHARE = 0.25
+#: ... and this many (small stores keep adding records: a base of theirs is small anyway).
+REBASE_MIN = 1024
 
 
 def _typed(feature: Feature[Any], cls: type[T]) -> T:
@@ -189,6 +203,10 @@ class FeatureStore:
         # of those that changed since, taken just before they did (copy on write).
         self._frozen: set[str] = set()
         self._kept: dict[str, bytes] = {}
+        # What the checkpoint holds besides the base: the producers with a record written
+        # since the base (an empty record: removed since), and the base's pieces.
+        self.recorded: set[str] = set()
+        self.base_pieces = 0
 
     @property
     def rate(self) -> RateFeature:
@@ -361,6 +379,129 @@ class FeatureStore:
         """The events a producer's record has seen (its clock comes first in every record)."""
         return Reader(record).i64()
 
+    @staticmethod
+    def events_learned(base: bytes | None, records: Mapping[str, bytes]) -> dict[str, int]:
+        """The events each producer of a checkpoint has seen (its base's clock, then the
+        records since), without restoring it (tests and tools)."""
+        out: dict[str, int] = {}
+        if base is not None:
+            r = Reader(base)
+            r.i64(), r.i64()
+            lengths, raw = r.column(), r.blob()
+            slots, _ = r.column(), r.column()
+            clock = Reader(r.blob())  # the clock is the first part, its events first
+            if not clock.count() or clock.text() != "n":
+                msg = "base has no clock columns first"
+                raise ValueError(msg)
+            n = tables.take(clock)
+            at = 0
+            for length, slot in zip(lengths, slots, strict=True):
+                out[raw[at : at + length].decode()] = n[slot]
+                at += length
+        for producer, record in records.items():
+            if record:
+                out[producer] = FeatureStore.events_in(record)
+            else:
+                out.pop(producer, None)
+        return out
+
+    def rebase_due(self) -> bool:
+        """Whether the next commit should write a base rather than more producer records."""
+        return len(self.recorded) > max(REBASE_SHARE * len(self.producers), REBASE_MIN)
+
+    def base(self) -> bytes:
+        """Every slot's state at once: the store's index (producers in LRU order and their
+        slots, free slots), then per part its columns (``dump_table``), or for a part
+        without them its record of each tracked slot. The checkpoint's base: restored as it
+        is, slot for slot."""
+        w = Writer()
+        w.i64(self._slots)
+        w.i64(self.overflow)
+        names = [p.encode() for p in self.producers]
+        w.column(array("q", map(len, names)))
+        w.blob(b"".join(names))
+        w.column(array("q", self.producers.values()))
+        w.column(array("q", self._free))
+        tracked = array("q", (*self.producers.values(), self.overflow))
+        for part in self._parts:
+            section = Writer()
+            dump_table = getattr(part, "dump_table", None)
+            if dump_table is not None:
+                section.count(1)
+                dump_table(section)
+            else:  # slot by slot
+                section.count(0)
+                section.column(tracked)
+                for slot in tracked:
+                    one = Writer()
+                    part.dump(slot, one)
+                    section.blob(one.bytes())
+            w.blob(section.bytes())
+        return w.bytes()
+
+    def _load_base(self, base: bytes) -> None:
+        r = Reader(base)
+        self._slots, self.overflow = r.i64(), r.i64()
+        lengths, raw = r.column(), r.blob()
+        slots, free = r.column(), r.column()
+        if len(lengths) != len(slots):
+            msg = "base index does not match its producers"
+            raise ValueError(msg)
+        names, at = [], 0
+        for n in lengths:
+            names.append(raw[at : at + n].decode())
+            at += n
+        for part in self._parts:
+            section = Reader(r.blob())
+            if section.count():
+                load_table = getattr(part, "load_table", None)
+                if load_table is None:
+                    msg = f"base has columns of a part that has none here ({type(part).__name__})"
+                    raise ValueError(msg)
+                load_table(section)
+            else:
+                for slot in range(self._slots):
+                    part.reset(slot)
+                for slot in section.column():
+                    one = Reader(section.blob())
+                    part.load(slot, one)
+                    if not one.done():
+                        msg = "producer record is longer than this layout"
+                        raise ValueError(msg)
+            if not section.done():
+                msg = f"base section of {type(part).__name__} is longer than this layout"
+                raise ValueError(msg)
+        if not r.done():
+            msg = "base is longer than this layout"
+            raise ValueError(msg)
+        self.producers = OrderedDict(zip(names, slots, strict=True))
+        self._free = list(free)
+
+    def _apply(self, records: Mapping[str, bytes]) -> None:
+        """The producer records written since the base, over it (an empty one: removed)."""
+        for producer, record in records.items():
+            if producer == OVERFLOW:
+                self._clear_slot(self.overflow)
+                self._load(self.overflow, record)
+                continue
+            held = self.producers.pop(producer, None)
+            if held is not None:
+                self._clear_slot(held)
+            if not record:  # removed since the base
+                if held is not None:
+                    self._free.append(held)
+                continue
+            slot = self._allocate() if held is None else held
+            self.producers[producer] = slot
+            self._load(slot, record)
+        if records:  # the LRU order: by last use
+            order = sorted(self.producers.items(), key=lambda kv: self.clock.seq[kv[1]])
+            self.producers = OrderedDict(order)
+
+    def _clear_slot(self, slot: int) -> None:
+        for part in self._parts:
+            part.reset(slot)
+
     def _load(self, slot: int, record: bytes) -> None:
         r = Reader(record)
         for part in self._parts:
@@ -371,13 +512,18 @@ class FeatureStore:
 
     def restore(
         self,
-        records: dict[str, bytes],
+        records: Mapping[str, bytes],
         counters: dict[str, Any],
         baseline: bool = False,
         shared: Mapping[str, bytes] | None = None,
+        base: bytes | None = None,
+        keep: Callable[[str], bool] | None = None,
     ) -> None:
-        """Replace the state with a checkpoint's records, in its LRU order, and the features'
-        shared state with its ``shared`` records (none: afresh).
+        """Replace the state with a checkpoint's: its ``base`` (every slot's state, as of its
+        last full commit; none: start empty), then its producer ``records`` written since
+        (each replaces its producer's state; an empty one removes it), in LRU order; and the
+        features' shared state with its ``shared`` records (none: afresh). With ``keep``,
+        only the producers it accepts stay (a partition's share of a baseline).
 
         A baseline comes from another time: its producers keep what they learned but forget
         when they were last seen, so live event time does not expire them at once; the
@@ -390,18 +536,17 @@ class FeatureStore:
             feature.load_shared({} if baseline else _named(shared or {}, feature.name))
         self.producers.clear()
         self._free.clear()
-        self._slots = 0  # slots are given again from 0: each is reset as it is given
-        self.overflow = self._allocate()
-        records = dict(records)
-        overflow = records.pop(OVERFLOW, None)
-        if overflow is not None:
-            self._load(self.overflow, overflow)
-        loaded = []
-        for producer, record in records.items():
-            slot = self._allocate()
-            self._load(slot, record)
-            loaded.append((self.clock.seq[slot], producer, slot))
-        self.producers = OrderedDict((p, slot) for _, p, slot in sorted(loaded))
+        if base is not None:
+            self._load_base(base)
+        else:
+            self._slots = 0  # slots are given again from 0: each is reset as it is given
+            self.overflow = self._allocate()
+        self._apply(records)
+        if keep is not None:
+            for producer in [p for p in self.producers if not keep(p)]:
+                slot = self.producers.pop(producer)
+                self._clear_slot(slot)
+                self._free.append(slot)
         if baseline:
             for slot in (*self.producers.values(), self.overflow):
                 self.clock.last_ms[slot] = -1
@@ -420,6 +565,9 @@ class FeatureStore:
         self.step_ms = counters.get("step_ms", 0.0)
         self.dirty.clear()
         self.removed.clear()
+        # A baseline's producers are in no checkpoint yet (its first commit writes a base).
+        self.recorded = set() if baseline else set(records)
+        self.base_pieces = 0 if baseline else int(counters.get("base_pieces", 0))
         self.thaw()
 
     def shared(self, full: bool = False) -> dict[str, bytes]:
@@ -446,6 +594,7 @@ class FeatureStore:
             "next_silence_ms": self.next_silence_ms,
             "steps": self.steps,
             "step_ms": self.step_ms,
+            "base_pieces": self.base_pieces,
         }
 
     def observe(self, event: Event, learn: bool) -> Evidence:

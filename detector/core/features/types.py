@@ -108,5 +108,16 @@ class TypeFeature(Feature[None]):
         self.counts.load(slot, r)
         self.novel.load(slot, r)
 
+    def dump_table(self, w: Writer) -> None:
+        from detector.core.features import tables  # (it knows the categorical classes)
+
+        tables.dump(w, self, ("counts", "novel"))
+
+    def load_table(self, r: Reader) -> None:
+        from detector.core.features import tables
+
+        tables.load(r, self, ("counts", "novel"))
+        self._counted = -1
+
     def view(self, slot: int) -> Categories:
         return Categories(self.counts, lambda: slot)

@@ -494,3 +494,13 @@ class ValueFeature(Feature[None]):
 
     def load(self, slot: int, r: Reader) -> None:
         self.rows.load(slot, r)
+
+    def dump_table(self, w: Writer) -> None:
+        from detector.core.features import tables  # (it knows this module's classes)
+
+        tables.dump(w, self, ("rows",))
+
+    def load_table(self, r: Reader) -> None:
+        from detector.core.features import tables
+
+        tables.load(r, self, ("rows",))
