@@ -141,3 +141,11 @@ def test_explain_replays_one_producer_and_names_its_incidents() -> None:
     assert out.exit_code == 0, out.output
     assert "new_type (caught)" in out.output and "off_hours_burst (caught)" in out.output
     assert "best rarity" in out.output and "calibration:" in out.output
+
+
+def test_short_run_catches_a_correlation_break_by_its_joint_reason() -> None:
+    # Issue 17: a checkout total that stops following its item count, each field as usual
+    # alone, alerts with the joint feature's reason (seed 7: caught ~18 s in).
+    s = run_seed(load_spec("stats"), seed=7, hours=3.0, kinds=("correlation_break",)).score
+    ks = s.kinds["correlation_break"]
+    assert (ks.caught, ks.injected, ks.top_reason_matches) == (1, 1, 1)
