@@ -140,7 +140,17 @@ def regrow(
     pool.release(old, size[r])
     start[r] = s
     size[r] = new_size
-    return [column for column, _ in columns]
+    return [_array(column) for column, _ in columns]
+
+
+def _array(column: Any) -> array[Any]:
+    """The array under a typed column. Compiled, a column passed as an object is a memoryview
+    of its array; assigning that view back would make the new typed view hold the last one, a
+    chain growing by one per move that, freed, overflows the C stack (a segfault restoring 100k
+    producers)."""
+    while not isinstance(column, array):
+        column = column.base
+    return column
 
 
 class Vocab:
