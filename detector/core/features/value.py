@@ -504,3 +504,7 @@ class ValueFeature(Feature[None]):
         from detector.core.features import tables
 
         tables.load(r, self, ("rows",))
+        # The tables other features keep row for row (attach) have as many rows again; those
+        # without columns of their own (the sequence feature's) load their rows after this.
+        for table in self.rows.attached:
+            table.reserve(len(self.rows.key))
