@@ -114,7 +114,7 @@ def test_commits_encoded_between_reads_are_exactly_commits_in_one_go(
         orjson.loads(Signer(TEST_KEY).verify("meta", f.pop(b"meta"))) | {"created_at_ms": 0}
         for f in final
     )
-    assert final[0] == final[1] and len(final[0]) == 7  # model + 6 producers, blob for blob
+    assert final[0] == final[1] and len(final[0]) == 8  # model, 6 producers, peers: blob for blob
     assert whole_meta == sliced_meta
 
     # Commits stop reaching Redis after the third: the one written last was encoded while
