@@ -1,0 +1,32 @@
+import cython
+# libm for the .py's math.exp and math.log10 on C doubles (see surprise.pxd)
+from libc cimport math
+
+# The window's arrays stay numpy objects (records, growth); the per-event methods probe and
+# write typed memoryviews of them: the table's linear probing is C loops.
+cdef class IdWindow:
+    cdef public long long horizon_ms, max_ids, head, count, newest_ms, _fresh
+    cdef public bint changed
+    cdef public object fps, times, table
+    cdef unsigned long long[::1] _fv
+    cdef long long[::1] _tv
+    cdef unsigned int[::1] _table
+    cdef Py_ssize_t _ring_mask, _mask
+    cpdef bint seen(self, unsigned long long fp)
+    @cython.locals(repeat=bint, limit=cython.longlong, i=Py_ssize_t, tv="long long[::1]")
+    cpdef bint remember(self, unsigned long long fp, long long t_ms)
+    @cython.locals(i=Py_ssize_t, x=cython.uint, mask=Py_ssize_t, table="unsigned int[::1]", fv="unsigned long long[::1]")
+    cpdef Py_ssize_t _find(self, unsigned long long fp)
+    @cython.locals(i=Py_ssize_t, mask=Py_ssize_t, table="unsigned int[::1]")
+    cpdef void _insert(self, unsigned long long fp, Py_ssize_t at)
+    @cython.locals(i=Py_ssize_t, j=Py_ssize_t, x=cython.uint, mask=Py_ssize_t, table="unsigned int[::1]", fv="unsigned long long[::1]")
+    cpdef void _forget_oldest(self)
+
+cdef class IdCounts:
+    cdef public long long events, repeats, last_ms
+    cdef public double recent
+    cdef public bint repeated
+    cpdef void note(self, bint repeat, long long t_ms, double burst_ms)
+    cpdef void learn(self)
+    @cython.locals(one=double, burst=double)
+    cpdef double surprise(self, double prior, long long t_ms, double burst_ms)
