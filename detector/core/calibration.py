@@ -66,6 +66,15 @@ class TailCounts:
         return tc
 
 
+def counted_from(tc: TailCounts, b: int) -> int:
+    """Past scores in bin ``b`` or higher (a loop: compiled, a C loop over the held bins)."""
+    counts = tc.counts
+    below = 0
+    for i in range(min(b, len(counts))):
+        below += counts[i]
+    return tc.n - below
+
+
 class Calibrator:
     """Maps raw scores in ``[0, max_raw]`` to calibrated scores in ``[0, 1]``.
 
@@ -104,7 +113,7 @@ class Calibrator:
         b = self._bin(raw)
         # Most events score in the lowest bins: count what lies below them (no cumulative
         # sum over every bin per event); the fitted tail below needs the whole picture.
-        at_or_above = tc.n - sum(tc.counts[:b]) if b else tc.n
+        at_or_above = counted_from(tc, b)
         if at_or_above >= self.tail_points or tc.n < self.tail_points:
             return (at_or_above + 1) / (tc.n + 1)
         # Rare (a score beyond the producer's few highest): the fit runs on every bin, as the

@@ -143,6 +143,10 @@ def shape_of(event: Event) -> tuple[str, tuple[str, ...]]:
     # A producer sends the same few shapes in the same key order: look them up by the fields
     # as they came (sorting, joining and hashing them cost more than the rest of the shape
     # feature). The table is cleared when full, so hostile shapes cannot grow it.
+    global _LAST
+    last = _LAST
+    if last[0] is event:  # judge, advance and learn ask in turn: one lookup per event
+        return last[1]
     raw = (event.type, *event.numbers, "\x00", *event.strings)
     found = _SHAPES.get(raw)
     if found is None:
@@ -152,8 +156,10 @@ def shape_of(event: Event) -> tuple[str, tuple[str, ...]]:
         if len(_SHAPES) >= _MAX_SHAPES:
             _SHAPES.clear()
         _SHAPES[raw] = found
+    _LAST = (event, found)  # one rebinding: a reader sees an event with its own shape
     return found
 
 
 _SHAPES: dict[tuple[str | None, ...], tuple[str, tuple[str, ...]]] = {}
 _MAX_SHAPES = 4096
+_LAST: tuple[Event | None, tuple[str, tuple[str, ...]]] = (None, ("", ()))
