@@ -179,6 +179,9 @@ class FeatureStore:
         self._decisive = [f for _, f in self._judges if type(f).decisive is not Feature.decisive]
         stood_in = "type" if cfg.peers and "type" not in cfg.disabled else "peer"
         self._decisive = [f for f in self._decisive if f.name != stood_in]
+        # The features with facts to note or baselines to learn (the others' calls are no-ops).
+        self._advancing = [f for f in self.features if type(f).advance is not Feature.advance]
+        self._learning = [f for f in self.features if type(f).learn is not Feature.learn]
         self._parts: list[Part] = [self.clock, *self.features, *parts]
         self.producers: OrderedDict[str, int] = OrderedDict()  # producer -> slot, LRU order
         self._free: list[int] = []
@@ -657,12 +660,12 @@ class FeatureStore:
     def advance(self, slot: int, event: Event) -> None:
         """The facts of an event, whatever its verdict: the clock, ids sent, novelties."""
         self.clock.advance(slot, event.event_time_ms)
-        for feature in self.features:
+        for feature in self._advancing:
             feature.advance(slot, event)
 
     def learn(self, slot: int, event: Event) -> None:
         """Fold an accepted event into the producer's baselines."""
-        for feature in self.features:
+        for feature in self._learning:
             feature.learn(slot, event)
 
     def expire(self, now_ms: int) -> None:
