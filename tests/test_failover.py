@@ -203,13 +203,17 @@ def test_worker_and_sentinels_under_the_acl_users_of_detector_acl(
     )
     admin = deployment.client(decode_responses=True)
     events = workload()
+    # The input waits for its replica (as the harness's producer does): a later failover,
+    # however it comes, must not lose entries the worker never had a chance to read.
     append(admin, STREAM, events[: len(events) // 2])
+    assert admin.wait(1, 10_000) == 1
     first = Worker(settings).run()
     deployment.kill_primary()  # the Sentinels reconfigure the nodes as their user
     admin = deployment.client(decode_responses=True)
     append(admin, STREAM, events[len(events) // 2 :])
+    assert admin.wait(1, 10_000) == 1
     second = Worker(settings).run()
-    assert first.events + second.events == len(events)
+    assert first.events + second.events == len(events), deployment.sentinel_log(40)
     assert int(admin.xpending(STREAM, GROUP)["pending"]) == 0
     assert admin.xlen(ALERTS) == first.alerts + second.alerts > 0
     for port in deployment.nodes:
