@@ -417,16 +417,30 @@ class Pipeline:
             decisive = None
         self._suspect_run(slot, t, suspect)
         held = t < ds.cooldown_until_ms[slot] and decisive is None
-        if flagged:
+        if flagged and held:  # counted in the producer's next alert, and never explained
+            ds.suppressed[slot] += 1
+        elif flagged:
             reasons = reasons or self._reasons(slot, event, lead, i, raw, score or 0.0)
-            alert = self._decide(slot, event, score or 0.0, threshold, reasons, decisive)
-            held = held or alert is None  # the cooldown or the global cap held it back
+            alert = self._decide(slot, event, score or 0.0, threshold, reasons)
+            held = alert is None  # the global cap held it back
         store.advance(slot, event)
+        self._learn(slot, event, i, raw, suspect, rule == PROTECT)
+        store.expire(t)
+        self.events_seen += 1
+        side = self._side_alerts(event, overflowed, now, capped, pause)
+        out.put(i, score, flagged, held, alert, side)
+
+    def _learn(
+        self, slot: int, event: Event, i: int, raw: float, suspect: bool, protected: bool
+    ) -> None:
+        """Learn event ``i`` unless it is suspect, or its run has lasted long enough to be the
+        new normal (never a ``protected`` one: a confirmed pattern)."""
+        ds, d, t = self.decisions, self.decision, event.event_time_ms
         streak = ds.flagged_streak[slot]
         accept = not suspect or (
             streak > d.adapt_after_events
             and t - ds.flagged_since_ms[slot] >= d.adapt_after_ms
-            and rule != PROTECT  # a confirmed pattern never becomes the new normal
+            and not protected
         )
         # The calibration must see rare scores too, or its tail looks thinner than it is; but
         # only the first of a run of suspect events, so one incident cannot teach it that
@@ -435,14 +449,12 @@ class Pipeline:
         # Baselines and the model learn only accepted events.
         adapted = suspect and streak > 1  # a run's later event (accepted once it adapts)
         if (accept and not (adapted and d.suspect_run_gap_ms)) or streak == 1:
+            calibration = ds.calibration[slot]
+            assert calibration is not None  # noqa: S101 (set by _one before)
             self.calibrator.learn(calibration, raw)
         if accept:
-            store.learn(slot, event)
-            self.model.learn(judged, i)
-        store.expire(t)
-        self.events_seen += 1
-        side = self._side_alerts(event, overflowed, now, capped, pause)
-        out.put(i, score, flagged, held, alert, side)
+            self.store.learn(slot, event)
+            self.model.learn(self.judged, i)
 
     def _taught(
         self,
@@ -781,15 +793,10 @@ class Pipeline:
         score: float,
         threshold: float,
         reasons: list[Reason],
-        decisive: Reason | None = None,
     ) -> Alert | None:
-        """The alert of a flagged event, unless the producer's cooldown (which every kind of
-        its alerts starts, and only a ``decisive`` reason goes through) or the global cap
-        holds it back."""
+        """The alert of a flagged event past the producer's cooldown (or with a decisive
+        reason), which starts a new cooldown, unless the global cap holds it back."""
         ds = self.decisions
-        if event.event_time_ms < ds.cooldown_until_ms[slot] and decisive is None:
-            ds.suppressed[slot] += 1
-            return None
         ds.cooldown_until_ms[slot] = event.event_time_ms + self.decision.cooldown_ms
         if not self.budget.allow(event.producer):
             # Counted as if sent: the producer's next alert (after its cooldown, so the cap's
