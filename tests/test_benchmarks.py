@@ -205,3 +205,22 @@ def test_scaleout_runs(tmp_path: Path) -> None:
     runs = json.loads((tmp_path / "s.json").read_text())["runs"]
     assert [r["events"] for r in runs] == [2000] * 4
     assert all(r["redis_cpu_s"] > 0 and r["worker_cpu_s"] > 0 for r in runs)
+
+
+def test_instructions_reads_the_process_count_from_callgrind_annotate() -> None:
+    """benchmarks.instructions (valgrind is not needed here): its reading of the annotation."""
+    import click
+
+    from benchmarks.instructions import instructions
+
+    annotated = "\n".join([
+        "--------------------------------------------------------------------------------",
+        "22,943,815,091 (100.0%)  PROGRAM TOTALS",
+        "14,625,843,777 (63.75%)  /tmp/b/pipeline.c:__pyx_pw_8detector_4core_8pipeline_8Pipeline"
+        "_3process [/x/pipeline.cpython-311-x86_64-linux-gnu.so]",
+        "14,459,177,305 (63.02%)  /tmp/b/pipeline.c:__pyx_pw_8detector_4core_8pipeline_8Pipeline"
+        "_7_one [/x/pipeline.cpython-311-x86_64-linux-gnu.so]",
+    ])  # fmt: skip
+    assert instructions(annotated) == (14_625_843_777, 22_943_815_091)
+    with pytest.raises(click.ClickException, match="compiled"):
+        instructions("1,000 (100.0%)  PROGRAM TOTALS")
