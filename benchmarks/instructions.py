@@ -80,7 +80,8 @@ def instructions(annotated: str) -> tuple[int, int]:
 
 def count(tree: Path, args: list[str], out: Path) -> Count:
     """Run ``benchmarks.same_verdicts args`` of ``tree`` under callgrind."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # One hash seed: string hashes move dict probes and set orders, a few % of the count.
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
     cmd = [
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
         sys.executable, "-m", "benchmarks.same_verdicts", *args,
