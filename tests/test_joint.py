@@ -68,6 +68,35 @@ def test_usual_events_are_not_jointly_surprising() -> None:
     assert max(surprises) < 5.0
 
 
+def unrelated(r: random.Random, t: int) -> Event:
+    """Pressure on a factor of its own: each field usual alone, and many events close enough
+    to the relation to be only a little unusual together."""
+    f, g = r.gauss(0.0, 1.0), r.gauss(0.0, 1.0)
+    flow = 3.0 + 0.3 * f + 0.05 * r.gauss(0.0, 1.0)
+    pressure = 2.0 + 0.3 * g + 0.05 * r.gauss(0.0, 1.0)
+    return reading(t, flow, pressure, 20.0 + r.gauss(0.0, 1.0))
+
+
+def test_a_relation_broken_for_a_while_accumulates_as_a_run() -> None:
+    # Each event of the break is learned (none is unusual enough to be held back), as a busy
+    # producer's model learns a long break: the run (CUSUM of T²) still piles the evidence up.
+    store = trained()
+    r = random.Random(4)
+    out = [store.observe(unrelated(r, (3000 + i) * SECOND), learn=True) for i in range(40)]
+    joint = store.by_name["joint"]
+    assert isinstance(joint, JointFeature)
+    (row,) = joint.table.rows(store.slot_of("pump-1") or 0)
+    events = [e for e in out if e.surprise["joint"] > 0]
+    assert max(e.surprise["joint"] for e in out[:12]) < 5.0  # none of the first is news alone
+    assert max(e.surprise["joint"] for e in out) >= 10.0
+    top = max(events, key=lambda e: e.surprise["joint"]).reasons[0]
+    assert top.feature == "joint" and top.observed.startswith("their relation off for a run")
+    # Once the relation holds again, the run falls back within tens of events.
+    after = [store.observe(usual(r, (4000 + i) * SECOND), learn=True) for i in range(100)]
+    assert max(e.surprise["joint"] for e in after[60:]) < 3.0
+    assert joint.table.run[row] < 3.0 * math.log(10)
+
+
 def test_joint_is_off_by_default_and_keeps_no_state() -> None:
     store = trained(FeatureConfig())
     assert store.observe(broken(), learn=False).surprise["joint"] == 0.0
