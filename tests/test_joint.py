@@ -171,3 +171,18 @@ def test_the_stats_spec_alerts_on_a_correlation_break_and_says_why() -> None:
     assert v.alert is not None, v.score
     assert v.alert.reasons[0].feature == "joint"
     assert "joint(" in v.alert.why and "move together" in v.alert.why
+
+
+def test_a_broken_relation_accepted_as_the_new_normal_stops_alerting() -> None:
+    # Pressure leaves flow's factor for good; the pipeline accepts the run as the new normal
+    # after 5 events and a minute: the joint model restarts from it (a slow model catching up
+    # would keep the run high and page again after each cooldown).
+    spec = load_spec("stats")
+    adapt = dataclasses.replace(spec.decision, adapt_after_events=5, adapt_after_ms=60_000)
+    pipeline = Pipeline(dataclasses.replace(spec, decision=adapt))
+    r = random.Random(3)
+    pipeline.process([usual(r, i * 10 * SECOND) for i in range(3000)])
+    verdicts = pipeline.process([unrelated(r, (3000 + i) * 10 * SECOND) for i in range(400)])
+    alerted = [i for i, v in enumerate(verdicts) if v.alert is not None]
+    assert len(alerted) == 1 and alerted[0] < 30, alerted
+    assert not any(v.flagged for v in verdicts[100:])

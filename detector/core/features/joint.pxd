@@ -30,9 +30,11 @@ cdef class JointTable:
     cpdef void learn(self, Py_ssize_t row, double fading)
     @cython.locals(nf=Py_ssize_t, k=Py_ssize_t, tri=Py_ssize_t, m0=Py_ssize_t, c0=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, m=Py_ssize_t, base=Py_ssize_t, sd=double, keep=double, r=double, s=double, t=double, w=double)
     cpdef double t2(self, Py_ssize_t row, double min_sd, double ridge)
-    @cython.locals(step=double)
+    @cython.locals(step=double, i=Py_ssize_t)
     cpdef double run_after(self, Py_ssize_t row, double t2)
     cpdef void step(self, Py_ssize_t row, double t2)
+    @cython.locals(i=Py_ssize_t)
+    cpdef void restart(self, Py_ssize_t row)
     @cython.locals(nf=Py_ssize_t, m0=Py_ssize_t, c0=Py_ssize_t, i=Py_ssize_t)
     cpdef void dump(self, Py_ssize_t row, Writer w)
 

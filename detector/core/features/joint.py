@@ -17,12 +17,16 @@ A relation that breaks for a while (a total no longer following its item count) 
 events each only a little unusual, and a busy producer's fading model would learn them within
 minutes. So each row also keeps a CUSUM of T² (:meth:`JointTable.run_after`): the log
 likelihood ratio of "the fields' spread about their relation is ``_SPREAD`` times its usual"
-against "as usual", ``(1 - 1/v) T²/2 - (k/2) ln v`` per event, clipped (one outlier is not a
-run) and capped (so it falls back within tens of events once the relation holds again).
-Under no change it drifts down (T² averages ``k``) and ``P(S > s) <= e^-s`` (Wald), so its
-surprise is ``S / ln 10``; the event's surprise is the larger of its own and the run's. It
-advances with every judged event, learned or not (:meth:`JointFeature.advance`), so a break
-keeps accumulating evidence while its events are held back from the model.
+against "as usual", ``(1 - 1/v) T²/2 - (k/2) ln v`` per event of values each usual alone
+(within ``_RUN_Z`` sds: a value far out is the value feature's), clipped (one unusual
+combination is not a run) and capped (so it falls back within tens of events once the relation
+holds again). Under no change it drifts down (T² averages ``k``) and ``P(S > s) <= e^-s``
+(Wald), so its surprise is ``S / ln 10``; the event's surprise is the larger of its own and the
+run's. It advances with every judged event, learned or not (:meth:`JointFeature.advance`), so a
+break keeps accumulating evidence while its events are held back from the model. An event
+learned while its run is high (``_RUN_RESTART``) was accepted as a new normal: the model
+restarts from it (as the drift feature's reference does), or the run would stay high while a
+slow model caught up.
 """
 
 from __future__ import annotations
@@ -47,7 +51,11 @@ _SPREAD = 4.0
 _RUN_GAIN = 0.5 * (1.0 - 1.0 / _SPREAD)  # per unit of T²
 _RUN_COST = 0.5 * math.log(_SPREAD)  # per field
 _RUN_CLIP = 3.0 * LOG10  # one event moves the run by at most a surprise of 3
+_RUN_Z = 4.0  # an event with a field further out (in sds) is the value feature's: not counted
 _RUN_CAP = 20.0 * LOG10  # the run's surprise stops at 20: beyond any threshold, and brief
+# An event learned with a run this high was accepted as a new normal (a run the pipeline
+# adapted to, or a producer whose calibration finds it usual): the model starts afresh.
+_RUN_RESTART = 0.5 * _RUN_CAP
 
 
 def chi2_surprise(x: float, k: int) -> float:
@@ -274,13 +282,25 @@ class JointTable:
         return t
 
     def run_after(self, row: int, t2: float) -> float:
-        """The row's CUSUM once an event of Hotelling's T² ``t2`` is counted (not stored)."""
+        """The row's CUSUM once an event of Hotelling's T² ``t2`` is counted (not stored);
+        right after :meth:`t2`, whose standardised values it reads: an event with a field
+        beyond ``_RUN_Z`` sds is not counted."""
+        for i in range(self._nf[row]):
+            if abs(self._z[i]) > _RUN_Z:
+                return self._run[row]
         step = min(_RUN_GAIN * t2 - _RUN_COST * self._nf[row], _RUN_CLIP)
         return min(max(self._run[row] + step, 0.0), _RUN_CAP)
 
     def step(self, row: int, t2: float) -> None:
         """Count an event of Hotelling's T² ``t2`` in the row's CUSUM."""
         self._run[row] = self.run_after(row, t2)
+
+    def restart(self, row: int) -> None:
+        """Forget the row's model and run (a new normal: it learns afresh from the next)."""
+        self._count[row] = 0
+        self._run[row] = 0.0
+        for i in range(row * self.tri, (row + 1) * self.tri):
+            self._cov[i] = 0.0
 
     def dump(self, row: int, w: Writer) -> None:
         nf, m0, c0 = self._nf[row], row * self.k, row * self.tri
@@ -347,6 +367,8 @@ def learn_joint(
         names = tuple(sorted(numbers))[: table.k]
         row = table.add(slot, etype, names)
     if table.gather(row, numbers):
+        if table._run[row] >= _RUN_RESTART:
+            table.restart(row)
         table.learn(row, fading)
 
 
