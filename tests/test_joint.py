@@ -68,6 +68,35 @@ def test_usual_events_are_not_jointly_surprising() -> None:
     assert max(surprises) < 5.0
 
 
+def unrelated(r: random.Random, t: int) -> Event:
+    """Pressure on a factor of its own: each field usual alone, and many events close enough
+    to the relation to be only a little unusual together."""
+    f, g = r.gauss(0.0, 1.0), r.gauss(0.0, 1.0)
+    flow = 3.0 + 0.3 * f + 0.05 * r.gauss(0.0, 1.0)
+    pressure = 2.0 + 0.3 * g + 0.05 * r.gauss(0.0, 1.0)
+    return reading(t, flow, pressure, 20.0 + r.gauss(0.0, 1.0))
+
+
+def test_a_relation_broken_for_a_while_accumulates_as_a_run() -> None:
+    # Each event of the break is learned (none is unusual enough to be held back), as a busy
+    # producer's model learns a long break: the run (CUSUM of T²) still piles the evidence up.
+    store = trained()
+    r = random.Random(4)
+    out = [store.observe(unrelated(r, (3000 + i) * SECOND), learn=True) for i in range(40)]
+    joint = store.by_name["joint"]
+    assert isinstance(joint, JointFeature)
+    (row,) = joint.table.rows(store.slot_of("pump-1") or 0)
+    events = [e for e in out if e.surprise["joint"] > 0]
+    assert max(e.surprise["joint"] for e in out[:12]) < 5.0  # none of the first is news alone
+    assert max(e.surprise["joint"] for e in out) >= 10.0
+    top = max(events, key=lambda e: e.surprise["joint"]).reasons[0]
+    assert top.feature == "joint" and top.observed.startswith("their relation off for a run")
+    # Once the relation holds again, the run falls back within tens of events.
+    after = [store.observe(usual(r, (4000 + i) * SECOND), learn=True) for i in range(100)]
+    assert max(e.surprise["joint"] for e in after[60:]) < 3.0
+    assert joint.table.run[row] < 3.0 * math.log(10)
+
+
 def test_joint_is_off_by_default_and_keeps_no_state() -> None:
     store = trained(FeatureConfig())
     assert store.observe(broken(), learn=False).surprise["joint"] == 0.0
@@ -142,3 +171,18 @@ def test_the_stats_spec_alerts_on_a_correlation_break_and_says_why() -> None:
     assert v.alert is not None, v.score
     assert v.alert.reasons[0].feature == "joint"
     assert "joint(" in v.alert.why and "move together" in v.alert.why
+
+
+def test_a_broken_relation_accepted_as_the_new_normal_stops_alerting() -> None:
+    # Pressure leaves flow's factor for good; the pipeline accepts the run as the new normal
+    # after 5 events and a minute: the joint model restarts from it (a slow model catching up
+    # would keep the run high and page again after each cooldown).
+    spec = load_spec("stats")
+    adapt = dataclasses.replace(spec.decision, adapt_after_events=5, adapt_after_ms=60_000)
+    pipeline = Pipeline(dataclasses.replace(spec, decision=adapt))
+    r = random.Random(3)
+    pipeline.process([usual(r, i * 10 * SECOND) for i in range(3000)])
+    verdicts = pipeline.process([unrelated(r, (3000 + i) * 10 * SECOND) for i in range(400)])
+    alerted = [i for i, v in enumerate(verdicts) if v.alert is not None]
+    assert len(alerted) == 1 and alerted[0] < 30, alerted
+    assert not any(v.flagged for v in verdicts[100:])

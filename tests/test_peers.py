@@ -92,6 +92,49 @@ def test_a_release_adopted_by_a_kind_pages_once() -> None:
     assert expected.endswith("new to every cart producer")
 
 
+NOVELTY = ("type", "schema", "peer")  # what a release's new type alerts with
+LONG = 5000  # events per producer: a history long enough for a new type to page by its score
+
+
+def release(t: int, producers: tuple[str, ...], minutes: int = 30) -> list[Event]:
+    """``producers`` adopting ``cart.saved_for_later`` a minute apart, each sending it every
+    ~70 s for ``minutes`` (longer than the cooldown), beside the fleet's usual traffic."""
+    rng = random.Random(7)
+    out = []
+    for i, producer in enumerate(producers):
+        ts = t + 60_000 * i
+        while ts < t + minutes * 60_000:
+            out.append(event(producer, ts, "cart.saved_for_later", len(out)))
+            ts += rng.randint(50_000, 90_000)
+    around = fleet(per_producer=minutes * 100, seed=3, start=t)
+    return sorted([*out, *around], key=lambda e: e.event_time_ms)
+
+
+def test_a_release_longer_than_the_cooldown_pages_once_for_the_group() -> None:
+    p = Pipeline(load_spec("stats"))
+    history = fleet(per_producer=LONG)
+    p.process(history)
+    t = history[-1].event_time_ms + 100
+    got = [g for g in alerts(p.process(release(t, ("cart-1", "cart-2", "cart-3"))))
+           if g[1] in NOVELTY]  # fmt: skip
+    assert [g[:3] for g in got] == [("cart-1", "type", "cart.saved_for_later")]
+    # The window is bounded: past it, a type's novelty is the producer's own past's to judge.
+    peers, slot = p.store.peers, p.view("cart-3").slot
+    window = round(p.store.cfg.peer_release_s * 1000)
+    assert peers.adopted(slot, event("cart-3", t + window, "cart.saved_for_later"))
+    assert not peers.adopted(slot, event("cart-3", t + window + 1, "cart.saved_for_later"))
+
+
+def test_a_foreign_type_sent_by_two_of_a_kind_is_no_release() -> None:
+    p = Pipeline(load_spec("stats"))
+    history = fleet()
+    p.process(history)
+    t = history[-1].event_time_ms + 100
+    out = p.process([event("payment-1", t, "cart.item_added"),
+                     event("payment-2", t + 1000, "cart.item_added")])  # fmt: skip
+    assert [a.producer for a in out.emitted()] == ["payment-1", "payment-2"]
+
+
 def test_without_peers_each_adopter_of_a_release_pages() -> None:
     p = Pipeline(with_features(load_spec("stats"), peers=False))
     history = fleet()
@@ -176,8 +219,9 @@ def test_summaries_merge_as_sums() -> None:
     one = load_summary(p.store.peers.share())
     two = merged([one, one], 64)
     assert two["cart"].members == 2 * one["cart"].members == 6
+    events, senders, first_ms = one["cart"].types["cart.item_added"]
     row = two["cart"].types["cart.item_added"]
-    assert row == [2 * v for v in one["cart"].types["cart.item_added"]]
+    assert row == [2 * events, 2 * senders, first_ms]  # counts add up; the first is the first
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,6 +277,32 @@ def test_two_partitioned_workers_share_their_summaries_through_redis(
     assert [a.reasons[0].expected for a in got] == [
         "usually sent by cart producers, never by payment producers"
     ]
+
+
+def test_a_release_across_partitions_pages_once_after_the_merge(redis_url: str) -> None:
+    # The first adopter on one partition, the others on another: each partition learns of
+    # the other's adoption at the next exchange (every 10 s of event time here), and the
+    # group still pages once.
+    spec, signer = load_spec("stats"), Signer(TEST_KEY)
+    r = redis.Redis.from_url(redis_url)  # the summaries are bytes
+    a, b = Pipeline(spec), Pipeline(spec)
+    on_a = {"cart-1", "payment-1"}
+
+    def run(events: list[Event]) -> list[tuple[str, str, str, str]]:
+        return [*alerts(a.process([e for e in events if e.producer in on_a])),
+                *alerts(b.process([e for e in events if e.producer not in on_a]))]  # fmt: skip
+
+    history = fleet(per_producer=LONG)
+    run(history)
+    peering.exchange(r, "g", signer, {"p0": a, "p1": b})
+    t = history[-1].event_time_ms + 100
+    rollout = release(t, ("cart-1", "cart-2", "cart-3"))
+    got = []
+    for start in range(t, rollout[-1].event_time_ms + 1, 10_000):
+        got += run([e for e in rollout if start <= e.event_time_ms < start + 10_000])
+        peering.exchange(r, "g", signer, {"p0": a, "p1": b})
+    novelty = [g[:3] for g in got if g[1] in NOVELTY]
+    assert novelty == [("cart-1", "type", "cart.saved_for_later")]
 
 
 def test_offline_score_equals_run_with_peers(

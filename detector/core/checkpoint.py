@@ -50,11 +50,12 @@ from detector.core.events import Event
 # feature's models (per event type) in the producer records, each producer's peer group (kind,
 # flags, usual gap) in its record, the peer summary as a shared record (issue 17), each
 # producer's analyst feedback rules at the end of its record (issue 18), and the producers'
-# state as a base of columns plus the records of those changed since (issue 15). An older
+# state as a base of columns plus the records of those changed since (issue 15); 7: each joint
+# model's run (the CUSUM of its T²) in the producer records (issue 17). An older
 # detector refuses a newer format by this number, and this one refuses older ones (retrain or
 # reset).
-FORMAT_VERSION = 6
-READABLE_FORMATS = (6,)
+FORMAT_VERSION = 7
+READABLE_FORMATS = (7,)
 _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
 PRODUCER_PREFIX = "p:"

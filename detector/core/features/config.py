@@ -89,6 +89,10 @@ class FeatureConfig:
             kind's overflow alerts once).
         peer_rate_factor: a producer in warm-up sending this many times faster than its kind's
             usual rate alerts (once).
+        peer_release_s: a release's window (event time from its kind's first event of the
+            type): while another producer of its kind sends that type too, a producer's events
+            of it are no type or shape novelty (the group's adoption is the evidence: it paged
+            once, at its first sender); 0: off.
         drift_restart: a CUSUM statistic learned above this (an accepted new normal, or a
             drift the calibration found usual) restarts the reference from the next events.
         sequence_window: values per window of the sequence feature: the shape of a numeric
@@ -143,6 +147,7 @@ class FeatureConfig:
     peer_min_events: int = 200
     peer_max_kinds: int = 64
     peer_rate_factor: float = 10.0
+    peer_release_s: float = 3600.0
     sequence_window: int = 0
     sequence_history: int = 512
     sequence_fading: float = 0.01
@@ -194,8 +199,16 @@ class FeatureConfig:
             raise ValueError(msg)
 
     def _check_peers(self) -> None:
-        if self.peer_min_events < 1 or self.peer_max_kinds < 1 or self.peer_rate_factor <= 1:
-            msg = "peer_min_events and peer_max_kinds must be >= 1, peer_rate_factor > 1"
+        if (
+            self.peer_min_events < 1
+            or self.peer_max_kinds < 1
+            or self.peer_rate_factor <= 1
+            or self.peer_release_s < 0
+        ):
+            msg = (
+                "peer_min_events and peer_max_kinds must be >= 1, peer_rate_factor > 1, "
+                "peer_release_s >= 0"
+            )
             raise ValueError(msg)
         for p in self.peer_patterns:
             if "(?P<kind>" in p:

@@ -12,12 +12,12 @@ cpdef double chi2_surprise(double x, long long k)
 # memoryviews of them.
 cdef class JointTable:
     cdef public Py_ssize_t k, tri, max_types, used, free
-    cdef public object count, next, nf, mean, cov, head, types, y, z, chol
+    cdef public object count, next, nf, run, mean, cov, head, types, y, z, chol
     cdef public list etype, names
     cdef long long[:] _count
     cdef int[:] _next, _head, _types
     cdef signed char[:] _nf
-    cdef double[:] _mean, _cov, _y, _z, _chol
+    cdef double[:] _run, _mean, _cov, _y, _z, _chol
     @cython.locals(row=Py_ssize_t, after=Py_ssize_t)
     cpdef void reset(self, Py_ssize_t slot)
     @cython.locals(row=Py_ssize_t)
@@ -30,14 +30,22 @@ cdef class JointTable:
     cpdef void learn(self, Py_ssize_t row, double fading)
     @cython.locals(nf=Py_ssize_t, k=Py_ssize_t, tri=Py_ssize_t, m0=Py_ssize_t, c0=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, m=Py_ssize_t, base=Py_ssize_t, sd=double, keep=double, r=double, s=double, t=double, w=double)
     cpdef double t2(self, Py_ssize_t row, double min_sd, double ridge)
+    @cython.locals(step=double, i=Py_ssize_t)
+    cpdef double run_after(self, Py_ssize_t row, double t2)
+    cpdef void step(self, Py_ssize_t row, double t2)
+    @cython.locals(i=Py_ssize_t)
+    cpdef void restart(self, Py_ssize_t row)
     @cython.locals(nf=Py_ssize_t, m0=Py_ssize_t, c0=Py_ssize_t, i=Py_ssize_t)
     cpdef void dump(self, Py_ssize_t row, Writer w)
 
 @cython.locals(row=Py_ssize_t)
 cpdef Py_ssize_t joint_row(JointTable table, Py_ssize_t slot, object etype, dict numbers, long long min_count)
 
-@cython.locals(row=Py_ssize_t)
+@cython.locals(row=Py_ssize_t, t=double)
 cpdef double judge_joint(JointTable table, Py_ssize_t slot, object etype, dict numbers, long long min_count, double min_sd, double ridge)
+
+@cython.locals(row=Py_ssize_t)
+cpdef void step_joint(JointTable table, Py_ssize_t slot, object etype, dict numbers, long long min_count, double min_sd, double ridge)
 
 @cython.locals(row=Py_ssize_t)
 cpdef void learn_joint(JointTable table, Py_ssize_t slot, object etype, dict numbers, double fading)

@@ -12,6 +12,21 @@ chi-square with ``k`` degrees of freedom; the surprise is ``-log10`` of its tail
 A value far out in one field is the value feature's to name; T² counts it too, but with
 ``k`` degrees of freedom its surprise stays below the value feature's, so the joint reason
 leads only when the combination is rarer than any of its parts.
+
+A relation that breaks for a while (a total no longer following its item count) makes many
+events each only a little unusual, and a busy producer's fading model would learn them within
+minutes. So each row also keeps a CUSUM of T² (:meth:`JointTable.run_after`): the log
+likelihood ratio of "the fields' spread about their relation is ``_SPREAD`` times its usual"
+against "as usual", ``(1 - 1/v) T²/2 - (k/2) ln v`` per event of values each usual alone
+(within ``_RUN_Z`` sds: a value far out is the value feature's), clipped (one unusual
+combination is not a run) and capped (so it falls back within tens of events once the relation
+holds again). Under no change it drifts down (T² averages ``k``) and ``P(S > s) <= e^-s``
+(Wald), so its surprise is ``S / ln 10``; the event's surprise is the larger of its own and the
+run's. It advances with every judged event, learned or not (:meth:`JointFeature.advance`), so a
+break keeps accumulating evidence while its events are held back from the model. An event
+learned while its run is high (``_RUN_RESTART``) was accepted as a new normal: the model
+restarts from it (as the drift feature's reference does), or the run would stay high while a
+slow model caught up.
 """
 
 from __future__ import annotations
@@ -30,6 +45,17 @@ from detector.core.features.surprise import LOG10, MAX_SURPRISE, Reason, signed_
 
 # A pair whose correlation is weaker than this is "unrelated" in reasons.
 _RELATED = 0.3
+# The run's alternative: the fields' spread about their relation this many times its usual
+# (variance), as when one field follows another value than the one it relates to.
+_SPREAD = 4.0
+_RUN_GAIN = 0.5 * (1.0 - 1.0 / _SPREAD)  # per unit of T²
+_RUN_COST = 0.5 * math.log(_SPREAD)  # per field
+_RUN_CLIP = 3.0 * LOG10  # one event moves the run by at most a surprise of 3
+_RUN_Z = 4.0  # an event with a field further out (in sds) is the value feature's: not counted
+_RUN_CAP = 20.0 * LOG10  # the run's surprise stops at 20: beyond any threshold, and brief
+# An event learned with a run this high was accepted as a new normal (a run the pipeline
+# adapted to, or a producer whose calibration finds it usual): the model starts afresh.
+_RUN_RESTART = 0.5 * _RUN_CAP
 
 
 def chi2_surprise(x: float, k: int) -> float:
@@ -72,8 +98,9 @@ class JointTable:
     the order the types came, at most ``max_types`` per slot.
 
     Columns: ``count`` (int64), ``next`` (int32: the slot's next row), ``nf`` (int8: the
-    row's fields), ``mean`` (``k`` float64 per row) and ``cov`` (the lower triangle of the
-    covariance, ``k(k+1)/2`` float64 per row), with ``k`` = ``joint_fields``; per row the
+    row's fields), ``run`` (float64: the CUSUM of T², see the module), ``mean`` (``k``
+    float64 per row) and ``cov`` (the lower triangle of the covariance, ``k(k+1)/2`` float64
+    per row), with ``k`` = ``joint_fields``; per row the
     event type and the names of its fields (the first ``k`` numeric fields, sorted by name, of
     the first event of the type with at least two). Freed rows (a slot reset) are reused.
     """
@@ -85,6 +112,7 @@ class JointTable:
         self.count: array[int] = column("q", 0)
         self.next: array[int] = column("i", 0)
         self.nf: array[int] = column("b", 0)
+        self.run: array[float] = column("d", 0)
         self.mean: array[float] = column("d", 0)
         self.cov: array[float] = column("d", 0)
         self.etype: list[str | None] = []
@@ -102,13 +130,14 @@ class JointTable:
     def _bind(self) -> None:
         # joint.pxd types these as memoryviews of the columns (the .py: the same arrays).
         self._count, self._next, self._nf = self.count, self.next, self.nf
+        self._run = self.run
         self._mean, self._cov = self.mean, self.cov
         self._head, self._types = self.head, self.types
         self._y, self._z, self._chol = self.y, self.z, self.chol
 
     def __reduce__(self) -> tuple[Any, ...]:
         names = (
-            "k", "tri", "max_types", "count", "next", "nf", "mean", "cov", "etype", "names",
+            "k", "tri", "max_types", "count", "next", "nf", "run", "mean", "cov", "etype", "names",
             "head", "types", "used", "free", "y", "z", "chol",
         )  # fmt: skip
         return restored, (JointTable, {name: getattr(self, name) for name in names})
@@ -155,11 +184,13 @@ class JointTable:
                     grown(self.next, n),
                     grown(self.nf, n),
                 )
+                self.run = grown(self.run, n)
                 self.mean, self.cov = grown(self.mean, n * self.k), grown(self.cov, n * self.tri)
                 self.etype.extend([None] * (n - len(self.etype)))
                 self.names.extend([()] * (n - len(self.names)))
                 self._bind()
         self._count[row] = 0
+        self._run[row] = 0.0
         self._nf[row] = len(names)
         self.etype[row], self.names[row] = etype, names
         for i in range(row * self.k, (row + 1) * self.k):
@@ -250,9 +281,31 @@ class JointTable:
             t += w * w
         return t
 
+    def run_after(self, row: int, t2: float) -> float:
+        """The row's CUSUM once an event of Hotelling's T² ``t2`` is counted (not stored);
+        right after :meth:`t2`, whose standardised values it reads: an event with a field
+        beyond ``_RUN_Z`` sds is not counted."""
+        for i in range(self._nf[row]):
+            if abs(self._z[i]) > _RUN_Z:
+                return self._run[row]
+        step = min(_RUN_GAIN * t2 - _RUN_COST * self._nf[row], _RUN_CLIP)
+        return min(max(self._run[row] + step, 0.0), _RUN_CAP)
+
+    def step(self, row: int, t2: float) -> None:
+        """Count an event of Hotelling's T² ``t2`` in the row's CUSUM."""
+        self._run[row] = self.run_after(row, t2)
+
+    def restart(self, row: int) -> None:
+        """Forget the row's model and run (a new normal: it learns afresh from the next)."""
+        self._count[row] = 0
+        self._run[row] = 0.0
+        for i in range(row * self.tri, (row + 1) * self.tri):
+            self._cov[i] = 0.0
+
     def dump(self, row: int, w: Writer) -> None:
         nf, m0, c0 = self._nf[row], row * self.k, row * self.tri
         w.i64(self._count[row])
+        w.f64(self._run[row])
         for i in range(nf):
             w.f64(self._mean[m0 + i])
         for i in range(nf * (nf + 1) // 2):
@@ -261,6 +314,7 @@ class JointTable:
     def load(self, row: int, r: Reader) -> None:
         nf, m0, c0 = self.nf[row], row * self.k, row * self.tri
         self.count[row] = r.i64()
+        self.run[row] = r.f64()
         for i in range(nf):
             self.mean[m0 + i] = r.f64()
         for i in range(nf * (nf + 1) // 2):
@@ -282,11 +336,23 @@ def judge_joint(
     table: JointTable, slot: int, etype: str | None, numbers: dict[str, float],
     min_count: int, min_sd: float, ridge: float,
 ) -> float:  # fmt: skip
-    """The event's joint surprise: the chi-square tail of its T² (0 when not judged)."""
+    """The event's joint surprise: the chi-square tail of its T², or its run's if larger (0
+    when not judged)."""
     row = joint_row(table, slot, etype, numbers, min_count)
     if row < 0:
         return 0.0
-    return chi2_surprise(table.t2(row, min_sd, ridge), table._nf[row])
+    t = table.t2(row, min_sd, ridge)
+    return max(chi2_surprise(t, table._nf[row]), table.run_after(row, t) / LOG10)
+
+
+def step_joint(
+    table: JointTable, slot: int, etype: str | None, numbers: dict[str, float],
+    min_count: int, min_sd: float, ridge: float,
+) -> None:  # fmt: skip
+    """Count a judged event in its row's CUSUM (every event, whatever its verdict)."""
+    row = joint_row(table, slot, etype, numbers, min_count)
+    if row >= 0:
+        table.step(row, table.t2(row, min_sd, ridge))
 
 
 def learn_joint(
@@ -301,6 +367,8 @@ def learn_joint(
         names = tuple(sorted(numbers))[: table.k]
         row = table.add(slot, etype, names)
     if table.gather(row, numbers):
+        if table._run[row] >= _RUN_RESTART:
+            table.restart(row)
         table.learn(row, fading)
 
 
@@ -331,10 +399,19 @@ class JointFeature(Feature[None]):
         s = self.judge(slot, event)
         if s <= 0:
             return None
-        row = self.table.find(slot, event.type)
-        return joint_reason(
-            self.table, row, event.numbers, self.cfg.min_sd, self.cfg.joint_ridge, s
-        )
+        cfg, table = self.cfg, self.table
+        row = joint_row(table, slot, event.type, event.numbers, cfg.joint_min_count)
+        own = chi2_surprise(table.t2(row, cfg.min_sd, cfg.joint_ridge), table.nf[row])
+        return joint_reason(table, row, event.numbers, cfg.min_sd, cfg.joint_ridge, s, s > own)
+
+    def advance(self, slot: int, event: Event) -> None:
+        """The run (CUSUM) of a judged row counts every event."""
+        if self.on:
+            cfg = self.cfg
+            step_joint(
+                self.table, slot, event.type, event.numbers, cfg.joint_min_count, cfg.min_sd,
+                cfg.joint_ridge,
+            )  # fmt: skip
 
     def learn(self, slot: int, event: Event) -> None:
         if self.on:
@@ -365,9 +442,11 @@ class JointFeature(Feature[None]):
 
 
 def joint_reason(
-    table: JointTable, row: int, numbers: dict[str, float], min_sd: float, ridge: float, s: float
-) -> Reason:
-    """Which two fields break their usual relation most, and how (only for flagged events).
+    table: JointTable, row: int, numbers: dict[str, float], min_sd: float, ridge: float,
+    s: float, run: bool = False,
+) -> Reason:  # fmt: skip
+    """Which two fields break their usual relation most, and how (only for flagged events);
+    ``run``: the surprise is the run's (its CUSUM), not this event's alone.
 
     The pair whose own T² most exceeds what either field explains alone; within it, the field
     further from what the other predicts (its residual given the other, in sds of that
@@ -405,4 +484,6 @@ def joint_reason(
         expected = f"each usual alone, rarely both (r={r:.2f})"
     if nf > 2:
         expected += f" among {nf} fields"
+    if run:
+        observed = f"their relation off for a run of events (this one: {observed})"
     return Reason("joint", f"{na}, {nb}", observed, expected, s)

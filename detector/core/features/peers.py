@@ -6,8 +6,9 @@ matches, from its own type profile: the family (the part before the first ``.``)
 type it sends most, fixed once it has ``peer_min_events`` events, or at its first event when
 that type's family is already a kind (a newcomer of a known kind starts warm).
 
-Per kind, the summary holds its members, per event type the events of its members and how
-many of them sent it, and the usual inter-arrival of its members: counts only, at most
+Per kind, the summary holds its members, per event type the events of its members, how
+many of them sent it and the event time of its first (the start of a release), and the usual
+inter-arrival of its members: counts only, at most
 ``peer_max_kinds`` kinds and ``max_types`` types per kind (an attacker can mint both; the
 kind that overflows alerts once). It is knowledge beyond a producer's own past, so the peer
 feature answers in :meth:`PeerFeature.decisive` (it judges nothing: its surprise stays 0):
@@ -17,7 +18,12 @@ feature answers in :meth:`PeerFeature.decisive` (it judges nothing: its surprise
   and the kind that usually sends it (never another producer's id);
 - **adoption**: a type new to the producer that another member of its kind already sent is
   not news (a release adopted by the group pages once, at its first sender; a newcomer
-  sending its kind's types is no news either: the warm start of types);
+  sending its kind's types is no news either: the warm start of types); and within
+  ``peer_release_s`` of its kind's first event of it, while another member sends it too, a
+  producer's events of the type are no type or shape novelty either (:meth:`PeerFeature.adopted`,
+  asked by the type and schema features): the group's adoption is the evidence, so the
+  release's later events, the first sender's included, page no more (other features still
+  judge them);
 - **newcomer departure**: a producer still in warm-up whose kind is known alerts once on a
   foreign type, or when its rate is ``peer_rate_factor`` times its kind's usual rate.
 
@@ -38,6 +44,7 @@ from detector.core.features.clock import Clock
 from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
 from detector.core.features.rate import RateFeature
+from detector.core.features.schema import SchemaFeature
 from detector.core.features.surprise import Reason
 from detector.core.features.types import TypeFeature
 
@@ -47,7 +54,8 @@ DEPARTURE_MIN_EVENTS = 20  # a newcomer's rate is compared once it has this many
 
 
 class Kind:
-    """One kind's summary: members, per type ``[events, senders]``, members' usual gaps."""
+    """One kind's summary: members, per type ``[events, senders, first event time (ms; 0:
+    unknown)]``, members' usual gaps."""
 
     __slots__ = ("gap_ms", "gaps", "members", "saturated", "types")
 
@@ -58,23 +66,25 @@ class Kind:
         self.gaps = 0  # ... over this many members (each refreshed every peer_min_events)
         self.saturated = False  # more than max_types types: new ones no longer counted
 
-    def count(self, etype: str, events: int, senders: int, cap: int) -> None:
+    def count(self, etype: str, events: int, senders: int, first_ms: int, cap: int) -> None:
         row = self.types.get(etype)
         if row is None:
             if len(self.types) >= cap:
                 self.saturated = True
                 return
-            row = self.types[etype] = [0, 0]
+            row = self.types[etype] = [0, 0, 0]
         row[0] += events
         row[1] += senders
+        if first_ms > 0 and (row[2] <= 0 or first_ms < row[2]):
+            row[2] = first_ms
 
     def merge(self, other: Kind, cap: int) -> None:
         self.members += other.members
         self.gap_ms += other.gap_ms
         self.gaps += other.gaps
         self.saturated |= other.saturated
-        for etype, (events, senders) in other.types.items():
-            self.count(etype, events, senders, cap)
+        for etype, (events, senders, first_ms) in other.types.items():
+            self.count(etype, events, senders, first_ms, cap)
 
     def dump(self, w: Writer) -> None:
         w.i64(self.members)
@@ -83,10 +93,11 @@ class Kind:
         w.count(self.saturated)
         w.count(len(self.types))
         for etype in sorted(self.types):  # sorted: the same summary, the same bytes
-            events, senders = self.types[etype]
+            events, senders, first_ms = self.types[etype]
             w.text(etype)
             w.i64(events)
             w.i64(senders)
+            w.i64(first_ms)
 
     @classmethod
     def load(cls, r: Reader) -> Kind:
@@ -95,7 +106,7 @@ class Kind:
         k.saturated = bool(r.count())
         for _ in range(r.count()):
             etype = r.text()
-            k.types[etype] = [r.i64(), r.i64()]
+            k.types[etype] = [r.i64(), r.i64(), r.i64()]
         return k
 
 
@@ -145,13 +156,19 @@ class PeerFeature(Feature[None]):
     its own producers' kinds (:attr:`local`) and of other workers' (:attr:`remote`).
 
     It reads the type feature's counts and the rate feature's usual rate (given, as the drift
-    feature is given the value feature), and stands in for the type feature's decisive
-    reason when on (``peers``): see the module's docstring."""
+    feature is given the value feature), stands in for the type feature's decisive reason
+    when on (``peers``), and tells the type and schema features which novel types their kind
+    is adopting (:meth:`adopted`): see the module's docstring."""
 
     name = "peer"
 
     def __init__(
-        self, cfg: FeatureConfig, clock: Clock, types: TypeFeature, rate: RateFeature
+        self,
+        cfg: FeatureConfig,
+        clock: Clock,
+        types: TypeFeature,
+        rate: RateFeature,
+        schema: SchemaFeature | None = None,
     ) -> None:
         super().__init__(cfg, clock)
         self.types = types
@@ -174,6 +191,10 @@ class PeerFeature(Feature[None]):
         self._glob = [(p, re.compile(rx)) for p, rx in self._globs]
         if cfg.peers:
             types.track_first = True
+            if cfg.peer_release_s > 0:  # a release's type and shape novelty: adopted()
+                types.adoption = self
+                if schema is not None:
+                    schema.adoption = self
 
     # -- per slot ------------------------------------------------------------------------
 
@@ -224,6 +245,16 @@ class PeerFeature(Feature[None]):
         owned = [(e, n) for n in names if (e := self.tally(n, etype)[0]) >= least]
         return [n for _, n in sorted(owned, key=lambda en: -en[0])]
 
+    def first_ms(self, name: str, etype: str) -> int:
+        """Event time of kind ``name``'s first event of ``etype`` (0: unknown)."""
+        out = 0
+        for summary in (self.local, self.remote):
+            kind = summary.get(name)
+            row = None if kind is None else kind.types.get(etype)
+            if row is not None and row[2] > 0 and (out == 0 or row[2] < out):
+                out = row[2]
+        return out
+
     def usual_gap_ms(self, name: str) -> float:
         """The mean usual inter-arrival of a kind's members (0: none known)."""
         total, n = 0.0, 0
@@ -258,6 +289,21 @@ class PeerFeature(Feature[None]):
             own_reason.feature, own_reason.field, own_reason.observed,
             f"{own_reason.expected}; new to every {kind} producer", own_reason.surprise,
         )  # fmt: skip
+
+    def adopted(self, slot: int, event: Event) -> bool:
+        """The event's type is being adopted by the producer's kind (a release): another
+        member sends it too, its kind's first event of it is at most ``peer_release_s`` old,
+        and no other kind owns it (a foreign type stays news). Its type and shape novelty
+        are then no news (asked by those features for novel events only)."""
+        kind, etype = self.kind[slot], event.type
+        if not kind or etype is None:
+            return False
+        since = self.first_ms(kind, etype)
+        if since <= 0 or event.event_time_ms - since > self.cfg.peer_release_s * 1000:
+            return False
+        senders = self.tally(kind, etype)[1]
+        others = senders - (self.types.counts.count(slot, etype) > 0)
+        return others > 0 and not self.owners(etype, kind)
 
     def early(self, slot: int, event: Event) -> Reason | None:
         """A producer in warm-up whose kind is known departs from it: a foreign type, or a
@@ -325,7 +371,8 @@ class PeerFeature(Feature[None]):
         if summary is None:
             return
         if etype is not None:
-            summary.count(etype, 1, int(first), cfg.max_types)
+            t = event.event_time_ms if first else 0
+            summary.count(etype, 1, int(first), t, cfg.max_types)
             self.changed = True
         n = self.clock.n[slot]
         if n >= cfg.peer_min_events and n % cfg.peer_min_events == 0:
@@ -363,7 +410,7 @@ class PeerFeature(Feature[None]):
         if self.clock.n[slot] > 1:  # its past types join the kind's (this event: advance)
             sent = self.types.counts.counts(slot)
             for etype, count in sent.items():
-                kind.count(etype, count, 1, self.cfg.max_types)
+                kind.count(etype, count, 1, 0, self.cfg.max_types)
         return name
 
     def _pattern_kind(self, producer: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import zlib
+from typing import TYPE_CHECKING
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
@@ -12,6 +13,9 @@ from detector.core.features.clock import Clock
 from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
 from detector.core.features.surprise import Reason
+
+if TYPE_CHECKING:
+    from detector.core.features.types import Adoption
 
 KEY = "schema"  # the one key of the schema feature's novelty burst
 
@@ -33,6 +37,7 @@ class SchemaFeature(Feature[None]):
         self.names: list[tuple[str, ...]] = []  # the field list of each shape id
         self.fields: list[tuple[int, ...]] = []  # per slot: its shape ids, in learned order
         self.novel = Novelty(KEY)
+        self.adoption: Adoption | None = None  # peers: a release's type, so its shape, is no news
 
     def reset(self, slot: int) -> None:
         if slot == self.counts.rows:
@@ -50,7 +55,10 @@ class SchemaFeature(Feature[None]):
         cfg = self.cfg
         key, _ = shape_of(event)
         burst = self.novel.burst(slot, event.event_time_ms, cfg.burst_s * 1000)
-        return self.counts.surprise(slot, key, cfg.novelty_prior, burst, cfg.min_count)
+        s = self.counts.surprise(slot, key, cfg.novelty_prior, burst, cfg.min_count)
+        if s > 0 and self.adoption is not None and self.adoption.adopted(slot, event):
+            return 0.0
+        return s
 
     def explain(self, slot: int, event: Event) -> Reason | None:
         s = self.judge(slot, event)

@@ -127,17 +127,18 @@ def _typed(feature: Feature[Any], cls: type[T]) -> T:
 def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature[Any]]:
     """Every feature, in :data:`FEATURES` order (the registry: one line per feature)."""
     rate, value, types = RateFeature(cfg, clock), ValueFeature(cfg, clock), TypeFeature(cfg, clock)
+    schema = SchemaFeature(cfg, clock)
     features: list[Feature[Any]] = [
         rate,
         value,
         SizeFeature(cfg, clock),
         types,
         CategoryFeature(cfg, clock),
-        SchemaFeature(cfg, clock),
+        schema,
         ReplayFeature(cfg, clock),
         DriftFeature(cfg, clock, value),
         JointFeature(cfg, clock),
-        PeerFeature(cfg, clock, types, rate),
+        PeerFeature(cfg, clock, types, rate, schema),
         SequenceFeature(cfg, clock, value),
     ]
     assert tuple(f.name for f in features) == FEATURES  # noqa: S101 (the registry's order)

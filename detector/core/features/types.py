@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
 from detector.core.features.categories import Categories, Counts, Novelty
@@ -11,6 +13,15 @@ from detector.core.features.feature import Feature
 from detector.core.features.surprise import Reason
 
 KEY = "type"  # the one key of the type feature's novelty burst
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Adoption(Protocol):
+        """Knows whether a novel event's type is being adopted by its producer's group (the
+        peer feature): then its novelty is no news."""
+
+        def adopted(self, slot: int, event: Event) -> bool: ...
 
 
 class TypeFeature(Feature[None]):
@@ -37,6 +48,7 @@ class TypeFeature(Feature[None]):
         # (the peer feature, which advances after, counts it among the type's senders).
         self.track_first = False
         self.first_slot = -1
+        self.adoption: Adoption | None = None  # peers: a release's type is no novelty
 
     def reset(self, slot: int) -> None:
         if slot == self.counts.rows:
@@ -50,7 +62,10 @@ class TypeFeature(Feature[None]):
             return 0.0
         cfg = self.cfg
         burst = self.novel.burst(slot, event.event_time_ms, cfg.burst_s * 1000)
-        return self.counts.surprise(slot, event.type, cfg.novelty_prior, burst, cfg.min_count)
+        s = self.counts.surprise(slot, event.type, cfg.novelty_prior, burst, cfg.min_count)
+        if s > 0 and self.adoption is not None and self.adoption.adopted(slot, event):
+            return 0.0
+        return s
 
     def explain(self, slot: int, event: Event) -> Reason | None:
         s = self.judge(slot, event)
