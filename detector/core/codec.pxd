@@ -11,4 +11,7 @@ cdef class Writer:
     cpdef void f64s(self, object values)
     cpdef void i64s(self, object values)
     cpdef void u64s(self, object values)
+    cpdef Py_ssize_t open_blob(self)
+    cpdef void close_blob(self, Py_ssize_t at)
     cpdef bytes bytes(self)
+    cpdef bytearray detach(self)

@@ -101,20 +101,40 @@ class Writer:
 
     def column(self, values: Any) -> None:
         """A whole typed column (an ``array``, a numpy array, or compiled code's typed
-        memoryview of one): its type code, length and little-endian items, in one copy."""
+        memoryview of one): its type code, length and little-endian items, in one copy
+        (straight from the column's buffer into this one)."""
         view = memoryview(values)
         code = view.format[-1]  # "<d" for numpy's float64: the code is the last letter
-        raw = view.tobytes()
-        if not _NATIVE_LE:
-            swapped = array(code, raw)
-            swapped.byteswap()
-            raw = swapped.tobytes()
         self.text(code)
-        self._buf += _pack_u32(len(raw) // max(view.itemsize, 1))
-        self._buf += raw
+        self._buf += _pack_u32(view.nbytes // max(view.itemsize, 1))
+        if _NATIVE_LE and view.c_contiguous:
+            self._buf += view.cast("B")
+        else:
+            swapped = array(code, view.tobytes())
+            if not _NATIVE_LE:
+                swapped.byteswap()
+            self._buf += swapped
+
+    def open_blob(self) -> int:
+        """Start a blob written in place (its length is filled in by :meth:`close_blob`):
+        a section of the base is written straight into it, not copied in afterwards."""
+        at = len(self._buf)
+        self._buf += _pack_u32(0)
+        return at
+
+    def close_blob(self, at: int) -> None:
+        """End the blob :meth:`open_blob` started at ``at``: the same bytes as
+        :meth:`blob` of what was written since."""
+        _U32.pack_into(self._buf, at, len(self._buf) - at - 4)
 
     def bytes(self) -> bytes:
         return bytes(self._buf)
+
+    def detach(self) -> bytearray:
+        """What was written, without a copy (a full checkpoint's base: hundreds of MB);
+        the writer starts empty again."""
+        out, self._buf = self._buf, bytearray()
+        return out
 
 
 class Reader:
@@ -126,7 +146,7 @@ class Reader:
 
     __slots__ = ("_buf", "_pos")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self._buf = memoryview(data)
         self._pos = 0
 
@@ -154,6 +174,10 @@ class Reader:
 
     def blob(self) -> bytes:
         return bytes(self._take(self.count()))
+
+    def section(self) -> Reader:
+        """A blob read in place: a reader of its bytes, not a copy of them."""
+        return Reader(self._take(self.count()))
 
     def f64s(self) -> npt.NDArray[np.float64]:
         n = self.count()
