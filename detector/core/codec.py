@@ -144,29 +144,37 @@ class Reader:
         ValueError: the record ends early (truncated or another layout).
     """
 
-    __slots__ = ("_buf", "_pos")
+    __slots__ = ("_buf", "_end", "_pos")
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self._buf = memoryview(data)
+        self._end = len(self._buf)
         self._pos = 0
 
-    def _take(self, n: int) -> memoryview:
-        start, self._pos = self._pos, self._pos + n
-        if self._pos > len(self._buf):
+    def _at(self, n: int) -> int:
+        """Where the next ``n`` bytes start (then passed): fixed-size fields are unpacked
+        from there, with no view made of each."""
+        start = self._pos
+        if start + n > self._end:
             msg = "producer record ends early"
             raise ValueError(msg)
-        return self._buf[start : self._pos]
+        self._pos = start + n
+        return start
+
+    def _take(self, n: int) -> memoryview:
+        start = self._at(n)
+        return self._buf[start : start + n]
 
     def i64(self) -> int:
-        v: int = _I64.unpack(self._take(8))[0]
+        v: int = _I64.unpack_from(self._buf, self._at(8))[0]
         return v
 
     def f64(self) -> float:
-        v: float = _F64.unpack(self._take(8))[0]
+        v: float = _F64.unpack_from(self._buf, self._at(8))[0]
         return v
 
     def count(self) -> int:
-        v: int = _U32.unpack(self._take(4))[0]
+        v: int = _U32.unpack_from(self._buf, self._at(4))[0]
         return v
 
     def text(self) -> str:
@@ -204,4 +212,4 @@ class Reader:
         return out
 
     def done(self) -> bool:
-        return self._pos == len(self._buf)
+        return self._pos == self._end
