@@ -11,7 +11,8 @@ the only way to 100k producers in minutes rather than hours; the shared replay w
 part of it). On that pipeline, one round per count:
 
 - **encode**: ``Pipeline.snapshot(full=True)`` and ``encode_fields`` (encode and HMAC-sign
-  every field: what a full commit does before writing, in one go);
+  every field: what a full commit does before writing, in one go); the *digest* (sha256 of
+  every field but ``meta``, untimed) is the same on two trees that write the same bytes;
 - **write**: the fields to a real redis-server in one MULTI/EXEC (HSET), as a commit;
 - **restore**: HGETALL, ``decode_fields`` (verify) and ``Pipeline.restore`` into a new
   pipeline, in this process.
@@ -27,6 +28,7 @@ Only the public surface is used (``Pipeline``, ``snapshot``/``restore``, ``Snaps
 from __future__ import annotations
 
 import gc
+import hashlib
 import itertools
 import json
 import time
@@ -77,6 +79,17 @@ def template(model: str, history: int) -> tuple[Any, dict[str, bytes]]:
     return pipeline, {p: store.record(slot) for p, slot in store.producers.items()}
 
 
+def digest(fields: dict[str, bytes]) -> str:
+    """sha256 of every encoded field but ``meta`` (it holds the time): equal on two trees,
+    their checkpoints of the same pipeline are byte for byte the same."""
+    h = hashlib.sha256()
+    for name in sorted(fields):
+        if name != "meta":
+            h.update(name.encode() + b"\0")
+            h.update(fields[name])
+    return h.hexdigest()[:16]
+
+
 def measure(
     model: str, count: int, meta: dict[str, Any], records: dict[str, bytes], url: str
 ) -> dict[str, Any]:
@@ -103,6 +116,7 @@ def measure(
     out["encode_cpu_s"] = time.process_time() - cpu
     out["bytes"] = sum(len(k) + len(v) for k, v in fields.items())
     out["fields"] = len(fields)
+    out["digest"] = digest(fields)
 
     r = redis.Redis.from_url(url)
     started = time.perf_counter()
@@ -165,7 +179,7 @@ def main(model: str, counts: str, history: int, rounds: int, json_out: Path | No
     results = []
     click.echo(
         f"{'producers':>10} {'round':>5} {'MB':>8} {'fields':>8} {'encode s':>9} {'cpu':>6} "
-        f"{'write s':>8} {'restore s':>10} {'cpu':>6} {'same':>5}"
+        f"{'write s':>8} {'restore s':>10} {'cpu':>6} {'same':>5} digest"
     )
     with EmbeddedRedis() as server:
         for count in (int(c) for c in counts.split(",")):
@@ -176,7 +190,7 @@ def main(model: str, counts: str, history: int, rounds: int, json_out: Path | No
                     f"{m['producers']:>10,} {k:>5} {m['bytes'] / 1e6:>8.1f} {m['fields']:>8,} "
                     f"{m['encode_s']:>9.3f} {m['encode_cpu_s']:>6.3f} {m['write_s']:>8.3f} "
                     f"{m['restore_s']:>10.3f} {m['restore_cpu_s']:>6.3f} "
-                    f"{m['restored_equal']!s:>5}"
+                    f"{m['restored_equal']!s:>5} {m['digest']}"
                 )
     if json_out is not None:
         json_out.write_text(

@@ -64,6 +64,8 @@ BASE_PREFIX = "b:"
 #: The base is written in fields of at most this many bytes (Redis takes up to 512 MB in one
 #: value; smaller pieces are signed and written a slice at a time).
 PIECE_BYTES = 16 << 20
+# Blobs from this size on are signed by a streamed HMAC (no copy of the blob behind its name).
+_STREAMED_BYTES = 1 << 16
 
 # What a pickled model may contain: classes defined in the detector's model modules and in
 # River's model packages (``estimators.river_module``: not its datasets or I/O), a few of
@@ -159,20 +161,26 @@ class Signer:
             raise CheckpointError(msg)
         self._key = key
 
-    def _mac(self, name: str, blob: bytes) -> bytes:
-        # One-shot: hmac.new() builds two hash objects in Python per blob (~1000 per commit).
-        return hmac.digest(self._key, name.encode() + b"\0" + blob, "sha256")
+    def _mac(self, name: str, blob: bytes | memoryview) -> bytes:
+        if len(blob) < _STREAMED_BYTES:
+            # One-shot: hmac.new() builds two hash objects per blob (~1000 per commit).
+            return hmac.digest(self._key, name.encode() + b"\0" + blob, "sha256")
+        # A base piece (up to 16 MiB): hashed where it lies, not copied behind its name.
+        mac = hmac.new(self._key, name.encode() + b"\0", "sha256")
+        mac.update(blob)
+        return mac.digest()
 
-    def sign(self, name: str, blob: bytes) -> bytes:
-        return self._mac(name, blob) + blob
+    def sign(self, name: str, blob: bytes | memoryview) -> bytes:
+        return b"".join((self._mac(name, blob), blob))
 
-    def verify(self, name: str, signed: bytes) -> bytes:
-        """The blob, if its signature holds.
+    def verified(self, name: str, signed: bytes) -> memoryview:
+        """The blob, if its signature holds, as a view of ``signed`` (no copy).
 
         Raises:
             CheckpointError: unsigned, tampered, or signed with another key.
         """
-        mac, blob = signed[:_MAC_BYTES], signed[_MAC_BYTES:]
+        view = memoryview(signed)
+        mac, blob = view[:_MAC_BYTES], view[_MAC_BYTES:]
         if len(mac) < _MAC_BYTES or not hmac.compare_digest(mac, self._mac(name, blob)):
             msg = (
                 f"checkpoint entry {name!r} has a bad signature (tampered, unsigned, or written "
@@ -180,6 +188,10 @@ class Signer:
             )
             raise CheckpointError(msg)
         return blob
+
+    def verify(self, name: str, signed: bytes) -> bytes:
+        """The blob, if its signature holds (:meth:`verified`, as bytes)."""
+        return bytes(self.verified(name, signed))
 
     def dumps(self, name: str, obj: object) -> bytes:
         return self.sign(name, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
@@ -211,14 +223,15 @@ class Snapshot:
     producers: Mapping[str, bytes] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     shared: dict[str, bytes] = field(default_factory=dict)
-    base: bytes | None = None
+    base: bytes | bytearray | None = None
     dropped: list[str] = field(default_factory=list)
 
 
-def pieces(base: bytes) -> list[bytes]:
-    """The base cut into fields of at most :data:`PIECE_BYTES` (at least one)."""
+def pieces(base: bytes | bytearray) -> list[memoryview]:
+    """The base cut into fields of at most :data:`PIECE_BYTES` (at least one), as views of
+    it (each is copied once, behind its signature)."""
     view = memoryview(base)
-    return [bytes(view[at : at + PIECE_BYTES]) for at in range(0, len(base), PIECE_BYTES)] or [b""]
+    return [view[at : at + PIECE_BYTES] for at in range(0, len(base), PIECE_BYTES)] or [view]
 
 
 def new_meta(
@@ -387,7 +400,7 @@ def decode_fields(signer: Signer, fields: dict[bytes, bytes]) -> Snapshot:
         if missing:
             msg = f"checkpoint is incomplete (no {missing[0]!r} of its {count} base pieces)"
             raise CheckpointError(msg)
-        base = b"".join(signer.verify(n, fields[n.encode()]) for n in names)
+        base = b"".join([signer.verified(n, fields[n.encode()]) for n in names])
     return Snapshot(meta, model, producers, shared=shared, base=base)
 
 

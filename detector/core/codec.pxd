@@ -11,4 +11,28 @@ cdef class Writer:
     cpdef void f64s(self, object values)
     cpdef void i64s(self, object values)
     cpdef void u64s(self, object values)
+    cpdef Py_ssize_t open_blob(self)
+    cpdef void close_blob(self, Py_ssize_t at)
     cpdef bytes bytes(self)
+    cpdef bytearray detach(self)
+
+
+# The reader's too, for the records read slot by slot at a restore (the joint feature's, the
+# peers', ...: millions of fields at 100k producers).
+cdef class Reader:
+    cdef object _buf
+    cdef Py_ssize_t _end
+    cdef Py_ssize_t _pos
+    cdef Py_ssize_t _at(self, Py_ssize_t n) except -1
+    cdef object _take(self, Py_ssize_t n)
+    cpdef long long i64(self)
+    cpdef double f64(self)
+    cpdef unsigned int count(self)
+    cpdef str text(self)
+    cpdef bytes blob(self)
+    cpdef Reader section(self)
+    cpdef object f64s(self)
+    cpdef object i64s(self)
+    cpdef object u64s(self)
+    cpdef object column(self)
+    cpdef bint done(self)

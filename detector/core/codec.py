@@ -101,20 +101,40 @@ class Writer:
 
     def column(self, values: Any) -> None:
         """A whole typed column (an ``array``, a numpy array, or compiled code's typed
-        memoryview of one): its type code, length and little-endian items, in one copy."""
+        memoryview of one): its type code, length and little-endian items, in one copy
+        (straight from the column's buffer into this one)."""
         view = memoryview(values)
         code = view.format[-1]  # "<d" for numpy's float64: the code is the last letter
-        raw = view.tobytes()
-        if not _NATIVE_LE:
-            swapped = array(code, raw)
-            swapped.byteswap()
-            raw = swapped.tobytes()
         self.text(code)
-        self._buf += _pack_u32(len(raw) // max(view.itemsize, 1))
-        self._buf += raw
+        self._buf += _pack_u32(view.nbytes // max(view.itemsize, 1))
+        if _NATIVE_LE and view.c_contiguous:
+            self._buf += view.cast("B")
+        else:
+            swapped = array(code, view.tobytes())
+            if not _NATIVE_LE:
+                swapped.byteswap()
+            self._buf += swapped
+
+    def open_blob(self) -> int:
+        """Start a blob written in place (its length is filled in by :meth:`close_blob`):
+        a section of the base is written straight into it, not copied in afterwards."""
+        at = len(self._buf)
+        self._buf += _pack_u32(0)
+        return at
+
+    def close_blob(self, at: int) -> None:
+        """End the blob :meth:`open_blob` started at ``at``: the same bytes as
+        :meth:`blob` of what was written since."""
+        _U32.pack_into(self._buf, at, len(self._buf) - at - 4)
 
     def bytes(self) -> bytes:
         return bytes(self._buf)
+
+    def detach(self) -> bytearray:
+        """What was written, without a copy (a full checkpoint's base: hundreds of MB);
+        the writer starts empty again."""
+        out, self._buf = self._buf, bytearray()
+        return out
 
 
 class Reader:
@@ -124,29 +144,37 @@ class Reader:
         ValueError: the record ends early (truncated or another layout).
     """
 
-    __slots__ = ("_buf", "_pos")
+    __slots__ = ("_buf", "_end", "_pos")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self._buf = memoryview(data)
+        self._end = len(self._buf)
         self._pos = 0
 
-    def _take(self, n: int) -> memoryview:
-        start, self._pos = self._pos, self._pos + n
-        if self._pos > len(self._buf):
+    def _at(self, n: int) -> int:
+        """Where the next ``n`` bytes start (then passed): fixed-size fields are unpacked
+        from there, with no view made of each."""
+        start = self._pos
+        if start + n > self._end:
             msg = "producer record ends early"
             raise ValueError(msg)
-        return self._buf[start : self._pos]
+        self._pos = start + n
+        return start
+
+    def _take(self, n: int) -> memoryview:
+        start = self._at(n)
+        return self._buf[start : start + n]
 
     def i64(self) -> int:
-        v: int = _I64.unpack(self._take(8))[0]
+        v: int = _I64.unpack_from(self._buf, self._at(8))[0]
         return v
 
     def f64(self) -> float:
-        v: float = _F64.unpack(self._take(8))[0]
+        v: float = _F64.unpack_from(self._buf, self._at(8))[0]
         return v
 
     def count(self) -> int:
-        v: int = _U32.unpack(self._take(4))[0]
+        v: int = _U32.unpack_from(self._buf, self._at(4))[0]
         return v
 
     def text(self) -> str:
@@ -154,6 +182,10 @@ class Reader:
 
     def blob(self) -> bytes:
         return bytes(self._take(self.count()))
+
+    def section(self) -> Reader:
+        """A blob read in place: a reader of its bytes, not a copy of them."""
+        return Reader(self._take(self.count()))
 
     def f64s(self) -> npt.NDArray[np.float64]:
         n = self.count()
@@ -180,4 +212,4 @@ class Reader:
         return out
 
     def done(self) -> bool:
-        return self._pos == len(self._buf)
+        return self._pos == self._end

@@ -384,7 +384,9 @@ class FeatureStore:
         return Reader(record).i64()
 
     @staticmethod
-    def events_learned(base: bytes | None, records: Mapping[str, bytes]) -> dict[str, int]:
+    def events_learned(
+        base: bytes | bytearray | None, records: Mapping[str, bytes]
+    ) -> dict[str, int]:
         """The events each producer of a checkpoint has seen (its base's clock, then the
         records since), without restoring it (tests and tools)."""
         out: dict[str, int] = {}
@@ -393,7 +395,7 @@ class FeatureStore:
             r.i64(), r.i64()
             lengths, raw = r.column(), r.blob()
             slots, _ = r.column(), r.column()
-            clock = Reader(r.blob())  # the clock is the first part, its events first
+            clock = r.section()  # the clock is the first part, its events first
             if not clock.count() or clock.text() != "n":
                 msg = "base has no clock columns first"
                 raise ValueError(msg)
@@ -413,7 +415,7 @@ class FeatureStore:
         """Whether the next commit should write a base rather than more producer records."""
         return len(self.recorded) > max(REBASE_SHARE * len(self.producers), REBASE_MIN)
 
-    def base(self) -> bytes:
+    def base(self) -> bytearray:
         """Every slot's state at once: the store's index (producers in LRU order and their
         slots, free slots), then per part its columns (``dump_table``), or for a part
         without them its record of each tracked slot. The checkpoint's base: restored as it
@@ -427,23 +429,25 @@ class FeatureStore:
         w.column(array("q", self.producers.values()))
         w.column(array("q", self._free))
         tracked = array("q", (*self.producers.values(), self.overflow))
+        # Each section (and each slot's record in one) is a blob written in place: the base
+        # is hundreds of MB at 100k producers, and each copy of it costs as much as its columns.
         for part in self._parts:
-            section = Writer()
+            section = w.open_blob()
             dump_table = getattr(part, "dump_table", None)
             if dump_table is not None:
-                section.count(1)
-                dump_table(section)
+                w.count(1)
+                dump_table(w)
             else:  # slot by slot
-                section.count(0)
-                section.column(tracked)
+                w.count(0)
+                w.column(tracked)
                 for slot in tracked:
-                    one = Writer()
-                    part.dump(slot, one)
-                    section.blob(one.bytes())
-            w.blob(section.bytes())
-        return w.bytes()
+                    one = w.open_blob()
+                    part.dump(slot, w)
+                    w.close_blob(one)
+            w.close_blob(section)
+        return w.detach()
 
-    def _load_base(self, base: bytes) -> None:
+    def _load_base(self, base: bytes | bytearray) -> None:
         r = Reader(base)
         self._slots, self.overflow = r.i64(), r.i64()
         lengths, raw = r.column(), r.blob()
@@ -456,7 +460,7 @@ class FeatureStore:
             names.append(raw[at : at + n].decode())
             at += n
         for part in self._parts:
-            section = Reader(r.blob())
+            section = r.section()
             if section.count():
                 load_table = getattr(part, "load_table", None)
                 if load_table is None:
@@ -467,7 +471,7 @@ class FeatureStore:
                 for slot in range(self._slots):
                     part.reset(slot)
                 for slot in section.column():
-                    one = Reader(section.blob())
+                    one = section.section()
                     part.load(slot, one)
                     if not one.done():
                         msg = "producer record is longer than this layout"
@@ -520,7 +524,7 @@ class FeatureStore:
         counters: dict[str, Any],
         baseline: bool = False,
         shared: Mapping[str, bytes] | None = None,
-        base: bytes | None = None,
+        base: bytes | bytearray | None = None,
         keep: Callable[[str], bool] | None = None,
     ) -> None:
         """Replace the state with a checkpoint's: its ``base`` (every slot's state, as of its
