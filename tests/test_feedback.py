@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -328,7 +329,11 @@ def test_run_equals_score_with_the_same_feedback(
     # reads full batches of events before it, so it holds the verdict until it gets there.
     repeats = _repeats(last + 1000)
     ids += append(r, stream_name, repeats[:400])
+    # Ids of two streams order them only to the millisecond (the sequence is each stream's):
+    # in the same millisecond as the first repeat, the verdict would read as older than it.
+    time.sleep(0.005)
     writer.append(r, FB, writer.feedback_of(found, FALSE_POSITIVE))
+    time.sleep(0.005)
     ids += append(r, stream_name, repeats[400:])
     worker.run()
     run_alerts = [f["source_id"] for _, f in r.xrange(ALERTS)]
