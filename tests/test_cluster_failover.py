@@ -142,7 +142,8 @@ def test_durable_writes_wait_on_the_node_of_their_key(
     healed(cluster)
     stream, key = partitions.partition_stream(h.BASE, 0), partitions.checkpoint_key(h.GROUP, 0)
     observed: list[bool] = []
-    replication = Replication(1, 300, observe=lambda seconds, enough: observed.append(enough))
+    # Room for a loaded machine's acknowledgements (the dead replica's WAIT just takes it all).
+    replication = Replication(1, 3000, observe=lambda seconds, enough: observed.append(enough))
     client = cluster.client()
     view = Streams(client, streams=[stream], group=h.GROUP, consumer="c", alerts_stream=h.ALERTS,
                    dead_letter_stream="dead", maxlen=0, replication=replication)  # fmt: skip
