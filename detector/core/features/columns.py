@@ -22,6 +22,17 @@ def grown(old: array[Any], n: int) -> array[Any]:
     return new
 
 
+def chain(head: array[int], nxt: array[int], slot: int) -> list[int]:
+    """The rows chained from ``head[slot]`` through ``nxt`` (-1 ends a chain), in chain order:
+    a slot's rows in a table that links them (value fields, joint models)."""
+    out = []
+    row = head[slot]
+    while row >= 0:
+        out.append(row)
+        row = nxt[row]
+    return out
+
+
 def restored(cls: type[C], state: dict[str, Any]) -> C:
     """An object of ``cls`` with the attributes ``state`` (its ``__reduce__``'s), its columns
     bound again (compiled, its typed memoryviews do not pickle)."""

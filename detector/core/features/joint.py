@@ -38,7 +38,7 @@ from typing import Any
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
 from detector.core.features.clock import Clock
-from detector.core.features.columns import capacity, column, grown, restored
+from detector.core.features.columns import capacity, chain, column, grown, restored
 from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
 from detector.core.features.surprise import LOG10, MAX_SURPRISE, Reason, signed_log
@@ -205,12 +205,7 @@ class JointTable:
 
     def rows(self, slot: int) -> list[int]:
         """``slot``'s rows, newest first (the chain's order)."""
-        out = []
-        row = self._head[slot]
-        while row >= 0:
-            out.append(row)
-            row = self._next[row]
-        return out
+        return chain(self.head, self.next, slot)
 
     def gather(self, row: int, numbers: dict[str, float]) -> bool:
         """The event's values of the row's fields (signed log) into the scratch ``y``; False

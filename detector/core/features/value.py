@@ -14,7 +14,7 @@ import numpy.typing as npt
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
 from detector.core.features.clock import Clock
-from detector.core.features.columns import capacity, column, grown, restored
+from detector.core.features.columns import capacity, chain, column, grown, restored
 from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
 from detector.core.features.moments import MomentsTable
@@ -300,12 +300,7 @@ class FieldRows:
 
     def rows(self, slot: int) -> list[int]:
         """``slot``'s rows, in the order its fields came."""
-        out = []
-        row = self._head[slot]
-        while row >= 0:
-            out.append(row)
-            row = self._next[row]
-        return out
+        return chain(self.head, self.next, slot)
 
     def row_of(self, slot: int, key: str) -> int:
         """The row of ``key`` in ``slot``, or -1."""
