@@ -51,11 +51,14 @@ from detector.core.events import Event
 # flags, usual gap) in its record, the peer summary as a shared record (issue 17), each
 # producer's analyst feedback rules at the end of its record (issue 18), and the producers'
 # state as a base of columns plus the records of those changed since (issue 15); 7: each joint
-# model's run (the CUSUM of its T²) in the producer records (issue 17). An older
+# model's run (the CUSUM of its T²) in the producer records (issue 17); 8: the base holds the
+# joint models, peer groups, sequence shapes and feedback rules as columns (no part of the
+# default spec is written slot by slot), lists of floats and of string tuples as list kinds,
+# and the categorical counts in narrower integers (issue 15). An older
 # detector refuses a newer format by this number, and this one refuses older ones (retrain or
 # reset).
-FORMAT_VERSION = 7
-READABLE_FORMATS = (7,)
+FORMAT_VERSION = 8
+READABLE_FORMATS = (8,)
 _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
 PRODUCER_PREFIX = "p:"
@@ -173,7 +176,13 @@ class Signer:
     def sign(self, name: str, blob: bytes | memoryview) -> bytes:
         return b"".join((self._mac(name, blob), blob))
 
-    def verified(self, name: str, signed: bytes) -> memoryview:
+    def sign_into(self, name: str, field: memoryview) -> memoryview:
+        """``field`` signed where it lies: its blob after room for the MAC, the MAC written
+        into that room (the same bytes as :meth:`sign` of the blob)."""
+        field[:_MAC_BYTES] = self._mac(name, field[_MAC_BYTES:])
+        return field
+
+    def verified(self, name: str, signed: bytes | memoryview) -> memoryview:
         """The blob, if its signature holds, as a view of ``signed`` (no copy).
 
         Raises:
@@ -214,7 +223,8 @@ class Snapshot:
         shared: records of the state shared by all producers (all of them, or only the
             changed ones), already encoded.
         base: every producer's state as of a full commit (None: this commit writes no base;
-            restored, none in the checkpoint).
+            restored, none in the checkpoint). A pipeline's (a bytearray) is taken over by the
+            commit that signs it (:class:`FrozenCommit`), which sets this to None.
         dropped: other fields to delete (an older base's pieces beyond the new one's).
     """
 
@@ -225,6 +235,25 @@ class Snapshot:
     shared: dict[str, bytes] = field(default_factory=dict)
     base: bytes | bytearray | None = None
     dropped: list[str] = field(default_factory=list)
+
+
+def _room_for_macs(base: bytearray) -> list[memoryview]:
+    """The base's pieces (:func:`pieces`), each moved up in ``base`` behind room for its
+    MAC: views of each field to be (MAC, then piece), the MAC written by :meth:`Signer.sign_into`.
+    One move of the base within its own buffer (grown in place), not a copy of it into fresh
+    memory per piece; ``base`` no longer holds the base after it."""
+    count = max(-(-len(base) // PIECE_BYTES), 1)
+    size = len(base)
+    base.extend(bytes(_MAC_BYTES * count))
+    view = memoryview(base)
+    fields = []
+    for k in range(count - 1, -1, -1):  # the last first: each moves past the one after it
+        start, end = k * PIECE_BYTES, min((k + 1) * PIECE_BYTES, size)
+        at = start + _MAC_BYTES * k
+        view[at + _MAC_BYTES : end + _MAC_BYTES * (k + 1)] = view[start:end]
+        fields.append(view[at : end + _MAC_BYTES * (k + 1)])
+    fields.reverse()
+    return fields
 
 
 def pieces(base: bytes | bytearray) -> list[memoryview]:
@@ -315,14 +344,19 @@ class FrozenCommit:
     def __init__(self, signer: Signer, snap: Snapshot) -> None:
         started = time.perf_counter()
         # The base is encoded already (its bytes do not move on): its pieces are signed
-        # between reads, as the records are.
-        self._pieces = (
-            {}
-            if snap.base is None
-            else {BASE_PREFIX + str(k): piece for k, piece in enumerate(pieces(snap.base))}
-        )
+        # between reads, as the records are; a bytearray's in place (the commit takes it
+        # over: its fields are views of it, behind room for their MACs).
+        base = snap.base
+        self._pieces: dict[str, memoryview] = {}
+        self._in_place = isinstance(base, bytearray)
+        if isinstance(base, bytearray):
+            snap.base = None  # taken over: no longer the base once signed in place
+            in_place = _room_for_macs(base)
+            self._pieces = {BASE_PREFIX + str(k): f for k, f in enumerate(in_place)}
+        elif base is not None:
+            self._pieces = {BASE_PREFIX + str(k): p for k, p in enumerate(pieces(base))}
         self._signer = signer
-        self.fields = {
+        self.fields: dict[str, bytes | memoryview] = {
             "meta": signer.sign("meta", orjson.dumps(snap.meta)),
             "model": (
                 signer.sign("model", b"")
@@ -344,7 +378,8 @@ class FrozenCommit:
         left, base = self._left, self._pieces
         while base:
             name, piece = base.popitem()
-            self.fields[name] = self._signer.sign(name, piece)
+            sign = self._signer.sign_into if self._in_place else self._signer.sign
+            self.fields[name] = sign(name, piece)
             now = time.perf_counter()
             if deadline is not None and now >= deadline:
                 self.seconds += now - started
@@ -362,9 +397,9 @@ class FrozenCommit:
         self.fields[name] = self._signer.sign(name, self._records[producer])
 
 
-def encode_fields(signer: Signer, snap: Snapshot) -> dict[str, bytes]:
+def encode_fields(signer: Signer, snap: Snapshot) -> dict[str, bytes | memoryview]:
     """Hash fields to write for a snapshot (meta, model, changed producers and shared
-    records)."""
+    records; a base's pieces as views of it, :class:`FrozenCommit`)."""
     frozen = FrozenCommit(signer, snap)
     frozen.advance()
     return frozen.fields

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import re
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -196,6 +197,10 @@ def _bad(detail: str) -> NoReturn:
     raise InvalidEventError(INVALID, detail)
 
 
+# A pattern's texts, in their order in a checkpoint.
+_PATTERN = ("feature", "field", "event_type", "observed")
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """A producer's rule: ``kind`` (:data:`SUPPRESS` or :data:`PROTECT`) of ``pattern``
@@ -244,6 +249,36 @@ class FeedbackRules:
             pattern = Pattern(r.text(), r.text(), r.text(), r.text())
             rules.append(Rule(kind, pattern, until_ms))
         self.rules[slot] = tuple(rules)
+
+    def dump_table(self, w: Writer) -> None:
+        """Every slot's rules at once: how many each slot has, then the rules' kinds, ends
+        and patterns' texts as columns (most slots have none)."""
+        from detector.core.features import tables  # (a part of the store's, like its features)
+
+        w.column(array("q", map(len, self.rules)))
+        rules = [rule for held in self.rules for rule in held]
+        w.column(array("q", [rule.kind for rule in rules]))
+        w.column(array("q", [rule.until_ms for rule in rules]))
+        for name in _PATTERN:
+            tables.put(w, [getattr(rule.pattern, name) for rule in rules])
+
+    def load_table(self, r: Reader) -> None:
+        from detector.core.features import tables
+
+        lengths, kinds, until = r.column(), r.column(), r.column()
+        texts = [tables.take(r) for _ in _PATTERN]
+        if any(kind not in (SUPPRESS, PROTECT) for kind in kinds):
+            msg = "feedback rule of unknown kind"
+            raise ValueError(msg)
+        made = [
+            Rule(kind, Pattern(*pattern), until_ms)
+            for kind, until_ms, *pattern in zip(kinds, until, *texts, strict=True)
+        ]
+        at, rules = 0, []
+        for n in lengths:
+            rules.append(tuple(made[at : at + n]))
+            at += n
+        self.rules = rules
 
     def add(self, slot: int, fb: Feedback, now_ms: int) -> None:
         """Learn ``fb`` for the producer in ``slot``, whose clock reads ``now_ms``."""

@@ -50,7 +50,7 @@ _T = TypeVar("_T")
 # Raw entry as read: (stream, entry id, fields).
 Entry = tuple[str, str, dict[bytes, bytes]]
 # A commit's parts: checkpoint hash fields to write, and entry ids to XACK per stream.
-HashFields: TypeAlias = Mapping[str, bytes]
+HashFields: TypeAlias = Mapping[str, bytes | memoryview]  # a base's pieces: views
 Acks: TypeAlias = Mapping[str, Sequence[str]]
 
 # Appends each entry whose guard key is new. KEYS: (stream, guard key) pairs. ARGV: guard ttl,
@@ -996,7 +996,8 @@ class FencedStreams(Streams):
             FencedError: the lease is no longer ours; nothing was written.
         """
         items = [x for kv in fields.items() for x in kv]
-        args: list[str | bytes | int] = [self.fence.token, self.group, len(items), *items]
+        args: list[str | bytes | memoryview | int] = [self.fence.token, self.group, len(items)]
+        args += items
         args += [len(removed), *removed]
         streams = [s for s, ids in acks.items() if ids]
         for stream in streams:

@@ -16,9 +16,9 @@ cdef class Pool:
 cpdef Py_ssize_t block_size(Py_ssize_t n)
 cpdef Py_ssize_t grown_block(Py_ssize_t size)
 @cython.locals(olds=list, news=list, top=Py_ssize_t, r=Py_ssize_t, s=Py_ssize_t, u=Py_ssize_t, n=Py_ssize_t, k=Py_ssize_t)
-cpdef list compact(Pool pool, long long[:] start, int[:] size, int[:] used, Py_ssize_t rows, list columns)
+cpdef list compact(Pool pool, int[:] start, int[:] size, int[:] used, Py_ssize_t rows, list columns)
 @cython.locals(new=list, s=Py_ssize_t, total=Py_ssize_t, old=Py_ssize_t, u=Py_ssize_t)
-cpdef list regrow(Pool pool, long long[:] start, int[:] size, int[:] used, Py_ssize_t rows, Py_ssize_t r, Py_ssize_t new_size, list columns)
+cpdef list regrow(Pool pool, int[:] start, int[:] size, int[:] used, Py_ssize_t rows, Py_ssize_t r, Py_ssize_t new_size, list columns)
 
 cdef class Vocab:
     cdef public dict ids
@@ -28,15 +28,16 @@ cdef class Vocab:
     cpdef bint release(self, Py_ssize_t i)
     cpdef str text(self, Py_ssize_t i)
 
-# The columns as typed memoryviews over array('q'), array('Q'), array('i'): C reads and
+# The columns as typed memoryviews over array('q'), array('Q'), array('i'), array('b'): C reads and
 # writes; resized() replaces them when they grow.
 cdef class Counts:
     cdef public Vocab values
     cdef public unsigned long long[:] vfp, fp
     cdef public Py_ssize_t rows
     cdef public object free_rows
-    cdef public long long[:] n, ostart, mstart, cnt
-    cdef public int[:] sat, osize, oused, msize, mused, vid
+    cdef public long long[:] n, cnt
+    cdef public int[:] ostart, mstart, osize, oused, msize, mused, vid
+    cdef public signed char[:] sat
     cdef public Pool once_pool, multi_pool
 
     @cython.locals(r=Py_ssize_t, size=Py_ssize_t)

@@ -23,6 +23,9 @@ from detector.core.codec import Reader, Writer, fingerprint
 from detector.core.features.columns import capacity
 from detector.core.features.surprise import MAX_SURPRISE
 
+# Block starts are 4-byte ints: a pool holds fewer entries (16 GiB of fingerprints).
+_MAX_INDEX = 2**31 - 1
+
 
 def resized(old: object, code: str, size: int) -> array[Any]:
     """A copy of the typed column ``old`` (an array, or compiled its typed memoryview) with
@@ -130,6 +133,9 @@ def regrow(
         if size[r] > used[r]:
             return new  # room in its block as cut
     s = pool.alloc(new_size)
+    if pool.top > _MAX_INDEX:
+        msg = "a pool of categorical counts outgrew its 4-byte block starts"
+        raise OverflowError(msg)
     if pool.top > len(columns[0][0]):
         total = max(pool.top + (pool.top >> 2), 64)
         columns = [(resized(column, code, total), code) for column, code in columns]
@@ -215,11 +221,11 @@ class Counts:
         self.rows = 0
         self.free_rows = array("i")
         self.n = array("q")
-        self.sat = array("i")
-        self.ostart = array("q")
+        self.sat = array("b")
+        self.ostart = array("i")
         self.osize = array("i")
         self.oused = array("i")
-        self.mstart = array("q")
+        self.mstart = array("i")
         self.msize = array("i")
         self.mused = array("i")
         self.once_pool = Pool()
@@ -229,14 +235,21 @@ class Counts:
         self.vid = array("i")
 
     def __reduce__(self) -> tuple[object, ...]:
-        columns = {"vfp": "Q", "n": "q", "sat": "i", "ostart": "q", "osize": "i", "oused": "i",
-                   "mstart": "q", "msize": "i", "mused": "i", "fp": "Q", "cnt": "q",
+        columns = {"vfp": "Q", "n": "q", "sat": "b", "ostart": "i", "osize": "i", "oused": "i",
+                   "mstart": "i", "msize": "i", "mused": "i", "fp": "Q", "cnt": "q",
                    "vid": "i"}  # fmt: skip
         others = ("values", "rows", "free_rows", "once_pool", "multi_pool")
         return (Counts, (), pickled(self, columns, others))
 
     def __setstate__(self, state: dict[str, object]) -> None:
         unpickled(self, state)
+
+    def extents(self) -> dict[str, int]:
+        """How much of each column holds state (a checkpoint writes no more: the rest is
+        room to grow, which a restored column gets again as it grows)."""
+        rows, once, multi = self.rows, self.once_pool.top, self.multi_pool.top
+        by_row = ("n", "sat", "ostart", "osize", "oused", "mstart", "msize", "mused")
+        return {"fp": once, "cnt": multi, "vid": multi} | dict.fromkeys(by_row, rows)
 
     # -- rows --------------------------------------------------------------------------------
 
@@ -249,11 +262,11 @@ class Counts:
         if r == len(self.n):
             size = capacity(r, r + 1)
             self.n = resized(self.n, "q", size)
-            self.sat = resized(self.sat, "i", size)
-            self.ostart = resized(self.ostart, "q", size)
+            self.sat = resized(self.sat, "b", size)
+            self.ostart = resized(self.ostart, "i", size)
             self.osize = resized(self.osize, "i", size)
             self.oused = resized(self.oused, "i", size)
-            self.mstart = resized(self.mstart, "q", size)
+            self.mstart = resized(self.mstart, "i", size)
             self.msize = resized(self.msize, "i", size)
             self.mused = resized(self.mused, "i", size)
         self.rows += 1

@@ -13,8 +13,8 @@ cdef class Fields:
     cdef public list pairs
     cdef public Pool pool, npool
     cdef public Vocab names
-    cdef public int[:] key, row, size, used, name, nsize, nused
-    cdef public long long[:] start, nstart, last_ms
+    cdef public int[:] key, row, start, size, used, name, nstart, nsize, nused
+    cdef public long long[:] last_ms
     cdef public double[:] recent
 
     @cython.locals(size=Py_ssize_t, start=Py_ssize_t, i=Py_ssize_t)

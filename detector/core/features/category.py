@@ -51,7 +51,7 @@ class Fields:
         self.pool = Pool()
         self.key = array("i")
         self.row = array("i")
-        self.start = array("q")
+        self.start = array("i")
         self.size = array("i")
         self.used = array("i")
         self.names = Vocab()
@@ -59,13 +59,13 @@ class Fields:
         self.name = array("i")
         self.recent = array("d")
         self.last_ms = array("q")
-        self.nstart = array("q")
+        self.nstart = array("i")
         self.nsize = array("i")
         self.nused = array("i")
 
     def __reduce__(self) -> tuple[object, ...]:
-        columns = {"key": "i", "row": "i", "start": "q", "size": "i", "used": "i",
-                   "name": "i", "recent": "d", "last_ms": "q", "nstart": "q", "nsize": "i",
+        columns = {"key": "i", "row": "i", "start": "i", "size": "i", "used": "i",
+                   "name": "i", "recent": "d", "last_ms": "q", "nstart": "i", "nsize": "i",
                    "nused": "i"}  # fmt: skip
         others = ("counts", "keys", "by_type", "pairs", "pool", "names", "npool")
         return (Fields, (), pickled(self, columns, others))
@@ -77,10 +77,10 @@ class Fields:
         """Slot ``slot`` afresh: its rows, keys and block freed."""
         if slot >= len(self.used):
             size = capacity(len(self.used), slot + 1)
-            self.start = resized(self.start, "q", size)
+            self.start = resized(self.start, "i", size)
             self.size = resized(self.size, "i", size)
             self.used = resized(self.used, "i", size)
-            self.nstart = resized(self.nstart, "q", size)
+            self.nstart = resized(self.nstart, "i", size)
             self.nsize = resized(self.nsize, "i", size)
             self.nused = resized(self.nused, "i", size)
         start = self.start[slot]

@@ -4,7 +4,10 @@ code holds typed memoryviews of it, which pin its buffer)."""
 
 from __future__ import annotations
 
+import gc
 from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 C = TypeVar("C")
@@ -47,3 +50,18 @@ def capacity(have: int, need: int) -> int:
     """The size to grow a column of ``have`` rows to so that it holds ``need``: a quarter
     more (the copies stay amortized O(1) per row; doubling left up to half of it unused)."""
     return max(need, have + (have >> 2), 8)
+
+
+@contextmanager
+def no_collection() -> Iterator[None]:
+    """The garbage collector paused while a checkpoint's base is written or read: a restore
+    makes an object or more per producer (each histogram, lists of them), and the collections
+    they would set off walk the whole state to free nothing (at 100k producers, ~0.5 s of a
+    restore's 1 s, measured)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

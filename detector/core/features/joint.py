@@ -367,6 +367,12 @@ def learn_joint(
         table.learn(row, fading)
 
 
+# The table's state in the checkpoint's base, in this order (the scratch is not state).
+_TABLE = (
+    "count", "next", "nf", "run", "mean", "cov", "etype", "names", "head", "types", "used", "free",
+)  # fmt: skip
+
+
 class JointFeature(Feature[None]):
     """Hotelling's T² of the event's numeric fields against its producer's joint model of the
     event type (:class:`JointTable`); off while ``joint_fields`` is 0."""
@@ -423,6 +429,25 @@ class JointFeature(Feature[None]):
             for name in table.names[row]:
                 w.text(name)
             table.dump(row, w)
+
+    def dump_table(self, w: Writer) -> None:
+        """Every slot's models at once: the table's columns and its rows' types and field
+        names (each distinct tuple of names once)."""
+        from detector.core.features import tables  # (it imports the features' modules)
+
+        table = self.table
+        w.count(table.k)
+        w.count(table.max_types)
+        tables.dump(w, table, _TABLE)
+
+    def load_table(self, r: Reader) -> None:
+        from detector.core.features import tables
+
+        table = self.table
+        if r.count() != table.k or r.count() != table.max_types:
+            msg = "base has joint models of other sizes than this spec's"
+            raise ValueError(msg)
+        tables.load(r, table, _TABLE)
 
     def load(self, slot: int, r: Reader) -> None:
         table = self.table

@@ -151,6 +151,10 @@ def family(etype: str) -> str:
     return etype.split(".", 1)[0]
 
 
+# Each slot's state, a column each in the checkpoint's base.
+_SLOTS = ("kind", "flags", "gap")
+
+
 class PeerFeature(Feature[None]):
     """Per slot: the producer's kind (``""``: none yet) and its flags; shared: the summary of
     its own producers' kinds (:attr:`local`) and of other workers' (:attr:`remote`).
@@ -222,6 +226,20 @@ class PeerFeature(Feature[None]):
         self.kind[slot] = r.text()
         self.flags[slot] = r.count()
         self.gap[slot] = r.f64()
+
+    def dump_table(self, w: Writer) -> None:
+        """Every slot's kind, flags and usual gap at once (three columns)."""
+        from detector.core.features import tables  # (it imports the features' modules)
+
+        tables.dump(w, self, _SLOTS)
+
+    def load_table(self, r: Reader) -> None:
+        from detector.core.features import tables
+
+        tables.load(r, self, _SLOTS)
+        if not len(self.kind) == len(self.flags) == len(self.gap):
+            msg = "base has peer columns of unequal lengths"
+            raise ValueError(msg)
 
     # -- the summary, local and remote ----------------------------------------------------
 

@@ -5,6 +5,7 @@ pattern changing its period or its form while every value stays within its usual
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any
 
 import numpy as np
@@ -258,6 +259,41 @@ class SequenceFeature(Feature[None]):
             s = self.table.shapes[row]
             assert s is not None  # noqa: S101 (rows() keeps those with shapes)
             s.dump(w)
+
+    def dump_table(self, w: Writer) -> None:
+        """Every row's shapes at once: which rows have them, their counters and moments as
+        columns, and their rings one after another (their lengths in one more column)."""
+        shapes = self.table.shapes if self.on else []
+        w.count(len(shapes))
+        rows = [row for row, s in enumerate(shapes) if s is not None]
+        held = [s for s in shapes if s is not None]
+        w.column(array("q", rows))
+        for name in ("pos", "filled", "count"):
+            w.column(array("q", [getattr(s, name) for s in held]))
+        for name in ("mean", "var"):
+            w.column(array("d", [getattr(s, name) for s in held]))
+        w.column(array("q", [len(s.values) for s in held]))
+        values = np.concatenate([s.values for s in held]) if held else np.zeros(0)
+        w.column(np.ascontiguousarray(values, dtype=np.float64))
+
+    def load_table(self, r: Reader) -> None:
+        n, rows = r.count(), r.column()
+        pos, filled, count, mean, var, lengths = (r.column() for _ in range(6))
+        values = np.frombuffer(r.column(), dtype=np.float64)
+        if self.on:
+            shapes: list[Shapes | None] = [None] * max(n, len(self.table.shapes))
+            at = 0
+            for i, row in enumerate(rows):
+                s = Shapes(0)
+                s.values = values[at : at + lengths[i]].copy()
+                at += lengths[i]
+                s.pos, s.filled, s.count = pos[i], filled[i], count[i]
+                s.mean, s.var = mean[i], var[i]
+                shapes[row] = s
+            self.table.shapes = shapes
+        elif rows:
+            msg = "base has sequence shapes, this spec has no sequence feature"
+            raise ValueError(msg)
 
     def load(self, slot: int, r: Reader) -> None:
         if not self.on:

@@ -20,6 +20,7 @@ from detector.core.features import tables
 from detector.core.features.categories import Categories
 from detector.core.features.category import CategoryFeature
 from detector.core.features.clock import Clock
+from detector.core.features.columns import no_collection
 from detector.core.features.config import FEATURES, FeatureConfig
 from detector.core.features.drift import Drift, DriftFeature
 from detector.core.features.feature import Feature
@@ -420,6 +421,10 @@ class FeatureStore:
         slots, free slots), then per part its columns (``dump_table``), or for a part
         without them its record of each tracked slot. The checkpoint's base: restored as it
         is, slot for slot."""
+        with no_collection():
+            return self._base()
+
+    def _base(self) -> bytearray:
         w = Writer()
         w.i64(self._slots)
         w.i64(self.overflow)
@@ -540,16 +545,8 @@ class FeatureStore:
         Raises:
             ValueError: a record does not have this version's layout.
         """
-        for feature in self.features:
-            feature.load_shared({} if baseline else _named(shared or {}, feature.name))
-        self.producers.clear()
-        self._free.clear()
-        if base is not None:
-            self._load_base(base)
-        else:
-            self._slots = 0  # slots are given again from 0: each is reset as it is given
-            self.overflow = self._allocate()
-        self._apply(records)
+        with no_collection():
+            self._restore_slots(records, shared, baseline, base)
         if keep is not None:
             for producer in [p for p in self.producers if not keep(p)]:
                 slot = self.producers.pop(producer)
@@ -577,6 +574,24 @@ class FeatureStore:
         self.recorded = set() if baseline else set(records)
         self.base_pieces = 0 if baseline else int(counters.get("base_pieces", 0))
         self.thaw()
+
+    def _restore_slots(
+        self,
+        records: Mapping[str, bytes],
+        shared: Mapping[str, bytes] | None,
+        baseline: bool,
+        base: bytes | bytearray | None,
+    ) -> None:
+        for feature in self.features:
+            feature.load_shared({} if baseline else _named(shared or {}, feature.name))
+        self.producers.clear()
+        self._free.clear()
+        if base is not None:
+            self._load_base(base)
+        else:
+            self._slots = 0  # slots are given again from 0: each is reset as it is given
+            self.overflow = self._allocate()
+        self._apply(records)
 
     def shared(self, full: bool = False) -> dict[str, bytes]:
         """The features' shared state as named records: those changed since the last

@@ -38,8 +38,10 @@ _NONE, _FALSE, _TRUE, _INT, _FLOAT, _TEXT, _COLUMN, _LIST, _TUPLE, _DICT, _OBJEC
 )
 # Lists written at once rather than item by item (a list per slot or per interned string):
 # of ints (an int64 column), of strings or None (their lengths, -1 for None, and one blob),
-# of tuples of ints (their lengths and one int64 column of all their items).
-_INTS, _TEXTS, _INT_TUPLES = range(12, 15)
+# of tuples of ints (their lengths and one int64 column of all their items), of floats (a
+# float64 column), and of other tuples (of strings: few distinct ones, each written once and
+# an int32 column of which one each item is; read back, the items share them).
+_INTS, _TEXTS, _INT_TUPLES, _FLOATS, _DISTINCT = range(12, 17)
 
 
 def _state_classes() -> tuple[dict[type, tuple[str, ...]], tuple[type, ...]]:
@@ -165,11 +167,15 @@ def _put_list(w: Writer, v: list[Any]) -> bool:
         w.column(array("q", [-1 if b is None else len(b) for b in texts]))
         w.blob(b"".join([b for b in texts if b is not None]))
         return True
+    if all(type(x) is float for x in v):
+        w.count(_FLOATS)
+        w.column(array("d", v))
+        return True
     if all(type(t) is tuple for t in v):
         try:
             items = array("q", itertools.chain.from_iterable(v))
         except (TypeError, OverflowError):
-            return False
+            return _put_distinct(w, v)
         w.count(_INT_TUPLES)
         w.column(array("q", map(len, v)))
         w.column(items)
@@ -177,9 +183,26 @@ def _put_list(w: Writer, v: list[Any]) -> bool:
     return False
 
 
+def _put_distinct(w: Writer, v: list[tuple[Any, ...]]) -> bool:
+    ids: dict[tuple[Any, ...], int] = {}
+    try:
+        which = array("i", [ids.setdefault(t, len(ids)) for t in v])
+    except TypeError:  # unhashable
+        return False
+    w.count(_DISTINCT)
+    w.count(len(ids))
+    for t in ids:
+        put(w, t)
+    w.column(which)
+    return True
+
+
 def _take_list(r: Reader, kind: int) -> list[Any]:
-    if kind == _INTS:
+    if kind in (_INTS, _FLOATS):
         return r.column().tolist()
+    if kind == _DISTINCT:
+        distinct = [take(r) for _ in range(r.count())]
+        return [distinct[i] for i in r.column()]
     lengths = r.column()
     if kind == _TEXTS:
         raw, at = r.blob(), 0
@@ -225,7 +248,7 @@ def take(r: Reader, current: Any = None) -> Any:
     if kind in (_LIST, _TUPLE):
         items = [take(r) for _ in range(r.count())]
         return items if kind == _LIST else tuple(items)
-    if kind in (_INTS, _TEXTS, _INT_TUPLES):
+    if kind in (_INTS, _TEXTS, _INT_TUPLES, _FLOATS, _DISTINCT):
         return _take_list(r, kind)
     if kind == _DICT:
         out = {}
@@ -258,10 +281,18 @@ def _take_object(r: Reader, kind: int, current: Any) -> Any:
 
 
 def dump(w: Writer, obj: object, names: Iterable[str]) -> None:
-    """The attributes ``names`` of ``obj`` (a part), each with its name."""
+    """The attributes ``names`` of ``obj`` (a part), each with its name; a column only as
+    far as ``obj.extents()`` says it holds state, if it says."""
+    extents = getattr(obj, "extents", None)
+    held: dict[str, int] = {} if extents is None else extents()
     for name in names:
         w.text(name)
-        put(w, getattr(obj, name))
+        v = getattr(obj, name)
+        if name in held:
+            w.count(_COLUMN)
+            w.column(memoryview(v)[: held[name]])
+        else:
+            put(w, v)
 
 
 def load(r: Reader, obj: object, names: Iterable[str]) -> None:
