@@ -54,7 +54,7 @@ from detector.core.events import Event
 # model's run (the CUSUM of its T²) in the producer records (issue 17); 8: the base holds the
 # joint models, peer groups, sequence shapes and feedback rules as columns (no part of the
 # default spec is written slot by slot), lists of floats and of string tuples as list kinds,
-# and the categorical counts in narrower integers (issue 15). An older
+# and the categorical block starts (4 bytes) and flags (1 byte) narrower (issue 15). An older
 # detector refuses a newer format by this number, and this one refuses older ones (retrain or
 # reset).
 FORMAT_VERSION = 8
