@@ -110,6 +110,13 @@ def test_resonance_state_round_trips() -> None:
     assert any(seen)
 
 
+def test_extreme_values_are_steps_like_any() -> None:
+    m = Shapes(step=1, learn=16, capacity=8)
+    xs = [1.0, -1e308, 1e308, 0.0, 1e-300, 5.0] * 20
+    assert sum(m.push(x) for x in xs) >= 0  # no overflow error, no NaN level
+    assert len(m.weights) <= 8 and 0.0 <= m.lower <= m.upper <= 1.0
+
+
 def test_shapes_dump_and_load_agree() -> None:
     rng = random.Random(5)
     m = Shapes(step=3, learn=32, capacity=16)

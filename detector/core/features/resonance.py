@@ -146,7 +146,10 @@ class Shapes:
         if y < self.lo or y > self.hi:
             self._widen(min(self.lo, y), max(self.hi, y))
         span = self.hi - self.lo
-        level = round((y - self.lo) / span * LEVELS) if span > 0 else 0
+        u = (y - self.lo) / span if span > 0 else 0.0
+        if not 0.0 <= u <= 1.0:  # inf / inf: a range wider than a float (hostile values)
+            u = 1.0 if y >= self.hi else 0.0
+        level = round(u * LEVELS)
         self.median[level] += 1
         below = np.cumsum(self.median)
         med = int(np.searchsorted(below, (below[-1] + 1) // 2))
