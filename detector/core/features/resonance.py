@@ -4,7 +4,8 @@ whose news is a shape that resonates with none it has learned (a first category)
 Fuzzy ART (Carpenter, Grossberg & Rosen 1991) keeps categories as hyperboxes of complement
 coded inputs; a category *resonates* with an input when the box needs to grow little to hold
 it (the match passes the vigilance). Dual-vigilance fuzzy ART (Brito da Silva et al. 2019)
-uses two vigilances: above the upper one the category learns the input, between the two a
+uses two vigilances: above the upper one the categories in resonance learn the input (each
+box shrinks to its overlap with it: fast learning), between the two a
 new category joins the same cluster (a variant of a known shape), below the lower one for
 every category the input starts a new cluster: a shape unlike any seen. That last event is
 what this feature reports, once the memory is past its learning period and has been quiet
@@ -214,12 +215,12 @@ class Shapes:
             self._add(i)
             return 1.0, False
         match, overlap = self._match(i)
-        j = int(np.argmax(match))
-        best = float(match[j])
-        if best >= self.upper:
-            w = self.weights[j]
-            self.weights[j] = LEARN_RATE * overlap[j] + (1.0 - LEARN_RATE) * w
-            self.used[j] = self.steps
+        best = float(match.max())
+        if best >= self.upper:  # every category in resonance learns, not only the best
+            on = match >= self.upper
+            w = self.weights[on]
+            self.weights[on] = LEARN_RATE * overlap[on] + (1.0 - LEARN_RATE) * w
+            self.used[on] = self.steps
             return best, False
         self._add(i)  # a variant of a known shape (lower <= best) or a new cluster
         return best, best < self.lower
