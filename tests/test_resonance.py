@@ -11,7 +11,7 @@ from importlib.resources import files
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
 from detector.core.features import FeatureConfig, FeatureStore
-from detector.core.features.resonance import ResonanceFeature, Shapes
+from detector.core.features.resonance import ResonanceFeature, ShapeMemory
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import parse_spec
 
@@ -35,14 +35,14 @@ def series(n: int = 2400, change: int = 2000) -> list[Event]:
     ]
 
 
-def news(m: Shapes, xs: list[float]) -> list[int]:
+def news(m: ShapeMemory, xs: list[float]) -> list[int]:
     """The indices of ``xs`` whose step was news."""
     return [i for i, x in enumerate(xs) if m.push(x)]
 
 
 def test_a_learned_wave_is_no_news_and_a_new_shape_is() -> None:
     rng = random.Random(3)
-    m = Shapes(step=2, learn=64, capacity=256)
+    m = ShapeMemory(step=2, learn=64, capacity=256)
     assert not news(m, [value(i, rng, 10**9) for i in range(2000)][300:])  # learned
     assert not news(m, [value(i, rng, 10**9) for i in range(2000, 2200)])  # a repeat
     found = news(m, [value(i, rng, 0) for i in range(2200, 2400)])  # square: news
@@ -51,7 +51,7 @@ def test_a_learned_wave_is_no_news_and_a_new_shape_is() -> None:
 
 
 def test_a_repeated_burst_is_news_once() -> None:
-    m = Shapes(step=1, learn=64, capacity=256)
+    m = ShapeMemory(step=1, learn=64, capacity=256)
     calm = [50.0 + (i % 3) for i in range(600)]
     burst = [50.0, 51.0, 52.0, 95.0, 95.0, 50.0, 51.0, 52.0]
     assert not news(m, calm[100:])
@@ -111,7 +111,7 @@ def test_resonance_state_round_trips() -> None:
 
 
 def test_extreme_values_are_steps_like_any() -> None:
-    m = Shapes(step=1, learn=16, capacity=8)
+    m = ShapeMemory(step=1, learn=16, capacity=8)
     xs = [1.0, -1e308, 1e308, 0.0, 1e-300, 5.0] * 20
     assert sum(m.push(x) for x in xs) >= 0  # no overflow error, no NaN level
     assert len(m.weights) <= 8 and 0.0 <= m.lower <= m.upper <= 1.0
@@ -119,12 +119,12 @@ def test_extreme_values_are_steps_like_any() -> None:
 
 def test_shapes_dump_and_load_agree() -> None:
     rng = random.Random(5)
-    m = Shapes(step=3, learn=32, capacity=16)
+    m = ShapeMemory(step=3, learn=32, capacity=16)
     xs = [value(i, rng, 900) for i in range(1200)]
     for x in xs[:700]:
         m.push(x)
     w = Writer()
     m.dump(w)
-    back = Shapes.load(Reader(w.bytes()))
+    back = ShapeMemory.load(Reader(w.bytes()))
     assert len(m.weights) <= 16  # bounded
     assert [m.push(x) for x in xs[700:]] == [back.push(x) for x in xs[700:]]

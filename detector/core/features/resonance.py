@@ -80,13 +80,13 @@ def unit(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return (x - lo) / span if span > 0 else np.zeros_like(x)
 
 
-class Shapes:
+class ShapeMemory:
     """The ART memory of one numeric field (see the module docstring).
 
     Examples:
         A wave learned, then the same wave (no news), then a new shape (news):
 
-        >>> m = Shapes(step=1, learn=64, capacity=256)
+        >>> m = ShapeMemory(step=1, learn=64, capacity=256)
         >>> wave = [10.0, 30.0, 50.0, 30.0]
         >>> novel = [m.push(wave[i % 4]) for i in range(400)]
         >>> sum(novel[200:])
@@ -111,7 +111,7 @@ class Shapes:
         self.used = np.zeros(0, dtype=np.int64)  # the step each category last resonated
         self.upper, self.lower = INITIAL_VIGILANCE, INITIAL_VIGILANCE
         self.matches = np.ones(learn, dtype=np.float64)  # the last best matches (a ring)
-        self.quiet = 0  # steps since the last new cluster or vigilance change
+        self.quiet = 0  # steps since the last new cluster
         self.since = 1 << 30  # steps since the last novelty reported
         self.novel_match = 0.0  # the best match of the last novelty reported
         self.last_match = 1.0  # the best match of the last step
@@ -282,7 +282,7 @@ class Shapes:
         w.f64s(self.matches)
 
     @classmethod
-    def load(cls, r: Reader) -> Shapes:
+    def load(cls, r: Reader) -> ShapeMemory:
         step, learn, capacity, mask = r.i64(), r.i64(), r.i64(), r.i64()
         m = cls(step, learn, capacity, mask)
         m.n, m.steps, m.quiet, m.since = r.i64(), r.i64(), r.i64(), r.i64()
@@ -299,9 +299,9 @@ class Shapes:
         return m
 
 
-class ResonanceFeature(Feature[dict[str, Shapes]]):
+class ResonanceFeature(Feature[dict[str, ShapeMemory]]):
     """Per numeric field (per event type; at most ``max_profiled_fields`` per producer) a
-    :class:`Shapes` memory. It judges nothing (its surprise stays 0): a step whose shape
+    :class:`ShapeMemory`. It judges nothing (its surprise stays 0): a step whose shape
     starts a new cluster is :meth:`decisive`, an alert by itself even inside the producer's
     cooldown. Every value enters its memory, whatever the verdict (a shape is a fact). Off
     (no state, nothing checkpointed) unless ``resonance_step`` > 0."""
@@ -316,7 +316,7 @@ class ResonanceFeature(Feature[dict[str, Shapes]]):
         self._event: Event | None = None
         self._news: Reason | None = None
 
-    def new(self) -> dict[str, Shapes]:
+    def new(self) -> dict[str, ShapeMemory]:
         return {}
 
     def judge(self, slot: int, event: Event) -> float:
@@ -349,7 +349,7 @@ class ResonanceFeature(Feature[dict[str, Shapes]]):
             if m is None:
                 if len(memories) >= cfg.max_profiled_fields:
                     continue
-                m = memories[key] = Shapes(
+                m = memories[key] = ShapeMemory(
                     cfg.resonance_step, cfg.resonance_learn, cfg.resonance_capacity
                 )
             if m.push(x) and self._news is None:
@@ -376,4 +376,4 @@ class ResonanceFeature(Feature[dict[str, Shapes]]):
         memories = self.slots[slot] = {}
         for _ in range(r.count()):
             key = r.text()
-            memories[key] = Shapes.load(r)
+            memories[key] = ShapeMemory.load(r)
