@@ -29,6 +29,7 @@ from detector.core.features.moments import Moments
 from detector.core.features.peers import PeerFeature
 from detector.core.features.rate import RateFeature
 from detector.core.features.replay import IdCounts, ReplayFeature
+from detector.core.features.resonance import ResonanceFeature
 from detector.core.features.schema import SchemaFeature
 from detector.core.features.sequence import SequenceFeature
 from detector.core.features.size import SizeFeature
@@ -173,6 +174,7 @@ def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature]:
         JointFeature(cfg, clock),
         PeerFeature(cfg, clock, types, rate, schema),
         SequenceFeature(cfg, clock, value),
+        ResonanceFeature(cfg, clock),
     ]
     assert tuple(f.name for f in features) == FEATURES  # noqa: S101 (the registry's order)
     return features
