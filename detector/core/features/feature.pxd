@@ -7,6 +7,7 @@ cdef class Feature:
     cdef public object cfg
     cdef public Clock clock
     cdef public list slots
+    cdef public bint on
     cpdef object new(self)
     cpdef void reset(self, Py_ssize_t slot)
     cpdef double judge(self, Py_ssize_t slot, Event event) except? -1

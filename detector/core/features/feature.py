@@ -36,6 +36,9 @@ class Feature:
         self.cfg = cfg
         self.clock = clock
         self.slots: list[Any] = []
+        # False: the spec leaves the feature off (no state, every call a no-op); the store
+        # then never calls it.
+        self.on = True
 
     def new(self) -> Any:
         """A fresh state for a producer never seen."""

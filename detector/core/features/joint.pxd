@@ -54,7 +54,6 @@ from detector.core.events cimport Event
 from detector.core.features.feature cimport Feature
 
 cdef class JointFeature(Feature):
-    cdef public bint on
     cdef public JointTable table
     cpdef void reset(self, Py_ssize_t slot)
     cpdef double judge(self, Py_ssize_t slot, Event event) except? -1

@@ -299,7 +299,7 @@ class ShapeMemory:
         return m
 
 
-class ResonanceFeature(Feature[dict[str, ShapeMemory]]):
+class ResonanceFeature(Feature):
     """Per numeric field (per event type; at most ``max_profiled_fields`` per producer) a
     :class:`ShapeMemory`. It judges nothing (its surprise stays 0): a step whose shape
     starts a new cluster is :meth:`decisive`, an alert by itself even inside the producer's

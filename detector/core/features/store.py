@@ -209,7 +209,10 @@ class FeatureStore:
         self.features = build_features(cfg, self.clock)
         self.by_name = {f.name: f for f in self.features}
         # (column, feature) of the features that judge: a feature's column in Judgements.
-        self._judges = [(k, f) for k, f in enumerate(self.features) if f.name not in cfg.disabled]
+        live = [f for f in self.features if f.on]  # the features the spec turns on
+        self._judges = [
+            (k, f) for k, f in enumerate(self.features) if f.on and f.name not in cfg.disabled
+        ]
         self._judging = [f for _, f in self._judges]
         self._columns = [k for k, _ in self._judges]
         # The features that may find a reason decisive (Feature.decisive); with peers on, the
@@ -218,8 +221,8 @@ class FeatureStore:
         stood_in = "type" if cfg.peers and "type" not in cfg.disabled else "peer"
         self._decisive = [f for f in self._decisive if f.name != stood_in]
         # The features with facts to note or baselines to learn (the others' calls are no-ops).
-        self._advancing = [f for f in self.features if type(f).advance is not Feature.advance]
-        self._learning = [f for f in self.features if type(f).learn is not Feature.learn]
+        self._advancing = [f for f in live if type(f).advance is not Feature.advance]
+        self._learning = [f for f in live if type(f).learn is not Feature.learn]
         self._parts: list[Part] = [self.clock, *self.features, *parts]
         self.producers: OrderedDict[str, int] = OrderedDict()  # producer -> slot, LRU order
         self._free: list[int] = []
