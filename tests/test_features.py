@@ -196,8 +196,9 @@ def test_reasons_explain_the_judged_surprises_of_every_feature() -> None:
         store.advance(at, e)
         store.learn(at, e)
         store.expire(e.event_time_ms)
-    # The peer feature judges nothing by itself: it speaks through decisive reasons only.
-    assert seen == set(FEATURES) - {"peer"}
+    # The peer and resonance features judge nothing by themselves: they speak through
+    # decisive reasons only.
+    assert seen == set(FEATURES) - {"peer", "resonance"}
 
 
 def test_learn_false_leaves_baselines_but_advances_clock() -> None:

@@ -13,7 +13,7 @@ import detector
 
 FEATURES = ("store", "feature", "config", "surprise", "judgements", "columns", "clock", "moments",
             "categories", "rate", "value", "size", "types", "category", "schema", "replay",
-            "drift", "joint", "peers", "sequence", "tables")  # fmt: skip
+            "drift", "joint", "peers", "sequence", "resonance", "tables")  # fmt: skip
 CORE = ("settings", "errors", "events", *(f"features.{m}" for m in FEATURES), "codec",
         "admission", "calibration", "scoring", "estimators", "trees", "pipeline", "alerts",
         "checkpoint", "feedback")  # fmt: skip

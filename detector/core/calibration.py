@@ -75,6 +75,39 @@ def counted_from(tc: TailCounts, b: int) -> int:
     return tc.n - below
 
 
+def fitted_tail(
+    tc: TailCounts, raw: float, width: float, bins: int, tail_points: int, min_excess: float
+) -> float:
+    """The tail at ``raw`` from a peaks-over-threshold fit: ``u`` is the lowest bin edge with
+    ``tail_points`` past scores at or above it (there must be), the excess over ``u`` of the
+    scores above it is exponential with the mean excess as its scale (bin mid-points; at
+    least ``min_excess``)."""
+    counts = tc.counts
+    # The bins above the held ones are empty: j, the highest bin with tail_points scores in
+    # it or above, is a held one.
+    above = 0
+    j = len(counts) - 1
+    while j > 0:
+        above += counts[j]
+        if above >= tail_points:
+            break
+        j -= 1
+    else:
+        above += counts[0]
+    u = j * width
+    # The last bin also holds everything beyond max_raw, whose true values are unknown: one
+    # extreme past score there would inflate the fitted scale for good, so the scale comes
+    # from the bins below it (when there are any).
+    end = min(bins - 1 if j < bins - 1 else bins, len(counts))
+    total = 0
+    excess = 0.0
+    for i in range(j, end):
+        total += counts[i]
+        excess += counts[i] * ((i + 0.5) * width - u)
+    scale = max(excess / total if total else 0.0, min_excess)
+    return above / (tc.n + 1) * math.exp(-(raw - u) / scale)
+
+
 class Calibrator:
     """Maps raw scores in ``[0, max_raw]`` to calibrated scores in ``[0, 1]``.
 
@@ -93,13 +126,19 @@ class Calibrator:
         self.width = max_raw / bins
         self.tail_points = tail_points
         self.min_excess = min_excess * max_raw / 32.0
-        self._mid = (np.arange(bins) + 0.5) * self.width
 
     def new(self) -> TailCounts:
         return TailCounts(self.bins)
 
     def _bin(self, raw: float) -> int:
-        return min(max(int(raw / self.width), 0), self.bins - 1)
+        # Compared as floats first: compiled, a double beyond the integers is no C integer.
+        x = raw / self.width
+        if x != x:
+            msg = "raw score is NaN"
+            raise ValueError(msg)
+        if x >= self.bins - 1:
+            return self.bins - 1
+        return int(x) if x > 0 else 0
 
     def learn(self, tc: TailCounts, raw: float) -> None:
         b = self._bin(raw)
@@ -116,22 +155,9 @@ class Calibrator:
         at_or_above = counted_from(tc, b)
         if at_or_above >= self.tail_points or tc.n < self.tail_points:
             return (at_or_above + 1) / (tc.n + 1)
-        # Rare (a score beyond the producer's few highest): the fit runs on every bin, as the
-        # arrays it was written for (the same sums in the same order).
-        counts = tc.full()
-        above = np.cumsum(counts[::-1])[::-1]  # above[i]: past scores in bin i or higher
-        # Peaks over threshold: u is the lowest bin edge with tail_points scores above it.
-        j = int(np.flatnonzero(above >= self.tail_points)[-1])
-        u = j * self.width
-        # The last bin also holds everything beyond max_raw, whose true values are unknown:
-        # one extreme past score there would inflate the fitted scale for good, so the scale
-        # comes from the bins below it (when there are any).
-        end = self.bins - 1 if j < self.bins - 1 else self.bins
-        top = counts[j:end]
-        total = float(top.sum())
-        excess = float(np.dot(top, self._mid[j:end] - u)) / total if total else 0.0
-        scale = max(excess, self.min_excess)
-        return float(above[j]) / (tc.n + 1) * math.exp(-(raw - u) / scale)
+        # Rare (a score beyond the producer's few highest): the tail above the lowest bin
+        # edge with tail_points scores above it, fitted (a loop: compiled, in C).
+        return fitted_tail(tc, raw, self.width, self.bins, self.tail_points, self.min_excess)
 
     def score(self, tc: TailCounts, raw: float) -> float:
         return 1.0 - self.tail(tc, raw)

@@ -24,3 +24,11 @@ cdef class Decoder:
 cdef str _text(bytes raw, str what, Py_ssize_t limit)
 @cython.locals(ms=cython.longlong)
 cpdef long long parse_time_ms(bytes raw) except? -1
+
+# An event's fields as C members: compiled code typed on Event reads them without lookups.
+cdef class Event:
+    cdef public str stream, entry_id, producer
+    cdef public long long event_time_ms
+    cdef public object type
+    cdef public dict numbers, strings
+    cdef public Py_ssize_t size_bytes

@@ -49,3 +49,14 @@ cpdef void note_novelties(Fields f, Py_ssize_t slot, object etype, dict strings,
 
 @cython.locals(counts=Counts, kid=int, i=Py_ssize_t, row=int)
 cpdef void learn_categories(Fields f, Py_ssize_t slot, object etype, dict strings, long long max_fields, long long cap)
+
+from detector.core.events cimport Event
+from detector.core.features.feature cimport Feature
+
+cdef class CategoryFeature(Feature):
+    cdef public Fields fields
+    cpdef void reset(self, Py_ssize_t slot)
+    cpdef double judge(self, Py_ssize_t slot, Event event) except? -1
+    cpdef object explain(self, Py_ssize_t slot, Event event)
+    cpdef void advance(self, Py_ssize_t slot, Event event)
+    cpdef void learn(self, Py_ssize_t slot, Event event)

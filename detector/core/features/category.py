@@ -222,7 +222,7 @@ class Fields:
             w.i64(self.last_ms[i])
 
 
-class CategoryFeature(Feature[None]):
+class CategoryFeature(Feature):
     name = "category"
 
     def __init__(self, cfg: FeatureConfig, clock: Clock) -> None:

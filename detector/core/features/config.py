@@ -9,7 +9,7 @@ from dataclasses import dataclass
 # The features, in the order they judge an event (ties among reasons keep this order).
 FEATURES = (
     "rate", "value", "size", "type", "category", "schema", "replayed_id", "drift", "joint", "peer",
-    "sequence",
+    "sequence", "resonance",
 )  # fmt: skip
 
 
@@ -103,6 +103,13 @@ class FeatureConfig:
             each; a per-event cost of about ``sequence_history * sequence_window``).
         sequence_fading: memory of the usual log-distance, in values.
         sequence_weight: multiplier of the sequence surprise.
+        resonance_step: values per step of the resonance feature's ART memory of shapes
+            (one memory per numeric field: a step keeps its spike, a window of 8 steps is
+            one shape); a shape unlike every learned one alerts by itself. 0 = off (no state).
+        resonance_learn: steps the memory learns before it may report (its range, first
+            vigilances and first shapes come from them).
+        resonance_capacity: shapes (ART categories, 256 bytes each) per field; beyond it the
+            least recently resonating is replaced.
     """
 
     fading_factor: float = 0.01
@@ -152,6 +159,9 @@ class FeatureConfig:
     sequence_history: int = 512
     sequence_fading: float = 0.01
     sequence_weight: float = 1.0
+    resonance_step: int = 0
+    resonance_learn: int = 104
+    resonance_capacity: int = 256
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.disabled) - set(FEATURES))
@@ -182,6 +192,9 @@ class FeatureConfig:
             self.sequence_window and self.sequence_history < 4 * self.sequence_window
         ):
             msg = "sequence_window must be >= 0 and sequence_history >= 4 * sequence_window"
+            raise ValueError(msg)
+        if self.resonance_step < 0 or self.resonance_learn < 16 or self.resonance_capacity < 1:
+            msg = "resonance_step must be >= 0, resonance_learn >= 16, resonance_capacity >= 1"
             raise ValueError(msg)
         if self.window_values and self.window_values < 2 * self.window_tail:
             msg = "window_values must be at least 2 * window_tail"

@@ -38,3 +38,17 @@ cpdef void step_drifts(FieldRows rows, DriftTable drifts, Py_ssize_t slot, objec
 
 @cython.locals(known=dict, row=Py_ssize_t, x=double)
 cpdef void learn_drifts(FieldRows rows, DriftTable drifts, Py_ssize_t slot, object etype, dict numbers, long long t_ms, double horizon_ms, double restart)
+
+from detector.core.events cimport Event
+from detector.core.features.feature cimport Feature
+from detector.core.features.value cimport ValueFeature
+
+cdef class DriftFeature(Feature):
+    cdef public DriftTable drifts
+    cdef public ValueFeature value
+    cpdef void reset(self, Py_ssize_t slot)
+    cpdef void skip(self, long long gap_ms)
+    cpdef double judge(self, Py_ssize_t slot, Event event) except? -1
+    cpdef object explain(self, Py_ssize_t slot, Event event)
+    cpdef void advance(self, Py_ssize_t slot, Event event)
+    cpdef void learn(self, Py_ssize_t slot, Event event)

@@ -234,7 +234,7 @@ class Drift:
         self.table.learn(self.row, y, t_ms, horizon_ms, restart)
 
 
-class DriftFeature(Feature[None]):
+class DriftFeature(Feature):
     """Per numeric field (per event type), a drift row (:class:`DriftTable`) beside the value
     feature's row of the field; the surprise is the largest CUSUM statistic among the event's
     fields. Tracks the fields the value feature tracks."""

@@ -8,12 +8,16 @@ verdict: time, ids sent, novelties) and, for accepted events only, ``learn``.
 
 A feature may also keep state shared by all producers (the replayed-id window), which grows
 with events rather than producers: it checkpoints it as records of its own (:meth:`shared`).
+
+Compiled, a feature is an extension type (feature.pxd, and each feature's own .pxd): the
+store calls ``judge``, ``advance`` and ``learn`` through C, the event's fields are C members
+(:class:`~detector.core.events.Event`), and so is a feature's own state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Generic, TypeVar
+from typing import Any
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
@@ -21,20 +25,22 @@ from detector.core.features.clock import Clock
 from detector.core.features.config import FeatureConfig
 from detector.core.features.surprise import Reason
 
-S = TypeVar("S")
 
-
-class Feature(Generic[S]):
-    """Base of the features: per-slot state ``S`` in :attr:`slots`, built by :meth:`new`."""
+class Feature:
+    """Base of the features: per-slot state in :attr:`slots` (if the feature keeps it as
+    objects; most keep columns of their own), built by :meth:`new`."""
 
     name = ""
 
     def __init__(self, cfg: FeatureConfig, clock: Clock) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.slots: list[S] = []
+        self.slots: list[Any] = []
+        # False: the spec leaves the feature off (no state, every call a no-op); the store
+        # then never calls it.
+        self.on = True
 
-    def new(self) -> S:
+    def new(self) -> Any:
         """A fresh state for a producer never seen."""
         raise NotImplementedError
 

@@ -49,3 +49,14 @@ cpdef void step_joint(JointTable table, Py_ssize_t slot, object etype, dict numb
 
 @cython.locals(row=Py_ssize_t)
 cpdef void learn_joint(JointTable table, Py_ssize_t slot, object etype, dict numbers, double fading)
+
+from detector.core.events cimport Event
+from detector.core.features.feature cimport Feature
+
+cdef class JointFeature(Feature):
+    cdef public JointTable table
+    cpdef void reset(self, Py_ssize_t slot)
+    cpdef double judge(self, Py_ssize_t slot, Event event) except? -1
+    cpdef object explain(self, Py_ssize_t slot, Event event)
+    cpdef void advance(self, Py_ssize_t slot, Event event)
+    cpdef void learn(self, Py_ssize_t slot, Event event)

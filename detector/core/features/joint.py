@@ -373,7 +373,7 @@ _TABLE = (
 )  # fmt: skip
 
 
-class JointFeature(Feature[None]):
+class JointFeature(Feature):
     """Hotelling's T² of the event's numeric fields against its producer's joint model of the
     event type (:class:`JointTable`); off while ``joint_fields`` is 0."""
 

@@ -155,7 +155,7 @@ def family(etype: str) -> str:
 _SLOTS = ("kind", "flags", "gap")
 
 
-class PeerFeature(Feature[None]):
+class PeerFeature(Feature):
     """Per slot: the producer's kind (``""``: none yet) and its flags; shared: the summary of
     its own producers' kinds (:attr:`local`) and of other workers' (:attr:`remote`).
 

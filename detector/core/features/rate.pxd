@@ -14,3 +14,16 @@ cpdef tuple rate_surprise(MomentsTable moments, DriftTable drifts, Clock clock, 
 
 @cython.locals(gap=double)
 cpdef void learn_rate(MomentsTable moments, DriftTable drifts, Clock clock, Py_ssize_t slot, long long t_ms, double horizon_ms)
+
+from detector.core.events cimport Event
+from detector.core.features.feature cimport Feature
+
+cdef class RateFeature(Feature):
+    cdef public MomentsTable moments
+    cdef public DriftTable drifts
+    cdef public object events
+    cpdef void reset(self, Py_ssize_t slot)
+    cpdef void skip(self, long long gap_ms)
+    cpdef double judge(self, Py_ssize_t slot, Event event) except? -1
+    cpdef object explain(self, Py_ssize_t slot, Event event)
+    cpdef void learn(self, Py_ssize_t slot, Event event)

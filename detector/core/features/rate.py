@@ -20,7 +20,7 @@ from detector.core.features.surprise import Reason, two_sided
 _HALF = math.log10(2.0)
 
 
-class RateFeature(Feature[None]):
+class RateFeature(Feature):
     """The usual smoothed log inter-arrival per producer (a row per slot): moments over events,
     or (with ``rate_horizon_s``) a reference over a span of event time (:attr:`drifts`), which a
     flood of hundreds of events in seconds cannot teach before it looks unusual.

@@ -30,3 +30,15 @@ cdef class IdCounts:
     cpdef void learn(self)
     @cython.locals(one=double, burst=double)
     cpdef double surprise(self, double prior, long long t_ms, double burst_ms)
+
+from detector.core.events cimport Event
+from detector.core.features.feature cimport Feature
+
+cdef class ReplayFeature(Feature):
+    cdef public IdWindow window
+    cdef public tuple _last
+    cpdef object new(self)
+    cpdef double judge(self, Py_ssize_t slot, Event event) except? -1
+    cpdef object explain(self, Py_ssize_t slot, Event event)
+    cpdef void advance(self, Py_ssize_t slot, Event event)
+    cpdef void learn(self, Py_ssize_t slot, Event event)

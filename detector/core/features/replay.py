@@ -377,7 +377,7 @@ class IdCounts:
 _NO_COUNTS = IdCounts()  # read (never changed) for a producer whose counts were reset
 
 
-class ReplayFeature(Feature[IdCounts | None]):
+class ReplayFeature(Feature):
     """Per slot the producer's :class:`IdCounts` (None until its first id); the ids of all
     producers in one :attr:`window` (None: off, ``replay_horizon_s = 0`` or disabled).
 

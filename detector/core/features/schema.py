@@ -23,7 +23,7 @@ KEY = "schema"  # the one key of the schema feature's novelty burst
 _COLUMNS = ("counts", "shapes", "names", "fields", "novel")  # in the checkpoint's base
 
 
-class SchemaFeature(Feature[None]):
+class SchemaFeature(Feature):
     """Per slot, one row of :attr:`counts` (row = slot): the shapes it sent; the field lists
     of the first ``max_schemas`` of them (for the reasons: a tuple of shape ids, each shape's
     key and field list held once in :attr:`shapes` for all producers); its recent novelties."""

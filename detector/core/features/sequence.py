@@ -143,7 +143,7 @@ def _table(shapes: list[Shapes | None]) -> ShapeTable:
     return t
 
 
-class SequenceFeature(Feature[None]):
+class SequenceFeature(Feature):
     """Per numeric field (per event type) the value feature tracks, its :class:`Shapes`, for
     at most ``max_profiled_fields`` fields per producer; the surprise is the largest among the
     event's fields, times ``sequence_weight``. Every event's value enters the ring (the

@@ -14,7 +14,7 @@ from detector.core.features.moments import MomentsTable
 from detector.core.features.surprise import Reason, two_sided
 
 
-class SizeFeature(Feature[None]):
+class SizeFeature(Feature):
     """The moments of the log size, a row per producer slot."""
 
     name = "size"

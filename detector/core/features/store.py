@@ -30,6 +30,7 @@ from detector.core.features.moments import Moments
 from detector.core.features.peers import PeerFeature
 from detector.core.features.rate import RateFeature
 from detector.core.features.replay import IdCounts, ReplayFeature
+from detector.core.features.resonance import ResonanceFeature
 from detector.core.features.schema import SchemaFeature
 from detector.core.features.sequence import SequenceFeature
 from detector.core.features.size import SizeFeature
@@ -120,16 +121,49 @@ REBASE_SHARE = 0.25
 REBASE_MIN = 1024
 
 
-def _typed(feature: Feature[Any], cls: type[T]) -> T:
+# The per-event loops over the features (compiled, store.pxd: C calls of typed features).
+
+
+def judged(
+    features: list[Feature], columns: list[int], slot: int, event: Event, out: Judgements, i: int
+) -> None:
+    """Row ``i`` of ``out``: each feature's surprise, in its column."""
+    for k in range(len(features)):
+        feature: Feature = features[k]
+        s = feature.judge(slot, event)
+        if s > 0:
+            out.put(i, columns[k], s)
+
+
+def first_decisive(features: list[Feature], slot: int, event: Event) -> Reason | None:
+    """The first of ``features`` to find a reason decisive."""
+    for feature in features:
+        reason = feature.decisive(slot, event)
+        if reason is not None:
+            return reason
+    return None
+
+
+def advanced(features: list[Feature], slot: int, event: Event) -> None:
+    for feature in features:
+        feature.advance(slot, event)
+
+
+def learned(features: list[Feature], slot: int, event: Event) -> None:
+    for feature in features:
+        feature.learn(slot, event)
+
+
+def _typed(feature: Feature, cls: type[T]) -> T:
     assert isinstance(feature, cls)  # noqa: S101 (the registry's)
     return feature
 
 
-def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature[Any]]:
+def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature]:
     """Every feature, in :data:`FEATURES` order (the registry: one line per feature)."""
     rate, value, types = RateFeature(cfg, clock), ValueFeature(cfg, clock), TypeFeature(cfg, clock)
     schema = SchemaFeature(cfg, clock)
-    features: list[Feature[Any]] = [
+    features: list[Feature] = [
         rate,
         value,
         SizeFeature(cfg, clock),
@@ -141,6 +175,7 @@ def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature[Any]]:
         JointFeature(cfg, clock),
         PeerFeature(cfg, clock, types, rate, schema),
         SequenceFeature(cfg, clock, value),
+        ResonanceFeature(cfg, clock),
     ]
     assert tuple(f.name for f in features) == FEATURES  # noqa: S101 (the registry's order)
     return features
@@ -175,15 +210,20 @@ class FeatureStore:
         self.features = build_features(cfg, self.clock)
         self.by_name = {f.name: f for f in self.features}
         # (column, feature) of the features that judge: a feature's column in Judgements.
-        self._judges = [(k, f) for k, f in enumerate(self.features) if f.name not in cfg.disabled]
+        live = [f for f in self.features if f.on]  # the features the spec turns on
+        self._judges = [
+            (k, f) for k, f in enumerate(self.features) if f.on and f.name not in cfg.disabled
+        ]
+        self._judging = [f for _, f in self._judges]
+        self._columns = [k for k, _ in self._judges]
         # The features that may find a reason decisive (Feature.decisive); with peers on, the
         # peer feature stands in for the type feature's (it refines that reason).
         self._decisive = [f for _, f in self._judges if type(f).decisive is not Feature.decisive]
         stood_in = "type" if cfg.peers and "type" not in cfg.disabled else "peer"
         self._decisive = [f for f in self._decisive if f.name != stood_in]
         # The features with facts to note or baselines to learn (the others' calls are no-ops).
-        self._advancing = [f for f in self.features if type(f).advance is not Feature.advance]
-        self._learning = [f for f in self.features if type(f).learn is not Feature.learn]
+        self._advancing = [f for f in live if type(f).advance is not Feature.advance]
+        self._learning = [f for f in live if type(f).learn is not Feature.learn]
         self._parts: list[Part] = [self.clock, *self.features, *parts]
         self.producers: OrderedDict[str, int] = OrderedDict()  # producer -> slot, LRU order
         self._free: list[int] = []
@@ -642,10 +682,7 @@ class FeatureStore:
         n = self.clock.n[slot]
         out.clear(i, slot, n)
         if n:
-            for k, feature in self._judges:
-                s = feature.judge(slot, event)
-                if s > 0:
-                    out.put(i, k, s)
+            judged(self._judging, self._columns, slot, event, out, i)
 
     def evidence(self, slot: int, event: Event) -> Evidence:
         """One event's judgement as an object (tests and tools; the pipeline reads rows)."""
@@ -657,11 +694,7 @@ class FeatureStore:
     def decisive(self, slot: int, event: Event) -> Reason | None:
         """The first reason that alerts by itself (:meth:`Feature.decisive`), if any; ask it
         before the state moves on, for producers past warm-up."""
-        for feature in self._decisive:
-            reason = feature.decisive(slot, event)
-            if reason is not None:
-                return reason
-        return None
+        return first_decisive(self._decisive, slot, event)
 
     def early(self, slot: int, event: Event) -> Reason | None:
         """A reason that alerts by itself for a producer still in warm-up: its departure from
@@ -680,13 +713,11 @@ class FeatureStore:
     def advance(self, slot: int, event: Event) -> None:
         """The facts of an event, whatever its verdict: the clock, ids sent, novelties."""
         self.clock.advance(slot, event.event_time_ms)
-        for feature in self._advancing:
-            feature.advance(slot, event)
+        advanced(self._advancing, slot, event)
 
     def learn(self, slot: int, event: Event) -> None:
         """Fold an accepted event into the producer's baselines."""
-        for feature in self._learning:
-            feature.learn(slot, event)
+        learned(self._learning, slot, event)
 
     def expire(self, now_ms: int) -> None:
         """Evict producers idle for longer than the TTL, at most once a minute of event time."""

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
         def adopted(self, slot: int, event: Event) -> bool: ...
 
 
-class TypeFeature(Feature[None]):
+class TypeFeature(Feature):
     """Per slot, one row of :attr:`counts` (row = slot): the types it sent, at most
     ``max_types`` (beyond: saturated, no longer judged); and its recent novelties among them.
 

@@ -52,3 +52,13 @@ cdef class FieldRows:
     @cython.locals(known=dict, row=Py_ssize_t, x=double, y=double)
     cpdef void learn(self, Py_ssize_t slot, object etype, dict numbers, long long b)
     cpdef void learn_profiles(self, Py_ssize_t slot, Py_ssize_t row, double y, long long b)
+
+from detector.core.events cimport Event
+from detector.core.features.feature cimport Feature
+
+cdef class ValueFeature(Feature):
+    cdef public FieldRows rows
+    cpdef void reset(self, Py_ssize_t slot)
+    cpdef double judge(self, Py_ssize_t slot, Event event) except? -1
+    cpdef object explain(self, Py_ssize_t slot, Event event)
+    cpdef void learn(self, Py_ssize_t slot, Event event)

@@ -432,7 +432,7 @@ class FieldRows:
         return row
 
 
-class ValueFeature(Feature[None]):
+class ValueFeature(Feature):
     """Per numeric field, the largest of: the surprise against the field's running moments,
     against its time-of-period bucket, and (weighted) its rank among the last values. The
     state of every producer is in :attr:`rows`."""
