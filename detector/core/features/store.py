@@ -127,7 +127,7 @@ def _typed(feature: Feature[Any], cls: type[T]) -> T:
 def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature[Any]]:
     """Every feature, in :data:`FEATURES` order (the registry: one line per feature)."""
     rate, value, types = RateFeature(cfg, clock), ValueFeature(cfg, clock), TypeFeature(cfg, clock)
-    schema = SchemaFeature(cfg, clock)
+    schema, drift = SchemaFeature(cfg, clock), DriftFeature(cfg, clock, value)
     features: list[Feature[Any]] = [
         rate,
         value,
@@ -136,9 +136,9 @@ def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature[Any]]:
         CategoryFeature(cfg, clock),
         schema,
         ReplayFeature(cfg, clock),
-        DriftFeature(cfg, clock, value),
+        drift,
         JointFeature(cfg, clock),
-        PeerFeature(cfg, clock, types, rate, schema),
+        PeerFeature(cfg, clock, types, rate, schema, value, drift),
         SequenceFeature(cfg, clock, value),
     ]
     assert tuple(f.name for f in features) == FEATURES  # noqa: S101 (the registry's order)
