@@ -457,10 +457,10 @@ def test_group_departure(stream: shop.ShopStream, by_producer: dict[str, list[En
         first = (inc.start_ms, inc.start_ms + length // 10)
         last = (inc.end_ms - length // 10, inc.end_ms)
         usual = median_latency(inc.producer, *before)
-        assert median_latency(inc.producer, *last) >= 1.8 * usual  # far from where it was ...
-        assert median_latency(inc.producer, *first) <= 1.2 * usual  # ... slowly
+        assert median_latency(inc.producer, *last) >= 1.25 * usual  # away from where it was ...
+        assert median_latency(inc.producer, *first) <= 1.1 * usual  # ... slowly
         for p in peers:  # ... and from its peers, which stay
-            assert median_latency(p, *last) <= 1.3 * median_latency(p, *before)
+            assert median_latency(p, *last) <= 1.15 * median_latency(p, *before)
 
 
 # --------------------------------------------------------------------------------------------

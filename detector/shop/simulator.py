@@ -106,9 +106,9 @@ INCIDENT_KINDS: tuple[str, ...] = (
   ``items`` (the total of another, independent item count): each field keeps its usual
   distribution, only their relation breaks (a pricing bug, a tampered basket).
 - ``group_departure``: one instance of a service with at least three (its peers)
-  has its ``latency_ms`` creep up for 10-16 hours, to x2-x3 at the end, then recover: too
-  slowly for its own hours-long references to see a drift (they follow it), but its level
-  ends far from its peers', which stay where they were.
+  has its ``latency_ms`` creep up for 11-14 hours, to x1.4-x1.6 at the end, then recover:
+  so slowly that its own 4-hour drift reference lags it by less than the drift CUSUM's
+  slack (half an sd), but its level ends well away from its peers', which stay put.
 """
 
 DEMO_KINDS: tuple[str, ...] = (
@@ -770,7 +770,7 @@ _EXTENT_S: dict[str, tuple[float, float]] = {
     "stream_pause": (120, 300),
     "release": (1200, 2400),
     "correlation_break": (600, 1800),
-    "group_departure": (36000, 57600),
+    "group_departure": (39600, 50400),
 }
 
 
@@ -973,7 +973,7 @@ class _Planner:
             msg = "a group_departure needs a service with at least three instances"
             raise ValueError(msg)
         p, start = self.place(ext, None, flock)
-        final = r.uniform(2.0, 3.0)
+        final = r.uniform(1.4, 1.6)
         detail = self._creep(p, start, ext, final)
         detail += f", away from the other {p.service.name} instances"
         return Incident("group_departure", p.name, start, start + ext, detail)
