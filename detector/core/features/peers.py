@@ -37,9 +37,10 @@ feature answers in :meth:`PeerFeature.decisive` (it judges nothing: its surprise
   their spread and :data:`DEPART_SD` sd of their values; a kind with fewer than
   :data:`LEVEL_MIN_OTHERS` other members, or whose members' levels disagree (spread above
   :data:`AGREE` sd of their values), says nothing. The producer may stray again once its
-  levels are all back within the ranges. A member's level is its recent mean once that has
-  forgotten its first value (~3/fading values), refreshed every ``peer_min_events`` events
-  (a newcomer's: its drift reference, a time-weighted mean since its start).
+  levels are all back well within the ranges (:data:`RETURN`). A member's level is its
+  recent mean once that has forgotten its first value (~3/fading values), refreshed every
+  :data:`LEVEL_CHECK_EVERY` events, so members' levels move together when the whole kind's
+  do (a newcomer's level: its drift reference, a time-weighted mean since its start).
 
 Partitioned workers each summarise their own producers (:attr:`PeerFeature.local`) and
 share it through Redis (:mod:`detector.runtime.peering`); the others' summaries are merged
@@ -73,9 +74,11 @@ LEVEL_FIELDS = 8  # numeric fields per type whose levels a kind keeps (the rest:
 LEVEL_MIN_OTHERS = 2  # members besides the producer whose levels make a kind's range
 AGREE = 0.5  # members whose levels spread more than this many of their values' sd disagree
 DEPART_SPREAD = 4.0  # a level departs beyond this many spreads of its kind's levels ...
-DEPART_SD = 1.0  # ... and beyond this many sd of its kind's values (the range's floor)
+DEPART_SD = 0.5  # ... and beyond this many sd of its kind's values (the range's floor)
+RETURN = 0.25  # back (may stray again) within this share of the range's half-width: its
+# recent level swings by a few standard errors (0.5 let a creep at the range's edge re-alert)
 DRIFTING_SE = 3.0  # moved from its own reference by this many standard errors of its level
-LEVEL_CHECK_EVERY = 8  # an established producer's levels are compared every 8th event
+LEVEL_CHECK_EVERY = 8  # a producer's levels are refreshed, and compared, every 8th event
 LEVEL_MEMORY = 3.0  # a recent mean is a level once its first value weighs < e^-3 (~3/fading)
 
 
@@ -476,10 +479,11 @@ class PeerFeature(Feature[None]):
         return float(drift.drifts.mean[row])
 
     def _departure(
-        self, slot: int, kind: str, row: int, level: float, drifting: bool
+        self, slot: int, kind: str, row: int, level: float, drifting: bool, share: float = 1.0
     ) -> tuple[float, float] | None:
         """The kind's usual range of the field of ``row`` (signed-log space) if ``level`` is
-        outside it, and (``drifting``) the producer's own history of the field drifts."""
+        outside it (or its ``share`` about the middle), and (``drifting``) the producer's own
+        history of the field drifts."""
         assert self.value is not None  # noqa: S101 (asked only with levels)
         rows = self.value.rows
         others = self._others(slot, kind, rows.keys.names[rows.key[row]])
@@ -488,7 +492,7 @@ class PeerFeature(Feature[None]):
         mean, spread, sd = others
         margin = max(DEPART_SPREAD * spread, DEPART_SD * sd)
         away = level - mean
-        if abs(away) <= margin or (drifting and not self._drifting(row, away)):
+        if abs(away) <= share * margin or (drifting and not self._drifting(row, away)):
             return None
         return mean - margin, mean + margin
 
@@ -559,11 +563,12 @@ class PeerFeature(Feature[None]):
             summary.gap_ms += usual_ms - before
             summary.gaps += before == 0.0
             self.gap[slot] = usual_ms
+        if n % LEVEL_CHECK_EVERY == 0:
             self._contribute(slot, kind, summary)
 
     def _contribute(self, slot: int, name: str, kind: Kind) -> None:
         """Its latest levels stand for it in its kind's; it may stray again once they are all
-        back within the kind's ranges."""
+        back well within the kind's ranges."""
         value = self.value
         if value is None:
             return
@@ -581,7 +586,7 @@ class PeerFeature(Feature[None]):
             if kind.level(key, 1.0, y, y * y, var):
                 mine[key] = (y, var)
             if back and self.flags[slot] & STRAYED:
-                back = self._departure(slot, name, row, y, False) is None
+                back = self._departure(slot, name, row, y, False, RETURN) is None
         if back:
             self.flags[slot] &= ~STRAYED
 
