@@ -479,11 +479,10 @@ class PeerFeature(Feature[None]):
         return float(drift.drifts.mean[row])
 
     def _departure(
-        self, slot: int, kind: str, row: int, level: float, drifting: bool, share: float = 1.0
+        self, slot: int, kind: str, row: int, level: float, drifting: bool
     ) -> tuple[float, float] | None:
         """The kind's usual range of the field of ``row`` (signed-log space) if ``level`` is
-        outside it (or its ``share`` about the middle), and (``drifting``) the producer's own
-        history of the field drifts."""
+        outside it, and (``drifting``) the producer's own history of the field drifts."""
         assert self.value is not None  # noqa: S101 (asked only with levels)
         rows = self.value.rows
         others = self._others(slot, kind, rows.keys.names[rows.key[row]])
@@ -492,13 +491,27 @@ class PeerFeature(Feature[None]):
         mean, spread, sd = others
         margin = max(DEPART_SPREAD * spread, DEPART_SD * sd)
         away = level - mean
-        if abs(away) <= share * margin or (drifting and not self._drifting(row, away)):
+        if abs(away) <= margin or (drifting and not self._drifting(row, away)):
             return None
         return mean - margin, mean + margin
 
-    def _others(self, slot: int, kind: str, key: str) -> tuple[float, float, float] | None:
+    def _returned(self, slot: int, kind: str, row: int, level: float) -> bool:
+        """Whether ``level`` is back within :data:`RETURN` of the kind's range about its
+        middle, its members agreeing or not (a disagreement is no return: its own departure
+        may be what spreads them); a field without enough other members is."""
+        assert self.value is not None  # noqa: S101 (asked only with levels)
+        rows = self.value.rows
+        others = self._others(slot, kind, rows.keys.names[rows.key[row]], agree=False)
+        if others is None:
+            return True
+        mean, spread, sd = others
+        return abs(level - mean) <= RETURN * max(DEPART_SPREAD * spread, DEPART_SD * sd)
+
+    def _others(
+        self, slot: int, kind: str, key: str, agree: bool = True
+    ) -> tuple[float, float, float] | None:
         """(mean, spread, values' sd) of the levels of field ``key`` among the kind's other
-        members, if enough of them agree."""
+        members, if there are enough of them and (``agree``) they agree."""
         n = total = squares = var = 0.0
         for summary in (self.local, self.remote):
             k = summary.get(kind)
@@ -514,7 +527,7 @@ class PeerFeature(Feature[None]):
         mean = total / n
         spread = math.sqrt(max(squares / n - mean * mean, 0.0))
         sd = max(math.sqrt(max(var / n, 0.0)), self.cfg.min_sd)
-        return None if spread > AGREE * sd else (mean, spread, sd)
+        return None if agree and spread > AGREE * sd else (mean, spread, sd)
 
     def _drifting(self, row: int, away: float) -> bool:
         """Whether the producer's own history of the field of ``row`` drifts ``away``'s way:
@@ -586,7 +599,7 @@ class PeerFeature(Feature[None]):
             if kind.level(key, 1.0, y, y * y, var):
                 mine[key] = (y, var)
             if back and self.flags[slot] & STRAYED:
-                back = self._departure(slot, name, row, y, False, RETURN) is None
+                back = self._returned(slot, name, row, y)
         if back:
             self.flags[slot] &= ~STRAYED
 
