@@ -536,6 +536,8 @@ def test_the_parts_written_slot_by_slot_before_are_columns_and_restore_exactly()
         store.observe(Event("s", f"{i}-0", producer, 1000 * i, etype, numbers, {}, 50), True)
     rule = Rule(SUPPRESS, Pattern("value", "amount", "paid", "12.5"), 99)
     rules.rules[store.producers["web-2"]] = (rule, rule)
+    # A member's levels in its kind (peer departure by values), as the peer feature keeps them.
+    store.peers.levels[store.producers["web-1"]] = {"paid.amount": (1.5, 0.25)}
     joint, sequence = store.by_name["joint"], store.by_name["sequence"]
     assert isinstance(joint, JointFeature) and isinstance(sequence, SequenceFeature)
     assert joint.table.used == 6 and any(s is not None for s in sequence.table.shapes)

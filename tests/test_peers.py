@@ -215,13 +215,17 @@ def test_the_summary_is_checkpointed() -> None:
 
 def test_summaries_merge_as_sums() -> None:
     p = Pipeline(load_spec("stats"))
-    p.process(fleet())
+    p.process(fleet(per_producer=1200))  # levels: ~300 values of a field per member
     one = load_summary(p.store.peers.share())
     two = merged([one, one], 64)
     assert two["cart"].members == 2 * one["cart"].members == 6
     events, senders, first_ms = one["cart"].types["cart.item_added"]
     row = two["cart"].types["cart.item_added"]
     assert row == [2 * events, 2 * senders, first_ms]  # counts add up; the first is the first
+    key = "cart.item_added\x1famount"  # the members' levels of a field add up too
+    members, total, squares, var = one["cart"].levels[key]
+    assert members == 3 and 3 * 2.9 < total < 3 * 3.2 and var > 0
+    assert two["cart"].levels[key] == [2 * members, 2 * total, 2 * squares, 2 * var]
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,3 +333,122 @@ def test_offline_score_equals_run_with_peers(
     online = {v.event.entry_id: v.alert is not None for vs in seen for v in vs}
     assert offline == [str(int(online[i])) for i in ids]
     assert offline.count("1") == 2  # the foreign type, and the release once
+
+
+# --------------------------------------------------------------------------------------------
+# Departure by values: a producer whose level leaves its kind's
+
+
+def herd(
+    hours: float, start: int = START, seed: int = 4, creep: tuple[str, float] | None = None,
+    levels: dict[str, float] | None = None,
+) -> list[Event]:  # fmt: skip
+    """``hours`` of the two kinds' traffic, each producer an event of its kind's first type
+    every ~24 s (its recent level is the last ~40 minutes'), their ``amount`` log-normal about
+    20 (times ``levels[producer]``); with ``creep`` ``(producer, factor)``, that producer's
+    amounts grow geometrically to ``factor`` times their own by the end."""
+    rng = random.Random(seed)
+    producers = [f"{k}-{i}" for k in KINDS for i in range(1, 4)]
+    span = round(hours * 3_600_000)
+    out, t, step = [], start, 0
+    while t < start + span:
+        t += rng.randint(2_000, 6_000)
+        producer = producers[step % len(producers)]
+        amount = rng.lognormvariate(3, 0.3) * (levels or {}).get(producer, 1.0)
+        if creep is not None and producer == creep[0]:
+            amount *= creep[1] ** ((t - start) / span)
+        etype = KINDS[producer.split("-")[0]][0]
+        out.append(Event("s", f"{t}-{step}", producer, t, etype, {"amount": round(amount, 2)},
+                         {}, 80))  # fmt: skip
+        step += 1
+    return out
+
+
+def peer_alerts(out: Verdicts) -> list[tuple[str, str, str, str]]:
+    return [(a.producer, a.reasons[0].field, a.reasons[0].observed, a.reasons[0].expected)
+            for a in out.emitted() if a.reasons[0].feature == "peer"]  # fmt: skip
+
+
+def test_an_established_producer_drifting_away_from_its_kind_is_flagged_once() -> None:
+    p = Pipeline(load_spec("stats"))
+    history = herd(8)
+    assert alerts(p.process(history)) == []
+    # cart-1's amounts double over 16 hours: too slowly for its own drift reference (4 h) to
+    # fall far behind, but its level ends far from the other carts'.
+    t = history[-1].event_time_ms + 1000
+    out = p.process(herd(16, start=t, seed=5, creep=("cart-1", 2.0)))
+    got = peer_alerts(out)
+    assert [g[:2] for g in got] == [("cart-1", "amount")]  # once, on the field that moved
+    observed, expected = got[0][2:]
+    assert observed.startswith("recent level ")
+    assert expected.startswith("cart producers' usual level ")  # the kind and its range
+    low, high = (float(x) for x in expected.rsplit(" ", 3)[1::2])
+    assert low < 20 < high < float(observed.rsplit(" ", 1)[1])
+    assert "cart-" not in " ".join(r.observed + r.expected for a in out.emitted()
+                                   for r in a.reasons)  # fmt: skip
+
+
+def test_a_producer_at_its_own_steady_level_is_no_departure() -> None:
+    # payment-1 has always sent amounts twice the other payments': its own history is long
+    # and not drifting, so it is not flagged, however far from its kind; nor is any other.
+    p = Pipeline(load_spec("stats"))
+    assert peer_alerts(p.process(herd(24, levels={"payment-1": 2.0}))) == []
+
+
+def test_a_kind_too_small_or_in_disagreement_gives_no_verdict() -> None:
+    spec = load_spec("stats")
+    creep = ("cart-1", 2.0)
+    # Members' levels far apart (x1, x4, x16): no usual range, no verdict.
+    p = Pipeline(spec)
+    apart = {"cart-2": 4.0, "cart-3": 16.0}
+    history = herd(8, levels=apart)
+    p.process(history)
+    t = history[-1].event_time_ms + 1000
+    assert peer_alerts(p.process(herd(16, start=t, seed=5, creep=creep, levels=apart))) == []
+    # Two carts only: one other member is no kind's range.
+    p = Pipeline(spec)
+    pair = [e for e in herd(8) if e.producer != "cart-3"]
+    p.process(pair)
+    t = pair[-1].event_time_ms + 1000
+    rest = [e for e in herd(16, start=t, seed=5, creep=creep) if e.producer != "cart-3"]
+    assert peer_alerts(p.process(rest)) == []
+
+
+def test_a_newcomer_departing_from_its_kinds_level_is_flagged_in_warm_up() -> None:
+    p = Pipeline(load_spec("stats"))
+    history = herd(8)
+    p.process(history)
+    t = history[-1].event_time_ms + 1000
+    rng = random.Random(6)
+    newcomer = [Event("s", f"{t + 7_000 * k}-n", "cart-9", t + 7_000 * k, "cart.item_added",
+                      {"amount": round(rng.lognormvariate(3, 0.3) * 3, 2)}, {}, 80)
+                for k in range(150)]  # fmt: skip
+    around = herd(0.3, start=t, seed=7)
+    out = p.process(sorted([*newcomer, *around], key=lambda e: e.event_time_ms))
+    got = peer_alerts(out)
+    assert [g[:2] for g in got] == [("cart-9", "amount")]
+    assert p.store.clock.n[p.view("cart-9").slot] < p.decision.warmup_events
+
+
+def test_a_departure_across_partitions_is_flagged_after_the_merge(redis_url: str) -> None:
+    # cart-1 alone on one partition: its kind's levels are the other partition's, learned
+    # through the summaries they exchange through Redis (every 10 minutes of event time).
+    spec, signer = load_spec("stats"), Signer(TEST_KEY)
+    r = redis.Redis.from_url(redis_url)  # the summaries are bytes
+    events = herd(8)
+    events += herd(16, start=events[-1].event_time_ms + 1000, seed=5, creep=("cart-1", 2.0))
+
+    def run(exchange: bool) -> list[tuple[str, str, str, str]]:
+        a, b, got = Pipeline(spec), Pipeline(spec), []
+        for start in range(START, events[-1].event_time_ms + 1, 600_000):
+            part = [e for e in events if start <= e.event_time_ms < start + 600_000]
+            got += peer_alerts(a.process([e for e in part if e.producer == "cart-1"]))
+            got += peer_alerts(b.process([e for e in part if e.producer != "cart-1"]))
+            if exchange:
+                peering.exchange(r, "departure", signer, {"p0": a, "p1": b})
+        return got
+
+    assert run(exchange=False) == []  # alone, cart-1 has no kind to depart from
+    got = run(exchange=True)
+    assert [g[:2] for g in got] == [("cart-1", "amount")]
+    assert got[0][3].startswith("cart producers' usual level ")

@@ -315,7 +315,7 @@ def test_stream_pause(stream: shop.ShopStream) -> None:
         near = [
             i
             for i in stream.incidents
-            if i.kind != "slow_poisoning"
+            if i.kind not in ("slow_poisoning", "group_departure")  # creeps: a pause is no clue
             and i is not inc
             and i.start_ms - 10 * MINUTE < inc.end_ms
             and inc.start_ms < i.end_ms + 10 * MINUTE
@@ -441,6 +441,26 @@ def test_slow_poisoning(stream: shop.ShopStream, by_producer: dict[str, list[Ent
         usual = statistics.median(before[main])
         assert statistics.median(last[main]) >= 2.5 * usual
         assert statistics.median(first[main]) <= 1.5 * usual  # slow: no jump
+
+
+def test_group_departure(stream: shop.ShopStream, by_producer: dict[str, list[Entry]]) -> None:
+    def median_latency(producer: str, a: int, b: int) -> float:
+        es = [_data(e) for e in _between(by_producer[producer], a, b)]
+        return statistics.median(v for d in es if (v := d.get("latency_ms")) is not None)
+
+    for inc in _incidents(stream, "group_departure"):
+        svc = _service(inc.producer)
+        peers = [p for p in by_producer if _service(p) == svc and p != inc.producer]
+        assert len(peers) >= 2  # a kind of at least three
+        length = inc.end_ms - inc.start_ms
+        before = (inc.start_ms - 30 * MINUTE, inc.start_ms - 1)
+        first = (inc.start_ms, inc.start_ms + length // 10)
+        last = (inc.end_ms - length // 10, inc.end_ms)
+        usual = median_latency(inc.producer, *before)
+        assert median_latency(inc.producer, *last) >= 1.25 * usual  # away from where it was ...
+        assert median_latency(inc.producer, *first) <= 1.1 * usual  # ... slowly
+        for p in peers:  # ... and from its peers, which stay
+            assert median_latency(p, *last) <= 1.15 * median_latency(p, *before)
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,9 +37,10 @@ from detector.shop.simulator import DEFAULT_GRACE_MS, INCIDENT_KINDS, Incident, 
 GRACE_MS: dict[str, int] = {
     **dict.fromkeys(INCIDENT_KINDS, DEFAULT_GRACE_MS),
     # The producer's traffic coming back after a silence, and the level falling back after a
-    # slow poisoning, are consequences of the incident, not new ones.
+    # slow poisoning (or a group departure), are consequences of the incident, not new ones.
     "silence": 300_000,
     "slow_poisoning": 900_000,
+    "group_departure": 900_000,
     "stream_pause": 300_000,  # every producer's traffic coming back
 }
 """Grace after each kind's end during which an alert on its producer still belongs to it."""
@@ -62,6 +63,7 @@ CAUSES: dict[str, frozenset[str]] = {
     "stream_pause": frozenset({"stream"}),
     "release": frozenset({"type", "peer"}),
     "correlation_break": frozenset({"joint"}),
+    "group_departure": frozenset({"peer", "drift"}),
 }
 """Reason features that name each kind's injected cause."""
 

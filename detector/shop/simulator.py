@@ -71,6 +71,7 @@ INCIDENT_KINDS: tuple[str, ...] = (
     "stream_pause",
     "release",
     "correlation_break",
+    "group_departure",
 )
 """Every incident kind :func:`generate` can inject.
 
@@ -104,6 +105,10 @@ INCIDENT_KINDS: tuple[str, ...] = (
 - ``correlation_break``: for 10-30 minutes a cart's checkout ``total`` stops following its
   ``items`` (the total of another, independent item count): each field keeps its usual
   distribution, only their relation breaks (a pricing bug, a tampered basket).
+- ``group_departure``: one instance of a service with at least three (its peers)
+  has its ``latency_ms`` creep up for 11-14 hours, to x1.4-x1.6 at the end, then recover:
+  so slowly that its own 4-hour drift reference lags it by less than the drift CUSUM's
+  slack (half an sd), but its level ends well away from its peers', which stay put.
 """
 
 DEMO_KINDS: tuple[str, ...] = (
@@ -765,6 +770,7 @@ _EXTENT_S: dict[str, tuple[float, float]] = {
     "stream_pause": (120, 300),
     "release": (1200, 2400),
     "correlation_break": (600, 1800),
+    "group_departure": (39600, 50400),
 }
 
 
@@ -835,7 +841,7 @@ class _Planner:
     def _extent_ms(self, kind: str, r: random.Random) -> int:
         lo, hi = _EXTENT_S[kind]
         ext = int(r.uniform(lo, hi) * 1000)
-        if kind == "slow_poisoning":
+        if kind in _CREEPS:
             ext = min(ext, int(0.6 * (self.hi - self.lo)))
             if ext < 30 * _MINUTE_MS:
                 ext = self.hi - self.lo + 1  # not slow any more: too short
@@ -955,8 +961,27 @@ class _Planner:
         del slot  # hours long: anywhere it fits
         ext = self._extent_ms("slow_poisoning", r)
         p, start = self.place(ext, None, self.regular)
-        self.pausable.add((p.name, start, start + ext))
         final = r.uniform(4.0, 8.0)
+        detail = self._creep(p, start, ext, final)
+        return Incident("slow_poisoning", p.name, start, start + ext, detail)
+
+    def group_departure(self, r: random.Random, slot: tuple[int, int] | None) -> Incident:
+        del slot  # many hours long: anywhere it fits
+        ext = self._extent_ms("group_departure", r)
+        flock = [p for p in self.regular if self.instances[p.service.name] >= 3]
+        if not flock:
+            msg = "a group_departure needs a service with at least three instances"
+            raise ValueError(msg)
+        p, start = self.place(ext, None, flock)
+        final = r.uniform(1.4, 1.6)
+        detail = self._creep(p, start, ext, final)
+        detail += f", away from the other {p.service.name} instances"
+        return Incident("group_departure", p.name, start, start + ext, detail)
+
+    def _creep(self, p: _Producer, start: int, ext: int, final: float) -> str:
+        """``p``'s ``latency_ms`` growing geometrically to ``final`` times its own over ``ext``
+        ms from ``start``, then back (a creep: a pause inside it is no clue)."""
+        self.pausable.add((p.name, start, start + ext))
         minutes = ext / _MINUTE_MS
         growth = final ** (1.0 / minutes)
 
@@ -968,11 +993,10 @@ class _Planner:
             return payload
 
         p.mutators.append((self.rel(start), self.rel(start + ext) + 1, creep))
-        detail = (
+        return (
             f"latency_ms creeping +{(growth - 1) * 100:.2f}%/min for {minutes:.0f} min "
             f"(x{final:.1f} at the end) on {p.name}"
         )
-        return Incident("slow_poisoning", p.name, start, start + ext, detail)
 
     def schema_drift(self, r: random.Random, slot: tuple[int, int] | None) -> Incident:
         ext = self._extent_ms("schema_drift", r)
@@ -1209,9 +1233,12 @@ _KINDS: dict[str, _Kind] = {
     "stream_pause": _Planner.stream_pause,
     "release": _Planner.release,
     "correlation_break": _Planner.correlation_break,
+    "group_departure": _Planner.group_departure,
 }
 # Placed first and outside the even spread: they need hours, or a night.
-_UNSLOTTED = ("slow_poisoning", "off_hours_burst")
+_UNSLOTTED = ("slow_poisoning", "group_departure", "off_hours_burst")
+# Creeps of a level over hours: in a short stream, a shorter creep (at most 0.6 of it).
+_CREEPS = ("slow_poisoning", "group_departure")
 # Placed next, where every producer is still free: the others keep clear of them.
 _STREAM_WIDE = ("stream_pause",)
 

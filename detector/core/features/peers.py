@@ -7,10 +7,12 @@ type it sends most, fixed once it has ``peer_min_events`` events, or at its firs
 that type's family is already a kind (a newcomer of a known kind starts warm).
 
 Per kind, the summary holds its members, per event type the events of its members, how
-many of them sent it and the event time of its first (the start of a release), and the usual
-inter-arrival of its members: counts only, at most
-``peer_max_kinds`` kinds and ``max_types`` types per kind (an attacker can mint both; the
-kind that overflows alerts once). It is knowledge beyond a producer's own past, so the peer
+many of them sent it and the event time of its first (the start of a release), the usual
+inter-arrival of its members, and per numeric field of its types the members' levels (each
+member's recent mean, in signed-log space, and its spread: sums over the members, so they
+merge across workers): at most ``peer_max_kinds`` kinds, ``max_types`` types per kind and
+:data:`LEVEL_FIELDS` fields per type (an attacker can mint all three; the kind that
+overflows alerts once). It is knowledge beyond a producer's own past, so the peer
 feature answers in :meth:`PeerFeature.decisive` (it judges nothing: its surprise stays 0):
 
 - **foreign type**: a producer's first event of a type other kinds own (their members sent it
@@ -25,7 +27,20 @@ feature answers in :meth:`PeerFeature.decisive` (it judges nothing: its surprise
   release's later events, the first sender's included, page no more (other features still
   judge them);
 - **newcomer departure**: a producer still in warm-up whose kind is known alerts once on a
-  foreign type, or when its rate is ``peer_rate_factor`` times its kind's usual rate.
+  foreign type, when its rate is ``peer_rate_factor`` times its kind's usual rate, or when
+  its level of a numeric field departs from its kind's (below);
+- **departure by values**: an established producer whose own history of a field is
+  drifting (its recent level has moved away from its drift reference) and whose recent
+  level is outside its kind's usual range alerts once, naming the field, the kind and the
+  range (a slow poisoning its own baselines follow, which its peers do not). The range is
+  the other members' mean level plus or minus the larger of :data:`DEPART_SPREAD` times
+  their spread and :data:`DEPART_SD` sd of their values; a kind with fewer than
+  :data:`LEVEL_MIN_OTHERS` other members, or whose members' levels disagree (spread above
+  :data:`AGREE` sd of their values), says nothing. The producer may stray again once its
+  levels are all back well within the ranges (:data:`RETURN`). A member's level is its
+  recent mean once that has forgotten its first value (~3/fading values), refreshed every
+  :data:`LEVEL_CHECK_EVERY` events, so members' levels move together when the whole kind's
+  do (a newcomer's level: its drift reference, a time-weighted mean since its start).
 
 Partitioned workers each summarise their own producers (:attr:`PeerFeature.local`) and
 share it through Redis (:mod:`detector.runtime.peering`); the others' summaries are merged
@@ -35,6 +50,7 @@ into :attr:`PeerFeature.remote`, which the decisions read beside the local one.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Iterable, Mapping
 
@@ -42,22 +58,36 @@ from detector.core.codec import Reader, Writer
 from detector.core.events import Event
 from detector.core.features.clock import Clock
 from detector.core.features.config import FeatureConfig
+from detector.core.features.drift import DriftFeature
 from detector.core.features.feature import Feature
 from detector.core.features.rate import RateFeature
 from detector.core.features.schema import SchemaFeature
-from detector.core.features.surprise import Reason
+from detector.core.features.surprise import Reason, unlog
 from detector.core.features.types import TypeFeature
+from detector.core.features.value import ValueFeature
 
 DEPARTED = 1  # flag: the producer's departure from its kind alerted (once)
 JOINED = 2  # flag: counted among its kind's members
+STRAYED = 4  # flag: its level of a field departed from its kind's (alerted; cleared on return)
 DEPARTURE_MIN_EVENTS = 20  # a newcomer's rate is compared once it has this many events
+LEVEL_FIELDS = 8  # numeric fields per type whose levels a kind keeps (the rest: none)
+LEVEL_MIN_OTHERS = 2  # members besides the producer whose levels make a kind's range
+AGREE = 0.5  # members whose levels spread more than this many of their values' sd disagree
+DEPART_SPREAD = 4.0  # a level departs beyond this many spreads of its kind's levels ...
+DEPART_SD = 0.5  # ... and beyond this many sd of its kind's values (the range's floor)
+RETURN = 0.25  # back (may stray again) within this share of the range's half-width: its
+# recent level swings by a few standard errors (0.5 let a creep at the range's edge re-alert)
+DRIFTING_SE = 3.0  # moved from its own reference by this many standard errors of its level
+LEVEL_CHECK_EVERY = 8  # a producer's levels are refreshed, and compared, every 8th event
+LEVEL_MEMORY = 3.0  # a recent mean is a level once its first value weighs < e^-3 (~3/fading)
 
 
 class Kind:
     """One kind's summary: members, per type ``[events, senders, first event time (ms; 0:
-    unknown)]``, members' usual gaps."""
+    unknown)]``, members' usual gaps, and per numeric field (its key: type prefix and name)
+    ``[members, sum of their levels, of their squares, of their values' variances]``."""
 
-    __slots__ = ("gap_ms", "gaps", "members", "saturated", "types")
+    __slots__ = ("gap_ms", "gaps", "levels", "members", "saturated", "types")
 
     def __init__(self) -> None:
         self.members = 0
@@ -65,6 +95,7 @@ class Kind:
         self.gap_ms = 0.0  # sum of the members' latest usual inter-arrivals (ms) ...
         self.gaps = 0  # ... over this many members (each refreshed every peer_min_events)
         self.saturated = False  # more than max_types types: new ones no longer counted
+        self.levels: dict[str, list[float]] = {}
 
     def count(self, etype: str, events: int, senders: int, first_ms: int, cap: int) -> None:
         row = self.types.get(etype)
@@ -78,6 +109,26 @@ class Kind:
         if first_ms > 0 and (row[2] <= 0 or first_ms < row[2]):
             row[2] = first_ms
 
+    def level(self, key: str, members: float, y: float, yy: float, var: float) -> bool:
+        """Add to the levels of field ``key`` (``members`` -1: take one out); False when
+        refused (a type the kind does not count, or its :data:`LEVEL_FIELDS` are taken)."""
+        row = self.levels.get(key)
+        if row is None:
+            etype = key.split("\x1f", 1)[0] if "\x1f" in key else ""
+            if members <= 0 or etype not in self.types:
+                return False
+            prefix = etype + "\x1f"
+            if sum(k.startswith(prefix) for k in self.levels) >= LEVEL_FIELDS:
+                return False
+            row = self.levels[key] = [0.0, 0.0, 0.0, 0.0]
+        row[0] += members
+        row[1] += y
+        row[2] += yy
+        row[3] += var
+        if row[0] <= 0:
+            del self.levels[key]
+        return True
+
     def merge(self, other: Kind, cap: int) -> None:
         self.members += other.members
         self.gap_ms += other.gap_ms
@@ -85,6 +136,8 @@ class Kind:
         self.saturated |= other.saturated
         for etype, (events, senders, first_ms) in other.types.items():
             self.count(etype, events, senders, first_ms, cap)
+        for key in sorted(other.levels):  # sorted: which fields a full type keeps is one
+            self.level(key, *other.levels[key])
 
     def dump(self, w: Writer) -> None:
         w.i64(self.members)
@@ -98,6 +151,11 @@ class Kind:
             w.i64(events)
             w.i64(senders)
             w.i64(first_ms)
+        w.count(len(self.levels))
+        for key in sorted(self.levels):
+            w.text(key)
+            for x in self.levels[key]:
+                w.f64(x)
 
     @classmethod
     def load(cls, r: Reader) -> Kind:
@@ -107,6 +165,9 @@ class Kind:
         for _ in range(r.count()):
             etype = r.text()
             k.types[etype] = [r.i64(), r.i64(), r.i64()]
+        for _ in range(r.count()):
+            key = r.text()
+            k.levels[key] = [r.f64(), r.f64(), r.f64(), r.f64()]
         return k
 
 
@@ -152,17 +213,18 @@ def family(etype: str) -> str:
 
 
 # Each slot's state, a column each in the checkpoint's base.
-_SLOTS = ("kind", "flags", "gap")
+_SLOTS = ("kind", "flags", "gap", "levels")
 
 
 class PeerFeature(Feature):
     """Per slot: the producer's kind (``""``: none yet) and its flags; shared: the summary of
     its own producers' kinds (:attr:`local`) and of other workers' (:attr:`remote`).
 
-    It reads the type feature's counts and the rate feature's usual rate (given, as the drift
-    feature is given the value feature), stands in for the type feature's decisive reason
-    when on (``peers``), and tells the type and schema features which novel types their kind
-    is adopting (:meth:`adopted`): see the module's docstring."""
+    It reads the type feature's counts, the rate feature's usual rate and the value and drift
+    features' levels (given, as the drift feature is given the value feature), stands in for
+    the type feature's decisive reason when on (``peers``), and tells the type and schema
+    features which novel types their kind is adopting (:meth:`adopted`): see the module's
+    docstring."""
 
     name = "peer"
 
@@ -173,13 +235,19 @@ class PeerFeature(Feature):
         types: TypeFeature,
         rate: RateFeature,
         schema: SchemaFeature | None = None,
+        value: ValueFeature | None = None,
+        drift: DriftFeature | None = None,
     ) -> None:
         super().__init__(cfg, clock)
         self.types = types
         self.rate = rate
+        self.value = value
+        self.drift = drift
         self.kind: list[str] = []
         self.flags: list[int] = []
         self.gap: list[float] = []  # its usual inter-arrival as last added to its kind's
+        # Per field key, its (level, variance) as last added to its kind's levels.
+        self.levels: list[dict[str, tuple[float, float]]] = []
         self.local: Summary = {}
         self.remote: Summary = {}
         self.overflowed = False  # a kind beyond peer_max_kinds was refused (reported once)
@@ -203,12 +271,15 @@ class PeerFeature(Feature):
     # -- per slot ------------------------------------------------------------------------
 
     def reset(self, slot: int) -> None:
+        # An evicted producer's counts, gap and levels stay in its kind's (as its membership).
         if slot == len(self.kind):
             self.kind.append("")
             self.flags.append(0)
             self.gap.append(0.0)
+            self.levels.append({})
         else:
             self.kind[slot], self.flags[slot], self.gap[slot] = "", 0, 0.0
+            self.levels[slot] = {}
 
     def judge(self, slot: int, event: Event) -> float:
         return 0.0
@@ -220,15 +291,26 @@ class PeerFeature(Feature):
         w.text(self.kind[slot])
         w.count(self.flags[slot])
         w.f64(self.gap[slot])
+        levels = self.levels[slot]
+        w.count(len(levels))
+        for key, (y, var) in levels.items():
+            w.text(key)
+            w.f64(y)
+            w.f64(var)
 
     def load(self, slot: int, r: Reader) -> None:
         self.reset(slot)
         self.kind[slot] = r.text()
         self.flags[slot] = r.count()
         self.gap[slot] = r.f64()
+        levels = self.levels[slot]
+        for _ in range(r.count()):
+            key = r.text()
+            levels[key] = (r.f64(), r.f64())
 
     def dump_table(self, w: Writer) -> None:
-        """Every slot's kind, flags and usual gap at once (three columns)."""
+        """Every slot's kind, flags and usual gap at once (three columns), and its levels
+        (a dict per slot)."""
         from detector.core.features import tables  # (it imports the features' modules)
 
         tables.dump(w, self, _SLOTS)
@@ -237,7 +319,7 @@ class PeerFeature(Feature):
         from detector.core.features import tables
 
         tables.load(r, self, _SLOTS)
-        if not len(self.kind) == len(self.flags) == len(self.gap):
+        if not len(self.kind) == len(self.flags) == len(self.gap) == len(self.levels):
             msg = "base has peer columns of unequal lengths"
             raise ValueError(msg)
 
@@ -295,6 +377,8 @@ class PeerFeature(Feature):
             return self._overflow_reason()
         kind, etype = self.kind[slot], event.type
         if not kind or etype is None or self.types.counts.count(slot, etype):
+            if own_reason is None and kind and self.clock.n[slot] % LEVEL_CHECK_EVERY == 0:
+                return self._strayed(slot, event, kind, True)
             return own_reason
         foreign = self._foreign(slot, event, kind, etype)
         if foreign is not None:
@@ -324,8 +408,9 @@ class PeerFeature(Feature):
         return others > 0 and not self.owners(etype, kind)
 
     def early(self, slot: int, event: Event) -> Reason | None:
-        """A producer in warm-up whose kind is known departs from it: a foreign type, or a
-        rate ``peer_rate_factor`` times its kind's (once per producer)."""
+        """A producer in warm-up whose kind is known departs from it: a foreign type, a
+        rate ``peer_rate_factor`` times its kind's, or a level outside its kind's range (once
+        per producer)."""
         cfg = self.cfg
         if not cfg.peers:
             return None
@@ -340,12 +425,15 @@ class PeerFeature(Feature):
                 self.flags[slot] |= DEPARTED
                 self.changed = True
                 return foreign
+        if self.clock.n[slot] < DEPARTURE_MIN_EVENTS:
+            return None
         usual_ms = self.usual_gap_ms(kind)
-        if self.clock.n[slot] < DEPARTURE_MIN_EVENTS or not usual_ms:
-            return None
         own_ms = max(self.rate.usual_ms(slot), 1.0)
-        if usual_ms < cfg.peer_rate_factor * own_ms:
-            return None
+        if not usual_ms or usual_ms < cfg.peer_rate_factor * own_ms:
+            strayed = self._strayed(slot, event, kind, False)
+            if strayed is not None:
+                self.flags[slot] |= DEPARTED
+            return strayed
         self.flags[slot] |= DEPARTED
         self.changed = True
         return Reason(
@@ -368,6 +456,114 @@ class PeerFeature(Feature):
             usual += f" (also by {', '.join(owners[1:3])})"
         s = self.types.counts.surprise(slot, etype, cfg.novelty_prior, 0.0, cfg.min_count)
         return Reason("peer", "type", etype, usual, max(s, cfg.first_type_rarity, 1.0))
+
+    def _strayed(self, slot: int, event: Event, kind: str, established: bool) -> Reason | None:
+        """The first of the event's numeric fields whose level departs from its kind's
+        (:meth:`_departure`), as a reason (once: until its levels come back)."""
+        value = self.value
+        if value is None or self.flags[slot] & STRAYED:
+            return None
+        rows = value.rows
+        known = rows.keys.by_type.get(event.type)
+        if known is None:
+            return None
+        for name in event.numbers:
+            kid = known.get(name)
+            row = -1 if kid is None else rows.find(slot, kid)
+            level = None if row < 0 else self._level(row, established)
+            far = None if level is None else self._departure(slot, kind, row, level, established)
+            if far is None or level is None:
+                continue
+            self.flags[slot] |= STRAYED
+            lo, hi = far
+            return Reason(
+                "peer", name, f"{'recent ' if established else ''}level {unlog(level):.4g}",
+                f"{kind} producers' usual level {unlog(lo):.4g} to {unlog(hi):.4g}",
+                2.0 * self.cfg.first_type_rarity,
+            )  # fmt: skip
+        return None
+
+    def _level(self, row: int, recent: bool) -> float | None:
+        """The producer's level of the field of ``row`` (signed-log space), if known: its
+        ``recent`` mean once that has forgotten its first value (the moments start from it), or
+        else its drift reference (a time-weighted mean since its start: a newcomer's)."""
+        cfg, value, drift = self.cfg, self.value, self.drift
+        assert value is not None  # noqa: S101 (asked only with levels)
+        moments = value.rows.moments
+        if recent:
+            enough = moments.count[row] * cfg.fading_factor >= LEVEL_MEMORY
+            return moments.mean[row] if enough else None
+        if drift is None or not drift.drifts.seen[row] or drift.drifts.count[row] < cfg.min_count:
+            return None
+        return float(drift.drifts.mean[row])
+
+    def _departure(
+        self, slot: int, kind: str, row: int, level: float, drifting: bool
+    ) -> tuple[float, float] | None:
+        """The kind's usual range of the field of ``row`` (signed-log space) if ``level`` is
+        outside it, and (``drifting``) the producer's own history of the field drifts."""
+        assert self.value is not None  # noqa: S101 (asked only with levels)
+        rows = self.value.rows
+        others = self._others(slot, kind, rows.keys.names[rows.key[row]])
+        if others is None:
+            return None
+        mean, spread, sd = others
+        margin = max(DEPART_SPREAD * spread, DEPART_SD * sd)
+        away = level - mean
+        if abs(away) <= margin or (drifting and not self._drifting(row, away)):
+            return None
+        return mean - margin, mean + margin
+
+    def _returned(self, slot: int, kind: str, row: int, level: float) -> bool:
+        """Whether ``level`` is back within :data:`RETURN` of the kind's range about its
+        middle, its members agreeing or not (a disagreement is no return: its own departure
+        may be what spreads them); a field without enough other members is."""
+        assert self.value is not None  # noqa: S101 (asked only with levels)
+        rows = self.value.rows
+        others = self._others(slot, kind, rows.keys.names[rows.key[row]], agree=False)
+        if others is None:
+            return True
+        mean, spread, sd = others
+        return abs(level - mean) <= RETURN * max(DEPART_SPREAD * spread, DEPART_SD * sd)
+
+    def _others(
+        self, slot: int, kind: str, key: str, agree: bool = True
+    ) -> tuple[float, float, float] | None:
+        """(mean, spread, values' sd) of the levels of field ``key`` among the kind's other
+        members, if there are enough of them and (``agree``) they agree."""
+        n = total = squares = var = 0.0
+        for summary in (self.local, self.remote):
+            k = summary.get(kind)
+            sums = None if k is None else k.levels.get(key)
+            if sums is not None:
+                n, total = n + sums[0], total + sums[1]
+                squares, var = squares + sums[2], var + sums[3]
+        own = self.levels[slot].get(key)
+        if own is not None:  # leave its own level out
+            n, total, squares, var = n - 1, total - own[0], squares - own[0] * own[0], var - own[1]
+        if n < LEVEL_MIN_OTHERS:
+            return None
+        mean = total / n
+        spread = math.sqrt(max(squares / n - mean * mean, 0.0))
+        sd = max(math.sqrt(max(var / n, 0.0)), self.cfg.min_sd)
+        return None if agree and spread > AGREE * sd else (mean, spread, sd)
+
+    def _drifting(self, row: int, away: float) -> bool:
+        """Whether the producer's own history of the field of ``row`` drifts ``away``'s way:
+        its recent level is :data:`DRIFTING_SE` standard errors of it from its drift
+        reference (the drift feature's view, before its CUSUM adds up to an alert, or while
+        the reference follows). A level apart from its kind's since the producer began is
+        its own usual, not a departure."""
+        cfg, drift, value = self.cfg, self.drift, self.value
+        if drift is None or value is None or cfg.drift_horizon_s <= 0:
+            return False
+        drifts, moments = drift.drifts, value.rows.moments
+        if not drifts.seen[row] or drifts.count[row] < cfg.min_count:
+            return False
+        moved = math.copysign(1.0, away) * (moments.mean[row] - drifts.mean[row])
+        a = cfg.fading_factor  # the recent level is a mean over ~1/a values
+        se = max(math.sqrt(max(moments.var(row), 0.0)), cfg.min_sd) * math.sqrt(a / (2.0 - a))
+        return moved >= DRIFTING_SE * se
 
     def _overflow_reason(self) -> Reason:
         self._overflow_slot = -1
@@ -399,6 +595,32 @@ class PeerFeature(Feature):
             summary.gap_ms += usual_ms - before
             summary.gaps += before == 0.0
             self.gap[slot] = usual_ms
+        if n % LEVEL_CHECK_EVERY == 0:
+            self._contribute(slot, kind, summary)
+
+    def _contribute(self, slot: int, name: str, kind: Kind) -> None:
+        """Its latest levels stand for it in its kind's; it may stray again once they are all
+        back well within the kind's ranges."""
+        value = self.value
+        if value is None:
+            return
+        rows = value.rows
+        moments, names, keys = rows.moments, rows.keys.names, rows.key
+        mine, back = self.levels[slot], True
+        for row in rows.rows(slot):
+            y = self._level(row, True)
+            if y is None:
+                continue
+            key, var = names[keys[row]], moments.var(row)
+            old = mine.pop(key, None)
+            if old is not None:
+                kind.level(key, -1.0, -old[0], -old[0] * old[0], -old[1])
+            if kind.level(key, 1.0, y, y * y, var):
+                mine[key] = (y, var)
+            if back and self.flags[slot] & STRAYED:
+                back = self._returned(slot, name, row, y)
+        if back:
+            self.flags[slot] &= ~STRAYED
 
     def _assign(self, slot: int, event: Event) -> str:
         """The producer's kind, if it can be told now (joined: counted as a member, and the

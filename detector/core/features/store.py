@@ -162,7 +162,7 @@ def _typed(feature: Feature, cls: type[T]) -> T:
 def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature]:
     """Every feature, in :data:`FEATURES` order (the registry: one line per feature)."""
     rate, value, types = RateFeature(cfg, clock), ValueFeature(cfg, clock), TypeFeature(cfg, clock)
-    schema = SchemaFeature(cfg, clock)
+    schema, drift = SchemaFeature(cfg, clock), DriftFeature(cfg, clock, value)
     features: list[Feature] = [
         rate,
         value,
@@ -171,9 +171,9 @@ def build_features(cfg: FeatureConfig, clock: Clock) -> list[Feature]:
         CategoryFeature(cfg, clock),
         schema,
         ReplayFeature(cfg, clock),
-        DriftFeature(cfg, clock, value),
+        drift,
         JointFeature(cfg, clock),
-        PeerFeature(cfg, clock, types, rate, schema),
+        PeerFeature(cfg, clock, types, rate, schema, value, drift),
         SequenceFeature(cfg, clock, value),
         ResonanceFeature(cfg, clock),
     ]
