@@ -178,8 +178,10 @@ def _source_digest() -> str:
     import detector
 
     h = hashlib.sha256()
-    for path in sorted(Path(detector.__file__).parent.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    # Every module of every subpackage (the core lives in detector/core/), .pxd files too.
+    root = Path(detector.__file__).parent
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".pxd")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     for entry in sorted(files("detector.models").iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".toml"):
             h.update(entry.name.encode() + b"\0" + entry.read_bytes())
