@@ -63,7 +63,7 @@ def round_trip(pipeline: Pipeline, spec: ModelSpec) -> Pipeline:
 @click.command()
 @click.option("--model", default="stats", show_default=True, help="A shipped spec or a file.")
 @click.option("--seed", default=7, show_default=True)
-@click.option("--hours", default=3.0, show_default=True, help="At least 2 (every kind fits).")
+@click.option("--hours", default=3.0, show_default=True, help="At least 2.5 (every kind fits).")
 @click.option("--batch", default=500, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--checkpoint-every",

@@ -77,9 +77,9 @@ def _digest_line(out: str) -> str:
 def test_same_verdicts_resumes_from_checkpoints(tmp_path: Path) -> None:
     # A full checkpoint, encoded, decoded and restored into a fresh pipeline, continues the
     # run bit-identically: the same wire fields as the run that never stopped.
-    plain = _run(tmp_path, "benchmarks.same_verdicts", "--hours", "2")
+    plain = _run(tmp_path, "benchmarks.same_verdicts", "--hours", "2.5")
     resumed = _run(
-        tmp_path, "benchmarks.same_verdicts", "--hours", "2", "--checkpoint-every", "12000"
+        tmp_path, "benchmarks.same_verdicts", "--hours", "2.5", "--checkpoint-every", "12000"
     )
     checkpoints = re.search(r"checkpoints=(\d+)", resumed)
     assert checkpoints is not None and int(checkpoints.group(1)) >= 3, resumed

@@ -26,7 +26,7 @@ from detector.compiled import compiled_modules
 from benchmarks.same_verdicts import main
 for name in compiled_modules():
     print("file", importlib.import_module(name).__file__)
-main(["--hours", "2", "--seed", "7"])
+main(["--hours", "2.5", "--seed", "7"])
 """
 
 
