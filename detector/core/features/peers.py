@@ -502,13 +502,10 @@ class PeerFeature(Feature):
     ) -> tuple[float, float] | None:
         """The kind's usual range of the field of ``row`` (signed-log space) if ``level`` is
         outside it, and (``drifting``) the producer's own history of the field drifts."""
-        assert self.value is not None  # noqa: S101 (asked only with levels)
-        rows = self.value.rows
-        others = self._others(slot, kind, rows.keys.names[rows.key[row]])
-        if others is None:
+        usual = self._range(slot, kind, row, True)
+        if usual is None:
             return None
-        mean, spread, sd = others
-        margin = max(DEPART_SPREAD * spread, DEPART_SD * sd)
+        mean, margin = usual
         away = level - mean
         if abs(away) <= margin or (drifting and not self._drifting(row, away)):
             return None
@@ -518,13 +515,24 @@ class PeerFeature(Feature):
         """Whether ``level`` is back within :data:`RETURN` of the kind's range about its
         middle, its members agreeing or not (a disagreement is no return: its own departure
         may be what spreads them); a field without enough other members is."""
+        usual = self._range(slot, kind, row, False)
+        if usual is None:
+            return True
+        mean, margin = usual
+        return abs(level - mean) <= RETURN * margin
+
+    def _range(self, slot: int, kind: str, row: int, agree: bool) -> tuple[float, float] | None:
+        """(middle, half-width) of the kind's usual range of the field of ``row``: the other
+        members' mean level plus or minus the larger of :data:`DEPART_SPREAD` spreads and
+        :data:`DEPART_SD` sd of their values (None: too few others, or, ``agree``, they
+        disagree)."""
         assert self.value is not None  # noqa: S101 (asked only with levels)
         rows = self.value.rows
-        others = self._others(slot, kind, rows.keys.names[rows.key[row]], agree=False)
+        others = self._others(slot, kind, rows.keys.names[rows.key[row]], agree)
         if others is None:
-            return True
+            return None
         mean, spread, sd = others
-        return abs(level - mean) <= RETURN * max(DEPART_SPREAD * spread, DEPART_SD * sd)
+        return mean, max(DEPART_SPREAD * spread, DEPART_SD * sd)
 
     def _others(
         self, slot: int, kind: str, key: str, agree: bool = True
