@@ -348,7 +348,8 @@ class FrozenCommit:
         # over: its fields are views of it, behind room for their MACs).
         base = snap.base
         self._pieces: dict[str, memoryview] = {}
-        self._in_place = isinstance(base, bytearray)
+        # How a piece is signed: in place (room for its MAC before it), or behind a copy.
+        self._sign_piece = signer.sign_into if isinstance(base, bytearray) else signer.sign
         if isinstance(base, bytearray):
             snap.base = None  # taken over: no longer the base once signed in place
             in_place = _room_for_macs(base)
@@ -378,8 +379,7 @@ class FrozenCommit:
         left, base = self._left, self._pieces
         while base:
             name, piece = base.popitem()
-            sign = self._signer.sign_into if self._in_place else self._signer.sign
-            self.fields[name] = sign(name, piece)
+            self.fields[name] = self._sign_piece(name, piece)
             now = time.perf_counter()
             if deadline is not None and now >= deadline:
                 self.seconds += now - started
