@@ -30,7 +30,8 @@ from benchmarks.snapshot import detector_source
 from benchmarks.workloads import shop_workload
 from detector.core.checkpoint import SHARED_PREFIX, Signer
 from detector.core.events import Decoder
-from detector.core.features.replay import IdWindow, ReplayFeature, fingerprint
+from detector.core.features.replay import IdWindow, ReplayFeature
+from detector.core.fingerprints import pair_fingerprint as fingerprint
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import load_spec
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from detector.core.alerts import Alert
-from detector.core.codec import fingerprint
 from detector.core.events import Event
 from detector.core.features.categories import Categories
 from detector.core.features.config import FeatureConfig
@@ -30,6 +29,7 @@ from detector.core.features.schema import shape_of
 from detector.core.features.store import ProducerView
 from detector.core.features.surprise import type_prefix, unlog
 from detector.core.features.value import ValueFeature
+from detector.core.fingerprints import fingerprint
 from detector.core.pipeline import Pipeline
 from detector.offline import Scoring, scored
 

@@ -15,12 +15,13 @@ import pytest
 from hypothesis import given, settings, strategies
 
 from detector.core.codec import Reader, Writer
-from detector.core.codec import fingerprint as value_fingerprint
 from detector.core.events import Decoder, Event
 from detector.core.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig, FeatureStore
 from detector.core.features.categories import ID_FIELD, Categories, Counts
 from detector.core.features.moments import Moments
-from detector.core.features.replay import BYTES_PER_ID, IdWindow, ReplayFeature, fingerprint
+from detector.core.features.replay import BYTES_PER_ID, IdWindow, ReplayFeature
+from detector.core.fingerprints import fingerprint as value_fingerprint
+from detector.core.fingerprints import pair_fingerprint
 
 CFG = FeatureConfig()
 SECOND = 1000
@@ -1022,13 +1023,13 @@ def test_an_empty_id_window_round_trips_and_answers() -> None:
     w = IdWindow(60_000, 100)
     assert w.records("r", full=False) == {}  # nothing moved: nothing to write
     back = IdWindow.load(w.records("r", full=True), "r", 60_000, 100)
-    assert not back.seen(fingerprint("a", "1")) and not back.remember(7, 0) and back.seen(7)
+    assert not back.seen(pair_fingerprint("a", "1")) and not back.remember(7, 0) and back.seen(7)
     assert IdWindow.load({}, "r", 60_000, 100).capacity == 128
 
 
 def test_fingerprints_tell_producer_and_id_apart() -> None:
-    assert fingerprint("ab", "c") != fingerprint("a", "bc")
-    assert fingerprint("a", "b") == fingerprint("a", "b") != fingerprint("b", "a")
+    assert pair_fingerprint("ab", "c") != pair_fingerprint("a", "bc")
+    assert pair_fingerprint("a", "b") == pair_fingerprint("a", "b") != pair_fingerprint("b", "a")
 
 
 class WindowOracle:

@@ -15,7 +15,6 @@ Examples:
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import sys
 from array import array
@@ -37,12 +36,6 @@ _TYPECODES = {"<i8": "q", "<f8": "d", "<u8": "Q"}
 _DTYPES = {code: np.dtype(code) for code in _TYPECODES}
 # The array type codes a column may have (its items are fixed-size numbers).
 _COLUMN_CODES = frozenset("bBhHiIlLqQfd")
-
-
-def fingerprint(text: str) -> int:
-    """A 64-bit fingerprint of ``text``, the same in every process (blake2b, not ``hash()``:
-    fingerprints are kept in checkpoints and must survive a restart and a replay)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def _le_bytes(values: Iterable[Any], dtype: str) -> tuple[int, bytes]:

@@ -3,6 +3,7 @@ import cython
 from libc cimport math
 
 from detector.core.codec cimport Writer
+from detector.core.fingerprints cimport fingerprint
 
 cpdef object resized(object old, str code, Py_ssize_t size)
 

@@ -19,9 +19,10 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
-from detector.core.codec import Reader, Writer, fingerprint
+from detector.core.codec import Reader, Writer
 from detector.core.features.columns import capacity
 from detector.core.features.surprise import MAX_SURPRISE
+from detector.core.fingerprints import fingerprint
 
 # Block starts are 4-byte ints: a pool holds fewer entries (16 GiB of fingerprints).
 _MAX_INDEX = 2**31 - 1

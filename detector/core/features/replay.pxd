@@ -32,6 +32,7 @@ cdef class IdCounts:
     cpdef double surprise(self, double prior, long long t_ms, double burst_ms)
 
 from detector.core.events cimport Event
+from detector.core.fingerprints cimport pair_fingerprint
 from detector.core.features.feature cimport Feature
 
 cdef class ReplayFeature(Feature):

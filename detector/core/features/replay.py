@@ -9,7 +9,6 @@ counters (:class:`IdCounts`).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from array import array
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from detector.core.features.clock import Clock
 from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
 from detector.core.features.surprise import MAX_SURPRISE, Reason
+from detector.core.fingerprints import pair_fingerprint
 
 # Per id of capacity: 2 table slots of 4 bytes (a ring index; load <= 1/2) + the ring's
 # fingerprint and time.
@@ -308,18 +308,6 @@ def _build_table(
     return table
 
 
-def fingerprint(producer: str, event_id: str) -> int:
-    """The pair's 64-bit fingerprint, never 0 (the table's empty slot).
-
-    blake2b, not hash(): the same in every process (checkpoints, replays). The producer's
-    length comes first, so no two pairs give the same bytes.
-    """
-    raw = producer.encode()
-    data = len(raw).to_bytes(4, "little") + raw + event_id.encode()
-    fp = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-    return fp or 1
-
-
 class IdCounts:
     """A producer's repeats: how often its accepted events repeated an id, and its recent
     repeats (of any event, decayed over the burst horizon).
@@ -405,7 +393,7 @@ class ReplayFeature(Feature):
         # function: no answer depends on the order of calls).
         p, i, fp = self._last
         if producer != p or event_id != i:
-            fp = fingerprint(producer, event_id)
+            fp = pair_fingerprint(producer, event_id)
             self._last = (producer, event_id, fp)
         return fp
 
