@@ -377,7 +377,8 @@ class ReplayFeature(Feature):
     def __init__(self, cfg: FeatureConfig, clock: Clock) -> None:
         super().__init__(cfg, clock)
         self.window = self._new_window()
-        self._last: tuple[str, str, int] = ("", "", 0)  # the last pair fingerprinted
+        # The last pair fingerprinted, and its fingerprint.
+        self._last_producer, self._last_id, self._last_fp = "", "", 0
 
     def _new_window(self) -> IdWindow | None:
         cfg = self.cfg
@@ -391,11 +392,10 @@ class ReplayFeature(Feature):
     def _fingerprint(self, producer: str, event_id: str) -> int:
         # judge and advance fingerprint the same pair, one after the other (a cache of a pure
         # function: no answer depends on the order of calls).
-        p, i, fp = self._last
-        if producer != p or event_id != i:
-            fp = pair_fingerprint(producer, event_id)
-            self._last = (producer, event_id, fp)
-        return fp
+        if producer != self._last_producer or event_id != self._last_id:
+            self._last_fp = pair_fingerprint(producer, event_id)
+            self._last_producer, self._last_id = producer, event_id
+        return self._last_fp
 
     def _repeat(self, event: Event) -> str | None:
         """The event's id, if the window remembers it from this producer."""
