@@ -49,3 +49,6 @@ def test_both_off_by_default_and_on_in_the_metrics_spec() -> None:
     assert not stats.features.window_floor
     assert metrics.calibration.likelihood_max_rarity > 0.0
     assert metrics.features.window_floor
+    # The likelihood's own alert level: off (the threshold) in stats, stricter in metrics.
+    assert stats.decision.likelihood_threshold == 0.0
+    assert metrics.decision.likelihood_threshold > metrics.decision.threshold

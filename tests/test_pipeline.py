@@ -610,21 +610,27 @@ def test_likelihood_is_off_in_stats_and_leaves_its_scores_alone() -> None:
     assert Pipeline(load_spec("stats")).likelihood is None
 
 
-def test_likelihood_flags_a_sustained_shift_and_explains_it() -> None:
-    # A metric around 100 (sd 5), then stuck near 113.5 (2.7 sd): each value alone is about
-    # 1 in 100, far from the 0.9999 threshold; twenty in a row are not.
+def stuck_metric() -> tuple[list[Event], ModelSpec]:
+    """A metric around 100 (sd 5), then stuck near 113.5 (2.7 sd): each value alone is about
+    1 in 100, far from the 0.9999 threshold; twenty in a row are not. The spec: stats without
+    cooldown and without the drift feature (the per-field answer to the same shift)."""
     rng = random.Random(1)
     base = [metric(i * SECOND, rng.gauss(100.0, 5.0)) for i in range(1500)]
     stuck = [metric(i * SECOND, 113.5 + rng.gauss(0.0, 0.3)) for i in range(1500, 1540)]
-    # Without the drift feature, which is the per-field answer to the same shift.
     no_drift = dataclasses.replace(load_spec("stats").features, disabled=("drift",))
     decision = dataclasses.replace(
         load_spec("stats").decision, cooldown_ms=0, threshold=0.9999, rarity_horizon_ms=0
     )
-    plain_spec = dataclasses.replace(load_spec("stats"), features=no_drift, decision=decision)
-    plain = Pipeline(plain_spec).process(base + stuck)
-    spec = dataclasses.replace(with_likelihood("stats"), features=no_drift, decision=decision)
-    out = Pipeline(spec).process(base + stuck)
+    return base + stuck, dataclasses.replace(
+        load_spec("stats"), features=no_drift, decision=decision
+    )
+
+
+def test_likelihood_flags_a_sustained_shift_and_explains_it() -> None:
+    events, plain_spec = stuck_metric()
+    plain = Pipeline(plain_spec).process(events)
+    spec = dataclasses.replace(plain_spec, calibration=with_likelihood("stats").calibration)
+    out = Pipeline(spec).process(events)
     assert not any(v.alert for v in plain[1500:])
     first = next(v for v in out[1500:] if v.alert is not None)
     assert first.alert is not None
@@ -632,6 +638,25 @@ def test_likelihood_flags_a_sustained_shift_and_explains_it() -> None:
     assert "over the last 20 events" in first.alert.reasons[0].observed
     assert first.event.event_time_ms - 1500 * SECOND <= 20 * SECOND
     assert all(0.0 <= v.score <= 1.0 for v in out if v.score is not None)
+
+
+def test_the_likelihood_alerts_from_its_own_level() -> None:
+    # decision.likelihood_threshold: a run (the likelihood leads) alerts only at or above it;
+    # scores, and alerts an event's own score raises, are unchanged.
+    events, plain_spec = stuck_metric()
+    events.append(metric(1540 * SECOND, 400.0))  # far beyond: alerts by its own score
+    spec = dataclasses.replace(plain_spec, calibration=with_likelihood("stats").calibration)
+    out = Pipeline(spec).process(events)
+    runs = [i for i, v in enumerate(out) if v.alert and v.alert.reasons[0].feature == "likelihood"]
+    own = [i for i, v in enumerate(out) if v.alert and v.alert.reasons[0].feature != "likelihood"]
+    assert runs and own
+    level = max(out[i].score or 0.0 for i in runs)
+    assert 0.9999 <= level < 1.0
+    higher = dataclasses.replace(spec.decision, likelihood_threshold=math.nextafter(level, 1.0))
+    held = Pipeline(dataclasses.replace(spec, decision=higher)).process(events)
+    assert [v.score for v in held] == [v.score for v in out]
+    assert all(held[i].alert is None and not held[i].flagged for i in runs)
+    assert all(held[i].alert is not None for i in own)
 
 
 def no_cooldown(spec: ModelSpec) -> Any:

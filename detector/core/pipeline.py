@@ -397,6 +397,8 @@ class Pipeline:
                 score, lead = self._likelihood(slot, score)
             threshold = self.threshold_for(slot)
             flagged = score >= threshold
+            if lead is not None and score < d.likelihood_threshold:
+                flagged = False  # the likelihood's run alerts from its own level
             decisive = store.decisive(slot, event)
             if decisive is not None:
                 lead, flagged, suspect = decisive, True, True

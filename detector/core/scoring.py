@@ -172,6 +172,11 @@ class Decision:
         rarity_horizon_ms: raise the threshold per producer so that events as rare come
             less than once per this much event time at the producer's usual rate (a false
             alert budget per producer and time, not per event); 0: the threshold alone.
+        likelihood_threshold: the anomaly likelihood (a run of moderately rare events, with
+            ``likelihood_window``) alerts only at or above this level, an event's own score
+            from ``threshold``: a moving mean of rarities has a heavier tail than its nominal
+            level says (on uniform scores it passes 0.999 about 3 times as often); 0: from
+            ``threshold`` like an event's own score.
         silence_after: a producer is *silent* once the event-time watermark (the latest event
             time of any producer) passes its last event by this many times its usual
             inter-arrival; 0 turns silence detection off. One alert per silence.
@@ -191,6 +196,7 @@ class Decision:
     adapt_after_ms: int = 900_000
     suspect_run_gap_ms: int = 0
     rarity_horizon_ms: int = 0
+    likelihood_threshold: float = 0.0
     silence_after: float = 0.0
     silence_min_ms: int = 60_000
     new_producer: bool = False
