@@ -71,6 +71,9 @@ JOINED = 2  # flag: counted among its kind's members
 STRAYED = 4  # flag: its level of a field departed from its kind's (alerted; cleared on return)
 RATE_STRAYED = 8  # flag: its rate departed from its kind's (alerted; cleared on return)
 RATE = ""  # the key of the members' rate levels among a kind's levels (no field's key is "")
+# The variance of log inter-arrivals of Poisson arrivals (pi^2 / 6, sd 1.28), whatever their
+# rate: a rate level's "values' variance" (its range's floor: 0.5 sd, x0.53 to x1.9).
+RATE_VAR = math.pi * math.pi / 6.0
 DEPARTURE_MIN_EVENTS = 20  # a newcomer's rate is compared once it has this many events
 LEVEL_FIELDS = 8  # numeric fields per type whose levels a kind keeps (the rest: none)
 LEVEL_MIN_OTHERS = 2  # members besides the producer whose levels make a kind's range
@@ -699,18 +702,19 @@ class PeerFeature(Feature):
 
     def _rate_level(self, slot: int) -> tuple[float, float, float] | None:
         """The producer's rate level (its usual log inter-arrival over ``rate_horizon_s``, the
-        rate feature's timed reference), the variance of its log inter-arrivals and the
-        level's standard error; None before the reference covers its horizon."""
+        rate feature's timed reference), the variance of its log inter-arrivals (were they
+        Poisson's: :data:`RATE_VAR`) and the level's standard error; None before the
+        reference covers its horizon. (The reference's own variance is of smoothed
+        inter-arrivals, with the daily curve's trend in it: scaled back to single
+        inter-arrivals, ~x65 at a = 0.03, the trend made the range x3 wide.)"""
         cfg, rate = self.cfg, self.rate
         timed = rate.drifts
         if timed is None or timed.count[slot] < cfg.min_count:
             return None
         if timed.covered_ms(slot) < cfg.rate_horizon_s * 1000:
             return None
-        a = cfg.rate_fading_factor  # the reference learns inter-arrivals smoothed over ~1/a
-        var = max(timed.var[slot], 0.0) * (2.0 - a) / a
-        se = math.sqrt(var / (2.0 * max(rate.events[slot], 1.0)))  # a mean over ~events/2
-        return float(timed.mean[slot]), var, se
+        se = math.sqrt(RATE_VAR / (2.0 * max(rate.events[slot], 1.0)))  # mean of ~events/2
+        return float(timed.mean[slot]), RATE_VAR, se
 
     def _rate_strayed(self, slot: int, kind: str) -> Reason | None:
         """An established producer whose rate level is outside its kind's usual range and has
