@@ -40,7 +40,17 @@ feature answers in :meth:`PeerFeature.decisive` (it judges nothing: its surprise
   levels are all back well within the ranges (:data:`RETURN`). A member's level is its
   recent mean once that has forgotten its first value (~3/fading values), refreshed every
   :data:`LEVEL_CHECK_EVERY` events, so members' levels move together when the whole kind's
-  do (a newcomer's level: its drift reference, a time-weighted mean since its start).
+  do (a newcomer's level: its drift reference, a time-weighted mean since its start). A
+  member that strayed is withdrawn from its kind's levels until it is back (of two others,
+  one departing would move the range the third is judged by);
+- **departure by rates**: likewise with each member's rate level (the rate feature's timed
+  reference: its mean log inter-arrival over ``rate_horizon_s``, under key :data:`RATE` of
+  its kind's levels, the sd of its values taken as Poisson arrivals'). Members' rates move
+  together over a day, so what must drift is the producer's *offset* from its kind's mean:
+  each keeps a reference of it over ``drift_horizon_s`` (:attr:`PeerFeature.rate_ref`), and
+  an established producer whose rate level is outside its kind's range and whose offset has
+  moved that way from its reference alerts once (a producer always apart from its kind
+  says nothing), naming the kind and the range in arrivals per second.
 
 Partitioned workers each summarise their own producers (:attr:`PeerFeature.local`) and
 share it through Redis (:mod:`detector.runtime.peering`); the others' summaries are merged
