@@ -525,7 +525,7 @@ def test_a_part_without_columns_is_written_slot_by_slot_in_the_base() -> None:
 
 def test_the_parts_written_slot_by_slot_before_are_columns_and_restore_exactly() -> None:
     """The joint models, peer groups, sequence shapes and feedback rules are written as
-    columns (format 8): restored from a base, every record and rule is the one written, and
+    columns (format 9): restored from a base, every record and rule is the one written, and
     in the shipped specs' bases they are columns, not records slot by slot."""
     cfg = FeatureConfig(joint_fields=3, peers=True, sequence_window=4, sequence_history=32)
     rules, copied = FeedbackRules(), FeedbackRules()
@@ -537,7 +537,10 @@ def test_the_parts_written_slot_by_slot_before_are_columns_and_restore_exactly()
     rule = Rule(SUPPRESS, Pattern("value", "amount", "paid", "12.5"), 99)
     rules.rules[store.producers["web-2"]] = (rule, rule)
     # A member's levels in its kind (peer departure by values), as the peer feature keeps them.
-    store.peers.levels[store.producers["web-1"]] = {"paid.amount": (1.5, 0.25)}
+    store.peers.levels[store.producers["web-1"]] = {"paid.amount": (1.5, 0.25), "": (7.2, 1.6)}
+    # Its rate level's usual offset from its kind's (peer departure by rates) and its time.
+    store.peers.rate_ref[store.producers["web-1"]] = -0.75
+    store.peers.rate_ref_ms[store.producers["web-1"]] = 123_456
     joint, sequence = store.by_name["joint"], store.by_name["sequence"]
     assert isinstance(joint, JointFeature) and isinstance(sequence, SequenceFeature)
     assert joint.table.used == 6 and any(s is not None for s in sequence.table.shapes)
@@ -545,6 +548,9 @@ def test_the_parts_written_slot_by_slot_before_are_columns_and_restore_exactly()
     base = store.base()
     copy.restore({}, store.counters(), base=base)
     assert copied.rules[copy.producers["web-2"]] == (rule, rule)
+    web1 = copy.producers["web-1"]
+    assert copy.peers.levels[web1] == {"paid.amount": (1.5, 0.25), "": (7.2, 1.6)}
+    assert (copy.peers.rate_ref[web1], copy.peers.rate_ref_ms[web1]) == (-0.75, 123_456)
     assert all(
         copy.record(copy.producers[p]) == store.record(slot) for p, slot in store.producers.items()
     )

@@ -4,6 +4,7 @@ summary shared across partitions through Redis."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import redis
 
 from detector.core.checkpoint import Signer, decode_fields, encode_fields
 from detector.core.events import Event
+from detector.core.features import peers
 from detector.core.features.peers import dump_summary, load_summary, merged
 from detector.core.pipeline import Pipeline, Verdicts
 from detector.core.scoring import ModelSpec, load_spec
@@ -452,3 +454,78 @@ def test_a_departure_across_partitions_is_flagged_after_the_merge(redis_url: str
     got = run(exchange=True)
     assert [g[:2] for g in got] == [("cart-1", "amount")]
     assert got[0][3].startswith("cart producers' usual level ")
+
+
+# --------------------------------------------------------------------------------------------
+# Departure by rates: a producer whose rate leaves its kind's
+
+
+def traffic(
+    hours: float, start: int = START, seed: int = 8, creep: dict[str, float] | None = None,
+    rates: dict[str, float] | None = None,
+) -> list[Event]:  # fmt: skip
+    """``hours`` of the two kinds' traffic, each producer's events a Poisson process of ~0.1/s
+    (times ``rates[producer]``) that every producer's rate follows up and down together
+    (x0.45 to x2.2 and back every 6 hours, as a daily curve would); with ``creep``, a
+    producer's rate grows geometrically to ``creep[producer]`` times its own by the end."""
+    rng = random.Random(seed)
+    span = hours * 3_600_000
+    out = []
+    for k, producer in enumerate(f"{kind}-{i}" for kind in KINDS for i in range(1, 4)):
+        etype, t, step = KINDS[producer.split("-")[0]][0], float(start), 0
+        while True:
+            wave = math.exp(0.8 * math.sin(2 * math.pi * (t - START) / 21_600_000))
+            factor = (creep or {}).get(producer, 1.0) ** ((t - start) / span)
+            t += rng.expovariate(0.1 * wave * factor * (rates or {}).get(producer, 1.0)) * 1000
+            if t >= start + span:
+                break
+            amount = round(rng.lognormvariate(3, 0.3), 2)
+            out.append(Event("s", f"{int(t)}-{k}-{step}", producer, int(t), etype,
+                             {"amount": amount}, {}, 80))  # fmt: skip
+            step += 1
+    out.sort(key=lambda e: (e.event_time_ms, e.producer))
+    return out
+
+
+def test_an_established_producer_whose_rate_drifts_away_from_its_kind_is_flagged_once() -> None:
+    p = Pipeline(load_spec("stats"))
+    history = traffic(8)
+    assert peer_alerts(p.process(history)) == []
+    # Over 6 hours cart-1's rate creeps to x3.5 its own and payment-2's to a third: slowly
+    # enough for their rate references (30 min) to follow, while their kinds keep theirs.
+    t = history[-1].event_time_ms + 1000
+    out = p.process(traffic(6, start=t, seed=9, creep={"cart-1": 3.5, "payment-2": 1 / 3}))
+    got = sorted(a for a in peer_alerts(out))
+    assert [g[:2] for g in got] == [("cart-1", "rate"), ("payment-2", "rate")]  # once each
+    for (producer, _, observed, expected), faster in zip(got, (True, False), strict=True):
+        assert observed.startswith("recent rate ") and observed.endswith("/s")
+        kind = producer.split("-")[0]
+        assert expected.startswith(f"{kind} producers' usual rate ")  # the kind and its range
+        low, high = (float(x.removesuffix("/s")) for x in expected.rsplit(" ", 3)[1::2])
+        rate = float(observed.rsplit(" ", 1)[1].removesuffix("/s"))
+        assert high < rate if faster else rate < low
+    assert "cart-" not in " ".join(r.observed + r.expected for a in out.emitted()
+                                   for r in a.reasons)  # fmt: skip
+
+
+def test_a_producer_at_its_own_steady_rate_or_a_kind_moving_together_is_no_departure() -> None:
+    # payment-1 has always sent three times as fast as the other payments: its own history
+    # is long and not drifting; and every producer's rate swings x5 together: no departure.
+    p = Pipeline(load_spec("stats"))
+    assert peer_alerts(p.process(traffic(20, rates={"payment-1": 3.0}))) == []
+
+
+def test_a_producer_departed_by_its_rate_may_depart_again_after_it_came_back() -> None:
+    p = Pipeline(load_spec("stats"))
+    history = traffic(8)
+    p.process(history)
+    t = history[-1].event_time_ms + 1000
+    away = traffic(6, start=t, seed=9, creep={"cart-1": 3.5})
+    assert [g[:2] for g in peer_alerts(p.process(away))] == [("cart-1", "rate")]
+    slot = p.view("cart-1").slot
+    assert p.store.peers.flags[slot] & peers.RATE_STRAYED
+    # Back with its kind for 6 hours: it may stray again.
+    t = away[-1].event_time_ms + 1000
+    back = traffic(6, start=t, seed=10)
+    assert peer_alerts(p.process(back)) == []
+    assert not p.store.peers.flags[slot] & peers.RATE_STRAYED

@@ -139,7 +139,7 @@ def test_explain_replays_one_producer_and_names_its_incidents() -> None:
     args = ["--seed", "7", "--hours", "3", "--producer", "inventory-1"]
     out = CliRunner().invoke(main, args)
     assert out.exit_code == 0, out.output
-    assert "replayed_ids (caught)" in out.output  # an incident of inventory-1 on this stream
+    assert "new_type (caught)" in out.output  # an incident of inventory-1 on this stream
     assert "best rarity" in out.output and "calibration:" in out.output
 
 

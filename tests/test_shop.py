@@ -315,7 +315,7 @@ def test_stream_pause(stream: shop.ShopStream) -> None:
         near = [
             i
             for i in stream.incidents
-            if i.kind not in ("slow_poisoning", "group_departure")  # creeps: a pause is no clue
+            if i.kind not in ("slow_poisoning", "group_departure", "group_rate_departure")  # creeps
             and i is not inc
             and i.start_ms - 10 * MINUTE < inc.end_ms
             and inc.start_ms < i.end_ms + 10 * MINUTE
@@ -463,6 +463,27 @@ def test_group_departure(stream: shop.ShopStream, by_producer: dict[str, list[En
             assert median_latency(p, *last) <= 1.15 * median_latency(p, *before)
 
 
+def test_group_rate_departure(stream: shop.ShopStream, by_producer: dict[str, list[Entry]]) -> None:
+    def per_peer(producer: str, a: int, b: int, peers: list[str]) -> float:
+        """The producer's events in [a, b] over the mean of its peers'."""
+        own = len(_between(by_producer[producer], a, b))
+        return own * len(peers) / sum(len(_between(by_producer[p], a, b)) for p in peers)
+
+    for inc in _incidents(stream, "group_rate_departure"):
+        svc = _service(inc.producer)
+        peers = [p for p in by_producer if _service(p) == svc and p != inc.producer]
+        assert len(peers) >= 2  # a kind of at least three
+        length = inc.end_ms - inc.start_ms
+        assert 30 * MINUTE <= length <= 5 * 3600_000  # 3-5 h (shorter in a short stream)
+        first = (inc.start_ms, inc.start_ms + length // 10)
+        last = (inc.end_ms - length // 10, inc.end_ms)
+        before = per_peer(inc.producer, inc.start_ms - 30 * MINUTE, inc.start_ms - 1, peers)
+        assert 0.8 <= before <= 1.25  # with its peers before ...
+        assert 0.7 <= per_peer(inc.producer, *first, peers) <= 1.4  # ... slowly away ...
+        end = per_peer(inc.producer, *last, peers)
+        assert end >= 2.5 or end <= 0.4  # ... to x3-x4 or a third to a quarter of theirs
+
+
 # --------------------------------------------------------------------------------------------
 # incident_for
 # --------------------------------------------------------------------------------------------
@@ -490,7 +511,10 @@ def test_incident_for_boundaries() -> None:
 def test_release(stream: shop.ShopStream, by_producer: dict[str, list[Entry]]) -> None:
     for inc in _incidents(stream, "release"):
         svc = inc.producer.removesuffix("-*")
-        group = [p for p in by_producer if _service(p) == svc]
+        # The service's instances (not a new producer of it appearing later: not its group).
+        group = [
+            p for p in by_producer if _service(p) == svc and by_producer[p][0][0] < inc.start_ms
+        ]
         assert len(group) >= 2
         firsts = []
         for producer in group:

@@ -41,6 +41,7 @@ GRACE_MS: dict[str, int] = {
     "silence": 300_000,
     "slow_poisoning": 900_000,
     "group_departure": 900_000,
+    "group_rate_departure": 900_000,
     "stream_pause": 300_000,  # every producer's traffic coming back
 }
 """Grace after each kind's end during which an alert on its producer still belongs to it."""
@@ -64,6 +65,7 @@ CAUSES: dict[str, frozenset[str]] = {
     "release": frozenset({"type", "peer"}),
     "correlation_break": frozenset({"joint"}),
     "group_departure": frozenset({"peer", "drift"}),
+    "group_rate_departure": frozenset({"peer", "rate"}),
 }
 """Reason features that name each kind's injected cause."""
 

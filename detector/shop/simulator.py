@@ -72,6 +72,7 @@ INCIDENT_KINDS: tuple[str, ...] = (
     "release",
     "correlation_break",
     "group_departure",
+    "group_rate_departure",
 )
 """Every incident kind :func:`generate` can inject.
 
@@ -109,6 +110,11 @@ INCIDENT_KINDS: tuple[str, ...] = (
   has its ``latency_ms`` creep up for 11-14 hours, to x1.4-x1.6 at the end, then recover:
   so slowly that its own 4-hour drift reference lags it by less than the drift CUSUM's
   slack (half an sd), but its level ends well away from its peers', which stay put.
+- ``group_rate_departure``: one instance of a service with at least three has its event rate
+  creep, a little more each minute for 3-5 hours, to x3-x4 or to a third to a quarter of
+  its own (up or down by a coin), then recover: slow enough that its rate reference
+  follows, while its peers keep their rate (a producer losing or taking over traffic, or
+  emitting for something else).
 """
 
 DEMO_KINDS: tuple[str, ...] = (
@@ -771,6 +777,7 @@ _EXTENT_S: dict[str, tuple[float, float]] = {
     "release": (1200, 2400),
     "correlation_break": (600, 1800),
     "group_departure": (39600, 50400),
+    "group_rate_departure": (10800, 18000),
 }
 
 
@@ -968,15 +975,38 @@ class _Planner:
     def group_departure(self, r: random.Random, slot: tuple[int, int] | None) -> Incident:
         del slot  # many hours long: anywhere it fits
         ext = self._extent_ms("group_departure", r)
-        flock = [p for p in self.regular if self.instances[p.service.name] >= 3]
-        if not flock:
-            msg = "a group_departure needs a service with at least three instances"
-            raise ValueError(msg)
-        p, start = self.place(ext, None, flock)
+        p, start = self.place(ext, None, self._flock("group_departure"))
         final = r.uniform(1.4, 1.6)
         detail = self._creep(p, start, ext, final)
         detail += f", away from the other {p.service.name} instances"
         return Incident("group_departure", p.name, start, start + ext, detail)
+
+    def group_rate_departure(self, r: random.Random, slot: tuple[int, int] | None) -> Incident:
+        del slot  # hours long: anywhere it fits
+        ext = self._extent_ms("group_rate_departure", r)
+        p, start = self.place(ext, None, self._flock("group_rate_departure"))
+        final = r.uniform(3.0, 4.0)
+        if r.random() < 0.5:
+            final = 1.0 / final
+        self.pausable.add((p.name, start, start + ext))
+        minutes = -(-ext // _MINUTE_MS)
+        for m in range(minutes):  # the rate a little further each minute
+            a = self.rel(start) + m * _MINUTE_MS
+            b = min(a + _MINUTE_MS, self.rel(start + ext) + 1)
+            p.rate_mods.append(_RateMod(a, b, final ** ((m + 0.5) / minutes), 0.0))
+        detail = (
+            f"rate creeping to x{final:.2f} its own over {minutes} min on {p.name}, away from "
+            f"the other {p.service.name} instances"
+        )
+        return Incident("group_rate_departure", p.name, start, start + ext, detail)
+
+    def _flock(self, kind: str) -> list[_Producer]:
+        """The producers of services with at least three instances (a kind to depart from)."""
+        flock = [p for p in self.regular if self.instances[p.service.name] >= 3]
+        if not flock:
+            msg = f"a {kind} needs a service with at least three instances"
+            raise ValueError(msg)
+        return flock
 
     def _creep(self, p: _Producer, start: int, ext: int, final: float) -> str:
         """``p``'s ``latency_ms`` growing geometrically to ``final`` times its own over ``ext``
@@ -1234,11 +1264,12 @@ _KINDS: dict[str, _Kind] = {
     "release": _Planner.release,
     "correlation_break": _Planner.correlation_break,
     "group_departure": _Planner.group_departure,
+    "group_rate_departure": _Planner.group_rate_departure,
 }
 # Placed first and outside the even spread: they need hours, or a night.
-_UNSLOTTED = ("slow_poisoning", "group_departure", "off_hours_burst")
+_UNSLOTTED = ("slow_poisoning", "group_departure", "group_rate_departure", "off_hours_burst")
 # Creeps of a level over hours: in a short stream, a shorter creep (at most 0.6 of it).
-_CREEPS = ("slow_poisoning", "group_departure")
+_CREEPS = ("slow_poisoning", "group_departure", "group_rate_departure")
 # Placed next, where every producer is still free: the others keep clear of them.
 _STREAM_WIDE = ("stream_pause",)
 

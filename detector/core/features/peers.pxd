@@ -11,7 +11,7 @@ cdef class PeerFeature(Feature):
     cdef public ValueFeature value
     cdef public DriftFeature drift
     # Per-slot columns (lists; a base's tables give them back as it wrote them).
-    cdef public object kind, flags, gap, levels
+    cdef public object kind, flags, gap, levels, rate_ref, rate_ref_ms
     cdef public dict local, remote
     cdef public bint overflowed, changed
     cdef public Py_ssize_t _overflow_slot

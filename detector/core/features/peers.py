@@ -40,7 +40,17 @@ feature answers in :meth:`PeerFeature.decisive` (it judges nothing: its surprise
   levels are all back well within the ranges (:data:`RETURN`). A member's level is its
   recent mean once that has forgotten its first value (~3/fading values), refreshed every
   :data:`LEVEL_CHECK_EVERY` events, so members' levels move together when the whole kind's
-  do (a newcomer's level: its drift reference, a time-weighted mean since its start).
+  do (a newcomer's level: its drift reference, a time-weighted mean since its start). A
+  member that strayed is withdrawn from its kind's levels until it is back (of two others,
+  one departing would move the range the third is judged by);
+- **departure by rates**: likewise with each member's rate level (the rate feature's timed
+  reference: its mean log inter-arrival over ``rate_horizon_s``, under key :data:`RATE` of
+  its kind's levels, the sd of its values taken as Poisson arrivals'). Members' rates move
+  together over a day, so what must drift is the producer's *offset* from its kind's mean:
+  each keeps a reference of it over ``drift_horizon_s`` (:attr:`PeerFeature.rate_ref`), and
+  an established producer whose rate level is outside its kind's range and whose offset has
+  moved that way from its reference alerts once (a producer always apart from its kind
+  says nothing), naming the kind and the range in arrivals per second.
 
 Partitioned workers each summarise their own producers (:attr:`PeerFeature.local`) and
 share it through Redis (:mod:`detector.runtime.peering`); the others' summaries are merged
@@ -69,6 +79,11 @@ from detector.core.features.value import ValueFeature
 DEPARTED = 1  # flag: the producer's departure from its kind alerted (once)
 JOINED = 2  # flag: counted among its kind's members
 STRAYED = 4  # flag: its level of a field departed from its kind's (alerted; cleared on return)
+RATE_STRAYED = 8  # flag: its rate departed from its kind's (alerted; cleared on return)
+RATE = ""  # the key of the members' rate levels among a kind's levels (no field's key is "")
+# The variance of log inter-arrivals of Poisson arrivals (pi^2 / 6, sd 1.28), whatever their
+# rate: a rate level's "values' variance" (its range's floor: 0.5 sd, x0.53 to x1.9).
+RATE_VAR = math.pi * math.pi / 6.0
 DEPARTURE_MIN_EVENTS = 20  # a newcomer's rate is compared once it has this many events
 LEVEL_FIELDS = 8  # numeric fields per type whose levels a kind keeps (the rest: none)
 LEVEL_MIN_OTHERS = 2  # members besides the producer whose levels make a kind's range
@@ -85,7 +100,8 @@ LEVEL_MEMORY = 3.0  # a recent mean is a level once its first value weighs < e^-
 class Kind:
     """One kind's summary: members, per type ``[events, senders, first event time (ms; 0:
     unknown)]``, members' usual gaps, and per numeric field (its key: type prefix and name)
-    ``[members, sum of their levels, of their squares, of their values' variances]``."""
+    ``[members, sum of their levels, of their squares, of their values' variances]``, and
+    so for their rates (key :data:`RATE`: levels of the log inter-arrival)."""
 
     __slots__ = ("gap_ms", "gaps", "levels", "members", "saturated", "types")
 
@@ -114,12 +130,15 @@ class Kind:
         refused (a type the kind does not count, or its :data:`LEVEL_FIELDS` are taken)."""
         row = self.levels.get(key)
         if row is None:
-            etype = key.split("\x1f", 1)[0] if "\x1f" in key else ""
-            if members <= 0 or etype not in self.types:
+            if members <= 0:
                 return False
-            prefix = etype + "\x1f"
-            if sum(k.startswith(prefix) for k in self.levels) >= LEVEL_FIELDS:
-                return False
+            if key != RATE:
+                etype = key.split("\x1f", 1)[0] if "\x1f" in key else ""
+                if etype not in self.types:
+                    return False
+                prefix = etype + "\x1f"
+                if sum(k.startswith(prefix) for k in self.levels) >= LEVEL_FIELDS:
+                    return False
             row = self.levels[key] = [0.0, 0.0, 0.0, 0.0]
         row[0] += members
         row[1] += y
@@ -213,7 +232,7 @@ def family(etype: str) -> str:
 
 
 # Each slot's state, a column each in the checkpoint's base.
-_SLOTS = ("kind", "flags", "gap", "levels")
+_SLOTS = ("kind", "flags", "gap", "levels", "rate_ref", "rate_ref_ms")
 
 
 class PeerFeature(Feature):
@@ -246,8 +265,12 @@ class PeerFeature(Feature):
         self.kind: list[str] = []
         self.flags: list[int] = []
         self.gap: list[float] = []  # its usual inter-arrival as last added to its kind's
-        # Per field key, its (level, variance) as last added to its kind's levels.
+        # Per field key (and :data:`RATE`), its (level, variance) as last added to its kind's.
         self.levels: list[dict[str, tuple[float, float]]] = []
+        # Its own usual offset of its rate level from its kind's (a reference over
+        # drift_horizon_s of event time), and when it last moved (ms; 0: none yet).
+        self.rate_ref: list[float] = []
+        self.rate_ref_ms: list[int] = []
         self.local: Summary = {}
         self.remote: Summary = {}
         self.overflowed = False  # a kind beyond peer_max_kinds was refused (reported once)
@@ -277,9 +300,12 @@ class PeerFeature(Feature):
             self.flags.append(0)
             self.gap.append(0.0)
             self.levels.append({})
+            self.rate_ref.append(0.0)
+            self.rate_ref_ms.append(0)
         else:
             self.kind[slot], self.flags[slot], self.gap[slot] = "", 0, 0.0
             self.levels[slot] = {}
+            self.rate_ref[slot], self.rate_ref_ms[slot] = 0.0, 0
 
     def judge(self, slot: int, event: Event) -> float:
         return 0.0
@@ -297,6 +323,8 @@ class PeerFeature(Feature):
             w.text(key)
             w.f64(y)
             w.f64(var)
+        w.f64(self.rate_ref[slot])
+        w.i64(self.rate_ref_ms[slot])
 
     def load(self, slot: int, r: Reader) -> None:
         self.reset(slot)
@@ -307,10 +335,11 @@ class PeerFeature(Feature):
         for _ in range(r.count()):
             key = r.text()
             levels[key] = (r.f64(), r.f64())
+        self.rate_ref[slot], self.rate_ref_ms[slot] = r.f64(), r.i64()
 
     def dump_table(self, w: Writer) -> None:
-        """Every slot's kind, flags and usual gap at once (three columns), and its levels
-        (a dict per slot)."""
+        """Every slot's kind, flags, usual gap and rate reference at once (columns), and its
+        levels (a dict per slot)."""
         from detector.core.features import tables  # (it imports the features' modules)
 
         tables.dump(w, self, _SLOTS)
@@ -319,7 +348,7 @@ class PeerFeature(Feature):
         from detector.core.features import tables
 
         tables.load(r, self, _SLOTS)
-        if not len(self.kind) == len(self.flags) == len(self.gap) == len(self.levels):
+        if len({len(getattr(self, name)) for name in _SLOTS}) > 1:
             msg = "base has peer columns of unequal lengths"
             raise ValueError(msg)
 
@@ -378,7 +407,7 @@ class PeerFeature(Feature):
         kind, etype = self.kind[slot], event.type
         if not kind or etype is None or self.types.counts.count(slot, etype):
             if own_reason is None and kind and self.clock.n[slot] % LEVEL_CHECK_EVERY == 0:
-                return self._strayed(slot, event, kind, True)
+                return self._strayed(slot, event, kind, True) or self._rate_strayed(slot, kind)
             return own_reason
         foreign = self._foreign(slot, event, kind, etype)
         if foreign is not None:
@@ -475,6 +504,7 @@ class PeerFeature(Feature):
             if far is None or level is None:
                 continue
             self.flags[slot] |= STRAYED
+            self._withdraw(slot, kind, False)
             lo, hi = far
             return Reason(
                 "peer", name, f"{'recent ' if established else ''}level {unlog(level):.4g}",
@@ -502,7 +532,7 @@ class PeerFeature(Feature):
     ) -> tuple[float, float] | None:
         """The kind's usual range of the field of ``row`` (signed-log space) if ``level`` is
         outside it, and (``drifting``) the producer's own history of the field drifts."""
-        usual = self._range(slot, kind, row, True)
+        usual = self._range(slot, kind, self._key(row), True)
         if usual is None:
             return None
         mean, margin = usual
@@ -511,24 +541,29 @@ class PeerFeature(Feature):
             return None
         return mean - margin, mean + margin
 
-    def _returned(self, slot: int, kind: str, row: int, level: float) -> bool:
-        """Whether ``level`` is back within :data:`RETURN` of the kind's range about its
-        middle, its members agreeing or not (a disagreement is no return: its own departure
-        may be what spreads them); a field without enough other members is."""
-        usual = self._range(slot, kind, row, False)
+    def _returned(self, slot: int, kind: str, key: str, level: float) -> bool:
+        """Whether ``level`` is back within :data:`RETURN` of the kind's range of ``key``
+        about its middle, its members agreeing or not (a disagreement is no return: its own
+        departure may be what spreads them); a key without enough other members is."""
+        usual = self._range(slot, kind, key, False)
         if usual is None:
             return True
         mean, margin = usual
         return abs(level - mean) <= RETURN * margin
 
-    def _range(self, slot: int, kind: str, row: int, agree: bool) -> tuple[float, float] | None:
-        """(middle, half-width) of the kind's usual range of the field of ``row``: the other
-        members' mean level plus or minus the larger of :data:`DEPART_SPREAD` spreads and
-        :data:`DEPART_SD` sd of their values (None: too few others, or, ``agree``, they
-        disagree)."""
+    def _key(self, row: int) -> str:
+        """The key of the field of the value feature's ``row`` among a kind's levels."""
         assert self.value is not None  # noqa: S101 (asked only with levels)
         rows = self.value.rows
-        others = self._others(slot, kind, rows.keys.names[rows.key[row]], agree)
+        key: str = rows.keys.names[rows.key[row]]
+        return key
+
+    def _range(self, slot: int, kind: str, key: str, agree: bool) -> tuple[float, float] | None:
+        """(middle, half-width) of the kind's usual range of ``key`` (a field, or
+        :data:`RATE`): the other members' mean level plus or minus the larger of
+        :data:`DEPART_SPREAD` spreads and :data:`DEPART_SD` sd of their values (None: too
+        few others, or, ``agree``, they disagree)."""
+        others = self._others(slot, kind, key, agree)
         if others is None:
             return None
         mean, spread, sd = others
@@ -604,31 +639,120 @@ class PeerFeature(Feature):
             summary.gaps += before == 0.0
             self.gap[slot] = usual_ms
         if n % LEVEL_CHECK_EVERY == 0:
-            self._contribute(slot, kind, summary)
+            self._contribute(slot, kind, summary, event.event_time_ms)
 
-    def _contribute(self, slot: int, name: str, kind: Kind) -> None:
-        """Its latest levels stand for it in its kind's; it may stray again once they are all
-        back well within the kind's ranges."""
+    def _contribute(self, slot: int, name: str, kind: Kind, event_ms: int) -> None:
+        """Its latest levels stand for it in its kind's, unless it strayed: then it may stray
+        again (and its levels stand for it again) once they are all back well within the
+        kind's ranges."""
         value = self.value
         if value is None:
+            self._contribute_rate(slot, name, kind, event_ms)
             return
         rows = value.rows
         moments, names, keys = rows.moments, rows.keys.names, rows.key
         mine, back = self.levels[slot], True
+        strayed = bool(self.flags[slot] & STRAYED)
         for row in rows.rows(slot):
             y = self._level(row, True)
             if y is None:
                 continue
             key, var = names[keys[row]], moments.var(row)
+            if strayed:  # not its kind's usual level while away (withdrawn)
+                back = back and self._returned(slot, name, key, y)
+                continue
             old = mine.pop(key, None)
             if old is not None:
                 kind.level(key, -1.0, -old[0], -old[0] * old[0], -old[1])
             if kind.level(key, 1.0, y, y * y, var):
                 mine[key] = (y, var)
-            if back and self.flags[slot] & STRAYED:
-                back = self._returned(slot, name, row, y)
         if back:
             self.flags[slot] &= ~STRAYED
+        self._contribute_rate(slot, name, kind, event_ms)
+
+    def _contribute_rate(self, slot: int, name: str, kind: Kind, event_ms: int) -> None:
+        """Its latest rate level stands for it in its kind's; its own usual offset from its
+        kind's follows (over ``drift_horizon_s`` of event time); it may stray again once its
+        rate is back well within the kind's range."""
+        level = self._rate_level(slot)
+        if level is None:
+            return
+        y, var, _ = level
+        mine = self.levels[slot]
+        if not self.flags[slot] & RATE_STRAYED:  # while away, withdrawn from its kind's
+            old = mine.pop(RATE, None)
+            if old is not None:
+                kind.level(RATE, -1.0, -old[0], -old[0] * old[0], -old[1])
+            kind.level(RATE, 1.0, y, y * y, var)
+            mine[RATE] = (y, var)
+        horizon_ms = self.cfg.drift_horizon_s * 1000
+        others = self._others(slot, name, RATE, False)
+        if others is not None and horizon_ms > 0:
+            offset, last = y - others[0], self.rate_ref_ms[slot]
+            if last <= 0:
+                self.rate_ref[slot] = offset
+            else:
+                w = -math.expm1(-max(event_ms - last, 0) / horizon_ms)
+                self.rate_ref[slot] += w * (offset - self.rate_ref[slot])
+            self.rate_ref_ms[slot] = max(last, event_ms)
+        if self.flags[slot] & RATE_STRAYED and self._returned(slot, name, RATE, y):
+            self.flags[slot] &= ~RATE_STRAYED
+
+    def _withdraw(self, slot: int, name: str, rate: bool) -> None:
+        """Take a producer that strayed out of its kind's levels of its fields (``rate``: of
+        its rate), until it comes back: a member away from its kind is not its kind's usual
+        (of two others, one departing would move the range the third is judged by)."""
+        kind = self.local.get(name)
+        mine = self.levels[slot]
+        for key in [k for k in mine if (k == RATE) == rate]:
+            y, var = mine.pop(key)
+            if kind is not None:
+                kind.level(key, -1.0, -y, -y * y, -var)
+        self.changed = True
+
+    def _rate_level(self, slot: int) -> tuple[float, float, float] | None:
+        """The producer's rate level (its usual log inter-arrival over ``rate_horizon_s``, the
+        rate feature's timed reference), the variance of its log inter-arrivals (were they
+        Poisson's: :data:`RATE_VAR`) and the level's standard error; None before the
+        reference covers its horizon. (The reference's own variance is of smoothed
+        inter-arrivals, with the daily curve's trend in it: scaled back to single
+        inter-arrivals, ~x65 at a = 0.03, the trend made the range x3 wide.)"""
+        cfg, rate = self.cfg, self.rate
+        timed = rate.drifts
+        if timed is None or timed.count[slot] < cfg.min_count:
+            return None
+        if timed.covered_ms(slot) < cfg.rate_horizon_s * 1000:
+            return None
+        se = math.sqrt(RATE_VAR / (2.0 * max(rate.events[slot], 1.0)))  # mean of ~events/2
+        return float(timed.mean[slot]), RATE_VAR, se
+
+    def _rate_strayed(self, slot: int, kind: str) -> Reason | None:
+        """An established producer whose rate level is outside its kind's usual range and has
+        moved that way from its own usual offset from its kind (:data:`DRIFTING_SE` standard
+        errors of its level and its kind's), as a reason (once: until it comes back)."""
+        if self.flags[slot] & RATE_STRAYED or self.rate_ref_ms[slot] <= 0:
+            return None
+        level = self._rate_level(slot)
+        usual = None if level is None else self._range(slot, kind, RATE, True)
+        if level is None or usual is None:
+            return None
+        y, _, se = level
+        mean, margin = usual
+        away = y - mean
+        if abs(away) <= margin:
+            return None
+        moved = math.copysign(1.0, away) * (away - self.rate_ref[slot])
+        if moved < DRIFTING_SE * math.sqrt(2.0) * se:
+            return None
+        self.flags[slot] |= RATE_STRAYED
+        self._withdraw(slot, kind, True)
+        now = 1000.0 / max(self.rate.usual_ms(slot), 1e-3)  # arrivals per time: at level y
+        lo, hi = now * math.exp(away - margin), now * math.exp(away + margin)
+        return Reason(
+            "peer", "rate", f"recent rate {now:.3g}/s",
+            f"{kind} producers' usual rate {lo:.3g}/s to {hi:.3g}/s",
+            2.0 * self.cfg.first_type_rarity,
+        )  # fmt: skip
 
     def _assign(self, slot: int, event: Event) -> str:
         """The producer's kind, if it can be told now (joined: counted as a member, and the
