@@ -54,11 +54,13 @@ from detector.core.events import Event
 # model's run (the CUSUM of its T²) in the producer records (issue 17); 8: the base holds the
 # joint models, peer groups, sequence shapes and feedback rules as columns (no part of the
 # default spec is written slot by slot), lists of floats and of string tuples as list kinds,
-# and the categorical block starts (4 bytes) and flags (1 byte) narrower (issue 15). An older
+# and the categorical block starts (4 bytes) and flags (1 byte) narrower (issue 15); 9: the
+# categorical counts (``Counts.n``, ``cnt``) and the decision state's histogram bins as 4-byte
+# columns in the base (issue 15, memory). An older
 # detector refuses a newer format by this number, and this one refuses older ones (retrain or
 # reset).
-FORMAT_VERSION = 8
-READABLE_FORMATS = (8,)
+FORMAT_VERSION = 9
+READABLE_FORMATS = (9,)
 _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
 PRODUCER_PREFIX = "p:"
