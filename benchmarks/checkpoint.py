@@ -118,7 +118,8 @@ def measure(
     out["fields"] = len(fields)
     out["digest"] = digest(fields)
 
-    r = redis.Redis.from_url(url)
+    # A long socket timeout: on a loaded machine redis-py's default gave up on the 100k write.
+    r = redis.Redis.from_url(url, socket_timeout=600)
     started = time.perf_counter()
     with r.pipeline(transaction=True) as tx:
         tx.delete(CHECKPOINT_KEY)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from array import array
 
 import pytest
 from hypothesis import given, settings
@@ -140,9 +141,18 @@ def test_counts_hold_only_the_bins_up_to_the_highest_score() -> None:
     tc = learned(cal, raws)
     assert len(tc.counts) == 13 and tc.counts[-1] > 0 and tc.full().sum() == 500
     held_full = TailCounts(128)
-    held_full.counts, held_full.n = tc.full(), tc.n
+    held_full.counts, held_full.n = array("i", tc.full().tolist()), tc.n
     for x in (0.0, 1.0, 2.9, 3.0, 3.3, 5.0, 31.0, 40.0):
         assert cal.tail(tc, x) == cal.tail(held_full, x)
+
+
+def test_a_full_histogram_counts_no_more() -> None:
+    # 4-byte bins: a histogram that counted MAX_COUNT scores (2^31 - 1) keeps its shape.
+    cal = Calibrator(max_raw=32.0, bins=128)
+    tc = learned(cal, [0.0, 1.0, 1.0])
+    tc.n = 2**31 - 1
+    cal.learn(tc, 1.0)
+    assert (tc.n, tc.counts.tolist()) == (2**31 - 1, [1, 0, 0, 0, 2])
 
 
 RAWS = st.lists(

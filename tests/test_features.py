@@ -18,6 +18,7 @@ from detector.core.codec import Reader, Writer
 from detector.core.events import Decoder, Event
 from detector.core.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConfig, FeatureStore
 from detector.core.features.categories import ID_FIELD, Categories, Counts
+from detector.core.features.drift import Drift
 from detector.core.features.moments import Moments
 from detector.core.features.replay import BYTES_PER_ID, IdWindow, ReplayFeature
 from detector.core.fingerprints import fingerprint as value_fingerprint
@@ -992,6 +993,36 @@ def test_categorical_rows_keep_their_values_through_compactions_in_small_columns
     assert held > 2000 and len(table.fp) <= 2 * held + 320
     held = sum(len(v) for v in multi.values())
     assert held > 1000 and len(table.cnt) == len(table.vid) <= 2 * held + 320
+
+
+MAX_COUNT = 2**31 - 1
+
+
+def test_four_byte_counts_stop_at_their_bound() -> None:
+    # Counts, moments and drift references hold 4-byte counts: at the bound (MAX_COUNT in
+    # each module, a C constant once compiled) a row counts no more (a categorical row keeps
+    # its counts as they are) instead of wrapping around.
+    table = Counts()
+    row = table.add_row()
+    for value in ("a", "a", "b"):
+        table.update(row, value, 10)
+    table.n[row] = MAX_COUNT - 1
+    table.update(row, "a", 10)
+    assert (table.n[row], table.count(row, "a")) == (MAX_COUNT, 3)
+    table.update(row, "a", 10)
+    table.update(row, "c", 10)
+    assert (table.n[row], table.count(row, "a"), table.count(row, "c")) == (MAX_COUNT, 3, 0)
+    m = Moments(0.1)
+    m.update(1.0)
+    m.table.count[0] = MAX_COUNT - 1
+    m.update(3.0)
+    m.update(3.0)
+    assert m.count == MAX_COUNT and m.mean == pytest.approx(0.1 * 3 + 0.9 * (0.1 * 3 + 0.9))
+    d = Drift()
+    d.learn(1.0, 0, 3_600_000, 30.0)
+    d.table.count[0] = MAX_COUNT
+    d.learn(2.0, 1000, 3_600_000, 30.0)
+    assert d.count == MAX_COUNT and d.mean > 1.0
 
 
 def test_the_id_window_forgets_the_oldest_beyond_its_bound() -> None:

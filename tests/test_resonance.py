@@ -87,7 +87,7 @@ def test_resonance_is_off_by_default() -> None:
         assert store.decisive(0, e) is None
         store.observe(e, learn=True)
     slot = store.slot_of("cpu-1")
-    assert slot is not None and feature.slots[slot] == {}
+    assert slot is not None and feature.slots[slot] is None  # off: no state, not even a dict
 
 
 def test_resonance_state_round_trips() -> None:

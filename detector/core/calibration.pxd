@@ -1,14 +1,16 @@
 import cython
 
 # A producer's histogram as C fields: every event reads its count and sums its low bins.
+cdef long long MAX_COUNT
+
 cdef class TailCounts:
     cdef public long long bins, n
     cdef public object counts
 
-@cython.locals(counts="long long[:]", below=cython.longlong, i=Py_ssize_t)
+@cython.locals(counts="int[:]", below=cython.longlong, i=Py_ssize_t)
 cpdef long long counted_from(TailCounts tc, Py_ssize_t b)
 
-@cython.locals(counts="long long[:]", above=cython.longlong, j=Py_ssize_t, i=Py_ssize_t, end=Py_ssize_t, total=cython.longlong, excess=double, u=double, scale=double)
+@cython.locals(counts="int[:]", above=cython.longlong, j=Py_ssize_t, i=Py_ssize_t, end=Py_ssize_t, total=cython.longlong, excess=double, u=double, scale=double)
 cpdef double fitted_tail(TailCounts tc, double raw, double width, Py_ssize_t bins, long long tail_points, double min_excess)
 
 cdef class Calibrator:

@@ -25,28 +25,31 @@ import numpy.typing as npt
 
 from detector.core.codec import Reader, Writer
 
+MAX_COUNT = 2**31 - 1  # scores a histogram's 4-byte bins count (then it counts no more)
+
 
 class TailCounts:
     """One producer's histogram of past raw scores.
 
     The bins are held up to the highest one used so far (``grow`` extends them): most
-    producers' scores fill a few dozen low bins, and the empty ones above them cost 8 bytes
-    each per producer. ``full()`` gives all ``bins`` of them. An ``array`` of int64, not a
+    producers' scores fill a few dozen low bins, and the empty ones above them cost 4 bytes
+    each per producer. ``full()`` gives all ``bins`` of them. An ``array`` of int32, not a
     numpy one: every event reads a few bins and counts one, and numpy's per-call cost was
-    most of that.
+    most of that. 4-byte bins: a histogram that counted :data:`MAX_COUNT` scores counts no
+    more (it keeps its shape).
     """
 
     __slots__ = ("bins", "counts", "n")
 
     def __init__(self, bins: int) -> None:
         self.bins = bins
-        self.counts = array("q")
+        self.counts = array("i")
         self.n = 0
 
     def grow(self, used: int) -> None:
         """Hold at least the first ``used`` bins."""
         if used > len(self.counts):
-            self.counts.frombytes(bytes(8 * (min(used, self.bins) - len(self.counts))))
+            self.counts.frombytes(bytes(4 * (min(used, self.bins) - len(self.counts))))
 
     def full(self) -> npt.NDArray[np.int64]:
         counts = np.zeros(self.bins, dtype=np.int64)
@@ -61,7 +64,7 @@ class TailCounts:
     @classmethod
     def load(cls, r: Reader, bins: int) -> TailCounts:
         tc = cls(bins)
-        tc.counts = array("q", r.i64s().tolist())
+        tc.counts = array("i", r.i64s().tolist())
         tc.n = r.i64()
         return tc
 
@@ -141,6 +144,8 @@ class Calibrator:
         return int(x) if x > 0 else 0
 
     def learn(self, tc: TailCounts, raw: float) -> None:
+        if tc.n >= MAX_COUNT:
+            return  # 4-byte bins, full: the histogram keeps its shape
         b = self._bin(raw)
         if b >= len(tc.counts):
             tc.grow(b + 1)

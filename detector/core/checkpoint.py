@@ -57,7 +57,9 @@ from detector.core.events import Event
 # and the categorical block starts (4 bytes) and flags (1 byte) narrower (issue 15); 9: each
 # producer's peer record (and the base's peer columns) ends with its rate's usual offset from
 # its kind's and that offset's time (issue 17, departure by rates; the kinds' rate levels are
-# a key of their levels, no new layout). An older
+# a key of their levels, no new layout), and the categorical counts (``Counts.n``, ``cnt``)
+# and the decision state's histogram bins are 4-byte columns in the base (issue 15, memory).
+# An older
 # detector refuses a newer format by this number, and this one refuses older ones (retrain or
 # reset).
 FORMAT_VERSION = 9

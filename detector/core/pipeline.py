@@ -240,7 +240,7 @@ class Decisions:
         cal = self.calibration
         w.column(array("q", [-1 if tc is None else len(tc.counts) for tc in cal]))
         w.column(array("q", [0 if tc is None else tc.n for tc in cal]))
-        bins = array("q")
+        bins = array("i")
         bins.frombytes(b"".join([tc.counts.tobytes() for tc in cal if tc is not None]))
         w.column(bins)
         w.count(len(self.likelihood))
@@ -352,6 +352,9 @@ class Pipeline:
         while due is not None:
             self.apply_feedback(due[1])
             due = next(pending, None)
+        # The batch's events are the caller's (in ``out``): the reused judgements let them go,
+        # or they would be held until the next batch (a batch's worth of per-event objects).
+        self.judged.events = ()
         return out
 
     def apply_feedback(self, fb: Feedback) -> bool:

@@ -7,6 +7,8 @@ from detector.core.fingerprints cimport fingerprint
 
 cpdef object resized(object old, str code, Py_ssize_t size)
 
+cdef long long MAX_COUNT
+
 cdef class Pool:
     cdef public Py_ssize_t top, garbage
     @cython.locals(start=Py_ssize_t)
@@ -29,15 +31,14 @@ cdef class Vocab:
     cpdef bint release(self, Py_ssize_t i)
     cpdef str text(self, Py_ssize_t i)
 
-# The columns as typed memoryviews over array('q'), array('Q'), array('i'), array('b'): C reads and
+# The columns as typed memoryviews over array('Q'), array('i'), array('b'): C reads and
 # writes; resized() replaces them when they grow.
 cdef class Counts:
     cdef public Vocab values
     cdef public unsigned long long[:] vfp, fp
     cdef public Py_ssize_t rows
     cdef public object free_rows
-    cdef public long long[:] n, cnt
-    cdef public int[:] ostart, mstart, osize, oused, msize, mused, vid
+    cdef public int[:] n, cnt, ostart, mstart, osize, oused, msize, mused, vid
     cdef public signed char[:] sat
     cdef public Pool once_pool, multi_pool
 

@@ -26,6 +26,9 @@ from detector.core.fingerprints import fingerprint
 
 # Block starts are 4-byte ints: a pool holds fewer entries (16 GiB of fingerprints).
 _MAX_INDEX = 2**31 - 1
+# Counts are 4-byte ints too: a row that counted this many values counts no more (its
+# counts stay as they are, in proportion; 2^31 - 1 events of one producer's field).
+MAX_COUNT = 2**31 - 1
 
 
 def resized(old: object, code: str, size: int) -> array[Any]:
@@ -211,7 +214,8 @@ class Counts:
 
     A row has two blocks: the fingerprints of its values seen once (``fp``, from
     :attr:`once_pool`), and its values seen twice or more (``vid``: the string's id in
-    :attr:`values`; ``cnt``: its count; from :attr:`multi_pool`), each in order of arrival.
+    :attr:`values`; ``cnt``: its count, 4-byte as ``n``: :data:`MAX_COUNT`; from
+    :attr:`multi_pool`), each in order of arrival.
     Row columns: ``n`` (values counted), ``sat`` (saturated), and per block its ``*start``,
     ``*size`` and ``*used`` (``o``: once, ``m``: multi).
     """
@@ -221,7 +225,7 @@ class Counts:
         self.vfp = array("Q")  # the fingerprint of each string of `values`, by id
         self.rows = 0
         self.free_rows = array("i")
-        self.n = array("q")
+        self.n = array("i")
         self.sat = array("b")
         self.ostart = array("i")
         self.osize = array("i")
@@ -232,12 +236,12 @@ class Counts:
         self.once_pool = Pool()
         self.multi_pool = Pool()
         self.fp = array("Q")
-        self.cnt = array("q")
+        self.cnt = array("i")
         self.vid = array("i")
 
     def __reduce__(self) -> tuple[object, ...]:
-        columns = {"vfp": "Q", "n": "q", "sat": "b", "ostart": "i", "osize": "i", "oused": "i",
-                   "mstart": "i", "msize": "i", "mused": "i", "fp": "Q", "cnt": "q",
+        columns = {"vfp": "Q", "n": "i", "sat": "b", "ostart": "i", "osize": "i", "oused": "i",
+                   "mstart": "i", "msize": "i", "mused": "i", "fp": "Q", "cnt": "i",
                    "vid": "i"}  # fmt: skip
         others = ("values", "rows", "free_rows", "once_pool", "multi_pool")
         return (Counts, (), pickled(self, columns, others))
@@ -262,7 +266,7 @@ class Counts:
         r = self.rows
         if r == len(self.n):
             size = capacity(r, r + 1)
-            self.n = resized(self.n, "q", size)
+            self.n = resized(self.n, "i", size)
             self.sat = resized(self.sat, "b", size)
             self.ostart = resized(self.ostart, "i", size)
             self.osize = resized(self.osize, "i", size)
@@ -309,7 +313,7 @@ class Counts:
         """Move row ``r``'s multi block to a new one of ``size``."""
         self.cnt, self.vid = regrow(
             self.multi_pool, self.mstart, self.msize, self.mused, self.rows, r, size,
-            [(self.cnt, "q"), (self.vid, "i")],
+            [(self.cnt, "i"), (self.vid, "i")],
         )  # fmt: skip
 
     def _intern(self, value: str, fp: int) -> int:
@@ -399,7 +403,7 @@ class Counts:
 
     def update(self, r: int, value: str, cap: int) -> None:
         """Count ``value`` in row ``r`` (saturating it beyond ``cap`` values)."""
-        if self.sat[r]:
+        if self.sat[r] or self.n[r] >= MAX_COUNT:
             return
         self.n[r] += 1
         vid = self.values.ids.get(value)

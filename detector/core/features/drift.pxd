@@ -8,9 +8,12 @@ from detector.core.features.value cimport FieldRows
 
 # The columns are arrays (Python attributes: dump, views); the per-event methods index typed
 # memoryviews of them.
+cdef long long MAX_COUNT
+
 cdef class DriftTable:
     cdef public object count, first_ms, last_ms, mean, var, hi, lo, seen
-    cdef long long[:] _count, _first_ms, _last_ms
+    cdef int[:] _count
+    cdef long long[:] _first_ms, _last_ms
     cdef double[:] _mean, _var, _hi, _lo
     cdef signed char[:] _seen
     cpdef void reserve(self, Py_ssize_t rows)

@@ -24,6 +24,8 @@ from detector.core.features.surprise import (
 )
 from detector.core.features.value import FieldRows, ValueFeature
 
+MAX_COUNT = 2**31 - 1  # a row's 4-byte count stops here (as moments.MAX_COUNT)
+
 
 class DriftTable:
     """Per row, a slow reference level of one numeric field and a two-sided CUSUM against it.
@@ -40,13 +42,14 @@ class DriftTable:
     reference is a fact), the reference only with accepted ones (:meth:`learn`), so a drift
     keeps accumulating evidence while its events are held back from the baselines.
 
-    Columns (a row per producer slot, or per producer and field): ``count``, ``first_ms``,
-    ``last_ms`` (int64), ``mean``, ``var``, ``hi``, ``lo`` (float64) and ``seen`` (int8: the
-    row has learned a value since it was cleared). :class:`Drift` is one row.
+    Columns (a row per producer slot, or per producer and field): ``count`` (int32: it stops
+    at ``MAX_COUNT``), ``first_ms``, ``last_ms`` (int64), ``mean``, ``var``, ``hi``, ``lo``
+    (float64) and ``seen`` (int8: the row has learned a value since it was cleared).
+    :class:`Drift` is one row.
     """
 
     def __init__(self) -> None:
-        self.count: array[int] = column("q", 0)
+        self.count: array[int] = column("i", 0)
         self.first_ms: array[int] = column("q", 0)
         self.last_ms: array[int] = column("q", 0)
         self.mean: array[float] = column("d", 0)
@@ -161,7 +164,7 @@ class DriftTable:
         d = y - mean
         self._mean[row] = mean + w * d
         self._var[row] = (1.0 - w) * (self._var[row] + w * d * d)
-        self._count[row] = count + 1
+        self._count[row] = min(count + 1, MAX_COUNT)
         self._last_ms[row] = max(last, t_ms)
 
 

@@ -6,10 +6,12 @@ from detector.core.codec cimport Writer
 
 # The columns are arrays (Python attributes: dump, views); the per-event methods index typed
 # memoryviews of them.
+cdef long long MAX_COUNT
+
 cdef class MomentsTable:
     cdef public double fading
     cdef public object count, mean, sq
-    cdef long long[:] _count
+    cdef int[:] _count
     cdef double[:] _mean, _sq
     cpdef void reserve(self, Py_ssize_t rows)
     cpdef void clear(self, Py_ssize_t row)

@@ -12,19 +12,21 @@ from detector.core.codec import Reader, Writer
 from detector.core.features.columns import capacity, column, grown, restored
 from detector.core.features.surprise import unlog
 
+MAX_COUNT = 2**31 - 1  # a row's 4-byte count of values stops here (the moments go on)
+
 
 class MomentsTable:
     """Exponentially weighted mean and variance per row, in signed-log space.
 
     River's ``stats.EWMean`` / ``stats.EWVar`` update formulas (the first value sets the mean;
     ``var = E[x²] - E[x]²``), bit for bit (``tests/test_features.py`` holds River as the oracle),
-    kept as three columns: ``count`` (int64), ``mean`` and ``sq`` (float64, the weighted mean
-    of x²): 24 bytes a row.
+    kept as three columns: ``count`` (int32: it stops at :data:`MAX_COUNT`), ``mean`` and
+    ``sq`` (float64, the weighted mean of x²): 20 bytes a row.
     """
 
     def __init__(self, fading_factor: float) -> None:
         self.fading = fading_factor
-        self.count: array[int] = column("q", 0)
+        self.count: array[int] = column("i", 0)
         self.mean: array[float] = column("d", 0)
         self.sq: array[float] = column("d", 0)
         self._bind()
@@ -61,7 +63,8 @@ class MomentsTable:
         else:
             self._mean[row] = x
             self._sq[row] = x * x
-        self._count[row] += 1
+        if self._count[row] < MAX_COUNT:
+            self._count[row] += 1
 
     def var(self, row: int) -> float:
         m: float = self._mean[row]

@@ -316,8 +316,9 @@ class ResonanceFeature(Feature):
         self._event: Event | None = None
         self._news: Reason | None = None
 
-    def new(self) -> dict[str, ShapeMemory]:
-        return {}
+    def new(self) -> dict[str, ShapeMemory] | None:
+        # Off: None (shared), not an empty dict per slot (64 bytes a producer).
+        return {} if self.on else None
 
     def judge(self, slot: int, event: Event) -> float:
         return 0.0
