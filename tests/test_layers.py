@@ -15,8 +15,8 @@ FEATURES = ("store", "feature", "config", "surprise", "judgements", "columns", "
             "categories", "rate", "value", "size", "types", "category", "schema", "replay",
             "drift", "joint", "peers", "sequence", "resonance", "tables")  # fmt: skip
 CORE = ("settings", "errors", "events", *(f"features.{m}" for m in FEATURES), "codec",
-        "admission", "calibration", "scoring", "estimators", "trees", "pipeline", "alerts",
-        "checkpoint", "feedback")  # fmt: skip
+        "fingerprints", "admission", "calibration", "scoring", "estimators", "trees", "pipeline",
+        "alerts", "checkpoint", "feedback")  # fmt: skip
 GATEWAY = ("streams", "ownership", "partitions", "connection", "secrets", "embedded",
            "alert_reader", "feedback")  # fmt: skip
 RUNTIME = ("worker", "consumer", "checkpointer", "status", "metrics", "peering")
