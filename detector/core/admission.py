@@ -18,11 +18,12 @@ replay from a checkpoint admits and refuses exactly the same producers. See docs
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from detector.core.fingerprints import fingerprint
 
 # Key of the shared overflow state in checkpoints and of the detector's own alerts. The decoder
 # refuses empty producer ids (``empty_producer``), so no real producer can collide with it.
@@ -33,7 +34,7 @@ MINUTE_MS = 60_000
 class DistinctSketch:
     """Approximate count of distinct strings in 256 bytes (HyperLogLog, ~6.5% standard error).
 
-    Deterministic (blake2b, not ``hash()``), so a replay gives the same estimate.
+    Deterministic (BLAKE2b fingerprints, not ``hash()``), so a replay gives the same estimate.
 
     Examples:
         >>> s = DistinctSketch()
@@ -52,7 +53,7 @@ class DistinctSketch:
         self.registers = bytearray(self.M)
 
     def add(self, key: str) -> None:
-        h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+        h = fingerprint(key)
         rest = h >> 8
         rank = 57 - rest.bit_length()  # leading zeros of the 56 remaining bits, plus one
         if rank > self.registers[h & 0xFF]:
