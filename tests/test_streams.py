@@ -11,7 +11,15 @@ import pytest
 import redis
 
 from detector.core.alerts import Alert, alert_id
-from detector.gateway.streams import DeadLetter, Outage, Output, Streams, connect, retry
+from detector.gateway.streams import (
+    COMMAND_ARGS,
+    DeadLetter,
+    Outage,
+    Output,
+    Streams,
+    connect,
+    retry,
+)
 
 GROUP = "g"
 
@@ -76,6 +84,24 @@ def test_the_commit_writes_the_state_drops_evicted_producers_and_acks(
     s.commit("ck", {b"p:new": b"z"}, ["p:gone"], {"in": ids})
     assert r.hgetall("ck") == {"p:kept": "y", "p:new": "z"}
     assert r.xpending("in", GROUP)["pending"] == 0
+
+
+def test_a_large_commit_is_one_transaction_of_short_commands(
+    r: redis.Redis, redis_url: str
+) -> None:
+    n = 3 * COMMAND_ARGS + 1
+    s, ids = _grouped(r, redis_url, n)
+    s.read({"in": ">"}, n, None)
+    r.hset("ck", mapping={f"p:gone{i}": "x" for i in range(n)})
+    r.config_resetstat()
+    fields = {f"p:{i}".encode(): b"v%d" % i for i in range(n)}
+    s.commit("ck", fields, [f"p:gone{i}" for i in range(n)], {"in": ids})
+    assert r.hgetall("ck") == {f"p:{i}": f"v{i}" for i in range(n)}
+    assert r.xpending("in", GROUP)["pending"] == 0
+    stats = r.info("commandstats")
+    assert stats["cmdstat_multi"]["calls"] == stats["cmdstat_exec"]["calls"] == 1
+    for command in ("hset", "hdel", "xack"):  # 4 commands of at most COMMAND_ARGS each
+        assert stats[f"cmdstat_{command}"]["calls"] == 4
 
 
 def _alert(n: int) -> Alert:
