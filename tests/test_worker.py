@@ -334,3 +334,29 @@ def test_a_commit_due_by_time_is_encoded_in_slices_while_the_worker_runs(
         thread.join(30)
     assert not thread.is_alive()
     assert worker.stats.events == len(ids)
+
+
+@pytest.mark.parametrize("linger_ms", [0.0, 150.0])
+def test_a_live_stream_is_read_in_fewer_rounds_with_a_read_linger(
+    r: redis.Redis, stream_name: str, worker_factory: Callable[..., Worker],
+    settings_factory: Callable[..., Settings], linger_ms: float,
+) -> None:  # fmt: skip
+    """Entries arriving a few at a time: each round after a small one waits ``linger_ms``, so
+    they are read in rounds of many (and all of them are processed)."""
+    events = order_events(producers=2, per_producer=40)
+    worker = worker_factory(settings_factory(read_linger_ms=linger_ms, idle_timeout_ms=1000))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    started = time.monotonic()
+    try:
+        for event in events:  # 80 entries over ~0.8 s
+            append(r, stream_name, [event])
+            time.sleep(0.01)
+    finally:
+        arriving_s = time.monotonic() - started
+        thread.join(timeout=30)
+    assert worker.stats.events == len(events)
+    if linger_ms:  # rounds at least 150 ms apart while they arrive, then one for the rest
+        assert worker.stats.batches <= arriving_s / 0.15 + 2, (worker.stats.batches, arriving_s)
+    else:  # read as they come: most rounds read one entry
+        assert worker.stats.batches > 20, worker.stats.batches

@@ -197,6 +197,9 @@ class Settings:
         idle_timeout_ms: quiet period that ends an ``until_idle`` run.
         batch_size: entries per read (COUNT, per stream).
         block_ms: how long one read waits for new entries.
+        read_linger_ms: after a round that read only a few entries (under ``batch_size / 8``),
+            wait this long before the next read, so that a live stream is read in fewer,
+            larger rounds (0: read again at once).
         claim_idle_ms: claim other consumers' entries pending longer than this.
         max_producers: producers tracked at once; least recently seen are evicted beyond it.
         producer_idle_ttl_s: evict a producer silent this long (event time).
@@ -306,6 +309,15 @@ class Settings:
     )
     batch_size: int = field(default=500, metadata=option("Entries per read (per stream)."))
     block_ms: int = field(default=1000, metadata=option("How long one read waits for new entries."))
+    read_linger_ms: float = field(
+        default=0.0,
+        metadata=option(
+            "After a round that read only a few entries (under batch_size / 8), wait this long "
+            "before the next read: fewer, larger rounds, for at most this much more latency "
+            "(0: read again at once).",
+            low=0,
+        ),
+    )
     claim_idle_ms: int = field(
         default=60_000, metadata=option("Claim entries other consumers left pending this long.")
     )

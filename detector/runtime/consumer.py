@@ -357,7 +357,7 @@ class Consumer:
                 below = starts_below[stream] = id_leq(entry_id, self.processed_upto.get(stream))
             if not claimed and below and id_leq(entry_id, self.processed_upto.get(stream)):
                 stats.replayed += 1  # already in the state: ack only
-                self.rt.metrics.events.labels("replayed").inc()
+                self.rt.metrics.outcome["replayed"].inc()
                 continue
             if entry_id in poison:
                 detail = f"delivered {poison[entry_id]} times"
@@ -380,7 +380,7 @@ class Consumer:
                 continue
             if self.baseline_end is not None and self.baseline_end.covers(event):
                 stats.replayed += 1  # the baseline learned it: ack only
-                self.rt.metrics.events.labels("replayed").inc()
+                self.rt.metrics.outcome["replayed"].inc()
                 continue
             events.append(event)
         return events, feedback, out
@@ -418,14 +418,17 @@ class Consumer:
         s.alerts += len(out.alerts)
         suppressed = verdicts.held_back()
         s.suppressed += suppressed
-        m.events.labels("scored").inc(scored)
-        m.events.labels("warmup").inc(warmup)
-        m.events.labels("invalid").inc(len(out.dead_letters))
-        for letter in out.dead_letters:
-            m.dead_lettered.labels(letter.reason).inc()
+        m.outcome["scored"].inc(scored)
+        if warmup:
+            m.outcome["warmup"].inc(warmup)
+        if out.dead_letters:
+            m.outcome["invalid"].inc(len(out.dead_letters))
+            for letter in out.dead_letters:
+                m.dead_lettered.labels(letter.reason).inc()
         for alert in out.alerts:
-            m.alerts.labels(alert.kind).inc()
-        m.suppressed.inc(suppressed)
+            m.alerts_of[alert.kind].inc()
+        if suppressed:
+            m.suppressed.inc(suppressed)
         m.batch_seconds.observe(seconds)
         m.event_seconds.observe(seconds / max(len(entries), 1))  # once per batch: see metrics
 

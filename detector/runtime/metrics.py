@@ -42,13 +42,12 @@ class Metrics:
         self.events = Counter(
             "detector_events", "Events by outcome", ["outcome"], registry=registry
         )
-        for outcome in OUTCOMES:
-            self.events.labels(outcome)
+        # Labelled children resolved once: ``labels()`` per batch was a cost per read round.
+        self.outcome = {outcome: self.events.labels(outcome) for outcome in OUTCOMES}
         self.alerts = Counter(
             "detector_alerts", "Alerts emitted, by kind", ["kind"], registry=registry
         )
-        for kind in KINDS:
-            self.alerts.labels(kind)
+        self.alerts_of = {kind: self.alerts.labels(kind) for kind in KINDS}
         self.feedback = Counter(
             "detector_feedback",
             "Analyst feedback entries: applied, on a producer not tracked, or invalid "

@@ -61,6 +61,10 @@ __all__ = ["RunStats", "Worker"]
 log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 1.0
+# The gauges (producers tracked, evicted, refused ...) this often, and once more at the end
+# of a run: each update sums over the pipelines, a cost per read round that small rounds of a
+# live stream (a few events each) paid for nothing between scrapes.
+GAUGE_INTERVAL_S = 0.5
 GROUP_INFO_INTERVAL_S = 5.0
 # Through Sentinel: ask which node is the primary this often. A primary replaced while it
 # stayed up keeps serving its clients until Sentinel demotes it, 8 s or more later; a worker
@@ -272,9 +276,11 @@ class Worker:
         self._health_key = HEALTH_KEY.format(group=settings.group, consumer=settings.consumer)
         self._next = {
             "health": 0.0, "info": 0.0, "claim": 0.0, "own": 0.0, "primary": 0.0, "peers": 0.0,
+            "gauges": 0.0,
         }  # fmt: skip
         self._signals = 0
         self._rotation = 0
+        self._last_read = 0  # entries read by the last round
         self._tails: dict[int, dict[str, str]] = {}
         self._target: list[int] = []
         self.status = StatusReporter(self, settings.status_interval_s)
@@ -362,6 +368,7 @@ class Worker:
                 last_activity = time.monotonic()
         self.status.close()
         self._shutdown()
+        self._update_gauges()
         self.stats.elapsed_s = time.monotonic() - started
         log.info("worker stopped", extra={"stats": asdict(self.stats)})
         return self.stats
@@ -414,6 +421,11 @@ class Worker:
             return 0
         owners = [self.consumers[p] for p in owned]
         encoding = any(c.encoding for c in owners)
+        if s.read_linger_ms and not encoding and 0 < self._last_read < s.batch_size // 8:
+            # A round costs a read, an append and bookkeeping whatever its size: a live
+            # stream read as it arrives pays them for every few events (a commit being
+            # encoded lingers by itself, a slice per round).
+            self.rt.stop.wait(s.read_linger_ms / 1000)
         results: list[tuple[list[Entry], dict[str, str]] | Exception]
         if len(owners) == 1:  # one read, waiting in it if it can (its encoding goes on at once)
             only = owners[0].streams
@@ -438,9 +450,9 @@ class Worker:
                 self._guard_fence(p, partial(c.handle, result[0]))
             elif result[1]:
                 self._tails[p] = result[1]
+        self._last_read = total
         if total == 0 and not encoding:
             self._wait(block_ms)
-        self._update_gauges()
         return total
 
     def _wait(self, block_ms: int) -> None:
@@ -536,6 +548,9 @@ class Worker:
                 self.rt.note_error(exc)
             missing = set(self._target) - set(self.consumers)
             self._next["own"] = time.monotonic() + (min(tick, ACQUIRE_RETRY_S) if missing else tick)
+        if now >= self._next["gauges"]:
+            self._next["gauges"] = now + GAUGE_INTERVAL_S
+            self._update_gauges()
         if now >= self._next["health"]:
             self._next["health"] = now + HEALTH_INTERVAL_S
             self._guarded(self._report_health)
