@@ -72,13 +72,15 @@ COOLDOWN_MS = 300_000
 
 def worker_role(
     url: str, stream: str, group: str, model: str, baseline: Path, out: Path,
-    idle_timeout_ms: int, commit_slice_ms: float,
+    idle_timeout_ms: int, commit_slice_ms: float, read_linger_ms: float | None = None,
 ) -> None:  # fmt: skip
     """Run a Worker (CLI defaults) until idle; write batch and commit times to ``out``."""
     from detector.runtime.worker import Worker
 
     settings = worker_settings(url, stream, group, "lat", model, baseline, idle_timeout_ms)
     settings = dataclasses.replace(settings, commit_slice_ms=commit_slice_ms)
+    if read_linger_ms is not None:
+        settings = dataclasses.replace(settings, read_linger_ms=read_linger_ms)
     batches: list[tuple[float, list[str]]] = []
     commits: list[tuple[float, list[str]]] = []
 
@@ -236,6 +238,7 @@ def run_level(
     idle_ms: int = 3000,
     duration_s: float = float("inf"),
     commit_slice_ms: float = 5.0,
+    read_linger_ms: float | None = None,
 ) -> dict[str, Any]:
     """One worker (+ one producer at ``rate``; None: drain a prefilled backlog)."""
     client = redis.Redis.from_url(url)
@@ -264,6 +267,7 @@ def run_level(
             str(idle_ms),
             "--commit-slice-ms",
             str(commit_slice_ms),
+            *(() if read_linger_ms is None else ("--read-linger-ms", str(read_linger_ms))),
         ]
     )
     if rate is not None:
@@ -418,6 +422,13 @@ def _fmt(p: dict[str, float]) -> str:
     help="commit_slice_ms values: every level runs once per value (0: commits in one go).",
 )
 @click.option("--commit-slice-ms", type=float, default=5.0, hidden=True)
+@click.option(
+    "--read-lingers",
+    default="",
+    help="read_linger_ms values: every level runs once per value, after the commit slices "
+    "(empty: the CLI's default only).",
+)
+@click.option("--read-linger-ms", type=float, default=None, hidden=True)
 @click.option("--producers", default=1000, show_default=True)
 @click.option("--history-per-producer", default=500, show_default=True)
 @click.option("--quick", is_flag=True, help="Small workload, 3 s levels.")
@@ -443,6 +454,8 @@ def main(
     live_events: int,
     commit_slices: str,
     commit_slice_ms: float,
+    read_lingers: str,
+    read_linger_ms: float | None,
     producers: int,
     history_per_producer: int,
     quick: bool,
@@ -451,7 +464,10 @@ def main(
     """Append-to-alert, -processed and -ack latency at fractions of the measured capacity."""
     if role == "worker":
         assert url and group and baseline and out
-        worker_role(url, STREAM, group, model, baseline, out, idle_timeout_ms, commit_slice_ms)
+        worker_role(
+            url, STREAM, group, model, baseline, out, idle_timeout_ms, commit_slice_ms,
+            read_linger_ms,
+        )  # fmt: skip
         return
     if role == "producer":
         assert url and events_path and rate and count and wait_key
@@ -502,17 +518,26 @@ def main(
             count = min(want, live_events)
             if count < want:
                 click.echo(f"  (level {level}: only {count} events, {count / rate:.1f}s)")
-            for j, slice_ms in enumerate(slices):
+            lingers: list[float | None] = [float(x) for x in read_lingers.split(",") if x] or [None]
+            variants = [(sl, lg) for lg in lingers for sl in slices]
+            for j, (slice_ms, linger_ms) in enumerate(variants):
                 r = run_level(
                     server.url, f"lvl{i}s{j}", model, path, events_path, rate, count, warmup_s,
-                    tmp, idle_timeout_ms, duration_s, slice_ms,
+                    tmp, idle_timeout_ms, duration_s, slice_ms, linger_ms,
                 )  # fmt: skip
-                key = str(level) if len(slices) == 1 else f"{level}@{slice_ms:g}ms"
-                results["levels"][key] = r | {"commit_slice_ms": slice_ms}
+                key = str(level)
+                if len(slices) > 1:
+                    key += f"@{slice_ms:g}ms"
+                if linger_ms is not None:
+                    key += f" linger {linger_ms:g}ms"
+                results["levels"][key] = r | {
+                    "commit_slice_ms": slice_ms, "read_linger_ms": linger_ms,
+                }  # fmt: skip
+                linger = "" if linger_ms is None else f" linger {linger_ms:g} ms"
                 click.echo(
                     f"{level:>6.0%} {slice_ms:>5g} {rate:>8,.0f} "
                     f"{r.get('append_rate', 0):>8,.0f} | "
-                    f"{_fmt(r['alert'])} | {_fmt(r['processed'])} | {_fmt(r['ack'])}"
+                    f"{_fmt(r['alert'])} | {_fmt(r['processed'])} | {_fmt(r['ack'])}{linger}"
                 )
                 c = r["commit_ms"]
                 if c.get("n"):
