@@ -224,3 +224,24 @@ def test_instructions_reads_the_process_count_from_callgrind_annotate() -> None:
     assert instructions(annotated) == (14_625_843_777, 22_943_815_091)
     with pytest.raises(click.ClickException, match="compiled"):
         instructions("1,000 (100.0%)  PROGRAM TOTALS")
+
+
+def test_rounds_worker_counts_its_rounds(tmp_path: Path) -> None:
+    """benchmarks.rounds' worker role (valgrind is not needed here): the events it read and
+    in how many rounds, as the main role parses them."""
+    import orjson
+
+    from benchmarks.rounds import _ROUNDS
+    from benchmarks.workloads import baseline_for, shop_workload
+
+    workload = shop_workload(200, producers=20, history_per_producer=220)
+    baseline, _ = baseline_for(workload, "stats", tmp_path, use_cache=False)
+    events = tmp_path / "events.json"
+    events.write_bytes(orjson.dumps(workload.live[:60]))
+    args = ["--role", "worker", "--baseline", str(baseline), "--events-file", str(events)]
+    one = _run(tmp_path, "benchmarks.rounds", *args, "--batch-size", "1")
+    many = _run(tmp_path, "benchmarks.rounds", *args, "--batch-size", "500")
+    assert [m.groups() for m in map(_ROUNDS.search, (one, many)) if m] == [
+        ("60", "60"),
+        ("60", "1"),
+    ]
