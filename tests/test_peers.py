@@ -529,3 +529,25 @@ def test_a_producer_departed_by_its_rate_may_depart_again_after_it_came_back() -
     back = traffic(6, start=t, seed=10)
     assert peer_alerts(p.process(back)) == []
     assert not p.store.peers.flags[slot] & peers.RATE_STRAYED
+
+
+def test_a_level_catching_up_with_a_restarted_reference_is_not_drifting() -> None:
+    # After a new normal is accepted (the drift reference restarts, as after seed 11's slow
+    # poisoning of payment-3), the recent level still holds the values before it for ~3/fading
+    # values: the gap between the two is the level catching up, not the producer drifting
+    # away. The same gap with a reference as old as the level is a drift.
+    p = Pipeline(load_spec("stats"))
+    p.process(herd(8))
+    store = p.store
+    value, drift, peer = store.by_name["value"], store.by_name["drift"], store.by_name["peer"]
+    rows, drifts = value.rows, drift.drifts
+    row = rows.find(p.view("cart-1").slot, rows.keys.by_type["cart.item_added"]["amount"])
+    n = rows.moments.count[row]
+    assert drifts.count[row] == n > 3 / p.spec.features.fading_factor  # learned alike
+    drifts.mean[row] = rows.moments.mean[row] - 1.0  # the level is far above its reference
+    assert peer._drifting(row, 1.0)
+    assert not peer._drifting(row, -1.0)
+    drifts.count[row] = 60  # ... which restarted 60 values ago
+    assert not peer._drifting(row, 1.0)
+    drifts.count[row] = round(3 / p.spec.features.fading_factor)  # the level has forgotten
+    assert peer._drifting(row, 1.0)

@@ -601,10 +601,17 @@ class PeerFeature(Feature):
         if drift is None or value is None or cfg.drift_horizon_s <= 0:
             return False
         drifts, moments = drift.drifts, value.rows.moments
-        if not drifts.seen[row] or drifts.count[row] < cfg.min_count:
+        n = drifts.count[row]  # values since the reference (re)started
+        if not drifts.seen[row] or n < cfg.min_count:
+            return False
+        a = cfg.fading_factor  # the recent level is a mean over ~1/a values
+        if moments.count[row] > n and n * a < LEVEL_MEMORY:
+            # The reference restarted (a new normal accepted) after the level began, and the
+            # level still holds values from before: the reference is the fresher of the two,
+            # and their gap is the level catching up, not a drift (seed 11's payment-3: its
+            # level falling back after a poisoning, read as drifting up).
             return False
         moved = math.copysign(1.0, away) * (moments.mean[row] - drifts.mean[row])
-        a = cfg.fading_factor  # the recent level is a mean over ~1/a values
         se = max(math.sqrt(max(moments.var(row), 0.0)), cfg.min_sd) * math.sqrt(a / (2.0 - a))
         return moved >= DRIFTING_SE * se
 
