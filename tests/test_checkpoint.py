@@ -537,7 +537,11 @@ def test_the_parts_written_slot_by_slot_before_are_columns_and_restore_exactly()
     rule = Rule(SUPPRESS, Pattern("value", "amount", "paid", "12.5"), 99)
     rules.rules[store.producers["web-2"]] = (rule, rule)
     # A member's levels in its kind (peer departure by values), as the peer feature keeps them.
-    store.peers.levels[store.producers["web-1"]] = {"paid.amount": (1.5, 0.25), "": (7.2, 1.6)}
+    levels, web1 = store.peers.levels, store.producers["web-1"]
+    for key in levels.names(web1):
+        levels.pop(web1, key)
+    levels.put(web1, "paid.amount", 1.5, 0.25)
+    levels.put(web1, "", 7.2, 1.6)
     # Its rate level's usual offset from its kind's (peer departure by rates) and its time.
     store.peers.rate_ref[store.producers["web-1"]] = -0.75
     store.peers.rate_ref_ms[store.producers["web-1"]] = 123_456
@@ -549,7 +553,9 @@ def test_the_parts_written_slot_by_slot_before_are_columns_and_restore_exactly()
     copy.restore({}, store.counters(), base=base)
     assert copied.rules[copy.producers["web-2"]] == (rule, rule)
     web1 = copy.producers["web-1"]
-    assert copy.peers.levels[web1] == {"paid.amount": (1.5, 0.25), "": (7.2, 1.6)}
+    assert copy.peers.levels.names(web1) == ["paid.amount", ""]
+    assert copy.peers.levels.get(web1, "paid.amount") == (1.5, 0.25)
+    assert copy.peers.levels.get(web1, "") == (7.2, 1.6)
     assert (copy.peers.rate_ref[web1], copy.peers.rate_ref_ms[web1]) == (-0.75, 123_456)
     assert all(
         copy.record(copy.producers[p]) == store.record(slot) for p, slot in store.producers.items()

@@ -186,3 +186,40 @@ def test_a_broken_relation_accepted_as_the_new_normal_stops_alerting() -> None:
     alerted = [i for i, v in enumerate(verdicts) if v.alert is not None]
     assert len(alerted) == 1 and alerted[0] < 30, alerted
     assert not any(v.flagged for v in verdicts[100:])
+
+
+def test_rows_share_their_type_and_field_names_and_let_them_go() -> None:
+    """Rows of one type and fields share one type string and one tuple of names (built anew
+    by each event's decode, they were a string and a tuple per row); a reset lets go of a
+    tuple no row holds; restored from a base or a pickle, the rows share them again."""
+    import pickle
+
+    from detector.core.features.joint import JointTable
+
+    table = JointTable(3, 4)
+    for slot in range(6):
+        table.reset(slot)
+        for etype in ("paid", "refund"):
+            table.add(slot, "".join(etype), tuple("".join(n) for n in ("amount", "items")))
+    table.add(5, "".join("odd"), ("ms",) * 2)
+    rows = [r for s in range(6) for r in table.rows(s)]
+    assert len({id(table.names[r]) for r in rows}) == 2
+    assert len({id(table.etype[r]) for r in rows}) == 3
+    assert {k: v[1] for k, v in table.shapes.items()} == {("amount", "items"): 12, ("ms", "ms"): 1}
+    table.reset(5)
+    assert {k: v[1] for k, v in table.shapes.items()} == {("amount", "items"): 10}
+    copy = pickle.loads(pickle.dumps(table))  # noqa: S301 (its own bytes)
+    copy.reset(4)
+    assert {k: v[1] for k, v in copy.shapes.items()} == {("amount", "items"): 8}
+    cfg = FeatureConfig(joint_fields=3)
+    store = FeatureStore(cfg)
+    for i, producer in enumerate(("a", "b") * 30):
+        numbers = {"amount": 1.0 + i % 7, "items": float(i % 3)}
+        store.observe(Event("s", f"{i}-0", producer, 1000 * i, "paid", numbers, {}, 50), True)
+    restored = FeatureStore(cfg)
+    restored.restore({}, store.counters(), base=store.base())
+    joint = restored.by_name["joint"]
+    assert isinstance(joint, JointFeature)
+    assert {k: v[1] for k, v in joint.table.shapes.items()} == {("amount", "items"): 2}
+    joint.reset(restored.producers["a"])
+    assert {k: v[1] for k, v in joint.table.shapes.items()} == {("amount", "items"): 1}

@@ -551,3 +551,47 @@ def test_a_level_catching_up_with_a_restarted_reference_is_not_drifting() -> Non
     assert not peer._drifting(row, 1.0)
     drifts.count[row] = round(3 / p.spec.features.fading_factor)  # the level has forgotten
     assert peer._drifting(row, 1.0)
+
+
+def test_the_levels_are_pooled_columns_that_keep_a_dicts_order() -> None:
+    """Each slot's levels behave as the dict they replace (a key set again keeps its place, one
+    taken out and set again goes last); slots reset, grow past their blocks and compact the
+    pool without mixing up each other's; pickled and written as a table they come back equal."""
+    import pickle
+
+    from detector.core.codec import Reader, Writer
+    from detector.core.features import tables
+
+    levels, model = peers.Levels(), {}
+    rng = random.Random(5)
+    for slot in range(40):
+        levels.reset(slot)
+        model[slot] = {}
+    keys = [f"t.f{i}" for i in range(12)] + [peers.RATE]
+    compacted, top = False, 0
+    for step in range(6000):
+        slot, key = rng.randrange(40), rng.choice(keys)
+        op = rng.random()
+        if op < 0.5:
+            y, var = rng.random(), float(step)
+            levels.put(slot, key, y, var)
+            model[slot][key] = (y, var)
+        elif op < 0.9:
+            assert levels.pop(slot, key) == model[slot].pop(key, None)
+        elif op < 0.93:  # an evicted producer's slot taken afresh
+            levels.reset(slot)
+            model[slot] = {}
+        assert levels.names(slot) == list(model[slot])
+        compacted, top = compacted or levels.pool.top < top, levels.pool.top
+    assert compacted  # the pool's garbage was compacted along the way
+    held = {k for m in model.values() for k in m}
+    assert set(levels.keys.ids) == held  # a key no slot holds is let go
+    w = Writer()
+    tables.put(w, levels)
+    pickled = pickle.loads(pickle.dumps(levels))  # noqa: S301 (its own bytes)
+    for copy in (pickled, tables.take(Reader(w.bytes()))):
+        for slot, mine in model.items():
+            assert copy.names(slot) == list(mine)
+            assert [copy.get(slot, k) for k in mine] == list(mine.values())
+        copy.put(39, "t.new", 1.0, 2.0)  # a restored table grows again
+        assert copy.get(39, "t.new") == (1.0, 2.0) and copy.get(38, "t.new") is None

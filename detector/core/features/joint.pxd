@@ -14,6 +14,7 @@ cdef class JointTable:
     cdef public Py_ssize_t k, tri, max_types, used, free
     cdef public object count, next, nf, run, mean, cov, head, types, y, z, chol
     cdef public list etype, names
+    cdef public dict shapes
     cdef long long[:] _count
     cdef int[:] _next, _head, _types
     cdef signed char[:] _nf
@@ -22,8 +23,10 @@ cdef class JointTable:
     cpdef void reset(self, Py_ssize_t slot)
     @cython.locals(row=Py_ssize_t)
     cpdef Py_ssize_t find(self, Py_ssize_t slot, object etype)
-    @cython.locals(row=Py_ssize_t, i=Py_ssize_t)
+    @cython.locals(row=Py_ssize_t, i=Py_ssize_t, held=list)
     cpdef Py_ssize_t add(self, Py_ssize_t slot, object etype, tuple names)
+    @cython.locals(held=list)
+    cpdef void _let_go(self, tuple names)
     @cython.locals(i=Py_ssize_t)
     cpdef bint gather(self, Py_ssize_t row, dict numbers)
     @cython.locals(nf=Py_ssize_t, k=Py_ssize_t, tri=Py_ssize_t, n=cython.longlong, m0=Py_ssize_t, c0=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, base=Py_ssize_t, a=double, di=double)

@@ -32,6 +32,7 @@ slow model caught up.
 from __future__ import annotations
 
 import math
+import sys
 from array import array
 from typing import Any
 
@@ -102,7 +103,9 @@ class JointTable:
     float64 per row) and ``cov`` (the lower triangle of the covariance, ``k(k+1)/2`` float64
     per row), with ``k`` = ``joint_fields``; per row the
     event type and the names of its fields (the first ``k`` numeric fields, sorted by name, of
-    the first event of the type with at least two). Freed rows (a slot reset) are reused.
+    the first event of the type with at least two), shared by the rows that have them (the
+    type interned, the names one tuple per distinct one, counted in :attr:`shapes`: not a
+    string and a tuple per row). Freed rows (a slot reset) are reused.
     """
 
     def __init__(self, k: int, max_types: int) -> None:
@@ -117,6 +120,8 @@ class JointTable:
         self.cov: array[float] = column("d", 0)
         self.etype: list[str | None] = []
         self.names: list[tuple[str, ...]] = []
+        # Each distinct tuple of names held by rows: [the tuple the rows share, rows holding it].
+        self.shapes: dict[tuple[str, ...], list[Any]] = {}
         self.head: array[int] = column("i", 0)
         self.types: array[int] = column("i", 0)
         self.used = 0
@@ -138,7 +143,7 @@ class JointTable:
     def __reduce__(self) -> tuple[Any, ...]:
         names = (
             "k", "tri", "max_types", "count", "next", "nf", "run", "mean", "cov", "etype", "names",
-            "head", "types", "used", "free", "y", "z", "chol",
+            "shapes", "head", "types", "used", "free", "y", "z", "chol",
         )  # fmt: skip
         return restored, (JointTable, {name: getattr(self, name) for name in names})
 
@@ -155,6 +160,7 @@ class JointTable:
             while row >= 0:
                 after = self._next[row]
                 self.etype[row] = None
+                self._let_go(self.names[row])
                 self.names[row] = ()
                 self._next[row] = self.free
                 self.free = row
@@ -192,7 +198,15 @@ class JointTable:
         self._count[row] = 0
         self._run[row] = 0.0
         self._nf[row] = len(names)
-        self.etype[row], self.names[row] = etype, names
+        self.etype[row] = None if etype is None else sys.intern(etype)
+        if names:
+            held = self.shapes.get(names)
+            if held is None:
+                names = tuple(map(sys.intern, names))
+                held = self.shapes[names] = [names, 0]
+            held[1] += 1
+            names = held[0]
+        self.names[row] = names
         for i in range(row * self.k, (row + 1) * self.k):
             self._mean[i] = 0.0
         for i in range(row * self.tri, (row + 1) * self.tri):
@@ -202,6 +216,23 @@ class JointTable:
         self._head[slot] = row
         self._types[slot] += 1
         return row
+
+    def _let_go(self, names: tuple[str, ...]) -> None:
+        if not names:
+            return
+        held = self.shapes[names]
+        held[1] -= 1
+        if not held[1]:
+            del self.shapes[names]
+
+    def count_shapes(self) -> None:
+        """:attr:`shapes` counted afresh from the rows (a base read back shares each distinct
+        tuple already)."""
+        self.shapes = {}
+        for names in self.names:
+            if names:
+                held = self.shapes.setdefault(names, [names, 0])
+                held[1] += 1
 
     def rows(self, slot: int) -> list[int]:
         """``slot``'s rows, newest first (the chain's order)."""
@@ -448,6 +479,7 @@ class JointFeature(Feature):
             msg = "base has joint models of other sizes than this spec's"
             raise ValueError(msg)
         tables.load(r, table, _TABLE)
+        table.count_shapes()
 
     def load(self, slot: int, r: Reader) -> None:
         table = self.table

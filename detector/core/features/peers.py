@@ -62,11 +62,22 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from array import array
 from collections.abc import Iterable, Mapping
 
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
+from detector.core.features.categories import (
+    Pool,
+    Vocab,
+    grown_block,
+    pickled,
+    regrow,
+    resized,
+    unpickled,
+)
 from detector.core.features.clock import Clock
+from detector.core.features.columns import capacity
 from detector.core.features.config import FeatureConfig
 from detector.core.features.drift import DriftFeature
 from detector.core.features.feature import Feature
@@ -231,6 +242,103 @@ def family(etype: str) -> str:
     return etype.split(".", 1)[0]
 
 
+class Levels:
+    """Per slot, its (field key -> level, variance) as last added to its kind's: a block of
+    the ``key``/``level``/``var`` columns (from a :class:`Pool`, as the categorical blocks
+    are), in the order the keys were last set (a dict's order: a key taken out and set again
+    goes last), each key interned in :attr:`keys` (shared by all producers)."""
+
+    def __init__(self) -> None:
+        self.keys = Vocab()
+        self.pool = Pool()
+        self.key = array("i")
+        self.level = array("d")
+        self.var = array("d")
+        self.start = array("i")
+        self.size = array("i")
+        self.used = array("i")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        columns = {"key": "i", "level": "d", "var": "d", "start": "i", "size": "i", "used": "i"}
+        return (Levels, (), pickled(self, columns, ("keys", "pool")))
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        unpickled(self, state)
+
+    def extents(self) -> dict[str, int]:
+        """How much of each column holds state (a checkpoint writes no more)."""
+        top, slots = self.pool.top, len(self.used)
+        return dict.fromkeys(("key", "level", "var"), top) | dict.fromkeys(
+            ("start", "size", "used"), slots
+        )
+
+    def reset(self, slot: int) -> None:
+        """Slot ``slot`` afresh: no levels, its keys and block let go."""
+        if slot >= len(self.used):
+            size = capacity(len(self.used), slot + 1)
+            self.start = resized(self.start, "i", size)
+            self.size = resized(self.size, "i", size)
+            self.used = resized(self.used, "i", size)
+        start = self.start[slot]
+        for i in range(start, start + self.used[slot]):
+            self.keys.release(self.key[i])
+        self.pool.release(start, self.size[slot])
+        self.start[slot] = 0
+        self.size[slot] = 0
+        self.used[slot] = 0
+
+    def find(self, slot: int, key: str) -> int:
+        """The index of ``key`` among the slot's levels, or -1."""
+        kid = self.keys.ids.get(key)
+        if kid is None:
+            return -1
+        start = self.start[slot]
+        for i in range(start, start + self.used[slot]):
+            if self.key[i] == kid:
+                return i
+        return -1
+
+    def get(self, slot: int, key: str) -> tuple[float, float] | None:
+        i = self.find(slot, key)
+        return None if i < 0 else (self.level[i], self.var[i])
+
+    def pop(self, slot: int, key: str) -> tuple[float, float] | None:
+        """The slot's (level, variance) of ``key``, taken out (None: it has none)."""
+        i = self.find(slot, key)
+        if i < 0:
+            return None
+        out = (self.level[i], self.var[i])
+        self.keys.release(self.key[i])
+        end = self.start[slot] + self.used[slot] - 1
+        for j in range(i, end):  # the later ones move down: the order stays
+            self.key[j] = self.key[j + 1]
+            self.level[j] = self.level[j + 1]
+            self.var[j] = self.var[j + 1]
+        self.used[slot] -= 1
+        return out
+
+    def put(self, slot: int, key: str, level: float, var: float) -> None:
+        """Set the slot's level of ``key`` (a new key goes last)."""
+        i = self.find(slot, key)
+        if i < 0:
+            if self.used[slot] == self.size[slot]:
+                self.key, self.level, self.var = regrow(
+                    self.pool, self.start, self.size, self.used, len(self.used), slot,
+                    grown_block(self.size[slot]),
+                    [(self.key, "i"), (self.level, "d"), (self.var, "d")],
+                )  # fmt: skip
+            i = self.start[slot] + self.used[slot]
+            self.key[i] = self.keys.add(key)
+            self.used[slot] += 1
+        self.level[i] = level
+        self.var[i] = var
+
+    def names(self, slot: int) -> list[str]:
+        """The slot's keys, in order."""
+        start = self.start[slot]
+        return [self.keys.text(self.key[i]) for i in range(start, start + self.used[slot])]
+
+
 # Each slot's state, a column each in the checkpoint's base.
 _SLOTS = ("kind", "flags", "gap", "levels", "rate_ref", "rate_ref_ms")
 
@@ -266,7 +374,7 @@ class PeerFeature(Feature):
         self.flags: list[int] = []
         self.gap: list[float] = []  # its usual inter-arrival as last added to its kind's
         # Per field key (and :data:`RATE`), its (level, variance) as last added to its kind's.
-        self.levels: list[dict[str, tuple[float, float]]] = []
+        self.levels = Levels()
         # Its own usual offset of its rate level from its kind's (a reference over
         # drift_horizon_s of event time), and when it last moved (ms; 0: none yet).
         self.rate_ref: list[float] = []
@@ -295,16 +403,15 @@ class PeerFeature(Feature):
 
     def reset(self, slot: int) -> None:
         # An evicted producer's counts, gap and levels stay in its kind's (as its membership).
+        self.levels.reset(slot)
         if slot == len(self.kind):
             self.kind.append("")
             self.flags.append(0)
             self.gap.append(0.0)
-            self.levels.append({})
             self.rate_ref.append(0.0)
             self.rate_ref_ms.append(0)
         else:
             self.kind[slot], self.flags[slot], self.gap[slot] = "", 0, 0.0
-            self.levels[slot] = {}
             self.rate_ref[slot], self.rate_ref_ms[slot] = 0.0, 0
 
     def judge(self, slot: int, event: Event) -> float:
@@ -317,12 +424,13 @@ class PeerFeature(Feature):
         w.text(self.kind[slot])
         w.count(self.flags[slot])
         w.f64(self.gap[slot])
-        levels = self.levels[slot]
-        w.count(len(levels))
-        for key, (y, var) in levels.items():
-            w.text(key)
-            w.f64(y)
-            w.f64(var)
+        levels = self.levels
+        start, used = levels.start[slot], levels.used[slot]
+        w.count(used)
+        for i in range(start, start + used):
+            w.text(levels.keys.text(levels.key[i]))
+            w.f64(levels.level[i])
+            w.f64(levels.var[i])
         w.f64(self.rate_ref[slot])
         w.i64(self.rate_ref_ms[slot])
 
@@ -331,15 +439,15 @@ class PeerFeature(Feature):
         self.kind[slot] = r.text()
         self.flags[slot] = r.count()
         self.gap[slot] = r.f64()
-        levels = self.levels[slot]
+        levels = self.levels
         for _ in range(r.count()):
             key = r.text()
-            levels[key] = (r.f64(), r.f64())
+            y = r.f64()
+            levels.put(slot, key, y, r.f64())
         self.rate_ref[slot], self.rate_ref_ms[slot] = r.f64(), r.i64()
 
     def dump_table(self, w: Writer) -> None:
-        """Every slot's kind, flags, usual gap and rate reference at once (columns), and its
-        levels (a dict per slot)."""
+        """Every slot's kind, flags, usual gap, levels and rate reference at once (columns)."""
         from detector.core.features import tables  # (it imports the features' modules)
 
         tables.dump(w, self, _SLOTS)
@@ -348,7 +456,9 @@ class PeerFeature(Feature):
         from detector.core.features import tables
 
         tables.load(r, self, _SLOTS)
-        if len({len(getattr(self, name)) for name in _SLOTS}) > 1:
+        lists = [name for name in _SLOTS if name != "levels"]
+        slots = {len(getattr(self, name)) for name in lists}
+        if len(slots) > 1 or len(self.levels.used) < max(slots):
             msg = "base has peer columns of unequal lengths"
             raise ValueError(msg)
 
@@ -581,7 +691,7 @@ class PeerFeature(Feature):
             if sums is not None:
                 n, total = n + sums[0], total + sums[1]
                 squares, var = squares + sums[2], var + sums[3]
-        own = self.levels[slot].get(key)
+        own = self.levels.get(slot, key)
         if own is not None:  # leave its own level out
             n, total, squares, var = n - 1, total - own[0], squares - own[0] * own[0], var - own[1]
         if n < LEVEL_MIN_OTHERS:
@@ -658,7 +768,7 @@ class PeerFeature(Feature):
             return
         rows = value.rows
         moments, names, keys = rows.moments, rows.keys.names, rows.key
-        mine, back = self.levels[slot], True
+        mine, back = self.levels, True
         strayed = bool(self.flags[slot] & STRAYED)
         for row in rows.rows(slot):
             y = self._level(row, True)
@@ -668,11 +778,11 @@ class PeerFeature(Feature):
             if strayed:  # not its kind's usual level while away (withdrawn)
                 back = back and self._returned(slot, name, key, y)
                 continue
-            old = mine.pop(key, None)
+            old = mine.pop(slot, key)
             if old is not None:
                 kind.level(key, -1.0, -old[0], -old[0] * old[0], -old[1])
             if kind.level(key, 1.0, y, y * y, var):
-                mine[key] = (y, var)
+                mine.put(slot, key, y, var)
         if back:
             self.flags[slot] &= ~STRAYED
         self._contribute_rate(slot, name, kind, event_ms)
@@ -685,13 +795,13 @@ class PeerFeature(Feature):
         if level is None:
             return
         y, var, _ = level
-        mine = self.levels[slot]
+        mine = self.levels
         if not self.flags[slot] & RATE_STRAYED:  # while away, withdrawn from its kind's
-            old = mine.pop(RATE, None)
+            old = mine.pop(slot, RATE)
             if old is not None:
                 kind.level(RATE, -1.0, -old[0], -old[0] * old[0], -old[1])
             kind.level(RATE, 1.0, y, y * y, var)
-            mine[RATE] = (y, var)
+            mine.put(slot, RATE, y, var)
         horizon_ms = self.cfg.drift_horizon_s * 1000
         others = self._others(slot, name, RATE, False)
         if others is not None and horizon_ms > 0:
@@ -710,9 +820,11 @@ class PeerFeature(Feature):
         its rate), until it comes back: a member away from its kind is not its kind's usual
         (of two others, one departing would move the range the third is judged by)."""
         kind = self.local.get(name)
-        mine = self.levels[slot]
-        for key in [k for k in mine if (k == RATE) == rate]:
-            y, var = mine.pop(key)
+        mine = self.levels
+        for key in [k for k in mine.names(slot) if (k == RATE) == rate]:
+            old = mine.pop(slot, key)
+            assert old is not None  # noqa: S101 (one of its keys)
+            y, var = old
             if kind is not None:
                 kind.level(key, -1.0, -y, -y * y, -var)
         self.changed = True

@@ -50,6 +50,7 @@ def _state_classes() -> tuple[dict[type, tuple[str, ...]], tuple[type, ...]]:
     from detector.core.features.category import Fields
     from detector.core.features.drift import DriftTable
     from detector.core.features.moments import MomentsTable
+    from detector.core.features.peers import Levels
     from detector.core.features.replay import IdCounts
     from detector.core.features.value import FieldRows, Keys, Seasonal, ValueWindow
 
@@ -75,6 +76,7 @@ def _state_classes() -> tuple[dict[type, tuple[str, ...]], tuple[type, ...]]:
         Pool: ("top", "garbage"),
         Novelty: ("has", "recent", "last_ms"),
         Fields: fields,
+        Levels: ("keys", "pool", "key", "level", "var", "start", "size", "used"),
     }
     # Objects that write their own record (``dump(w)``, ``cls.load(r)``).
     records = (Seasonal, ValueWindow, IdCounts)
