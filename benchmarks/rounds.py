@@ -84,6 +84,7 @@ def counted(tree: Path, baseline: Path, events: Path, batch_size: int) -> tuple[
 @click.option("--events", "n_events", default=1000, show_default=True)
 @click.option("--producers", default=1000, show_default=True)
 @click.option("--history-per-producer", default=300, show_default=True)
+@click.option("--quick", is_flag=True, help="200 events of 100 producers.")
 @click.option(
     "--against",
     multiple=True,
@@ -98,6 +99,7 @@ def main(
     n_events: int,
     producers: int,
     history_per_producer: int,
+    quick: bool,
     against: tuple[Path, ...],
 ) -> None:
     """Instructions per read round of this tree (and of ``--against`` trees)."""
@@ -105,6 +107,8 @@ def main(
         assert baseline and events_file  # the main role passes them
         worker_role(baseline, events_file, batch_size)
         return
+    if quick:
+        n_events, producers = min(n_events, 200), min(producers, 100)
     workload = shop_workload(max(n_events, 10_000), producers, history_per_producer)
     with tempfile.TemporaryDirectory(prefix="detector-rounds-") as d:
         tmp = Path(d)
