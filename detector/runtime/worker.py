@@ -280,7 +280,6 @@ class Worker:
         }  # fmt: skip
         self._signals = 0
         self._rotation = 0
-        self._last_read = 0  # entries read by the last round
         self._tails: dict[int, dict[str, str]] = {}
         self._target: list[int] = []
         self.status = StatusReporter(self, settings.status_interval_s)
@@ -421,11 +420,6 @@ class Worker:
             return 0
         owners = [self.consumers[p] for p in owned]
         encoding = any(c.encoding for c in owners)
-        if s.read_linger_ms and not encoding and 0 < self._last_read < s.batch_size // 8:
-            # A round costs a read, an append and bookkeeping whatever its size: a live
-            # stream read as it arrives pays them for every few events (a commit being
-            # encoded lingers by itself, a slice per round).
-            self.rt.stop.wait(s.read_linger_ms / 1000)
         results: list[tuple[list[Entry], dict[str, str]] | Exception]
         if len(owners) == 1:  # one read, waiting in it if it can (its encoding goes on at once)
             only = owners[0].streams
@@ -450,10 +444,25 @@ class Worker:
                 self._guard_fence(p, partial(c.handle, result[0]))
             elif result[1]:
                 self._tails[p] = result[1]
-        self._last_read = total
         if total == 0 and not encoding:
             self._wait(block_ms)
+        else:
+            self._linger(total)
         return total
+
+    def _linger(self, total: int) -> None:
+        """After a round of a few entries (``total``), wait ``read_linger_ms``: a round costs a
+        read, an append and bookkeeping whatever its size, and a live stream read as it
+        arrives pays them for every few events. The wait ends the round, so the housekeeping
+        comes next (a partition owner back from a pause tries its due commit before its next
+        read); a commit being encoded lingers by itself, a slice per round."""
+        s = self.settings
+        if (
+            s.read_linger_ms
+            and 0 < total < s.batch_size // 8
+            and not any(c.encoding for c in self.consumers.values())
+        ):
+            self.rt.stop.wait(s.read_linger_ms / 1000)
 
     def _wait(self, block_ms: int) -> None:
         """Nothing anywhere: block on one owned partition in rotation (consuming nothing)."""
