@@ -507,6 +507,8 @@ def main(
         results["capacity"] = cap
         click.echo(f"capacity ({model}, {cap['events']:,}-event backlog): {capacity:,.0f} events/s")
         slices = [float(x) for x in commit_slices.split(",")]
+        lingers: list[float | None] = [float(x) for x in read_lingers.split(",") if x] or [None]
+        variants = [(sl, lg) for lg in lingers for sl in slices]
         click.echo(
             f"{'level':>6} {'slice':>5} {'rate/s':>8} {'append':>8} | "
             f"{'alert: p50 p99 max ms n':>28} | {'processed: p50 p99 max ms n':>28} | "
@@ -518,8 +520,6 @@ def main(
             count = min(want, live_events)
             if count < want:
                 click.echo(f"  (level {level}: only {count} events, {count / rate:.1f}s)")
-            lingers: list[float | None] = [float(x) for x in read_lingers.split(",") if x] or [None]
-            variants = [(sl, lg) for lg in lingers for sl in slices]
             for j, (slice_ms, linger_ms) in enumerate(variants):
                 r = run_level(
                     server.url, f"lvl{i}s{j}", model, path, events_path, rate, count, warmup_s,

@@ -665,10 +665,10 @@ class Streams:
 
     def read(self, cursors: Mapping[str, str], count: int, block_ms: int | None) -> list[Entry]:
         """XREADGROUP: ``>`` for new entries, an id for this consumer's own pending ones."""
-        args = (self.group, self.consumer, dict(cursors))
         client = self.r
         if self.replication is None and not isinstance(client, RedisCluster):
             return self._read_direct(client.connection_pool, cursors, count, block_ms)
+        args = (self.group, self.consumer, dict(cursors))
         if self.replication is None:
             reply = self.r.xreadgroup(*args, count=count, block=block_ms)  # type: ignore[arg-type]
             return _flatten(reply)  # type: ignore[arg-type]
