@@ -310,7 +310,7 @@ class Settings:
     batch_size: int = field(default=500, metadata=option("Entries per read (per stream)."))
     block_ms: int = field(default=1000, metadata=option("How long one read waits for new entries."))
     read_linger_ms: float = field(
-        default=2.0,
+        default=0.0,
         metadata=option(
             "After a round that read only a few entries (under batch_size / 8), wait this long "
             "before the next read: fewer, larger rounds, for at most this much more latency "
