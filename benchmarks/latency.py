@@ -73,6 +73,7 @@ COOLDOWN_MS = 300_000
 def worker_role(
     url: str, stream: str, group: str, model: str, baseline: Path, out: Path,
     idle_timeout_ms: int, commit_slice_ms: float, read_linger_ms: float | None = None,
+    waited: bool = False,
 ) -> None:  # fmt: skip
     """Run a Worker (CLI defaults) until idle; write batch and commit times to ``out``."""
     from detector.runtime.worker import Worker
@@ -83,11 +84,15 @@ def worker_role(
         settings = dataclasses.replace(settings, read_linger_ms=read_linger_ms)
     batches: list[tuple[float, list[str]]] = []
     commits: list[tuple[float, list[str]]] = []
+    phases: dict[str, list[tuple[float, float, float]]] = {}
 
     def on_verdicts(verdicts: list[Any]) -> None:
         batches.append((time.time(), [v.event.entry_id for v in verdicts]))
 
     worker = Worker(settings, on_verdicts=on_verdicts)
+    if waited:  # each commit written and waited for, as before Streams.send_commit
+        streams = worker.consumers[0].streams
+        streams.send_commit = streams.commit  # type: ignore[method-assign]
     consumer = worker.consumers[0].checkpointer
     write = consumer._write_frozen
 
@@ -95,11 +100,13 @@ def worker_role(
 
     def timed_write() -> None:  # what is left to encode, then the transaction
         ids = [i for ids in consumer.frozen_acks.values() for i in ids]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         write()
         if ids:
             commits.append((time.time(), ids))
             durations.append(time.perf_counter() - started)
+            calls = phases.setdefault("commit write", [])
+            calls.append((time.time(), durations[-1], time.thread_time() - cpu))
 
     consumer._write_frozen = timed_write  # type: ignore[method-assign]
     collections: list[tuple[float, int, float]] = []  # (end time, generation, seconds)
@@ -114,6 +121,7 @@ def worker_role(
             )
 
     gc.callbacks.append(on_gc)
+    phases.update(_trace_phases(worker))
     cpu = time.process_time()
     stats = worker.run()
     cpu = time.process_time() - cpu
@@ -124,6 +132,7 @@ def worker_role(
                 "commits": commits,
                 "commit_s": durations,
                 "gc": collections,
+                "phases": phases,
                 "cpu_s": cpu,
                 "events": stats.events,
                 "alerts": stats.alerts,
@@ -131,6 +140,41 @@ def worker_role(
             }
         )
     )
+
+
+def _trace_phases(worker: Any) -> dict[str, list[tuple[float, float, float]]]:
+    """Wrap the worker's steps that can hold up its reads, so that a run tells where its
+    latency tail comes from: per step, (end time, seconds, CPU seconds) of each call (a
+    step's wall time minus its CPU time: waiting for Redis, or for the CPU on a loaded
+    machine)."""
+    phases: dict[str, list[tuple[float, float, float]]] = {}
+
+    def timed(owner: Any, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+        calls = phases.setdefault(label, [])
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                end = time.time()
+                calls.append((end, time.perf_counter() - started, time.thread_time() - cpu))
+
+        setattr(owner, name, wrapper)
+
+    for name in (
+        "_share_peers", "_report_group", "_report_health", "_claim_safely",
+        "_update_gauges", "_maintain_ownership", "_housekeeping",
+    ):  # fmt: skip
+        timed(worker, name, name.lstrip("_"))
+    consumer = worker.consumers[0]
+    timed(consumer, "handle", "handle")
+    timed(consumer.streams, "read_new", "read")
+    timed(consumer.streams, "emit", "emit")
+    timed(consumer.checkpointer, "freeze", "freeze")
+    timed(consumer.checkpointer, "step", "encode slice")
+    return phases
 
 
 def producer_role(
@@ -239,6 +283,7 @@ def run_level(
     duration_s: float = float("inf"),
     commit_slice_ms: float = 5.0,
     read_linger_ms: float | None = None,
+    waited: bool = False,
 ) -> dict[str, Any]:
     """One worker (+ one producer at ``rate``; None: drain a prefilled backlog)."""
     client = redis.Redis.from_url(url)
@@ -268,6 +313,7 @@ def run_level(
             "--commit-slice-ms",
             str(commit_slice_ms),
             *(() if read_linger_ms is None else ("--read-linger-ms", str(read_linger_ms))),
+            *(("--waited",) if waited else ()),
         ]
     )
     if rate is not None:
@@ -310,11 +356,12 @@ def run_level(
 
     processed = [t * 1000 - _id_ms(i) for t, ids in data["batches"] for i in ids if measured(i)]
     acked = [t * 1000 - _id_ms(i) for t, ids in data["commits"] for i in ids if measured(i)]
-    alerts = [
-        _id_ms(aid) - _id_ms(f[b"source_id"])
+    alert_spans = [
+        (_id_ms(f[b"source_id"]), _id_ms(aid))
         for aid, f in client.xrange(f"{group}:alerts")  # type: ignore[union-attr]
         if measured(f[b"source_id"])
     ]
+    alerts = [end - start for start, end in alert_spans]
     commit_ms = [d * 1000 for d in data["commit_s"][1:]]  # the first: a baseline's full write
     # The worker's pauses besides commits: cyclic GC collections of generations 1 and 2.
     gc_ms = {
@@ -337,6 +384,7 @@ def run_level(
         "alert": _percentiles(alerts),
         "processed": _percentiles(processed),
         "ack": _percentiles(acked),
+        "phases": _phase_summary(data["phases"], measured_t, alert_spans),
     }
     if produced:
         result["append_rate"] = produced["appended"] / produced["seconds"]
@@ -353,10 +401,71 @@ def run_level(
     return result
 
 
+def _phase_summary(
+    phases: dict[str, list[tuple[float, float, float]]],
+    measured_t: Any,
+    alert_spans: list[tuple[int, int]],
+) -> dict[str, Any]:
+    """Per traced step in the measured window: its calls' percentiles (ms) and total; and
+    for the slowest 1% of alerts, the steps of 5 ms or more that ran between the event's
+    append and its alert (what held it up), counted by step."""
+    out: dict[str, Any] = {}
+    for name, calls in phases.items():
+        inside = [s * 1000 for t, s, _ in calls if measured_t(t)]
+        cpu = [c * 1000 for t, _, c in calls if measured_t(t)]
+        out[name] = _percentiles(inside) | {
+            "total_ms": round(sum(inside), 1),
+            "cpu_p99": _percentiles(cpu).get("p99", 0.0),
+            "cpu_total_ms": round(sum(cpu), 1),
+        }
+    slowest_first = sorted(alert_spans, key=lambda span: span[0] - span[1])
+    slow = slowest_first[: max(len(alert_spans) // 100, 1)]
+    blame: dict[str, list[float]] = {}
+    for start, end in slow:
+        for name, calls in phases.items():
+            for t, s, _ in calls:
+                ms = s * 1000
+                if ms >= 5 and start <= t * 1000 and t * 1000 - ms <= end:
+                    blame.setdefault(name, []).append(round(ms, 1))
+    out["slowest alerts"] = {
+        "latencies_ms": [end - start for start, end in slow],
+        "steps_5ms_or_more_within": blame,
+    }
+    return out
+
+
 def _fmt(p: dict[str, float]) -> str:
     if not p.get("n"):
         return f"{'-':>28}"
     return f"{p['p50']:>7.1f} {p['p99']:>7.1f} {p['max']:>7.0f} {p['n']:>6}"
+
+
+def _echo_details(r: dict[str, Any]) -> None:
+    """A level's commit writes, traced steps, slowest alerts and GC, under its row."""
+    c = r["commit_ms"]
+    if c.get("n"):
+        click.echo(
+            f"{'':>30} commit writes (after the first): {c['n']}, p50 "
+            f"{c['p50']:.0f} ms, max {c['max']:.0f} ms (encoding left + transaction)"
+        )
+    for name, ph in r["phases"].items():
+        if name != "slowest alerts" and ph.get("n"):
+            click.echo(
+                f"{'':>30} {name}: {ph['n']}x p50 {ph['p50']:.2f} p99 "
+                f"{ph['p99']:.1f} max {ph['max']:.1f} ms, total {ph['total_ms']:.0f} ms "
+                f"(CPU: p99 {ph['cpu_p99']:.1f}, total {ph['cpu_total_ms']:.0f} ms)"
+            )
+    slowest = r["phases"]["slowest alerts"]
+    click.echo(
+        f"{'':>30} slowest alerts {slowest['latencies_ms']} ms; steps >= 5 ms "
+        f"between their append and alert: {slowest['steps_5ms_or_more_within']}"
+    )
+    gcs = [f"gen{g} {p['n']}x max {p['max']:.0f} ms"
+           for g, p in r["gc_ms"].items() if p.get("n")]  # fmt: skip
+    click.echo(
+        f"{'':>30} GC collections in the window: {', '.join(gcs) or 'none'}; "
+        f"worker CPU {r['cpu_us_per_event']:.0f} µs/event (whole run)"
+    )
 
 
 @click.command()
@@ -429,6 +538,13 @@ def _fmt(p: dict[str, float]) -> str:
     "(empty: the CLI's default only).",
 )
 @click.option("--read-linger-ms", type=float, default=None, hidden=True)
+@click.option(
+    "--waited-commits",
+    is_flag=True,
+    help="Every level runs a second time with each commit waited for (written before the "
+    "worker reads on), as before commits were sent without waiting.",
+)
+@click.option("--waited", is_flag=True, hidden=True)
 @click.option("--producers", default=1000, show_default=True)
 @click.option("--history-per-producer", default=500, show_default=True)
 @click.option("--quick", is_flag=True, help="Small workload, 3 s levels.")
@@ -456,6 +572,8 @@ def main(
     commit_slice_ms: float,
     read_lingers: str,
     read_linger_ms: float | None,
+    waited_commits: bool,
+    waited: bool,
     producers: int,
     history_per_producer: int,
     quick: bool,
@@ -466,7 +584,7 @@ def main(
         assert url and group and baseline and out
         worker_role(
             url, STREAM, group, model, baseline, out, idle_timeout_ms, commit_slice_ms,
-            read_linger_ms,
+            read_linger_ms, waited,
         )  # fmt: skip
         return
     if role == "producer":
@@ -508,7 +626,8 @@ def main(
         click.echo(f"capacity ({model}, {cap['events']:,}-event backlog): {capacity:,.0f} events/s")
         slices = [float(x) for x in commit_slices.split(",")]
         lingers: list[float | None] = [float(x) for x in read_lingers.split(",") if x] or [None]
-        variants = [(sl, lg) for lg in lingers for sl in slices]
+        waits = (False, True) if waited_commits else (False,)
+        variants = [(sl, lg, w) for w in waits for lg in lingers for sl in slices]
         click.echo(
             f"{'level':>6} {'slice':>5} {'rate/s':>8} {'append':>8} | "
             f"{'alert: p50 p99 max ms n':>28} | {'processed: p50 p99 max ms n':>28} | "
@@ -520,37 +639,29 @@ def main(
             count = min(want, live_events)
             if count < want:
                 click.echo(f"  (level {level}: only {count} events, {count / rate:.1f}s)")
-            for j, (slice_ms, linger_ms) in enumerate(variants):
+            for j, (slice_ms, linger_ms, waited) in enumerate(variants):
                 r = run_level(
                     server.url, f"lvl{i}s{j}", model, path, events_path, rate, count, warmup_s,
-                    tmp, idle_timeout_ms, duration_s, slice_ms, linger_ms,
+                    tmp, idle_timeout_ms, duration_s, slice_ms, linger_ms, waited,
                 )  # fmt: skip
                 key = str(level)
                 if len(slices) > 1:
                     key += f"@{slice_ms:g}ms"
                 if linger_ms is not None:
                     key += f" linger {linger_ms:g}ms"
+                if waited:
+                    key += " waited"
                 results["levels"][key] = r | {
-                    "commit_slice_ms": slice_ms, "read_linger_ms": linger_ms,
+                    "commit_slice_ms": slice_ms, "read_linger_ms": linger_ms, "waited": waited,
                 }  # fmt: skip
                 linger = "" if linger_ms is None else f" linger {linger_ms:g} ms"
+                linger += " (commits waited for)" if waited else ""
                 click.echo(
                     f"{level:>6.0%} {slice_ms:>5g} {rate:>8,.0f} "
                     f"{r.get('append_rate', 0):>8,.0f} | "
                     f"{_fmt(r['alert'])} | {_fmt(r['processed'])} | {_fmt(r['ack'])}{linger}"
                 )
-                c = r["commit_ms"]
-                if c.get("n"):
-                    click.echo(
-                        f"{'':>30} commit writes (after the first): {c['n']}, p50 "
-                        f"{c['p50']:.0f} ms, max {c['max']:.0f} ms (encoding left + transaction)"
-                    )
-                gcs = [f"gen{g} {p['n']}x max {p['max']:.0f} ms"
-                       for g, p in r["gc_ms"].items() if p.get("n")]  # fmt: skip
-                click.echo(
-                    f"{'':>30} GC collections in the window: {', '.join(gcs) or 'none'}; "
-                    f"worker CPU {r['cpu_us_per_event']:.0f} µs/event (whole run)"
-                )
+                _echo_details(r)
     if json_out is not None:
         json_out.write_text(json.dumps(results, indent=1))
 

@@ -68,6 +68,12 @@ class FakeGateway:
         self.commits.append({s: list(ids) for s, ids in acks.items()})
         self.written.append(set(fields))
 
+    def send_commit(self, key: str, fields: HashFields, removed: Sequence[str], acks: Acks) -> None:
+        self.commit(key, fields, removed, acks)  # written at once, as a durable write is
+
+    def commit_written(self, block: bool) -> bool:
+        return True
+
     def committed(self, signer: Signer) -> tuple[dict[str, object], Pipeline]:
         """The checkpoint's meta, and a pipeline restored from it."""
         fields = {k.encode(): v for k, v in self.hashes[KEY].items()}

@@ -55,7 +55,7 @@ def test_every_scored_event_has_its_score_before_its_entry_is_acked(
         on_verdicts=verdicts.extend,
     )
     streams = worker.consumers[0].streams
-    commit, acked_with_scores = streams.commit, []
+    commit, acked_with_scores = streams.send_commit, []
 
     def checked(key: str, fields: object, removed: object, acks: dict[str, list[str]]) -> None:
         written = {f["source_id"] for f in _scores(r)}
@@ -63,7 +63,7 @@ def test_every_scored_event_has_its_score_before_its_entry_is_acked(
         acked_with_scores.append(all(i in written for i in scored))
         commit(key, fields, removed, acks)  # type: ignore[arg-type]
 
-    streams.commit = checked  # type: ignore[method-assign]
+    streams.send_commit = checked  # type: ignore[method-assign]
     stats = worker.run()
     assert stats.events == len(ids) and stats.invalid == 1 and stats.alerts == 1
     assert len(acked_with_scores) >= 4 and all(acked_with_scores)
@@ -109,14 +109,14 @@ def test_a_replay_after_a_crash_appends_the_same_scores_again(
     }
     w1 = worker_factory(settings_factory(**small))
     c1, landed = w1.consumers[0], []
-    commit = c1.streams.commit
+    commit = c1.streams.send_commit
 
     def first_only(*args: object) -> None:  # then the worker dies: no commit reaches Redis
         if not landed:
             landed.append(args[3])
             commit(*args)  # type: ignore[arg-type]
 
-    c1.streams.commit = first_only  # type: ignore[method-assign]
+    c1.streams.send_commit = first_only  # type: ignore[method-assign]
     w1.run(max_events=800)
     read = len(_scores(r))
     acked = set(landed[0][stream_name])  # type: ignore[index]

@@ -60,7 +60,7 @@ def test_entries_after_the_checkpoint_are_replayed_into_the_restored_state(
 
     w1 = worker_factory(settings_factory(checkpoint_every=300, checkpoint_interval_ms=10**9))
     # Dies before committing: no commit of w1's ever reaches Redis.
-    w1.consumers[0].streams.commit = lambda *a, **k: None  # type: ignore[method-assign]
+    w1.consumers[0].streams.send_commit = lambda *a, **k: None  # type: ignore[method-assign]
     w1.run(max_events=1000)
     # Nothing was ever committed: every entry it read is still pending for consumer c1.
     assert r.xpending(stream_name, "detector")["pending"] == 1000
@@ -121,13 +121,13 @@ def test_commits_encoded_between_reads_are_exactly_commits_in_one_go(
     # later batches changed the state; a resumed worker replays exactly what it did not ack.
     w1 = worker_factory(settings_factory(group="crash", commit_slice_ms=0.001, **small))
     c1, landed = w1.consumers[0], []
-    commit = c1.streams.commit
+    commit = c1.streams.send_commit
 
     def first_three(*args: object) -> None:
         if len(landed) < 3:
             landed.append(commit(*args))  # type: ignore[arg-type]
 
-    c1.streams.commit = first_three  # type: ignore[method-assign]
+    c1.streams.send_commit = first_three  # type: ignore[method-assign]
     w1.run(max_events=1000)
     assert r.xpending(stream_name, "crash")["pending"] == 1000 - 3 * 200
     resumed: list[Verdict] = []

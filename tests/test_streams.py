@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 import redis
@@ -102,6 +103,44 @@ def test_a_large_commit_is_one_transaction_of_short_commands(
     assert stats["cmdstat_multi"]["calls"] == stats["cmdstat_exec"]["calls"] == 1
     for command in ("hset", "hdel", "xack"):  # 4 commands of at most COMMAND_ARGS each
         assert stats[f"cmdstat_{command}"]["calls"] == 4
+
+
+def test_a_sent_commit_is_applied_while_the_reads_go_on_and_confirmed_later(
+    r: redis.Redis, redis_url: str
+) -> None:
+    n = 2 * COMMAND_ARGS + 1
+    s, ids = _grouped(r, redis_url, 2 * n)
+    s.read({"in": ">"}, n, None)
+    fields = {f"p:{i}": b"v%d" % i for i in range(n)}
+    s.send_commit("ck", fields, [], {"in": ids[:n]})
+    # The reads go on on their own connection while the commit is applied.
+    assert [e[1] for e in s.read({"in": ">"}, n, None)] == ids[n:]
+    deadline = time.monotonic() + 5
+    while not s.commit_written(block=False):  # its replies read as they come
+        assert time.monotonic() < deadline
+    assert s.commit_written(block=False)  # nothing in flight
+    assert r.hgetall("ck") == {f"p:{i}": f"v{i}" for i in range(n)}
+    assert r.xpending("in", GROUP)["pending"] == n  # the first read's acked, the second's not
+
+
+def test_a_sent_commit_whose_connection_failed_is_written_again(
+    r: redis.Redis, redis_url: str
+) -> None:
+    s, ids = _grouped(r, redis_url, 3)
+    s.read({"in": ">"}, 3, None)
+    # Redis holds writes back, and the connection drops before it applied the transaction.
+    r.client_pause(5000, all=False)
+    s.send_commit("ck", {"p:a": b"1"}, [], {"in": ids})
+    time.sleep(0.1)
+    r.client_kill_filter(_type="normal", skipme=True)
+    r.client_unpause()
+    with pytest.raises(redis.ConnectionError):
+        s.commit_written(block=True)
+    assert r.hgetall("ck") == {} and r.xpending("in", GROUP)["pending"] == 3
+    assert s.commit_written(block=True)  # the retry writes it again (idempotent)
+    assert r.hgetall("ck") == {"p:a": "1"} and r.xpending("in", GROUP)["pending"] == 0
+    s.send_commit("ck", {"p:b": b"2"}, [], {})  # a fresh connection for the next one
+    assert s.commit_written(block=True) and r.hget("ck", "p:b") == "2"
 
 
 def _alert(n: int) -> Alert:

@@ -41,6 +41,12 @@ class CommitGateway(Protocol):
             FencedError: the fence refused it; nothing was written.
         """
 
+    def send_commit(self, key: str, fields: HashFields, removed: Sequence[str], acks: Acks) -> None:
+        """The same transaction, not waited for (or written at once where it must be)."""
+
+    def commit_written(self, block: bool) -> bool:
+        """Whether the commit sent last is written (``block``: wait until it is)."""
+
 
 class Checkpointer:
     """When to commit, what, and which entries that acks.
@@ -67,6 +73,11 @@ class Checkpointer:
         self.since_commit = 0
         self.last_commit = time.monotonic()
         self.full_next = False
+        # A commit sent but not yet known to be written (its acks still pending in Redis),
+        # and when it began.
+        self.sent: FrozenCommit | None = None
+        self.sent_acks: dict[str, list[str]] = {}
+        self.sent_at = 0.0
 
     def received(self, entries: list[Entry]) -> None:
         """Entries handled (their output appended): the next commit acks them."""
@@ -76,7 +87,11 @@ class Checkpointer:
 
     def unacked(self, stream: str) -> set[str]:
         """This consumer's entries of ``stream`` already in the state, waiting for an ack."""
-        return {*self.to_ack.get(stream, ()), *self.frozen_acks.get(stream, ())}
+        return {
+            *self.to_ack.get(stream, ()),
+            *self.frozen_acks.get(stream, ()),
+            *self.sent_acks.get(stream, ()),
+        }
 
     def require_full(self) -> None:
         """The next commit writes every producer (the hash holds none of a baseline's)."""
@@ -105,6 +120,7 @@ class Checkpointer:
         Raises:
             FencedError: the lease is lost; nothing was written.
         """
+        self.confirm(block=False)
         if self.due():
             if self.gateway.fence.refuses:
                 self.commit()
@@ -122,6 +138,7 @@ class Checkpointer:
             self.freeze()  # writes the frozen one first
         if self.frozen is not None:
             self._write_frozen()
+        self.confirm(block=True)
 
     def freeze(self) -> None:
         """Freeze a commit of the state and offsets as they are now (an older frozen commit
@@ -161,17 +178,42 @@ class Checkpointer:
         rt, frozen, acks = self.rt, self.frozen, self.frozen_acks
         assert frozen is not None  # noqa: S101 (callers check)
         frozen.advance()
+        self.confirm(block=True)  # commits land in order
         started = time.perf_counter()
         rt.with_retries(
-            lambda: self.gateway.commit(self.key, frozen.fields, frozen.removed, acks),
+            lambda: self.gateway.send_commit(self.key, frozen.fields, frozen.removed, acks),
             even_when_stopping=True,
         )
         self.frozen, self.frozen_acks = None, {}
+        self.sent, self.sent_acks, self.sent_at = frozen, acks, started
         self.pipeline.store.thaw()
-        rt.stats.checkpoints += 1
-        rt.metrics.checkpoint_seconds.observe(frozen.seconds + time.perf_counter() - started)
-        rt.metrics.checkpoint_bytes.set(sum(len(v) for v in frozen.fields.values()))
         settle()
+
+    def confirm(self, block: bool) -> None:
+        """Whether the commit sent last is written yet (``block``: wait until it is): the
+        reads go on while Redis applies it. One whose connection failed is written again
+        (idempotent) until it is.
+
+        Raises:
+            FencedError: the lease is lost; nothing was written.
+        """
+        sent = self.sent
+        if sent is None:
+            return
+        written = False
+
+        def check() -> None:
+            nonlocal written
+            written = self.gateway.commit_written(block)
+
+        self.rt.with_retries(check, even_when_stopping=True)
+        if not written:
+            return
+        self.sent, self.sent_acks = None, {}
+        rt = self.rt
+        rt.stats.checkpoints += 1
+        rt.metrics.checkpoint_seconds.observe(sent.seconds + time.perf_counter() - self.sent_at)
+        rt.metrics.checkpoint_bytes.set(sum(len(v) for v in sent.fields.values()))
 
 
 def settle() -> None:
