@@ -94,6 +94,32 @@ def test_a_false_positive_suppresses_its_repeat_and_lets_the_baseline_learn_it()
     assert learned == kept_out + 3  # the repeats learned as normal, not kept out
 
 
+@pytest.mark.parametrize("part", [1, 7, 64, 5000])
+def test_a_batch_scored_in_parts_gives_the_same_verdicts_and_feedback_order(part: int) -> None:
+    spec = load_spec("stats")
+    first = _event(300, 300_000, 5000.0)
+    later = [
+        _event(300 + k, 300_000 + k * 1000, 5000.0 + k if k % 360 == 0 else 1.0 + k % 2)
+        for k in range(1, 800)
+    ]
+    batch = [first, *later]
+    # Feedback before the alert, after it, twice at one index, and past the last event.
+    due = [(0, _fp(first)), (1, _fp(first, CONFIRMED)), (361, _fp(first)), (361, _fp(first)),
+           (len(batch), _fp(first))]  # fmt: skip
+    whole, parted = Pipeline(spec), Pipeline(spec)
+    for p in (whole, parted):
+        p.process(_normal())
+    expected = whole.process(batch, due)
+    got = Verdicts(batch)
+    for start in range(0, len(batch), part):
+        parted.process_part(got, start, min(start + part, len(batch)), due)
+    assert list(got) == list(expected) and got.emitted() == expected.emitted()
+    assert [a for k in range(0, len(batch), part) for a in got.emitted(k, k + part)] == (
+        expected.emitted()
+    )
+    assert parted.snapshot({}, full=True).base == whole.snapshot({}, full=True).base
+
+
 def test_a_suppression_matches_its_band_only() -> None:
     p = Pattern("value", "v", "t", "5000")
     assert p.matches(Pattern("value", "v", "t", "9000"))

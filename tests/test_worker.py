@@ -17,8 +17,10 @@ from detector.core.checkpoint import FrozenCommit
 from detector.core.pipeline import Verdict
 from detector.core.settings import CHECKPOINT_KEY, Settings
 from detector.gateway.embedded import free_port
+from detector.gateway.streams import Output
 from detector.offline import Scoring, score_file
 from detector.runtime.checkpointer import Checkpointer
+from detector.runtime.consumer import ALERT_PART_EVENTS
 from detector.runtime.metrics import Metrics
 from detector.runtime.worker import Worker
 from tests.helpers import append, order_events, outlier
@@ -69,6 +71,34 @@ def test_run_emits_alert_with_contract_fields(
     assert r.xpending(stream_name, worker.settings.group)["pending"] == 0
     (group,) = r.xinfo_groups(stream_name)
     assert group["lag"] == 0
+
+
+def test_an_alert_is_written_before_the_rest_of_its_batch_is_scored(
+    r: redis.Redis, stream_name: str, worker_factory: Callable[..., Worker]
+) -> None:
+    events = order_events(producers=3, per_producer=400)
+    last_ts = int(events[-1]["ts"])
+    events.append(outlier("svc-1", last_ts + 1000))
+    later = order_events(producers=3, per_producer=70, seed=2)
+    events += [e | {"ts": str(int(e["ts"]) + last_ts + 2000)} for e in later]
+    ids = append(r, stream_name, events)
+    at = len(ids) - len(later) - 1  # the outlier's position: 210 events after it
+    worker = worker_factory()
+    consumer = worker.consumers[0]
+    emit, written = consumer.streams.emit, []
+
+    def noted(out: Output) -> int:  # which alerts, and how many events were scored by then
+        written.append(([a.source_id for a in out.alerts], consumer.pipeline.events_seen))
+        return emit(out)
+
+    consumer.streams.emit = noted  # type: ignore[method-assign]
+    assert worker.settings.batch_size >= 500 and worker.run().events == len(ids)
+    (scored,) = [n for sources, n in written if ids[at] in sources]
+    # Written once its part of the batch was scored, not after the 210 events behind it.
+    assert at < scored <= at + ALERT_PART_EVENTS
+    assert [f["source_id"] for _, f in r.xrange(worker.settings.alerts_stream)] == [
+        s for sources, _ in written for s in sources
+    ]
 
 
 def test_bad_input_goes_to_dead_letter_with_reason(

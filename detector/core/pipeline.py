@@ -169,10 +169,12 @@ class Verdicts(Sequence[Verdict]):
             if i not in errors
         ]
 
-    def emitted(self) -> list[Alert]:
-        """Every alert of the batch, in event order: an event's own, then its side alerts."""
+    def emitted(self, start: int = 0, stop: int | None = None) -> list[Alert]:
+        """Every alert of the batch (of its events ``start`` to ``stop``), in event order: an
+        event's own, then its side alerts."""
         out: list[Alert] = []
-        for i in sorted({*self.alerts, *self.side}):
+        stop = len(self.events) if stop is None else stop
+        for i in sorted(i for i in {*self.alerts, *self.side} if start <= i < stop):
             alert = self.alerts.get(i)
             if alert is not None:
                 out.append(alert)
@@ -336,10 +338,29 @@ class Pipeline:
         index past the last event: after them all), in order (see :func:`merge_order`).
         """
         out = Verdicts(events)
-        self.judged.start(events)
-        pending = iter(feedback)
+        self.process_part(out, 0, len(events), feedback)
+        return out
+
+    def process_part(
+        self,
+        out: Verdicts,
+        start: int,
+        stop: int,
+        feedback: Sequence[tuple[int, Feedback]] = (),
+    ) -> None:
+        """:meth:`process` of ``out.events[start:stop]`` into ``out``, parts in order from 0
+        to the end: the same verdicts, with the part's alerts known before the rest of the
+        batch is scored (the worker writes them at once: an alert need not wait for a whole
+        batch of a backlog). ``feedback`` as for :meth:`process`, the batch's whole list:
+        the part applies what falls before its events (the last part: the rest too)."""
+        events = out.events
+        last = stop >= len(events)
+        if start == 0:
+            self.judged.start(events)
+        pending = iter([f for f in feedback if start <= f[0] < stop or (last and f[0] >= stop)])
         due = next(pending, None)
-        for i, event in enumerate(events):
+        for i in range(start, stop):
+            event = events[i]
             while due is not None and due[0] <= i:
                 self.apply_feedback(due[1])
                 due = next(pending, None)
@@ -352,10 +373,10 @@ class Pipeline:
         while due is not None:
             self.apply_feedback(due[1])
             due = next(pending, None)
-        # The batch's events are the caller's (in ``out``): the reused judgements let them go,
-        # or they would be held until the next batch (a batch's worth of per-event objects).
-        self.judged.events = ()
-        return out
+        if last:
+            # The batch's events are the caller's (in ``out``): the reused judgements let them
+            # go, or they would be held until the next batch (a batch's worth of objects).
+            self.judged.events = ()
 
     def apply_feedback(self, fb: Feedback) -> bool:
         """Teach the producer's state an analyst's verdict (:mod:`detector.core.feedback`);
