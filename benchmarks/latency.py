@@ -73,9 +73,10 @@ COOLDOWN_MS = 300_000
 def worker_role(
     url: str, stream: str, group: str, model: str, baseline: Path, out: Path,
     idle_timeout_ms: int, commit_slice_ms: float, read_linger_ms: float | None = None,
-    waited: bool = False,
+    as_before: bool = False,
 ) -> None:  # fmt: skip
     """Run a Worker (CLI defaults) until idle; write batch and commit times to ``out``."""
+    from detector.runtime import consumer as consumer_module
     from detector.runtime.worker import Worker
 
     settings = worker_settings(url, stream, group, "lat", model, baseline, idle_timeout_ms)
@@ -90,9 +91,10 @@ def worker_role(
         batches.append((time.time(), [v.event.entry_id for v in verdicts]))
 
     worker = Worker(settings, on_verdicts=on_verdicts)
-    if waited:  # each commit written and waited for, as before Streams.send_commit
+    if as_before:  # each commit waited for, a batch's alerts written after all of it (§40)
         streams = worker.consumers[0].streams
         streams.send_commit = streams.commit  # type: ignore[method-assign]
+        consumer_module.ALERT_PART_EVENTS = 1 << 30
     consumer = worker.consumers[0].checkpointer
     write = consumer._write_frozen
 
@@ -283,7 +285,7 @@ def run_level(
     duration_s: float = float("inf"),
     commit_slice_ms: float = 5.0,
     read_linger_ms: float | None = None,
-    waited: bool = False,
+    as_before: bool = False,
 ) -> dict[str, Any]:
     """One worker (+ one producer at ``rate``; None: drain a prefilled backlog)."""
     client = redis.Redis.from_url(url)
@@ -313,7 +315,7 @@ def run_level(
             "--commit-slice-ms",
             str(commit_slice_ms),
             *(() if read_linger_ms is None else ("--read-linger-ms", str(read_linger_ms))),
-            *(("--waited",) if waited else ()),
+            *(("--as-before",) if as_before else ()),
         ]
     )
     if rate is not None:
@@ -539,12 +541,12 @@ def _echo_details(r: dict[str, Any]) -> None:
 )
 @click.option("--read-linger-ms", type=float, default=None, hidden=True)
 @click.option(
-    "--waited-commits",
+    "--compare-before",
     is_flag=True,
-    help="Every level runs a second time with each commit waited for (written before the "
-    "worker reads on), as before commits were sent without waiting.",
+    help="Every level runs a second time as the worker ran before benchmarks README §40: "
+    "each commit waited for before reading on, a batch's alerts written after all of it.",
 )
-@click.option("--waited", is_flag=True, hidden=True)
+@click.option("--as-before", is_flag=True, hidden=True)
 @click.option("--producers", default=1000, show_default=True)
 @click.option("--history-per-producer", default=500, show_default=True)
 @click.option("--quick", is_flag=True, help="Small workload, 3 s levels.")
@@ -572,8 +574,8 @@ def main(
     commit_slice_ms: float,
     read_lingers: str,
     read_linger_ms: float | None,
-    waited_commits: bool,
-    waited: bool,
+    compare_before: bool,
+    as_before: bool,
     producers: int,
     history_per_producer: int,
     quick: bool,
@@ -584,7 +586,7 @@ def main(
         assert url and group and baseline and out
         worker_role(
             url, STREAM, group, model, baseline, out, idle_timeout_ms, commit_slice_ms,
-            read_linger_ms, waited,
+            read_linger_ms, as_before,
         )  # fmt: skip
         return
     if role == "producer":
@@ -626,7 +628,7 @@ def main(
         click.echo(f"capacity ({model}, {cap['events']:,}-event backlog): {capacity:,.0f} events/s")
         slices = [float(x) for x in commit_slices.split(",")]
         lingers: list[float | None] = [float(x) for x in read_lingers.split(",") if x] or [None]
-        waits = (False, True) if waited_commits else (False,)
+        waits = (False, True) if compare_before else (False,)
         variants = [(sl, lg, w) for w in waits for lg in lingers for sl in slices]
         click.echo(
             f"{'level':>6} {'slice':>5} {'rate/s':>8} {'append':>8} | "
@@ -639,23 +641,25 @@ def main(
             count = min(want, live_events)
             if count < want:
                 click.echo(f"  (level {level}: only {count} events, {count / rate:.1f}s)")
-            for j, (slice_ms, linger_ms, waited) in enumerate(variants):
+            for j, (slice_ms, linger_ms, before) in enumerate(variants):
                 r = run_level(
                     server.url, f"lvl{i}s{j}", model, path, events_path, rate, count, warmup_s,
-                    tmp, idle_timeout_ms, duration_s, slice_ms, linger_ms, waited,
+                    tmp, idle_timeout_ms, duration_s, slice_ms, linger_ms, before,
                 )  # fmt: skip
                 key = str(level)
                 if len(slices) > 1:
                     key += f"@{slice_ms:g}ms"
                 if linger_ms is not None:
                     key += f" linger {linger_ms:g}ms"
-                if waited:
-                    key += " waited"
+                if before:
+                    key += " as before"
                 results["levels"][key] = r | {
-                    "commit_slice_ms": slice_ms, "read_linger_ms": linger_ms, "waited": waited,
+                    "commit_slice_ms": slice_ms, "read_linger_ms": linger_ms, "as_before": before,
                 }  # fmt: skip
                 linger = "" if linger_ms is None else f" linger {linger_ms:g} ms"
-                linger += " (commits waited for)" if waited else ""
+                linger += (
+                    " (as before: commits waited for, alerts after the batch)" if before else ""
+                )
                 click.echo(
                     f"{level:>6.0%} {slice_ms:>5g} {rate:>8,.0f} "
                     f"{r.get('append_rate', 0):>8,.0f} | "
