@@ -74,6 +74,9 @@ class FakeGateway:
     def commit_written(self, block: bool) -> bool:
         return True
 
+    def pack_commit(self, key: str, fields: object) -> None:
+        pass  # written at once: nothing packed ahead
+
     def committed(self, signer: Signer) -> tuple[dict[str, object], Pipeline]:
         """The checkpoint's meta, and a pipeline restored from it."""
         fields = {k.encode(): v for k, v in self.hashes[KEY].items()}

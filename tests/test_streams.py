@@ -123,6 +123,28 @@ def test_a_sent_commit_is_applied_while_the_reads_go_on_and_confirmed_later(
     assert r.xpending("in", GROUP)["pending"] == n  # the first read's acked, the second's not
 
 
+def test_fields_packed_ahead_are_sent_with_the_rest_of_their_commit(
+    r: redis.Redis, redis_url: str
+) -> None:
+    n = 3 * COMMAND_ARGS + 5
+    s, ids = _grouped(r, redis_url, 3)
+    s.read({"in": ">"}, 3, None)
+    fields = {f"p:{i}": b"v%d" % i for i in range(n)}
+    items = list(fields.items())
+    s.pack_commit("ck", items[:7])  # as the slices encode them: not whole commands
+    s.pack_commit("ck", items[7 : 2 * COMMAND_ARGS + 1])
+    r.config_resetstat()
+    s.send_commit("ck", fields, ["p:gone"], {"in": ids})
+    assert s.commit_written(block=True)
+    assert r.hgetall("ck") == {f"p:{i}": f"v{i}" for i in range(n)}
+    assert r.xpending("in", GROUP)["pending"] == 0
+    stats = r.info("commandstats")
+    assert stats["cmdstat_exec"]["calls"] == 1 and stats["cmdstat_hdel"]["calls"] == 1
+    assert stats["cmdstat_hset"]["calls"] == 4  # 2 packed ahead, then the 37 fields left
+    s.send_commit("ck", {"p:x": b"y"}, [], {})  # the next commit packs afresh
+    assert s.commit_written(block=True) and r.hget("ck", "p:x") == "y"
+
+
 def test_a_sent_commit_whose_connection_failed_is_written_again(
     r: redis.Redis, redis_url: str
 ) -> None:

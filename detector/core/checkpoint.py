@@ -376,6 +376,7 @@ class FrozenCommit:
         self.removed = [PRODUCER_PREFIX + p for p in snap.removed] + list(snap.dropped)
         self._records = snap.producers
         self._left = dict.fromkeys(snap.producers)
+        self._fresh = list(self.fields)  # encoded, not yet taken
         self.seconds = time.perf_counter() - started  # spent encoding so far
 
     def advance(self, deadline: float | None = None) -> bool:
@@ -386,6 +387,7 @@ class FrozenCommit:
         while base:
             name, piece = base.popitem()
             self.fields[name] = self._sign_piece(name, piece)
+            self._fresh.append(name)
             now = time.perf_counter()
             if deadline is not None and now >= deadline:
                 self.seconds += now - started
@@ -401,6 +403,14 @@ class FrozenCommit:
     def _encode(self, producer: str) -> None:
         name = PRODUCER_PREFIX + producer
         self.fields[name] = self._signer.sign(name, self._records[producer])
+        self._fresh.append(name)
+
+    def take(self) -> list[tuple[str, bytes | memoryview]]:
+        """The fields encoded since the last take, in the order of :attr:`fields` (which
+        only grows): a writer packs them for the wire between reads, as they come."""
+        fresh, self._fresh = self._fresh, []
+        fields = self.fields
+        return [(name, fields[name]) for name in fresh]
 
 
 def encode_fields(signer: Signer, snap: Snapshot) -> dict[str, bytes | memoryview]:

@@ -17,6 +17,7 @@ on Redis Cluster (one slot each).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -648,6 +649,11 @@ class Streams:
         self._sent: tuple[str, HashFields, Sequence[str], Acks] | None = None
         self._committer: Any = None
         self._replies = 0
+        # The next commit's fields packed so far (pack_commit): HSET commands on the wire,
+        # the fields of the one not full yet, and how many fields in all.
+        self._packed: list[bytes] = []
+        self._unpacked: list[str | bytes | memoryview] = []
+        self._packed_fields = self._packed_commands = 0
 
     def ensure_groups(self, starts: Mapping[str, str] | None = None) -> None:
         """Create the group on every input stream if missing: right after ``starts[stream]``
@@ -945,6 +951,35 @@ class Streams:
             ]
         return commands
 
+    @property
+    def _sends(self) -> bool:
+        """Whether commits are sent without waiting (:meth:`send_commit`)."""
+        return not (
+            self.fence.refuses or self.replication is not None or isinstance(self.r, RedisCluster)
+        )
+
+    def _commit_connection(self) -> Any:
+        if self._committer is None:
+            self._committer = self.r.connection_pool.get_connection()  # type: ignore[union-attr]
+        return self._committer
+
+    def pack_commit(self, key: str, fields: Iterable[tuple[str, bytes | memoryview]]) -> None:
+        """Pack fields of the next commit to ``key`` for the wire as they are encoded (between
+        reads), so that :meth:`send_commit` only sends them: packing a commit of 1,000 records
+        of 4 KB at once held the reads for 15-20 ms on a loaded 2-vCPU VM. The fields of the
+        next :meth:`send_commit` begin with every field packed, in the same order. Views that
+        write at once pack nothing."""
+        if not self._sends:
+            return
+        pending = self._unpacked
+        for name, value in fields:
+            pending += (name, value)
+            self._packed_fields += 1
+            if len(pending) == 2 * COMMAND_ARGS:
+                self._packed += self._commit_connection().pack_command("HSET", key, *pending)
+                self._packed_commands += 1
+                pending.clear()
+
     def send_commit(self, key: str, fields: HashFields, removed: Sequence[str], acks: Acks) -> None:
         """:meth:`commit`, without waiting for Redis to apply it: the transaction is sent on a
         held connection and its replies are read by :meth:`commit_written`, which must say it
@@ -953,22 +988,28 @@ class Streams:
         wait for. A partition owner's (its lease must refuse it before the owner goes on),
         a durable one (a ``WAIT`` follows) and a cluster's (no held connection) are written
         at once, as :meth:`commit` writes them."""
-        if self.fence.refuses or self.replication is not None or isinstance(self.r, RedisCluster):
+        if not self._sends:
             self.commit(key, fields, removed, acks)
             return
         assert self._sent is None  # noqa: S101 (commit_written said the last one was written)
-        pool = self.r.connection_pool
-        conn = self._committer
-        if conn is None:
-            conn = self._committer = pool.get_connection()
-        commands = [("MULTI",), *self._commit_commands(key, fields, removed, acks), ("EXEC",)]
+        conn = self._commit_connection()
+        # The fields pack_commit has not packed yet, then the rest of the transaction.
+        rest = dict(itertools.islice(fields.items(), self._packed_fields, None))
+        self.pack_commit(key, rest.items())
+        pending, packed, n = self._unpacked, self._packed, self._packed_commands
+        self._packed, self._unpacked, self._packed_fields, self._packed_commands = [], [], 0, 0
+        commands = [("HSET", key, *pending)] if pending else []
+        commands += self._commit_commands(key, {}, removed, acks)
+        n += len(commands)
+        wire = [*conn.pack_command("MULTI"), *packed, *conn.pack_commands(commands)]
+        wire += conn.pack_command("EXEC")
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
+            conn.send_packed_command(wire)
         except BaseException:
             self._drop_committer()
             raise
         self._sent = (key, fields, removed, acks)
-        self._replies = len(commands)
+        self._replies = n + 2
 
     def commit_written(self, block: bool) -> bool:
         """Whether the commit :meth:`send_commit` sent is written: its replies read as far as

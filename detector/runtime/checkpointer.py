@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from detector.core.checkpoint import FrozenCommit
@@ -46,6 +46,9 @@ class CommitGateway(Protocol):
 
     def commit_written(self, block: bool) -> bool:
         """Whether the commit sent last is written (``block``: wait until it is)."""
+
+    def pack_commit(self, key: str, fields: Iterable[tuple[str, bytes | memoryview]]) -> None:
+        """Fields the next commit begins with, to pack for the wire ahead of its write."""
 
 
 class Checkpointer:
@@ -166,6 +169,8 @@ class Checkpointer:
             return
         if self.rt.settings.commit_slice_ms <= 0 or self.frozen.advance(deadline):
             self._write_frozen()
+        else:  # what the slice encoded goes on the wire format too
+            self.gateway.pack_commit(self.key, self.frozen.take())
 
     def _write_frozen(self) -> None:
         """Encode what is left of the frozen commit and write it: one transaction (behind a
