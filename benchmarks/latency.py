@@ -653,6 +653,8 @@ def main(
                     key += f" linger {linger_ms:g}ms"
                 if before:
                     key += " as before"
+                if key in results["levels"]:  # a level listed twice: each run kept
+                    key += f" #{i + 1}"
                 results["levels"][key] = r | {
                     "commit_slice_ms": slice_ms, "read_linger_ms": linger_ms, "as_before": before,
                 }  # fmt: skip
