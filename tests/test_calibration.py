@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detector.core import calibration
 from detector.core.calibration import Calibrator, Likelihood, RarityTrend, TailCounts
 from detector.core.codec import Reader, Writer
 
@@ -153,6 +154,67 @@ def test_a_full_histogram_counts_no_more() -> None:
     tc.n = 2**31 - 1
     cal.learn(tc, 1.0)
     assert (tc.n, tc.counts.tolist()) == (2**31 - 1, [1, 0, 0, 0, 2])
+
+
+def test_the_histograms_are_one_pool_that_scores_as_one_histogram_each() -> None:
+    """Each slot of a Tails behaves as the TailCounts it replaces (scores, the bins held, the
+    count; a full one counts no more); slots reset, grow past their blocks and compact the
+    pool without mixing up each other's; pickled and written as a table they come back equal
+    and learn on."""
+    import pickle
+
+    from detector.core.features import tables
+
+    cal = Calibrator(max_raw=32.0, bins=128)
+    tails, model = calibration.Tails(128), {}
+    rng = random.Random(11)
+    for slot in range(30):
+        tails.reset(slot)
+        model[slot] = None
+    assert all(tails.get(slot) is None for slot in model)
+    compacted, top = False, 0
+    for step in range(8000):
+        slot = rng.randrange(30)
+        if model[slot] is None:
+            tails.new(slot)
+            model[slot] = cal.new()
+        op = rng.random()
+        if op < 0.9:  # mostly low scores, sometimes far up (the blocks grow)
+            raw = rng.expovariate(1 / (0.5 if rng.random() < 0.9 else 8.0))
+            for x in (raw, raw / 2, 40.0 * rng.random()):
+                assert cal.score_at(tails, slot, x) == cal.score(model[slot], x)
+            cal.learn_at(tails, slot, raw)
+            cal.learn(model[slot], raw)
+        elif op < 0.97:  # an evicted producer's slot taken afresh
+            tails.reset(slot)
+            model[slot] = None
+        else:  # a producer's record loaded into its slot
+            tc = learned(cal, [rng.random() * 4 for _ in range(rng.randrange(30))])
+            tails.put(slot, TailCounts.load(Reader(record(tc)), 128))
+            model[slot] = tc
+        got, want = tails.get(slot), model[slot]
+        assert (got is None) == (want is None)
+        if got is not None and want is not None:
+            assert (got.n, got.counts.tolist()) == (want.n, want.counts.tolist())
+        compacted, top = compacted or tails.pool.top < top, tails.pool.top
+        if step == 4000:  # a full histogram counts no more, as a TailCounts
+            tails.n[slot] = model[slot].n = 2**31 - 1  # type: ignore[union-attr]
+    assert compacted  # the pool's garbage was compacted along the way
+    w = Writer()
+    tables.dump(w, tails, calibration.TAILS)
+    read = calibration.Tails(128)
+    tables.load(Reader(w.bytes()), read, calibration.TAILS)
+    assert len(w.bytes()) < 4 * (tails.pool.top + 4 * 30) + 400  # columns as held, no more
+    for copy in (pickle.loads(pickle.dumps(tails)), read):  # noqa: S301 (its own bytes)
+        for slot, want in model.items():
+            got = copy.get(slot)
+            assert (got is None) == (want is None)
+            if got is not None and want is not None:
+                assert (got.n, got.counts.tolist()) == (want.n, want.counts.tolist())
+        copy.reset(29)
+        copy.new(29)
+        cal.learn_at(copy, 29, 31.0)  # a restored pool grows again
+        assert copy.get(29).counts.tolist() == [0] * 124 + [1]  # type: ignore[union-attr]
 
 
 RAWS = st.lists(

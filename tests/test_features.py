@@ -20,7 +20,7 @@ from detector.core.features import FEATURES, MAX_SURPRISE, Evidence, FeatureConf
 from detector.core.features.categories import ID_FIELD, Categories, Counts
 from detector.core.features.drift import Drift
 from detector.core.features.moments import Moments
-from detector.core.features.replay import BYTES_PER_ID, IdWindow, ReplayFeature
+from detector.core.features.replay import BYTES_PER_ID, IdCounts, IdTable, IdWindow, ReplayFeature
 from detector.core.fingerprints import fingerprint as value_fingerprint
 from detector.core.fingerprints import pair_fingerprint
 
@@ -679,6 +679,85 @@ def window(store: FeatureStore) -> IdWindow:
     feature = store.by_name["replayed_id"]
     assert isinstance(feature, ReplayFeature) and feature.window is not None
     return feature.window
+
+
+class _Repeats:
+    """The per-producer object IdTable's rows replaced (its note, learn and surprise as they
+    were): the oracle of the test below."""
+
+    def __init__(self) -> None:
+        self.events, self.repeats, self.recent, self.last_ms, self.repeated = 0, 0, 0.0, -1, False
+
+    def note(self, repeat: bool, t_ms: int, burst_ms: float) -> None:
+        if self.last_ms >= 0:
+            self.recent *= math.exp(-max(t_ms - self.last_ms, 0) / burst_ms)
+        self.last_ms = max(self.last_ms, t_ms)
+        self.repeated = repeat
+        if repeat:
+            self.recent += 1.0
+
+    def surprise(self, prior: float, t_ms: int, burst_ms: float) -> float:
+        one = -math.log10((self.repeats + prior) / (self.events + 1))
+        burst = self.recent * math.exp(-max(t_ms - self.last_ms, 0) / burst_ms)
+        return min((1.0 + burst) * one, MAX_SURPRISE)
+
+
+def test_the_repeats_are_columns_that_count_as_one_object_per_producer() -> None:
+    """Each row of an IdTable notes, learns and judges as the object per producer it
+    replaces (none until its first id: judged as a fresh one); rows reset and grow; pickled,
+    and moved record by record, they come back equal and go on."""
+    table, model = IdTable(), dict[int, _Repeats | None]()
+    rng = random.Random(3)
+    for row in range(25):
+        table.reserve(row + 1)
+        table.clear(row)
+        model[row] = None
+    t = 0
+    for _ in range(6000):
+        row = rng.randrange(25)
+        t += rng.randrange(-50, 400)  # (out of order at times)
+        op = rng.random()
+        want = model[row] or _Repeats()
+        assert table.surprise(row, 0.5, t, 2000.0) == want.surprise(0.5, t, 2000.0)
+        if op < 0.6:
+            if model[row] is None:
+                model[row] = _Repeats()
+            repeat = rng.random() < 0.2
+            table.note(row, repeat, t, 2000.0)
+            model[row].note(repeat, t, 2000.0)
+        elif op < 0.95:
+            table.learn(row)
+            if model[row] is not None:
+                model[row].events += 1
+                model[row].repeats += model[row].repeated
+        else:
+            table.clear(row)
+            model[row] = None
+    assert [_fields(table.get(row)) for row in model] == [_fields(m) for m in model.values()]
+    copy = pickle.loads(pickle.dumps(table))  # noqa: S301 (its own bytes)
+    moved = IdTable()
+    for row in model:  # record by record (an incremental commit's)
+        w = Writer()
+        c = table.get(row)
+        w.count(c is not None)
+        if c is not None:
+            c.dump(w)
+        r = Reader(w.bytes())
+        moved.reserve(row + 1)
+        moved.put(row, IdCounts.load(r) if r.count() else None)
+    for other in (copy, moved):
+        assert other.rows == table.rows == 25
+        assert [_fields(other.get(row)) for row in model] == [_fields(m) for m in model.values()]
+        other.reserve(40)
+        other.clear(39)
+        other.note(39, True, t, 2000.0)  # grows and goes on
+        assert _fields(other.get(39)) == (0, 0, 1.0, t, True)
+
+
+def _fields(c: IdCounts | _Repeats | None) -> tuple[object, ...] | None:
+    if c is None:
+        return None
+    return (c.events, c.repeats, c.recent, c.last_ms, bool(c.repeated))
 
 
 def test_replayed_id_is_surprising_and_a_burst_more_so() -> None:

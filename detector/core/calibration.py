@@ -24,6 +24,15 @@ import numpy as np
 import numpy.typing as npt
 
 from detector.core.codec import Reader, Writer
+from detector.core.features.categories import (
+    Pool,
+    grown_block,
+    pickled,
+    regrow,
+    resized,
+    unpickled,
+)
+from detector.core.features.columns import capacity
 
 MAX_COUNT = 2**31 - 1  # scores a histogram's 4-byte bins count (then it counts no more)
 
@@ -69,50 +78,145 @@ class TailCounts:
         return tc
 
 
-def counted_from(tc: TailCounts, b: int) -> int:
-    """Past scores in bin ``b`` or higher (a loop: compiled, a C loop over the held bins)."""
-    counts = tc.counts
+class Tails:
+    """Every slot's histogram (a :class:`TailCounts`' bins and count) in one pool: a slot's
+    held bins are a block of the int32 column ``counts`` (from a :class:`Pool`, moved and
+    compacted with ``categories.regrow`` as the categorical blocks are), ``used`` of them
+    held (up to the highest bin counted, as a ``TailCounts`` holds them), ``n`` its scores
+    counted (-1: no histogram yet). No object and no 64-byte ``array`` header per producer,
+    and a checkpoint's base writes the columns as they are (no loop over slots)."""
+
+    def __init__(self, bins: int) -> None:
+        self.nbins = bins
+        self.slots = 0  # slots reset so far (the slot columns hold state up to here)
+        self.pool = Pool()
+        self.counts = array("i")
+        self.start = array("i")
+        self.size = array("i")
+        self.used = array("i")
+        self.n = array("i")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        columns = dict.fromkeys(_TAIL_COLUMNS, "i")
+        return (Tails, (0,), pickled(self, columns, ("nbins", "slots", "pool")))
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        unpickled(self, state)
+
+    def extents(self) -> dict[str, int]:
+        """How much of each column holds state (a checkpoint writes no more)."""
+        return {"counts": self.pool.top} | dict.fromkeys(_TAIL_COLUMNS[1:], self.slots)
+
+    def reset(self, slot: int) -> None:
+        """Slot ``slot`` afresh: no histogram (its block let go)."""
+        if slot >= len(self.n):
+            size = capacity(len(self.n), slot + 1)
+            self.start = resized(self.start, "i", size)
+            self.size = resized(self.size, "i", size)
+            self.used = resized(self.used, "i", size)
+            self.n = resized(self.n, "i", size)
+        if slot >= self.slots:
+            self.slots = slot + 1
+        self.pool.release(self.start[slot], self.size[slot])
+        self.start[slot] = 0
+        self.size[slot] = 0
+        self.used[slot] = 0
+        self.n[slot] = -1
+
+    def new(self, slot: int) -> None:
+        """An empty histogram for ``slot`` (which has none)."""
+        self.n[slot] = 0
+
+    def grow(self, slot: int, used: int) -> None:
+        """Hold at least the slot's first ``used`` bins (the new ones empty); its block grows
+        by half again, so a histogram filling its bins one by one moves a few times only."""
+        used = min(used, self.nbins)
+        while used > self.size[slot]:  # (twice when a compaction left it a block too small)
+            (self.counts,) = regrow(
+                self.pool, self.start, self.size, self.used, self.slots, slot,
+                min(max(used, grown_block(self.size[slot])), self.nbins), [(self.counts, "i")],
+            )  # fmt: skip
+        # The bins past a block's used ones are zero: a block is given from the pool's top
+        # (never written) or cut by a compaction (zeros after its used), never reused.
+        if used > self.used[slot]:
+            self.used[slot] = used
+
+    def get(self, slot: int) -> TailCounts | None:
+        """A copy of the slot's histogram (None: none yet)."""
+        if self.n[slot] < 0:
+            return None
+        tc = TailCounts(self.nbins)
+        start = self.start[slot]
+        tc.counts = array("i", self.counts[start : start + self.used[slot]])
+        tc.n = self.n[slot]
+        return tc
+
+    def put(self, slot: int, tc: TailCounts | None) -> None:
+        """The slot's histogram set to a copy of ``tc``."""
+        self.reset(slot)
+        if tc is None:
+            return
+        self.new(slot)
+        self.grow(slot, len(tc.counts))
+        start = self.start[slot]
+        for i in range(len(tc.counts)):
+            self.counts[start + i] = tc.counts[i]
+        self.n[slot] = tc.n
+
+
+# The pooled bins, then the slot columns; and a base's record of a Tails (its attributes, in
+# order: a change here is a change of the checkpoint format).
+_TAIL_COLUMNS = ("counts", "start", "size", "used", "n")
+TAILS = ("nbins", "slots", "pool", *_TAIL_COLUMNS)
+
+
+def counted_from(counts: array[int], start: int, used: int, n: int, b: int) -> int:
+    """Past scores in bin ``b`` or higher of the histogram held in ``counts[start:start +
+    used]`` that counted ``n`` (a loop: compiled, a C loop over the held bins)."""
     below = 0
-    for i in range(min(b, len(counts))):
+    for i in range(start, start + min(b, used)):
         below += counts[i]
-    return tc.n - below
+    return n - below
 
 
 def fitted_tail(
-    tc: TailCounts, raw: float, width: float, bins: int, tail_points: int, min_excess: float
-) -> float:
-    """The tail at ``raw`` from a peaks-over-threshold fit: ``u`` is the lowest bin edge with
-    ``tail_points`` past scores at or above it (there must be), the excess over ``u`` of the
-    scores above it is exponential with the mean excess as its scale (bin mid-points; at
-    least ``min_excess``)."""
-    counts = tc.counts
+    counts: array[int], start: int, used: int, n: int, raw: float, width: float, bins: int,
+    tail_points: int, min_excess: float,
+) -> float:  # fmt: skip
+    """The tail at ``raw`` from a peaks-over-threshold fit (the histogram as in
+    :func:`counted_from`): ``u`` is the lowest bin edge with ``tail_points`` past scores at or
+    above it (there must be), the excess over ``u`` of the scores above it is exponential with
+    the mean excess as its scale (bin mid-points; at least ``min_excess``)."""
     # The bins above the held ones are empty: j, the highest bin with tail_points scores in
     # it or above, is a held one.
     above = 0
-    j = len(counts) - 1
+    j = used - 1
     while j > 0:
-        above += counts[j]
+        above += counts[start + j]
         if above >= tail_points:
             break
         j -= 1
     else:
-        above += counts[0]
+        above += counts[start]
     u = j * width
     # The last bin also holds everything beyond max_raw, whose true values are unknown: one
     # extreme past score there would inflate the fitted scale for good, so the scale comes
     # from the bins below it (when there are any).
-    end = min(bins - 1 if j < bins - 1 else bins, len(counts))
+    end = min(bins - 1 if j < bins - 1 else bins, used)
     total = 0
     excess = 0.0
     for i in range(j, end):
-        total += counts[i]
-        excess += counts[i] * ((i + 0.5) * width - u)
+        total += counts[start + i]
+        excess += counts[start + i] * ((i + 0.5) * width - u)
     scale = max(excess / total if total else 0.0, min_excess)
-    return above / (tc.n + 1) * math.exp(-(raw - u) / scale)
+    return above / (n + 1) * math.exp(-(raw - u) / scale)
 
 
 class Calibrator:
     """Maps raw scores in ``[0, max_raw]`` to calibrated scores in ``[0, 1]``.
+
+    A histogram is a slot's of a :class:`Tails` (``*_at``: the pipeline's) or one
+    :class:`TailCounts` (a producer's record, a view).
 
     Args:
         max_raw: top of the histogram (higher raw scores land in the last bin).
@@ -152,20 +256,41 @@ class Calibrator:
         tc.counts[b] += 1
         tc.n += 1
 
-    def tail(self, tc: TailCounts, raw: float) -> float:
-        """Estimated probability of a past score at least ``raw`` (in ``(0, 1]``)."""
+    def learn_at(self, tails: Tails, slot: int, raw: float) -> None:
+        """:meth:`learn` into the slot's histogram (which must exist: ``tails.new``)."""
+        if tails.n[slot] >= MAX_COUNT:
+            return
+        b = self._bin(raw)
+        if b >= tails.used[slot]:
+            tails.grow(slot, b + 1)
+        tails.counts[tails.start[slot] + b] += 1
+        tails.n[slot] += 1
+
+    def _tail(self, counts: array[int], start: int, used: int, n: int, raw: float) -> float:
         b = self._bin(raw)
         # Most events score in the lowest bins: count what lies below them (no cumulative
         # sum over every bin per event); the fitted tail below needs the whole picture.
-        at_or_above = counted_from(tc, b)
-        if at_or_above >= self.tail_points or tc.n < self.tail_points:
-            return (at_or_above + 1) / (tc.n + 1)
+        at_or_above = counted_from(counts, start, used, n, b)
+        if at_or_above >= self.tail_points or n < self.tail_points:
+            return (at_or_above + 1) / (n + 1)
         # Rare (a score beyond the producer's few highest): the tail above the lowest bin
         # edge with tail_points scores above it, fitted (a loop: compiled, in C).
-        return fitted_tail(tc, raw, self.width, self.bins, self.tail_points, self.min_excess)
+        return fitted_tail(
+            counts, start, used, n, raw, self.width, self.bins, self.tail_points, self.min_excess
+        )
+
+    def tail(self, tc: TailCounts, raw: float) -> float:
+        """Estimated probability of a past score at least ``raw`` (in ``(0, 1]``)."""
+        return self._tail(tc.counts, 0, len(tc.counts), tc.n, raw)
 
     def score(self, tc: TailCounts, raw: float) -> float:
         return 1.0 - self.tail(tc, raw)
+
+    def score_at(self, tails: Tails, slot: int, raw: float) -> float:
+        """:meth:`score` against the slot's histogram (which must exist)."""
+        return 1.0 - self._tail(
+            tails.counts, tails.start[slot], tails.used[slot], tails.n[slot], raw
+        )
 
 
 class RarityTrend:

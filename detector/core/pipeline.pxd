@@ -1,6 +1,6 @@
 import cython
 
-from detector.core.calibration cimport Calibrator
+from detector.core.calibration cimport Calibrator, Tails
 from detector.core.events cimport Event
 from detector.core.features.judgements cimport Judgements
 
@@ -13,7 +13,7 @@ cdef class Pipeline:
     cdef public long long events_seen
     cdef public bint established
     cdef public Judgements judged
-    @cython.locals(slot=Py_ssize_t, t=cython.longlong, n=cython.longlong, overflowed=cython.bint,
+    @cython.locals(slot=Py_ssize_t, tails=Tails, t=cython.longlong, n=cython.longlong, overflowed=cython.bint,
                    flagged=cython.bint, suspect=cython.bint, held=cython.bint)
     cpdef void _one(self, Event event, Py_ssize_t i, object out, object raw=*)
     @cython.locals(t=cython.longlong, streak=cython.longlong, accept=cython.bint, adapted=cython.bint)

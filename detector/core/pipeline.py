@@ -38,12 +38,19 @@ from detector.core.alerts import (
     AlertBudget,
     alert_id,
 )
-from detector.core.calibration import Calibrator, Likelihood, RarityTrend, TailCounts
+from detector.core.calibration import (
+    TAILS,
+    Calibrator,
+    Likelihood,
+    RarityTrend,
+    TailCounts,
+    Tails,
+)
 from detector.core.checkpoint import BASE_PREFIX, Snapshot, check_compatible, new_meta, pieces
 from detector.core.codec import Reader, Writer
 from detector.core.errors import IncompatibleCheckpointError
 from detector.core.events import Event
-from detector.core.features import FeatureStore, Reason, new_producer_reason
+from detector.core.features import FeatureStore, Reason, new_producer_reason, tables
 from detector.core.features.columns import column
 from detector.core.features.judgements import Judgements
 from detector.core.features.store import ProducerView
@@ -199,27 +206,28 @@ class Decisions:
         self.flagged_streak: list[int] = []
         self.flagged_since_ms: list[int] = []
         self.suspect_ms: list[int] = []  # event time of its last suspect event
-        self.calibration: list[TailCounts | None] = []
+        self.calibration = Tails(bins)  # the histograms, pooled
         self.likelihood: list[RarityTrend | None] = []  # only with a likelihood in the spec
 
     def _columns(self) -> tuple[list[Any], ...]:
         return (
             self.cooldown_until_ms, self.suppressed, self.flagged_streak, self.flagged_since_ms,
-            self.suspect_ms, self.calibration, self.likelihood,
+            self.suspect_ms, self.likelihood,
         )  # fmt: skip
 
     def reset(self, slot: int) -> None:
-        fresh = (-1, 0, 0, -1, -(2**62), None, None)
+        fresh = (-1, 0, 0, -1, -(2**62), None)
         for col, value in zip(self._columns(), fresh, strict=True):
             if slot == len(col):
                 col.append(value)
             else:
                 col[slot] = value
+        self.calibration.reset(slot)
 
     def dump(self, slot: int, w: Writer) -> None:
         for col in self._columns()[:5]:
             w.i64(col[slot])
-        tc, rt = self.calibration[slot], self.likelihood[slot]
+        tc, rt = self.calibration.get(slot), self.likelihood[slot]
         w.count(tc is not None)
         if tc is not None:
             tc.dump(w)
@@ -230,21 +238,16 @@ class Decisions:
     def load(self, slot: int, r: Reader) -> None:
         for col in self._columns()[:5]:
             col[slot] = r.i64()
-        self.calibration[slot] = TailCounts.load(r, self.bins) if r.count() else None
+        self.calibration.put(slot, TailCounts.load(r, self.bins) if r.count() else None)
         self.likelihood[slot] = RarityTrend.load(r) if r.count() else None
 
     def dump_table(self, w: Writer) -> None:
-        """Every slot's decision state: five int64 columns, the histograms as one column of
-        their bins (each one's length and count in two more), the likelihood trends (only a
-        spec with a likelihood has them) one by one."""
+        """Every slot's decision state: five int64 columns, the histograms' pool as it is
+        held (its columns, no loop over slots), the likelihood trends (only a spec with a
+        likelihood has them) one by one."""
         for col in self._columns()[:5]:
             w.column(array("q", col))
-        cal = self.calibration
-        w.column(array("q", [-1 if tc is None else len(tc.counts) for tc in cal]))
-        w.column(array("q", [0 if tc is None else tc.n for tc in cal]))
-        bins = array("i")
-        bins.frombytes(b"".join([tc.counts.tobytes() for tc in cal if tc is not None]))
-        w.column(bins)
+        tables.dump(w, self.calibration, TAILS)
         w.count(len(self.likelihood))
         for rt in self.likelihood:
             w.count(rt is not None)
@@ -256,19 +259,12 @@ class Decisions:
             self.cooldown_until_ms, self.suppressed, self.flagged_streak, self.flagged_since_ms,
             self.suspect_ms,
         ) = [r.column().tolist() for _ in range(5)]  # fmt: skip
-        lengths, ns, bins = r.column(), r.column(), r.column()
-        cal: list[TailCounts | None] = []
-        at = 0
-        for length, n in zip(lengths, ns, strict=True):
-            if length < 0:
-                cal.append(None)
-                continue
-            tc = TailCounts(self.bins)
-            tc.counts, tc.n = bins[at : at + length], n
-            at += length
-            cal.append(tc)
-        self.calibration = cal
+        tails = self.calibration
+        tables.load(r, tails, TAILS)
         self.likelihood = [RarityTrend.load(r) if r.count() else None for _ in range(r.count())]
+        if tails.nbins != self.bins or tails.slots != len(self.suspect_ms):
+            msg = "base has histograms of another spec or another number of slots"
+            raise ValueError(msg)
 
 
 class Pipeline:
@@ -402,9 +398,9 @@ class Pipeline:
         if raw is None:
             store.judge(slot, event, judged, i)
             raw = self._raw(i, n)
-        calibration = ds.calibration[slot]
-        if calibration is None:
-            calibration = ds.calibration[slot] = self.calibrator.new()
+        tails = ds.calibration
+        if tails.n[slot] < 0:
+            tails.new(slot)
         d = self.decision
         score: float | None = None
         flagged = suspect = False
@@ -414,7 +410,7 @@ class Pipeline:
         threshold = self.threshold
         if n >= d.warmup_events:
             self.established = True
-            score = self.calibrator.score(calibration, raw)
+            score = self.calibrator.score_at(tails, slot, raw)
             # Protection judges the event itself; the likelihood may flag it as part of a run.
             suspect = score >= min(d.protect_threshold, self.threshold)
             if self.likelihood is not None:
@@ -475,9 +471,7 @@ class Pipeline:
         # Baselines and the model learn only accepted events.
         adapted = suspect and streak > 1  # a run's later event (accepted once it adapts)
         if (accept and not (adapted and d.suspect_run_gap_ms)) or streak == 1:
-            calibration = ds.calibration[slot]
-            assert calibration is not None  # noqa: S101 (set by _one before)
-            self.calibrator.learn(calibration, raw)
+            self.calibrator.learn_at(ds.calibration, slot, raw)  # (made by _one before)
         if accept:
             self.store.learn(slot, event)
             self.model.learn(self.judged, i)
@@ -537,10 +531,10 @@ class Pipeline:
         self.store.judge(slot, event, self.judged, 0)
         n = self.store.clock.n[slot]
         raw = self._raw(0, n)
-        calibration = self.decisions.calibration[slot]
-        if n < self.decision.warmup_events or calibration is None:
+        tails = self.decisions.calibration
+        if n < self.decision.warmup_events or tails.n[slot] < 0:
             return raw, None
-        return raw, self.calibrator.score(calibration, raw)
+        return raw, self.calibrator.score_at(tails, slot, raw)
 
     def conclude(self, event: Event, raw: float | None) -> Verdict:
         """The verdict on ``event`` (decided and learned), from the raw score :meth:`preview`
@@ -858,7 +852,7 @@ class DecidedView(ProducerView):
 
     @property
     def calibration(self) -> TailCounts | None:
-        return self._decisions.calibration[self.slot]
+        return self._decisions.calibration.get(self.slot)  # (a copy)
 
     @property
     def likelihood(self) -> RarityTrend | None:

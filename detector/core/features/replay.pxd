@@ -26,10 +26,21 @@ cdef class IdCounts:
     cdef public long long events, repeats, last_ms
     cdef public double recent
     cdef public bint repeated
-    cpdef void note(self, bint repeat, long long t_ms, double burst_ms)
-    cpdef void learn(self)
-    @cython.locals(one=double, burst=double)
-    cpdef double surprise(self, double prior, long long t_ms, double burst_ms)
+
+# Each slot's repeats as columns (the .py's arrays, and typed views of them for the per-event
+# methods).
+cdef class IdTable:
+    cdef public object events, repeats, recent, last_ms, repeated
+    cdef public Py_ssize_t rows
+    cdef long long[:] _events, _repeats, _last_ms
+    cdef double[:] _recent
+    cdef signed char[:] _repeated
+    cpdef void reserve(self, Py_ssize_t rows)
+    cpdef void clear(self, Py_ssize_t row)
+    cpdef void note(self, Py_ssize_t row, bint repeat, long long t_ms, double burst_ms)
+    cpdef void learn(self, Py_ssize_t row)
+    @cython.locals(events=cython.longlong, one=double, burst=double)
+    cpdef double surprise(self, Py_ssize_t row, double prior, long long t_ms, double burst_ms)
 
 from detector.core.events cimport Event
 from detector.core.fingerprints cimport pair_fingerprint
@@ -37,6 +48,7 @@ from detector.core.features.feature cimport Feature
 
 cdef class ReplayFeature(Feature):
     cdef public IdWindow window
+    cdef public IdTable table
     cdef str _last_producer, _last_id
     cdef unsigned long long _last_fp
     # C calls from judge, explain and advance (they were Python method calls: 1.7k
@@ -45,6 +57,7 @@ cdef class ReplayFeature(Feature):
     @cython.locals(window=IdWindow)
     cdef object _repeat(self, Event event)
     cpdef object new(self)
+    cpdef void reset(self, Py_ssize_t slot)
     cpdef double judge(self, Py_ssize_t slot, Event event) except? -1
     cpdef object explain(self, Py_ssize_t slot, Event event)
     cpdef void advance(self, Py_ssize_t slot, Event event)

@@ -4,7 +4,7 @@
 Which ids were sent is remembered in one :class:`IdWindow` shared by all producers: its memory
 grows with events, not producers, so it has its own bound (``replay_max_ids`` ids at
 :data:`BYTES_PER_ID` each) and its own checkpoint records. Each producer keeps only its
-counters (:class:`IdCounts`).
+counters (a row of :class:`IdTable`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +20,7 @@ import numpy.typing as npt
 from detector.core.codec import Reader, Writer
 from detector.core.events import Event
 from detector.core.features.clock import Clock
+from detector.core.features.columns import capacity, column, grown, restored
 from detector.core.features.config import FeatureConfig
 from detector.core.features.feature import Feature
 from detector.core.features.surprise import MAX_SURPRISE, Reason
@@ -309,13 +311,9 @@ def _build_table(
 
 
 class IdCounts:
-    """A producer's repeats: how often its accepted events repeated an id, and its recent
-    repeats (of any event, decayed over the burst horizon).
-
-    Which ids were sent is a fact, noted for every event (:meth:`note`); whether repeats are
-    usual for this producer is a belief, learned from accepted events only (:meth:`learn`),
-    so a replay attack does not teach that replays are normal.
-    """
+    """One producer's repeats (:class:`IdTable`'s row, as its record and a view): how often its
+    accepted events repeated an id, and its recent repeats (of any event, decayed over the
+    burst horizon)."""
 
     __slots__ = ("events", "last_ms", "recent", "repeated", "repeats")
 
@@ -325,27 +323,6 @@ class IdCounts:
         self.recent = 0.0  # repeats of any event, decayed over the burst horizon
         self.last_ms = -1
         self.repeated = False  # the last noted id was a repeat
-
-    def note(self, repeat: bool, t_ms: int, burst_ms: float) -> None:
-        if self.last_ms >= 0:
-            self.recent *= math.exp(-max(t_ms - self.last_ms, 0) / burst_ms)
-        self.last_ms = max(self.last_ms, t_ms)
-        self.repeated = repeat
-        if repeat:
-            self.recent += 1.0
-
-    def learn(self) -> None:
-        """The last noted event was accepted: count it (and its repeat) as usual."""
-        self.events += 1
-        self.repeats += self.repeated
-
-    def surprise(self, prior: float, t_ms: int, burst_ms: float) -> float:
-        """``-log10`` of the chance of this repeat given the producer's past: one repeat as
-        rare as its accepted repeats say, times one more for each repeat in the current
-        burst (independent repeats multiply)."""
-        one = -math.log10((self.repeats + prior) / (self.events + 1))
-        burst = self.recent * math.exp(-max(t_ms - self.last_ms, 0) / burst_ms)
-        return min((1.0 + burst) * one, MAX_SURPRISE)
 
     def dump(self, w: Writer) -> None:
         w.i64(self.events)
@@ -362,12 +339,101 @@ class IdCounts:
         return c
 
 
-_NO_COUNTS = IdCounts()  # read (never changed) for a producer whose counts were reset
+# A row's columns, in a base's order.
+_ID_COLUMNS = ("events", "repeats", "recent", "last_ms", "repeated")
+
+
+class IdTable:
+    """Every slot's :class:`IdCounts` as columns: ``events`` (-1: no id yet), ``repeats``,
+    ``last_ms`` (int64), ``recent`` (float64), ``repeated`` (int8); ``rows`` of them hold
+    state. No object per producer, and a base writes the columns as they are.
+
+    Which ids were sent is a fact, noted for every event (:meth:`note`); whether repeats are
+    usual for this producer is a belief, learned from accepted events only (:meth:`learn`),
+    so a replay attack does not teach that replays are normal.
+    """
+
+    def __init__(self) -> None:
+        self.events: array[int] = column("q", 0)
+        self.repeats: array[int] = column("q", 0)
+        self.recent: array[float] = column("d", 0)
+        self.last_ms: array[int] = column("q", 0)
+        self.repeated: array[int] = column("b", 0)
+        self.rows = 0
+        self._bind()
+
+    def _bind(self) -> None:
+        # replay.pxd types these as memoryviews of the columns (the .py: the same arrays).
+        self._events, self._repeats, self._recent = self.events, self.repeats, self.recent
+        self._last_ms, self._repeated = self.last_ms, self.repeated
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return restored, (IdTable, {name: getattr(self, name) for name in (*_ID_COLUMNS, "rows")})
+
+    def reserve(self, rows: int) -> None:
+        """Room for ``rows`` rows (those below it hold state)."""
+        if rows > len(self.events):
+            n = capacity(len(self.events), rows)
+            self.events, self.repeats = grown(self.events, n), grown(self.repeats, n)
+            self.recent, self.last_ms = grown(self.recent, n), grown(self.last_ms, n)
+            self.repeated = grown(self.repeated, n)
+            self._bind()
+        if rows > self.rows:
+            self.rows = rows
+
+    def clear(self, row: int) -> None:
+        """No id yet (and the counts of a fresh :class:`IdCounts`)."""
+        self._events[row] = -1
+        self._repeats[row] = 0
+        self._recent[row] = 0.0
+        self._last_ms[row] = -1
+        self._repeated[row] = 0
+
+    def note(self, row: int, repeat: bool, t_ms: int, burst_ms: float) -> None:
+        if self._events[row] < 0:
+            self._events[row] = 0  # its first id
+        if self._last_ms[row] >= 0:
+            self._recent[row] *= math.exp(-max(t_ms - self._last_ms[row], 0) / burst_ms)
+        self._last_ms[row] = max(self._last_ms[row], t_ms)
+        self._repeated[row] = repeat
+        if repeat:
+            self._recent[row] += 1.0
+
+    def learn(self, row: int) -> None:
+        """The last noted event was accepted: count it (and its repeat) as usual."""
+        if self._events[row] >= 0:
+            self._events[row] += 1
+            self._repeats[row] += self._repeated[row]
+
+    def surprise(self, row: int, prior: float, t_ms: int, burst_ms: float) -> float:
+        """``-log10`` of the chance of this repeat given the producer's past: one repeat as
+        rare as its accepted repeats say, times one more for each repeat in the current
+        burst (independent repeats multiply). A row with no id yet: none counted."""
+        events = max(self._events[row], 0)
+        one = -math.log10((self._repeats[row] + prior) / (events + 1))
+        burst = self._recent[row] * math.exp(-max(t_ms - self._last_ms[row], 0) / burst_ms)
+        return min((1.0 + burst) * one, MAX_SURPRISE)
+
+    def get(self, row: int) -> IdCounts | None:
+        """A copy of the row (None: no id yet)."""
+        if self._events[row] < 0:
+            return None
+        c = IdCounts()
+        c.events, c.repeats, c.recent = self._events[row], self._repeats[row], self._recent[row]
+        c.last_ms, c.repeated = self._last_ms[row], bool(self._repeated[row])
+        return c
+
+    def put(self, row: int, c: IdCounts | None) -> None:
+        self.clear(row)
+        if c is not None:
+            self._events[row], self._repeats[row], self._recent[row] = c.events, c.repeats, c.recent
+            self._last_ms[row], self._repeated[row] = c.last_ms, c.repeated
 
 
 class ReplayFeature(Feature):
-    """Per slot the producer's :class:`IdCounts` (None until its first id); the ids of all
-    producers in one :attr:`window` (None: off, ``replay_horizon_s = 0`` or disabled).
+    """Per slot the producer's repeats (a row of :attr:`table`; none until its first id); the
+    ids of all producers in one :attr:`window` (None: off, ``replay_horizon_s = 0`` or
+    disabled).
 
     The window outlives a producer's slot: a producer evicted and back within the horizon
     still has its ids remembered (judged against fresh counts)."""
@@ -377,6 +443,7 @@ class ReplayFeature(Feature):
     def __init__(self, cfg: FeatureConfig, clock: Clock) -> None:
         super().__init__(cfg, clock)
         self.window = self._new_window()
+        self.table = IdTable()  # each slot's repeats
         # The last pair fingerprinted, and its fingerprint.
         self._last_producer, self._last_id, self._last_fp = "", "", 0
 
@@ -405,19 +472,23 @@ class ReplayFeature(Feature):
             return None
         return event_id if window.seen(self._fingerprint(event.producer, event_id)) else None
 
+    def reset(self, slot: int) -> None:
+        self.table.reserve(slot + 1)
+        self.table.clear(slot)
+
     def judge(self, slot: int, event: Event) -> float:
         if self._repeat(event) is None:
             return 0.0
         cfg = self.cfg
-        counts = self.slots[slot] or _NO_COUNTS
-        return counts.surprise(cfg.novelty_prior, event.event_time_ms, cfg.burst_s * 1000)
+        return self.table.surprise(slot, cfg.novelty_prior, event.event_time_ms, cfg.burst_s * 1000)
 
     def explain(self, slot: int, event: Event) -> Reason | None:
         event_id = self._repeat(event)
         if event_id is None:
             return None
-        counts = self.slots[slot] or _NO_COUNTS
-        expected = f"unique ids ({counts.repeats} repeats in {counts.events} events)"
+        t = self.table
+        repeats, events = t.repeats[slot], max(t.events[slot], 0)
+        expected = f"unique ids ({repeats} repeats in {events} events)"
         return Reason("replayed_id", self.cfg.id_field, event_id, expected, self.judge(slot, event))
 
     def advance(self, slot: int, event: Event) -> None:
@@ -425,46 +496,37 @@ class ReplayFeature(Feature):
         if window is not None and (event_id := event.strings.get(self.cfg.id_field)) is not None:
             t = event.event_time_ms
             repeat = window.remember(self._fingerprint(event.producer, event_id), t)
-            counts = self.slots[slot]
-            if counts is None:
-                counts = self.slots[slot] = IdCounts()
-            counts.note(repeat, t, self.cfg.burst_s * 1000)
+            self.table.note(slot, repeat, t, self.cfg.burst_s * 1000)
 
     def learn(self, slot: int, event: Event) -> None:
-        counts = self.slots[slot]
-        if counts is not None and event.strings.get(self.cfg.id_field) is not None:
-            counts.learn()  # noted by advance
+        if event.strings.get(self.cfg.id_field) is not None:
+            self.table.learn(slot)  # noted by advance (none noted: no id yet, nothing)
 
     def dump(self, slot: int, w: Writer) -> None:
-        counts = self.slots[slot]
+        counts = self.table.get(slot)
         w.count(counts is not None)
         if counts is not None:
             counts.dump(w)
 
     def load(self, slot: int, r: Reader) -> None:
-        self.slots[slot] = IdCounts.load(r) if r.count() else None
+        self.table.put(slot, IdCounts.load(r) if r.count() else None)
 
     def dump_table(self, w: Writer) -> None:
-        """Every slot's counts as columns (-1 events: none yet)."""
-        slots = self.slots
-        w.column(array("q", [-1 if c is None else c.events for c in slots]))
-        w.column(array("q", [0 if c is None else c.repeats for c in slots]))
-        w.column(array("d", [0.0 if c is None else c.recent for c in slots]))
-        w.column(array("q", [0 if c is None else c.last_ms for c in slots]))
-        w.column(array("b", [0 if c is None else c.repeated for c in slots]))
+        """Every slot's counts as the table's columns (-1 events: none yet)."""
+        t = self.table
+        for name in _ID_COLUMNS:
+            w.column(memoryview(getattr(t, name))[: t.rows])
 
     def load_table(self, r: Reader) -> None:
-        events, repeats, recent, last_ms, repeated = (r.column() for _ in range(5))
-        slots: list[IdCounts | None] = []
-        for k, n in enumerate(events):
-            if n < 0:
-                slots.append(None)
-                continue
-            c = IdCounts()
-            c.events, c.repeats, c.recent, c.last_ms = n, repeats[k], recent[k], last_ms[k]
-            c.repeated = bool(repeated[k])
-            slots.append(c)
-        self.slots = slots
+        t = IdTable()
+        for name in _ID_COLUMNS:
+            setattr(t, name, r.column())
+        t.rows = len(t.events)
+        if any(len(getattr(t, name)) != t.rows for name in _ID_COLUMNS):
+            msg = "base has replay columns of unequal lengths"
+            raise ValueError(msg)
+        t._bind()
+        self.table = t
 
     def shared(self, full: bool) -> dict[str, bytes]:
         return {} if self.window is None else self.window.records(self.name, full)

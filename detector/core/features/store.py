@@ -101,8 +101,7 @@ class ProducerView:
     @property
     def ids(self) -> IdCounts | None:
         """Its repeats of event ids (the ids themselves are in the store's shared window)."""
-        ids: IdCounts | None = self._store.by_name["replayed_id"].slots[self.slot]
-        return ids
+        return _typed(self._store.by_name["replayed_id"], ReplayFeature).table.get(self.slot)
 
 
 def _named(records: Mapping[str, bytes], name: str) -> dict[str, bytes]:
