@@ -59,12 +59,14 @@ from detector.core.events import Event
 # its kind's and that offset's time (issue 17, departure by rates; the kinds' rate levels are
 # a key of their levels, no new layout), and the categorical counts (``Counts.n``, ``cnt``)
 # and the decision state's histogram bins are 4-byte columns in the base (issue 15, memory);
-# 10: the peers' per-producer levels are pooled typed columns in the base (issue 15, memory).
+# 10: the peers' per-producer levels are pooled typed columns in the base (issue 15, memory);
+# 11: the decision state's suspect runs are rows per event type (key, events, first time, the
+# time it breaks at), pooled, in place of one run per producer (issue 17).
 # An older
 # detector refuses a newer format by this number, and this one refuses older ones (retrain or
 # reset).
-FORMAT_VERSION = 10
-READABLE_FORMATS = (10,)
+FORMAT_VERSION = 11
+READABLE_FORMATS = (11,)
 _MAGIC = b"DETECTOR-BASELINE-1\n"
 _MAC_BYTES = 32
 PRODUCER_PREFIX = "p:"
