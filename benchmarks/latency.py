@@ -91,7 +91,7 @@ def worker_role(
         batches.append((time.time(), [v.event.entry_id for v in verdicts]))
 
     worker = Worker(settings, on_verdicts=on_verdicts)
-    if as_before:  # each commit waited for, a batch's alerts written after all of it (§40)
+    if as_before:  # each commit waited for, a batch's alerts written after all of it (§42)
         streams = worker.consumers[0].streams
         streams.send_commit = streams.commit  # type: ignore[method-assign]
         consumer_module.ALERT_PART_EVENTS = 1 << 30
@@ -543,7 +543,7 @@ def _echo_details(r: dict[str, Any]) -> None:
 @click.option(
     "--compare-before",
     is_flag=True,
-    help="Every level runs a second time as the worker ran before benchmarks README §40: "
+    help="Every level runs a second time as the worker ran before benchmarks README §42: "
     "each commit waited for before reading on, a batch's alerts written after all of it.",
 )
 @click.option("--as-before", is_flag=True, hidden=True)

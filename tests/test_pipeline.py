@@ -15,9 +15,10 @@ import orjson
 import pytest
 
 from detector.core.alerts import Alert, alert_id
+from detector.core.codec import Reader, Writer
 from detector.core.events import Decoder, Event
 from detector.core.features.store import ProducerView
-from detector.core.pipeline import Pipeline, Verdict
+from detector.core.pipeline import MAX_RUNS, Decisions, Pipeline, Verdict
 from detector.core.scoring import Decision, ModelSpec, load_spec
 
 SPECS = ["stats", "hst"]
@@ -949,3 +950,110 @@ def test_minted_types_are_bounded_and_their_overflow_alerts_once() -> None:
     assert overflow[0].expected.startswith(f"more than {p.spec.features.max_types} types")
     types = p.view("svc").types
     assert types.saturated and types.counts == {}  # bounded: nothing more is learned
+
+
+def with_rare_type(start: int, n: int, declined: float = 250.0) -> list[Event]:
+    """``n`` seconds of the usual events, and a rare type (one every 2 minutes, rarer than
+    the stats spec's one-minute run gap) whose ``v`` is ``declined``."""
+    return [
+        ev(i, etype="declined", v=declined + i % 7) if i % 120 == 60 else ev(i)
+        for i in range(start, start + n)
+    ]
+
+
+def test_a_rare_types_lasting_change_is_adapted_to_like_a_common_types() -> None:
+    # A suspect run per event type: the rare type's suspects, 2 minutes apart among normal
+    # events of another type, are one run that adapts after adapt_after_events (20) and
+    # adapt_after_ms (15 min); with one run per producer, broken at the 1-minute gap, each was
+    # a run of one and the type's row stayed frozen (seed 11's false drift alerts).
+    p = Pipeline(load_spec("stats"))
+    warmup = 6 * 3600
+    assert not any(v.flagged for v in p.process(with_rare_type(0, warmup)))
+    st = p.view("p1")
+    row = st.numeric["declined\x1fv"]
+    count = row.count
+    assert st.calibration is not None
+    n = st.calibration.n
+    out = p.process(with_rare_type(warmup, 100 * 120, declined=2500.0))
+    rare = [v for v in out if v.event.type == "declined"]
+    assert all(v.flagged for v in rare[:5])
+    # One run: the calibration learned its first score only (one run per suspect taught it
+    # each of them, until it let them through as normal).
+    usual = sum(v.score is not None and v.score < 0.999 for v in out)
+    assert st.calibration.n == n + usual + 1
+    # Frozen for the run's first 20 events (and 15 min), then learned: the new level is normal.
+    assert row.count - count == len(rare) - 20
+    assert not any(v.flagged for v in rare[-40:])
+    assert not any(v.flagged for v in out if v.event.type == "order")
+    # Its run lasts ten of the type's inter-arrivals (~20 min), not the spec's minute.
+    ((_, streak, since, until),) = st.suspect_runs
+    suspects = [v.event.event_time_ms for v in rare if v.score is not None and v.score >= 0.999]
+    assert streak == len(suspects) > 20 and since == suspects[0]
+    assert until - suspects[-1] > 10 * 60_000
+
+
+def test_a_one_off_on_a_rare_type_still_alerts() -> None:
+    p = Pipeline(load_spec("stats"))
+    warmup = 6 * 3600
+    p.process(with_rare_type(0, warmup))
+    spike = ev(warmup, etype="declined", v=5000.0)
+    (v,) = p.process([spike])
+    assert v.alert is not None and v.alert.reasons[0].feature in {"value", "drift"}
+    later = p.process(with_rare_type(warmup + 1, 4 * 3600))
+    assert not any(v.flagged for v in later)  # one event: nothing adapted to it
+    assert p.view("p1").numeric["declined\x1fv"].mean < math.log1p(400)
+    (again,) = p.process([ev(warmup + 1 + 4 * 3600, etype="declined", v=5000.0)])
+    assert again.alert is not None
+
+
+def test_a_common_types_run_keeps_the_spec_gap_and_others_do_not_join_it() -> None:
+    p = warm("stats", adapt_after_events=5, adapt_after_ms=20_000)
+    st = p.view("p1")
+    m = st.numeric["order\x1fv"]
+    count = m.count
+    out = p.process(shifted(N, 60))
+    # As before per type: the 21st event (20 s after the first) is the first one learned.
+    assert all(v.flagged for v in out[:21]) and m.count == count + 60 - 20
+    ((_, streak, _, until),) = st.suspect_runs
+    suspects = [v.event.event_time_ms for v in out if v.score is not None and v.score >= 0.999]
+    assert streak == len(suspects)
+    assert until == suspects[-1] + 60_000  # one event a second: the spec's 60 s
+    # Another type's suspect event opens its own run; the order run goes on.
+    p.process([ev(N + 60, etype="refund", v=1.0)])
+    assert [r[1] for r in st.suspect_runs] == [1, streak]
+
+
+def test_suspect_runs_are_bounded_and_round_trip_in_records_and_columns() -> None:
+    ds = Decisions(64)
+    for slot in range(3):
+        ds.reset(slot)
+    for key in range(1, MAX_RUNS + 3):  # beyond the bound, the run nearest to breaking goes
+        r = ds.open_run(0, key, key)
+        ds.run_streak[r], ds.run_until[r] = key, 1000 + key
+    assert [ds.run_key[r] for r in ds.runs(0)] == list(range(MAX_RUNS + 2, 2, -1))
+    r = ds.open_run(1, 7, 5)
+    ds.run_streak[r], ds.run_until[r] = 1, 10
+    ds.open_run(1, 8, 20)  # the run of 7 broke at 10: its row is free again
+    assert [ds.run_key[r] for r in ds.runs(1)] == [8]
+
+    def runs(d: Decisions) -> list[list[tuple[int, ...]]]:
+        return [
+            [(d.run_key[r], d.run_streak[r], d.run_since[r], d.run_until[r]) for r in d.runs(s)]
+            for s in range(3)
+        ]
+
+    table = Writer()
+    ds.dump_table(table)
+    restored = Decisions(64)
+    restored.load_table(Reader(table.bytes()))
+    assert runs(restored) == runs(ds)
+    record = Writer()
+    ds.dump(0, record)
+    restored.reset(2)
+    restored.load(2, Reader(record.bytes()))
+    assert runs(restored)[2] == runs(ds)[0]
+    rows = len(restored.run_key)
+    restored.reset(0)  # its rows go to the free chain, and are reused
+    assert runs(restored)[0] == []
+    restored.load(0, Reader(record.bytes()))
+    assert runs(restored)[0] == runs(ds)[0] and len(restored.run_key) == rows

@@ -60,7 +60,9 @@ from detector.core.events import Event
 # a key of their levels, no new layout), and the categorical counts (``Counts.n``, ``cnt``)
 # and the decision state's histogram bins are 4-byte columns in the base (issue 15, memory);
 # 10: the peers' per-producer levels are pooled typed columns in the base (issue 15, memory);
-# 11: the decision state's histograms are one pool of bins in the base (issue 15, memory).
+# 11: the decision state's histograms are one pool of bins in the base (issue 15, memory),
+# and its suspect runs are rows per event type (key, events, first time, the time it breaks
+# at), pooled, in place of one run per producer (issue 17).
 # An older
 # detector refuses a newer format by this number, and this one refuses older ones (retrain or
 # reset).

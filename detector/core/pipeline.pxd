@@ -10,7 +10,7 @@ cdef class Pipeline:
     cdef public object likelihood, first_ms
     cdef public double threshold
     cdef public Calibrator calibrator
-    cdef public long long events_seen
+    cdef public long long events_seen, run_streak, run_since
     cdef public bint established
     cdef public Judgements judged
     @cython.locals(slot=Py_ssize_t, tails=Tails, t=cython.longlong, n=cython.longlong, overflowed=cython.bint,
@@ -18,5 +18,6 @@ cdef class Pipeline:
     cpdef void _one(self, Event event, Py_ssize_t i, object out, object raw=*)
     @cython.locals(t=cython.longlong, streak=cython.longlong, accept=cython.bint, adapted=cython.bint)
     cpdef void _learn(self, Py_ssize_t slot, Event event, Py_ssize_t i, double raw, bint suspect, bint protected)
-    cpdef void _suspect_run(self, Py_ssize_t slot, long long t, bint suspect)
+    @cython.locals(r=Py_ssize_t)
+    cpdef void _suspect_run(self, Py_ssize_t slot, Event event, long long t, bint suspect)
     cpdef double _raw(self, Py_ssize_t i, long long n) except? -1

@@ -26,7 +26,8 @@ import math
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from itertools import islice
+from typing import overload
 
 from detector.core.admission import OVERFLOW, Admission
 from detector.core.alerts import (
@@ -54,7 +55,9 @@ from detector.core.features import FeatureStore, Reason, new_producer_reason, ta
 from detector.core.features.columns import column
 from detector.core.features.judgements import Judgements
 from detector.core.features.store import ProducerView
+from detector.core.features.types import TypeFeature
 from detector.core.feedback import PROTECT, SUPPRESS, Feedback, FeedbackRules, Rule
+from detector.core.fingerprints import fingerprint
 from detector.core.scoring import ModelSpec
 
 MAX_REASONS = 3
@@ -189,44 +192,144 @@ class Verdicts(Sequence[Verdict]):
         return out
 
 
+MAX_RUNS = 8  # suspect runs open at once per producer (one per event type; beyond: the oldest goes)
+# With ``suspect_run_gap_ms``, a type's run breaks only after this many of the type's own
+# usual inter-arrivals without a suspect event of it (and never sooner than the gap): a type
+# rarer than one event per gap would otherwise start a run at each of its events and never
+# adapt to a lasting change (a gap this long ends a run of Poisson arrivals with p = e^-10).
+RUN_GAP_ARRIVALS = 10
+MAX_RUN_GAP_MS = 86_400_000  # a day of event time
+
+
 class Decisions:
     """The decision state of each producer slot (a part of the store's slots, so it is
     bounded, evicted and checkpointed with the producer): its cooldown, held-back alerts,
-    current run of suspect events, calibration histogram and likelihood trend."""
+    current runs of suspect events, calibration histogram and likelihood trend.
+
+    The runs are rows of a pool (typed columns), chained per slot from :attr:`run_head`
+    (newest first), at most :data:`MAX_RUNS` per slot: a row is one run's key (an event
+    type's fingerprint; 0: the producer's one run when runs are consecutive suspect events),
+    its suspect events, its first event time and the event time it breaks at (-1: at the
+    next unsuspect event). A producer with no open run holds no row."""
 
     __slots__ = (
-        "bins", "calibration", "cooldown_until_ms", "flagged_since_ms", "flagged_streak",
-        "likelihood", "suppressed", "suspect_ms",
+        "bins", "calibration", "cooldown_until_ms", "free", "likelihood", "run_head",
+        "run_key", "run_next", "run_since", "run_streak", "run_until", "suppressed",
     )  # fmt: skip
 
     def __init__(self, bins: int) -> None:
         self.bins = bins
         self.cooldown_until_ms: list[int] = []
         self.suppressed: list[int] = []
-        self.flagged_streak: list[int] = []
-        self.flagged_since_ms: list[int] = []
-        self.suspect_ms: list[int] = []  # event time of its last suspect event
+        self.run_head: list[int] = []  # per slot: its newest run's row, -1: none
         self.calibration = Tails(bins)  # the histograms, pooled
         self.likelihood: list[RarityTrend | None] = []  # only with a likelihood in the spec
-
-    def _columns(self) -> tuple[list[Any], ...]:
-        return (
-            self.cooldown_until_ms, self.suppressed, self.flagged_streak, self.flagged_since_ms,
-            self.suspect_ms, self.likelihood,
-        )  # fmt: skip
+        self.run_key: array[int] = array("q")
+        self.run_streak: array[int] = array("q")
+        self.run_since: array[int] = array("q")
+        self.run_until: array[int] = array("q")
+        self.run_next: array[int] = array("q")  # the slot's next row; free rows: the next free
+        self.free = -1
 
     def reset(self, slot: int) -> None:
-        fresh = (-1, 0, 0, -1, -(2**62), None)
-        for col, value in zip(self._columns(), fresh, strict=True):
-            if slot == len(col):
-                col.append(value)
-            else:
-                col[slot] = value
+        if slot == len(self.cooldown_until_ms):
+            for col in (self.cooldown_until_ms, self.suppressed, self.run_head):
+                col.append(0)
+            self.likelihood.append(None)
+        else:
+            self.drop_runs(slot)
+            self.likelihood[slot] = None
+        self.cooldown_until_ms[slot], self.suppressed[slot], self.run_head[slot] = -1, 0, -1
         self.calibration.reset(slot)
 
+    def run(self, slot: int, key: int) -> int:
+        """The row of the slot's run of ``key``, -1 if none."""
+        r = self.run_head[slot]
+        while r >= 0 and self.run_key[r] != key:
+            r = self.run_next[r]
+        return r
+
+    def open_run(self, slot: int, key: int, t: int) -> int:
+        """A new run of ``key`` from event time ``t`` (replacing the slot's run of ``key``,
+        or its run nearest to breaking when it has :data:`MAX_RUNS`); its row. Runs broken
+        by ``t`` go."""
+        prev, r, runs, oldest, before = -1, self.run_head[slot], 0, -1, -1
+        while r >= 0:
+            after = self.run_next[r]
+            if self.run_key[r] == key:
+                break
+            if 0 <= self.run_until[r] <= t:  # broken: its row is free again
+                self._unlink(slot, prev, r)
+                self.run_next[r], self.free = self.free, r
+                r = after
+                continue
+            if oldest < 0 or self.run_until[r] <= self.run_until[oldest]:
+                oldest, before = r, prev
+            runs += 1
+            prev, r = r, after
+        if r < 0 and runs >= MAX_RUNS:
+            r, prev = oldest, before
+        if r >= 0:
+            self._unlink(slot, prev, r)  # it goes to the head
+        else:
+            r = self._new_row()
+        self.run_key[r], self.run_streak[r], self.run_since[r], self.run_until[r] = key, 0, t, -1
+        self.run_next[r], self.run_head[slot] = self.run_head[slot], r
+        return r
+
+    def _unlink(self, slot: int, prev: int, r: int) -> None:
+        if prev < 0:
+            self.run_head[slot] = self.run_next[r]
+        else:
+            self.run_next[prev] = self.run_next[r]
+
+    def _new_row(self) -> int:
+        r = self.free
+        if r >= 0:
+            self.free = self.run_next[r]
+            return r
+        for col in (self.run_key, self.run_streak, self.run_since, self.run_until, self.run_next):
+            col.append(0)
+        return len(self.run_key) - 1
+
+    def drop_runs(self, slot: int) -> None:
+        """Ends every run of the slot (its rows go to the free chain)."""
+        r = self.run_head[slot]
+        while r >= 0:
+            after = self.run_next[r]
+            self.run_next[r], self.free = self.free, r
+            r = after
+        self.run_head[slot] = -1
+
+    def runs(self, slot: int) -> list[int]:
+        """The rows of the slot's runs, newest first."""
+        rows, r = [], self.run_head[slot]
+        while r >= 0:
+            rows.append(r)
+            r = self.run_next[r]
+        return rows
+
+    def _add_runs(self, slot: int, runs: list[tuple[int, int, int, int]]) -> None:
+        """Appends ``runs`` (key, streak, since, until; newest first) as the slot's runs."""
+        last = -1
+        for key, streak, since, until in runs:
+            r = self._new_row()
+            self.run_key[r], self.run_streak[r], self.run_since[r] = key, streak, since
+            self.run_until[r], self.run_next[r] = until, -1
+            if last < 0:
+                self.run_head[slot] = r
+            else:
+                self.run_next[last] = r
+            last = r
+
     def dump(self, slot: int, w: Writer) -> None:
-        for col in self._columns()[:5]:
-            w.i64(col[slot])
+        w.i64(self.cooldown_until_ms[slot])
+        w.i64(self.suppressed[slot])
+        rows = self.runs(slot)
+        w.count(len(rows))
+        for r in rows:
+            for col in (self.run_key, self.run_streak, self.run_since, self.run_until):
+                w.i64(col[r])
         tc, rt = self.calibration.get(slot), self.likelihood[slot]
         w.count(tc is not None)
         if tc is not None:
@@ -236,17 +339,24 @@ class Decisions:
             rt.dump(w)
 
     def load(self, slot: int, r: Reader) -> None:
-        for col in self._columns()[:5]:
-            col[slot] = r.i64()
+        self.cooldown_until_ms[slot], self.suppressed[slot] = r.i64(), r.i64()
+        self.drop_runs(slot)
+        self._add_runs(slot, [(r.i64(), r.i64(), r.i64(), r.i64()) for _ in range(r.count())])
         self.calibration.put(slot, TailCounts.load(r, self.bins) if r.count() else None)
         self.likelihood[slot] = RarityTrend.load(r) if r.count() else None
 
     def dump_table(self, w: Writer) -> None:
-        """Every slot's decision state: five int64 columns, the histograms' pool as it is
-        held (its columns, no loop over slots), the likelihood trends (only a spec with a
+        """Every slot's decision state: two int64 columns, the runs as a column of each slot's
+        count and four columns of their rows in slot order, the histograms' pool as it is held
+        (its columns, no loop over slots), the likelihood trends (only a spec with a
         likelihood has them) one by one."""
-        for col in self._columns()[:5]:
-            w.column(array("q", col))
+        w.column(array("q", self.cooldown_until_ms))
+        w.column(array("q", self.suppressed))
+        per_slot = [self.runs(slot) for slot in range(len(self.run_head))]
+        w.column(array("q", [len(rows) for rows in per_slot]))
+        order = [r for rows in per_slot for r in rows]
+        for col in (self.run_key, self.run_streak, self.run_since, self.run_until):
+            w.column(array("q", [col[r] for r in order]))
         tables.dump(w, self.calibration, TAILS)
         w.count(len(self.likelihood))
         for rt in self.likelihood:
@@ -255,14 +365,20 @@ class Decisions:
                 rt.dump(w)
 
     def load_table(self, r: Reader) -> None:
-        (
-            self.cooldown_until_ms, self.suppressed, self.flagged_streak, self.flagged_since_ms,
-            self.suspect_ms,
-        ) = [r.column().tolist() for _ in range(5)]  # fmt: skip
+        self.cooldown_until_ms, self.suppressed = r.column().tolist(), r.column().tolist()
+        counts = r.column()
+        key, streak, since, until = (r.column() for _ in range(4))
+        self.run_head = [-1] * len(counts)
+        for col in (self.run_key, self.run_streak, self.run_since, self.run_until, self.run_next):
+            del col[:]
+        self.free = -1
+        rows = zip(key, streak, since, until, strict=True)
+        for slot, k in enumerate(counts):
+            self._add_runs(slot, list(islice(rows, k)))
         tails = self.calibration
         tables.load(r, tails, TAILS)
         self.likelihood = [RarityTrend.load(r) if r.count() else None for _ in range(r.count())]
-        if tails.nbins != self.bins or tails.slots != len(self.suspect_ms):
+        if tails.nbins != self.bins or tails.slots != len(self.run_head):
             msg = "base has histograms of another spec or another number of slots"
             raise ValueError(msg)
 
@@ -324,6 +440,9 @@ class Pipeline:
         self.established = False
         self.first_ms: int | None = None  # the first event time seen (new_producer settling)
         self.judged = Judgements()  # the current batch's judgements, reused batch after batch
+        # The current event's run of suspect events (``_suspect_run``), read by ``_learn``.
+        self.run_streak = 0
+        self.run_since = -1
 
     def process(
         self, events: Sequence[Event], feedback: Sequence[tuple[int, Feedback]] = ()
@@ -437,7 +556,7 @@ class Pipeline:
         if rule == SUPPRESS:  # a false positive's repeat: normal (learned, no alert)
             flagged = suspect = False
             decisive = None
-        self._suspect_run(slot, t, suspect)
+        self._suspect_run(slot, event, t, suspect)
         held = t < ds.cooldown_until_ms[slot] and decisive is None
         if flagged and held:  # counted in the producer's next alert, and never explained
             ds.suppressed[slot] += 1
@@ -458,10 +577,10 @@ class Pipeline:
         """Learn event ``i`` unless it is suspect, or its run has lasted long enough to be the
         new normal (never a ``protected`` one: a confirmed pattern)."""
         ds, d, t = self.decisions, self.decision, event.event_time_ms
-        streak = ds.flagged_streak[slot]
+        streak = self.run_streak
         accept = not suspect or (
             streak > d.adapt_after_events
-            and t - ds.flagged_since_ms[slot] >= d.adapt_after_ms
+            and t - self.run_since >= d.adapt_after_ms
             and not protected
         )
         # The calibration must see rare scores too, or its tail looks thinner than it is; but
@@ -494,17 +613,42 @@ class Pipeline:
         reasons = self._reasons(slot, event, lead, i, raw, score or 0.0)
         return reasons, self.feedback.match(slot, reasons, event.type or "", event.event_time_ms)
 
-    def _suspect_run(self, slot: int, t: int, suspect: bool) -> None:
-        """The producer's current run of suspect events, with this one (see ``Decision``)."""
+    def _suspect_run(self, slot: int, event: Event, t: int, suspect: bool) -> None:
+        """The run of suspect events this one belongs to (see ``Decision``): its length so
+        far and first event time into :attr:`run_streak` and :attr:`run_since` (0 and -1 for
+        an unsuspect event). With ``suspect_run_gap_ms``, one run per event type: a rare
+        type's suspect events, minutes apart among normal events of other types, are one run
+        (one at each of them never adapted: a frozen row, false drift alerts for hours)."""
         ds, gap = self.decisions, self.decision.suspect_run_gap_ms
-        if suspect:
-            if ds.flagged_streak[slot] == 0 or (gap and t - ds.suspect_ms[slot] >= gap):
-                ds.flagged_streak[slot] = 0
-                ds.flagged_since_ms[slot] = t
-            ds.flagged_streak[slot] += 1
-            ds.suspect_ms[slot] = t
-        elif not gap:
-            ds.flagged_streak[slot] = 0
+        self.run_streak, self.run_since = 0, -1
+        if not suspect:
+            if not gap and ds.run_head[slot] >= 0:
+                ds.drop_runs(slot)  # consecutive suspect events only
+            return
+        # The type's fingerprint as a signed 64-bit column holds it (0: the producer's run).
+        key = (fingerprint(event.type) >> 1 if event.type is not None else 1) if gap else 0
+        r = ds.run(slot, key)
+        if r < 0 or 0 <= ds.run_until[r] <= t:
+            r = ds.open_run(slot, key, t)
+        ds.run_streak[r] += 1
+        if gap:
+            ds.run_until[r] = t + self._run_gap(slot, event.type)
+        self.run_streak, self.run_since = ds.run_streak[r], ds.run_since[r]
+
+    def _run_gap(self, slot: int, etype: str | None) -> int:
+        """How long a run of ``etype`` lasts without a suspect event of it: the spec's gap, or
+        :data:`RUN_GAP_ARRIVALS` of the type's usual inter-arrival (the producer's, over the
+        type's share of its learned events) if longer; at most :data:`MAX_RUN_GAP_MS`."""
+        gap = self.decision.suspect_run_gap_ms
+        types = self.store.by_name.get("type")
+        if etype is None or not isinstance(types, TypeFeature):
+            return gap
+        counts = types.counts
+        n, k = counts.n[slot], counts.count(slot, etype)
+        if k <= 0:
+            return gap
+        ia = self.store.rate.usual_ms(slot) * n / k
+        return int(max(gap, min(RUN_GAP_ARRIVALS * ia, MAX_RUN_GAP_MS)))
 
     def _raw(self, i: int, n: int) -> float:
         """The model's raw score of row ``i`` (a producer with ``n`` events before it). A
@@ -867,8 +1011,14 @@ class DecidedView(ProducerView):
         return self._decisions.suppressed[self.slot]
 
     @property
-    def flagged_streak(self) -> int:
-        return self._decisions.flagged_streak[self.slot]
+    def suspect_runs(self) -> list[tuple[int, int, int, int]]:
+        """The open runs of suspect events, newest first: (key: an event type's fingerprint
+        or 0, suspect events, first event time, event time it breaks at or -1)."""
+        ds = self._decisions
+        return [
+            (ds.run_key[r], ds.run_streak[r], ds.run_since[r], ds.run_until[r])
+            for r in ds.runs(self.slot)
+        ]
 
     @property
     def feedback_rules(self) -> tuple[Rule, ...]:

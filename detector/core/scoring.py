@@ -164,8 +164,9 @@ class Decision:
             last before the producer's baselines learn again, accepting a new normal
             (protection from learning anomalies, without freezing after a real change).
         adapt_after_ms: event time the run must also span.
-        suspect_run_gap_ms: suspect events less than this apart in event time form one run,
-            whatever normal events come between them (replays among fresh events, a drift
+        suspect_run_gap_ms: suspect events of one event type less than this apart in event
+            time (or ten of the type's usual inter-arrivals, if longer: a rare type) form one
+            run, whatever normal events come between them (replays among fresh events, a drift
             on the types that carry the field); 0: a run is consecutive suspect events. Only
             a run's first event teaches the calibration (with a gap: even after the run is
             accepted as the new normal), and a run adapts as above.

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # A batch is scored in parts of this many events, and a part's alerts are written before the
 # next part is scored: a batch of a backlog (up to batch_size, 500 by default) takes ~50-100 ms
 # to score, and its first alerts would otherwise wait for the last event (benchmarks README
-# §40). One more append per part with alerts; the verdicts are the same.
+# §42). One more append per part with alerts; the verdicts are the same.
 ALERT_PART_EVENTS = 64
 
 
