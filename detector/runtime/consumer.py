@@ -286,7 +286,7 @@ class Consumer:
         positions = merge_order([e.entry_id for e in events], [e[1] for e, _ in feedback])
         due = [(i, fb) for i, (_, fb) in zip(positions, feedback, strict=True)]
         verdicts = Verdicts(events)
-        written, alerted = 0, []  # the batch's events whose alerts are written, and those
+        written, alerted = 0, []  # events whose alerts are written so far; those alerts
         for start in range(0, max(len(events), 1), ALERT_PART_EVENTS):
             stop = min(start + ALERT_PART_EVENTS, len(events))
             self.pipeline.process_part(verdicts, start, stop, due)

@@ -90,7 +90,8 @@ class Metrics:
         )
         self.checkpoint_seconds = Histogram(
             "detector_checkpoint_seconds",
-            "Time spent serialising, signing and committing a checkpoint (with its acks)",
+            "Time spent serialising and signing a checkpoint, plus the time from sending its "
+            "commit (with its acks) until Redis confirmed it",
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
