@@ -994,8 +994,7 @@ class Streams:
         assert self._sent is None  # noqa: S101 (commit_written said the last one was written)
         conn = self._commit_connection()
         # The fields pack_commit has not packed yet, then the rest of the transaction.
-        rest = dict(itertools.islice(fields.items(), self._packed_fields, None))
-        self.pack_commit(key, rest.items())
+        self.pack_commit(key, itertools.islice(fields.items(), self._packed_fields, None))
         pending, packed, n = self._unpacked, self._packed, self._packed_commands
         self._packed, self._unpacked, self._packed_fields, self._packed_commands = [], [], 0, 0
         commands = [("HSET", key, *pending)] if pending else []
